@@ -1,0 +1,159 @@
+"""Configuration classes; every setting can be overridden from an environment variable.
+
+``load_config(name)`` builds the config for ``APP_ENV`` (``development``, ``production``,
+``testing``), applies the environment, and ``validate()`` fails fast naming the variable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+_CCXT_DEFAULT = "binance,kraken,coinbase,bybit,okx"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message names the variable."""
+
+
+def _bool(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected a boolean, got {raw!r}")
+
+
+class BaseConfig:
+    APP_ENV = "development"
+    HOST = "127.0.0.1"
+    PORT = 8000
+    DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
+    #: Schema for our tables (tests use one each); "public" by default.
+    DATABASE_SCHEMA = "public"
+    DB_POOL_MIN = 1
+    DB_POOL_MAX = 10
+    DB_COMMAND_TIMEOUT = 10.0
+    DB_CONNECT_TIMEOUT = 3.0
+    #: auto: TimescaleDB when the extension can be created, else plain PostgreSQL.
+    STORAGE_MODE = "auto"
+    TIMESCALE_CHUNK_INTERVAL = "7 days"
+    REDIS_URL = "redis://127.0.0.1:6379/0"
+    REDIS_PREFIX = "md"
+    REDIS_TIMEOUT = 1.0
+    #: Seconds a closed-range answer stays cached; forming-range answers use CACHE_TTL_FORMING.
+    CACHE_TTL_CLOSED = 86_400
+    CACHE_TTL_FORMING = 5
+    CACHE_TTL_SYMBOLS = 3_600
+    #: How long a dependency marked down is skipped before it is tried again (seconds).
+    DEPENDENCY_RETRY_AFTER = 2.0
+    LOG_LEVEL = "INFO"
+    LOG_FORMAT = "text"  # text | json
+    SHUTDOWN_TIMEOUT = 5.0
+    # Plugins and providers
+    ENABLED_MARKETS = "sim,crypto,stocks"
+    CCXT_EXCHANGES = _CCXT_DEFAULT
+    CCXT_MARKET_TYPES = "spot"
+    PROVIDER_URLS: dict[str, str] = {}
+    #: JSON: exchange id to {"apiKey", "secret", "password"?, "testnet"?}; public access otherwise.
+    CCXT_CREDENTIALS: dict[str, dict[str, object]] = {}
+    PROVIDER_TIMEOUT = 10.0
+    PROVIDER_RETRIES = 3
+    PROVIDER_RETRY_MAX_WAIT = 10.0
+    PLUGIN_IDLE_TIMEOUT = 600.0
+    ALPACA_API_KEY_ID = ""
+    ALPACA_API_SECRET_KEY = ""
+    ALPACA_FEED = "iex"
+    ALPACA_ADJUSTMENT = "raw"
+    SIM_SEED = 42
+    # Request limits
+    OHLCV_DEFAULT_LIMIT = 500
+    OHLCV_MAX_LIMIT = 5000
+    #: Most upstream calls one /ohlcv request may make before the rest is left to a backfill job.
+    OHLCV_MAX_PROVIDER_CALLS = 10
+
+    def __init__(self) -> None:
+        self._apply_env()
+
+    def _apply_env(self) -> None:
+        for name in dir(type(self)):
+            if not name.isupper() or name not in os.environ:
+                continue
+            raw, default = os.environ[name], getattr(self, name)
+            try:
+                value: Any
+                if isinstance(default, bool):
+                    value = _bool(raw)
+                elif isinstance(default, int):
+                    value = int(raw)
+                elif isinstance(default, float):
+                    value = float(raw)
+                elif isinstance(default, dict):
+                    value = json.loads(raw or "{}")
+                else:
+                    value = raw
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {exc}") from exc
+            setattr(self, name, value)
+
+    def validate(self) -> None:
+        """Fail fast with the variable's name and what is wrong."""
+        if not str(self.DATABASE_URL).startswith(("postgresql://", "postgres://")):
+            raise ConfigError("DATABASE_URL must be a postgresql:// URL")
+        if not str(self.REDIS_URL).startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("REDIS_URL must be a redis:// URL")
+        if not isinstance(self.PROVIDER_URLS, dict) or not all(
+            isinstance(v, str) and v.startswith(("http://", "https://"))
+            for v in self.PROVIDER_URLS.values()
+        ):
+            raise ConfigError("PROVIDER_URLS must be a JSON object of provider id to http(s) URL")
+        if self.STORAGE_MODE not in ("auto", "timescale", "plain"):
+            raise ConfigError("STORAGE_MODE must be auto, timescale or plain")
+        if self.LOG_FORMAT not in ("text", "json"):
+            raise ConfigError("LOG_FORMAT must be text or json")
+        if not 1 <= self.DB_POOL_MIN <= self.DB_POOL_MAX:
+            raise ConfigError("DB_POOL_MIN and DB_POOL_MAX must satisfy 1 <= min <= max")
+        if not 0 < self.PORT < 65536:
+            raise ConfigError("PORT must be between 1 and 65535")
+        for name in ("CACHE_TTL_CLOSED", "CACHE_TTL_FORMING", "OHLCV_MAX_LIMIT", "PROVIDER_RETRIES"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative")
+        if not 1 <= self.OHLCV_DEFAULT_LIMIT <= self.OHLCV_MAX_LIMIT:
+            raise ConfigError("OHLCV_DEFAULT_LIMIT must be between 1 and OHLCV_MAX_LIMIT")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in dir(self) if name.isupper()}
+
+
+class DevelopmentConfig(BaseConfig):
+    APP_ENV = "development"
+    LOG_LEVEL = "DEBUG"
+
+
+class ProductionConfig(BaseConfig):
+    APP_ENV = "production"
+    LOG_FORMAT = "json"
+
+
+class TestingConfig(BaseConfig):
+    APP_ENV = "testing"
+    LOG_LEVEL = "WARNING"
+    PROVIDER_RETRY_MAX_WAIT = 0.2
+    PLUGIN_IDLE_TIMEOUT = 60.0
+    DEPENDENCY_RETRY_AFTER = 0.2
+
+
+CONFIGS: dict[str, type[BaseConfig]] = {
+    "development": DevelopmentConfig,
+    "production": ProductionConfig,
+    "testing": TestingConfig,
+}
+
+
+def load_config(env: str | None = None) -> BaseConfig:
+    """The config for ``env`` (default ``APP_ENV``), with the environment applied."""
+    name = env or os.environ.get("APP_ENV", "development")
+    if name not in CONFIGS:
+        raise ConfigError(f"APP_ENV must be one of {', '.join(CONFIGS)}, got {name!r}")
+    return CONFIGS[name]()

@@ -1,0 +1,119 @@
+"""The plugin contract every market data source implements.
+
+A plugin class serves one or more markets (``get_supported_markets``); an *instance* is bound to
+one ``provider_id`` (a CCXT exchange id, ``alpaca``, ``sim``) with its credentials and testnet flag.
+MarketService caches instances and closes idle ones. Provider differences are data
+(``capabilities``), never ``if provider == ...`` branches in callers.
+
+Errors: plugins raise only ``services.errors`` classes (``PluginError`` and subclasses,
+``UnknownSymbol``), translated from their client library with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from services.timeframes import Bar
+
+
+@dataclass(frozen=True)
+class ProviderInfo:
+    """One provider a plugin can serve, as ``/providers`` lists it."""
+
+    provider: str
+    requires_credentials: bool
+    configured: bool
+    timeframes: list[str]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a provider can do; read by the orchestrator, backfill and pollers."""
+
+    #: Most bars one fetch_ohlcv call returns (Binance 1000, Kraken 720, Alpaca 10000, sim 1000).
+    max_bars_per_call: int = 1000
+    #: Timeframes the provider serves natively (we always fetch 1m and resample).
+    timeframes: tuple[str, ...] = ("1m",)
+    #: Seconds between polls of the forming bar that stay well inside the rate limit.
+    min_poll_interval: float = 2.0
+    #: True when the market trades around the clock (crypto, sim): a missing minute is a hole.
+    continuous: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Ticker:
+    ts: int
+    last: float
+    bid: float | None
+    ask: float | None
+
+
+class MarketPlugin(ABC):
+    """Base class for market data plugins. Subclasses are discovered by ``PluginLoader``."""
+
+    #: Registry key of the plugin class (``crypto``, ``alpaca``, ``sim``).
+    plugin_key: ClassVar[str]
+    #: Markets this class serves (``crypto``, ``stocks``, ``sim``).
+    supported_markets: ClassVar[tuple[str, ...]]
+
+    def __init__(
+        self,
+        provider_id: str,
+        *,
+        credentials: dict[str, str] | None = None,
+        testnet: bool = False,
+        base_url: str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        self.provider_id = provider_id
+        self.credentials = credentials or {}
+        self.testnet = testnet
+        self.base_url = base_url
+        self.options = options or {}
+
+    @classmethod
+    def get_plugin_key(cls) -> str:
+        return cls.plugin_key
+
+    @classmethod
+    def get_supported_markets(cls) -> tuple[str, ...]:
+        return cls.supported_markets
+
+    @classmethod
+    @abstractmethod
+    def list_configurable_providers(cls, config: dict[str, Any]) -> list[ProviderInfo]:
+        """Providers this class can serve under ``config`` (the app config as a mapping)."""
+
+    @classmethod
+    def settings_from_config(
+        cls, provider_id: str, config: dict[str, Any]
+    ) -> tuple[dict[str, str], bool]:
+        """(credentials, testnet) configured for ``provider_id``; public access by default."""
+        return {}, False
+
+    @property
+    @abstractmethod
+    def capabilities(self) -> Capabilities:
+        """This instance's provider capabilities."""
+
+    @abstractmethod
+    async def fetch_ohlcv(
+        self, symbol: str, timeframe: str, since: int, limit: int, until: int | None = None
+    ) -> list[Bar]:
+        """Bars of ``timeframe`` with ``since <= ts`` (and ``ts < until`` when given), ascending,
+        at most ``min(limit, capabilities.max_bars_per_call)`` of them; one upstream call. The last
+        bar may still be forming. Raises ``UnknownSymbol`` or a ``PluginError`` subclass."""
+
+    @abstractmethod
+    async def fetch_symbols(self) -> list[str]:
+        """All symbols the provider serves, in the API's symbol form."""
+
+    @abstractmethod
+    async def fetch_ticker(self, symbol: str) -> Ticker:
+        """Last price (and bid/ask when the provider has them)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release network resources. Idempotent."""
