@@ -1,0 +1,52 @@
+"""Application factory. Nothing is created at import time: ``create_app()`` builds everything."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from quart import Quart
+
+from app_extensions.db_pool import Database
+from app_extensions.errors import init_error_handlers
+from app_extensions.redis_client import RedisClient
+from app_extensions.request_context import configure_logging, init_request_context
+from app_extensions.services import Services
+from blueprints.health import health_blueprint
+from blueprints.market import market_blueprint
+from config import BaseConfig, load_config
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
+    """Build the app. ``config``: a config object, a mapping of overrides on the ``APP_ENV``
+    config, or None for ``APP_ENV`` with the environment applied."""
+    if isinstance(config, BaseConfig):
+        cfg = config
+    else:
+        cfg = load_config()
+        for name, value in (config or {}).items():
+            setattr(cfg, name, value)
+    cfg.validate()
+    app = Quart(__name__)
+    app.config.update(cfg.as_dict())
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    configure_logging(app.config)
+    init_request_context(app)
+    init_error_handlers(app)
+    # Extensions open in this order (before_serving) and close in reverse: workers and plugins,
+    # then Redis, then the pool, each bounded by SHUTDOWN_TIMEOUT.
+    extensions = [Database(app), RedisClient(app), Services(app)]
+
+    @app.after_serving
+    async def _shutdown() -> None:
+        for ext in reversed(extensions):
+            try:
+                await asyncio.wait_for(ext.close(), timeout=float(app.config["SHUTDOWN_TIMEOUT"]))
+            except TimeoutError:
+                log.warning("closing %s timed out", type(ext).__name__)
+    app.register_blueprint(health_blueprint)
+    app.register_blueprint(market_blueprint)
+    return app

@@ -1,0 +1,149 @@
+"""PostgreSQL: the asyncpg pool, versioned migrations and the storage mode.
+
+``Database`` is an extension object: ``__init__`` does no I/O, ``init_app`` registers it and its
+``before_serving``/``after_serving`` hooks. When PostgreSQL cannot be reached the service still
+starts; ``acquire()`` raises ``DataSourceError`` and the pool is created (and migrations applied)
+by the first ``acquire()`` after ``DEPENDENCY_RETRY_AFTER`` seconds once PostgreSQL is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+from quart import Quart
+
+from app_extensions.migrations import run_migrations
+from services.errors import DataSourceError
+
+log = logging.getLogger(__name__)
+
+#: Errors that mean "the database is unreachable or broke the connection", not a bug in our SQL.
+DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+class Database:
+    """Owner of the asyncpg pool. Reach it with ``get_database(app)``."""
+
+    def __init__(self, app: Quart | None = None) -> None:
+        self.pool: asyncpg.Pool | None = None
+        self.mode: str = "unknown"
+        self.config: dict[str, Any] = {}
+        self._lock = asyncio.Lock()
+        self._down_until = 0.0
+        self.last_error: str | None = None
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Quart) -> None:
+        app.extensions["database"] = self
+        self.config = app.config
+        app.before_serving(self.open)
+
+    async def open(self) -> None:
+        """Create the pool and migrate; on failure log and stay down (degraded)."""
+        try:
+            await self._connect()
+        except DataSourceError as exc:
+            log.warning("PostgreSQL unavailable at start-up, serving degraded: %s", exc)
+
+    async def _connect(self) -> asyncpg.Pool:
+        async with self._lock:
+            if self.pool is not None:
+                return self.pool
+            if time.monotonic() < self._down_until:
+                raise DataSourceError("database unavailable", details={"error": self.last_error})
+            cfg = self.config
+            schema = cfg["DATABASE_SCHEMA"]
+            try:
+                pool = await asyncpg.create_pool(
+                    cfg["DATABASE_URL"],
+                    min_size=cfg["DB_POOL_MIN"],
+                    max_size=cfg["DB_POOL_MAX"],
+                    command_timeout=cfg["DB_COMMAND_TIMEOUT"],
+                    timeout=cfg["DB_CONNECT_TIMEOUT"],
+                    server_settings={"search_path": f"{schema},public", "timezone": "UTC"},
+                    setup=self._setup_connection,
+                )
+                try:
+                    async with pool.acquire() as conn:
+                        self.mode = await run_migrations(conn, cfg)
+                except BaseException:
+                    await pool.close()
+                    raise
+            except DB_UNAVAILABLE as exc:
+                self._mark_down(exc)
+                raise DataSourceError("database unavailable", details={"error": str(exc)}) from exc
+            log.info("storage mode: %s (schema %s)", self.mode, schema)
+            self.pool = pool
+            self.last_error = None
+            return pool
+
+    async def _setup_connection(self, conn: asyncpg.Connection) -> None:
+        # Pool resets (RESET ALL) would drop search_path on some servers; set it on every acquire.
+        await conn.execute(f"SET search_path TO {self.config['DATABASE_SCHEMA']}, public")
+
+    def _mark_down(self, exc: BaseException) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self._down_until = time.monotonic() + float(self.config["DEPENDENCY_RETRY_AFTER"])
+
+    @property
+    def available(self) -> bool:
+        return self.pool is not None and time.monotonic() >= self._down_until
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; unavailability is raised as ``DataSourceError``."""
+        pool = self.pool if self.pool is not None else await self._connect()
+        if time.monotonic() < self._down_until:
+            raise DataSourceError("database unavailable", details={"error": self.last_error})
+        try:
+            async with pool.acquire() as conn:
+                yield conn
+        except DB_UNAVAILABLE as exc:
+            self._mark_down(exc)
+            raise DataSourceError("database unavailable", details={"error": str(exc)}) from exc
+
+    async def check(self) -> dict[str, Any]:
+        """Readiness probe: ``{"ok", "latency_ms", "error"}`` with a short timeout."""
+        start = time.perf_counter()
+        try:
+            async with asyncio.timeout(1.0):
+                async with self.acquire() as conn:
+                    await conn.fetchval("SELECT 1")
+            ok, error = True, None
+        except (DataSourceError, TimeoutError) as exc:
+            ok, error = False, str(exc) if not isinstance(exc, DataSourceError) else self.last_error
+        return {
+            "ok": ok,
+            "latency_ms": round((time.perf_counter() - start) * 1000, 2),
+            "error": error,
+            "mode": self.mode,
+        }
+
+    async def close(self) -> None:
+        pool, self.pool = self.pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), timeout=float(self.config["SHUTDOWN_TIMEOUT"]))
+        except (TimeoutError, asyncio.CancelledError):
+            pool.terminate()
+            raise
+
+
+def get_database(app: Quart) -> Database:
+    db: Database = app.extensions["database"]
+    return db

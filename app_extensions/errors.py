@@ -1,0 +1,51 @@
+"""The one place errors become API.md's error JSON. A 500 carries only a code and request id."""
+
+from __future__ import annotations
+
+import logging
+
+from quart import Quart, Response, g, jsonify
+from werkzeug.exceptions import HTTPException
+
+from services.errors import AppError
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {404: "not_found", 405: "invalid_parameter", 413: "invalid_parameter",
+               400: "invalid_parameter"}
+
+
+def error_response(exc: AppError) -> Response:
+    response = jsonify(exc.to_dict())
+    response.status_code = exc.status
+    if exc.retry_after is not None and exc.status in (429, 503):
+        response.headers["Retry-After"] = str(max(1, int(exc.retry_after + 0.999)))
+    return response
+
+
+def init_error_handlers(app: Quart) -> None:
+    @app.errorhandler(AppError)
+    async def _app_error(exc: AppError) -> Response:
+        if exc.status >= 500:
+            log.warning("%s: %s", exc.code, exc.message)
+        return error_response(exc)
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        code = _HTTP_CODES.get(status, "internal_error" if status >= 500 else "invalid_parameter")
+        response = jsonify({"error": {"code": code, "message": exc.description or exc.name}})
+        response.status_code = status
+        return response
+
+    @app.errorhandler(Exception)
+    async def _unexpected(exc: Exception) -> Response:
+        rid = getattr(g, "request_id", "-")
+        log.error("unhandled error (request %s)", rid, exc_info=exc)
+        response = jsonify({"error": {
+            "code": "internal_error",
+            "message": f"internal error; request id {rid}",
+            "details": {"request_id": rid},
+        }})
+        response.status_code = 500
+        return response

@@ -1,0 +1,109 @@
+"""Redis: one asyncio client for the app, with a short circuit-breaker when Redis is down.
+
+``run(fn)`` executes a Redis coroutine factory with a small tenacity retry on transient errors
+and translates redis errors to ``DataSourceError``. After a failure Redis is skipped for
+``DEPENDENCY_RETRY_AFTER`` seconds, then tried again: recovery needs no restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from quart import Quart
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
+
+from services.errors import DataSourceError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+
+
+class RedisClient:
+    """Owner of the Redis client. Reach it with ``get_redis(app)``."""
+
+    def __init__(self, app: Quart | None = None) -> None:
+        self.client: aioredis.Redis | None = None
+        self.prefix = "md"
+        self.retry_after = 2.0
+        self._down_until = 0.0
+        self.last_error: str | None = None
+        self._config: dict[str, Any] = {}
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Quart) -> None:
+        app.extensions["redis"] = self
+        self._config = app.config
+        app.before_serving(self.open)
+
+    async def open(self) -> None:
+        cfg = self._config
+        self.prefix = cfg["REDIS_PREFIX"]
+        self.retry_after = float(cfg["DEPENDENCY_RETRY_AFTER"])
+        self.client = aioredis.from_url(
+            cfg["REDIS_URL"],
+            socket_timeout=cfg["REDIS_TIMEOUT"],
+            socket_connect_timeout=cfg["REDIS_TIMEOUT"],
+            health_check_interval=15,
+        )
+        try:
+            await self.run(lambda r: r.ping())
+        except DataSourceError as exc:
+            log.warning("Redis unavailable at start-up, serving degraded: %s", exc.details)
+
+    def key(self, *parts: object) -> str:
+        return ":".join([self.prefix, *map(str, parts)])
+
+    @property
+    def available(self) -> bool:
+        return self.client is not None and time.monotonic() >= self._down_until
+
+    async def run(self, fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+        """Run ``fn(client)``; transient errors are retried once, then raise DataSourceError."""
+        client = self.client
+        if client is None or time.monotonic() < self._down_until:
+            raise DataSourceError("redis unavailable", details={"error": self.last_error})
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(TRANSIENT),
+                stop=stop_after_attempt(2),
+                wait=wait_fixed(0.05),
+                reraise=True,
+            ):
+                with attempt:
+                    return await fn(client)
+        except (RedisError, *TRANSIENT) as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._down_until = time.monotonic() + self.retry_after
+            raise DataSourceError("redis unavailable", details={"error": self.last_error}) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def check(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        self._down_until = 0.0 if self.client is not None else self._down_until
+        try:
+            await asyncio.wait_for(self.run(lambda r: r.ping()), timeout=1.0)
+            ok, error = True, None
+        except (DataSourceError, TimeoutError) as exc:
+            ok, error = False, self.last_error or str(exc)
+        latency = round((time.perf_counter() - start) * 1000, 2)
+        return {"ok": ok, "latency_ms": latency, "error": error}
+
+    async def close(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            await asyncio.wait_for(client.aclose(), timeout=float(self._config["SHUTDOWN_TIMEOUT"]))
+
+
+def get_redis(app: Quart) -> RedisClient:
+    client: RedisClient = app.extensions["redis"]
+    return client

@@ -1,0 +1,90 @@
+"""Request ids, access metrics and JSON logging.
+
+Every request gets an id (the client's ``X-Request-ID`` when it is sane, else a new one) that is
+echoed in the response and carried by every log line written while the request is handled.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import logging.config
+import re
+import time
+import uuid
+from typing import Any
+
+from quart import Quart, Response, g, request
+
+from services.metrics import HTTP_LATENCY, HTTP_REQUESTS
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "request_id": getattr(record, "request_id", "-"),
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(config: dict[str, Any]) -> None:
+    """dictConfig from config: JSON lines in production, readable text otherwise."""
+    fmt = config["LOG_FORMAT"]
+    logging.config.dictConfig({
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"request_id": {"()": RequestIdFilter}},
+        "formatters": {
+            "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+            "json": {"()": JsonFormatter},
+        },
+        "handlers": {
+            "default": {
+                "class": "logging.StreamHandler",
+                "formatter": fmt,
+                "filters": ["request_id"],
+            }
+        },
+        "root": {"level": config["LOG_LEVEL"], "handlers": ["default"]},
+        "loggers": {"hypercorn.access": {"level": "WARNING"}},
+    })
+
+
+def route_label() -> str:
+    rule = request.url_rule
+    return rule.rule if rule is not None else "unmatched"
+
+
+def init_request_context(app: Quart) -> None:
+    @app.before_request
+    async def _start() -> None:
+        sent = request.headers.get("X-Request-ID", "")
+        g.request_id = sent if _SANE_ID.match(sent) else uuid.uuid4().hex
+        g.started = time.perf_counter()
+        request_id_var.set(g.request_id)
+
+    @app.after_request
+    async def _finish(response: Response) -> Response:
+        rid = getattr(g, "request_id", None) or uuid.uuid4().hex
+        response.headers["X-Request-ID"] = rid
+        route = route_label()
+        HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        if hasattr(g, "started"):
+            HTTP_LATENCY.labels(request.method, route).observe(time.perf_counter() - g.started)
+        return response

@@ -1,0 +1,74 @@
+"""Wires the service objects (plugins, MarketService, DataOrchestrator) into the app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from quart import Quart
+
+from app_extensions.db_pool import get_database
+from app_extensions.redis_client import get_redis
+from plugins.loader import PluginLoader
+from services.cache_manager import RedisCache
+from services.market_service import MarketService
+from services.orchestrator import DataOrchestrator
+from services.sources import AggregateSource, CacheSource, DbSource, PluginSource
+
+log = logging.getLogger(__name__)
+
+
+class Services:
+    """Owner of the service layer. Reach it with ``get_services(app)``."""
+
+    def __init__(self, app: Quart | None = None) -> None:
+        self.markets: MarketService
+        self.orchestrator: DataOrchestrator
+        self.shutdown = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Quart) -> None:
+        app.extensions["services"] = self
+        config = app.config
+        markets = [m.strip() for m in config["ENABLED_MARKETS"].split(",") if m.strip()]
+        loader = PluginLoader(markets)
+        loader.load()
+        self.markets = MarketService(loader, dict(config))
+        db, redis = get_database(app), get_redis(app)
+        self.orchestrator = DataOrchestrator(
+            cache=CacheSource(RedisCache(redis, int(config["CACHE_TTL_CLOSED"]))),
+            aggregates=AggregateSource(db),
+            db=DbSource(db),
+            plugins=PluginSource(self.markets),
+            config=dict(config),
+        )
+        app.before_serving(self.start)
+
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        """Start a background task owned by this object (cancelled at shutdown)."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def start(self) -> None:
+        self.shutdown.clear()
+        self.spawn(self.markets.run_idle_reaper(self.shutdown), "plugin-idle-reaper")
+
+    async def close(self) -> None:
+        self.shutdown.set()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, timeout=5.0)
+        await self.markets.close()
+
+
+def get_services(app: Quart) -> Services:
+    services: Services = app.extensions["services"]
+    return services

@@ -1,0 +1,74 @@
+"""REST endpoints of the market API (``/api/v1``): thin adapters over the services."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from quart import Blueprint, Response, current_app, jsonify, request
+
+from app_extensions.services import get_services
+from blueprints.common import load_query
+from blueprints.schemas import MarketQuery, OhlcvQuery, ProviderQuery, SymbolQuery
+from services.orchestrator import BarQuery
+from services.storage import Series
+
+market_blueprint = Blueprint("market", __name__, url_prefix="/api/v1")
+
+
+@market_blueprint.get("/markets")
+async def markets() -> Response:
+    return jsonify({"markets": get_services(current_app).markets.markets()})
+
+
+@market_blueprint.get("/providers")
+async def providers() -> Response:
+    q = load_query(MarketQuery())
+    infos = get_services(current_app).markets.providers(q["market"])
+    return jsonify({"market": q["market"], "providers": [
+        {"provider": p.provider, "requires_credentials": p.requires_credentials,
+         "configured": p.configured, "timeframes": p.timeframes} for p in infos
+    ]})
+
+
+@market_blueprint.get("/symbols")
+async def symbols() -> Response:
+    q = load_query(ProviderQuery())
+    found = await get_services(current_app).markets.symbols(q["market"], q["provider"])
+    return jsonify({"market": q["market"], "provider": q["provider"], "symbols": found})
+
+
+@market_blueprint.get("/ticker")
+async def ticker() -> Response:
+    q = load_query(SymbolQuery())
+    t = await get_services(current_app).markets.ticker(q["market"], q["provider"], q["symbol"])
+    return jsonify({"market": q["market"], "provider": q["provider"], "symbol": q["symbol"],
+                    "ts": t.ts, "last": t.last, "bid": t.bid, "ask": t.ask})
+
+
+@market_blueprint.get("/ohlcv")
+async def ohlcv() -> Response:
+    q = load_query(OhlcvQuery())
+    services = get_services(current_app)
+    services.markets.check_provider(q["market"], q["provider"])
+    series = Series(q["market"], q["provider"], q["symbol"])
+    answer = await services.orchestrator.get_bars(
+        BarQuery(series, q["timeframe"], q["start"], q["end"], q["limit"])
+    )
+    body = {"market": series.market, "provider": series.provider, "symbol": series.symbol,
+            "timeframe": q["timeframe"], "bars": answer.bars, "partial": answer.partial,
+            "next": answer.next}
+    payload = json.dumps(body, separators=(",", ":"))
+    headers = {"X-Data-Source": ",".join(answer.sources), "Content-Type": "application/json"}
+    if answer.incomplete:
+        headers["X-Data-Incomplete"] = "true"
+    if answer.backfill_job:
+        headers["X-Backfill-Job"] = answer.backfill_job
+    if answer.closed and not answer.incomplete:
+        etag = '"' + hashlib.sha256(payload.encode()).hexdigest()[:32] + '"'
+        headers["ETag"] = etag
+        if etag in [t.strip() for t in request.headers.get("If-None-Match", "").split(",")]:
+            return Response("", status=304, headers={"ETag": etag})
+    return Response(payload, status=200, headers=headers)
+
+

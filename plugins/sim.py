@@ -1,0 +1,121 @@
+"""The ``sim`` market: a deterministic simulated market that needs no network or keys.
+
+The 1m bar of a symbol at minute ``m`` is a pure function of (seed, symbol, m): any range is
+reproducible and gap-free. The price path is a sum of slow waves plus hashed noise, and each bar
+closes where the next one opens. The bar of the current minute forms with the wall clock and equals
+the closed bar once its minute is over. Like Binance, one call returns at most 1000 bars.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from typing import Any, ClassVar
+
+from plugins.base import Capabilities, MarketPlugin, ProviderInfo, Ticker
+from services.errors import PluginFeatureNotSupportedError, UnknownSymbol
+from services.timeframes import MINUTE_MS, TIMEFRAMES, Bar, bucket_ceil, now_ms, resample
+
+#: symbol -> (base price, base volume)
+SYMBOLS: dict[str, tuple[float, float]] = {
+    "SIM/USD": (100.0, 50.0),
+    "SIMA/USD": (2500.0, 8.0),
+    "SIMB/EUR": (0.5, 40_000.0),
+    "SIMC/USD": (42_000.0, 1.5),
+}
+CAPABILITIES = Capabilities(
+    max_bars_per_call=1000, timeframes=tuple(TIMEFRAMES), min_poll_interval=1.0, continuous=True
+)
+
+
+def _unit(seed: int, symbol: str, minute: int, salt: str) -> float:
+    """A hashed number in [0, 1) for (seed, symbol, minute, salt)."""
+    digest = hashlib.blake2b(f"{seed}:{symbol}:{minute}:{salt}".encode(), digest_size=8).digest()
+    return float(struct.unpack("<Q", digest)[0] >> 11) / float(1 << 53)
+
+
+def _price(seed: int, symbol: str, t_min: float) -> float:
+    """Price at (fractional) minute ``t_min``: slow waves, plus noise fixed at whole minutes."""
+    base = SYMBOLS[symbol][0]
+    phase = _unit(seed, symbol, 0, "phase") * 2 * math.pi
+    wave = 0.04 * math.sin(t_min / 1440.0 * 2 * math.pi + phase) + 0.015 * math.sin(
+        t_min / 97.0 * 2 * math.pi
+    )
+    m = math.floor(t_min)
+    frac = t_min - m
+    n0 = _unit(seed, symbol, m, "n") - 0.5
+    n1 = _unit(seed, symbol, m + 1, "n") - 0.5
+    noise = 0.004 * (n0 + (n1 - n0) * frac)
+    return round(base * (1 + wave + noise), 6)
+
+
+def sim_bar(seed: int, symbol: str, ts: int, at_ms: int | None = None) -> Bar:
+    """The 1m bar opening at ``ts``; when ``at_ms`` falls inside its minute, the forming bar."""
+    m = ts // MINUTE_MS
+    frac = 1.0 if at_ms is None else min(1.0, max(0.0, (at_ms - ts) / MINUTE_MS))
+    o = _price(seed, symbol, m)
+    c = _price(seed, symbol, m + frac)
+    wick = 0.002 * _unit(seed, symbol, m, "w") * frac
+    vol = SYMBOLS[symbol][1] * (0.5 + _unit(seed, symbol, m, "v")) * frac
+    return [ts, o, round(max(o, c) * (1 + wick), 6), round(min(o, c) * (1 - wick), 6), c, round(vol, 6)]
+
+
+class SimPlugin(MarketPlugin):
+    plugin_key: ClassVar[str] = "sim"
+    supported_markets: ClassVar[tuple[str, ...]] = ("sim",)
+
+    def __init__(self, provider_id: str, **kwargs: Any) -> None:
+        super().__init__(provider_id, **kwargs)
+        self.seed = int(self.options.get("SIM_SEED", 42))
+        #: Upstream calls made, by method (tests count them).
+        self.calls: dict[str, int] = {}
+
+    @classmethod
+    def list_configurable_providers(cls, config: dict[str, Any]) -> list[ProviderInfo]:
+        return [ProviderInfo("sim", False, True, list(TIMEFRAMES))]
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return CAPABILITIES
+
+    def _count(self, method: str) -> None:
+        self.calls[method] = self.calls.get(method, 0) + 1
+
+    def _check_symbol(self, symbol: str) -> None:
+        if symbol not in SYMBOLS:
+            raise UnknownSymbol(f"unknown symbol {symbol!r} for provider sim")
+
+    async def fetch_ohlcv(
+        self, symbol: str, timeframe: str, since: int, limit: int, until: int | None = None
+    ) -> list[Bar]:
+        self._count("fetch_ohlcv")
+        self._check_symbol(symbol)
+        if timeframe not in TIMEFRAMES:
+            raise PluginFeatureNotSupportedError(f"timeframe {timeframe} not supported")
+        now = now_ms()
+        size = TIMEFRAMES[timeframe]
+        limit = min(limit, CAPABILITIES.max_bars_per_call)
+        first = -(-since // MINUTE_MS) * MINUTE_MS
+        stop = min(now + 1, until if until is not None else now + 1)
+        if timeframe != "1m":
+            # Fetch whole buckets from the first bucket at or after ``since``.
+            first = bucket_ceil(since, timeframe)
+            stop = min(stop, first + limit * size)
+        else:
+            stop = min(stop, first + limit * MINUTE_MS)
+        minutes = range(first, stop, MINUTE_MS)
+        bars = [sim_bar(self.seed, symbol, t, now if t + MINUTE_MS > now else None) for t in minutes]
+        return resample(bars, timeframe)[:limit]
+
+    async def fetch_symbols(self) -> list[str]:
+        self._count("fetch_symbols")
+        return sorted(SYMBOLS)
+
+    async def fetch_ticker(self, symbol: str) -> Ticker:
+        self._count("fetch_ticker")
+        self._check_symbol(symbol)
+        now = now_ms()
+        last = _price(self.seed, symbol, now / MINUTE_MS)
+        spread = last * 0.0001
+        return Ticker(now, last, round(last - spread, 6), round(last + spread, 6))

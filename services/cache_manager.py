@@ -1,0 +1,92 @@
+"""Caches for bars: the ``Cache`` contract and its Redis implementation.
+
+Two kinds of entry, both namespaced by the configured prefix:
+- 1m bars of a series in a sorted set scored by ts (``get_1m_bars`` / ``store_1m_bars``), closed
+  bars only;
+- resampled answers keyed by (series, timeframe, range, limit), stored with a TTL that is long for
+  closed ranges and short when the range holds the forming bar.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+from app_extensions.redis_client import RedisClient
+from services.errors import DataSourceError
+from services.metrics import CACHE_REQUESTS
+from services.storage import Series
+from services.timeframes import Bar
+
+
+class Cache(ABC):
+    """Bar cache. Implementations raise ``DataSourceError`` when the backend fails."""
+
+    @abstractmethod
+    async def get_1m_bars(self, series: Series, start_ms: int, end_ms: int) -> list[Bar]:
+        """Cached closed 1m bars with start_ms <= ts < end_ms, ascending (may have holes)."""
+
+    @abstractmethod
+    async def store_1m_bars(self, series: Series, bars: Sequence[Sequence[float]]) -> None:
+        """Cache closed 1m bars (a contiguous fetch result: replaces its ts span)."""
+
+    @abstractmethod
+    async def get_resampled(self, key: str) -> dict[str, Any] | None:
+        """A cached answer, or None."""
+
+    @abstractmethod
+    async def set_resampled(self, key: str, answer: dict[str, Any], ttl: int) -> None:
+        """Cache an answer for ``ttl`` seconds."""
+
+
+class RedisCache(Cache):
+    def __init__(self, redis: RedisClient, ttl_1m: int) -> None:
+        self.redis = redis
+        self.ttl_1m = ttl_1m
+
+    async def get_1m_bars(self, series: Series, start_ms: int, end_ms: int) -> list[Bar]:
+        key = self.redis.key("1m", series.key())
+        try:
+            raw = await self.redis.run(
+                lambda r: r.zrangebyscore(key, start_ms, f"({end_ms}")
+            )
+        except DataSourceError:
+            CACHE_REQUESTS.labels("1m", "error").inc()
+            raise
+        CACHE_REQUESTS.labels("1m", "hit" if raw else "miss").inc()
+        return [json.loads(m) for m in raw]
+
+    async def store_1m_bars(self, series: Series, bars: Sequence[Sequence[float]]) -> None:
+        if not bars:
+            return
+        key = self.redis.key("1m", series.key())
+        members = {json.dumps([int(b[0]), *map(float, b[1:6])]): int(b[0]) for b in bars}
+        lo, hi = int(bars[0][0]), int(bars[-1][0])
+
+        async def write(r: Any) -> None:
+            async with r.pipeline(transaction=True) as pipe:
+                pipe.zremrangebyscore(key, lo, hi)
+                pipe.zadd(key, members)
+                pipe.expire(key, self.ttl_1m)
+                await pipe.execute()
+
+        await self.redis.run(write)
+
+    async def get_resampled(self, key: str) -> dict[str, Any] | None:
+        full = self.redis.key("ans", key)
+        try:
+            raw = await self.redis.run(lambda r: r.get(full))
+        except DataSourceError:
+            CACHE_REQUESTS.labels("answer", "error").inc()
+            raise
+        CACHE_REQUESTS.labels("answer", "hit" if raw else "miss").inc()
+        return json.loads(raw) if raw else None
+
+    async def set_resampled(self, key: str, answer: dict[str, Any], ttl: int) -> None:
+        if ttl <= 0:
+            return
+        full = self.redis.key("ans", key)
+        payload = json.dumps(answer, separators=(",", ":"))
+        await self.redis.run(lambda r: r.set(full, payload, ex=ttl))

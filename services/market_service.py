@@ -1,0 +1,155 @@
+"""MarketService: resolves (market, provider) to plugin instances and caches them.
+
+Instances are keyed by plugin class, provider id, a hash of the credentials (or a public marker)
+and the testnet flag. A background task closes instances idle longer than
+``PLUGIN_IDLE_TIMEOUT``; the next request opens a fresh one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from plugins.base import MarketPlugin, ProviderInfo, Ticker
+from plugins.loader import PluginLoader
+from services.errors import UnknownMarket, UnknownProvider
+from services.metrics import PLUGIN_INSTANCES, observe_call
+from services.timeframes import TIMEFRAMES
+
+log = logging.getLogger(__name__)
+
+InstanceKey = tuple[str, str, str, bool]
+
+
+@dataclass
+class _Entry:
+    plugin: MarketPlugin
+    last_used: float
+
+
+def credentials_marker(credentials: dict[str, str]) -> str:
+    """A stable hash of the credentials, or ``public``; secrets never appear in keys or logs."""
+    if not credentials:
+        return "public"
+    blob = json.dumps(credentials, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class MarketService:
+    def __init__(self, loader: PluginLoader, config: dict[str, Any]) -> None:
+        self.loader = loader
+        self.config = config
+        self.idle_timeout = float(config.get("PLUGIN_IDLE_TIMEOUT", 600))
+        self._instances: dict[InstanceKey, _Entry] = {}
+        self._lock = asyncio.Lock()
+        self.symbols_ttl = float(config.get("CACHE_TTL_SYMBOLS", 3600))
+        self._symbols: dict[tuple[str, str], tuple[float, list[str]]] = {}
+
+    # --- Catalogue ---------------------------------------------------------------------------
+    def markets(self) -> list[dict[str, Any]]:
+        out = []
+        for market, cls in sorted(self.loader.by_market.items()):
+            providers = cls.list_configurable_providers(self.config)
+            out.append({
+                "market": market,
+                "providers": [p.provider for p in providers],
+                "timeframes": list(TIMEFRAMES),
+            })
+        return out
+
+    def providers(self, market: str) -> list[ProviderInfo]:
+        """Providers configured for ``market``; raises ``UnknownMarket``."""
+        cls = self.loader.plugin_for_market(market)
+        if cls is None:
+            raise UnknownMarket(f"unknown market {market!r}", details={"market": [market]})
+        return cls.list_configurable_providers(self.config)
+
+    def check_provider(self, market: str, provider: str) -> type[MarketPlugin]:
+        """The plugin class for (market, provider); raises UnknownMarket / UnknownProvider."""
+        names = [p.provider for p in self.providers(market)]
+        if provider not in names:
+            raise UnknownProvider(
+                f"unknown provider {provider!r} for market {market!r}; one of: {', '.join(names)}"
+            )
+        cls = self.loader.plugin_for_market(market)
+        assert cls is not None
+        return cls
+
+    # --- Instances -----------------------------------------------------------------------------
+    async def get_plugin(self, market: str, provider: str) -> MarketPlugin:
+        """The cached plugin instance for (market, provider) with its configured credentials."""
+        cls = self.check_provider(market, provider)
+        credentials, testnet = cls.settings_from_config(provider, self.config)
+        key = (cls.get_plugin_key(), provider, credentials_marker(credentials), testnet)
+        async with self._lock:
+            entry = self._instances.get(key)
+            if entry is None:
+                base_url = (self.config.get("PROVIDER_URLS") or {}).get(provider)
+                plugin = cls(
+                    provider, credentials=credentials, testnet=testnet,
+                    base_url=base_url, options=self.config,
+                )
+                entry = self._instances[key] = _Entry(plugin, time.monotonic())
+                PLUGIN_INSTANCES.labels(cls.get_plugin_key()).inc()
+                log.info("opened plugin %s for provider %s", cls.__name__, provider)
+            entry.last_used = time.monotonic()
+            return entry.plugin
+
+    async def symbols(self, market: str, provider: str) -> list[str]:
+        """Symbols of a provider, cached in memory for ``CACHE_TTL_SYMBOLS`` seconds."""
+        key = (market, provider)
+        hit = self._symbols.get(key)
+        if hit is not None and time.monotonic() - hit[0] < self.symbols_ttl:
+            return hit[1]
+        plugin = await self.get_plugin(market, provider)
+        with observe_call(provider, "fetch_symbols"):
+            found = await plugin.fetch_symbols()
+        self._symbols[key] = (time.monotonic(), found)
+        return found
+
+    async def ticker(self, market: str, provider: str, symbol: str) -> Ticker:
+        plugin = await self.get_plugin(market, provider)
+        with observe_call(provider, "fetch_ticker"):
+            return await plugin.fetch_ticker(symbol)
+
+    def instance_count(self) -> int:
+        return len(self._instances)
+
+    async def close_idle(self, now: float | None = None) -> int:
+        """Close instances unused for ``idle_timeout`` seconds; returns how many were closed."""
+        now = time.monotonic() if now is None else now
+        async with self._lock:
+            idle = [k for k, e in self._instances.items() if now - e.last_used > self.idle_timeout]
+            entries = [self._instances.pop(k) for k in idle]
+        for key, entry in zip(idle, entries, strict=True):
+            PLUGIN_INSTANCES.labels(key[0]).dec()
+            await self._close(entry.plugin)
+        return len(entries)
+
+    async def _close(self, plugin: MarketPlugin) -> None:
+        try:
+            await asyncio.wait_for(plugin.close(), timeout=5.0)
+        except (OSError, TimeoutError) as exc:
+            log.warning("closing plugin %s failed: %s", plugin.provider_id, exc, exc_info=True)
+
+    async def run_idle_reaper(self, shutdown: asyncio.Event, interval: float = 30.0) -> None:
+        """Background loop: close idle instances until shutdown."""
+        while not shutdown.is_set():
+            try:
+                await asyncio.wait_for(shutdown.wait(), timeout=min(interval, self.idle_timeout))
+            except TimeoutError:
+                pass
+            await self.close_idle()
+
+    async def close(self) -> None:
+        async with self._lock:
+            entries = list(self._instances.items())
+            self._instances.clear()
+        for key, entry in entries:
+            PLUGIN_INSTANCES.labels(key[0]).dec()
+            await self._close(entry.plugin)

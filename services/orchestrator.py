@@ -1,0 +1,199 @@
+"""DataOrchestrator: answers OHLCV queries from cache, then storage, then the provider.
+
+The flow for a query of timeframe T over the buckets [a, b):
+1. the answer cache (closed ranges cached long, ranges with the forming bar briefly);
+2. storage: the gap ledger says which closed 1m ranges were never fetched; only those (and the
+   last few minutes, which are never marked complete) are fetched from the provider, written to
+   PostgreSQL in one transaction, and the answer is read back aggregated to T;
+3. storage down: 1m bars from the cache when they cover the range, else from the provider, and
+   resampled here. A range too large for ``OHLCV_MAX_PROVIDER_CALLS`` is fetched in T directly
+   when the provider serves T natively, and the 1m history is left to a backfill job.
+The forming bar is never cached as closed and never written to storage.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.errors import DataSourceError, NetworkPluginError
+from services.sources import AggregateSource, CacheSource, DbSource, PluginSource
+from services.storage import Series, merge_ranges
+from services.timeframes import MINUTE_MS, Bar, bucket_ceil, bucket_start, now_ms, resample, tf_ms
+
+log = logging.getLogger(__name__)
+#: Minutes this close to now are refetched every time, never recorded complete in the ledger.
+LEDGER_SAFETY_MS = 2 * MINUTE_MS
+
+MissingHook = Callable[[Series, list[tuple[int, int]]], Awaitable[str | None]]
+
+
+@dataclass(frozen=True)
+class BarQuery:
+    series: Series
+    timeframe: str
+    start: int | None
+    end: int | None
+    limit: int
+
+
+@dataclass
+class BarAnswer:
+    bars: list[Bar]
+    partial: bool
+    next: int | None
+    sources: list[str] = field(default_factory=list)
+    #: True when every bucket of the range has closed (the answer can carry an ETag).
+    closed: bool = False
+    #: True when some of the range could not be fetched (budget or outage); see ``backfill_job``.
+    incomplete: bool = False
+    backfill_job: str | None = None
+
+
+def window(q: BarQuery, now: int) -> tuple[int, int, int | None]:
+    """The buckets [a, b) a query covers, and the ``next`` page start (None when done)."""
+    size = tf_ms(q.timeframe)
+    if q.start is None:
+        b = bucket_ceil(q.end if q.end is not None else now + 1, q.timeframe)
+        return b - q.limit * size, b, None
+    a = bucket_ceil(q.start, q.timeframe)
+    req_end = bucket_ceil(q.end if q.end is not None else now + 1, q.timeframe)
+    b = min(req_end, a + q.limit * size)
+    return a, max(a, b), (b if b < req_end else None)
+
+
+def add_forming(bars: list[Bar], forming: list[Bar], timeframe: str) -> list[Bar]:
+    """Fold the forming 1m bar(s) into the last bucket (or start a new one)."""
+    for f in forming:
+        start = bucket_start(int(f[0]), timeframe)
+        if bars and bars[-1][0] == start:
+            last = bars[-1]
+            bars[-1] = [start, last[1], max(last[2], f[2]), min(last[3], f[3]), f[4], last[5] + f[5]]
+        elif not bars or bars[-1][0] < start:
+            bars.append([start, *map(float, f[1:6])])
+    return bars
+
+
+class DataOrchestrator:
+    def __init__(
+        self,
+        cache: CacheSource,
+        aggregates: AggregateSource | None,
+        db: DbSource | None,
+        plugins: PluginSource,
+        config: dict[str, Any],
+        on_missing: MissingHook | None = None,
+    ) -> None:
+        self.cache, self.aggregates, self.db, self.plugins = cache, aggregates, db, plugins
+        self.ttl_closed = int(config.get("CACHE_TTL_CLOSED", 86_400))
+        self.ttl_forming = int(config.get("CACHE_TTL_FORMING", 5))
+        self.budget = int(config.get("OHLCV_MAX_PROVIDER_CALLS", 10))
+        #: Called with ranges left unfetched; returns a backfill job id (set by BackfillManager).
+        self.on_missing = on_missing
+
+    async def get_bars(self, q: BarQuery) -> BarAnswer:
+        """Bars for ``q``: strictly ascending, no duplicates, the forming bar flagged ``partial``."""
+        now = now_ms()
+        a, b, nxt = window(q, now)
+        size = tf_ms(q.timeframe)
+        current_min = now // MINUTE_MS * MINUTE_MS
+        closed = b <= current_min
+        if a >= b:
+            return BarAnswer([], False, nxt, ["database"], closed)
+        key = f"{q.series.key()}:{q.timeframe}:{a}:{b}"
+        cached = await self.cache.get_answer(key)
+        if cached is not None:
+            return BarAnswer(cached["bars"], bool(cached["partial"]), nxt, ["cache"], closed)
+        answer = await self._assemble(q.series, q.timeframe, a, b, now)
+        answer.next, answer.closed = nxt, closed
+        answer.partial = bool(answer.bars) and answer.bars[-1][0] + size > now
+        if not answer.incomplete:
+            ttl = self.ttl_closed if closed else self.ttl_forming
+            await self.cache.put_answer(key, {"bars": answer.bars, "partial": answer.partial}, ttl)
+        return answer
+
+    async def _assemble(self, series: Series, tf: str, a: int, b: int, now: int) -> BarAnswer:
+        if self.aggregates is not None and self.db is not None:
+            try:
+                return await self._from_storage(series, tf, a, b, now)
+            except DataSourceError as exc:
+                log.warning("storage unavailable, answering without it: %s", exc.details)
+        return await self._without_storage(series, tf, a, b, now)
+
+    async def _from_storage(self, series: Series, tf: str, a: int, b: int, now: int) -> BarAnswer:
+        assert self.aggregates is not None and self.db is not None
+        current_min = now // MINUTE_MS * MINUTE_MS
+        closed_end = min(b, current_min)
+        safe_end = max(a, min(closed_end, current_min - LEDGER_SAFETY_MS))
+        missing = await self.aggregates.missing(series, a, safe_end)
+        recent = (safe_end, min(b, current_min + MINUTE_MS))
+        to_fetch = merge_ranges(missing + ([recent] if recent[1] > recent[0] else []))
+        sources = [] if missing == [(a, safe_end)] and safe_end > a else [self.aggregates.name_for(tf)]
+        answer = BarAnswer([], False, None)
+        if await self.plugins.calls_needed(series, "1m", to_fetch) > self.budget:
+            native = await self._native(series, tf, a, b, missing)
+            if native is not None:
+                return native
+        fetched: list[Bar] = []
+        budget = self.budget
+        complete: list[tuple[int, int]] = []
+        try:
+            for x, y in to_fetch:
+                bars, calls, until = await self.plugins.fetch(series, "1m", x, y, budget)
+                budget -= calls
+                fetched.extend(bars)
+                complete.append((x, min(until, safe_end)))
+                if until < y:
+                    answer.incomplete = True
+                    break
+        except NetworkPluginError as exc:
+            if not sources:
+                raise
+            log.warning("provider unavailable, serving stored bars: %s", exc)
+            answer.incomplete = True
+        if to_fetch and (fetched or not answer.incomplete):
+            sources.append(self.plugins.name)
+        closed_bars = [bar for bar in fetched if bar[0] + MINUTE_MS <= now]
+        forming = [bar for bar in fetched if bar[0] + MINUTE_MS > now]
+        await self.db.write(series, closed_bars, [r for r in complete if r[1] > r[0]])
+        await self.cache.put_1m(series, closed_bars)
+        if answer.incomplete and self.on_missing is not None:
+            still = await self.aggregates.missing(series, a, safe_end)
+            answer.backfill_job = await self.on_missing(series, still) if still else None
+        bars = await self.aggregates.read(series, tf, a, closed_end, (b - a) // tf_ms(tf))
+        answer.bars = add_forming(bars, forming, tf)
+        answer.sources = sources or [self.aggregates.name_for(tf)]
+        return answer
+
+    async def _native(
+        self, series: Series, tf: str, a: int, b: int, missing: list[tuple[int, int]]
+    ) -> BarAnswer | None:
+        """Fetch T directly when the provider serves it (range too large for 1m paging)."""
+        if tf == "1m" or tf not in await self.plugins.native_timeframes(series):
+            return None
+        bars, _, until = await self.plugins.fetch(series, tf, a, b, self.budget)
+        job = await self.on_missing(series, missing) if self.on_missing and missing else None
+        return BarAnswer(bars, False, None, [self.plugins.name], incomplete=until < b, backfill_job=job)
+
+    async def _without_storage(self, series: Series, tf: str, a: int, b: int, now: int) -> BarAnswer:
+        current_min = now // MINUTE_MS * MINUTE_MS
+        closed_end = min(b, current_min)
+        cached = await self.cache.get_1m(series, a, closed_end)
+        continuous = await self.plugins.continuous(series)
+        if cached and continuous and len(cached) == (closed_end - a) // MINUTE_MS:
+            recent, _, _ = await self.plugins.fetch(series, "1m", closed_end, min(b, current_min + MINUTE_MS), 1)
+            forming = [bar for bar in recent if bar[0] + MINUTE_MS > now]
+            return BarAnswer(add_forming(resample(cached, tf), forming, tf), False, None, ["cache", "provider"])
+        end = min(b, current_min + MINUTE_MS)
+        if await self.plugins.calls_needed(series, "1m", [(a, end)]) > self.budget:
+            native = await self._native(series, tf, a, b, [])
+            if native is not None:
+                return native
+        fetched, _, until = await self.plugins.fetch(series, "1m", a, end, self.budget)
+        closed_bars = [bar for bar in fetched if bar[0] + MINUTE_MS <= now]
+        forming = [bar for bar in fetched if bar[0] + MINUTE_MS > now]
+        await self.cache.put_1m(series, closed_bars)
+        bars = add_forming(resample(closed_bars, tf), forming, tf)
+        return BarAnswer(bars, False, None, ["provider"], incomplete=until < end)

@@ -1,0 +1,166 @@
+"""The data sources the orchestrator chains: cache, stored aggregates, the provider, and writes.
+
+Each wraps one dependency and translates its failures: cache and database failures surface as
+``DataSourceError`` (the orchestrator skips the source and degrades); provider failures are the
+plugins' own ``PluginError`` classes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from app_extensions.db_pool import Database
+from services import aggregates, storage
+from services.cache_manager import Cache
+from services.errors import DataSourceError
+from services.market_service import MarketService
+from services.metrics import observe_call
+from services.storage import Series
+from services.timeframes import MINUTE_MS, Bar, tf_ms
+
+log = logging.getLogger(__name__)
+#: Timeframes TimescaleDB mode reads from a continuous aggregate of their own.
+CAGG_TIMEFRAMES = {"5m", "15m", "1h", "4h", "1d", "1w"}
+
+
+class CacheSource:
+    """Answer and 1m-bar cache; every failure is logged and reads as a miss."""
+
+    name = "cache"
+
+    def __init__(self, cache: Cache | None) -> None:
+        self.cache = cache
+
+    async def get_answer(self, key: str) -> dict[str, Any] | None:
+        if self.cache is None:
+            return None
+        try:
+            return await self.cache.get_resampled(key)
+        except DataSourceError as exc:
+            log.warning("cache read skipped: %s", exc.details)
+            return None
+
+    async def put_answer(self, key: str, answer: dict[str, Any], ttl: int) -> None:
+        if self.cache is None:
+            return
+        try:
+            await self.cache.set_resampled(key, answer, ttl)
+        except DataSourceError as exc:
+            log.warning("cache write skipped: %s", exc.details)
+
+    async def get_1m(self, series: Series, start: int, end: int) -> list[Bar]:
+        if self.cache is None:
+            return []
+        try:
+            return await self.cache.get_1m_bars(series, start, end)
+        except DataSourceError as exc:
+            log.warning("1m cache read skipped: %s", exc.details)
+            return []
+
+    async def put_1m(self, series: Series, bars: Sequence[Sequence[float]]) -> None:
+        if self.cache is None or not bars:
+            return
+        try:
+            await self.cache.store_1m_bars(series, bars)
+        except DataSourceError as exc:
+            log.warning("1m cache write skipped: %s", exc.details)
+
+
+class AggregateSource:
+    """Bars of any timeframe from storage, and the ledger's view of what is missing."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def name_for(self, timeframe: str) -> str:
+        return "aggregate" if self.db.mode == "timescale" and timeframe in CAGG_TIMEFRAMES else "database"
+
+    async def missing(self, series: Series, start: int, end: int) -> list[tuple[int, int]]:
+        async with self.db.acquire() as conn:
+            return await storage.missing_ranges(conn, series, start, end)
+
+    async def read(self, series: Series, timeframe: str, start: int, end: int, limit: int) -> list[Bar]:
+        if end <= start:
+            return []
+        async with self.db.acquire() as conn:
+            return await aggregates.select_bars(
+                conn, self.db.mode, series.market, series.provider, series.symbol,
+                timeframe, start, end, limit,
+            )
+
+
+class DbSource:
+    """Writes fetched closed 1m bars (and the ranges now known complete) atomically."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def write(
+        self, series: Series, bars: Sequence[Sequence[float]], complete: Sequence[tuple[int, int]]
+    ) -> int:
+        if not bars and not complete:
+            return 0
+        async with self.db.acquire() as conn:
+            n = await storage.upsert_1m_bars(conn, series, bars, complete)
+            if bars:
+                await aggregates.refresh_window(
+                    conn, self.db.mode, int(bars[0][0]), int(bars[-1][0]) + MINUTE_MS
+                )
+        return n
+
+
+class PluginSource:
+    """Pages through a provider within its per-call limit and a budget of calls."""
+
+    name = "provider"
+
+    def __init__(self, markets: MarketService) -> None:
+        self.markets = markets
+
+    async def max_per_call(self, series: Series) -> int:
+        plugin = await self.markets.get_plugin(series.market, series.provider)
+        return plugin.capabilities.max_bars_per_call
+
+    async def native_timeframes(self, series: Series) -> tuple[str, ...]:
+        plugin = await self.markets.get_plugin(series.market, series.provider)
+        return plugin.capabilities.timeframes
+
+    async def continuous(self, series: Series) -> bool:
+        """True when the market trades around the clock (every minute should have a bar)."""
+        plugin = await self.markets.get_plugin(series.market, series.provider)
+        return plugin.capabilities.continuous
+
+    async def calls_needed(self, series: Series, timeframe: str, ranges: Sequence[tuple[int, int]]) -> int:
+        per_call, size = await self.max_per_call(series), tf_ms(timeframe)
+        return sum(math.ceil((b - a) / size / per_call) for a, b in ranges)
+
+    async def fetch(
+        self, series: Series, timeframe: str, start: int, end: int, budget: int
+    ) -> tuple[list[Bar], int, int]:
+        """Bars of [start, end) in pages; returns (bars, calls made, covered_until).
+        ``covered_until`` < ``end`` when the budget ran out first."""
+        plugin = await self.markets.get_plugin(series.market, series.provider)
+        per_call, size = plugin.capabilities.max_bars_per_call, tf_ms(timeframe)
+        out: list[Bar] = []
+        since, calls = start, 0
+        while since < end and calls < budget:
+            want = min(per_call, math.ceil((end - since) / size))
+            page = await self._call(plugin, series, timeframe, since, want, end)
+            calls += 1
+            page = [b for b in page if since <= b[0] < end]
+            out.extend(page)
+            if len(page) < want:
+                since = end  # the provider has nothing more in the range
+            else:
+                since = int(page[-1][0]) + size
+        return out, calls, min(since, end)
+
+    async def _call(
+        self, plugin: Any, series: Series, timeframe: str, since: int, limit: int, until: int
+    ) -> list[Bar]:
+        with observe_call(series.provider, "fetch_ohlcv"):
+            bars: list[Bar] = await plugin.fetch_ohlcv(series.symbol, timeframe, since, limit, until)
+        return bars

@@ -1,0 +1,156 @@
+"""Data access for 1m bars and the gap ledger: plain async functions, connection first.
+
+Writes of a batch are one transaction: COPY into a temporary table, then
+``INSERT ... ON CONFLICT DO UPDATE``; a failure leaves nothing written and writing the same bars
+twice changes nothing. Times are integer milliseconds at this boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+
+from services.timeframes import Bar
+
+
+@dataclass(frozen=True)
+class Series:
+    """One 1m bar series."""
+
+    market: str
+    provider: str
+    symbol: str
+
+    def key(self) -> str:
+        return f"{self.market}:{self.provider}:{self.symbol}"
+
+
+def to_dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def to_ms(dt: datetime) -> int:
+    return int(dt.timestamp() * 1000)
+
+
+async def upsert_1m_bars(
+    conn: asyncpg.Connection,
+    series: Series,
+    bars: Sequence[Sequence[float]],
+    complete: Sequence[tuple[int, int]] = (),
+) -> int:
+    """Write ``bars`` and record ``complete`` ranges in the ledger, atomically. Returns rows written."""
+    records = [
+        (series.market, series.provider, series.symbol, to_dt(int(b[0])), *map(float, b[1:6]))
+        for b in bars
+    ]
+    async with conn.transaction():
+        if records:
+            await conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS _bars_in (LIKE ohlcv_1m) ON COMMIT DELETE ROWS"
+            )
+            await conn.copy_records_to_table("_bars_in", records=records)
+            await conn.execute(
+                "INSERT INTO ohlcv_1m SELECT DISTINCT ON (market, provider, symbol, ts) * FROM _bars_in"
+                " ON CONFLICT (market, provider, symbol, ts) DO UPDATE SET open = EXCLUDED.open,"
+                " high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,"
+                " volume = EXCLUDED.volume"
+            )
+        if complete:
+            await record_complete(conn, series, complete)
+    return len(records)
+
+
+async def select_1m_bars(
+    conn: asyncpg.Connection, series: Series, start_ms: int, end_ms: int, limit: int | None = None
+) -> list[Bar]:
+    rows = await conn.fetch(
+        "SELECT ts, open, high, low, close, volume FROM ohlcv_1m"
+        " WHERE market = $1 AND provider = $2 AND symbol = $3 AND ts >= $4 AND ts < $5"
+        " ORDER BY ts LIMIT $6",
+        series.market, series.provider, series.symbol, to_dt(start_ms), to_dt(end_ms), limit,
+    )
+    return [[to_ms(r[0]), r[1], r[2], r[3], r[4], r[5]] for r in rows]
+
+
+async def count_1m_bars(conn: asyncpg.Connection, series: Series, start_ms: int, end_ms: int) -> int:
+    n: int = await conn.fetchval(
+        "SELECT count(*) FROM ohlcv_1m WHERE market = $1 AND provider = $2 AND symbol = $3"
+        " AND ts >= $4 AND ts < $5",
+        series.market, series.provider, series.symbol, to_dt(start_ms), to_dt(end_ms),
+    )
+    return n
+
+
+# --- Gap ledger ------------------------------------------------------------------------------
+def merge_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Union of half-open ranges, sorted, adjacent ones joined."""
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def subtract_ranges(
+    start: int, end: int, covered: Sequence[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """Parts of [start, end) not in ``covered``."""
+    out, cur = [], start
+    for a, b in merge_ranges(covered):
+        if b <= cur or a >= end:
+            continue
+        if a > cur:
+            out.append((cur, a))
+        cur = max(cur, b)
+    if cur < end:
+        out.append((cur, end))
+    return out
+
+
+async def record_complete(
+    conn: asyncpg.Connection, series: Series, ranges: Sequence[tuple[int, int]]
+) -> None:
+    """Record ranges as fetched and complete, merging them with touching ledger rows."""
+    key = (series.market, series.provider, series.symbol)
+    async with conn.transaction():
+        # Serialise ledger updates of one series so concurrent writers do not lose a merge.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", series.key())
+        for a, b in merge_ranges(ranges):
+            rows = await conn.fetch(
+                "DELETE FROM fetched_ranges WHERE market = $1 AND provider = $2 AND symbol = $3"
+                " AND start_ms <= $5 AND end_ms >= $4 RETURNING start_ms, end_ms",
+                *key, a, b,
+            )
+            lo = min([a, *(r["start_ms"] for r in rows)])
+            hi = max([b, *(r["end_ms"] for r in rows)])
+            await conn.execute(
+                "INSERT INTO fetched_ranges (market, provider, symbol, start_ms, end_ms)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                *key, lo, hi,
+            )
+
+
+async def covered_ranges(
+    conn: asyncpg.Connection, series: Series, start_ms: int, end_ms: int
+) -> list[tuple[int, int]]:
+    rows = await conn.fetch(
+        "SELECT start_ms, end_ms FROM fetched_ranges WHERE market = $1 AND provider = $2"
+        " AND symbol = $3 AND start_ms < $5 AND end_ms > $4 ORDER BY start_ms",
+        series.market, series.provider, series.symbol, start_ms, end_ms,
+    )
+    return merge_ranges([(max(r[0], start_ms), min(r[1], end_ms)) for r in rows])
+
+
+async def missing_ranges(
+    conn: asyncpg.Connection, series: Series, start_ms: int, end_ms: int
+) -> list[tuple[int, int]]:
+    """Parts of [start_ms, end_ms) never fetched complete from the provider."""
+    if end_ms <= start_ms:
+        return []
+    return subtract_ranges(start_ms, end_ms, await covered_ranges(conn, series, start_ms, end_ms))
