@@ -8,6 +8,7 @@ from typing import Any
 
 from quart import Quart
 
+from app_extensions.cli import init_cli
 from app_extensions.db_pool import Database
 from app_extensions.errors import init_error_handlers
 from app_extensions.redis_client import RedisClient
@@ -49,4 +50,16 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
                 log.warning("closing %s timed out", type(ext).__name__)
     app.register_blueprint(health_blueprint)
     app.register_blueprint(market_blueprint)
+    init_cli(app)
     return app
+
+
+if __name__ == "__main__":  # python app.py: the same server as `make run`
+    import os
+
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config as HypercornConfig
+
+    hc = HypercornConfig()
+    hc.bind = [f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"]
+    asyncio.run(serve(create_app(), hc))  # type: ignore[arg-type]

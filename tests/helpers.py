@@ -1,0 +1,18 @@
+"""Small helpers shared by tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Quart
+
+from app_extensions.services import get_services
+
+
+def sim_calls(app: Quart) -> int:
+    """fetch_ohlcv calls made by the app's sim plugin instance(s) so far."""
+    total = 0
+    for entry in get_services(app).markets._instances.values():
+        calls: dict[str, Any] = getattr(entry.plugin, "calls", {})
+        total += int(calls.get("fetch_ohlcv", 0))
+    return total
