@@ -72,6 +72,34 @@ class BaseConfig:
     OHLCV_MAX_LIMIT = 5000
     #: Most upstream calls one /ohlcv request may make before the rest is left to a backfill job.
     OHLCV_MAX_PROVIDER_CALLS = 10
+    # Operators' side (app_extensions/auth.py, ratelimit.py, cors.py; services/provider_budget.py)
+    #: Require an API key (X-API-Key, or the WebSocket handshake's header / api_key parameter).
+    AUTH_ENABLED = False
+    #: Accepted keys as sha256 hex digests: a JSON list or comma-separated (also table api_keys).
+    API_KEYS: str | list[str] = ""
+    #: Also accept keys from the api_keys table (migration 020); looked-up keys cached this long.
+    API_KEYS_FROM_DB = True
+    API_KEY_CACHE_TTL = 30.0
+    #: When set, GET /metrics needs "Authorization: Bearer <token>" (else it is open).
+    METRICS_TOKEN = ""
+    RATE_LIMIT_ENABLED = True
+    #: JSON: route class (default, ohlcv, backfill, ws) to "requests/seconds", per key or client IP.
+    RATE_LIMITS: dict[str, str] = {}
+    #: Take the client IP from the last X-Forwarded-For hop (only behind a trusted proxy).
+    TRUST_FORWARDED_FOR = False
+    #: Comma-separated origins allowed by CORS ("*" for any); empty: no CORS headers.
+    CORS_ORIGINS = ""
+    #: Comma-separated origins allowed to open the WebSocket; empty: any (or none sent).
+    WS_ALLOWED_ORIGINS = ""
+    MAX_BODY_BYTES = 64 * 1024
+    #: JSON: provider id to "calls/seconds", shared by every instance; merged over the defaults.
+    PROVIDER_BUDGETS: dict[str, str] = {}
+    #: Longest a call waits for budget before it fails as provider_unavailable (seconds).
+    PROVIDER_BUDGET_MAX_WAIT = 2.0
+    #: Pause after an exchange's 418/429 that named no Retry-After (seconds).
+    PROVIDER_BAN_DEFAULT = 10.0
+    #: Timeout of each readiness check (seconds).
+    READINESS_TIMEOUT = 0.5
 
     def __init__(self) -> None:
         self._apply_env()
