@@ -32,11 +32,52 @@ PROVIDER_LATENCY = Histogram(
 DATA_SOURCE_ANSWERS = Counter(
     "ohlcv_answers_total", "OHLCV answers by data source mix", ["source"]
 )
-DEPENDENCY_UP = Gauge("dependency_up", "1 when the dependency answered its last check", ["name"])
-PLUGIN_INSTANCES = Gauge("plugin_instances", "Open plugin instances", ["plugin"])
+DEPENDENCY_UP = Gauge("dependency_up", "1 when the dependency answered its last check", ["name"],
+                      multiprocess_mode="livemin")
+PLUGIN_INSTANCES = Gauge("plugin_instances", "Open plugin instances", ["plugin"],
+                         multiprocess_mode="livesum")
 DB_QUERY_LATENCY = Histogram(
     "db_query_duration_seconds", "Database query latency by query name", ["query"]
 )
+# Gauges name their multiprocess mode: with PROMETHEUS_MULTIPROC_DIR set, live* modes combine the
+# values of the running worker processes (sum, or the worst one) instead of one series per pid.
+DB_POOL_SIZE = Gauge(
+    "db_pool_connections", "Open connections of the asyncpg pool", multiprocess_mode="livesum"
+)
+DB_POOL_IN_USE = Gauge(
+    "db_pool_connections_in_use", "Pool connections currently acquired", multiprocess_mode="livesum"
+)
+RATE_LIMIT_REJECTIONS = Counter(
+    "rate_limit_rejections_total", "Requests answered 429 by our rate limiter, by route class",
+    ["route_class"],
+)
+RATE_LIMIT_FALLBACKS = Counter(
+    "rate_limit_local_fallback_total", "Rate-limit decisions taken locally because Redis was down"
+)
+AUTH_FAILURES = Counter(
+    "auth_failures_total", "Requests refused 401, by reason (missing, invalid)", ["reason"]
+)
+PROVIDER_BUDGET_EVENTS = Counter(
+    "provider_budget_events_total",
+    "Outbound budget events by provider: waited, exhausted, banned (a 418/429 started a pause), "
+    "paused (a call refused during a pause), local (decided without Redis)",
+    ["provider", "event"],
+)
+CANDLE_LAG = Gauge(
+    "candle_lag_seconds",
+    "Seconds since the newest bar of the most behind active channel, by provider and timeframe",
+    ["provider", "timeframe"], multiprocess_mode="livemax",
+)
+
+
+@contextmanager
+def observe_query(name: str) -> Iterator[None]:
+    """Time one named database query (a fixed name from our code, never SQL text)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        DB_QUERY_LATENCY.labels(name).observe(time.perf_counter() - started)
 
 
 @contextmanager
