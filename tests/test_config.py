@@ -1,0 +1,57 @@
+"""Configuration: environment overrides and fail-fast validation naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from app import create_app
+from config import ConfigError, load_config
+
+BAD = [
+    ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+    ({"REDIS_URL": "http://x"}, "REDIS_URL"),
+    ({"PROVIDER_URLS": '{"binance": "ftp://x"}'}, "PROVIDER_URLS"),
+    ({"PROVIDER_URLS": "not json"}, "PROVIDER_URLS"),
+    ({"STORAGE_MODE": "mongo"}, "STORAGE_MODE"),
+    ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+    ({"DB_POOL_MIN": "5", "DB_POOL_MAX": "2"}, "DB_POOL_MIN"),
+    ({"PORT": "70000"}, "PORT"),
+    ({"PORT": "eighty"}, "PORT"),
+    ({"CACHE_TTL_CLOSED": "-1"}, "CACHE_TTL_CLOSED"),
+    ({"OHLCV_DEFAULT_LIMIT": "9000"}, "OHLCV_DEFAULT_LIMIT"),
+]
+
+
+@pytest.mark.parametrize(("env", "name"), BAD)
+def test_bad_values_fail_fast_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], name: str
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match=name):
+        load_config("testing").validate()
+    with pytest.raises(ConfigError, match=name):
+        create_app()
+
+
+def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORT", "9001")
+    monkeypatch.setenv("PROVIDER_URLS", '{"binance": "http://127.0.0.1:9100"}')
+    monkeypatch.setenv("CACHE_TTL_FORMING", "7")
+    cfg = load_config("production")
+    cfg.validate()
+    assert cfg.PORT == 9001 and cfg.CACHE_TTL_FORMING == 7
+    assert cfg.PROVIDER_URLS == {"binance": "http://127.0.0.1:9100"}
+    assert cfg.LOG_FORMAT == "json" and cfg.APP_ENV == "production"
+
+
+def test_unknown_app_env_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APP_ENV", "staging")
+    with pytest.raises(ConfigError, match="APP_ENV"):
+        load_config()
+
+
+def test_create_app_does_no_io_and_builds_every_extension() -> None:
+    app = create_app({"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"})
+    assert {"database", "redis", "services"} <= set(app.extensions)
+    assert app.extensions["database"].pool is None

@@ -1,0 +1,79 @@
+"""MarketService: plugin instances are cached per provider, credentials and testnet; idle ones close."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pytest
+
+from plugins.base import MarketPlugin
+from plugins.loader import PluginLoader
+from plugins.sim import SimPlugin
+from services.errors import UnknownMarket, UnknownProvider
+from services.market_service import MarketService, credentials_marker
+
+
+class KeyedSim(SimPlugin):
+    """A sim plugin whose credentials and testnet flag come from config (test double)."""
+
+    plugin_key: ClassVar[str] = "keyed-sim"
+    supported_markets: ClassVar[tuple[str, ...]] = ("keyed",)
+    closed: ClassVar[list[str]] = []
+
+    @classmethod
+    def settings_from_config(cls, provider_id: str, config: dict[str, Any]) -> tuple[dict[str, str], bool]:
+        return dict(config.get("KEYS", {})), bool(config.get("TESTNET", False))
+
+    async def close(self) -> None:
+        KeyedSim.closed.append(self.provider_id)
+
+
+def service(config: dict[str, Any]) -> MarketService:
+    loader = PluginLoader(["sim", "keyed"])
+    loader.load()
+    return MarketService(loader, {"PLUGIN_IDLE_TIMEOUT": 10, **config})
+
+
+async def test_same_provider_reuses_one_instance() -> None:
+    ms = service({})
+    a = await ms.get_plugin("sim", "sim")
+    b = await ms.get_plugin("sim", "sim")
+    assert a is b and isinstance(a, MarketPlugin) and ms.instance_count() == 1
+    await ms.close()
+
+
+async def test_credentials_and_testnet_get_their_own_instances() -> None:
+    plain, keyed = service({}), service({"KEYS": {"apiKey": "k", "secret": "s"}})
+    testnet = service({"KEYS": {"apiKey": "k", "secret": "s"}, "TESTNET": True})
+    keys = []
+    for ms in (plain, keyed, testnet):
+        await ms.get_plugin("keyed", "sim")
+        keys.append(next(iter(ms._instances)))
+        await ms.close()
+    assert len(set(keys)) == 3
+    assert keys[0][2] == "public" and "s" not in keys[1][2]
+
+
+async def test_idle_instances_are_closed_and_reopened() -> None:
+    KeyedSim.closed.clear()
+    ms = service({})
+    first = await ms.get_plugin("keyed", "sim")
+    assert await ms.close_idle(now=10**9) == 1
+    assert KeyedSim.closed == ["sim"] and ms.instance_count() == 0
+    second = await ms.get_plugin("keyed", "sim")
+    assert second is not first and ms.instance_count() == 1
+    await ms.close()
+
+
+async def test_unknown_market_and_provider() -> None:
+    ms = service({})
+    with pytest.raises(UnknownMarket):
+        await ms.get_plugin("forex", "sim")
+    with pytest.raises(UnknownProvider):
+        await ms.get_plugin("sim", "binance")
+
+
+def test_credentials_marker_hides_secrets() -> None:
+    assert credentials_marker({}) == "public"
+    marker = credentials_marker({"apiKey": "abc", "secret": "topsecret"})
+    assert "topsecret" not in marker and marker == credentials_marker({"secret": "topsecret", "apiKey": "abc"})
