@@ -39,7 +39,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     init_error_handlers(app)
     # Extensions open in this order (before_serving) and close in reverse: workers and plugins,
     # then Redis, then the pool, each bounded by SHUTDOWN_TIMEOUT.
-    extensions = [Database(app), RedisClient(app), Services(app)]
+    extensions: list[Database | RedisClient | Services] = [Database(app), RedisClient(app), Services(app)]
 
     @app.after_serving
     async def _shutdown() -> None:

@@ -62,9 +62,8 @@ class OhlcvQuery(SymbolQuery):
 
     @validates_schema
     def _order(self, data: dict[str, Any], **kwargs: Any) -> None:
-        if data.get("start") is not None and data.get("end") is not None:
-            if data["end"] <= data["start"]:
-                raise ValidationError("end must be after start", "end")
+        if data.get("start") is not None and data.get("end") is not None and data["end"] <= data["start"]:
+            raise ValidationError("end must be after start", "end")
 
 
 class ErrorBody(Schema):
@@ -98,7 +97,7 @@ class OhlcvAnswer(Schema):
     symbol = fields.String()
     timeframe = fields.String()
     bars = fields.List(fields.List(fields.Float()))
-    partial = fields.Boolean()
+    partial = fields.Boolean()  # type: ignore[assignment]
     next = fields.Integer(allow_none=True)
 
 

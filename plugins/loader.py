@@ -23,7 +23,7 @@ class PluginLoader:
     def load(self) -> None:
         for mod in pkgutil.iter_modules(plugins.__path__):
             importlib.import_module(f"plugins.{mod.name}")
-        for cls in _subclasses(MarketPlugin):
+        for cls in _subclasses(MarketPlugin):  # type: ignore[type-abstract]
             if getattr(cls, "__abstractmethods__", None):
                 continue
             self.by_key[cls.get_plugin_key()] = cls

@@ -56,7 +56,7 @@ class RedisCache(Cache):
             CACHE_REQUESTS.labels("1m", "error").inc()
             raise
         CACHE_REQUESTS.labels("1m", "hit" if raw else "miss").inc()
-        return [json.loads(m) for m in raw]
+        return [json.loads(m) for m in raw]  # type: ignore[arg-type]
 
     async def store_1m_bars(self, series: Series, bars: Sequence[Sequence[float]]) -> None:
         if not bars:

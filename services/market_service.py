@@ -8,6 +8,7 @@ and the testnet flag. A background task closes instances idle longer than
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -140,10 +141,8 @@ class MarketService:
     async def run_idle_reaper(self, shutdown: asyncio.Event, interval: float = 30.0) -> None:
         """Background loop: close idle instances until shutdown."""
         while not shutdown.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(shutdown.wait(), timeout=min(interval, self.idle_timeout))
-            except TimeoutError:
-                pass
             await self.close_idle()
 
     async def close(self) -> None:

@@ -152,10 +152,8 @@ class PluginSource:
             calls += 1
             page = [b for b in page if since <= b[0] < end]
             out.extend(page)
-            if len(page) < want:
-                since = end  # the provider has nothing more in the range
-            else:
-                since = int(page[-1][0]) + size
+            # A short page means the provider has nothing more in the range.
+            since = end if len(page) < want else int(page[-1][0]) + size
         return out, calls, min(since, end)
 
     async def _call(

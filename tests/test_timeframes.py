@@ -96,7 +96,7 @@ def test_week_buckets_start_on_monday() -> None:
 
 
 def test_empty_buckets_have_no_bar() -> None:
-    bars = [[0, 1, 2, 0.5, 1.5, 10], [3 * 3600_000, 2, 3, 1, 2, 5]]
+    bars: list[list[float]] = [[0, 1, 2, 0.5, 1.5, 10], [3 * 3600_000, 2, 3, 1, 2, 5]]
     assert [b[0] for b in resample(bars, "1h")] == [0, 3 * 3600_000]
 
 

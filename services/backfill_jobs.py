@@ -1,0 +1,191 @@
+"""Backfill job storage: plain async functions, connection first (table ``backfill_jobs``).
+
+A job is one (series, range) to complete. States: ``queued`` -> ``running`` -> ``done`` | ``failed``.
+A running job carries a lease (``owner``, ``lease_until``) that its instance's runner renews; when
+the instance dies the lease expires and :func:`claim_next` hands the job to another runner, which
+resumes it from the gap ledger. The unique partial index ``backfill_jobs_active`` keeps at most one
+active job per series and range across instances.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from services.storage import Series
+
+ACTIVE = ("queued", "running")
+STATES = ("queued", "running", "done", "failed")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A snapshot of one job row."""
+
+    id: str
+    series: Series
+    start_ms: int
+    end_ms: int
+    status: str
+    chunks_total: int
+    chunks_done: int
+    bars_written: int
+    error: str | None
+    attempts: int
+    owner: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def progress(self) -> float:
+        """Share of chunks done, 0..1 (1 when the job is done)."""
+        if self.status == "done":
+            return 1.0
+        if self.chunks_total <= 0:
+            return 0.0
+        return min(1.0, self.chunks_done / self.chunks_total)
+
+    def to_api(self) -> dict[str, Any]:
+        """The ``GET /backfill/<job_id>`` answer."""
+        return {
+            "job_id": self.id, "status": self.status, "progress": round(self.progress, 4),
+            "bars_written": self.bars_written, "error": self.error,
+            "market": self.series.market, "provider": self.series.provider,
+            "symbol": self.series.symbol, "start": self.start_ms, "end": self.end_ms,
+            "chunks_total": self.chunks_total, "chunks_done": self.chunks_done,
+        }
+
+
+def _job(row: asyncpg.Record) -> Job:
+    return Job(
+        id=row["id"], series=Series(row["market"], row["provider"], row["symbol"]),
+        start_ms=row["start_ms"], end_ms=row["end_ms"], status=row["status"],
+        chunks_total=row["chunks_total"], chunks_done=row["chunks_done"],
+        bars_written=row["bars_written"], error=row["error"], attempts=row["attempts"],
+        owner=row["owner"], created_at=row["created_at"], updated_at=row["updated_at"],
+    )
+
+
+async def enqueue_job(
+    conn: asyncpg.Connection, series: Series, start_ms: int, end_ms: int
+) -> tuple[Job, bool]:
+    """The active job covering [start_ms, end_ms) of ``series``, or a new queued one.
+    Returns (job, created). Safe under concurrency, also across instances."""
+    key = (series.market, series.provider, series.symbol)
+    for _ in range(5):
+        existing = await conn.fetchrow(
+            "SELECT * FROM backfill_jobs WHERE market = $1 AND provider = $2 AND symbol = $3"
+            " AND status IN ('queued', 'running') AND start_ms <= $4 AND end_ms >= $5"
+            " ORDER BY (end_ms - start_ms), created_at LIMIT 1",
+            *key, start_ms, end_ms,
+        )
+        if existing is not None:
+            return _job(existing), False
+        row = await conn.fetchrow(
+            "INSERT INTO backfill_jobs (id, market, provider, symbol, start_ms, end_ms)"
+            " VALUES ($1, $2, $3, $4, $5, $6)"
+            " ON CONFLICT (market, provider, symbol, start_ms, end_ms)"
+            " WHERE status IN ('queued', 'running') DO NOTHING RETURNING *",
+            uuid.uuid4().hex, *key, start_ms, end_ms,
+        )
+        if row is not None:
+            return _job(row), True
+        # Lost a race with another writer: its row is visible now (or it already finished).
+    raise RuntimeError("could not enqueue the backfill job after 5 attempts")
+
+
+async def get_job(conn: asyncpg.Connection, job_id: str) -> Job | None:
+    row = await conn.fetchrow("SELECT * FROM backfill_jobs WHERE id = $1", job_id)
+    return _job(row) if row is not None else None
+
+
+async def claim_next(conn: asyncpg.Connection, owner: str, lease_s: float) -> Job | None:
+    """Take the oldest queued job, or a running one whose lease expired (its owner died)."""
+    row = await conn.fetchrow(
+        "UPDATE backfill_jobs SET status = 'running', owner = $1, attempts = attempts + 1,"
+        " lease_until = now() + make_interval(secs => $2), updated_at = now()"
+        " WHERE id = (SELECT id FROM backfill_jobs WHERE status = 'queued'"
+        "   OR (status = 'running' AND (lease_until IS NULL OR lease_until < now()))"
+        "   ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1)"
+        " RETURNING *",
+        owner, float(lease_s),
+    )
+    return _job(row) if row is not None else None
+
+
+async def renew_leases(
+    conn: asyncpg.Connection, owner: str, job_ids: list[str], lease_s: float
+) -> set[str]:
+    """Extend the leases of our running jobs; returns the ids still ours."""
+    rows = await conn.fetch(
+        "UPDATE backfill_jobs SET lease_until = now() + make_interval(secs => $3)"
+        " WHERE owner = $1 AND status = 'running' AND id = ANY($2::text[]) RETURNING id",
+        owner, job_ids, float(lease_s),
+    )
+    return {r["id"] for r in rows}
+
+
+async def set_plan(conn: asyncpg.Connection, job_id: str, owner: str, remaining: int) -> bool:
+    """Record the chunk plan at (re)start: the first plan sets the total, a resumed one derives
+    the chunks already done from what is left. False when the job is no longer ours."""
+    status = await conn.execute(
+        "UPDATE backfill_jobs SET"
+        " chunks_total = CASE WHEN chunks_total = 0 THEN $3 ELSE chunks_total END,"
+        " chunks_done = GREATEST(0, CASE WHEN chunks_total = 0 THEN $3 ELSE chunks_total END - $3),"
+        " updated_at = now() WHERE id = $1 AND owner = $2 AND status = 'running'",
+        job_id, owner, remaining,
+    )
+    return status.endswith(" 1")
+
+
+async def add_progress(
+    conn: asyncpg.Connection, job_id: str, owner: str, chunks: int, bars: int
+) -> bool:
+    """Count a written chunk (call in the chunk's transaction). False when not ours any more."""
+    status = await conn.execute(
+        "UPDATE backfill_jobs SET chunks_done = LEAST(chunks_total, chunks_done + $3),"
+        " bars_written = bars_written + $4, updated_at = now()"
+        " WHERE id = $1 AND owner = $2 AND status = 'running'",
+        job_id, owner, chunks, bars,
+    )
+    return status.endswith(" 1")
+
+
+async def finish_job(
+    conn: asyncpg.Connection, job_id: str, owner: str, error: str | None = None
+) -> bool:
+    """Mark our job done (``error`` None) or failed with a readable ``error``."""
+    status = await conn.execute(
+        "UPDATE backfill_jobs SET status = $3, error = $4, owner = NULL, lease_until = NULL,"
+        " chunks_done = CASE WHEN $3 = 'done' THEN chunks_total ELSE chunks_done END,"
+        " updated_at = now(), finished_at = now()"
+        " WHERE id = $1 AND owner = $2 AND status = 'running'",
+        job_id, owner, "failed" if error else "done", error,
+    )
+    return status.endswith(" 1")
+
+
+async def release_jobs(conn: asyncpg.Connection, owner: str) -> int:
+    """Hand our running jobs back to the queue (graceful shutdown); returns how many."""
+    status = await conn.execute(
+        "UPDATE backfill_jobs SET status = 'queued', owner = NULL, lease_until = NULL,"
+        " updated_at = now() WHERE owner = $1 AND status = 'running'",
+        owner,
+    )
+    return int(status.split()[-1])
+
+
+async def job_stats(conn: asyncpg.Connection) -> tuple[dict[str, int], float]:
+    """(jobs by state, age in seconds of the oldest active job or 0)."""
+    rows = await conn.fetch("SELECT status, count(*) AS n FROM backfill_jobs GROUP BY status")
+    counts = {state: 0 for state in STATES}
+    counts.update({r["status"]: int(r["n"]) for r in rows})
+    lag = await conn.fetchval(
+        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8"
+        " FROM backfill_jobs WHERE status IN ('queued', 'running')"
+    )
+    return counts, float(lag or 0.0)
