@@ -100,6 +100,26 @@ class BaseConfig:
     PROVIDER_BAN_DEFAULT = 10.0
     #: Timeout of each readiness check (seconds).
     READINESS_TIMEOUT = 0.5
+    # Backfill (services/backfill_manager.py, backfill_runner.py; docs/backfill.md)
+    #: Most concurrent upstream calls per provider made by backfills of this instance.
+    BACKFILL_CONCURRENCY = 4
+    #: Jobs one instance runs at once.
+    BACKFILL_MAX_JOBS = 2
+    #: Seconds between the job runner's looks for queued jobs (a new job wakes it at once).
+    BACKFILL_POLL_INTERVAL = 2.0
+    #: Lease of a running job (seconds), renewed by its runner; a dead instance's job resumes after it.
+    BACKFILL_LEASE_SECONDS = 30.0
+    #: Backoff of a chunk's retries after temporary errors: first wait and cap (seconds).
+    BACKFILL_RETRY_BASE = 1.0
+    BACKFILL_RETRY_MAX_WAIT = 60.0
+    #: How long a chunk keeps retrying temporary errors before its job fails (seconds).
+    BACKFILL_PATIENCE = 3600.0
+    #: Longest range one backfill job may cover (days).
+    BACKFILL_MAX_RANGE_DAYS = 3660
+    #: Also put backfilled 1m bars into the Redis 1m cache.
+    BACKFILL_WRITE_CACHE = True
+    #: Run the job runner in this instance (off: the API still queues jobs for other instances).
+    BACKFILL_RUNNER = True
 
     def __init__(self) -> None:
         self._apply_env()

@@ -1,0 +1,330 @@
+"""BackfillManager: completes the stored 1m history of a series over a range, exactly once.
+
+For (market, provider, symbol, [start, end)) the gap ledger says which closed minutes were never
+fetched complete; those ranges are split into chunks of the provider's ``max_bars_per_call`` and
+fetched through the provider's plugin instance, at most ``BACKFILL_CONCURRENCY`` calls at a time per
+provider (``_api_semaphore``). Each chunk is written in one transaction: its bars, its ledger range
+(also when the provider answered it empty: a real exchange hole is then *verified empty* and never
+fetched again) and the job's progress. The last ``LEDGER_SAFETY_MS`` before now are written but
+never recorded complete. A chunk failing with a temporary error (``.temporary``: network, 429/5xx,
+a storage outage) is retried with backoff that honours ``retry_after`` for up to
+``BACKFILL_PATIENCE`` seconds; any other error fails the job with a readable error.
+Jobs (``services.backfill_jobs``) are run by :class:`services.backfill_runner.JobRunner`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from app_extensions.db_pool import Database
+from services import aggregates, storage
+from services import backfill_jobs as jobs
+from services.backfill_metrics import BACKFILL_BARS, BACKFILL_CHUNK_FAILURES, BACKFILL_CHUNKS
+from services.backfill_runner import JobRunner
+from services.errors import AppError, DataSourceError, NetworkPluginError, NotFound, UnknownSymbol
+from services.market_service import MarketService
+from services.orchestrator import LEDGER_SAFETY_MS
+from services.sources import CacheSource, PluginSource
+from services.storage import Series, subtract_ranges, to_dt
+from services.timeframes import MINUTE_MS, Bar, bucket_ceil, bucket_start, now_ms
+
+log = logging.getLogger(__name__)
+#: Calls one chunk may make while paging (a chunk normally needs one).
+_CHUNK_CALL_BUDGET = 1_000
+
+
+class LeaseLost(Exception):  # noqa: N818 - a signal, not an API error
+    """Another runner owns the job now (our lease expired); stop working on it."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Minutes [start, end) fetched in one call; [start, complete_end) is recorded complete."""
+
+    start: int
+    end: int
+    complete_end: int
+
+
+@dataclass
+class Progress:
+    """Running totals of one backfill, passed to the progress callback after every chunk."""
+
+    chunks_total: int
+    chunks_done: int = 0
+    bars_written: int = 0
+    calls: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(frozen=True)
+class _JobRef:
+    id: str
+    owner: str
+
+
+def readable(exc: BaseException) -> str:
+    """The error text a failed job keeps."""
+    if isinstance(exc, AppError):
+        return f"{exc.code}: {exc.message}"
+    return f"internal_error: {type(exc).__name__}: {exc}"
+
+
+class BackfillManager:
+    """Owner of backfills and their job runner. Collaborators come in through the constructor."""
+
+    def __init__(
+        self, markets: MarketService, db: Database, cache: CacheSource, config: dict[str, Any]
+    ) -> None:
+        self.markets, self.db, self.cache = markets, db, cache
+        self.plugins = PluginSource(markets)
+        self.concurrency = max(1, int(config.get("BACKFILL_CONCURRENCY", 4)))
+        self.patience = float(config.get("BACKFILL_PATIENCE", 3600.0))
+        self.retry_base = float(config.get("BACKFILL_RETRY_BASE", 1.0))
+        self.retry_max_wait = float(config.get("BACKFILL_RETRY_MAX_WAIT", 60.0))
+        self.write_cache = bool(config.get("BACKFILL_WRITE_CACHE", True))
+        self.max_range_ms = int(float(config.get("BACKFILL_MAX_RANGE_DAYS", 3660)) * 86_400_000)
+        #: Per-provider limit of concurrent upstream calls, shared by every backfill here.
+        self._api_semaphore: dict[str, asyncio.Semaphore] = {}
+        self.runner = JobRunner(self, db, config)
+
+    # --- Lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the job runner (when ``BACKFILL_RUNNER`` is on)."""
+        await self.runner.start()
+
+    async def close(self, release: bool = True) -> None:
+        """Stop the runner; ``release`` hands our running jobs back to the queue."""
+        await self.runner.close(release=release)
+
+    # --- Planning and running --------------------------------------------------------------------
+    def _semaphore(self, provider: str) -> asyncio.Semaphore:
+        sem = self._api_semaphore.get(provider)
+        if sem is None:
+            sem = self._api_semaphore[provider] = asyncio.Semaphore(self.concurrency)
+        return sem
+
+    async def plan(self, series: Series, start: int, end: int) -> list[Chunk]:
+        """Chunks covering the closed minutes of [start, end) the ledger lacks."""
+        now = now_ms()
+        current_min = bucket_start(now, "1m")
+        fetch_end = min(bucket_ceil(end, "1m"), current_min)
+        safe_end = current_min - LEDGER_SAFETY_MS
+        async with self.db.acquire() as conn:
+            missing = await storage.missing_ranges(conn, series, bucket_start(start, "1m"), fetch_end)
+        step = (await self.plugins.max_per_call(series)) * MINUTE_MS
+        return [
+            Chunk(x, min(x + step, b), max(x, min(x + step, b, safe_end)))
+            for a, b in missing for x in range(a, b, step)
+        ]
+
+    async def backfill(
+        self, series: Series, start: int, end: int, on_progress: ProgressCallback | None = None
+    ) -> Progress:
+        """Complete [start, end) of ``series`` now (no job row); the CLI's entry point."""
+        chunks = await self.plan(series, start, end)
+        progress = Progress(len(chunks))
+        if on_progress is not None:
+            on_progress(progress)
+        await self._run_chunks(series, chunks, progress, None, on_progress)
+        return progress
+
+    async def run_job(self, job: jobs.Job, owner: str) -> None:
+        """Run (or resume) a claimed job to done or failed. Storage outages outside a chunk
+        propagate: the lease then expires and the job is picked up again."""
+        ref = _JobRef(job.id, owner)
+        try:
+            chunks = await self.plan(job.series, job.start_ms, job.end_ms)
+            async with self.db.acquire() as conn:
+                if not await jobs.set_plan(conn, job.id, owner, len(chunks)):
+                    raise LeaseLost(job.id)
+            await self._run_chunks(job.series, chunks, Progress(len(chunks)), ref, None)
+            error = None
+        except LeaseLost:
+            log.info("backfill job %s: lease lost, another runner has it", job.id)
+            return
+        except DataSourceError:
+            raise
+        except AppError as exc:
+            error = readable(exc)
+            log.warning("backfill job %s failed: %s", job.id, error)
+        except Exception as exc:  # a bug: keep it on the job, with the trace in the log
+            error = readable(exc)
+            log.error("backfill job %s crashed", job.id, exc_info=exc)
+        async with self.db.acquire() as conn:
+            await jobs.finish_job(conn, job.id, owner, error)
+
+    async def _run_chunks(
+        self, series: Series, chunks: Sequence[Chunk], progress: Progress,
+        job: _JobRef | None, on_progress: ProgressCallback | None,
+    ) -> None:
+        queue = deque(chunks)
+
+        async def worker() -> None:
+            while queue:
+                chunk = queue.popleft()
+                written, calls = await self._run_chunk(series, chunk, job)
+                progress.chunks_done += 1
+                progress.bars_written += written
+                progress.calls += calls
+                if on_progress is not None:
+                    on_progress(progress)
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for i in range(min(self.concurrency, len(chunks))):
+                    tg.create_task(worker(), name=f"backfill-worker-{i}")
+        except ExceptionGroup as group:
+            raise group.exceptions[0] from None
+
+    def _wait(self, state: RetryCallState) -> float:
+        """Exponential backoff with jitter, at least the exchange's ``retry_after``."""
+        exc = state.outcome.exception() if state.outcome is not None else None
+        backoff = float(wait_random_exponential(self.retry_base, self.retry_max_wait)(state))
+        retry_after = getattr(exc, "retry_after", None)
+        if isinstance(retry_after, int | float):
+            backoff = max(backoff, float(retry_after))
+        return min(backoff, self.retry_max_wait)
+
+    async def _run_chunk(self, series: Series, chunk: Chunk, job: _JobRef | None) -> tuple[int, int]:
+        """Fetch and write one chunk; returns (bars written, calls made)."""
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            BACKFILL_CHUNK_FAILURES.labels(series.provider, "temporary").inc()
+            log.warning("backfill %s chunk %s: %s; retrying (attempt %d)", series.key(),
+                        to_dt(chunk.start).isoformat(), exc, state.attempt_number)
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(lambda e: bool(getattr(e, "temporary", False))),
+            stop=stop_after_delay(self.patience), wait=self._wait,
+            before_sleep=before_sleep, reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    async with self._semaphore(series.provider):
+                        bars, calls, _ = await self.plugins.fetch(
+                            series, "1m", chunk.start, chunk.end, _CHUNK_CALL_BUDGET)
+                    written = await self._write(series, chunk, bars, job)
+                    return written, calls
+        except (AppError, asyncpg.PostgresError) as exc:
+            BACKFILL_CHUNK_FAILURES.labels(series.provider, "permanent").inc()
+            if isinstance(exc, AppError):
+                exc.message = f"{exc.message} (chunk starting {to_dt(chunk.start).isoformat()})"
+            raise
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    async def _write(
+        self, series: Series, chunk: Chunk, bars: list[Bar], job: _JobRef | None
+    ) -> int:
+        """Bars, the chunk's ledger range and the job's progress in one transaction."""
+        now = now_ms()
+        closed = [b for b in bars if chunk.start <= b[0] < chunk.end and b[0] + MINUTE_MS <= now]
+        complete = [(chunk.start, chunk.complete_end)] if chunk.complete_end > chunk.start else []
+        async with self.db.acquire() as conn:
+            async with conn.transaction():
+                written = await storage.upsert_1m_bars(conn, series, closed, complete)
+                if job is not None and not await jobs.add_progress(conn, job.id, job.owner, 1, written):
+                    raise LeaseLost(job.id)
+            if closed:
+                await aggregates.refresh_window(
+                    conn, self.db.mode, int(closed[0][0]), int(closed[-1][0]) + MINUTE_MS)
+        if closed and self.write_cache:
+            await self.cache.put_1m(series, closed)
+        BACKFILL_CHUNKS.labels(series.provider).inc()
+        BACKFILL_BARS.labels(series.provider).inc(written)
+        return written
+
+    # --- Jobs and reports ------------------------------------------------------------------------
+    async def submit(self, series: Series, start: int, end: int) -> tuple[jobs.Job, bool]:
+        """Queue a job for [start, end) (minute aligned), or answer the active one covering it.
+        Raises UnknownMarket / UnknownProvider / UnknownSymbol."""
+        self.markets.check_provider(series.market, series.provider)
+        await self._check_symbol(series)
+        async with self.db.acquire() as conn:
+            job, created = await jobs.enqueue_job(
+                conn, series, bucket_start(start, "1m"), bucket_ceil(end, "1m"))
+        if created:
+            self.runner.wake()
+        return job, created
+
+    async def _check_symbol(self, series: Series) -> None:
+        try:
+            known = await self.markets.symbols(series.market, series.provider)
+        except NetworkPluginError as exc:  # cannot check now; the job will report a bad symbol
+            log.info("symbol check skipped for %s: %s", series.key(), exc)
+            return
+        if series.symbol not in known:
+            raise UnknownSymbol(f"{series.provider} has no symbol {series.symbol!r}",
+                                details={"symbol": [f"unknown on {series.provider}"]})
+
+    async def get_job(self, job_id: str) -> jobs.Job:
+        """The job with ``job_id``; raises ``NotFound``."""
+        async with self.db.acquire() as conn:
+            job = await jobs.get_job(conn, job_id)
+        if job is None:
+            raise NotFound(f"no backfill job {job_id!r}")
+        return job
+
+    async def schedule_missing(self, series: Series, ranges: list[tuple[int, int]]) -> str | None:
+        """The orchestrator's ``on_missing`` hook: one job over the span of ``ranges``; its id, or
+        None when no job could be queued (storage down: the answer stays marked incomplete)."""
+        if not ranges:
+            return None
+        try:
+            async with self.db.acquire() as conn:
+                job, created = await jobs.enqueue_job(conn, series, ranges[0][0], ranges[-1][1])
+        except DataSourceError as exc:
+            log.warning("could not schedule a backfill for %s: %s", series.key(), exc.details)
+            return None
+        if created:
+            self.runner.wake()
+        return job.id
+
+    async def gaps(self, series: Series, start: int, end: int) -> dict[str, list[list[int]]]:
+        """``{"missing", "verified_empty"}`` ranges of the 1m series within [start, end)."""
+        start, end = bucket_start(start, "1m"), bucket_ceil(end, "1m")
+        async with self.db.acquire() as conn:
+            covered = await storage.covered_ranges(conn, series, start, end)
+            islands = await bar_islands(conn, series, start, end)
+        empty = [r for a, b in covered for r in subtract_ranges(a, b, islands)]
+        return {"missing": [list(r) for r in subtract_ranges(start, end, covered)],
+                "verified_empty": [list(r) for r in empty]}
+
+
+async def bar_islands(
+    conn: asyncpg.Connection, series: Series, start: int, end: int
+) -> list[tuple[int, int]]:
+    """Maximal runs of consecutive stored 1m bars in [start, end), as [first, last + 1m)."""
+    rows = await conn.fetch(
+        "SELECT min(ms) AS a, max(ms) + 60000 AS b FROM ("
+        " SELECT ms, ms - 60000 * row_number() OVER (ORDER BY ms) AS grp FROM ("
+        "  SELECT (extract(epoch FROM ts) * 1000)::bigint AS ms FROM ohlcv_1m"
+        "  WHERE market = $1 AND provider = $2 AND symbol = $3 AND ts >= $4 AND ts < $5) s) t"
+        " GROUP BY grp ORDER BY a",
+        series.market, series.provider, series.symbol, to_dt(start), to_dt(end),
+    )
+    return [(int(r["a"]), int(r["b"])) for r in rows]
