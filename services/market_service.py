@@ -20,6 +20,7 @@ from plugins.base import MarketPlugin, ProviderInfo, Ticker
 from plugins.loader import PluginLoader
 from services.errors import UnknownMarket, UnknownProvider
 from services.metrics import PLUGIN_INSTANCES, observe_call
+from services.provider_budget import ProviderBudget
 from services.timeframes import TIMEFRAMES
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class MarketService:
         self._lock = asyncio.Lock()
         self.symbols_ttl = float(config.get("CACHE_TTL_SYMBOLS", 3600))
         self._symbols: dict[tuple[str, str], tuple[float, list[str]]] = {}
+        #: Outbound budget and ban pauses per provider (shared in Redis once the app attaches it).
+        self.budget = ProviderBudget(config)
 
     # --- Catalogue ---------------------------------------------------------------------------
     def markets(self) -> list[dict[str, Any]]:
@@ -108,15 +111,17 @@ class MarketService:
         if hit is not None and time.monotonic() - hit[0] < self.symbols_ttl:
             return hit[1]
         plugin = await self.get_plugin(market, provider)
-        with observe_call(provider, "fetch_symbols"):
-            found = await plugin.fetch_symbols()
+        async with self.budget.guard(provider):
+            with observe_call(provider, "fetch_symbols"):
+                found = await plugin.fetch_symbols()
         self._symbols[key] = (time.monotonic(), found)
         return found
 
     async def ticker(self, market: str, provider: str, symbol: str) -> Ticker:
         plugin = await self.get_plugin(market, provider)
-        with observe_call(provider, "fetch_ticker"):
-            return await plugin.fetch_ticker(symbol)
+        async with self.budget.guard(provider):
+            with observe_call(provider, "fetch_ticker"):
+                return await plugin.fetch_ticker(symbol)
 
     def instance_count(self) -> int:
         return len(self._instances)

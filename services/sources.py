@@ -17,7 +17,7 @@ from services import aggregates, storage
 from services.cache_manager import Cache
 from services.errors import DataSourceError
 from services.market_service import MarketService
-from services.metrics import observe_call
+from services.metrics import observe_call, observe_query
 from services.storage import Series
 from services.timeframes import MINUTE_MS, Bar, tf_ms
 
@@ -80,16 +80,18 @@ class AggregateSource:
 
     async def missing(self, series: Series, start: int, end: int) -> list[tuple[int, int]]:
         async with self.db.acquire() as conn:
-            return await storage.missing_ranges(conn, series, start, end)
+            with observe_query("missing_ranges"):
+                return await storage.missing_ranges(conn, series, start, end)
 
     async def read(self, series: Series, timeframe: str, start: int, end: int, limit: int) -> list[Bar]:
         if end <= start:
             return []
         async with self.db.acquire() as conn:
-            return await aggregates.select_bars(
-                conn, self.db.mode, series.market, series.provider, series.symbol,
-                timeframe, start, end, limit,
-            )
+            with observe_query("select_bars"):
+                return await aggregates.select_bars(
+                    conn, self.db.mode, series.market, series.provider, series.symbol,
+                    timeframe, start, end, limit,
+                )
 
 
 class DbSource:
@@ -104,11 +106,13 @@ class DbSource:
         if not bars and not complete:
             return 0
         async with self.db.acquire() as conn:
-            n = await storage.upsert_1m_bars(conn, series, bars, complete)
+            with observe_query("upsert_1m_bars"):
+                n = await storage.upsert_1m_bars(conn, series, bars, complete)
             if bars:
-                await aggregates.refresh_window(
-                    conn, self.db.mode, int(bars[0][0]), int(bars[-1][0]) + MINUTE_MS
-                )
+                with observe_query("refresh_aggregates"):
+                    await aggregates.refresh_window(
+                        conn, self.db.mode, int(bars[0][0]), int(bars[-1][0]) + MINUTE_MS
+                    )
         return n
 
 
@@ -159,6 +163,7 @@ class PluginSource:
     async def _call(
         self, plugin: Any, series: Series, timeframe: str, since: int, limit: int, until: int
     ) -> list[Bar]:
-        with observe_call(series.provider, "fetch_ohlcv"):
-            bars: list[Bar] = await plugin.fetch_ohlcv(series.symbol, timeframe, since, limit, until)
+        async with self.markets.budget.guard(series.provider):
+            with observe_call(series.provider, "fetch_ohlcv"):
+                bars: list[Bar] = await plugin.fetch_ohlcv(series.symbol, timeframe, since, limit, until)
         return bars

@@ -1,0 +1,167 @@
+"""Outbound request budgets per provider, shared by every instance through Redis.
+
+Each provider has a budget of ``calls/seconds`` (``DEFAULT_BUDGETS`` merged with the
+``PROVIDER_BUDGETS`` config; ``"*"`` sets one for providers not named; unnamed providers such as
+``sim`` are unlimited). A call reserves the next free slot of a GCRA schedule in Redis with one
+atomic script and sleeps until it; when the slot is further away than ``PROVIDER_BUDGET_MAX_WAIT``
+the call fails at once with ``RateLimitedPluginError`` (503 ``provider_unavailable``) instead of
+stalling the request. N instances together therefore stay under the exchange's limit.
+
+When an exchange rate-limits or bans us (418/429: ``RateLimitedPluginError``), the provider is
+paused cluster-wide for its ``retry_after`` (or ``PROVIDER_BAN_DEFAULT`` seconds): every
+instance's calls to it fail fast until the pause ends, instead of deepening the ban.
+
+When Redis is down the same schedule and pauses are kept in process memory (each instance then
+spends the whole budget on its own until Redis is back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from services.errors import DataSourceError, RateLimitedPluginError
+from services.metrics import PROVIDER_BUDGET_EVENTS
+
+log = logging.getLogger(__name__)
+
+#: Conservative shares of each exchange's published public limit (calls per seconds).
+DEFAULT_BUDGETS = {
+    "binance": "1200/60", "kraken": "60/60", "coinbase": "600/60", "bybit": "600/60",
+    "okx": "600/60", "alpaca": "200/60",
+}
+
+#: KEYS[1]: pause key, KEYS[2]: schedule (TAT, ms). ARGV: emission ms (0: no budget), burst,
+#: longest wait ms. Returns {status, ms}: 1 go after ms, 0 over budget (retry in ms), -1 paused.
+BUDGET_LUA = """
+local pause = redis.call('PTTL', KEYS[1])
+if pause > 0 then return {-1, pause} end
+local emission = tonumber(ARGV[1])
+if emission <= 0 then return {1, 0} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = emission * tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[2]))
+if tat == nil or tat < now then tat = now end
+local new_tat = tat + emission
+local wait = new_tat - window - now
+if wait > tonumber(ARGV[3]) then return {0, math.ceil(wait)} end
+redis.call('SET', KEYS[2], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1)
+if wait < 0 then wait = 0 end
+return {1, math.ceil(wait)}
+"""
+
+
+def parse_budget(text: str) -> tuple[int, float] | None:
+    """``"calls/seconds"`` as (calls, seconds); "off" or "" as None."""
+    raw = str(text).strip().lower()
+    if raw in ("", "off", "none"):
+        return None
+    calls, _, seconds = raw.partition("/")
+    try:
+        parsed = int(calls), float(seconds)
+    except ValueError as exc:
+        raise ValueError(f"PROVIDER_BUDGETS: {text!r} is not 'calls/seconds'") from exc
+    if parsed[0] < 1 or parsed[1] <= 0:
+        raise ValueError(f"PROVIDER_BUDGETS: {text!r} needs positive calls and seconds")
+    return parsed
+
+
+class ProviderBudget:
+    """Cluster-wide outbound budget and ban pauses. ``attach(redis)`` shares it through Redis."""
+
+    def __init__(self, config: Mapping[str, Any], redis: Any = None) -> None:
+        merged = {**DEFAULT_BUDGETS, **(config.get("PROVIDER_BUDGETS") or {})}
+        self.budgets = {p: parse_budget(text) for p, text in merged.items()}
+        self.max_wait = float(config.get("PROVIDER_BUDGET_MAX_WAIT", 2.0))
+        self.ban_default = float(config.get("PROVIDER_BAN_DEFAULT", 10.0))
+        self.redis = redis
+        self._local_tat: dict[str, float] = {}
+        self._local_pause: dict[str, float] = {}
+        self._scripts: dict[int, Any] = {}
+
+    def attach(self, redis: Any) -> None:
+        """Share budgets and pauses through ``redis`` (an ``app_extensions.redis_client.RedisClient``)."""
+        self.redis = redis
+
+    def budget_for(self, provider: str) -> tuple[int, float] | None:
+        return self.budgets[provider] if provider in self.budgets else self.budgets.get("*")
+
+    @asynccontextmanager
+    async def guard(self, provider: str) -> AsyncIterator[None]:
+        """Wait for budget, run the call; a ``RateLimitedPluginError`` from it pauses the provider."""
+        await self.acquire(provider)
+        try:
+            yield
+        except RateLimitedPluginError as exc:
+            await self.pause(provider, exc.retry_after)
+            raise
+
+    async def acquire(self, provider: str) -> None:
+        """Take one call from the budget (sleeping up to ``max_wait``), or raise
+        ``RateLimitedPluginError`` while paused or over budget."""
+        budget = self.budget_for(provider)
+        emission, burst = (budget[1] * 1000 / budget[0], budget[0]) if budget else (0.0, 0)
+        status, ms = await self._take(provider, emission, burst)
+        if status < 0:
+            PROVIDER_BUDGET_EVENTS.labels(provider, "paused").inc()
+            raise RateLimitedPluginError(
+                f"{provider} is paused after an exchange rate limit", retry_after=ms / 1000
+            )
+        if status == 0:
+            PROVIDER_BUDGET_EVENTS.labels(provider, "exhausted").inc()
+            raise RateLimitedPluginError(f"request budget for {provider} exhausted", retry_after=ms / 1000)
+        if ms > 0:
+            PROVIDER_BUDGET_EVENTS.labels(provider, "waited").inc()
+            await asyncio.sleep(ms / 1000)
+
+    async def pause(self, provider: str, retry_after: float | None) -> None:
+        """Pause every instance's calls to ``provider`` for ``retry_after`` seconds (or the default)."""
+        seconds = retry_after if retry_after and retry_after > 0 else self.ban_default
+        ms = max(1, int(seconds * 1000))
+        PROVIDER_BUDGET_EVENTS.labels(provider, "banned").inc()
+        log.warning("%s rate-limited us: pausing calls to it for %.1f s", provider, seconds)
+        self._local_pause[provider] = time.monotonic() + seconds
+        if self.redis is not None:
+            key = self.redis.key("budget", "pause", provider)
+            try:
+                await self.redis.run(lambda r: r.set(key, "1", px=ms))
+            except DataSourceError as exc:
+                log.warning("provider pause kept locally only: %s", exc.details)
+
+    async def _take(self, provider: str, emission: float, burst: int) -> tuple[int, int]:
+        if self.redis is not None:
+            keys = [self.redis.key("budget", "pause", provider), self.redis.key("budget", "tat", provider)]
+            try:
+                status, ms = await self.redis.run(
+                    lambda r: self._script(r)(keys=keys, args=[emission, burst, self.max_wait * 1000])
+                )
+                return int(status), int(ms)
+            except DataSourceError as exc:
+                log.debug("provider budget decided locally: %s", exc.details)
+                PROVIDER_BUDGET_EVENTS.labels(provider, "local").inc()
+        return self._take_local(provider, emission, burst)
+
+    def _take_local(self, provider: str, emission: float, burst: int) -> tuple[int, int]:
+        now = time.monotonic() * 1000
+        paused_until = self._local_pause.get(provider, 0.0) * 1000
+        if paused_until > now:
+            return -1, int(paused_until - now) + 1
+        if emission <= 0:
+            return 1, 0
+        new_tat = max(self._local_tat.get(provider, now), now) + emission
+        wait = new_tat - emission * burst - now
+        if wait > self.max_wait * 1000:
+            return 0, int(wait) + 1
+        self._local_tat[provider] = new_tat
+        return 1, max(0, int(wait))
+
+    def _script(self, client: Any) -> Any:
+        script = self._scripts.get(id(client))
+        if script is None:
+            script = self._scripts[id(client)] = client.register_script(BUDGET_LUA)
+        return script
