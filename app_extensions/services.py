@@ -12,6 +12,7 @@ from quart import Quart
 from app_extensions.db_pool import get_database
 from app_extensions.redis_client import get_redis
 from plugins.loader import PluginLoader
+from services.backfill_manager import BackfillManager
 from services.cache_manager import RedisCache
 from services.market_service import MarketService
 from services.orchestrator import DataOrchestrator
@@ -26,6 +27,7 @@ class Services:
     def __init__(self, app: Quart | None = None) -> None:
         self.markets: MarketService
         self.orchestrator: DataOrchestrator
+        self.backfill: BackfillManager
         self.shutdown = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         if app is not None:
@@ -46,6 +48,8 @@ class Services:
             plugins=PluginSource(self.markets),
             config=dict(config),
         )
+        self.backfill = BackfillManager(self.markets, db, self.orchestrator.cache, dict(config))
+        self.orchestrator.on_missing = self.backfill.schedule_missing
         app.before_serving(self.start)
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
@@ -58,9 +62,11 @@ class Services:
     async def start(self) -> None:
         self.shutdown.clear()
         self.spawn(self.markets.run_idle_reaper(self.shutdown), "plugin-idle-reaper")
+        await self.backfill.start()
 
     async def close(self) -> None:
         self.shutdown.set()
+        await self.backfill.close()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

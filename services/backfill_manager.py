@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 _CHUNK_CALL_BUDGET = 1_000
 
 
-class LeaseLost(Exception):  # noqa: N818 - a signal, not an API error
+class LeaseLost(Exception):
     """Another runner owns the job now (our lease expired); stop working on it."""
 
 
