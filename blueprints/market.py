@@ -14,6 +14,8 @@ from services.orchestrator import BarQuery
 from services.storage import Series
 
 market_blueprint = Blueprint("market", __name__, url_prefix="/api/v1")
+#: Schema instances are stateless; build them once rather than per request.
+SCHEMAS = {s.__name__: s() for s in (MarketQuery, ProviderQuery, SymbolQuery, OhlcvQuery)}
 
 
 @market_blueprint.get("/markets")
@@ -23,7 +25,7 @@ async def markets() -> Response:
 
 @market_blueprint.get("/providers")
 async def providers() -> Response:
-    q = load_query(MarketQuery())
+    q = load_query(SCHEMAS['MarketQuery'])
     infos = get_services(current_app).markets.providers(q["market"])
     return jsonify({"market": q["market"], "providers": [
         {"provider": p.provider, "requires_credentials": p.requires_credentials,
@@ -33,14 +35,14 @@ async def providers() -> Response:
 
 @market_blueprint.get("/symbols")
 async def symbols() -> Response:
-    q = load_query(ProviderQuery())
+    q = load_query(SCHEMAS['ProviderQuery'])
     found = await get_services(current_app).markets.symbols(q["market"], q["provider"])
     return jsonify({"market": q["market"], "provider": q["provider"], "symbols": found})
 
 
 @market_blueprint.get("/ticker")
 async def ticker() -> Response:
-    q = load_query(SymbolQuery())
+    q = load_query(SCHEMAS['SymbolQuery'])
     t = await get_services(current_app).markets.ticker(q["market"], q["provider"], q["symbol"])
     return jsonify({"market": q["market"], "provider": q["provider"], "symbol": q["symbol"],
                     "ts": t.ts, "last": t.last, "bid": t.bid, "ask": t.ask})
@@ -48,17 +50,18 @@ async def ticker() -> Response:
 
 @market_blueprint.get("/ohlcv")
 async def ohlcv() -> Response:
-    q = load_query(OhlcvQuery())
+    q = load_query(SCHEMAS['OhlcvQuery'])
     services = get_services(current_app)
     services.markets.check_provider(q["market"], q["provider"])
     series = Series(q["market"], q["provider"], q["symbol"])
     answer = await services.orchestrator.get_bars(
         BarQuery(series, q["timeframe"], q["start"], q["end"], q["limit"])
     )
-    body = {"market": series.market, "provider": series.provider, "symbol": series.symbol,
-            "timeframe": q["timeframe"], "bars": answer.bars, "partial": answer.partial,
-            "next": answer.next}
-    payload = json.dumps(body, separators=(",", ":"))
+    head = {"market": series.market, "provider": series.provider, "symbol": series.symbol,
+            "timeframe": q["timeframe"]}
+    tail = {"partial": answer.partial, "next": answer.next}
+    # Spliced rather than re-encoded: cached bars arrive as JSON already.
+    payload = f'{json.dumps(head)[:-1]}, "bars": {answer.bars_json()}, {json.dumps(tail)[1:]}'
     headers = {"X-Data-Source": ",".join(answer.sources), "Content-Type": "application/json"}
     if answer.incomplete:
         headers["X-Data-Incomplete"] = "true"

@@ -21,6 +21,10 @@ from services.storage import Series
 from services.timeframes import Bar
 
 
+#: Namespace of answer entries; bump it when their format changes.
+ANSWER_NS = "ans2"
+
+
 class Cache(ABC):
     """Bar cache. Implementations raise ``DataSourceError`` when the backend fails."""
 
@@ -34,11 +38,11 @@ class Cache(ABC):
 
     @abstractmethod
     async def get_resampled(self, key: str) -> dict[str, Any] | None:
-        """A cached answer, or None."""
+        """A cached answer ``{"partial": bool, "bars_json": str}``, or None."""
 
     @abstractmethod
     async def set_resampled(self, key: str, answer: dict[str, Any], ttl: int) -> None:
-        """Cache an answer for ``ttl`` seconds."""
+        """Cache an answer (``partial`` and the bars already encoded as ``bars_json``) for ``ttl`` s."""
 
 
 class RedisCache(Cache):
@@ -75,18 +79,24 @@ class RedisCache(Cache):
         await self.redis.run(write)
 
     async def get_resampled(self, key: str) -> dict[str, Any] | None:
-        full = self.redis.key("ans", key)
+        full = self.redis.key(ANSWER_NS, key)
         try:
             raw = await self.redis.run(lambda r: r.get(full))
         except DataSourceError:
             CACHE_REQUESTS.labels("answer", "error").inc()
             raise
         CACHE_REQUESTS.labels("answer", "hit" if raw else "miss").inc()
-        return json.loads(raw) if raw else None
+        if not raw:
+            return None
+        # Stored as "<0|1>" + bars JSON: the hot path passes the JSON through without decoding it.
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        if text[:1] not in ("0", "1"):
+            return None  # not an entry of this format: a miss
+        return {"partial": text[0] == "1", "bars_json": text[1:]}
 
     async def set_resampled(self, key: str, answer: dict[str, Any], ttl: int) -> None:
         if ttl <= 0:
             return
-        full = self.redis.key("ans", key)
-        payload = json.dumps(answer, separators=(",", ":"))
+        full = self.redis.key(ANSWER_NS, key)
+        payload = ("1" if answer["partial"] else "0") + answer["bars_json"]
         await self.redis.run(lambda r: r.set(full, payload, ex=ttl))

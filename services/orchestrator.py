@@ -13,6 +13,7 @@ The forming bar is never cached as closed and never written to storage.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -41,7 +42,8 @@ class BarQuery:
 
 @dataclass
 class BarAnswer:
-    bars: list[Bar]
+    #: The bars; may be None when the answer came from the cache as JSON (see ``bars``).
+    raw_bars: list[Bar] | None
     partial: bool
     next: int | None
     sources: list[str] = field(default_factory=list)
@@ -50,6 +52,23 @@ class BarAnswer:
     #: True when some of the range could not be fetched (budget or outage); see ``backfill_job``.
     incomplete: bool = False
     backfill_job: str | None = None
+    raw_json: str | None = None
+
+    @property
+    def bars(self) -> list[Bar]:
+        if self.raw_bars is None:
+            self.raw_bars = json.loads(self.raw_json or "[]")
+        return self.raw_bars
+
+    @bars.setter
+    def bars(self, value: list[Bar]) -> None:
+        self.raw_bars, self.raw_json = value, None
+
+    def bars_json(self) -> str:
+        """The bars as compact JSON (cached answers are passed through without re-encoding)."""
+        if self.raw_json is None:
+            self.raw_json = json.dumps(self.bars, separators=(",", ":"))
+        return self.raw_json
 
 
 def window(q: BarQuery, now: int) -> tuple[int, int, int | None]:
@@ -105,13 +124,13 @@ class DataOrchestrator:
         key = f"{q.series.key()}:{q.timeframe}:{a}:{b}"
         cached = await self.cache.get_answer(key)
         if cached is not None:
-            return BarAnswer(cached["bars"], bool(cached["partial"]), nxt, ["cache"], closed)
+            return BarAnswer(None, bool(cached["partial"]), nxt, ["cache"], closed, raw_json=cached["bars_json"])
         answer = await self._assemble(q.series, q.timeframe, a, b, now)
         answer.next, answer.closed = nxt, closed
         answer.partial = bool(answer.bars) and answer.bars[-1][0] + size > now
         if not answer.incomplete:
             ttl = self.ttl_closed if closed else self.ttl_forming
-            await self.cache.put_answer(key, {"bars": answer.bars, "partial": answer.partial}, ttl)
+            await self.cache.put_answer(key, {"bars_json": answer.bars_json(), "partial": answer.partial}, ttl)
         return answer
 
     async def _assemble(self, series: Series, tf: str, a: int, b: int, now: int) -> BarAnswer:
