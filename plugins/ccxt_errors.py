@@ -18,8 +18,6 @@ The table is ordered most specific first; the first ``isinstance`` match wins (C
 from __future__ import annotations
 
 import re
-from email.utils import parsedate_to_datetime
-from typing import Any
 
 import ccxt.async_support as ccxt
 
@@ -52,26 +50,6 @@ TRANSLATIONS: list[tuple[type[Exception], type[AppError], str]] = [
 ]
 
 _BANNED_UNTIL = re.compile(r"banned until (\d{13})")
-
-
-def parse_retry_after(headers: dict[str, Any] | None, now_ms: int | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta seconds or an HTTP date), else None."""
-    if not headers:
-        return None
-    raw = next((str(v) for k, v in headers.items() if k.lower() == "retry-after"), None)
-    if raw is None:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(raw).timestamp()
-    except (TypeError, ValueError):
-        return None
-    if now_ms is None:
-        return None
-    return max(0.0, when - now_ms / 1000)
 
 
 def retry_after_of(exc: BaseException, now_ms: int | None = None) -> float | None:

@@ -5,13 +5,14 @@ boundary subclass that checks raw bodies and keeps ``Retry-After``, and base URL
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import ccxt.async_support as ccxt
 
 from plugins.base import Capabilities
-from plugins.ccxt_errors import parse_retry_after
+from plugins.retry import parse_retry_after
 from services.errors import MalformedResponseError
 from services.timeframes import Bar
 
@@ -69,7 +70,8 @@ class BoundaryMixin:
             # CCXT maps the HTTP status right after this hook; do it here to see the headers.
             self.handle_http_status_code(code, reason, url, method, body or "")  # type: ignore[attr-defined]
         except ccxt.BaseError as exc:
-            retry_after = parse_retry_after(headers if isinstance(headers, dict) else None)
+            retry_after = parse_retry_after(headers if isinstance(headers, dict) else None,
+                                            int(time.time() * 1000))
             if retry_after is not None:
                 exc.retry_after = retry_after  # type: ignore[attr-defined]
             raise

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 from tenacity import (
@@ -27,6 +28,26 @@ from plugins.metrics import PROVIDER_RETRIES
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def parse_retry_after(headers: dict[str, Any] | None, now_ms: int | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta seconds or an HTTP date), else None."""
+    if not headers:
+        return None
+    raw = next((str(v) for k, v in headers.items() if k.lower() == "retry-after"), None)
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(raw).timestamp()
+    except (TypeError, ValueError):
+        return None
+    if now_ms is None:
+        return None
+    return max(0.0, when - now_ms / 1000)
 
 
 def is_temporary(exc: BaseException) -> bool:
