@@ -35,7 +35,7 @@ def bench_app() -> Quart:
     async def set_bare() -> Response:
         from quart import request
 
-        _BODY["b"] = await request.get_data()
+        _BODY["b"] = await request.get_data(as_text=False)
         return Response("", status=204)
 
     return app
@@ -57,8 +57,8 @@ async def main(requests: int, concurrency: int) -> None:
         ours = await load(base + QUERY, requests, concurrency)
     print(f"cached /ohlcv (500 1h bars, X-Data-Source: {source}), {requests} requests, concurrency {concurrency}")
     print(f"{'endpoint':<12}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
-    for name, r in (("bare", bare), ("ohlcv", ours)):
-        print(f"{name:<12}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}")
+    for name, fig in (("bare", bare), ("ohlcv", ours)):
+        print(f"{name:<12}{fig['rps']:>10.0f}{fig['p50_ms']:>10.2f}{fig['p99_ms']:>10.2f}")
     print(f"ratio ohlcv/bare throughput: {ours['rps'] / bare['rps']:.2f}; "
           f"p50 latency ratio: {ours['p50_ms'] / bare['p50_ms']:.2f}")
 

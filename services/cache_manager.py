@@ -20,7 +20,6 @@ from services.metrics import CACHE_REQUESTS
 from services.storage import Series
 from services.timeframes import Bar
 
-
 #: Namespace of answer entries; bump it when their format changes.
 ANSWER_NS = "ans2"
 
