@@ -35,7 +35,7 @@ def bench_app() -> Quart:
     async def set_bare() -> Response:
         from quart import request
 
-        _BODY["b"] = await request.get_data(as_text=False)
+        _BODY["b"] = bytes(await request.get_data(as_text=False))
         return Response("", status=204)
 
     return app
