@@ -35,7 +35,8 @@ def bench_app() -> Quart:
     async def set_bare() -> Response:
         from quart import request
 
-        _BODY["b"] = bytes(await request.get_data(as_text=False))
+        data = await request.get_data(as_text=False)
+        _BODY["b"] = data if isinstance(data, bytes) else data.encode()
         return Response("", status=204)
 
     return app

@@ -114,7 +114,7 @@ async def test_iso_times_and_exclusive_end(client: TestClientProtocol) -> None:
 
 async def test_past_range_has_etag_and_if_none_match_answers_304(client: TestClientProtocol) -> None:
     query = f"&timeframe=15m&start={PAST}&end={PAST + HOUR_MS}"
-    status, body, headers = await get(client, query)
+    status, _body, headers = await get(client, query)
     assert status == 200 and "ETag" in headers
     r = await client.get(BASE + query, headers={"If-None-Match": headers["ETag"]})
     assert r.status_code == 304
