@@ -127,6 +127,8 @@ class DataOrchestrator:
             return BarAnswer(None, bool(cached["partial"]), nxt, ["cache"], closed, raw_json=cached["bars_json"])
         answer = await self._assemble(q.series, q.timeframe, a, b, now)
         answer.next, answer.closed = nxt, closed
+        # Sums of float volumes carry binary noise (3009.2870660000012); 8 decimals is exact enough.
+        answer.bars = [[int(x[0]), x[1], x[2], x[3], x[4], round(x[5], 8)] for x in answer.bars]
         answer.partial = bool(answer.bars) and answer.bars[-1][0] + size > now
         if not answer.incomplete:
             ttl = self.ttl_closed if closed else self.ttl_forming
