@@ -8,12 +8,14 @@ from typing import Any
 
 from quart import Quart
 
+from app_extensions.backfill_cli import init_backfill_cli
 from app_extensions.cli import init_cli
 from app_extensions.db_pool import Database
 from app_extensions.errors import init_error_handlers
 from app_extensions.redis_client import RedisClient
 from app_extensions.request_context import configure_logging, init_request_context
 from app_extensions.services import Services
+from blueprints.backfill import backfill_blueprint
 from blueprints.health import health_blueprint
 from blueprints.market import market_blueprint
 from config import BaseConfig, load_config
@@ -50,7 +52,9 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
                 log.warning("closing %s timed out", type(ext).__name__)
     app.register_blueprint(health_blueprint)
     app.register_blueprint(market_blueprint)
+    app.register_blueprint(backfill_blueprint)
     init_cli(app)
+    init_backfill_cli(app)
     return app
 
 

@@ -262,8 +262,7 @@ class BackfillManager:
     async def submit(self, series: Series, start: int, end: int) -> tuple[jobs.Job, bool]:
         """Queue a job for [start, end) (minute aligned), or answer the active one covering it.
         Raises UnknownMarket / UnknownProvider / UnknownSymbol."""
-        self.markets.check_provider(series.market, series.provider)
-        await self._check_symbol(series)
+        await self.check_series(series)
         async with self.db.acquire() as conn:
             job, created = await jobs.enqueue_job(
                 conn, series, bucket_start(start, "1m"), bucket_ceil(end, "1m"))
@@ -271,7 +270,10 @@ class BackfillManager:
             self.runner.wake()
         return job, created
 
-    async def _check_symbol(self, series: Series) -> None:
+    async def check_series(self, series: Series) -> None:
+        """Raise UnknownMarket / UnknownProvider / UnknownSymbol; the symbol is checked against
+        the provider's list when the provider answers (else the job reports a bad symbol)."""
+        self.markets.check_provider(series.market, series.provider)
         try:
             known = await self.markets.symbols(series.market, series.provider)
         except NetworkPluginError as exc:  # cannot check now; the job will report a bad symbol

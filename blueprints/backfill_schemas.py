@@ -1,0 +1,82 @@
+"""marshmallow schemas of the backfill and gaps endpoints (also the source of their OpenAPI doc)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+
+from blueprints.schemas import SymbolQuery, TimeField
+
+
+def _check_range(data: dict[str, Any]) -> None:
+    if data["end"] <= data["start"]:
+        raise ValidationError("end must be after start", "end")
+
+
+class BackfillBody(Schema):
+    """``POST /backfill`` body: the 1m series and the range [start, end) to complete."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    market = fields.String(required=True, validate=validate.Length(1, 32))
+    provider = fields.String(required=True, validate=validate.Length(1, 64))
+    symbol = fields.String(required=True, validate=validate.Length(1, 64))
+    start = TimeField(required=True)
+    end = TimeField(required=True)
+
+    @validates_schema
+    def _range(self, data: dict[str, Any], **kwargs: Any) -> None:
+        _check_range(data)
+
+
+class GapsQuery(SymbolQuery):
+    """``GET /gaps`` query."""
+
+    start = TimeField(required=True)
+    end = TimeField(required=True)
+
+    @validates_schema
+    def _range(self, data: dict[str, Any], **kwargs: Any) -> None:
+        _check_range(data)
+
+
+class JobIdPath(Schema):
+    """``GET /backfill/<job_id>`` path parameter."""
+
+    job_id = fields.String(required=True, validate=validate.Regexp(r"^[0-9a-f]{32}$"))
+
+
+class BackfillAccepted(Schema):
+    """``202`` answer of ``POST /backfill``."""
+
+    job_id = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(["queued", "running"]))
+
+
+class BackfillJobAnswer(Schema):
+    """``GET /backfill/<job_id>`` answer."""
+
+    job_id = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(
+        ["queued", "running", "done", "failed"]))
+    progress = fields.Float(required=True, metadata={"description": "share of chunks done, 0..1"})
+    bars_written = fields.Integer(required=True)
+    error = fields.String(allow_none=True, required=True)
+    market = fields.String()
+    provider = fields.String()
+    symbol = fields.String()
+    start = fields.Integer()
+    end = fields.Integer()
+    chunks_total = fields.Integer()
+    chunks_done = fields.Integer()
+
+
+class GapsAnswer(Schema):
+    """``GET /gaps`` answer: half-open [start, end) ranges in ms of the 1m series."""
+
+    missing = fields.List(fields.List(fields.Integer()), required=True, metadata={
+        "description": "ranges never fetched complete from the provider"})
+    verified_empty = fields.List(fields.List(fields.Integer()), required=True, metadata={
+        "description": "ranges the provider answered with no bars (a hole it has itself)"})
