@@ -12,6 +12,7 @@ from app_extensions.backfill_cli import init_backfill_cli
 from app_extensions.cli import init_cli
 from app_extensions.db_pool import Database
 from app_extensions.errors import init_error_handlers
+from app_extensions.operations import init_operations
 from app_extensions.redis_client import RedisClient
 from app_extensions.request_context import configure_logging, init_request_context
 from app_extensions.services import Services
@@ -35,7 +36,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     cfg.validate()
     app = Quart(__name__)
     app.config.update(cfg.as_dict())
-    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    app.config["MAX_CONTENT_LENGTH"] = int(cfg.MAX_BODY_BYTES)
     configure_logging(app.config)
     init_request_context(app)
     init_error_handlers(app)
@@ -53,6 +54,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     app.register_blueprint(health_blueprint)
     app.register_blueprint(market_blueprint)
     app.register_blueprint(backfill_blueprint)
+    init_operations(app)  # CORS, API keys, rate limits, provider budget, OpenAPI
     init_cli(app)
     init_backfill_cli(app)
     return app

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
+import os
+import time
+from collections.abc import Awaitable
+from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from quart import Blueprint, Response, current_app, jsonify
 
-from app_extensions.db_pool import get_database
+from app_extensions.db_pool import Database, get_database
 from app_extensions.redis_client import get_redis
-from services.metrics import DEPENDENCY_UP
+from services.metrics import DB_POOL_IN_USE, DB_POOL_SIZE, DEPENDENCY_UP
 
 health_blueprint = Blueprint("health", __name__)
+
+#: Extensions that may expose ``status()`` for readiness (the WebSocket service, when present).
+_STATUS_EXTENSIONS = ("subscriptions", "websocket", "broadcast")
 
 
 @health_blueprint.get("/health")
@@ -19,24 +28,101 @@ async def health() -> Response:
     return jsonify({"status": "ok"})
 
 
+async def _timed(check: Awaitable[dict[str, Any]], limit: float) -> dict[str, Any]:
+    """Run one check for at most ``limit`` seconds; a timeout reads as not ok with the time it took."""
+    start = time.perf_counter()
+    try:
+        return await asyncio.wait_for(check, timeout=limit)
+    except TimeoutError:
+        return {"ok": False, "latency_ms": round((time.perf_counter() - start) * 1000, 2),
+                "error": f"no answer within {limit:g} s"}
+
+
+async def _extension_statuses() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in _STATUS_EXTENSIONS:
+        status = getattr(current_app.extensions.get(name), "status", None)
+        if callable(status):
+            value = status()
+            out[name] = await value if inspect.isawaitable(value) else value
+    return out
+
+
 @health_blueprint.get("/health/ready")
 async def ready() -> Response:
+    """Per-check latency and error; 503 ``down`` only when no market can be served at all."""
     db, redis = get_database(current_app), get_redis(current_app)
-    db_check, redis_check = await asyncio.gather(db.check(), redis.check())
+    timeout = float(current_app.config["READINESS_TIMEOUT"])
+    db_check, redis_check = await asyncio.gather(
+        _timed(db.check(), timeout), _timed(redis.check(), timeout)
+    )
+    db_check.pop("mode", None)
     for name, check in (("database", db_check), ("redis", redis_check)):
         DEPENDENCY_UP.labels(name).set(1 if check["ok"] else 0)
-    # The sim market serves without either dependency, so the service is never "down" on their
-    # account alone: it answers from what is left.
-    status = "ok" if db_check["ok"] and redis_check["ok"] else "degraded"
-    response = jsonify({
+    update_pool_gauges(db)
+    checks: dict[str, Any] = {"database": db_check, "redis": redis_check}
+    limiter = current_app.extensions.get("ratelimit")
+    if limiter is not None:
+        checks["rate_limiter"] = limiter.status()
+    services = current_app.extensions.get("services")
+    markets = services.markets.markets() if services is not None else []
+    # The sim market serves without PostgreSQL or Redis, so their loss alone only degrades the
+    # service (answers come from what is left); it is down when it has no market to serve.
+    if not markets:
+        status = "down"
+    elif all(c.get("ok", True) for c in checks.values()):
+        status = "ok"
+    else:
+        status = "degraded"
+    body: dict[str, Any] = {
         "status": status,
         "storage_mode": db.mode,
-        "checks": {"database": db_check, "redis": redis_check},
-    })
-    response.status_code = 200
+        "rate_limiter_mode": checks.get("rate_limiter", {}).get("mode", "off"),
+        "checks": checks,
+    }
+    extra = await _extension_statuses()
+    if extra:
+        body["services"] = extra
+    response = jsonify(body)
+    response.status_code = 503 if status == "down" else 200
     return response
+
+
+def update_pool_gauges(db: Database) -> None:
+    """Set the pool size and in-use gauges from the pool (0 while there is none)."""
+    pool = db.pool
+    size = pool.get_size() if pool is not None else 0
+    idle = pool.get_idle_size() if pool is not None else 0
+    DB_POOL_SIZE.set(size)
+    DB_POOL_IN_USE.set(max(0, size - idle))
+
+
+@health_blueprint.after_app_request
+async def _pool_gauges(response: Response) -> Response:
+    # Cheap attribute reads; keeps each worker's gauges current between scrapes.
+    database = current_app.extensions.get("database")
+    if database is not None:
+        update_pool_gauges(database)
+    return response
+
+
+def metrics_registry() -> CollectorRegistry:
+    """The default registry, or with ``PROMETHEUS_MULTIPROC_DIR`` set, one that aggregates the
+    files of every worker process."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return registry
+    return REGISTRY
 
 
 @health_blueprint.get("/metrics")
 async def metrics() -> Response:
-    return Response(generate_latest(), status=200, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    # METRICS_TOKEN is checked by app_extensions.auth before this runs.
+    update_pool_gauges(get_database(current_app))
+    registry = metrics_registry()
+    # Multiprocess mode reads every worker's files: off the event loop.
+    body = generate_latest(registry) if registry is REGISTRY else await asyncio.to_thread(
+        generate_latest, registry
+    )
+    return Response(body, status=200, headers={"Content-Type": CONTENT_TYPE_LATEST})

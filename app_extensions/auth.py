@@ -1,0 +1,168 @@
+"""API keys: off by default, on with ``AUTH_ENABLED``.
+
+Keys are stored hashed only: ``API_KEYS`` (sha256 hex digests, a JSON list or comma-separated) and,
+when ``API_KEYS_FROM_DB``, the ``api_keys`` table (migration 020; revoked keys have ``revoked_at``).
+REST clients send ``X-API-Key``; WebSocket clients send the same header or an ``api_key`` query
+parameter in the handshake. A missing or wrong key answers 401 ``unauthorized``.
+
+``/health``, ``/health/ready``, the OpenAPI document and the docs page stay open; ``/metrics`` is
+open too unless ``METRICS_TOKEN`` is set, in which case it needs ``Authorization: Bearer <token>``
+(whether or not API keys are on).
+
+The authenticated key's id (the first 16 hex digits of its digest, never the key) is put in
+``g.api_key_id`` for the rate limiter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+import time
+from typing import Any
+
+from quart import Quart, current_app, g, request, websocket
+
+from app_extensions.db_pool import get_database
+from config import ConfigError
+from services.errors import Unauthorized
+from services.metrics import AUTH_FAILURES
+
+log = logging.getLogger(__name__)
+
+#: Paths that never need an API key (exact, or a prefix ending in "/").
+OPEN_PATHS = ("/health", "/health/ready", "/metrics", "/api/v1/openapi.json", "/api/v1/docs")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_CACHE_MAX = 10_000
+
+
+def hash_key(key: str) -> str:
+    """The sha256 hex digest under which a key is stored."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def parse_key_hashes(raw: str | list[str] | tuple[str, ...] | None) -> frozenset[str]:
+    """``API_KEYS`` as a set of digests; raises ``ConfigError`` naming a malformed entry."""
+    if not raw:
+        return frozenset()
+    items: Any = raw
+    if isinstance(raw, str):
+        text = raw.strip()
+        items = json.loads(text) if text.startswith("[") else text.split(",")
+    out = set()
+    for item in items:
+        digest = str(item).strip().lower()
+        if not digest:
+            continue
+        if not _HEX64.match(digest):
+            raise ConfigError("API_KEYS must hold sha256 hex digests (64 hex digits), not keys")
+        out.add(digest)
+    return frozenset(out)
+
+
+def is_open_path(path: str) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in OPEN_PATHS)
+
+
+class ApiKeyAuth:
+    """API-key checks for REST and WebSocket. Reach it with ``get_auth(app)``."""
+
+    def __init__(self, app: Quart | None = None) -> None:
+        self.enabled = False
+        self.hashes: frozenset[str] = frozenset()
+        self.use_db = True
+        self.cache_ttl = 30.0
+        self.metrics_token = ""
+        # digest -> (valid, expires at): answers of the api_keys table, negative ones included.
+        self._cache: dict[str, tuple[bool, float]] = {}
+        self._app: Quart | None = None
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Quart) -> None:
+        cfg = app.config
+        self.enabled = bool(cfg["AUTH_ENABLED"])
+        self.hashes = parse_key_hashes(cfg["API_KEYS"])
+        self.use_db = bool(cfg["API_KEYS_FROM_DB"])
+        self.cache_ttl = float(cfg["API_KEY_CACHE_TTL"])
+        self.metrics_token = str(cfg["METRICS_TOKEN"] or "")
+        if self.enabled and not self.hashes and not self.use_db:
+            raise ConfigError("AUTH_ENABLED needs API_KEYS or API_KEYS_FROM_DB")
+        self._app = app
+        app.extensions["auth"] = self
+        app.before_request(self._before_request)
+        app.before_websocket(self._before_websocket)
+
+    async def authenticate(self, presented: str | None) -> str:
+        """The key id for a presented key; raises ``Unauthorized`` when missing or unknown."""
+        if not presented:
+            AUTH_FAILURES.labels("missing").inc()
+            raise Unauthorized("an API key is required (X-API-Key header)")
+        digest = hash_key(presented)
+        if any(hmac.compare_digest(digest, known) for known in self.hashes) or await self._in_db(digest):
+            return digest[:16]
+        AUTH_FAILURES.labels("invalid").inc()
+        raise Unauthorized("the API key is not valid")
+
+    async def _in_db(self, digest: str) -> bool:
+        if not self.use_db or self._app is None:
+            return False
+        now = time.monotonic()
+        hit = self._cache.get(digest)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        async with get_database(self._app).acquire() as conn:
+            found = await conn.fetchval(
+                "SELECT 1 FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", digest
+            )
+        if len(self._cache) >= _CACHE_MAX:
+            self._cache.clear()
+        self._cache[digest] = (found is not None, now + self.cache_ttl)
+        return found is not None
+
+    def check_metrics_token(self, authorization: str) -> None:
+        """Raise ``Unauthorized`` unless ``METRICS_TOKEN`` is unset or presented as a bearer token."""
+        if not self.metrics_token:
+            return
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), self.metrics_token):
+            AUTH_FAILURES.labels("metrics_token").inc()
+            raise Unauthorized("/metrics needs Authorization: Bearer <METRICS_TOKEN>")
+
+    async def _before_request(self) -> None:
+        if request.method == "OPTIONS":  # CORS preflights carry no credentials
+            return
+        if request.path == "/metrics":
+            self.check_metrics_token(request.headers.get("Authorization", ""))
+            return
+        if not self.enabled or is_open_path(request.path):
+            return
+        g.api_key_id = await self.authenticate(request.headers.get("X-API-Key"))
+
+    async def _before_websocket(self) -> None:
+        await authenticate_websocket()
+
+
+async def authenticate_websocket() -> str | None:
+    """Check the WebSocket handshake's key (``X-API-Key`` header or ``api_key`` parameter).
+
+    Returns the key id (None when auth is off); raises ``Unauthorized`` before the handshake is
+    accepted, which answers it with 401. Registered as a ``before_websocket`` hook, so the WS
+    blueprint need not call it; calling it again is cheap (the result is kept in ``g``).
+    """
+    auth = get_auth(current_app)
+    if not auth.enabled:
+        return None
+    done: str | None = getattr(g, "api_key_id", None)
+    if done is not None:
+        return done
+    presented = websocket.headers.get("X-API-Key") or websocket.args.get("api_key")
+    g.api_key_id = await auth.authenticate(presented)
+    return str(g.api_key_id)
+
+
+def get_auth(app: Quart) -> ApiKeyAuth:
+    auth: ApiKeyAuth = app.extensions["auth"]
+    return auth

@@ -1,0 +1,74 @@
+"""CORS for the REST API and the WebSocket ``Origin`` allow-list, both from config.
+
+``CORS_ORIGINS``: comma-separated origins (``https://dash.example.com``) or ``*``; empty (the
+default) sends no CORS headers, so browsers on other origins cannot read answers. Preflights
+(``OPTIONS`` with ``Access-Control-Request-Method``) are answered without auth or rate limiting.
+
+``WS_ALLOWED_ORIGINS``: comma-separated origins allowed to open ``/api/v1/ws``. A handshake whose
+``Origin`` is not listed is refused with 403 ``forbidden_origin``; one without ``Origin`` (not a
+browser) is allowed. Empty (the default) allows any origin.
+"""
+
+from __future__ import annotations
+
+from quart import Quart, Response, request, websocket
+
+from services.errors import APIError
+
+#: Headers a browser script may read from our answers.
+EXPOSED_HEADERS = ("X-Request-ID, X-RateLimit-Limit, X-RateLimit-Remaining, Retry-After, "
+                   "X-Data-Source, X-Data-Incomplete, X-Backfill-Job, ETag")
+ALLOWED_HEADERS = "Content-Type, X-API-Key, X-Request-ID, If-None-Match, Authorization"
+
+
+def parse_origins(raw: str | list[str] | None) -> frozenset[str]:
+    """Comma-separated (or a list of) origins, without trailing slashes."""
+    items = raw.split(",") if isinstance(raw, str) else list(raw or [])
+    return frozenset(o.strip().rstrip("/") for o in items if o.strip())
+
+
+class Cors:
+    """Adds CORS headers to allowed origins and checks WebSocket origins."""
+
+    def __init__(self, app: Quart | None = None) -> None:
+        self.origins: frozenset[str] = frozenset()
+        self.ws_origins: frozenset[str] = frozenset()
+        self.max_age = 600
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Quart) -> None:
+        self.origins = parse_origins(app.config["CORS_ORIGINS"])
+        self.ws_origins = parse_origins(app.config["WS_ALLOWED_ORIGINS"])
+        app.extensions["cors"] = self
+        app.after_request(self._after_request)
+        app.before_websocket(self._before_websocket)
+
+    def allows(self, origin: str) -> bool:
+        return bool(origin) and ("*" in self.origins or origin.rstrip("/") in self.origins)
+
+    def ws_allows(self, origin: str | None) -> bool:
+        return not self.ws_origins or not origin or origin.rstrip("/") in self.ws_origins
+
+    async def _after_request(self, response: Response) -> Response:
+        origin = request.headers.get("Origin", "")
+        if not self.allows(origin):
+            return response
+        response.headers["Access-Control-Allow-Origin"] = "*" if "*" in self.origins else origin
+        response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+        response.vary.add("Origin")
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
+            response.headers["Access-Control-Max-Age"] = str(self.max_age)
+        return response
+
+    async def _before_websocket(self) -> None:
+        check_websocket_origin(self)
+
+
+def check_websocket_origin(cors: Cors) -> None:
+    """Raise 403 ``forbidden_origin`` when the handshake's ``Origin`` is not allowed."""
+    origin = websocket.headers.get("Origin")
+    if not cors.ws_allows(origin):
+        raise APIError(403, "forbidden_origin", "this Origin may not open the WebSocket")

@@ -1,0 +1,43 @@
+"""Wires the operators' side into the app: CORS, API keys, rate limits, body limits, the shared
+provider budget, the OpenAPI blueprint and Prometheus multiprocess clean-up.
+
+Hook order matters: CORS and the Origin check first, then auth (sets ``g.api_key_id``), then the
+rate limiter (limits per key, else per client IP).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from prometheus_client import multiprocess
+from quart import Quart
+
+from app_extensions.auth import ApiKeyAuth
+from app_extensions.cors import Cors
+from app_extensions.ratelimit import RateLimiter
+from app_extensions.redis_client import get_redis
+from app_extensions.services import get_services
+from blueprints.openapi import openapi_blueprint
+from config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def init_operations(app: Quart) -> None:
+    """Call after the Database, RedisClient and Services extensions exist."""
+    max_body = int(app.config["MAX_BODY_BYTES"])
+    if max_body < 1:
+        raise ConfigError("MAX_BODY_BYTES must be positive")
+    app.config["MAX_CONTENT_LENGTH"] = max_body
+    Cors(app)
+    ApiKeyAuth(app)
+    RateLimiter(app)
+    get_services(app).markets.budget.attach(get_redis(app))
+    app.register_blueprint(openapi_blueprint)
+
+    @app.after_serving
+    async def _multiprocess_cleanup() -> None:
+        # Live gauges of a stopped worker must not linger in the aggregated /metrics.
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            multiprocess.mark_process_dead(os.getpid())

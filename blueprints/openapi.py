@@ -1,0 +1,177 @@
+"""``GET /api/v1/openapi.json``: the OpenAPI 3 document, generated with apispec from the marshmallow
+schemas; ``GET /api/v1/docs``: a small page of our own that renders it (no CDN, files served here).
+
+Each REST operation is one row of ``OPERATIONS``; only rows whose route the app registered are
+documented, and ``tests/test_openapi.py`` fails when a registered REST route has no row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from marshmallow import Schema
+from quart import Blueprint, Quart, Response, current_app, jsonify, send_from_directory
+
+from blueprints import openapi_schemas as doc
+from blueprints.schemas import MarketQuery, OhlcvQuery, ProviderQuery, SymbolQuery, TimeField
+
+try:  # the backfill engineer's schemas, when that blueprint is part of the tree
+    from blueprints import backfill_schemas as backfill
+except ImportError:  # pragma: no cover - documented only when present
+    backfill = None  # type: ignore[assignment]
+
+STATIC = Path(__file__).resolve().parent / "static"
+openapi_blueprint = Blueprint("openapi", __name__, url_prefix="/api/v1")
+
+_ERROR_TEXT = {
+    304: "Not modified (If-None-Match matched the ETag)",
+    400: "invalid_parameter / invalid_json: details maps field to messages",
+    401: "unauthorized: auth is on and the API key is missing or wrong",
+    404: "unknown_market, unknown_provider, unknown_symbol or not_found",
+    413: "the request body is larger than MAX_BODY_BYTES",
+    429: "rate_limited: see Retry-After",
+    502: "provider_error: the exchange answered with an error",
+    503: "provider_unavailable or dependency_unavailable",
+    500: "internal_error: the answer carries the request id",
+}
+_COMMON = (401, 429, 500)
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One documented REST operation (path in OpenAPI form, relative to /api/v1)."""
+
+    path: str
+    method: str
+    summary: str
+    answer: type[Schema] | None
+    status: int = 200
+    query: type[Schema] | None = None
+    body: type[Schema] | None = None
+    errors: tuple[int, ...] = ()
+    path_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    headers: tuple[str, ...] = ()
+
+
+OPERATIONS: list[Operation] = [
+    Operation("/markets", "get", "Markets with their providers and timeframes", doc.MarketsDoc),
+    Operation("/providers", "get", "Providers of a market", doc.ProvidersDoc, query=MarketQuery,
+              errors=(400, 404)),
+    Operation("/symbols", "get", "Symbols of a provider", doc.SymbolsDoc, query=ProviderQuery,
+              errors=(400, 404, 502, 503)),
+    Operation("/ohlcv", "get", "Bars of a series (CCXT arrays), paged by next", doc.OhlcvDoc,
+              query=OhlcvQuery, errors=(304, 400, 404, 502, 503),
+              headers=("X-Data-Source", "ETag", "X-Data-Incomplete", "X-Backfill-Job")),
+    Operation("/ticker", "get", "Last price, bid and ask", doc.TickerDoc, query=SymbolQuery,
+              errors=(400, 404, 502, 503)),
+    Operation("/openapi.json", "get", "This document", None),
+]
+if backfill is not None:
+    OPERATIONS += [
+        Operation("/backfill", "post", "Queue a backfill of the 1m series over [start, end)",
+                  backfill.BackfillAccepted, status=202, body=backfill.BackfillBody,
+                  errors=(400, 404, 413, 503)),
+        Operation("/backfill/{job_id}", "get", "A backfill job's state", backfill.BackfillJobAnswer,
+                  errors=(404, 503),
+                  path_params={"job_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}),
+        Operation("/gaps", "get", "Missing and verified-empty ranges of the 1m series",
+                  backfill.GapsAnswer, query=backfill.GapsQuery, errors=(400, 404, 503)),
+    ]
+
+
+def _time_field(self: Any, fld: Any, **kwargs: Any) -> dict[str, Any]:
+    """TimeField: integer ms since the epoch, or ISO-8601 with a zone."""
+    if not isinstance(fld, TimeField):
+        return {}
+    return {"oneOf": [
+        {"type": "integer", "minimum": 0, "maximum": 32_503_679_999_999},
+        {"type": "string", "format": "date-time"},
+    ], "description": "integer ms since the epoch, or ISO-8601 with a zone"}
+
+
+def _quart_rule(path: str) -> str:
+    return "/api/v1" + path.replace("{", "<").replace("}", ">")
+
+
+def _responses(op: Operation) -> dict[str, Any]:
+    rid = {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}}
+    limits = {h: {"$ref": f"#/components/headers/{h}"} for h in ("X-RateLimit-Limit", "X-RateLimit-Remaining")}
+    ok_headers = {**rid, **limits, **{h: {"schema": {"type": "string"}} for h in op.headers}}
+    ok: dict[str, Any] = {"description": "OK", "headers": ok_headers}
+    ok["content"] = {"application/json": {"schema": op.answer if op.answer else {"type": "object"}}}
+    out: dict[str, Any] = {str(op.status): ok}
+    for status in sorted({*op.errors, *_COMMON}):
+        if status == 304:
+            out["304"] = {"description": _ERROR_TEXT[304], "headers": {**rid, "ETag": {"schema": {"type": "string"}}}}
+            continue
+        headers = dict(rid)
+        if status in (429, 503):
+            headers["Retry-After"] = {"$ref": "#/components/headers/Retry-After"}
+        if status == 429:
+            headers.update(limits)
+        out[str(status)] = {"description": _ERROR_TEXT[status], "headers": headers,
+                            "content": {"application/json": {"schema": doc.ErrorDoc}}}
+    return out
+
+
+def build_spec(app: Quart) -> dict[str, Any]:
+    """The OpenAPI document of the REST routes ``app`` registered."""
+    plugin = MarshmallowPlugin()
+    spec = APISpec(
+        title="Market data service", version="1", openapi_version="3.0.3", plugins=[plugin],
+        info={"description": "OHLCV bars, tickers and backfills; errors as in API.md."},
+        servers=[{"url": "/api/v1"}],
+    )
+    assert plugin.converter is not None
+    plugin.converter.add_attribute_function(_time_field)
+    spec.components.schema("ErrorDoc", schema=doc.ErrorDoc)
+    spec.components.security_scheme("ApiKey", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
+    int_header = {"schema": {"type": "integer"}}
+    spec.components.header("X-Request-ID", {"schema": {"type": "string"}, "description": "request id"})
+    spec.components.header("X-RateLimit-Limit", {**int_header, "description": "requests per window"})
+    spec.components.header("X-RateLimit-Remaining", {**int_header, "description": "left in the window"})
+    spec.components.header("Retry-After", {**int_header, "description": "seconds to wait"})
+    registered = {(r.rule, m.lower()) for r in app.url_map.iter_rules() for m in (r.methods or ())}
+    by_path: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        if (_quart_rule(op.path), op.method) not in registered:
+            continue
+        params: list[dict[str, Any]] = [
+            {"in": "path", "name": name, "required": True, "schema": schema}
+            for name, schema in op.path_params.items()
+        ]
+        if op.query is not None:
+            params.append({"in": "query", "schema": op.query})
+        operation: dict[str, Any] = {"summary": op.summary, "parameters": params,
+                                     "responses": _responses(op)}
+        if app.config.get("AUTH_ENABLED") and op.path != "/openapi.json":
+            operation["security"] = [{"ApiKey": []}]
+        if op.body is not None:
+            operation["requestBody"] = {"required": True,
+                                        "content": {"application/json": {"schema": op.body}}}
+        by_path.setdefault(op.path, {})[op.method] = operation
+    for path, operations in by_path.items():
+        spec.path(path=path, operations=operations)
+    return spec.to_dict()
+
+
+@openapi_blueprint.get("/openapi.json")
+async def openapi_json() -> Response:
+    cached = current_app.extensions.get("openapi_doc")
+    if cached is None:
+        cached = current_app.extensions["openapi_doc"] = build_spec(current_app)
+    return jsonify(cached)
+
+
+@openapi_blueprint.get("/docs")
+async def docs_page() -> Response:
+    return await send_from_directory(STATIC, "docs.html")
+
+
+@openapi_blueprint.get("/docs/docs.js")
+async def docs_script() -> Response:
+    return await send_from_directory(STATIC, "docs.js")

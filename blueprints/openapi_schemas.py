@@ -1,0 +1,72 @@
+"""Answer schemas of the OpenAPI document where ``blueprints/schemas.py`` leaves items untyped.
+
+These describe what the handlers answer, field by field, so the document (and schemathesis, which
+checks answers against it) catches an answer that breaks the contract.
+"""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from services.timeframes import TIMEFRAMES
+
+
+class MarketEntry(Schema):
+    market = fields.String(required=True)
+    providers = fields.List(fields.String(), required=True)
+    timeframes = fields.List(fields.String(validate=validate.OneOf(list(TIMEFRAMES))), required=True)
+
+
+class MarketsDoc(Schema):
+    markets = fields.List(fields.Nested(MarketEntry), required=True)
+
+
+class ProviderEntry(Schema):
+    provider = fields.String(required=True)
+    requires_credentials = fields.Boolean(required=True)
+    configured = fields.Boolean(required=True)
+    timeframes = fields.List(fields.String(), required=True)
+
+
+class ProvidersDoc(Schema):
+    market = fields.String(required=True)
+    providers = fields.List(fields.Nested(ProviderEntry), required=True)
+
+
+class SymbolsDoc(Schema):
+    market = fields.String(required=True)
+    provider = fields.String(required=True)
+    symbols = fields.List(fields.String(), required=True)
+
+
+class OhlcvDoc(Schema):
+    market = fields.String(required=True)
+    provider = fields.String(required=True)
+    symbol = fields.String(required=True)
+    timeframe = fields.String(required=True, validate=validate.OneOf(list(TIMEFRAMES)))
+    bars = fields.List(
+        fields.List(fields.Float(), validate=validate.Length(6, 6)), required=True,
+        metadata={"description": "[ts, open, high, low, close, volume], ts ascending"},
+    )
+    partial = fields.Boolean(required=True)  # type: ignore[assignment]
+    next = fields.Integer(required=True, allow_none=True)
+
+
+class TickerDoc(Schema):
+    market = fields.String(required=True)
+    provider = fields.String(required=True)
+    symbol = fields.String(required=True)
+    ts = fields.Integer(required=True)
+    last = fields.Float(required=True)
+    bid = fields.Float(required=True, allow_none=True)
+    ask = fields.Float(required=True, allow_none=True)
+
+
+class ErrorBodyDoc(Schema):
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    details = fields.Dict()
+
+
+class ErrorDoc(Schema):
+    error = fields.Nested(ErrorBodyDoc, required=True)
