@@ -126,7 +126,8 @@ class BaseConfig:
 
     def _apply_env(self) -> None:
         for name in dir(type(self)):
-            if not name.isupper() or name not in os.environ:
+            # APP_ENV picks the class (load_config); it is not an override.
+            if not name.isupper() or name not in os.environ or name == "APP_ENV":
                 continue
             raw, default = os.environ[name], getattr(self, name)
             try:
