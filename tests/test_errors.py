@@ -1,0 +1,71 @@
+"""The one error mapping: AppError classes to API.md's JSON, and unexpected errors to a bare 500."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from quart import Quart
+
+from services import errors
+
+CASES = [
+    (errors.InvalidParameter("bad", details={"limit": ["too big"]}), 400, "invalid_parameter"),
+    (errors.InvalidJSON("not json"), 400, "invalid_json"),
+    (errors.Unauthorized("no key"), 401, "unauthorized"),
+    (errors.UnknownMarket("m"), 404, "unknown_market"),
+    (errors.UnknownProvider("p"), 404, "unknown_provider"),
+    (errors.UnknownSymbol("s"), 404, "unknown_symbol"),
+    (errors.NotFound("n"), 404, "not_found"),
+    (errors.RateLimited("slow down", retry_after=3), 429, "rate_limited"),
+    (errors.PluginError("exchange said no"), 502, "provider_error"),
+    (errors.AuthenticationPluginError("bad key"), 502, "provider_error"),
+    (errors.NetworkPluginError("down"), 503, "provider_unavailable"),
+    (errors.RateLimitedPluginError("banned", retry_after=2.5), 503, "provider_unavailable"),
+    (errors.DataSourceError("db down"), 503, "dependency_unavailable"),
+]
+
+
+@pytest.fixture
+def failing_app(app: Quart) -> Quart:
+    state: dict[str, BaseException] = {}
+
+    @app.get("/boom")
+    async def boom() -> str:
+        raise state["exc"]
+
+    app.config["_boom"] = state
+    return app
+
+
+@pytest.mark.parametrize(("exc", "status", "code"), CASES)
+async def test_app_errors_map_to_status_and_code(
+    failing_app: Quart, exc: errors.AppError, status: int, code: str
+) -> None:
+    failing_app.config["_boom"]["exc"] = exc
+    r = await failing_app.test_client().get("/boom")
+    body = await r.get_json()
+    assert r.status_code == status and body["error"]["code"] == code
+    if exc.retry_after is not None:
+        assert int(r.headers["Retry-After"]) >= exc.retry_after
+    if exc.details:
+        assert body["error"]["details"] == exc.details
+
+
+async def test_unexpected_error_is_500_with_request_id_and_no_trace(
+    failing_app: Quart, caplog: pytest.LogCaptureFixture
+) -> None:
+    failing_app.config["_boom"]["exc"] = RuntimeError("secret internals at line 42")
+    with caplog.at_level(logging.ERROR):
+        r = await failing_app.test_client().get("/boom", headers={"X-Request-ID": "abc-1"})
+    body = await r.get_json()
+    assert r.status_code == 500
+    assert body["error"]["code"] == "internal_error"
+    assert body["error"]["details"] == {"request_id": "abc-1"}
+    assert "secret" not in (await r.get_data(as_text=True)) and "Traceback" not in str(body)
+    assert any(rec.exc_info and "abc-1" in rec.getMessage() for rec in caplog.records)
+
+
+async def test_insane_request_ids_are_replaced(failing_app: Quart) -> None:
+    r = await failing_app.test_client().get("/health", headers={"X-Request-ID": "x" * 500})
+    assert r.status_code == 200 and len(r.headers["X-Request-ID"]) == 32
