@@ -62,7 +62,7 @@ def configure_logging(config: dict[str, Any]) -> None:
             }
         },
         "root": {"level": config["LOG_LEVEL"], "handlers": ["default"]},
-        "loggers": {"hypercorn.access": {"level": "WARNING"}},
+        "loggers": {"hypercorn.access": {"level": "WARNING"}, "redis": {"level": "INFO"}},
     })
 
 
