@@ -1,0 +1,130 @@
+"""Inbound rate limits: one combined limit across instances sharing Redis, 429 headers, fallback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import pytest
+from quart import Quart
+
+from app import create_app
+from app_extensions.auth import hash_key
+from app_extensions.ratelimit import Limit, LocalGcra, get_ratelimiter, route_class
+from config import ConfigError
+
+MARKETS = "/api/v1/markets"
+
+
+@pytest.fixture
+async def two_apps(app_config: dict[str, Any]) -> AsyncIterator[list[Quart]]:
+    """Two instances of the service sharing one Redis (same prefix), as behind a load balancer."""
+    cfg = {**app_config, "RATE_LIMITS": {"default": "5/60", "ohlcv": "off"}}
+    apps = [create_app(cfg), create_app(cfg)]
+    async with AsyncExitStack() as stack:
+        for app in apps:
+            await stack.enter_async_context(app.test_app())
+        yield apps
+
+
+async def test_two_instances_enforce_one_combined_limit(two_apps: list[Quart]) -> None:
+    clients = [a.test_client() for a in two_apps]
+    remaining = []
+    for i in range(5):
+        r = await clients[i % 2].get(MARKETS)
+        assert r.status_code == 200
+        assert r.headers["X-RateLimit-Limit"] == "5"
+        remaining.append(int(r.headers["X-RateLimit-Remaining"]))
+    assert remaining == [4, 3, 2, 1, 0]
+    for client in clients:  # both instances now refuse: the budget was shared
+        r = await client.get(MARKETS)
+        assert r.status_code == 429
+        body = await r.get_json()
+        assert body["error"]["code"] == "rate_limited"
+        assert r.headers["X-RateLimit-Limit"] == "5"
+        assert r.headers["X-RateLimit-Remaining"] == "0"
+        # 5 per 60 s: the next request frees up in ~12 s.
+        assert 1 <= int(r.headers["Retry-After"]) <= 13
+        assert r.headers["X-Request-ID"]
+
+
+async def test_unlimited_class_and_health_are_not_counted(two_apps: list[Quart]) -> None:
+    client = two_apps[0].test_client()
+    for _ in range(5):
+        assert (await client.get(MARKETS)).status_code == 200
+    assert (await client.get(MARKETS)).status_code == 429
+    for path in ("/health", "/health/ready", "/metrics"):
+        r = await client.get(path)
+        assert r.status_code == 200 and "X-RateLimit-Limit" not in r.headers
+    r = await client.get("/api/v1/ohlcv?market=sim&provider=sim&symbol=SIM/USD&limit=2")
+    assert r.status_code == 200  # the ohlcv class is "off" here
+    assert "X-RateLimit-Limit" not in r.headers
+
+
+async def test_limits_are_per_api_key_when_auth_is_on(app_config: dict[str, Any]) -> None:
+    keys = ["key-a-0123456789", "key-b-0123456789"]
+    app = create_app({**app_config, "AUTH_ENABLED": True, "API_KEYS": [hash_key(k) for k in keys],
+                      "RATE_LIMITS": {"default": "2/60"}})
+    async with app.test_app():
+        client = app.test_client()
+        a, b = ({"X-API-Key": k} for k in keys)
+        assert [(await client.get(MARKETS, headers=a)).status_code for _ in range(3)] == [200, 200, 429]
+        assert (await client.get(MARKETS, headers=b)).status_code == 200
+
+
+async def test_bucket_refills_over_time(app_config: dict[str, Any]) -> None:
+    app = create_app({**app_config, "RATE_LIMITS": {"default": "4/1"}})  # one every 250 ms
+    async with app.test_app():
+        client = app.test_client()
+        codes = [(await client.get(MARKETS)).status_code for _ in range(5)]
+        assert codes == [200, 200, 200, 200, 429]
+        await asyncio.sleep(0.3)
+        assert (await client.get(MARKETS)).status_code == 200
+
+
+async def test_redis_down_falls_back_to_a_local_limiter_and_says_so(app_config: dict[str, Any]) -> None:
+    cfg = {**app_config, "REDIS_URL": "redis://127.0.0.1:1/0", "REDIS_TIMEOUT": 0.2,
+           "RATE_LIMITS": {"default": "3/60"}}
+    app = create_app(cfg)
+    async with app.test_app():
+        client = app.test_client()
+        codes = [(await client.get(MARKETS)).status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 429]
+        assert get_ratelimiter(app).mode == "local"
+        r = await client.get("/health/ready")
+        body = await r.get_json()
+        assert r.status_code == 200 and body["status"] == "degraded"
+        assert body["rate_limiter_mode"] == "local"
+        assert body["checks"]["rate_limiter"]["ok"] is False
+
+
+def test_local_gcra_matches_the_redis_semantics() -> None:
+    gcra, limit = LocalGcra(), Limit(3, 3.0)
+    got = [gcra.take("k", limit, now_ms=0.0) for _ in range(4)]
+    assert [d.allowed for d in got] == [True, True, True, False]
+    assert [d.remaining for d in got[:3]] == [2, 1, 0]
+    assert got[3].retry_after == pytest.approx(1.0)
+    assert gcra.take("k", limit, now_ms=1000.0).allowed
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("600/60", Limit(600, 60.0)), ("10/s", Limit(10, 1.0)), ("100/minute", Limit(100, 60.0)), ("off", None),
+])
+def test_limit_parsing(text: str, expected: Limit | None) -> None:
+    assert Limit.parse(text) == expected
+
+
+@pytest.mark.parametrize("text", ["abc", "0/60", "5/0", "5/fortnight"])
+def test_bad_limits_fail_fast(text: str) -> None:
+    with pytest.raises(ConfigError):
+        Limit.parse(text)
+
+
+@pytest.mark.parametrize(("path", "cls"), [
+    ("/api/v1/ohlcv", "ohlcv"), ("/api/v1/backfill/abc", "backfill"), ("/api/v1/gaps", "backfill"),
+    ("/api/v1/markets", "default"), ("/api/v1/anything/else", "default"),
+])
+def test_route_classes_are_fixed_names(path: str, cls: str) -> None:
+    assert route_class(path) == cls
