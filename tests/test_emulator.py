@@ -16,9 +16,9 @@ import pytest_asyncio
 from services.timeframes import DAY_MS, HOUR_MS, MINUTE_MS, WEEK_MS, resample
 from tests.exchange_emulator import ExchangeEmulator, fixtures
 from tests.exchange_emulator.candles import in_session, minute_candle
-from tests.exchange_emulator.checks import as_bars, assert_same_bars
+from tests.exchange_emulator.checks import NO_LEAKS, as_bars, assert_same_bars
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, NO_LEAKS]
 emulator = fixtures.emulator
 T0 = 1_704_067_200_000  # Monday 2024-01-01 00:00 UTC
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import pytest
+
 
 def assert_same_bars(
     got: Sequence[Sequence[float]], want: Sequence[Sequence[float]], rel: float = 1e-9
@@ -19,3 +21,10 @@ def assert_same_bars(
 def as_bars(rows: Sequence[Sequence[object]]) -> list[list[float]]:
     """Binance kline rows (strings) as float bars ``[ts, o, h, l, c, v]``."""
     return [[float(int(str(r[0]))), *(float(str(x)) for x in r[1:6])] for r in rows]
+
+
+
+#: Module mark: a leaked aiohttp session/connector (``Unclosed ...`` from ``__del__``) fails the
+#: test instead of printing a warning.
+NO_LEAKS = pytest.mark.filterwarnings(
+    "error::ResourceWarning", "error::pytest.PytestUnraisableExceptionWarning")
