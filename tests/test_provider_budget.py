@@ -1,0 +1,124 @@
+"""Outbound budgets per provider, shared by instances through Redis, and ban pauses."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import pytest
+from quart import Quart
+
+from app import create_app
+from app_extensions.services import get_services
+from services.errors import RateLimitedPluginError
+from services.provider_budget import ProviderBudget, parse_budget
+
+TICKER = "/api/v1/ticker?market=sim&provider=sim&symbol=SIM/USD"
+
+
+@pytest.fixture
+async def two_apps(app_config: dict[str, Any]) -> AsyncIterator[list[Quart]]:
+    cfg = {**app_config, "PROVIDER_BUDGETS": {"sim": "3/60"}, "PROVIDER_BUDGET_MAX_WAIT": 0.0,
+           "RATE_LIMIT_ENABLED": False}
+    apps = [create_app(cfg), create_app(cfg)]
+    async with AsyncExitStack() as stack:
+        for app in apps:
+            await stack.enter_async_context(app.test_app())
+        yield apps
+
+
+def budget(app: Quart) -> ProviderBudget:
+    return get_services(app).markets.budget
+
+
+async def test_instances_share_one_budget(two_apps: list[Quart]) -> None:
+    a, b = (budget(app) for app in two_apps)
+    await a.acquire("sim")
+    await b.acquire("sim")
+    await a.acquire("sim")
+    with pytest.raises(RateLimitedPluginError) as over:
+        await b.acquire("sim")
+    assert over.value.retry_after is not None and 0 < over.value.retry_after <= 20.5
+    await a.acquire("binance")  # other providers have budgets of their own
+
+
+async def test_over_budget_ticker_answers_503_with_retry_after(two_apps: list[Quart]) -> None:
+    clients = [app.test_client() for app in two_apps]
+    codes = [(await clients[i % 2].get(TICKER)).status_code for i in range(4)]
+    assert codes == [200, 200, 200, 503]
+    r = await clients[0].get(TICKER)
+    assert (await r.get_json())["error"]["code"] == "provider_unavailable"
+    assert int(r.headers["Retry-After"]) >= 1
+
+
+async def test_a_ban_pauses_every_instance(two_apps: list[Quart]) -> None:
+    first, second = two_apps
+    plugin = await get_services(first).markets.get_plugin("sim", "sim")
+    calls = {"n": 0}
+
+    async def banned(symbol: str) -> Any:
+        calls["n"] += 1
+        raise RateLimitedPluginError("418 I'm a teapot", retry_after=0.4)
+
+    plugin.fetch_ticker = banned  # type: ignore[method-assign]
+    r = await first.test_client().get(TICKER)
+    assert r.status_code == 503 and calls["n"] == 1
+    other = await get_services(second).markets.get_plugin("sim", "sim")
+    other_calls = {"n": 0}
+    real = other.fetch_ticker
+
+    async def counting(symbol: str) -> Any:
+        other_calls["n"] += 1
+        return await real(symbol)
+
+    other.fetch_ticker = counting  # type: ignore[method-assign]
+    r = await second.test_client().get(TICKER)
+    assert r.status_code == 503, "the other instance must not call a banned provider"
+    assert other_calls["n"] == 0
+    assert 0 < float(r.headers["Retry-After"]) <= 1
+    await asyncio.sleep(0.45)
+    r = await second.test_client().get(TICKER)
+    assert r.status_code == 200 and other_calls["n"] == 1
+
+
+async def test_calls_wait_for_their_slot_within_max_wait() -> None:
+    b = ProviderBudget({"PROVIDER_BUDGETS": {"x": "10/1"}, "PROVIDER_BUDGET_MAX_WAIT": 1.0})
+    started = time.monotonic()
+    for _ in range(12):  # a burst of 10, then one every 100 ms
+        await b.acquire("x")
+    assert 0.15 <= time.monotonic() - started < 0.6
+
+
+async def test_redis_down_keeps_budget_and_pause_locally(app_config: dict[str, Any]) -> None:
+    app = create_app({**app_config, "REDIS_URL": "redis://127.0.0.1:1/0", "REDIS_TIMEOUT": 0.2,
+                      "PROVIDER_BUDGETS": {"sim": "2/60"}, "PROVIDER_BUDGET_MAX_WAIT": 0.0})
+    async with app.test_app():
+        b = budget(app)
+        await b.acquire("sim")
+        await b.acquire("sim")
+        with pytest.raises(RateLimitedPluginError):
+            await b.acquire("sim")
+        await b.pause("kraken", 5.0)
+        with pytest.raises(RateLimitedPluginError) as paused:
+            await b.acquire("kraken")
+        assert 4 < (paused.value.retry_after or 0) <= 5.01
+
+
+async def test_unbudgeted_providers_only_honour_pauses() -> None:
+    b = ProviderBudget({})
+    for _ in range(100):
+        await b.acquire("sim")
+
+
+@pytest.mark.parametrize(("text", "expected"), [("1200/60", (1200, 60.0)), ("off", None), ("", None)])
+def test_budget_parsing(text: str, expected: Any) -> None:
+    assert parse_budget(text) == expected
+
+
+@pytest.mark.parametrize("text", ["x/60", "0/60", "10/0"])
+def test_bad_budgets_fail_fast(text: str) -> None:
+    with pytest.raises(ValueError, match="PROVIDER_BUDGETS"):
+        parse_budget(text)
