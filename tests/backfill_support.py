@@ -89,18 +89,18 @@ async def get_job(client: TestClientProtocol, job_id: str) -> dict[str, Any]:
 
 
 async def wait_job(
-    client: TestClientProtocol, job_id: str, timeout: float = 30.0,
+    client: TestClientProtocol, job_id: str, seconds: float = 30.0,
     until: tuple[str, ...] = ("done", "failed"), min_chunks: int | None = None,
 ) -> dict[str, Any]:
     """Poll the job until its status is in ``until`` (or ``min_chunks`` chunks are done)."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + seconds
     while True:
         job = await get_job(client, job_id)
         if job["status"] in until or (min_chunks is not None and job["chunks_done"] >= min_chunks):
             return job
         if loop.time() > deadline:
-            raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s: {job}")
+            raise AssertionError(f"job {job_id} still {job['status']} after {seconds} s: {job}")
         await asyncio.sleep(0.05)
 
 
