@@ -13,10 +13,11 @@ The forming bar is never cached as closed and never written to storage.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from services.errors import DataSourceError, NetworkPluginError
@@ -111,12 +112,14 @@ class DataOrchestrator:
         self.budget = int(config.get("OHLCV_MAX_PROVIDER_CALLS", 10))
         #: Called with ranges left unfetched; returns a backfill job id (set by BackfillManager).
         self.on_missing = on_missing
+        #: Answers being built, by cache key: concurrent identical queries share one build
+        #: (one upstream fetch) instead of stampeding the provider.
+        self._inflight: dict[str, asyncio.Task[BarAnswer]] = {}
 
     async def get_bars(self, q: BarQuery) -> BarAnswer:
         """Bars for ``q``: strictly ascending, no duplicates, the forming bar flagged ``partial``."""
         now = now_ms()
         a, b, nxt = window(q, now)
-        size = tf_ms(q.timeframe)
         current_min = now // MINUTE_MS * MINUTE_MS
         closed = b <= current_min
         if a >= b:
@@ -125,8 +128,25 @@ class DataOrchestrator:
         cached = await self.cache.get_answer(key)
         if cached is not None:
             return BarAnswer(None, bool(cached["partial"]), nxt, ["cache"], closed, raw_json=cached["bars_json"])
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._build(key, q, a, b, now))
+            self._inflight[key] = task
+            task.add_done_callback(lambda t: self._forget(key, t))
+        # shield: a client that disconnects must not cancel the build others are waiting for.
+        answer = await asyncio.shield(task)
+        return replace(answer, next=nxt, closed=closed)
+
+    def _forget(self, key: str, task: asyncio.Task[BarAnswer]) -> None:
+        self._inflight.pop(key, None)
+        if not task.cancelled() and task.exception() is not None:
+            # Every waiter got the exception already; this only marks it retrieved.
+            log.debug("answer build for %s failed: %r", key, task.exception())
+
+    async def _build(self, key: str, q: BarQuery, a: int, b: int, now: int) -> BarAnswer:
+        size = tf_ms(q.timeframe)
+        closed = b <= now // MINUTE_MS * MINUTE_MS
         answer = await self._assemble(q.series, q.timeframe, a, b, now)
-        answer.next, answer.closed = nxt, closed
         # Sums of float volumes carry binary noise (3009.2870660000012); 8 decimals is exact enough.
         answer.bars = [[int(x[0]), x[1], x[2], x[3], x[4], round(x[5], 8)] for x in answer.bars]
         answer.partial = bool(answer.bars) and answer.bars[-1][0] + size > now

@@ -182,3 +182,16 @@ async def test_catalogue_endpoints(client: TestClientProtocol) -> None:
     t = await r.get_json()
     assert t["bid"] < t["last"] < t["ask"] and abs(t["ts"] - now_ms()) < 5000
     assert r.headers["X-Request-ID"]
+
+
+async def test_concurrent_identical_requests_share_one_upstream_fetch(
+    app: Quart, client: TestClientProtocol
+) -> None:
+    import asyncio
+
+    query = f"&timeframe=1m&start={PAST}&limit=3000"
+    results = await asyncio.gather(*(get(client, query) for _ in range(6)))
+    assert all(status == 200 for status, _, _ in results)
+    assert all(body["bars"] == results[0][1]["bars"] for _, body, _ in results)
+    assert len(results[0][1]["bars"]) == 3000
+    assert sim_calls(app) == 3  # 3000 bars, 1000 per call, fetched once for all six
