@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
@@ -24,9 +23,7 @@ async def two_apps(app_config: dict[str, Any]) -> AsyncIterator[list[Quart]]:
     cfg = {**app_config, "PROVIDER_BUDGETS": {"sim": "3/60"}, "PROVIDER_BUDGET_MAX_WAIT": 0.0,
            "RATE_LIMIT_ENABLED": False}
     apps = [create_app(cfg), create_app(cfg)]
-    async with AsyncExitStack() as stack:
-        for app in apps:
-            await stack.enter_async_context(app.test_app())
+    async with apps[0].test_app(), apps[1].test_app():
         yield apps
 
 

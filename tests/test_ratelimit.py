@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
@@ -23,9 +22,7 @@ async def two_apps(app_config: dict[str, Any]) -> AsyncIterator[list[Quart]]:
     """Two instances of the service sharing one Redis (same prefix), as behind a load balancer."""
     cfg = {**app_config, "RATE_LIMITS": {"default": "5/60", "ohlcv": "off"}}
     apps = [create_app(cfg), create_app(cfg)]
-    async with AsyncExitStack() as stack:
-        for app in apps:
-            await stack.enter_async_context(app.test_app())
+    async with apps[0].test_app(), apps[1].test_app():
         yield apps
 
 
