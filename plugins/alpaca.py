@@ -189,14 +189,17 @@ class AlpacaPlugin(MarketPlugin):
         cached = self._symbols
         if cached is not None and time.monotonic() - cached[0] <= self.symbols_ttl:
             return cached[1]
-        body = await self.retry.call(lambda: self._request_api(
-            "/v2/assets", {"status": "active", "asset_class": "us_equity"}, trading=True))
-        if not isinstance(body, list):
-            raise MalformedResponseError("alpaca: /v2/assets did not answer a list")
-        symbols = frozenset(a["symbol"] for a in body
-                            if isinstance(a, dict) and isinstance(a.get("symbol"), str))
+        symbols = await self.retry.call(self._fetch_assets)
         self._symbols = (time.monotonic(), symbols)
         return symbols
+
+    async def _fetch_assets(self) -> frozenset[str]:
+        body = await self._request_api(
+            "/v2/assets", {"status": "active", "asset_class": "us_equity"}, trading=True)
+        if not isinstance(body, list):
+            raise MalformedResponseError("alpaca: /v2/assets did not answer a list")
+        return frozenset(a["symbol"] for a in body
+                         if isinstance(a, dict) and isinstance(a.get("symbol"), str))
 
     async def _check_symbol(self, symbol: str) -> None:
         if symbol not in await self._known_symbols():
@@ -226,9 +229,8 @@ class AlpacaPlugin(MarketPlugin):
         path = f"/v2/stocks/{quote(symbol, safe='')}/bars"
         by_ts: dict[int, Bar] = {}
         while True:
-            page = dict(params)
-            body = await self.retry.call(functools.partial(self._request_api, path, page))
-            bars, token = self._parse_page(body, timeframe)
+            page = functools.partial(self._fetch_page, path, dict(params), timeframe)
+            bars, token = await self.retry.call(page)
             for bar in bars:
                 if bar[0] >= since and (until is None or bar[0] < until):
                     by_ts[int(bar[0])] = bar
@@ -236,6 +238,12 @@ class AlpacaPlugin(MarketPlugin):
                 break
             params.update(page_token=token, limit=str(limit - len(by_ts)))
         return [by_ts[ts] for ts in sorted(by_ts)][:limit]
+
+    async def _fetch_page(
+        self, path: str, params: dict[str, str], timeframe: str
+    ) -> tuple[list[Bar], str | None]:
+        """One bars page (parsed inside the retry, so a malformed body is retried too)."""
+        return self._parse_page(await self._request_api(path, params), timeframe)
 
     @staticmethod
     def _parse_page(body: Any, timeframe: str) -> tuple[list[Bar], str | None]:
@@ -256,7 +264,10 @@ class AlpacaPlugin(MarketPlugin):
         """Last trade price and the latest quote's bid/ask from the snapshot."""
         await self._check_symbol(symbol)
         path = f"/v2/stocks/{quote(symbol, safe='')}/snapshot"
-        body = await self.retry.call(lambda: self._request_api(path, {"feed": self.feed}))
+        return await self.retry.call(functools.partial(self._fetch_snapshot, path))
+
+    async def _fetch_snapshot(self, path: str) -> Ticker:
+        body = await self._request_api(path, {"feed": self.feed})
         try:
             trade = body.get("latestTrade") or {}
             quote_ = body.get("latestQuote") or {}

@@ -17,6 +17,7 @@ from plugins.base import ProviderInfo
 from plugins.ccxt_support import CAPABILITIES, rebase_urls
 from plugins.crypto import CryptoPlugin, clear_shared_markets
 from services.errors import (
+    AppError,
     AuthenticationPluginError,
     MalformedResponseError,
     NetworkPluginError,
@@ -149,7 +150,7 @@ async def test_maintenance_gap_is_skipped_and_empty_window_is_not_an_error(
     ({"malformed": "html"}, MalformedResponseError),
 ])
 async def test_temporary_faults_are_retried_then_raised(
-    plugin: CryptoPlugin, emulator: ExchangeEmulator, fault: dict[str, Any], error: type
+    plugin: CryptoPlugin, emulator: ExchangeEmulator, fault: dict[str, Any], error: type[AppError]
 ) -> None:
     await plugin.fetch_symbols()
     emulator.inject(KLINES, times=None, **fault)
@@ -175,7 +176,7 @@ async def test_dropped_connection_is_a_network_error(
 
 @pytest.mark.parametrize("status,error", [(400, PluginError), (401, AuthenticationPluginError)])
 async def test_permanent_errors_are_not_retried(
-    plugin: CryptoPlugin, emulator: ExchangeEmulator, status: int, error: type
+    plugin: CryptoPlugin, emulator: ExchangeEmulator, status: int, error: type[AppError]
 ) -> None:
     await plugin.fetch_symbols()
     emulator.inject(KLINES, status=status, times=None)
