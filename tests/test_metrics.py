@@ -1,0 +1,110 @@
+"""/metrics parses with prometheus-client's parser, holds every documented family after a request of
+each kind, and no label carries a raw path or other client-sent value."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+from quart import Quart
+
+from app import create_app
+from app_extensions.auth import hash_key
+
+KEY = "metrics-test-key-0123"
+SECRET_PATH_TOKEN = "zq9xraw4path"
+PAST = 1_700_006_400_000
+
+#: Families documented in docs/operating.md (counter names without the _total suffix), by owner.
+DOCUMENTED = {
+    "http_requests", "http_request_duration_seconds", "cache_requests", "provider_calls",
+    "provider_call_duration_seconds", "provider_retries", "dependency_up", "plugin_instances",
+    "db_query_duration_seconds", "db_pool_connections", "db_pool_connections_in_use",
+    "rate_limit_rejections", "rate_limit_local_fallback", "auth_failures",
+    "provider_budget_events", "candle_lag_seconds",
+    "backfill_bars_written", "backfill_chunks_fetched", "backfill_chunks_failed", "backfill_jobs",
+    "backfill_lag_seconds",
+}
+#: Families that must carry samples after the requests below.
+MUST_HAVE_SAMPLES = {
+    "http_requests", "http_request_duration_seconds", "cache_requests", "provider_calls",
+    "provider_call_duration_seconds", "dependency_up", "plugin_instances", "db_query_duration_seconds",
+    "db_pool_connections", "db_pool_connections_in_use", "rate_limit_rejections", "auth_failures",
+}
+
+
+@pytest.fixture
+async def metrics_app(app_config: dict[str, Any]) -> AsyncIterator[Quart]:
+    app = create_app({**app_config, "AUTH_ENABLED": True, "API_KEYS": [hash_key(KEY)],
+                      "RATE_LIMITS": {"default": "12/60"}})
+    async with app.test_app():
+        yield app
+
+
+async def scrape(app: Quart) -> dict[str, list[Sample]]:
+    r = await app.test_client().get("/metrics")
+    assert r.status_code == 200
+    assert r.headers["Content-Type"].startswith("text/plain")
+    text = (await r.get_data()).decode()
+    assert SECRET_PATH_TOKEN not in text
+    return {f.name: f.samples for f in text_string_to_metric_families(text)}
+
+
+async def test_every_documented_family_after_a_request_of_each_kind(metrics_app: Quart) -> None:
+    client = metrics_app.test_client()
+    auth = {"X-API-Key": KEY}
+    sim = "market=sim&provider=sim&symbol=SIM/USD"
+    answers = [
+        await client.get(f"/api/v1/ohlcv?{sim}&timeframe=1h&start={PAST}&end={PAST + 6 * 3_600_000}",
+                         headers=auth),
+        await client.get(f"/api/v1/ticker?{sim}", headers=auth),
+        await client.get("/api/v1/symbols?market=sim&provider=sim", headers=auth),
+        await client.get(f"/api/v1/gaps?{sim}&start={PAST}&end={PAST + 60_000}", headers=auth),
+        await client.get(f"/api/v1/{SECRET_PATH_TOKEN}/x?a={SECRET_PATH_TOKEN}", headers=auth),
+        await client.get("/api/v1/markets"),  # 401
+        await client.get("/health"),
+        await client.get("/health/ready"),
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 200, 200, 404, 401, 200, 200]
+    while (await client.get("/api/v1/markets", headers=auth)).status_code != 429:
+        pass
+    families = await scrape(metrics_app)
+    missing = DOCUMENTED - set(families)
+    assert not missing, f"documented families missing from /metrics: {missing}"
+    empty = {name for name in MUST_HAVE_SAMPLES if not families[name]}
+    assert not empty, f"families without samples: {empty}"
+
+    def value(family: str, sample: str, **labels: str) -> float:
+        return sum(s.value for s in families[family]
+                   if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    assert value("http_requests", "http_requests_total", route="/api/v1/ohlcv", status="200") >= 1
+    assert value("http_requests", "http_requests_total", route="unmatched", status="404") >= 1
+    assert value("http_requests", "http_requests_total", route="/api/v1/markets", status="429") >= 1
+    assert value("rate_limit_rejections", "rate_limit_rejections_total", route_class="default") >= 1
+    assert value("auth_failures", "auth_failures_total", reason="missing") >= 1
+    assert value("provider_calls", "provider_calls_total", provider="sim", method="fetch_ohlcv",
+                 outcome="ok") >= 1
+    assert value("db_query_duration_seconds", "db_query_duration_seconds_count", query="select_bars") >= 1
+    assert value("dependency_up", "dependency_up", name="database") == 1
+    assert value("db_pool_connections", "db_pool_connections") >= 1
+
+
+async def test_no_label_carries_a_raw_path_or_client_value(metrics_app: Quart) -> None:
+    client = metrics_app.test_client()
+    auth = {"X-API-Key": KEY}
+    for path in (f"/{SECRET_PATH_TOKEN}", f"/api/v1/ohlcv/{SECRET_PATH_TOKEN}",
+                 f"/api/v1/symbols?market={SECRET_PATH_TOKEN}&provider={SECRET_PATH_TOKEN}",
+                 f"/api/v1/backfill/{SECRET_PATH_TOKEN}"):
+        await client.get(path, headers={**auth, "X-Request-ID": SECRET_PATH_TOKEN})
+    families = await scrape(metrics_app)
+    routes = {rule.rule for rule in metrics_app.url_map.iter_rules()} | {"unmatched"}
+    for samples in families.values():
+        for sample in samples:
+            for label, val in sample.labels.items():
+                assert SECRET_PATH_TOKEN not in val
+                if label == "route":
+                    assert val in routes, f"route label {val!r} is not a route template"
