@@ -48,7 +48,7 @@ async def scrape(app: Quart) -> dict[str, list[Sample]]:
     r = await app.test_client().get("/metrics")
     assert r.status_code == 200
     assert r.headers["Content-Type"].startswith("text/plain")
-    text = (await r.get_data()).decode()
+    text = await r.get_data(as_text=True)
     assert SECRET_PATH_TOKEN not in text
     return {f.name: f.samples for f in text_string_to_metric_families(text)}
 
