@@ -19,6 +19,7 @@ from app_extensions.services import Services
 from blueprints.backfill import backfill_blueprint
 from blueprints.health import health_blueprint
 from blueprints.market import market_blueprint
+from blueprints.websocket import websocket_blueprint
 from config import BaseConfig, load_config
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     app.register_blueprint(health_blueprint)
     app.register_blueprint(market_blueprint)
     app.register_blueprint(backfill_blueprint)
+    app.register_blueprint(websocket_blueprint)
     init_operations(app)  # CORS, API keys, rate limits, provider budget, OpenAPI
     init_cli(app)
     init_backfill_cli(app)

@@ -120,6 +120,31 @@ class BaseConfig:
     BACKFILL_WRITE_CACHE = True
     #: Run the job runner in this instance (off: the API still queues jobs for other instances).
     BACKFILL_RUNNER = True
+    # Live candles over WebSocket (blueprints/websocket.py, services/subscription_*.py, broadcast.py)
+    #: Subscriptions one connection may hold; larger client messages get an invalid_message error.
+    WS_MAX_SUBSCRIPTIONS = 50
+    WS_MAX_MESSAGE_BYTES = 4096
+    #: Frames queued per connection; a client this far behind is closed with 1013.
+    WS_SEND_QUEUE = 256
+    #: Server WebSocket pings (Hypercorn, see hypercorn_options); a peer silent 3x this is dropped.
+    WS_HEARTBEAT_SECONDS = 20.0
+    #: A frame whose write has not completed after this long marks a dead or stalled peer (1013).
+    WS_SEND_TIMEOUT_SECONDS = 30.0
+    #: A channel's poller keeps running this long after its last local subscriber left.
+    WS_UNSUBSCRIBE_GRACE_SECONDS = 10.0
+    #: JSON: timeframe to seconds between polls of the forming bar; others use the default.
+    POLL_INTERVALS: dict[str, float] = {"1m": 2.0, "3m": 2.0, "5m": 3.0, "15m": 3.0, "30m": 5.0}
+    POLL_INTERVAL_DEFAULT = 5.0
+    #: JSON: provider id to the least seconds between polls (default: the plugin's capability).
+    POLL_PROVIDER_MIN_INTERVALS: dict[str, float] = {}
+    #: Seconds after a bucket ends before its final bar is fetched (exchanges settle late trades).
+    POLL_CLOSE_DELAY_SECONDS = 0.5
+    POLL_MAX_BACKOFF_SECONDS = 30.0
+    #: Most past bars a poller catches up after an outage or a hand-over (older: REST/backfill).
+    POLL_MAX_CATCHUP_BARS = 5000
+    #: Lease of a channel's poller in Redis, renewed every third of it; a dead holder's channel
+    #: moves to another instance with subscribers within about 1.3x this.
+    LEASE_TTL_SECONDS = 6.0
 
     def __init__(self) -> None:
         self._apply_env()

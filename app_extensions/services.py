@@ -17,6 +17,7 @@ from services.cache_manager import RedisCache
 from services.market_service import MarketService
 from services.orchestrator import DataOrchestrator
 from services.sources import AggregateSource, CacheSource, DbSource, PluginSource
+from services.subscription_service import SubscriptionService
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class Services:
         self.markets: MarketService
         self.orchestrator: DataOrchestrator
         self.backfill: BackfillManager
+        self.subscriptions: SubscriptionService
         self.shutdown = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         if app is not None:
@@ -50,6 +52,10 @@ class Services:
         )
         self.backfill = BackfillManager(self.markets, db, self.orchestrator.cache, dict(config))
         self.orchestrator.on_missing = self.backfill.schedule_missing
+        self.subscriptions = SubscriptionService.build(
+            markets=self.markets, orchestrator=self.orchestrator, redis=redis, db=DbSource(db),
+            config=dict(config),
+        )
         app.before_serving(self.start)
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
@@ -63,9 +69,11 @@ class Services:
         self.shutdown.clear()
         self.spawn(self.markets.run_idle_reaper(self.shutdown), "plugin-idle-reaper")
         await self.backfill.start()
+        await self.subscriptions.start()
 
     async def close(self) -> None:
         self.shutdown.set()
+        await self.subscriptions.close()  # live-channel workers first
         await self.backfill.close()
         for task in list(self._tasks):
             task.cancel()

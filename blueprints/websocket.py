@@ -1,0 +1,153 @@
+"""``/api/v1/ws``: live candles over WebSocket (protocol in API.md), a thin adapter over
+SubscriptionService.
+
+Every client message is validated with a schema from ``ws_schemas``; a bad one is answered with an
+``error`` frame and the connection stays open. Errors become frames in one place
+(``error_frame``). Each connection runs a reader (messages in order) and a sender (its bounded
+queue); the handler supervises both and closes with the connection's drop code (1013 for a client
+too slow for its stream or whose writes stall, 1001 at shutdown). Dead idle peers are found by the
+server's WebSocket pings: run Hypercorn with ``hypercorn_options(config)`` (see ``app.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from marshmallow import ValidationError
+from quart import Blueprint, current_app, websocket
+
+from app_extensions.services import get_services
+from blueprints.ws_schemas import SCHEMAS
+from services.broadcast import stop_task
+from services.errors import AppError, InvalidParameter
+from services.subscription_service import SubscriptionService
+from services.ws_connection import Connection
+
+log = logging.getLogger(__name__)
+websocket_blueprint = Blueprint("websocket", __name__, url_prefix="/api/v1")
+CLOSE_INTERNAL_ERROR = 1011
+
+
+class InvalidMessage(AppError):
+    """The frame is not a JSON object with a known ``op``, or is too large. Fix the client."""
+
+    status, code = 400, "invalid_message"
+
+
+def hypercorn_options(config: Mapping[str, Any]) -> dict[str, float]:
+    """Hypercorn settings for the heartbeat: a WebSocket ping every ``WS_HEARTBEAT_SECONDS``; a
+    peer that sends nothing (not even the pong) for three of them is disconnected."""
+    beat = float(config.get("WS_HEARTBEAT_SECONDS", 20.0))
+    return {"websocket_ping_interval": beat, "read_timeout": 3 * beat}
+
+
+def error_frame(exc: AppError, req_id: Any) -> dict[str, Any]:
+    """The one mapping of service errors to ``error`` frames (codes as in REST)."""
+    frame: dict[str, Any] = {"type": "error", "id": req_id, "code": exc.code, "message": exc.message}
+    if exc.details and exc.status < 500:
+        frame["details"] = exc.details
+    return frame
+
+
+def _parse(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
+    if isinstance(raw, bytes):
+        raise InvalidMessage("binary frames are not supported: send JSON text frames")
+    if len(raw) > max_bytes or len(raw.encode()) > max_bytes:
+        raise InvalidMessage(f"message larger than {max_bytes} bytes")
+    try:
+        msg = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidMessage(f"message is not valid JSON: {exc}") from exc
+    if not isinstance(msg, dict):
+        raise InvalidMessage("message must be a JSON object")
+    return msg
+
+
+def _echo_id(msg: dict[str, Any]) -> Any:
+    value = msg.get("id")
+    if isinstance(value, bool):
+        return None
+    ok = isinstance(value, int) or (isinstance(value, str) and len(value) <= 64)
+    return value if ok else None
+
+
+async def handle_message(service: SubscriptionService, conn: Connection, raw: str | bytes,
+                         max_bytes: int) -> None:
+    """Validate one client message and call the service; errors are answered as frames."""
+    req_id: Any = None
+    try:
+        msg = _parse(raw, max_bytes)
+        req_id = _echo_id(msg)
+        op = msg.get("op")
+        schema = SCHEMAS.get(op) if isinstance(op, str) else None
+        if schema is None:
+            raise InvalidMessage(f"op must be one of {', '.join(SCHEMAS)}")
+        try:
+            data = schema().load(msg)
+        except ValidationError as exc:
+            details = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+            summary = "; ".join(f"{k}: {v[0] if isinstance(v, list) else v}" for k, v in details.items())
+            raise InvalidParameter(summary, details=details) from exc
+        if data["op"] == "ping":
+            conn.send_frame({"type": "pong", "id": req_id})
+        elif data["op"] == "subscribe":
+            await service.subscribe(conn, data)
+        else:
+            await service.unsubscribe(conn, data["channel"], req_id)
+    except AppError as exc:
+        if exc.status >= 500:
+            log.warning("ws %s: %s", exc.code, exc.message)
+        conn.send_frame(error_frame(exc, req_id))
+    except Exception as exc:  # a bug: log the trace, answer internal_error, keep the connection
+        log.error("unhandled error on a WebSocket message", exc_info=exc)
+        conn.send_frame(error_frame(AppError("internal error"), req_id))
+
+
+async def _read_loop(service: SubscriptionService, conn: Connection, max_bytes: int) -> None:
+    while True:
+        raw = await websocket.receive()
+        await handle_message(service, conn, raw, max_bytes)
+
+
+async def _supervise(conn: Connection, sender: asyncio.Task[None], reader: asyncio.Task[None],
+                                      tick: float) -> None:
+    """Wait until the connection is dropped or a task ends; a stalled write is a dead peer."""
+    waiter = asyncio.create_task(conn.done.wait())
+    try:
+        while True:
+            finished, _ = await asyncio.wait({sender, reader, waiter}, timeout=tick,
+                                             return_when=asyncio.FIRST_COMPLETED)
+            if conn.stalled():
+                conn.drop("send_timeout")
+            if finished or conn.drop_reason is not None:
+                break
+        for task in finished - {waiter}:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("WebSocket task failed", exc_info=task.exception())
+                conn.drop("internal_error", CLOSE_INTERNAL_ERROR)
+    finally:
+        await stop_task(waiter)
+
+
+@websocket_blueprint.websocket("/ws")
+async def ws() -> None:
+    cfg = current_app.config
+    service = get_services(current_app).subscriptions
+    await websocket.accept()
+    conn = service.connect(websocket.send)
+    sender = asyncio.create_task(conn.run_sender(), name="ws-sender")
+    reader = asyncio.create_task(_read_loop(service, conn, int(cfg["WS_MAX_MESSAGE_BYTES"])),
+                                 name="ws-reader")
+    try:
+        tick = min(float(cfg["WS_HEARTBEAT_SECONDS"]), float(cfg["WS_SEND_TIMEOUT_SECONDS"]) / 3)
+        await _supervise(conn, sender, reader, max(0.05, tick))
+    finally:
+        await stop_task(reader)
+        await stop_task(sender)
+        await service.disconnect(conn)
+    if conn.drop_reason is not None:
+        await websocket.close(conn.close_code, conn.drop_reason)

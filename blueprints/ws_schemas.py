@@ -1,0 +1,53 @@
+"""marshmallow schemas of the client messages on ``/api/v1/ws`` (see API.md, WebSocket)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+
+from services.timeframes import TIMEFRAMES
+
+OPS = ("subscribe", "unsubscribe", "ping")
+
+
+class MessageId(fields.Field):
+    """The optional client ``id``: a string (up to 64 characters) or an integer, echoed as is."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise ValidationError("must be a string or an integer")
+        if isinstance(value, str) and len(value) > 64:
+            raise ValidationError("must be at most 64 characters")
+        return value
+
+
+class _Message(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    op = fields.String(required=True, validate=validate.OneOf(OPS))
+    id = MessageId(load_default=None, allow_none=True)
+
+
+class SubscribeMessage(_Message):
+    market = fields.String(required=True, validate=validate.Length(1, 32))
+    provider = fields.String(required=True, validate=validate.Length(1, 64))
+    symbol = fields.String(required=True, validate=validate.Length(1, 64))
+    timeframe = fields.String(load_default="1m", validate=validate.OneOf(list(TIMEFRAMES)))
+    history = fields.Integer(load_default=100, strict=True, validate=validate.Range(0, 1000))
+
+
+class UnsubscribeMessage(_Message):
+    channel = fields.String(required=True, validate=validate.Length(1, 200))
+
+
+class PingMessage(_Message):
+    pass
+
+
+SCHEMAS: dict[str, type[_Message]] = {
+    "subscribe": SubscribeMessage,
+    "unsubscribe": UnsubscribeMessage,
+    "ping": PingMessage,
+}
