@@ -78,19 +78,25 @@ def _price(seed: int, base: float, minute: int) -> float:
     return base * (1.0 + wave + 0.002 * jitter)
 
 
-def minute_candle(symbol: str, ts: int) -> Candle:
-    """The 1m candle of ``symbol`` opening at ``ts`` (a multiple of 60 000)."""
-    seed, base, volume, decimals = _profile(symbol)
-    minute = ts // MIN
-    o = round(_price(seed, base, minute), decimals)
-    c = round(_price(seed, base, minute + 1), decimals)
+def _candle(seed: int, base: float, volume: float, decimals: int, minute: int, o: float,
+            c: float) -> Candle:
+    """The 1m candle of minute index ``minute`` given its rounded open and close."""
     h_bits = _mix(seed + minute * 0x632BE59BD9B4E019)
     wick_up = (h_bits & 0xFFFF) / 65535.0 * 0.0015
     wick_down = ((h_bits >> 16) & 0xFFFF) / 65535.0 * 0.0015
     vol_f = 0.2 + ((h_bits >> 32) & 0xFFFF) / 65535.0
     h = round(max(o, c) * (1 + wick_up), decimals)
     low = round(min(o, c) * (1 - wick_down), decimals)
-    return ts, o, h, low, c, round(volume * vol_f, 2)
+    return minute * MIN, o, h, low, c, round(volume * vol_f, 2)
+
+
+def minute_candle(symbol: str, ts: int) -> Candle:
+    """The 1m candle of ``symbol`` opening at ``ts`` (a multiple of 60 000)."""
+    seed, base, volume, decimals = _profile(symbol)
+    minute = ts // MIN
+    o = round(_price(seed, base, minute), decimals)
+    c = round(_price(seed, base, minute + 1), decimals)
+    return _candle(seed, base, volume, decimals, minute, o, c)
 
 
 def _merge(parts: list[Candle], start: int) -> Candle | None:
@@ -102,9 +108,13 @@ def _merge(parts: list[Candle], start: int) -> Candle | None:
 
 @lru_cache(maxsize=65_536)
 def _closed_hour(symbol: str, stock: bool, hour: int) -> Candle | None:
-    """The aggregated hour ``hour`` (a closed one, no maintenance) of the pure series."""
-    mins = [minute_candle(symbol, t) for t in range(hour, hour + HOUR, MIN)
-            if not stock or in_session(t)]
+    """The aggregated hour ``hour`` (a closed one, no maintenance) of the pure series; the same
+    numbers as ``minute_candle``, with each price point computed once."""
+    seed, base, volume, decimals = _profile(symbol)
+    first = hour // MIN
+    prices = [round(_price(seed, base, m), decimals) for m in range(first, first + 61)]
+    mins = [_candle(seed, base, volume, decimals, first + i, prices[i], prices[i + 1])
+            for i in range(60) if not stock or in_session((first + i) * MIN)]
     return _merge(mins, hour)
 
 
