@@ -1,0 +1,139 @@
+"""Backfill throughput: one year of 1m bars of one symbol through the exchange emulator, beside the
+raw PostgreSQL COPY rate of the same rows into the same table, as a ratio.
+
+    .venv/bin/python -m bench.backfill [--days 366] [--concurrency 4] [--no-cache]
+                                       [--no-ccxt-throttle]
+
+The emulator runs in its own process (``python -m tests.exchange_emulator``) with latency 0 and
+serves ``binance``; the backfill goes through the whole production path: the CCXT crypto plugin
+(HTTP, parsing, error translation), the per-provider semaphore, one transaction per chunk
+(COPY into a temp table + INSERT ... ON CONFLICT + ledger + job-free progress) and the Redis 1m
+cache. The outbound provider budget is switched off (it exists to protect the real exchange).
+``--no-ccxt-throttle`` also switches off CCXT's own client-side throttle (``enableRateLimit``,
+50 ms between Binance calls), which otherwise caps the run at 20 calls (20,000 bars) per second.
+The COPY baseline then truncates the series and COPYs the very same rows back into ``ohlcv_1m``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from app import create_app
+from app_extensions.services import get_services
+from bench.common import free_port
+from services.storage import Series
+from services.timeframes import DAY_MS
+
+DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+SCHEMA, PREFIX = "bench_backfill", "bench_backfill"
+T0 = 1_704_067_200_000  # 2024-01-01, the emulator's first candle
+SERIES = Series("crypto", "binance", "BTC/USDT")
+
+
+def start_emulator(port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, "-m", "tests.exchange_emulator", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    proc.stdout.readline()  # "exchange emulator on ..." once it listens
+    return proc
+
+
+async def reset_storage() -> None:
+    conn = await asyncpg.connect(DATABASE_URL)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{SCHEMA}" CASCADE')
+    finally:
+        await conn.close()
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{PREFIX}:*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+async def run_backfill(url: str, days: int, concurrency: int, cache: bool, throttle: bool) -> dict[str, Any]:
+    app = create_app({
+        "DATABASE_SCHEMA": SCHEMA, "REDIS_PREFIX": PREFIX, "LOG_LEVEL": "WARNING",
+        "PROVIDER_URLS": {"binance": url}, "CCXT_EXCHANGES": "binance",
+        "PROVIDER_BUDGETS": {"binance": "off"}, "BACKFILL_RUNNER": False,
+        "BACKFILL_CONCURRENCY": concurrency, "BACKFILL_WRITE_CACHE": cache,
+        "DB_POOL_MAX": max(10, concurrency + 2),
+    })
+    async with app.test_app():
+        services = get_services(app)
+        if not throttle:
+            plugin: Any = await services.markets.get_plugin("crypto", "binance")
+            (await plugin._ready()).enableRateLimit = False
+        end = T0 + days * DAY_MS
+        started = time.perf_counter()
+        progress = await services.backfill.backfill(SERIES, T0, end)
+        seconds = time.perf_counter() - started
+        gaps = await services.backfill.gaps(SERIES, T0, end)
+    assert gaps == {"missing": [], "verified_empty": []}, gaps
+    return {"bars": progress.bars_written, "seconds": seconds, "calls": progress.calls}
+
+
+async def copy_baseline() -> dict[str, Any]:
+    conn = await asyncpg.connect(DATABASE_URL, server_settings={"search_path": SCHEMA})
+    try:
+        rows = await conn.fetch("SELECT * FROM ohlcv_1m ORDER BY ts")
+        records = [tuple(r) for r in rows]
+        await conn.execute("TRUNCATE ohlcv_1m")
+        started = time.perf_counter()
+        async with conn.transaction():
+            await conn.copy_records_to_table("ohlcv_1m", records=records)
+        seconds = time.perf_counter() - started
+        assert await conn.fetchval("SELECT count(*) FROM ohlcv_1m") == len(records)
+    finally:
+        await conn.close()
+    return {"bars": len(records), "seconds": seconds}
+
+
+async def main(args: argparse.Namespace) -> None:
+    await reset_storage()
+    proc = start_emulator(free_port() if args.port == 0 else args.port)
+    try:
+        port = args.port
+        url = f"http://127.0.0.1:{port}"
+        fill = await run_backfill(url, args.days, args.concurrency, not args.no_cache,
+                                  not args.no_ccxt_throttle)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    copy = await copy_baseline()
+    fill_rate, copy_rate = fill["bars"] / fill["seconds"], copy["bars"] / copy["seconds"]
+    print(f"backfill: {fill['bars']:,} bars in {fill['seconds']:.1f} s = {fill_rate:,.0f} bars/s"
+          f" ({fill['calls']} calls, concurrency {args.concurrency},"
+          f" cache {'off' if args.no_cache else 'on'},"
+          f" CCXT throttle {'off' if args.no_ccxt_throttle else 'on'})")
+    print(f"raw COPY: {copy['bars']:,} rows in {copy['seconds']:.2f} s = {copy_rate:,.0f} rows/s")
+    print(f"ratio backfill / raw COPY: {fill_rate / copy_rate:.3f}")
+    if not args.keep:
+        await reset_storage()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--days", type=int, default=366, help="days from 2024-01-01 (366: 2024)")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--port", type=int, default=0, help="emulator port (0: a free one)")
+    parser.add_argument("--no-cache", action="store_true", help="do not write the Redis 1m cache")
+    parser.add_argument("--no-ccxt-throttle", action="store_true",
+                        help="switch off CCXT's client-side throttle (enableRateLimit)")
+    parser.add_argument("--keep", action="store_true", help="keep the bench schema afterwards")
+    arguments = parser.parse_args()
+    if arguments.port == 0:
+        arguments.port = free_port()
+    asyncio.run(main(arguments))
