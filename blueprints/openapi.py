@@ -39,6 +39,8 @@ _ERROR_TEXT = {
     500: "internal_error: the answer carries the request id",
 }
 _COMMON = (401, 429, 500)
+#: Examples for the docs page (the sim market needs no network or keys).
+_EXAMPLES = {"market": "sim", "provider": "sim", "symbol": "SIM/USD"}
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,13 @@ def build_spec(app: Quart) -> dict[str, Any]:
         by_path.setdefault(op.path, {})[op.method] = operation
     for path, operations in by_path.items():
         spec.path(path=path, operations=operations)
-    return spec.to_dict()
+    document = spec.to_dict()
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            for param in operation.get("parameters", []):
+                if param["name"] in _EXAMPLES:
+                    param["example"] = _EXAMPLES[param["name"]]
+    return document
 
 
 @openapi_blueprint.get("/openapi.json")

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,16 +14,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import DATABASE_URL, REDIS_URL
+from tests.live_server import hypercorn_server
 
-ROOT = Path(__file__).resolve().parent.parent
 BATCH = 20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -36,38 +24,10 @@ def server(tmp_path: Path, db_schema: str, redis_prefix: str) -> Iterator[tuple[
     """``hypercorn --workers 2`` serving the app with PROMETHEUS_MULTIPROC_DIR set."""
     mp_dir = tmp_path / "prom"
     mp_dir.mkdir()
-    port = free_port()
-    env = {**os.environ, "APP_ENV": "testing", "DATABASE_URL": DATABASE_URL, "DATABASE_SCHEMA": db_schema,
-           "REDIS_URL": REDIS_URL, "REDIS_PREFIX": redis_prefix, "PROMETHEUS_MULTIPROC_DIR": str(mp_dir),
-           "RATE_LIMIT_ENABLED": "false", "PYTHONPATH": str(ROOT), "LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hypercorn", "--workers", "2", "--bind", f"127.0.0.1:{port}",
-         "app:create_app()"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    try:
-        yield f"http://127.0.0.1:{port}", mp_dir
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        assert proc.stderr is not None
-        proc.stderr.close()
-
-
-async def wait_ready(session: aiohttp.ClientSession, base: str) -> None:
-    for _ in range(150):
-        try:
-            async with session.get(base + "/health") as r:
-                if r.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.2)
-    raise AssertionError("hypercorn did not come up")
+    env = {"DATABASE_SCHEMA": db_schema, "REDIS_PREFIX": redis_prefix,
+           "PROMETHEUS_MULTIPROC_DIR": str(mp_dir), "RATE_LIMIT_ENABLED": "false"}
+    with hypercorn_server(env, workers=2) as base:
+        yield base, mp_dir
 
 
 def markets_count(text: str) -> float:
@@ -100,7 +60,6 @@ async def test_two_workers_one_aggregated_metrics(server: tuple[str, Path], tmp_
     # A new connection per request, so the kernel spreads them over both workers' accept loops.
     connector = aiohttp.TCPConnector(force_close=True)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=20)) as session:
-        await wait_ready(session, base)
         sem = asyncio.Semaphore(16)
 
         async def one() -> int:
