@@ -221,6 +221,8 @@ class AlpacaPlugin(MarketPlugin):
                 details={"timeframe": [f"one of {', '.join(TIMEFRAMES)}"]})
         await self._check_symbol(symbol)
         limit = max(1, min(limit, MAX_PAGE))
+        if until is not None and until <= since:
+            return []
         params = {"timeframe": TIMEFRAMES[timeframe], "start": rfc3339(since),
                   "limit": str(limit), "feed": self.feed, "adjustment": self.adjustment,
                   "sort": "asc"}

@@ -168,6 +168,8 @@ class CryptoPlugin(MarketPlugin):
                 f"{self.provider_id} does not serve {timeframe} candles",
                 details={"timeframe": [f"one of {', '.join(caps.timeframes)}"]})
         limit = max(1, min(limit, caps.max_bars_per_call))
+        if until is not None and until <= since:
+            return []
 
         async def once() -> list[Bar]:
             exchange = await self._ready()
