@@ -16,6 +16,7 @@ from config import TestingConfig
 from plugins.base import ProviderInfo
 from plugins.ccxt_support import CAPABILITIES, rebase_urls
 from plugins.crypto import CryptoPlugin, clear_shared_markets
+from plugins.loader import PluginLoader
 from services.errors import (
     AppError,
     AuthenticationPluginError,
@@ -27,6 +28,7 @@ from services.errors import (
     UnknownProvider,
     UnknownSymbol,
 )
+from services.market_service import MarketService
 from services.timeframes import DAY_MS, HOUR_MS, MINUTE_MS, WEEK_MS, resample, tf_ms
 from tests.exchange_emulator import ExchangeEmulator, fixtures
 from tests.exchange_emulator.checks import NO_LEAKS, as_bars, assert_same_bars
@@ -273,3 +275,32 @@ def test_configuration() -> None:
 def test_capability_timeframes_exist_in_ccxt(exchange_id: str) -> None:
     exchange = getattr(ccxt_async, exchange_id)()
     assert set(CAPABILITIES[exchange_id].timeframes) <= set(exchange.timeframes)
+
+
+async def test_market_service_instances_with_the_real_plugin(emulator: ExchangeEmulator) -> None:
+    """Same provider: one instance; other credentials/testnet: another; idle: closed, reopened."""
+    clear_shared_markets()
+    loader = PluginLoader(["crypto"])
+    loader.load()
+    base = options(CCXT_EXCHANGES="binance", PROVIDER_URLS={"binance": emulator.url},
+                   PLUGIN_IDLE_TIMEOUT=10)
+    keyed = {**base, "CCXT_CREDENTIALS": {"binance": {"apiKey": "k", "secret": "s"}}}
+    testnet = {**base, "CCXT_CREDENTIALS": {"binance": {"apiKey": "k", "secret": "s",
+                                                       "testnet": True}}}
+    services = [MarketService(loader, cfg) for cfg in (base, keyed, testnet)]
+    try:
+        first = await services[0].get_plugin("crypto", "binance")
+        assert isinstance(first, CryptoPlugin)
+        assert await services[0].get_plugin("crypto", "binance") is first
+        assert len(await first.fetch_ohlcv("BTC/USDT", "1m", T0, 3)) == 3
+        others = [await ms.get_plugin("crypto", "binance") for ms in services[1:]]
+        assert [(p.credentials, p.testnet) for p in others] == [
+            ({"apiKey": "k", "secret": "s"}, False), ({"apiKey": "k", "secret": "s"}, True)]
+        assert await services[0].close_idle(now=time.monotonic() + 60) == 1
+        assert first._exchange is None  # the CCXT session was closed
+        again = await services[0].get_plugin("crypto", "binance")
+        assert again is not first
+        assert len(await again.fetch_ohlcv("BTC/USDT", "1m", T0, 3)) == 3
+    finally:
+        for ms in services:
+            await ms.close()
