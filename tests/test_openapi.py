@@ -1,0 +1,93 @@
+"""GET /api/v1/openapi.json documents every REST endpoint from the marshmallow schemas; the docs page
+renders it from files served here."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from quart import Quart
+
+from app import create_app
+from app_extensions.auth import hash_key
+from blueprints.openapi import OPERATIONS
+
+#: Registered routes that are not REST operations of the contract.
+NOT_REST = {"/api/v1/docs", "/api/v1/docs/docs.js", "/api/v1/ws"}
+
+
+async def get_doc(app: Quart) -> dict[str, Any]:
+    r = await app.test_client().get("/api/v1/openapi.json")
+    assert r.status_code == 200
+    doc: dict[str, Any] = await r.get_json()
+    return doc
+
+
+async def test_every_registered_rest_route_is_documented(app: Quart) -> None:
+    doc = await get_doc(app)
+    assert doc["openapi"].startswith("3.")
+    for rule in app.url_map.iter_rules():
+        if not rule.rule.startswith("/api/v1/") or rule.rule in NOT_REST or rule.websocket:
+            continue
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule.removeprefix("/api/v1"))
+        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}:
+            assert method.lower() in doc["paths"].get(path, {}), f"{method} {rule.rule} is not documented"
+    assert {"/markets", "/providers", "/symbols", "/ohlcv", "/ticker", "/openapi.json"} <= set(doc["paths"])
+    assert {op.path for op in OPERATIONS} >= set(doc["paths"])
+
+
+async def test_parameters_come_from_the_schemas(app: Quart) -> None:
+    doc = await get_doc(app)
+    params = {p["name"]: p for p in doc["paths"]["/ohlcv"]["get"]["parameters"]}
+    assert set(params) == {"market", "provider", "symbol", "timeframe", "start", "end", "limit"}
+    assert all(params[n]["required"] for n in ("market", "provider", "symbol"))
+    assert not params["start"]["required"] and not params["end"]["required"]
+    assert params["timeframe"]["schema"]["default"] == "1m"
+    assert "1w" in params["timeframe"]["schema"]["enum"]
+    assert params["limit"]["schema"]["maximum"] == 5000 and params["limit"]["schema"]["default"] == 500
+    kinds = {alt["type"] for alt in params["start"]["schema"]["oneOf"]}
+    assert kinds == {"integer", "string"}
+    assert params["market"]["example"] == "sim"
+
+
+async def test_answers_and_errors_are_described(app: Quart) -> None:
+    doc = await get_doc(app)
+    schemas = doc["components"]["schemas"]
+    ohlcv = doc["paths"]["/ohlcv"]["get"]["responses"]
+    assert {"200", "304", "400", "401", "404", "429", "500", "502", "503"} <= set(ohlcv)
+    ok_ref = ohlcv["200"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
+    assert set(schemas[ok_ref]["required"]) == {"market", "provider", "symbol", "timeframe", "bars",
+                                                "partial", "next"}
+    error_ref = ohlcv["400"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
+    assert schemas[error_ref]["required"] == ["error"]
+    assert "Retry-After" in ohlcv["429"]["headers"] and "X-RateLimit-Remaining" in ohlcv["429"]["headers"]
+    assert "X-Request-ID" in ohlcv["200"]["headers"]
+    if "/backfill" in doc["paths"]:
+        post = doc["paths"]["/backfill"]["post"]
+        assert "202" in post["responses"]
+        body_ref = post["requestBody"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
+        assert set(schemas[body_ref]["required"]) == {"market", "provider", "symbol", "start", "end"}
+        assert doc["paths"]["/gaps"]["get"]["responses"]["200"]
+
+
+async def test_security_is_documented_when_auth_is_on(app_config: dict[str, Any]) -> None:
+    app = create_app({**app_config, "AUTH_ENABLED": True, "API_KEYS": [hash_key("x" * 20)]})
+    async with app.test_app():
+        doc = await get_doc(app)  # the document itself stays open
+    assert doc["components"]["securitySchemes"]["ApiKey"] == {"type": "apiKey", "in": "header",
+                                                              "name": "X-API-Key"}
+    assert doc["paths"]["/ohlcv"]["get"]["security"] == [{"ApiKey": []}]
+    assert "security" not in doc["paths"]["/openapi.json"]["get"]
+
+
+async def test_docs_page_is_served_locally_without_a_cdn(app: Quart) -> None:
+    client = app.test_client()
+    page = await client.get("/api/v1/docs")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    html = await page.get_data(as_text=True)
+    sources = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert sources and not [s for s in sources if "//" in s], sources
+    script = await client.get("/api/v1/docs/docs.js")
+    assert script.status_code == 200 and "javascript" in (script.mimetype or "")
+    js = await script.get_data(as_text=True)
+    assert "openapi.json" in js and not re.search(r"https?://", js)
