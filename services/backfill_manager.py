@@ -34,13 +34,14 @@ from tenacity import (
 from app_extensions.db_pool import Database
 from services import aggregates, storage
 from services import backfill_jobs as jobs
+from services.backfill_gaps import Chunk, bar_islands, gap_report, split_chunks
 from services.backfill_metrics import BACKFILL_BARS, BACKFILL_CHUNK_FAILURES, BACKFILL_CHUNKS
 from services.backfill_runner import JobRunner
 from services.errors import AppError, DataSourceError, NetworkPluginError, NotFound, UnknownSymbol
 from services.market_service import MarketService
 from services.orchestrator import LEDGER_SAFETY_MS
 from services.sources import CacheSource, PluginSource
-from services.storage import Series, subtract_ranges, to_dt
+from services.storage import Series, to_dt
 from services.timeframes import MINUTE_MS, Bar, bucket_ceil, bucket_start, now_ms
 
 log = logging.getLogger(__name__)
@@ -50,15 +51,6 @@ _CHUNK_CALL_BUDGET = 1_000
 
 class LeaseLost(Exception):
     """Another runner owns the job now (our lease expired); stop working on it."""
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """Minutes [start, end) fetched in one call; [start, complete_end) is recorded complete."""
-
-    start: int
-    end: int
-    complete_end: int
 
 
 @dataclass
@@ -135,10 +127,7 @@ class BackfillManager:
         async with self.db.acquire() as conn:
             missing = await storage.missing_ranges(conn, series, bucket_start(start, "1m"), fetch_end)
         step = (await self.plugins.max_per_call(series)) * MINUTE_MS
-        return [
-            Chunk(x, min(x + step, b), max(x, min(x + step, b, safe_end)))
-            for a, b in missing for x in range(a, b, step)
-        ]
+        return split_chunks(missing, step, safe_end)
 
     async def backfill(
         self, series: Series, start: int, end: int, on_progress: ProgressCallback | None = None
@@ -312,21 +301,4 @@ class BackfillManager:
         async with self.db.acquire() as conn:
             covered = await storage.covered_ranges(conn, series, start, end)
             islands = await bar_islands(conn, series, start, end)
-        empty = [r for a, b in covered for r in subtract_ranges(a, b, islands)]
-        return {"missing": [list(r) for r in subtract_ranges(start, end, covered)],
-                "verified_empty": [list(r) for r in empty]}
-
-
-async def bar_islands(
-    conn: asyncpg.Connection, series: Series, start: int, end: int
-) -> list[tuple[int, int]]:
-    """Maximal runs of consecutive stored 1m bars in [start, end), as [first, last + 1m)."""
-    rows = await conn.fetch(
-        "SELECT min(ms) AS a, max(ms) + 60000 AS b FROM ("
-        " SELECT ms, ms - 60000 * row_number() OVER (ORDER BY ms) AS grp FROM ("
-        "  SELECT (extract(epoch FROM ts) * 1000)::bigint AS ms FROM ohlcv_1m"
-        "  WHERE market = $1 AND provider = $2 AND symbol = $3 AND ts >= $4 AND ts < $5) s) t"
-        " GROUP BY grp ORDER BY a",
-        series.market, series.provider, series.symbol, to_dt(start), to_dt(end),
-    )
-    return [(int(r["a"]), int(r["b"])) for r in rows]
+        return gap_report(start, end, covered, islands)
