@@ -101,6 +101,10 @@ class CryptoPlugin(MarketPlugin):
             wanted = [t for t in fetch_markets["types"] if t in self.market_types]
             exchange.options["fetchMarkets"] = {**fetch_markets, "types": wanted or ["spot"]}
         exchange.options["defaultType"] = self.market_types[0]
+        # Market data never needs currencies; with keys CCXT would fetch them from private,
+        # signed endpoints (Binance's /sapi capital config) on every markets load.
+        exchange.has["fetchCurrencies"] = False
+        exchange.options.update(self.capabilities.extra.get("ccxt_options", {}))
         if self.testnet:
             exchange.set_sandbox_mode(True)
         if self.base_url:

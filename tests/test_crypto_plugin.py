@@ -231,6 +231,17 @@ async def test_symbols_ticker_and_shared_markets(emulator: ExchangeEmulator) -> 
         await b.close()
 
 
+async def test_credentials_do_not_trigger_private_calls(emulator: ExchangeEmulator) -> None:
+    clear_shared_markets()
+    p = CryptoPlugin("binance", credentials={"apiKey": "k", "secret": "s"}, base_url=emulator.url,
+                     options=options())
+    try:
+        assert len(await p.fetch_ohlcv("BTC/USDT", "1m", T0, 3)) == 3
+        assert {r.path for r in emulator.requests()} == {"/api/v3/exchangeInfo", KLINES}
+    finally:
+        await p.close()
+
+
 async def test_close_is_idempotent_and_reopens(plugin: CryptoPlugin, emulator: ExchangeEmulator) -> None:
     await plugin.fetch_ohlcv("BTC/USDT", "1m", T0, 5)
     await plugin.close()
