@@ -16,9 +16,12 @@ BACKFILL_CHUNK_FAILURES = Counter(
     "Backfill chunk attempts that failed, by kind (temporary: retried later; permanent: job fails)",
     ["provider", "kind"],
 )
-BACKFILL_JOBS = Gauge("backfill_jobs", "Backfill jobs by state (all instances)", ["state"])
+# Both gauges read the shared jobs table, so every process reports the same figure: livemax.
+BACKFILL_JOBS = Gauge("backfill_jobs", "Backfill jobs by state (all instances)", ["state"],
+                      multiprocess_mode="livemax")
 BACKFILL_LAG = Gauge(
-    "backfill_lag_seconds", "Age of the oldest queued or running backfill job (0 when none)"
+    "backfill_lag_seconds", "Age of the oldest queued or running backfill job (0 when none)",
+    multiprocess_mode="livemax",
 )
 BACKFILL_RUNNER_ERRORS = Counter(
     "backfill_runner_errors_total", "Errors of the backfill job runner loop (it backs off)"

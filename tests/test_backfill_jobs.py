@@ -181,3 +181,24 @@ async def test_sim_job_through_the_api_reports_progress(client: TestClientProtoc
                    "chunks_total": 2, "chunks_done": 2, "market": "sim", "symbol": "SIM/USD"}
     assert job["start"] == 1_709_251_200_000 and job["end"] == 1_709_251_200_000 + DAY_MS
     assert MINUTE_MS == 60_000
+
+
+async def test_metrics_count_bars_chunks_and_jobs(client: TestClientProtocol) -> None:
+    from services.backfill_metrics import BACKFILL_BARS, BACKFILL_CHUNKS, BACKFILL_JOBS, BACKFILL_LAG
+
+    bars_before = BACKFILL_BARS.labels("sim")._value.get()
+    chunks_before = BACKFILL_CHUNKS.labels("sim")._value.get()
+    resp = await client.post("/api/v1/backfill", json={
+        "market": "sim", "provider": "sim", "symbol": "SIMA/USD", "start": T0, "end": T0 + DAY_MS})
+    job = await wait_job(client, (await resp.get_json())["job_id"])
+    assert job["status"] == "done"
+    assert BACKFILL_BARS.labels("sim")._value.get() == bars_before + 1440
+    assert BACKFILL_CHUNKS.labels("sim")._value.get() == chunks_before + 2
+    # The runner refreshes the job gauges right after the job ends (its end wakes the runner).
+    for _ in range(100):
+        if BACKFILL_JOBS.labels("done")._value.get() == 1:
+            break
+        await asyncio.sleep(0.02)
+    assert BACKFILL_JOBS.labels("done")._value.get() == 1
+    assert BACKFILL_JOBS.labels("running")._value.get() == 0
+    assert BACKFILL_LAG._value.get() == 0.0
