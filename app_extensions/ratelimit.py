@@ -172,7 +172,13 @@ class RateLimiter:
         return script
 
     def status(self) -> dict[str, Any]:
-        """For readiness: ``{"ok", "mode", "error"}``; ``ok`` is false while limiting locally."""
+        """For readiness (after its Redis check): ``{"ok", "mode", "error"}``. The mode follows
+        Redis's availability, so it is ``redis`` again as soon as Redis answers; ``ok`` is false
+        while decisions are taken locally."""
+        if self.enabled and self.redis is not None:
+            self.mode = "redis" if self.redis.available else "local"
+        if self.mode != "local":
+            self.last_error = None
         return {"ok": self.mode != "local", "mode": self.mode, "error": self.last_error}
 
     def client_identity(self, headers: Any, remote_addr: str | None) -> str:
