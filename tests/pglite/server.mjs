@@ -75,6 +75,10 @@ const db = await PGlite.create({
   dataDir: opts['data-dir'] || undefined,
   extensions: { timescaledb },
 })
+// Installed once, in public, before any client connects: a client's CREATE EXTENSION IF NOT EXISTS
+// is then a no-op instead of installing it into whatever schema leads its search_path.
+await db.exec('CREATE EXTENSION IF NOT EXISTS timescaledb WITH SCHEMA public')
+const tsVersion = (await db.query("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")).rows[0].extversion
 const serverVersion = (await db.query('SHOW server_version')).rows[0].server_version
 // Session defaults after RESET ALL. PGlite's own are search_path=pg_catalog and
 // client_min_messages=debug3 (a DEBUG notice per protocol message).
@@ -416,7 +420,7 @@ class Connection {
 const server = net.createServer((socket) => new Connection(socket))
 server.listen(Number(opts.port), opts.host, () => {
   const { port } = server.address()
-  console.log(`PGLITE READY host=${opts.host} port=${port} timescaledb=available server_version=${serverVersion}`)
+  console.log(`PGLITE READY host=${opts.host} port=${port} server_version=${serverVersion} timescaledb=${tsVersion}`)
 })
 const stop = async () => {
   server.close()

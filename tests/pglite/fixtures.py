@@ -1,0 +1,105 @@
+"""A real TimescaleDB for the test suite: PGlite (PostgreSQL 17 in WebAssembly, TimescaleDB 2.23)
+behind ``tests/pglite/server.mjs``, started once per test session.
+
+Install it with ``npm ci --prefix tests/pglite``. Without ``tests/pglite/node_modules`` the
+TimescaleDB tests are skipped, unless ``REQUIRE_TIMESCALE`` is set (CI sets it): then they fail.
+``TIMESCALE_TEST_URL`` points the tests at another TimescaleDB instead (a real server, say).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+PGLITE_DIR = Path(__file__).resolve().parent
+SERVER = PGLITE_DIR / "server.mjs"
+PACKAGE = PGLITE_DIR / "node_modules" / "@unni-craftsman" / "pglite"
+READY_PREFIX = "PGLITE READY "
+START_TIMEOUT = 90.0
+
+
+def unavailable_reason() -> str | None:
+    """Why the PGlite server cannot start here, or None when it can."""
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not PACKAGE.is_dir():
+        return "PGlite is not installed: run `npm ci --prefix tests/pglite`"
+    return None
+
+
+def _parse_ready(line: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in line[len(READY_PREFIX) :].split() if "=" in part)
+
+
+@contextlib.contextmanager
+def run_pglite_server(port: int = 0, timeout: float = START_TIMEOUT) -> Iterator[str]:
+    """Start ``node server.mjs --port PORT`` (0: any free port), wait for its ready line and yield
+    its ``postgresql://`` URL; the server is stopped on exit. Its stderr goes to a temporary log
+    whose tail is shown if it fails to start."""
+    with tempfile.TemporaryFile(mode="w+b") as log:
+        proc = subprocess.Popen(
+            ["node", str(SERVER), "--port", str(port), "--host", "127.0.0.1"],
+            cwd=PGLITE_DIR,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+        )
+        assert proc.stdout is not None
+        try:
+            info = _wait_ready(proc, log, timeout)
+            yield f"postgresql://postgres@{info['host']}:{info['port']}/postgres"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], log: IO[bytes], timeout: float) -> dict[str, str]:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    buf = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if sel.select(timeout=0.2):
+                chunk = os.read(proc.stdout.fileno(), 4096)
+                if not chunk:
+                    break
+                buf += chunk
+                for line in buf.decode(errors="replace").splitlines():
+                    if line.startswith(READY_PREFIX):
+                        return _parse_ready(line)
+            elif proc.poll() is not None:
+                break
+    log.seek(0)
+    tail = log.read()[-2000:].decode(errors="replace")
+    raise RuntimeError(f"PGlite server did not start (exit code {proc.poll()}): {tail or buf.decode()}")
+
+
+@pytest.fixture(scope="session")
+def timescale_url() -> Iterator[str]:
+    """URL of a TimescaleDB for this session: ``TIMESCALE_TEST_URL``, or a PGlite server."""
+    if url := os.environ.get("TIMESCALE_TEST_URL"):
+        yield url
+        return
+    reason = unavailable_reason()
+    if reason is not None:
+        if os.environ.get("REQUIRE_TIMESCALE"):
+            pytest.fail(f"REQUIRE_TIMESCALE is set but {reason}", pytrace=False)
+        pytest.skip(f"TimescaleDB tests skipped: {reason}")
+    with run_pglite_server() as url:
+        yield url
