@@ -19,8 +19,8 @@ from services.metrics import DB_POOL_IN_USE, DB_POOL_SIZE, DEPENDENCY_UP
 
 health_blueprint = Blueprint("health", __name__)
 
-#: Extensions that may expose ``status()`` for readiness (the WebSocket service, when present).
-_STATUS_EXTENSIONS = ("subscriptions", "websocket", "broadcast")
+#: Service objects that may expose ``status()`` for readiness: (name, extension, attribute of it).
+_STATUS_SOURCES = (("websocket", "services", "subscriptions"),)
 
 
 @health_blueprint.get("/health")
@@ -38,10 +38,12 @@ async def _timed(check: Awaitable[dict[str, Any]], limit: float) -> dict[str, An
                 "error": f"no answer within {limit:g} s"}
 
 
-async def _extension_statuses() -> dict[str, Any]:
+async def _service_statuses() -> dict[str, Any]:
+    """``status()`` of the optional services that are present (e.g. the WebSocket service)."""
     out: dict[str, Any] = {}
-    for name in _STATUS_EXTENSIONS:
-        status = getattr(current_app.extensions.get(name), "status", None)
+    for name, extension, attribute in _STATUS_SOURCES:
+        owner = current_app.extensions.get(extension)
+        status = getattr(getattr(owner, attribute, None), "status", None)
         if callable(status):
             value = status()
             out[name] = await value if inspect.isawaitable(value) else value
@@ -80,9 +82,11 @@ async def ready() -> Response:
         "rate_limiter_mode": checks.get("rate_limiter", {}).get("mode", "off"),
         "checks": checks,
     }
-    extra = await _extension_statuses()
+    extra = await _service_statuses()
     if extra:
         body["services"] = extra
+        if isinstance(extra.get("websocket"), dict):
+            body["websocket_mode"] = extra["websocket"].get("mode")
     response = jsonify(body)
     response.status_code = 503 if status == "down" else 200
     return response
