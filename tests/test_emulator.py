@@ -12,13 +12,15 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.timeframes import DAY_MS, HOUR_MS, MINUTE_MS, WEEK_MS, resample
 from tests.exchange_emulator import ExchangeEmulator, fixtures
-from tests.exchange_emulator.candles import in_session, minute_candle
+from tests.exchange_emulator.candles import CandleBook, in_session, minute_candle
 from tests.exchange_emulator.checks import NO_LEAKS, as_bars, assert_same_bars
 
-pytestmark = [pytest.mark.asyncio, NO_LEAKS]
+pytestmark = NO_LEAKS
 emulator = fixtures.emulator
 T0 = 1_704_067_200_000  # Monday 2024-01-01 00:00 UTC
 
@@ -249,3 +251,33 @@ async def test_runs_as_a_process() -> None:
     finally:
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+_SIZES = {"3m": 3 * MINUTE_MS, "5m": 5 * MINUTE_MS, "15m": 15 * MINUTE_MS, "1h": HOUR_MS,
+          "2h": 2 * HOUR_MS, "4h": 4 * HOUR_MS, "12h": 12 * HOUR_MS, "1d": DAY_MS}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    tf=st.sampled_from(sorted(_SIZES)),
+    stock=st.booleans(),
+    start_min=st.integers(0, 60 * 24 * 30),
+    span_min=st.integers(1, 60 * 24 * 3),
+    windows=st.lists(st.tuples(st.integers(0, 60 * 24 * 33), st.integers(1, 600)), max_size=3),
+)
+def test_emulator_aggregation_equals_resampled_minutes_property(
+    tf: str, stock: bool, start_min: int, span_min: int, windows: list[tuple[int, int]]
+) -> None:
+    """Any range, interval, market kind and maintenance windows: the emulator's own higher
+    interval candles equal our resampling of its 1m candles (two independent implementations)."""
+    book = CandleBook(T0)
+    book.now_ms = T0 + 40 * DAY_MS
+    book.maintenance = [(T0 + a * MINUTE_MS, T0 + (a + n) * MINUTE_MS) for a, n in windows]
+    symbol = "AAPL" if stock else "BTCUSDT"
+    size = _SIZES[tf]
+    start = T0 + start_min * MINUTE_MS // size * size
+    end = start + span_min * MINUTE_MS // size * size + size
+    minutes = book.candles(symbol, stock, MINUTE_MS, start, end - 1, 10**6)
+    native = book.candles(symbol, stock, size, start, end - 1, 10**6)
+    assert_same_bars([list(c) for c in native], resample(minutes, tf))
+    assert all(in_session(int(c[0])) for c in minutes) or not stock
