@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from marshmallow import ValidationError
 from quart import Blueprint, Response, current_app, jsonify
 
@@ -14,14 +16,18 @@ from services.storage import Series
 backfill_blueprint = Blueprint("backfill", __name__, url_prefix="/api/v1")
 
 
+def _check_span(data: dict[str, Any], max_range_ms: int) -> None:
+    if data["end"] - data["start"] > max_range_ms:
+        days = max_range_ms // 86_400_000
+        raise InvalidParameter(f"end: at most {days} days after start",
+                               details={"end": [f"at most {days} days after start"]})
+
+
 @backfill_blueprint.post("/backfill")
 async def create_backfill() -> tuple[Response, int]:
     body = await load_body(BackfillBody())
     manager = get_services(current_app).backfill
-    if body["end"] - body["start"] > manager.max_range_ms:
-        raise InvalidParameter("range too long for one backfill job",
-                               details={"end": [f"at most {manager.max_range_ms // 86_400_000} days"
-                                                " after start"]})
+    _check_span(body, manager.max_range_ms)
     series = Series(body["market"], body["provider"], body["symbol"])
     job, _ = await manager.submit(series, body["start"], body["end"])
     return jsonify({"job_id": job.id, "status": job.status}), 202
@@ -41,6 +47,7 @@ async def get_backfill(job_id: str) -> Response:
 async def gaps() -> Response:
     q = load_query(GapsQuery())
     services = get_services(current_app)
+    _check_span(q, services.backfill.max_range_ms)
     services.markets.check_provider(q["market"], q["provider"])
     series = Series(q["market"], q["provider"], q["symbol"])
     return jsonify(await services.backfill.gaps(series, q["start"], q["end"]))

@@ -73,6 +73,8 @@ async def test_backfill_up_to_now_never_marks_the_forming_minutes_complete(
     ("?market=sim&provider=sim&symbol=SIM/USD&start=60000&end=60000", 400, "invalid_parameter"),
     ("?market=sim&provider=sim&symbol=SIM/USD&start=2024-01-01T00:00&end=60000", 400,
      "invalid_parameter"),
+    ("?market=sim&provider=sim&symbol=SIM/USD&start=0&end=32503679999999", 400,
+     "invalid_parameter"),
     ("?market=forex&provider=sim&symbol=SIM/USD&start=0&end=60000", 404, "unknown_market"),
     ("?market=sim&provider=nope&symbol=SIM/USD&start=0&end=60000", 404, "unknown_provider"),
 ])
