@@ -202,3 +202,32 @@ async def test_metrics_count_bars_chunks_and_jobs(client: TestClientProtocol) ->
     assert BACKFILL_JOBS.labels("done")._value.get() == 1
     assert BACKFILL_JOBS.labels("running")._value.get() == 0
     assert BACKFILL_LAG._value.get() == 0.0
+
+
+async def test_a_runner_that_lost_its_lease_stops_and_the_job_finishes_once(
+    emulator: ExchangeEmulator, app_config: dict[str, Any], pg: asyncpg.Connection
+) -> None:
+    emulator.latency = 0.05
+    config = emu_config(app_config, emulator, BACKFILL_CONCURRENCY=1, BACKFILL_LEASE_SECONDS=0.9)
+    async with running_app(config) as app:
+        client = app.test_client()
+        _, body = await post_backfill(client, T0, END)
+        await wait_job(client, body["job_id"], until=("done",), min_chunks=2)
+        # Another instance took the job over (as after a network partition outlasting the lease).
+        await pg.execute("UPDATE backfill_jobs SET owner = 'elsewhere', lease_until = now() +"
+                         " interval '1 hour' WHERE id = $1", body["job_id"])
+        taken = (await _job_row(pg, body["job_id"]))["chunks_done"]
+        for _ in range(100):
+            if not manager(app).runner.running_jobs:
+                break
+            await asyncio.sleep(0.02)
+        assert manager(app).runner.running_jobs == []  # our runner let go of it
+        row = await _job_row(pg, body["job_id"])
+        assert row["owner"] == "elsewhere" and row["chunks_done"] == taken
+        # "elsewhere" dies: its lease ends and our runner resumes and finishes the job.
+        emulator.latency = 0.0
+        await pg.execute("UPDATE backfill_jobs SET lease_until = now() - interval '1 second'"
+                         " WHERE id = $1", body["job_id"])
+        job = await wait_job(client, body["job_id"])
+    assert job["status"] == "done" and job["bars_written"] == 14_400
+    assert await table_stats(pg) == (14_400, 14_400)
