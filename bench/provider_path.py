@@ -20,6 +20,7 @@ import uuid
 from typing import Any
 
 import asyncpg
+import redis.asyncio as aioredis
 
 from config import TestingConfig
 from plugins.crypto import CryptoPlugin
@@ -58,11 +59,23 @@ async def through_app(emu: ExchangeEmulator, bars: int, minimum: int) -> None:
                 report(label, wall, len(body["bars"]), emu.calls(KLINES) - before,
                        minimum if label.startswith("cold") else 0)
     finally:
-        conn = await asyncpg.connect(str(app.config["DATABASE_URL"]))
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
+        await cleanup(str(app.config["DATABASE_URL"]), schema, str(app.config["REDIS_URL"]), prefix)
+
+
+async def cleanup(database_url: str, schema: str, redis_url: str, prefix: str) -> None:
+    """Drop the bench's schema and Redis keys."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+    client = aioredis.from_url(redis_url)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
 
 
 async def through_plugin(emu: ExchangeEmulator, bars: int, minimum: int) -> None:
@@ -94,7 +107,7 @@ async def main(bars: int, latency: float, plugin_only: bool) -> None:
             try:
                 await through_app(emu, bars, minimum)
                 return
-            except (OSError, asyncpg.PostgresError) as exc:
+            except (OSError, asyncpg.PostgresError, aioredis.RedisError) as exc:
                 print(f"app path unavailable ({type(exc).__name__}: {exc}); plugin paging only")
         await through_plugin(emu, bars, minimum)
     finally:
