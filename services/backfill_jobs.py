@@ -103,16 +103,20 @@ async def get_job(conn: asyncpg.Connection, job_id: str) -> Job | None:
     return _job(row) if row is not None else None
 
 
-async def claim_next(conn: asyncpg.Connection, owner: str, lease_s: float) -> Job | None:
-    """Take the oldest queued job, or a running one whose lease expired (its owner died)."""
+async def claim_next(
+    conn: asyncpg.Connection, owner: str, lease_s: float, exclude: list[str] | None = None
+) -> Job | None:
+    """Take the oldest queued job, or a running one whose lease expired (its owner died).
+    ``exclude``: ids the caller is still running (never claimed twice by one runner)."""
     row = await conn.fetchrow(
         "UPDATE backfill_jobs SET status = 'running', owner = $1, attempts = attempts + 1,"
         " lease_until = now() + make_interval(secs => $2), updated_at = now()"
-        " WHERE id = (SELECT id FROM backfill_jobs WHERE status = 'queued'"
-        "   OR (status = 'running' AND (lease_until IS NULL OR lease_until < now()))"
+        " WHERE id = (SELECT id FROM backfill_jobs WHERE (status = 'queued'"
+        "   OR (status = 'running' AND (lease_until IS NULL OR lease_until < now())))"
+        "   AND id <> ALL($3::text[])"
         "   ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1)"
         " RETURNING *",
-        owner, float(lease_s),
+        owner, float(lease_s), exclude or [],
     )
     return _job(row) if row is not None else None
 

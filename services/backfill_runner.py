@@ -86,7 +86,7 @@ class JobRunner:
                     log.warning("backfill job %s: lease lost, stopping it here", job_id)
                     self._running[job_id].cancel()
             while len(self._running) < self.max_jobs:
-                job = await jobs.claim_next(conn, self.owner, self.lease)
+                job = await jobs.claim_next(conn, self.owner, self.lease, list(self._running))
                 if job is None:
                     break
                 log.info("backfill job %s: running %s [%d, %d) (attempt %d)", job.id,

@@ -96,7 +96,12 @@ async def wait_job(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     while True:
-        job = await get_job(client, job_id)
+        resp = await client.get(f"/api/v1/backfill/{job_id}")
+        if resp.status_code == 503 and loop.time() < deadline:  # storage coming back
+            await asyncio.sleep(0.05)
+            continue
+        assert resp.status_code == 200, await resp.get_data(as_text=True)
+        job: dict[str, Any] = await resp.get_json()
         if job["status"] in until or (min_chunks is not None and job["chunks_done"] >= min_chunks):
             return job
         if loop.time() > deadline:
