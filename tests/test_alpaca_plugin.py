@@ -36,7 +36,7 @@ ALPACA_TF = {"1m": "1Min", "5m": "5Min", "1h": "1Hour", "1d": "1Day", "1w": "1We
 
 def options(**overrides: Any) -> dict[str, Any]:
     cfg = TestingConfig().as_dict()
-    cfg.update(PROVIDER_TIMEOUT=0.5, PROVIDER_RETRIES=2, PROVIDER_RETRY_MAX_WAIT=0.05,
+    cfg.update(PROVIDER_TIMEOUT=2.0, PROVIDER_RETRIES=2, PROVIDER_RETRY_MAX_WAIT=0.05,
                ALPACA_API_KEY_ID="key", ALPACA_API_SECRET_KEY="secret")
     cfg.update(overrides)
     return cfg
@@ -141,6 +141,8 @@ async def test_until_is_exclusive(plugin: AlpacaPlugin) -> None:
 async def test_temporary_faults_are_retried_then_raised(
     plugin: AlpacaPlugin, emulator: ExchangeEmulator, fault: dict[str, Any], error: type[AppError]
 ) -> None:
+    if "delay" in fault:
+        plugin.timeout = 0.3  # read when the client is made (first call below); delay is 2 s
     await plugin.fetch_symbols()
     emulator.inject("/v2/stocks/*/bars", times=None, **fault)
     before = REGISTRY.get_sample_value("provider_retries_total", {"provider": "alpaca"}) or 0.0

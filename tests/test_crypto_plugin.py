@@ -41,7 +41,7 @@ KLINES = "/api/v3/klines"
 
 def options(**overrides: Any) -> dict[str, Any]:
     cfg = TestingConfig().as_dict()
-    cfg.update(PROVIDER_TIMEOUT=0.5, PROVIDER_RETRIES=2, PROVIDER_RETRY_MAX_WAIT=0.05)
+    cfg.update(PROVIDER_TIMEOUT=2.0, PROVIDER_RETRIES=2, PROVIDER_RETRY_MAX_WAIT=0.05)
     cfg.update(overrides)
     return cfg
 
@@ -154,6 +154,8 @@ async def test_maintenance_gap_is_skipped_and_empty_window_is_not_an_error(
 async def test_temporary_faults_are_retried_then_raised(
     plugin: CryptoPlugin, emulator: ExchangeEmulator, fault: dict[str, Any], error: type[AppError]
 ) -> None:
+    if "delay" in fault:
+        plugin.timeout = 0.3  # read when the client is made (first call below); delay is 2 s
     await plugin.fetch_symbols()
     emulator.inject(KLINES, times=None, **fault)
     before = retries("binance")
