@@ -368,7 +368,12 @@ class Connection {
   }
 
   async run(batch, isCopy, resets) {
+    // A client that keeps a transaction open blocks every other one: say so (to stderr).
+    const warn = setTimeout(() => console.error(
+      `[pglite] connection ${this.id} has waited 10 s for connection ${backend.holder?.id}` +
+      ` (backend status ${backend.txStatus}: T = in a transaction, E = failed transaction)`), 10_000)
     await backend.acquire(this)
+    clearTimeout(warn)
     if (this.socket.destroyed) return // onClose cleans up
     if (backend.txStatus === 'I' && (backend.lastRunner !== this || this.dirty)) {
       await backend.internal(this.settingsSql())
