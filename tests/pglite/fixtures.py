@@ -87,16 +87,23 @@ def _wait_ready(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, str]
         f" is above): {buf.decode(errors='replace')}")
 
 
+_shared: dict[str, str] = {}
+
+
 @pytest.fixture(scope="session")
-def timescale_url() -> Iterator[str]:
-    """URL of a TimescaleDB for this session: ``TIMESCALE_TEST_URL``, or a PGlite server."""
+def timescale_url(request: pytest.FixtureRequest) -> str:
+    """URL of a TimescaleDB for this session: ``TIMESCALE_TEST_URL``, or a PGlite server started
+    once per test process (every module that imports this fixture shares it) and stopped when
+    pytest exits."""
     if url := os.environ.get("TIMESCALE_TEST_URL"):
-        yield url
-        return
-    reason = unavailable_reason()
-    if reason is not None:
-        if os.environ.get("REQUIRE_TIMESCALE"):
-            pytest.fail(f"REQUIRE_TIMESCALE is set but {reason}", pytrace=False)
-        pytest.skip(f"TimescaleDB tests skipped: {reason}")
-    with run_pglite_server() as url:
-        yield url
+        return url
+    if "url" not in _shared:
+        reason = unavailable_reason()
+        if reason is not None:
+            if os.environ.get("REQUIRE_TIMESCALE"):
+                pytest.fail(f"REQUIRE_TIMESCALE is set but {reason}", pytrace=False)
+            pytest.skip(f"TimescaleDB tests skipped: {reason}")
+        stack = contextlib.ExitStack()
+        _shared["url"] = stack.enter_context(run_pglite_server())
+        request.config.add_cleanup(stack.close)
+    return _shared["url"]
