@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import pytest
 from quart import Quart
 
 from services import errors
+from services.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 CASES = [
     (errors.InvalidParameter("bad", details={"limit": ["too big"]}), 400, "invalid_parameter"),
@@ -27,7 +30,7 @@ CASES = [
 
 
 @pytest.fixture
-def failing_app(app: Quart) -> Quart:
+def failing_app(app: Quart) -> Iterator[Quart]:
     state: dict[str, BaseException] = {}
 
     @app.get("/boom")
@@ -35,7 +38,15 @@ def failing_app(app: Quart) -> Quart:
         raise state["exc"]
 
     app.config["_boom"] = state
-    return app
+    yield app
+    # The test-only route must not linger in the process-wide metrics as a route label.
+    for metric in (HTTP_REQUESTS, HTTP_LATENCY):
+        for family in metric.collect():
+            for sample in family.samples:
+                if sample.labels.get("route") == "/boom":
+                    labels = {k: v for k, v in sample.labels.items() if k != "le"}
+                    with contextlib.suppress(KeyError):
+                        metric.remove(*labels.values())
 
 
 @pytest.mark.parametrize(("exc", "status", "code"), CASES)
