@@ -42,16 +42,21 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     init_request_context(app)
     init_error_handlers(app)
     # Extensions open in this order (before_serving) and close in reverse: workers and plugins,
-    # then Redis, then the pool, each bounded by SHUTDOWN_TIMEOUT.
+    # then Redis, then the pool. Each bounds its own steps by SHUTDOWN_TIMEOUT; the outer limit
+    # is only a safety net, and one extension failing to close does not keep the next open.
     extensions: list[Database | RedisClient | Services] = [Database(app), RedisClient(app), Services(app)]
 
     @app.after_serving
     async def _shutdown() -> None:
+        limit = 4 * float(app.config["SHUTDOWN_TIMEOUT"])
         for ext in reversed(extensions):
             try:
-                await asyncio.wait_for(ext.close(), timeout=float(app.config["SHUTDOWN_TIMEOUT"]))
+                await asyncio.wait_for(ext.close(), timeout=limit)
             except TimeoutError:
                 log.warning("closing %s timed out", type(ext).__name__)
+            except (OSError, RuntimeError) as exc:
+                log.warning("closing %s failed: %s", type(ext).__name__, exc, exc_info=True)
+
     app.register_blueprint(health_blueprint)
     app.register_blueprint(market_blueprint)
     app.register_blueprint(backfill_blueprint)

@@ -32,12 +32,14 @@ class Services:
         self.subscriptions: SubscriptionService
         self.shutdown = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.step_timeout = 5.0
         if app is not None:
             self.init_app(app)
 
     def init_app(self, app: Quart) -> None:
         app.extensions["services"] = self
         config = app.config
+        self.step_timeout = float(config["SHUTDOWN_TIMEOUT"])
         markets = [m.strip() for m in config["ENABLED_MARKETS"].split(",") if m.strip()]
         loader = PluginLoader(markets)
         loader.load()
@@ -72,15 +74,25 @@ class Services:
         await self.subscriptions.start()
 
     async def close(self) -> None:
+        """Stop in order (live workers, backfill, owned tasks, plugins), each step bounded by
+        ``SHUTDOWN_TIMEOUT``; plugins are closed even when an earlier step fails or times out."""
         self.shutdown.set()
-        await self.subscriptions.close()  # live-channel workers first
-        await self.backfill.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(task, timeout=5.0)
-        await self.markets.close()
+        try:
+            await self._step(self.subscriptions.close(), "subscriptions")  # live workers first
+            await self._step(self.backfill.close(), "backfill")
+            for task in list(self._tasks):
+                task.cancel()
+            for task in list(self._tasks):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._step(task, task.get_name())
+        finally:
+            await self._step(self.markets.close(), "plugins")
+
+    async def _step(self, aw: Any, name: str) -> None:
+        try:
+            await asyncio.wait_for(aw, timeout=self.step_timeout)
+        except TimeoutError:
+            log.warning("shutdown step %s timed out after %.1fs", name, self.step_timeout)
 
 
 def get_services(app: Quart) -> Services:
