@@ -71,16 +71,16 @@ def reference(bars: Sequence[Bar], tf: str, start: int = ALL[0], end: int = ALL[
     return [b for b in resample(sorted(bars), tf) if start <= b[0] < end][:limit]
 
 
-def config_for(schema: str, mode: str) -> dict[str, Any]:
+def config_for(schema: str, mode: str, settings: dict[str, str] | None = None) -> dict[str, Any]:
     return {**aggregates.TIMESCALE_SETTINGS, **TestingConfig().as_dict(), "DATABASE_SCHEMA": schema,
-            "STORAGE_MODE": mode, "TIMESCALE_CHUNK_INTERVAL": "2 days"}
+            "STORAGE_MODE": mode, "TIMESCALE_CHUNK_INTERVAL": "2 days", **(settings or {})}
 
 
-async def open_store(url: str, mode: str, schema: str) -> Store:
+async def open_store(url: str, mode: str, schema: str, settings: dict[str, str] | None = None) -> Store:
     pool = await asyncpg.create_pool(url, min_size=1, max_size=4,
                                      server_settings={"search_path": f"{schema},public", "timezone": "UTC"})
     async with pool.acquire() as conn:
-        assert await run_migrations(conn, config_for(schema, mode)) == mode
+        assert await run_migrations(conn, config_for(schema, mode, settings)) == mode
     return Store(mode, pool, schema)
 
 
