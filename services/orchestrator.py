@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 #: Minutes this close to now are refetched every time, never recorded complete in the ledger.
 LEDGER_SAFETY_MS = 2 * MINUTE_MS
 
+#: How far back (in multiples of ``limit`` buckets) a latest-bars query looks in markets that close.
+WIDEN_FACTORS = (1, 2, 4, 8)
+#: ... plus this much clock time: a long weekend (Friday close to Tuesday open).
+CLOSURE_SLACK_MS = 4 * 24 * 60 * MINUTE_MS
+
 MissingHook = Callable[[Series, list[tuple[int, int]]], Awaitable[str | None]]
 
 
@@ -117,7 +122,26 @@ class DataOrchestrator:
         self._inflight: dict[str, asyncio.Task[BarAnswer]] = {}
 
     async def get_bars(self, q: BarQuery) -> BarAnswer:
-        """Bars for ``q``: strictly ascending, no duplicates, the forming bar flagged ``partial``."""
+        """Bars for ``q``: strictly ascending, no duplicates, the forming bar flagged ``partial``.
+
+        Without ``start``, the latest ``limit`` bars. For markets that do not trade around the
+        clock (stocks), ``limit`` buckets of clock time may hold few bars (a weekend), so the
+        window is widened (up to ``WIDEN_FACTORS``) until it holds ``limit`` bars."""
+        answer = await self._get_window(q)
+        if q.start is not None or len(answer.bars) >= q.limit:
+            return answer
+        if await self.plugins.continuous(q.series):
+            return answer
+        size = tf_ms(q.timeframe)
+        slack = -(-CLOSURE_SLACK_MS // size)  # buckets covering the longest market closure
+        for factor in WIDEN_FACTORS:
+            answer = await self._get_window(replace(q, limit=q.limit * factor + slack))
+            if len(answer.bars) >= q.limit:
+                break
+        answer.bars = answer.bars[-q.limit:]
+        return answer
+
+    async def _get_window(self, q: BarQuery) -> BarAnswer:
         now = now_ms()
         a, b, nxt = window(q, now)
         current_min = now // MINUTE_MS * MINUTE_MS
