@@ -37,7 +37,14 @@ from services import backfill_jobs as jobs
 from services.backfill_gaps import Chunk, bar_islands, gap_report, split_chunks
 from services.backfill_metrics import BACKFILL_BARS, BACKFILL_CHUNK_FAILURES, BACKFILL_CHUNKS
 from services.backfill_runner import JobRunner
-from services.errors import AppError, DataSourceError, NetworkPluginError, NotFound, UnknownSymbol
+from services.errors import (
+    AppError,
+    DataSourceError,
+    NetworkPluginError,
+    NotFound,
+    RateLimitedPluginError,
+    UnknownSymbol,
+)
 from services.market_service import MarketService
 from services.orchestrator import LEDGER_SAFETY_MS
 from services.sources import CacheSource, PluginSource
@@ -203,8 +210,10 @@ class BackfillManager:
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome is not None else None
             BACKFILL_CHUNK_FAILURES.labels(series.provider, "temporary").inc()
-            log.warning("backfill %s chunk %s: %s; retrying (attempt %d)", series.key(),
-                        to_dt(chunk.start).isoformat(), exc, state.attempt_number)
+            # Being paced (our provider budget or the exchange's 429) is routine for big jobs.
+            level = logging.INFO if isinstance(exc, RateLimitedPluginError) else logging.WARNING
+            log.log(level, "backfill %s chunk %s: %s; retrying (attempt %d)", series.key(),
+                    to_dt(chunk.start).isoformat(), exc, state.attempt_number)
 
         retrying = AsyncRetrying(
             retry=retry_if_exception(lambda e: bool(getattr(e, "temporary", False))),

@@ -79,8 +79,8 @@ class JobRunner:
 
     async def _tick(self) -> None:
         async with self.db.acquire() as conn:
-            if self._running:
-                ids = list(self._running)
+            ids = [job_id for job_id, task in self._running.items() if not task.done()]
+            if ids:
                 ours = await jobs.renew_leases(conn, self.owner, ids, self.lease)
                 for job_id in set(ids) - ours:
                     log.warning("backfill job %s: lease lost, stopping it here", job_id)
