@@ -138,3 +138,36 @@ async def test_non_retryable_error_fails_the_job_with_a_readable_error(
         assert failed["status"] == "failed"
         assert failed["error"].startswith("unknown_symbol: binance has no market 'XRP/USDT'")
         assert (await wait_job(client, queued.id))["status"] == "done"
+
+
+async def test_stock_week_records_closed_market_hours_as_verified_empty(
+    emulator: ExchangeEmulator, app_config: dict[str, Any], pg: asyncpg.Connection
+) -> None:
+    from services.storage import Series
+    from tests.exchange_emulator.candles import in_session
+
+    config = emu_config(app_config, emulator, ALPACA_API_KEY_ID="key",
+                        ALPACA_API_SECRET_KEY="secret",
+                        PROVIDER_URLS={"binance": emulator.url, "alpaca": emulator.url})
+    week = (T0, T0 + 7 * DAY_MS)  # Monday 2024-01-01 to the next Monday
+    bars_path = "/v2/stocks/*/bars"
+    async with running_app(config) as app:
+        client = app.test_client()
+        _, body = await post_backfill(client, *week, symbol="AAPL", market="stocks",
+                                      provider="alpaca")
+        job = await wait_job(client, body["job_id"])
+        assert job["status"] == "done" and job["bars_written"] == 5 * 390, job
+        calls = emulator.calls(bars_path)
+        gaps = await (await client.get(
+            f"/api/v1/gaps?market=stocks&provider=alpaca&symbol=AAPL&start={week[0]}&end={week[1]}"
+        )).get_json()
+        # Every minute outside the session is known empty; nothing is missing.
+        assert gaps["missing"] == []
+        empty = {t for a, b in gaps["verified_empty"] for t in range(a, b, MINUTE_MS)}
+        assert empty == {t for t in range(*week, MINUTE_MS) if not in_session(t)}
+        _, again = await post_backfill(client, *week, symbol="AAPL", market="stocks",
+                                       provider="alpaca")
+        assert (await wait_job(client, again["job_id"]))["chunks_total"] == 0
+        assert emulator.calls(bars_path) == calls
+    stocks = Series("stocks", "alpaca", "AAPL")
+    assert await table_stats(pg, stocks) == (1950, 1950)
