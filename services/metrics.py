@@ -69,6 +69,29 @@ CANDLE_LAG = Gauge(
     ["provider", "timeframe"], multiprocess_mode="livemax",
 )
 
+#: channel -> lag seconds, per (provider, timeframe): the gauge shows the most behind channel.
+_CANDLE_LAGS: dict[tuple[str, str], dict[str, float]] = {}
+
+
+def set_candle_lag(channel: str, provider: str, timeframe: str, seconds: float) -> None:
+    """Record how far behind one polled channel's data is; ``candle_lag_seconds{provider,
+    timeframe}`` shows the largest lag among this process's channels of that pair."""
+    lags = _CANDLE_LAGS.setdefault((provider, timeframe), {})
+    lags[channel] = max(0.0, seconds)
+    CANDLE_LAG.labels(provider, timeframe).set(max(lags.values()))
+
+
+def forget_candle_lag(channel: str) -> None:
+    """Drop a channel that is no longer polled here (its series goes when it was the last one)."""
+    for (provider, timeframe), lags in list(_CANDLE_LAGS.items()):
+        if lags.pop(channel, None) is None:
+            continue
+        if lags:
+            CANDLE_LAG.labels(provider, timeframe).set(max(lags.values()))
+        else:
+            del _CANDLE_LAGS[(provider, timeframe)]
+            CANDLE_LAG.remove(provider, timeframe)
+
 
 @contextmanager
 def observe_query(name: str) -> Iterator[None]:

@@ -20,6 +20,7 @@ from config import ConfigError
 from services.broadcast import BroadcastManager, SubscriptionRegistry, stop_task
 from services.errors import AppError, UnknownSymbol
 from services.market_service import MarketService
+from services.metrics import forget_candle_lag
 from services.orchestrator import BarQuery, DataOrchestrator
 from services.sources import DbSource
 from services.subscription_worker import Channel, ChannelStateStore, PollSettings, SubscriptionWorker
@@ -254,3 +255,4 @@ class SubscriptionService:
         if entry is not None:
             WS_POLLING_CHANNELS.dec()
             await stop_task(entry[1])
+            forget_candle_lag(name)

@@ -27,7 +27,7 @@ from app_extensions.redis_client import RedisClient
 from plugins.base import MarketPlugin
 from services.errors import AppError, DataSourceError, InvalidParameter
 from services.market_service import MarketService
-from services.metrics import observe_call
+from services.metrics import observe_call, set_candle_lag
 from services.sources import DbSource
 from services.storage import Series
 from services.timeframes import MINUTE_MS, TIMEFRAMES, Bar, bucket_start, now_ms, resample, tf_ms
@@ -142,6 +142,8 @@ class SubscriptionWorker:
         self._pending: list[Bar] = []
         #: Open time of the newest 1m bar handed to storage.
         self._written = -1
+        #: Wall time (ms) up to which this channel's data is known: for candle_lag_seconds.
+        self._fresh_at: int | None = None
 
     async def run(self) -> None:
         """Poll until cancelled. Errors are logged, counted and backed off; never raised."""
@@ -171,9 +173,19 @@ class SubscriptionWorker:
             await self.publish(name, {"type": "status", "channel": name, "state": "live",
                                       "reason": "recovered"}, -1, t_poll)
         await self._emit(bars, started, t_poll)
+        if self.last_ts is not None:
+            self._fresh_at = min(started, self.last_ts + self.size)
+            self._report_lag()
         limit = started - MINUTE_MS - self._delay_ms()
         await self._write([b for b in bars_1m if self._written < b[0] <= limit])
         return self._next_delay(self.interval)
+
+    def _report_lag(self) -> None:
+        """candle_lag_seconds: seconds since the end of the newest data (0 while the forming bar is
+        current), growing while polls fail."""
+        if self._fresh_at is not None:
+            set_candle_lag(self.channel.name, self.channel.provider, self.channel.timeframe,
+                           (now_ms() - self._fresh_at) / 1000)
 
     def _delay_ms(self) -> int:
         return int(self.settings.close_delay * 1000)
@@ -188,6 +200,7 @@ class SubscriptionWorker:
     async def _failed(self, code: str, message: str, retry_after: float | None) -> float:
         self.failures += 1
         WS_POLL_ERRORS.labels(self.channel.provider, code).inc()
+        self._report_lag()
         log.warning("poll of %s failed (%d in a row): %s %s", self.channel.name, self.failures,
                     code, message)
         if self.failures == 1:

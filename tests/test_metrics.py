@@ -108,3 +108,29 @@ async def test_no_label_carries_a_raw_path_or_client_value(metrics_app: Quart) -
                 assert SECRET_PATH_TOKEN not in val
                 if label == "route":
                     assert val in routes, f"route label {val!r} is not a route template"
+
+
+async def test_candle_lag_is_set_by_the_poller_and_dropped_with_it(app_config: dict[str, Any]) -> None:
+    import asyncio
+    import json
+
+    from prometheus_client import REGISTRY
+
+    from tests.ws_support import WS_TEST_CONFIG, recv_until, wait_for
+
+    def lag(timeframe: str) -> float | None:
+        return REGISTRY.get_sample_value("candle_lag_seconds", {"provider": "sim", "timeframe": timeframe})
+
+    app = create_app({**app_config, **WS_TEST_CONFIG, "WS_UNSUBSCRIBE_GRACE_SECONDS": 0.05})
+    async with app.test_app():
+        async with app.test_client().websocket("/api/v1/ws") as ws:
+            await ws.send(json.dumps({"op": "subscribe", "market": "sim", "provider": "sim",
+                                      "symbol": "SIM/USD", "timeframe": "5m", "history": 0}))
+            await recv_until(ws, lambda f: f["type"] == "bar", within=10)
+            await wait_for(lambda: lag("5m") is not None, within=5)  # set right after the publish
+            value = lag("5m")
+            # The sim market's forming bar is current: the data is at most a poll interval old.
+            assert value is not None and 0 <= value < 5
+            await ws.send(json.dumps({"op": "unsubscribe", "channel": "sim:sim:SIM/USD:5m"}))
+            await asyncio.sleep(0)
+        await wait_for(lambda: lag("5m") is None, within=10)
