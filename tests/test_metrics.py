@@ -3,6 +3,7 @@ each kind, and no label carries a raw path or other client-sent value."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,26 +14,20 @@ from quart import Quart
 
 from app import create_app
 from app_extensions.auth import hash_key
+from tests.test_dashboard import documented_metrics
 
 KEY = "metrics-test-key-0123"
 SECRET_PATH_TOKEN = "zq9xraw4path"
 PAST = 1_700_006_400_000
 
-#: Families documented in docs/operating.md (counter names without the _total suffix), by owner.
-DOCUMENTED = {
-    "http_requests", "http_request_duration_seconds", "cache_requests", "provider_calls",
-    "provider_call_duration_seconds", "provider_retries", "dependency_up", "plugin_instances",
-    "db_query_duration_seconds", "db_pool_connections", "db_pool_connections_in_use",
-    "rate_limit_rejections", "rate_limit_local_fallback", "auth_failures",
-    "provider_budget_events", "candle_lag_seconds",
-    "backfill_bars_written", "backfill_chunks_fetched", "backfill_chunks_failed", "backfill_jobs",
-    "backfill_lag_seconds",
-}
+#: Families documented in docs/operating.md's metrics table (counters without the _total suffix).
+DOCUMENTED = {name.removesuffix("_total") for name in documented_metrics()}
 #: Families that must carry samples after the requests below.
 MUST_HAVE_SAMPLES = {
     "http_requests", "http_request_duration_seconds", "cache_requests", "provider_calls",
     "provider_call_duration_seconds", "dependency_up", "plugin_instances", "db_query_duration_seconds",
     "db_pool_connections", "db_pool_connections_in_use", "rate_limit_rejections", "auth_failures",
+    "ws_connections", "ws_subscriptions", "ws_frames_sent",
 }
 
 
@@ -69,6 +64,11 @@ async def test_every_documented_family_after_a_request_of_each_kind(metrics_app:
         await client.get("/health/ready"),
     ]
     assert [a.status_code for a in answers] == [200, 200, 200, 200, 404, 401, 200, 200]
+    async with client.websocket("/api/v1/ws", headers=auth) as ws:
+        await ws.send(json.dumps({"op": "subscribe", "market": "sim", "provider": "sim", "symbol": "SIM/USD",
+                                  "history": 2, "id": "m"}))
+        assert json.loads(await ws.receive())["type"] == "subscribed"
+        assert json.loads(await ws.receive())["type"] == "snapshot"
     while (await client.get("/api/v1/markets", headers=auth)).status_code != 429:
         pass
     families = await scrape(metrics_app)
@@ -112,7 +112,6 @@ async def test_no_label_carries_a_raw_path_or_client_value(metrics_app: Quart) -
 
 async def test_candle_lag_is_set_by_the_poller_and_dropped_with_it(app_config: dict[str, Any]) -> None:
     import asyncio
-    import json
 
     from prometheus_client import REGISTRY
 
