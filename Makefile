@@ -8,6 +8,9 @@ export HOST PORT
 
 .PHONY: run test migrate lint venv pglite bench clean
 
+# PGlite (PostgreSQL 17 + TimescaleDB in WebAssembly) for the TimescaleDB half of the storage tests.
+PGLITE := tests/pglite/node_modules/.package-lock.json
+
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt
@@ -25,8 +28,18 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
 
-test: venv lint
-	APP_ENV=testing $(BIN)/pytest -q -p no:cacheprovider
+$(PGLITE): tests/pglite/package-lock.json
+	npm ci --prefix tests/pglite --no-audit --no-fund
+
+pglite: $(PGLITE)
+
+test: venv lint pglite
+	APP_ENV=testing REQUIRE_TIMESCALE=1 $(BIN)/pytest -q -p no:cacheprovider
+
+bench: venv pglite
+	$(BIN)/python -m bench.ohlcv_rest
+	$(BIN)/python -m bench.provider_path
+	$(BIN)/python -m bench.aggregates
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -39,6 +39,12 @@ class BaseConfig:
     #: auto: TimescaleDB when the extension can be created, else plain PostgreSQL.
     STORAGE_MODE = "auto"
     TIMESCALE_CHUNK_INTERVAL = "7 days"
+    #: Start offset of each continuous aggregate's refresh policy, and how often policies run.
+    TIMESCALE_REFRESH_LOOKBACK = "3 days"
+    TIMESCALE_REFRESH_SCHEDULE = "5 minutes"
+    #: Compression / retention policies on the 1m hypertable (e.g. "30 days"); empty = off.
+    TIMESCALE_COMPRESSION_AFTER = ""
+    TIMESCALE_RETENTION_AFTER = ""
     REDIS_URL = "redis://127.0.0.1:6379/0"
     REDIS_PREFIX = "md"
     REDIS_TIMEOUT = 1.0

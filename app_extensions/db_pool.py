@@ -19,6 +19,7 @@ import asyncpg
 from quart import Quart
 
 from app_extensions.migrations import run_migrations
+from services.aggregates import describe_mode
 from services.errors import DataSourceError
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class Database:
             except DB_UNAVAILABLE as exc:
                 self._mark_down(exc)
                 raise DataSourceError("database unavailable", details={"error": str(exc)}) from exc
-            log.info("storage mode: %s (schema %s)", self.mode, schema)
+            log.info("storage mode: %s (schema %s): %s", self.mode, schema, describe_mode(self.mode))
             self.pool = pool
             self.last_error = None
             return pool

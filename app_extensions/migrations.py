@@ -43,7 +43,8 @@ async def _choose_mode(conn: asyncpg.Connection, wanted: str) -> str:
         return "plain"
     try:
         async with conn.transaction():
-            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+            # In public, whatever DATABASE_SCHEMA is (search_path names that schema first).
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb WITH SCHEMA public")
         return "timescale"
     except asyncpg.PostgresError as exc:
         if wanted == "timescale":

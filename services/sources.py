@@ -22,8 +22,6 @@ from services.storage import Series
 from services.timeframes import MINUTE_MS, Bar, tf_ms
 
 log = logging.getLogger(__name__)
-#: Timeframes TimescaleDB mode reads from a continuous aggregate of their own.
-CAGG_TIMEFRAMES = {"5m", "15m", "1h", "4h", "1d", "1w"}
 
 
 class CacheSource:
@@ -76,7 +74,12 @@ class AggregateSource:
         self.db = db
 
     def name_for(self, timeframe: str) -> str:
-        return "aggregate" if self.db.mode == "timescale" and timeframe in CAGG_TIMEFRAMES else "database"
+        """``aggregate`` when a continuous aggregate answers (directly or regrouped), else
+        ``database`` (the 1m table)."""
+        if self.db.mode not in aggregates.MODES:
+            return "database"
+        relation, _ = aggregates.source_of(self.db.mode, timeframe)
+        return "database" if relation == "ohlcv_1m" else "aggregate"
 
     async def missing(self, series: Series, start: int, end: int) -> list[tuple[int, int]]:
         async with self.db.acquire() as conn:
