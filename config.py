@@ -138,6 +138,8 @@ class BaseConfig:
     WS_SEND_TIMEOUT_SECONDS = 30.0
     #: A channel's poller keeps running this long after its last local subscriber left.
     WS_UNSUBSCRIBE_GRACE_SECONDS = 10.0
+    #: Subscription snapshots fetched at once (a reconnect storm queues instead of exhausting pools).
+    WS_SNAPSHOT_CONCURRENCY = 16
     #: JSON: timeframe to seconds between polls of the forming bar; others use the default.
     POLL_INTERVALS: dict[str, float] = {"1m": 2.0, "3m": 2.0, "5m": 3.0, "15m": 3.0, "30m": 5.0}
     POLL_INTERVAL_DEFAULT = 5.0
