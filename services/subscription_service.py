@@ -85,6 +85,8 @@ class SubscriptionService:
         self.channels: dict[str, ChannelState] = {}
         self.workers: dict[str, tuple[SubscriptionWorker, asyncio.Task[None]]] = {}
         self._lifecycle = asyncio.Lock()
+        #: Snapshots fetched at once: a reconnect storm must not exhaust the DB or Redis pools.
+        self._snapshots = asyncio.Semaphore(int(config.get("WS_SNAPSHOT_CONCURRENCY", 16)))
         self._registry_task: asyncio.Task[None] | None = None
         broadcast.set_handler(self._on_frame)
         registry.on_gain, registry.on_loss = self._start_worker, self._stop_worker
@@ -157,6 +159,11 @@ class SubscriptionService:
         if name not in conn.subs and len(conn.subs) >= self.max_subscriptions:
             raise TooManySubscriptions(f"at most {self.max_subscriptions} subscriptions per connection")
         self.markets.check_provider(channel.market, channel.provider)
+        async with self._snapshots:
+            await self._join(conn, channel, req)
+
+    async def _join(self, conn: Connection, channel: Channel, req: dict[str, Any]) -> None:
+        name = channel.name
         if channel.symbol not in await self.markets.symbols(channel.market, channel.provider):
             raise UnknownSymbol(f"unknown symbol {channel.symbol!r} for provider {channel.provider}")
         if name not in conn.subs:
@@ -179,11 +186,12 @@ class SubscriptionService:
         state = self.channels.get(name)
         if state is not None and state.stale is not None:
             conn.deliver(name, -1, *state.stale)
-        conn.ready(name, int(bars[-1][0]) if bars else -1)
+        # The snapshot's last bar as the frame a worker would send: an identical frame is skipped.
+        last = json.dumps({"type": "bar", "channel": name, "bar": bars[-1], "closed": False},
+                          separators=(",", ":")) if bars else ""
+        conn.ready(name, int(bars[-1][0]) if bars else -1, last)
         if state is not None and state.last_bar is not None:
-            ts, t_poll, text = state.last_bar
-            if not bars or json.loads(text)["bar"] != bars[-1]:
-                conn.deliver(name, ts, t_poll, text)
+            conn.deliver(name, *state.last_bar)
 
     async def unsubscribe(self, conn: Connection, channel_name: str, req_id: Any) -> None:
         """Leave a channel (idempotent) and queue ``unsubscribed``. Raises InvalidParameter."""

@@ -91,12 +91,13 @@ class Connection:
         sub = self.subs[channel] = Subscription()
         return sub
 
-    def ready(self, channel: str, last_ts: int) -> None:
-        """The snapshot (ending at ``last_ts``) is queued: replay the frames held meanwhile."""
+    def ready(self, channel: str, last_ts: int, last_text: str = "") -> None:
+        """The snapshot (ending at ``last_ts``, its last bar encoded as ``last_text``) is queued:
+        replay the frames held meanwhile."""
         sub = self.subs.get(channel)
         if sub is None:
             return
-        sub.ready, sub.last_ts = True, max(sub.last_ts, last_ts)
+        sub.ready, sub.last_ts, sub.last_text = True, max(sub.last_ts, last_ts), last_text
         held, sub.held = sub.held, []
         for ts, t_poll, text in held:
             self.deliver(channel, ts, t_poll, text)

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-WS_CONNECTIONS = Gauge("ws_connections", "Open WebSocket connections on this instance")
-WS_SUBSCRIPTIONS = Gauge("ws_subscriptions", "Channel subscriptions held by this instance's clients")
-WS_ACTIVE_CHANNELS = Gauge("ws_active_channels", "Channels with subscribers (or in grace) here")
-WS_POLLING_CHANNELS = Gauge("ws_polling_channels", "Channels this instance polls (holds the lease)")
+WS_CONNECTIONS = Gauge("ws_connections", "Open WebSocket connections on this instance",
+                       multiprocess_mode="livesum")
+WS_SUBSCRIPTIONS = Gauge("ws_subscriptions", "Channel subscriptions held by this instance's clients",
+                         multiprocess_mode="livesum")
+WS_ACTIVE_CHANNELS = Gauge("ws_active_channels", "Channels with subscribers (or in grace) here",
+                           multiprocess_mode="livesum")
+WS_POLLING_CHANNELS = Gauge("ws_polling_channels", "Channels this instance polls (holds the lease)",
+                            multiprocess_mode="livesum")
 WS_CLUSTER_MODE = Gauge(
-    "ws_cluster_mode", "1 when fan-out and leases go through Redis, 0 in in-memory mode"
+    "ws_cluster_mode", "1 when fan-out and leases go through Redis, 0 in in-memory mode",
+    multiprocess_mode="livemin",
 )
 WS_FRAMES_SENT = Counter("ws_frames_sent_total", "Frames written to clients", ["type"])
 WS_CLIENTS_DROPPED = Counter(
