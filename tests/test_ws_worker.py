@@ -1,0 +1,129 @@
+"""SubscriptionWorker through /api/v1/ws on a clock running 60x (a minute bucket every second):
+closed bars carry the provider's final values, an outage gives ``stale`` then ``live`` and no
+missing bar in the stream or in storage, ``ts`` never goes backwards."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from quart import Quart
+
+from app import create_app
+from app_extensions.services import get_services
+from plugins.crypto import clear_shared_markets
+from plugins.sim import sim_bar
+from services.errors import NetworkPluginError
+from services.storage import Series, select_1m_bars
+from services.timeframes import MINUTE_MS, bucket_start
+from tests.exchange_emulator import ExchangeEmulator, fixtures
+from tests.exchange_emulator.checks import as_bars, assert_same_bars
+from tests.ws_support import WS_TEST_CONFIG, assert_ts_monotonic, wait_for
+
+emulator = fixtures.emulator
+SPEED = 60
+SUB = {"op": "subscribe", "market": "sim", "provider": "sim", "symbol": "SIM/USD", "timeframe": "1m",
+       "history": 3}
+
+
+@pytest.fixture
+def fast_clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
+    """Milliseconds on a clock running ``SPEED`` times faster than the wall clock."""
+    real0 = time.time()
+
+    def now() -> int:
+        return int((real0 + (time.time() - real0) * SPEED) * 1000)
+
+    for module in ("plugins.sim", "services.orchestrator", "services.subscription_worker"):
+        monkeypatch.setattr(f"{module}.now_ms", now)
+    return now
+
+
+@asynccontextmanager
+async def collecting(app: Quart, sub: dict[str, Any]) -> AsyncIterator[list[dict[str, Any]]]:
+    """A test-client connection subscribed with ``sub``; yields the (growing) list of its frames."""
+    frames: list[dict[str, Any]] = []
+    async with app.test_client().websocket("/api/v1/ws") as ws:
+        async def read() -> None:
+            while True:
+                frames.append(json.loads(await ws.receive()))
+        reader = asyncio.create_task(read())
+        try:
+            await ws.send(json.dumps(sub))
+            await wait_for(lambda: any(f["type"] == "snapshot" for f in frames))
+            yield frames
+        finally:
+            reader.cancel()
+            await asyncio.wait([reader])
+
+
+def closed(frames: list[dict[str, Any]]) -> list[list[float]]:
+    return [f["bar"] for f in frames if f["type"] == "bar" and f["closed"]]
+
+
+async def test_outage_gives_stale_then_live_and_no_missing_bar(
+    app_config: dict[str, Any], fast_clock: Callable[[], int], pg: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = create_app({**app_config, **WS_TEST_CONFIG, "ENABLED_MARKETS": "sim"})
+    async with app.test_app():
+        plugin = await get_services(app).markets.get_plugin("sim", "sim")
+        real_fetch, down = plugin.fetch_ohlcv, asyncio.Event()
+
+        async def flaky(*args: Any, **kwargs: Any) -> Any:
+            if down.is_set():
+                raise NetworkPluginError("emulated exchange outage")
+            return await real_fetch(*args, **kwargs)
+
+        monkeypatch.setattr(plugin, "fetch_ohlcv", flaky)
+        async with collecting(app, SUB) as frames:
+            await wait_for(lambda: len(closed(frames)) >= 1)
+            down.set()
+            outage_start = fast_clock()
+            await wait_for(lambda: any(f["type"] == "status" for f in frames))
+            # three minute buckets close while the exchange is down
+            await wait_for(lambda: fast_clock() > bucket_start(outage_start, "1m") + 3 * MINUTE_MS + 500)
+            down.clear()
+            last_missed = bucket_start(outage_start, "1m") + 2 * MINUTE_MS
+            await wait_for(lambda: any(b[0] > last_missed for b in closed(frames)))
+        statuses = [(f["state"], f["reason"]) for f in frames if f["type"] == "status"]
+        assert statuses == [("stale", "provider_unavailable"), ("live", "recovered")]
+        assert_ts_monotonic(frames)
+        got = closed(frames)
+        ts = [int(b[0]) for b in got]
+        assert ts == list(range(ts[0], ts[-1] + 1, MINUTE_MS)), "a closed bar is missing"
+        for bar in got:  # final values, as the provider has them
+            assert bar == sim_bar(42, "SIM/USD", int(bar[0]))
+        series = Series("sim", "sim", "SIM/USD")
+
+        async def stored() -> bool:
+            rows = await select_1m_bars(pg, series, ts[0], ts[-1] + MINUTE_MS)
+            return [r[0] for r in rows] == ts
+        await wait_for(stored)
+
+
+async def test_closed_bar_equals_the_emulator_kline(
+    app_config: dict[str, Any], fast_clock: Callable[[], int], emulator: ExchangeEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clear_shared_markets()
+    monkeypatch.setattr(emulator.book, "now", fast_clock)
+    app = create_app({**app_config, **WS_TEST_CONFIG, "ENABLED_MARKETS": "crypto",
+                      "PROVIDER_URLS": {"binance": emulator.url},
+                      "POLL_PROVIDER_MIN_INTERVALS": {"binance": 0.1}})
+    sub = {**SUB, "market": "crypto", "provider": "binance", "symbol": "BTC/USDT"}
+    async with app.test_app(), collecting(app, sub) as frames:
+        await wait_for(lambda: len(closed(frames)) >= 2)
+    assert_ts_monotonic(frames)
+    async with aiohttp.ClientSession() as http:
+        for bar in closed(frames):
+            params = {"symbol": "BTCUSDT", "interval": "1m", "startTime": str(int(bar[0])), "limit": "1"}
+            async with http.get(emulator.url + "/api/v3/klines", params=params) as resp:
+                assert_same_bars([bar], as_bars(await resp.json()))
