@@ -62,6 +62,8 @@ def _parse(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
         msg = json.loads(raw)
     except ValueError as exc:
         raise InvalidMessage(f"message is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # deeply nested arrays/objects: the parser gives up
+        raise InvalidMessage("message is nested too deeply") from exc
     if not isinstance(msg, dict):
         raise InvalidMessage("message must be a JSON object")
     return msg

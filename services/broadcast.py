@@ -181,6 +181,9 @@ class BroadcastManager:
                         self._deliver(channel, msg["data"].decode())
             except REDIS_ERRORS as exc:
                 self._lost(exc)
+            except Exception as exc:  # a bug must not end fan-out: log, reconnect, back off
+                log.error("broadcast reader failed", exc_info=exc)
+                self._lost(exc)
             await self._drop()
             await asyncio.sleep(self.retry_after)
 
@@ -230,7 +233,10 @@ class SubscriptionRegistry:
         while True:
             await asyncio.sleep(self.ttl_ms / 3000)
             for channel in list(self.channels):
-                await self._tick(channel)
+                try:
+                    await self._tick(channel)
+                except Exception as exc:  # a bug must not stop the renewals: log and go on
+                    log.error("lease tick of %s failed", channel, exc_info=exc)
 
     async def close(self) -> None:
         """Stop every poller and release the leases (an orderly shutdown hands over at once)."""

@@ -104,8 +104,6 @@ async def test_every_bad_frame_gets_one_error_and_the_connection_stays(server: t
     await wait_for(lambda: not get_services(app).subscriptions.connections, within=5)
 
 
-@pytest.mark.xfail(reason="json.loads raises RecursionError (not ValueError) on deep nesting: "
-                   "blueprints/websocket.py _parse answers internal_error and logs a trace", strict=False)
 async def test_deeply_nested_json_is_an_invalid_message(server: tuple[Quart, str]) -> None:
     _, url = server
     async with aiohttp.ClientSession() as session:
