@@ -107,14 +107,20 @@ async def claim_next(
     conn: asyncpg.Connection, owner: str, lease_s: float, exclude: list[str] | None = None
 ) -> Job | None:
     """Take the oldest queued job, or a running one whose lease expired (its owner died).
-    ``exclude``: ids the caller is still running (never claimed twice by one runner)."""
+    ``exclude``: ids the caller is still running (never claimed twice by one runner). A job
+    overlapping a live running job of the same series waits for it, so that the overlap is
+    fetched once (it then finds that part in the ledger)."""
     row = await conn.fetchrow(
         "UPDATE backfill_jobs SET status = 'running', owner = $1, attempts = attempts + 1,"
         " lease_until = now() + make_interval(secs => $2), updated_at = now()"
-        " WHERE id = (SELECT id FROM backfill_jobs WHERE (status = 'queued'"
-        "   OR (status = 'running' AND (lease_until IS NULL OR lease_until < now())))"
-        "   AND id <> ALL($3::text[])"
-        "   ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1)"
+        " WHERE id = (SELECT j.id FROM backfill_jobs j WHERE (j.status = 'queued'"
+        "   OR (j.status = 'running' AND (j.lease_until IS NULL OR j.lease_until < now())))"
+        "   AND j.id <> ALL($3::text[])"
+        "   AND NOT EXISTS (SELECT 1 FROM backfill_jobs r WHERE r.status = 'running'"
+        "     AND r.lease_until >= now() AND r.id <> j.id AND r.market = j.market"
+        "     AND r.provider = j.provider AND r.symbol = j.symbol"
+        "     AND r.start_ms < j.end_ms AND r.end_ms > j.start_ms)"
+        "   ORDER BY j.created_at FOR UPDATE SKIP LOCKED LIMIT 1)"
         " RETURNING *",
         owner, float(lease_s), exclude or [],
     )

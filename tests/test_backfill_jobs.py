@@ -231,3 +231,22 @@ async def test_a_runner_that_lost_its_lease_stops_and_the_job_finishes_once(
         job = await wait_job(client, body["job_id"])
     assert job["status"] == "done" and job["bars_written"] == 14_400
     assert await table_stats(pg) == (14_400, 14_400)
+
+
+async def test_overlapping_jobs_run_one_after_the_other_and_fetch_the_overlap_once(
+    emulator: ExchangeEmulator, app_config: dict[str, Any], pg: asyncpg.Connection
+) -> None:
+    emulator.latency = 0.02
+    config = emu_config(app_config, emulator, BACKFILL_MAX_JOBS=2)
+    async with running_app(config) as app:
+        client = app.test_client()
+        _, first = await post_backfill(client, T0, END)  # 15 chunks
+        _, second = await post_backfill(client, T0 + 5 * DAY_MS, T0 + 15 * DAY_MS)
+        assert first["job_id"] != second["job_id"]
+        a = await wait_job(client, first["job_id"])
+        b = await wait_job(client, second["job_id"])
+    assert a["status"] == b["status"] == "done"
+    # The second waited for the first: only its 5 days beyond END were fetched.
+    assert a["bars_written"] == 14_400 and b["bars_written"] == 7_200 and b["chunks_total"] == 8
+    assert emulator.calls(KLINES) == 15 + 8
+    assert await table_stats(pg) == (21_600, 21_600)
