@@ -148,7 +148,9 @@ class SubscriptionWorker:
     async def run(self) -> None:
         """Poll until cancelled. Errors are logged, counted and backed off; never raised."""
         await self._restore()
+        loop = asyncio.get_running_loop()
         while True:
+            began = loop.time()  # polls keep their rate however long fan-out of the last one took
             try:
                 delay = await self.poll_once()
             except AppError as exc:
@@ -156,7 +158,7 @@ class SubscriptionWorker:
             except Exception as exc:  # a bug must not end the stream: log, count, back off
                 log.error("poller of %s failed unexpectedly", self.channel.name, exc_info=exc)
                 delay = await self._failed("internal_error", "internal error", None)
-            await asyncio.sleep(delay)
+            await asyncio.sleep(max(0.0, began + delay - loop.time()))
 
     async def poll_once(self) -> float:
         """One poll: publish what changed, write closed 1m bars; returns the delay to the next."""

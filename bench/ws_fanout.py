@@ -1,0 +1,211 @@
+"""Fan-out bench: 1, 100 and 1000 WebSocket clients on one channel of one instance.
+
+Usage: ``.venv/bin/python bench/ws_fanout.py [--clients 1,100,1000] [--window 5] [--interval 0.5]``
+
+For each client count a fresh server process (the app under Hypercorn, sim market, real PostgreSQL
+and Redis) is started; this process opens the clients, all subscribed to ``sim:sim:SIM/USD:1m``,
+and prints:
+- upstream polls per poll interval (from the server's ``ws_polls_total``; 1.0 is the goal);
+- p50/p99 delivery latency: poll result to frame written to each client, every sample recorded
+  by the server during the window;
+- the server's resident memory per connection (VmRSS growth from 1 warm-up client to N, over N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+CHANNEL_SUB = {"op": "subscribe", "market": "sim", "provider": "sim", "symbol": "SIM/USD",
+               "timeframe": "1m", "history": 10}
+
+
+def serve(port: int, samples_path: str, interval: float) -> None:
+    """Child mode: serve the app; record every fan-out latency sample; dump them at SIGTERM."""
+    from hypercorn.asyncio import serve as hypercorn_serve
+    from hypercorn.config import Config as HypercornConfig
+
+    from app import create_app
+    from services.ws_metrics import WS_FANOUT_LATENCY
+
+    samples: list[tuple[float, float]] = []
+    observe = WS_FANOUT_LATENCY.observe
+
+    def record(value: float, exemplar: Any = None) -> None:
+        samples.append((time.time(), value))
+        observe(value)
+
+    WS_FANOUT_LATENCY.observe = record  # type: ignore[method-assign,assignment]
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        app = create_app({
+            "APP_ENV": "production", "LOG_LEVEL": "WARNING", "LOG_FORMAT": "text",
+            "DATABASE_SCHEMA": os.environ["BENCH_SCHEMA"], "REDIS_PREFIX": os.environ["BENCH_PREFIX"],
+            "ENABLED_MARKETS": "sim", "RATE_LIMIT_ENABLED": False, "WS_SEND_QUEUE": 256,
+            "POLL_INTERVALS": {}, "POLL_INTERVAL_DEFAULT": interval,
+            "POLL_PROVIDER_MIN_INTERVALS": {"sim": interval}, "WS_SNAPSHOT_CONCURRENCY": 16,
+        })
+        hc = HypercornConfig()
+        hc.bind = [f"127.0.0.1:{port}"]
+        hc.accesslog = None
+        hc.loglevel = "WARNING"
+        hc.backlog = 2048
+        await hypercorn_serve(app, hc, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+    asyncio.run(main())
+    Path(samples_path).write_text(json.dumps(samples))
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def quantile(values: list[float], q: float) -> float:
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q * 100) - 1]
+
+
+async def polls(http: Any, base: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with http.get(base + "/metrics") as r:
+        text = await r.text()
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "ws_polls_total" and s.labels.get("provider") == "sim")
+
+
+async def run_case(n: int, window: float, interval: float) -> dict[str, Any]:
+    import aiohttp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    fd, samples_path = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--serve", str(port), samples_path, "--interval", str(interval), cwd=ROOT)
+    base, frames = f"http://127.0.0.1:{port}", [0]
+    try:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            for _ in range(300):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(base + "/health") as r:
+                        if r.status == 200:
+                            break
+                await asyncio.sleep(0.1)
+
+            async def client() -> aiohttp.ClientWebSocketResponse:
+                ws = await http.ws_connect(base + "/api/v1/ws")
+                await ws.send_str(json.dumps(CHANNEL_SUB))
+                while (await ws.receive_json())["type"] != "snapshot":
+                    pass
+                return ws
+
+            async def drain(ws: aiohttp.ClientWebSocketResponse) -> None:
+                async for _ in ws:
+                    frames[0] += 1
+
+            warm = [await client()]
+            readers = [asyncio.create_task(drain(warm[0]))]
+            await asyncio.sleep(1.0)
+            rss_base = rss_kib(server.pid)
+            others: list[aiohttp.ClientWebSocketResponse] = []
+            for i in range(0, n - 1, 100):
+                others += await asyncio.gather(*[client() for _ in range(min(100, n - 1 - i))])
+            readers += [asyncio.create_task(drain(ws)) for ws in others]
+            await asyncio.sleep(1.0)
+            rss_n = rss_kib(server.pid)
+            polls0, frames[0], t0 = await polls(http, base), 0, time.time()
+            await asyncio.sleep(window)
+            polls1, t1, got = await polls(http, base), time.time(), frames[0]
+            for ws in [*warm, *others]:
+                await ws.close()
+            for task in readers:
+                task.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(server.wait(), 30)
+    recorded = json.loads(await asyncio.to_thread(Path(samples_path).read_text))
+    samples = [v for at, v in recorded if t0 <= at <= t1]
+    os.unlink(samples_path)
+    return {
+        "clients": n,
+        "polls_per_interval": (polls1 - polls0) / ((t1 - t0) / interval),
+        "frames_received": got,
+        "p50_ms": quantile(samples, 0.50) * 1000,
+        "p99_ms": quantile(samples, 0.99) * 1000,
+        "samples": len(samples),
+        "rss_per_conn_kib": (rss_n - rss_base) / max(1, n - 1) if n > 1 else float("nan"),
+        "rss_mib": rss_n / 1024,
+    }
+
+
+async def drop_schema(schema: str, prefix: str) -> None:
+    import asyncpg
+    import redis.asyncio as aioredis
+
+    from config import load_config
+
+    cfg = load_config()
+    conn = await asyncpg.connect(cfg.DATABASE_URL)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+    client = aioredis.from_url(cfg.REDIS_URL)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+async def main(counts: list[int], window: float, interval: float) -> None:
+    print(f"one channel, one instance; poll interval {interval}s, window {window}s")
+    print(f"{'clients':>7} {'polls/interval':>14} {'frames':>8} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'samples':>8} {'KiB/conn':>9} {'RSS MiB':>8}")
+    for n in counts:
+        r = await run_case(n, window, interval)
+        print(f"{r['clients']:>7} {r['polls_per_interval']:>14.2f} {r['frames_received']:>8} "
+              f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['samples']:>8} "
+              f"{r['rss_per_conn_kib']:>9.1f} {r['rss_mib']:>8.1f}", flush=True)
+    await drop_schema(os.environ["BENCH_SCHEMA"], os.environ["BENCH_PREFIX"])
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--serve", nargs=2, metavar=("PORT", "SAMPLES"), help=argparse.SUPPRESS)
+    parser.add_argument("--clients", default="1,100,1000")
+    parser.add_argument("--window", type=float, default=5.0)
+    parser.add_argument("--interval", type=float, default=0.5)
+    args = parser.parse_args()
+    if args.serve:
+        serve(int(args.serve[0]), args.serve[1], args.interval)
+    else:
+        tag = uuid.uuid4().hex[:8]
+        os.environ.setdefault("BENCH_SCHEMA", f"bench_ws_{tag}")
+        os.environ.setdefault("BENCH_PREFIX", f"bench:ws:{tag}")
+        asyncio.run(main([int(c) for c in args.clients.split(",")], args.window, args.interval))
