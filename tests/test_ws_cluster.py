@@ -132,6 +132,8 @@ async def test_redis_down_means_memory_mode_and_redis_back_rejoins(app_config: d
             assert await lease_holder(app.config["REDIS_PREFIX"]) == me
             proxy.cut()
             await wait_for(lambda: svc.status()["mode"] == "memory")
+            ready = await (await app.test_client().get("/health/ready")).get_json()
+            assert ready["websocket_mode"] == "memory" and ready["status"] == "degraded"
             mark = time.time()
             await wait_for(lambda: bars_after(frames, mark))  # polled and delivered locally
             assert svc.status()["polling"] == 1
@@ -141,6 +143,8 @@ async def test_redis_down_means_memory_mode_and_redis_back_rejoins(app_config: d
             assert await lease_holder(app.config["REDIS_PREFIX"]) == me
             mark = time.time()
             await wait_for(lambda: bars_after(frames, mark))  # through Redis again
+            ready = await (await app.test_client().get("/health/ready")).get_json()
+            assert ready["websocket_mode"] == "redis"
             assert_ts_monotonic(frames)
     finally:
         await proxy.stop()

@@ -22,7 +22,7 @@ from plugins.crypto import clear_shared_markets
 from plugins.sim import sim_bar
 from services.errors import NetworkPluginError
 from services.storage import Series, select_1m_bars
-from services.timeframes import MINUTE_MS, bucket_start
+from services.timeframes import MINUTE_MS, bucket_start, resample
 from tests.exchange_emulator import ExchangeEmulator, fixtures
 from tests.exchange_emulator.checks import as_bars, assert_same_bars
 from tests.ws_support import WS_TEST_CONFIG, assert_ts_monotonic, wait_for
@@ -127,3 +127,24 @@ async def test_closed_bar_equals_the_emulator_kline(
             params = {"symbol": "BTCUSDT", "interval": "1m", "startTime": str(int(bar[0])), "limit": "1"}
             async with http.get(emulator.url + "/api/v3/klines", params=params) as resp:
                 assert_same_bars([bar], as_bars(await resp.json()))
+
+
+async def test_a_5m_channel_closes_its_bucket_with_the_aggregate_of_its_minutes(
+    app_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real0 = time.time()
+
+    def now() -> int:  # 300x: a 5m bucket a second
+        return int((real0 + (time.time() - real0) * 300) * 1000)
+
+    for module in ("plugins.sim", "services.orchestrator", "services.subscription_worker"):
+        monkeypatch.setattr(f"{module}.now_ms", now)
+    app = create_app({**app_config, **WS_TEST_CONFIG, "ENABLED_MARKETS": "sim"})
+    async with app.test_app(), collecting(app, {**SUB, "timeframe": "5m"}) as frames:
+        await wait_for(lambda: len(closed(frames)) >= 2)
+    assert_ts_monotonic(frames)
+    for bar in closed(frames):
+        start = int(bar[0])
+        assert start % (5 * MINUTE_MS) == 0
+        minutes = [sim_bar(42, "SIM/USD", start + i * MINUTE_MS) for i in range(5)]
+        assert bar == resample(minutes, "5m")[0]
