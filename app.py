@@ -73,6 +73,11 @@ if __name__ == "__main__":  # python app.py: the same server as `make run`
     from hypercorn.asyncio import serve
     from hypercorn.config import Config as HypercornConfig
 
+    from blueprints.websocket import hypercorn_options
+
     hc = HypercornConfig()
     hc.bind = [f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"]
-    asyncio.run(serve(create_app(), hc))  # type: ignore[arg-type]
+    application = create_app()
+    for option, value in hypercorn_options(application.config).items():  # WebSocket heartbeat
+        setattr(hc, option, value)
+    asyncio.run(serve(application, hc))  # type: ignore[arg-type]
