@@ -39,10 +39,13 @@ class InvalidMessage(AppError):
 
 
 def hypercorn_options(config: Mapping[str, Any]) -> dict[str, float]:
-    """Hypercorn settings for the heartbeat: a WebSocket ping every ``WS_HEARTBEAT_SECONDS``; a
-    peer that sends nothing (not even the pong) for three of them is disconnected."""
+    """Hypercorn settings for WebSockets: a ping every ``WS_HEARTBEAT_SECONDS``, a peer that sends
+    nothing (not even the pong) for three of them is disconnected; frames far over
+    ``WS_MAX_MESSAGE_BYTES`` (16x, at least 64 KiB) are refused with 1009 before being buffered."""
     beat = float(config.get("WS_HEARTBEAT_SECONDS", 20.0))
-    return {"websocket_ping_interval": beat, "read_timeout": 3 * beat}
+    largest = max(65536, 16 * int(config.get("WS_MAX_MESSAGE_BYTES", 4096)))
+    return {"websocket_ping_interval": beat, "read_timeout": 3 * beat,
+            "websocket_max_message_size": largest}
 
 
 def error_frame(exc: AppError, req_id: Any) -> dict[str, Any]:

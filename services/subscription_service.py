@@ -88,6 +88,7 @@ class SubscriptionService:
         #: Snapshots fetched at once: a reconnect storm must not exhaust the DB or Redis pools.
         self._snapshots = asyncio.Semaphore(int(config.get("WS_SNAPSHOT_CONCURRENCY", 16)))
         self._registry_task: asyncio.Task[None] | None = None
+        self._closing = False
         broadcast.set_handler(self._on_frame)
         registry.on_gain, registry.on_loss = self._start_worker, self._stop_worker
 
@@ -105,12 +106,14 @@ class SubscriptionService:
     # --- Lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         """Start the broadcast reader and the lease renewal loop."""
+        self._closing = False
         await self.broadcast.start()
         if self._registry_task is None:
             self._registry_task = asyncio.create_task(self.registry.run(), name="ws-lease-renewal")
 
     async def close(self) -> None:
         """Stop workers (releasing their leases), then fan-out, then ask clients to go away."""
+        self._closing = True
         task, self._registry_task = self._registry_task, None
         if task is not None:
             await stop_task(task)
@@ -222,7 +225,7 @@ class SubscriptionService:
         if state is None:
             return
         state.subscribers.discard(conn)
-        if not state.subscribers and state.grace is None:
+        if not state.subscribers and state.grace is None and not self._closing:
             state.grace = asyncio.create_task(self._expire(state), name=f"ws-grace-{name}")
 
     async def _expire(self, state: ChannelState) -> None:
