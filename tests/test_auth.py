@@ -158,3 +158,22 @@ def test_api_keys_config_takes_digests_only() -> None:
     assert parse_key_hashes(f" {digest.upper()} ,") == {digest}
     with pytest.raises(ConfigError):
         parse_key_hashes("plain-key-not-a-digest")
+
+
+async def test_websocket_401_through_hypercorn(app_config: dict[str, Any]) -> None:
+    import aiohttp
+
+    from tests.ws_support import serve_app
+
+    app = create_app({**app_config, "AUTH_ENABLED": True, "API_KEYS": [hash_key(GOOD)],
+                      "RATE_LIMIT_ENABLED": False})
+    async with app.test_app(), serve_app(app) as host, aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await session.ws_connect(f"ws://{host}/api/v1/ws", headers={"X-API-Key": OTHER})
+        assert refused.value.status == 401
+        ws = await session.ws_connect(f"ws://{host}/api/v1/ws?api_key={GOOD}")
+        try:
+            await ws.send_json({"op": "ping", "id": 1})
+            assert await ws.receive_json(timeout=10) == {"type": "pong", "id": 1}
+        finally:
+            await ws.close()

@@ -125,3 +125,13 @@ def test_bad_limits_fail_fast(text: str) -> None:
 ])
 def test_route_classes_are_fixed_names(path: str, cls: str) -> None:
     assert route_class(path) == cls
+
+
+@pytest.mark.parametrize(("trust", "expected"), [(False, "ip:10.0.0.9"), (True, "ip:203.0.113.7")])
+async def test_client_ip_from_forwarded_for_only_when_trusted(
+    app_config: dict[str, Any], trust: bool, expected: str
+) -> None:
+    app = create_app({**app_config, "TRUST_FORWARDED_FOR": trust})
+    async with app.test_request_context("/api/v1/markets"):
+        headers = {"X-Forwarded-For": "198.51.100.1, 203.0.113.7"}
+        assert get_ratelimiter(app).client_identity(headers, "10.0.0.9") == expected
