@@ -56,7 +56,7 @@ async def ohlcv(app: Quart, query: str) -> tuple[int, Any, str]:
     return r.status_code, await r.get_json(), r.headers.get("X-Data-Source", "")
 
 
-async def eventually(check: Any, within: float = 5.0) -> Any:
+async def eventually(check: Any, within: float = 15.0) -> Any:
     deadline = asyncio.get_running_loop().time() + within
     while True:
         result = await check()
