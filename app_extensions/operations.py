@@ -14,6 +14,7 @@ from prometheus_client import multiprocess
 from quart import Quart
 
 from app_extensions.auth import ApiKeyAuth
+from app_extensions.auth_cli import init_auth_cli
 from app_extensions.cors import Cors
 from app_extensions.ratelimit import RateLimiter
 from app_extensions.redis_client import get_redis
@@ -35,6 +36,7 @@ def init_operations(app: Quart) -> None:
     RateLimiter(app)
     get_services(app).markets.budget.attach(get_redis(app))
     app.register_blueprint(openapi_blueprint)
+    init_auth_cli(app)
 
     @app.after_serving
     async def _multiprocess_cleanup() -> None:

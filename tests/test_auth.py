@@ -177,3 +177,27 @@ async def test_websocket_401_through_hypercorn(app_config: dict[str, Any]) -> No
             assert await ws.receive_json(timeout=10) == {"type": "pong", "id": 1}
         finally:
             await ws.close()
+
+
+def test_api_key_cli_add_use_revoke(app_config: dict[str, Any]) -> None:
+    import asyncio
+
+    cfg = {**app_config, "AUTH_ENABLED": True, "API_KEY_CACHE_TTL": 0.0}
+    runner = create_app(cfg).test_cli_runner()
+    added = runner.invoke(args=["api-key", "add", "dashboard"])
+    assert added.exit_code == 0, added.output
+    key = added.output.strip()
+    assert key.startswith("md_") and len(key) > 40
+
+    async def status() -> int:
+        app = create_app(cfg)
+        async with app.test_app():
+            return (await app.test_client().get("/api/v1/markets", headers={"X-API-Key": key})).status_code
+
+    assert asyncio.run(status()) == 200
+    revoked = runner.invoke(args=["api-key", "revoke", "dashboard"])
+    assert revoked.exit_code == 0 and "revoked 1" in revoked.output
+    assert asyncio.run(status()) == 401
+    assert runner.invoke(args=["api-key", "revoke", "dashboard"]).exit_code != 0
+    digest = runner.invoke(args=["api-key", "hash", "abc"])
+    assert digest.output.strip() == hash_key("abc")
