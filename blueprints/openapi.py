@@ -125,7 +125,8 @@ def build_spec(app: Quart) -> dict[str, Any]:
     plugin = MarshmallowPlugin()
     spec = APISpec(
         title="Market data service", version="1", openapi_version="3.0.3", plugins=[plugin],
-        info={"description": "OHLCV bars, tickers and backfills; errors as in API.md."},
+        info={"description": "OHLCV bars, tickers and backfills; errors as in API.md. Live candles: "
+                             "WebSocket /api/v1/ws (JSON frames, see API.md)."},
         servers=[{"url": "/api/v1"}],
     )
     assert plugin.converter is not None
