@@ -95,15 +95,28 @@ class ApiKeyAuth:
         app.before_request(self._before_request)
         app.before_websocket(self._before_websocket)
 
-    async def authenticate(self, presented: str | None) -> str:
-        """The key id for a presented key; raises ``Unauthorized`` when missing or unknown."""
+    async def authenticate(self, presented: str | None, client: tuple[Any, str | None] | None = None) -> str:
+        """The key id for a presented key; raises ``Unauthorized`` when missing or unknown.
+
+        ``client`` (headers, remote address) lets the rate limiter's ``auth_failures`` class stop a
+        client that keeps sending wrong keys (429) before its keys are looked up in the database.
+        """
         if not presented:
             AUTH_FAILURES.labels("missing").inc()
             raise Unauthorized("an API key is required (X-API-Key header)")
         digest = hash_key(presented)
-        if any(hmac.compare_digest(digest, known) for known in self.hashes) or await self._in_db(digest):
+        if any(hmac.compare_digest(digest, known) for known in self.hashes):
+            return digest[:16]
+        limiter: Any = self._app.extensions.get("ratelimit") if self._app is not None else None
+        guarded = limiter is not None and client is not None
+        identity = limiter.client_identity(client[0], client[1]) if client is not None and guarded else ""
+        if guarded:
+            await limiter.guard_auth_failures(identity, failed=False)
+        if await self._in_db(digest):
             return digest[:16]
         AUTH_FAILURES.labels("invalid").inc()
+        if guarded:
+            await limiter.guard_auth_failures(identity, failed=True)
         raise Unauthorized("the API key is not valid")
 
     async def _in_db(self, digest: str) -> bool:
@@ -139,7 +152,9 @@ class ApiKeyAuth:
             return
         if not self.enabled or is_open_path(request.path):
             return
-        g.api_key_id = await self.authenticate(request.headers.get("X-API-Key"))
+        g.api_key_id = await self.authenticate(
+            request.headers.get("X-API-Key"), (request.headers, request.remote_addr)
+        )
 
     async def _before_websocket(self) -> None:
         await authenticate_websocket()
@@ -159,7 +174,7 @@ async def authenticate_websocket() -> str | None:
     if done is not None:
         return done
     presented = websocket.headers.get("X-API-Key") or websocket.args.get("api_key")
-    g.api_key_id = await auth.authenticate(presented)
+    g.api_key_id = await auth.authenticate(presented, (websocket.headers, websocket.remote_addr))
     return str(g.api_key_id)
 
 

@@ -31,13 +31,15 @@ from services.metrics import RATE_LIMIT_FALLBACKS, RATE_LIMIT_REJECTIONS
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LIMITS = {"default": "600/60", "ohlcv": "300/60", "backfill": "60/60", "ws": "60/60"}
+DEFAULT_LIMITS = {"default": "600/60", "ohlcv": "300/60", "backfill": "60/60", "ws": "60/60",
+                  "auth_failures": "30/60"}
 _UNITS = {"s": 1, "second": 1, "m": 60, "minute": 60, "h": 3600, "hour": 3600}
 _IDENT = re.compile(r"[^0-9A-Za-z.:_-]")
 _LOCAL_MAX_KEYS = 50_000
 
-#: GCRA. KEYS[1]: the bucket's theoretical arrival time (ms). ARGV: emission interval (ms), limit.
-#: Returns {allowed, remaining, retry_after_ms}. Uses Redis's clock so instances agree.
+#: GCRA. KEYS[1]: the bucket's theoretical arrival time (ms). ARGV: emission interval (ms), limit,
+#: peek (1: only tell whether a request would pass). Returns {allowed, remaining, retry_after_ms}.
+#: Uses Redis's clock so instances agree.
 GCRA_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -50,6 +52,7 @@ local allow_at = new_tat - window
 if allow_at > now then
   return {0, 0, math.ceil(allow_at - now)}
 end
+if ARGV[3] == '1' then return {1, 0, 0} end
 redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1)
 return {1, math.floor((window - (new_tat - now)) / emission + 1e-6), 0}
 """
@@ -97,7 +100,7 @@ class LocalGcra:
     def __init__(self) -> None:
         self._tat: OrderedDict[str, float] = OrderedDict()
 
-    def take(self, key: str, limit: Limit, now_ms: float | None = None) -> Decision:
+    def take(self, key: str, limit: Limit, now_ms: float | None = None, peek: bool = False) -> Decision:
         now = time.monotonic() * 1000 if now_ms is None else now_ms
         emission, window = limit.emission_ms, limit.emission_ms * limit.requests
         tat = max(self._tat.get(key, now), now)
@@ -105,6 +108,8 @@ class LocalGcra:
         allow_at = new_tat - window
         if allow_at > now:
             return Decision(False, limit.requests, 0, (allow_at - now) / 1000)
+        if peek:
+            return Decision(True, limit.requests, 0, 0.0)
         self._tat[key] = new_tat
         self._tat.move_to_end(key)
         while len(self._tat) > _LOCAL_MAX_KEYS:
@@ -145,8 +150,8 @@ class RateLimiter:
     def limit_for(self, route_class: str) -> Limit | None:
         return self.limits.get(route_class, self.limits.get("default"))
 
-    async def hit(self, route_class: str, identity: str) -> Decision | None:
-        """Take one request from the bucket; None when the class is unlimited."""
+    async def hit(self, route_class: str, identity: str, peek: bool = False) -> Decision | None:
+        """Take one request from the bucket (``peek``: only look); None when the class is unlimited."""
         limit = self.limit_for(route_class)
         if limit is None:
             return None
@@ -154,14 +159,14 @@ class RateLimiter:
         key = self.redis.key("rl", route_class, identity)
         try:
             allowed, remaining, retry_ms = await self.redis.run(
-                lambda r: self._script(r)(keys=[key], args=[limit.emission_ms, limit.requests])
+                lambda r: self._script(r)(keys=[key], args=[limit.emission_ms, limit.requests, int(peek)])
             )
         except DataSourceError as exc:
             if self.mode != "local":
                 log.warning("rate limiter: Redis unavailable, limiting locally: %s", exc.details)
             self.mode, self.last_error = "local", str((exc.details or {}).get("error"))
             RATE_LIMIT_FALLBACKS.inc()
-            return self.local.take(f"{route_class}:{identity}", limit)
+            return self.local.take(f"{route_class}:{identity}", limit, peek=peek)
         self.mode, self.last_error = "redis", None
         return Decision(bool(allowed), limit.requests, int(remaining), int(retry_ms) / 1000)
 
@@ -201,6 +206,18 @@ class RateLimiter:
                 f"rate limit of {decision.limit} requests exceeded; retry later",
                 retry_after=max(decision.retry_after, 0.001),
             )
+
+    async def guard_auth_failures(self, identity: str, failed: bool) -> None:
+        """Brute-force guard (``auth_failures`` class, per client IP): before a key look-up
+        (``failed`` False) raise 429 when the client used up its failures; after a failed one, count
+        it. Keeps wrong-key floods from reaching the database."""
+        if not self.enabled:
+            return
+        decision = await self.hit("auth_failures", identity, peek=not failed)
+        if decision is not None and not decision.allowed:
+            RATE_LIMIT_REJECTIONS.labels("auth_failures").inc()
+            raise RateLimited("too many requests with a wrong API key; retry later",
+                              retry_after=max(decision.retry_after, 0.001))
 
     async def _before_request(self) -> None:
         if not self.enabled or request.method == "OPTIONS" or is_open_path(request.path):

@@ -201,3 +201,28 @@ def test_api_key_cli_add_use_revoke(app_config: dict[str, Any]) -> None:
     assert runner.invoke(args=["api-key", "revoke", "dashboard"]).exit_code != 0
     digest = runner.invoke(args=["api-key", "hash", "abc"])
     assert digest.output.strip() == hash_key("abc")
+
+
+async def test_wrong_key_floods_are_stopped_before_the_database(app_config: dict[str, Any]) -> None:
+    app = build(app_config, AUTH_ENABLED=True, API_KEYS=[hash_key(GOOD)],
+                RATE_LIMITS={"auth_failures": "3/60"})
+    async with app.test_app():
+        client = app.test_client()
+        lookups = 0
+        auth = app.extensions["auth"]
+        real = auth._in_db
+
+        async def counting(digest: str) -> bool:
+            nonlocal lookups
+            lookups += 1
+            return bool(await real(digest))
+
+        auth._in_db = counting
+        codes = [(await client.get("/api/v1/markets", headers={"X-API-Key": f"bad-{i}"})).status_code
+                 for i in range(6)]
+        assert codes == [401, 401, 401, 429, 429, 429]
+        assert lookups == 3
+        r = await client.get("/api/v1/markets", headers={"X-API-Key": "bad-x"})
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+        # A configured key needs no look-up and is still served.
+        assert (await client.get("/api/v1/markets", headers={"X-API-Key": GOOD})).status_code == 200
