@@ -58,7 +58,7 @@ async def test_a_ban_pauses_every_instance(two_apps: list[Quart]) -> None:
 
     async def banned(symbol: str) -> Any:
         calls["n"] += 1
-        raise RateLimitedPluginError("418 I'm a teapot", retry_after=0.4)
+        raise RateLimitedPluginError("418 I'm a teapot", retry_after=1.0)
 
     plugin.fetch_ticker = banned  # type: ignore[method-assign]
     r = await first.test_client().get(TICKER)
@@ -76,7 +76,7 @@ async def test_a_ban_pauses_every_instance(two_apps: list[Quart]) -> None:
     assert r.status_code == 503, "the other instance must not call a banned provider"
     assert other_calls["n"] == 0
     assert 0 < float(r.headers["Retry-After"]) <= 1
-    await asyncio.sleep(0.45)
+    await asyncio.sleep(1.05)
     r = await second.test_client().get(TICKER)
     assert r.status_code == 200 and other_calls["n"] == 1
 
@@ -86,7 +86,7 @@ async def test_calls_wait_for_their_slot_within_max_wait() -> None:
     started = time.monotonic()
     for _ in range(12):  # a burst of 10, then one every 100 ms
         await b.acquire("x")
-    assert 0.15 <= time.monotonic() - started < 0.6
+    assert 0.15 <= time.monotonic() - started < 1.5
 
 
 async def test_redis_down_keeps_budget_and_pause_locally(app_config: dict[str, Any]) -> None:

@@ -72,12 +72,12 @@ async def test_limits_are_per_api_key_when_auth_is_on(app_config: dict[str, Any]
 
 
 async def test_bucket_refills_over_time(app_config: dict[str, Any]) -> None:
-    app = create_app({**app_config, "RATE_LIMITS": {"default": "4/1"}})  # one every 250 ms
+    app = create_app({**app_config, "RATE_LIMITS": {"default": "4/2"}})  # one every 500 ms
     async with app.test_app():
         client = app.test_client()
         codes = [(await client.get(MARKETS)).status_code for _ in range(5)]
         assert codes == [200, 200, 200, 200, 429]
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.55)
         assert (await client.get(MARKETS)).status_code == 200
 
 
