@@ -3,14 +3,19 @@ renders it from files served here."""
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
+import pytest
 from quart import Quart
 
 from app import create_app
 from app_extensions.auth import hash_key
-from blueprints.openapi import OPERATIONS
+from blueprints.openapi import OPERATIONS, build_spec
 
 #: Registered routes that are not REST operations of the contract.
 NOT_REST = {"/api/v1/docs", "/api/v1/docs/docs.js", "/api/v1/ws"}
@@ -91,3 +96,18 @@ async def test_docs_page_is_served_locally_without_a_cdn(app: Quart) -> None:
     assert script.status_code == 200 and "javascript" in (script.mimetype or "")
     js = await script.get_data(as_text=True)
     assert "openapi.json" in js and not re.search(r"https?://", js)
+
+
+def test_docs_script_renders_every_operation(app_config: dict[str, Any], tmp_path: Path) -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    doc = build_spec(create_app(app_config))
+    spec = tmp_path / "openapi.json"
+    spec.write_text(json.dumps(doc))
+    root = Path(__file__).resolve().parent
+    script = root.parent / "blueprints" / "static" / "docs.js"
+    done = subprocess.run([node, str(root / "js" / "docs_page_smoke.js"), str(spec), str(script)],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"ops: {sum(len(ops) for ops in doc['paths'].values())}" in done.stdout
