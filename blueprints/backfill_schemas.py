@@ -6,7 +6,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from blueprints.schemas import SymbolQuery, TimeField
+from blueprints.schemas import SYMBOL_RULES, SymbolQuery, TimeField
 
 
 def _check_range(data: dict[str, Any]) -> None:
@@ -22,7 +22,7 @@ class BackfillBody(Schema):
 
     market = fields.String(required=True, validate=validate.Length(1, 32))
     provider = fields.String(required=True, validate=validate.Length(1, 64))
-    symbol = fields.String(required=True, validate=validate.Length(1, 64))
+    symbol = fields.String(required=True, validate=SYMBOL_RULES)
     start = TimeField(required=True)
     end = TimeField(required=True)
 

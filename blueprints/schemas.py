@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -10,6 +12,20 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 from services.timeframes import TIMEFRAMES
 
 MARKETS = ("crypto", "stocks", "sim")
+#: Integer milliseconds as text: ASCII digits only (``str.isdigit`` also accepts "²", which
+#: ``int`` refuses), and short enough that ``int`` never hits its digit limit.
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
+#: A symbol is printable text: control characters (NUL above all, which PostgreSQL refuses in
+#: text) are a 400, not a database error.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _printable(value: str) -> None:
+    if _CONTROL.search(value):
+        raise ValidationError("must not hold control characters")
+
+
+SYMBOL_RULES: list[Callable[[Any], Any]] = [validate.Length(1, 64), _printable]
 
 
 class TimeField(fields.Field):
@@ -20,7 +36,7 @@ class TimeField(fields.Field):
             raise ValidationError("must be integer milliseconds or ISO-8601 with a zone")
         if isinstance(value, int):
             ms = value
-        elif isinstance(value, str) and value.lstrip("-").isdigit():
+        elif isinstance(value, str) and _INTEGER.fullmatch(value):
             ms = int(value)
         elif isinstance(value, str):
             try:
@@ -51,7 +67,7 @@ class ProviderQuery(MarketQuery):
 
 
 class SymbolQuery(ProviderQuery):
-    symbol = fields.String(required=True, validate=validate.Length(1, 64))
+    symbol = fields.String(required=True, validate=SYMBOL_RULES)
 
 
 class OhlcvQuery(SymbolQuery):

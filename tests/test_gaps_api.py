@@ -75,6 +75,8 @@ async def test_backfill_up_to_now_never_marks_the_forming_minutes_complete(
      "invalid_parameter"),
     ("?market=sim&provider=sim&symbol=SIM/USD&start=0&end=32503679999999", 400,
      "invalid_parameter"),
+    ("?market=sim&provider=sim&symbol=SIM%00/USD&start=0&end=60000", 400, "invalid_parameter"),
+    ("?market=sim&provider=sim&symbol=SIM/USD&start=%C2%B2&end=60000", 400, "invalid_parameter"),
     ("?market=forex&provider=sim&symbol=SIM/USD&start=0&end=60000", 404, "unknown_market"),
     ("?market=sim&provider=nope&symbol=SIM/USD&start=0&end=60000", 404, "unknown_provider"),
 ])

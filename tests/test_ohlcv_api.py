@@ -142,6 +142,12 @@ ERRORS = [
     (BASE + "&start=yesterday", 400, "invalid_parameter"),
     (BASE + "&start=2024-01-01T00:00:00", 400, "invalid_parameter"),
     (BASE + "&start=1700000000000&end=1600000000000", 400, "invalid_parameter"),
+    # str.isdigit() accepts these, int() refuses them: a 400, never a 500.
+    (BASE + "&start=%C2%B2", 400, "invalid_parameter"),
+    (BASE + "&start=" + "9" * 5000, 400, "invalid_parameter"),
+    # PostgreSQL refuses NUL in text: the schema must stop it before storage sees it.
+    ("/api/v1/ohlcv?market=sim&provider=sim&symbol=SIM%00/USD", 400, "invalid_parameter"),
+    ("/api/v1/ohlcv?market=sim&provider=sim&symbol=SIM/USD%0A", 400, "invalid_parameter"),
     ("/api/v1/ohlcv?market=forex&provider=sim&symbol=X", 404, "unknown_market"),
     ("/api/v1/ohlcv?market=sim&provider=nope&symbol=SIM/USD", 404, "unknown_provider"),
     ("/api/v1/ohlcv?market=sim&provider=sim&symbol=NOPE/USD", 404, "unknown_symbol"),
