@@ -51,9 +51,13 @@ return 0
 async def stop_task(task: asyncio.Task[Any]) -> None:
     """Cancel ``task`` and wait until it has ended (also from a ``finally`` of a cancelled
     caller); a new cancellation of the caller while waiting propagates."""
-    if not task.done():
+    tries = 0
+    while not task.done():  # again if a library swallowed the first cancellation
+        if tries:
+            log.warning("task %s survived a cancellation; cancelling it again", task.get_name())
         task.cancel()
-    await asyncio.wait([task])
+        tries += 1
+        await asyncio.wait([task], timeout=1.0)
     if not task.cancelled() and task.exception() is not None:
         log.error("task %s failed", task.get_name(), exc_info=task.exception())
 

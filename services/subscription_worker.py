@@ -149,7 +149,11 @@ class SubscriptionWorker:
         """Poll until cancelled. Errors are logged, counted and backed off; never raised."""
         await self._restore()
         loop = asyncio.get_running_loop()
+        me = asyncio.current_task()
         while True:
+            if me is not None and me.cancelling():  # a cancellation swallowed by a library below
+                log.warning("poller of %s: cancellation was swallowed; stopping", self.channel.name)
+                raise asyncio.CancelledError
             began = loop.time()  # polls keep their rate however long fan-out of the last one took
             try:
                 delay = await self.poll_once()
