@@ -137,6 +137,10 @@ class RateLimiter:
     def init_app(self, app: Quart) -> None:
         cfg = app.config
         self.enabled = bool(cfg["RATE_LIMIT_ENABLED"])
+        unknown = set(cfg["RATE_LIMITS"] or {}) - set(DEFAULT_LIMITS)
+        if unknown:
+            raise ConfigError(f"RATE_LIMITS: unknown route class(es) {sorted(unknown)}; "
+                              f"one of {', '.join(DEFAULT_LIMITS)}")
         merged = {**DEFAULT_LIMITS, **(cfg["RATE_LIMITS"] or {})}
         self.limits = {cls: Limit.parse(text) for cls, text in merged.items()}
         self.trust_forwarded = bool(cfg["TRUST_FORWARDED_FOR"])

@@ -135,3 +135,8 @@ async def test_client_ip_from_forwarded_for_only_when_trusted(
     async with app.test_request_context("/api/v1/markets"):
         headers = {"X-Forwarded-For": "198.51.100.1, 203.0.113.7"}
         assert get_ratelimiter(app).client_identity(headers, "10.0.0.9") == expected
+
+
+def test_unknown_route_classes_fail_fast(app_config: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="ohclv"):
+        create_app({**app_config, "RATE_LIMITS": {"ohclv": "10/60"}})
