@@ -25,7 +25,8 @@ from services.storage import Series, select_1m_bars
 from services.timeframes import MINUTE_MS, bucket_start, resample
 from tests.exchange_emulator import ExchangeEmulator, fixtures
 from tests.exchange_emulator.checks import as_bars, assert_same_bars
-from tests.ws_support import WS_TEST_CONFIG, assert_ts_monotonic, wait_for
+from tests.tcp_proxy import TcpProxy
+from tests.ws_support import WS_TEST_CONFIG, assert_ts_monotonic, metric, wait_for
 
 emulator = fixtures.emulator
 SPEED = 60
@@ -148,3 +149,27 @@ async def test_a_5m_channel_closes_its_bucket_with_the_aggregate_of_its_minutes(
         assert start % (5 * MINUTE_MS) == 0
         minutes = [sim_bar(42, "SIM/USD", start + i * MINUTE_MS) for i in range(5)]
         assert bar == resample(minutes, "5m")[0]
+
+
+async def test_closed_bars_missed_by_a_database_outage_are_written_when_it_returns(
+    app_config: dict[str, Any], fast_clock: Callable[[], int], pg: asyncpg.Connection
+) -> None:
+    proxy = await TcpProxy("127.0.0.1", 5432).start()
+    try:
+        url = app_config["DATABASE_URL"].replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        app = create_app({**app_config, **WS_TEST_CONFIG, "ENABLED_MARKETS": "sim", "DATABASE_URL": url})
+        async with app.test_app(), collecting(app, SUB) as frames:
+            failed_writes = metric("ws_storage_errors_total")
+            proxy.cut()
+            cut_at = len(closed(frames))
+            await wait_for(lambda: len(closed(frames)) >= cut_at + 3)  # streaming goes on meanwhile
+            assert metric("ws_storage_errors_total") > failed_writes
+            proxy.restore()
+            got = [int(b[0]) for b in closed(frames)]
+
+            async def stored() -> bool:
+                rows = await select_1m_bars(pg, Series("sim", "sim", "SIM/USD"), got[0], got[-1] + MINUTE_MS)
+                return [r[0] for r in rows] == got
+            await wait_for(stored)
+    finally:
+        await proxy.stop()
