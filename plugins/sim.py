@@ -1,13 +1,15 @@
 """The ``sim`` market: a deterministic simulated market that needs no network or keys.
 
 The 1m bar of a symbol at minute ``m`` is a pure function of (seed, symbol, m): any range is
-reproducible and gap-free. The price path is a sum of slow waves plus hashed noise, and each bar
+reproducible and gap-free from ``HISTORY_START_MS`` (the market's opening, like a listing date)
+to the current minute. The price path is a sum of slow waves plus hashed noise, and each bar
 closes where the next one opens. The bar of the current minute forms with the wall clock and equals
 the closed bar once its minute is over. Like Binance, one call returns at most 1000 bars.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import struct
@@ -15,7 +17,15 @@ from typing import Any, ClassVar
 
 from plugins.base import Capabilities, MarketPlugin, ProviderInfo, Ticker
 from services.errors import PluginFeatureNotSupportedError, UnknownSymbol
-from services.timeframes import MINUTE_MS, TIMEFRAMES, Bar, bucket_ceil, now_ms, resample
+from services.timeframes import (
+    MINUTE_MS,
+    TIMEFRAMES,
+    Bar,
+    bucket_ceil,
+    bucket_start,
+    now_ms,
+    resample,
+)
 
 #: symbol -> (base price, base volume)
 SYMBOLS: dict[str, tuple[float, float]] = {
@@ -24,6 +34,11 @@ SYMBOLS: dict[str, tuple[float, float]] = {
     "SIMB/EUR": (0.5, 40_000.0),
     "SIMC/USD": (42_000.0, 1.5),
 }
+#: The sim market opened at 2023-01-01 00:00 UTC (like an exchange's listing date): no bars before.
+#: It bounds the minutes a query reaching back decades makes the sim compute.
+HISTORY_START_MS = 1_672_531_200_000
+#: Pages spanning more minutes than this are computed on a worker thread (~7 µs a minute).
+THREAD_MINUTES = 5_000
 CAPABILITIES = Capabilities(
     max_bars_per_call=1000, timeframes=tuple(TIMEFRAMES), min_poll_interval=1.0, continuous=True
 )
@@ -48,6 +63,31 @@ def _price(seed: int, symbol: str, t_min: float) -> float:
     n1 = _unit(seed, symbol, m + 1, "n") - 0.5
     noise = 0.004 * (n0 + (n1 - n0) * frac)
     return round(base * (1 + wave + noise), 6)
+
+
+def _whole_minute_price(seed: int, symbol: str, m: int, phase: float) -> float:
+    """``_price`` at a whole minute (its noise is that minute's alone): the same value, one hash."""
+    wave = 0.04 * math.sin(m / 1440.0 * 2 * math.pi + phase) + 0.015 * math.sin(m / 97.0 * 2 * math.pi)
+    noise = 0.004 * (_unit(seed, symbol, m, "n") - 0.5)
+    return round(SYMBOLS[symbol][0] * (1 + wave + noise), 6)
+
+
+def closed_bars(seed: int, symbol: str, first: int, stop: int) -> list[Bar]:
+    """``sim_bar`` of every minute opening in ``[first, stop)`` (closed minutes): the same values,
+    with each close computed once and reused as the next open (a third of the hashing)."""
+    phase = _unit(seed, symbol, 0, "phase") * 2 * math.pi
+    base_vol = SYMBOLS[symbol][1]
+    out: list[Bar] = []
+    m0 = -(-first // MINUTE_MS)
+    o = _whole_minute_price(seed, symbol, m0, phase)
+    for m in range(m0, -(-stop // MINUTE_MS)):
+        c = _whole_minute_price(seed, symbol, m + 1, phase)
+        wick = 0.002 * _unit(seed, symbol, m, "w")
+        vol = base_vol * (0.5 + _unit(seed, symbol, m, "v"))
+        out.append([m * MINUTE_MS, o, round(max(o, c) * (1 + wick), 6),
+                    round(min(o, c) * (1 - wick), 6), c, round(vol, 6)])
+        o = c
+    return out
 
 
 def sim_bar(seed: int, symbol: str, ts: int, at_ms: int | None = None) -> Bar:
@@ -89,6 +129,8 @@ class SimPlugin(MarketPlugin):
     async def fetch_ohlcv(
         self, symbol: str, timeframe: str, since: int, limit: int, until: int | None = None
     ) -> list[Bar]:
+        """Whole buckets of ``timeframe`` from the first at or after ``since`` (from the bucket
+        holding ``HISTORY_START_MS`` when ``since`` is older, like an exchange's first page)."""
         self._count("fetch_ohlcv")
         self._check_symbol(symbol)
         if timeframe not in TIMEFRAMES:
@@ -96,16 +138,19 @@ class SimPlugin(MarketPlugin):
         now = now_ms()
         size = TIMEFRAMES[timeframe]
         limit = min(limit, CAPABILITIES.max_bars_per_call)
-        first = -(-since // MINUTE_MS) * MINUTE_MS
-        stop = min(now + 1, until if until is not None else now + 1)
-        if timeframe != "1m":
-            # Fetch whole buckets from the first bucket at or after ``since``.
-            first = bucket_ceil(since, timeframe)
-            stop = min(stop, first + limit * size)
-        else:
-            stop = min(stop, first + limit * MINUTE_MS)
-        minutes = range(first, stop, MINUTE_MS)
-        bars = [sim_bar(self.seed, symbol, t, now if t + MINUTE_MS > now else None) for t in minutes]
+        first = max(bucket_ceil(since, timeframe), bucket_start(HISTORY_START_MS, timeframe))
+        stop = min(now + 1, until if until is not None else now + 1, first + limit * size)
+        first = max(first, HISTORY_START_MS)
+        if stop - first > THREAD_MINUTES * MINUTE_MS:
+            # A coarse page is up to 1000 buckets of minutes: compute it off the event loop.
+            return await asyncio.to_thread(self._bars, symbol, timeframe, first, stop, now, limit)
+        return self._bars(symbol, timeframe, first, stop, now, limit)
+
+    def _bars(self, symbol: str, timeframe: str, first: int, stop: int, now: int, limit: int) -> list[Bar]:
+        forming = now // MINUTE_MS * MINUTE_MS
+        bars = closed_bars(self.seed, symbol, first, min(stop, forming))
+        if first <= forming < stop:
+            bars.append(sim_bar(self.seed, symbol, forming, now))
         return resample(bars, timeframe)[:limit]
 
     async def fetch_symbols(self) -> list[str]:

@@ -77,3 +77,50 @@ def test_credentials_marker_hides_secrets() -> None:
     assert credentials_marker({}) == "public"
     marker = credentials_marker({"apiKey": "abc", "secret": "topsecret"})
     assert "topsecret" not in marker and marker == credentials_marker({"secret": "topsecret", "apiKey": "abc"})
+
+
+# --- The sim plugin ------------------------------------------------------------------------------
+def test_sim_closed_bars_equal_sim_bar_minute_by_minute() -> None:
+    import random
+
+    from plugins.sim import MINUTE_MS, SYMBOLS, closed_bars, sim_bar
+
+    rng = random.Random(7)
+    for symbol in SYMBOLS:
+        for _ in range(10):
+            start = rng.randrange(27_000_000, 30_000_000) * MINUTE_MS
+            n = rng.randrange(0, 200)
+            assert closed_bars(42, symbol, start, start + n * MINUTE_MS) == [
+                sim_bar(42, symbol, start + i * MINUTE_MS) for i in range(n)]
+
+
+async def test_sim_history_starts_at_its_opening_and_coarse_pages_leave_the_loop_free() -> None:
+    """A 1d page from the epoch starts at the sim's opening (not 1970: decades of minutes would
+    block the event loop for minutes) and is computed while the loop keeps running."""
+    import asyncio
+    import time
+
+    from plugins.sim import HISTORY_START_MS, closed_bars
+    from services.timeframes import DAY_MS, bucket_start, resample
+
+    plugin = SimPlugin("sim")
+    gaps: list[float] = []
+
+    async def heartbeat() -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.01)
+            gaps.append(time.monotonic() - last)
+            last = time.monotonic()
+
+    beat = asyncio.create_task(heartbeat())
+    try:
+        bars = await plugin.fetch_ohlcv("SIM/USD", "1d", 0, 60)
+    finally:
+        beat.cancel()
+    first = bucket_start(HISTORY_START_MS, "1d")
+    assert [b[0] for b in bars] == [first + i * DAY_MS for i in range(60)]
+    assert bars == resample(closed_bars(42, "SIM/USD", first, first + 60 * DAY_MS), "1d")
+    assert gaps and max(gaps) < 0.5, max(gaps)
+    assert await plugin.fetch_ohlcv("SIM/USD", "1m", 0, 10, HISTORY_START_MS) == []
+    assert (await plugin.fetch_ohlcv("SIM/USD", "1m", 0, 1))[0][0] == HISTORY_START_MS
