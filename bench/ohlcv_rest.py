@@ -25,7 +25,9 @@ _BODY: dict[str, bytes] = {}
 
 def bench_app() -> Quart:
     """The service app plus ``/bare``: the same body, served with no work."""
-    app = create_app({"DATABASE_SCHEMA": "bench_rest", "REDIS_PREFIX": "bench_rest", "LOG_LEVEL": "WARNING"})
+    # Rate limits off: the bench measures the data path, not the limiter's 429s.
+    app = create_app({"DATABASE_SCHEMA": "bench_rest", "REDIS_PREFIX": "bench_rest", "LOG_LEVEL": "WARNING",
+                      "RATE_LIMIT_ENABLED": False})
 
     @app.get("/bare")
     async def bare() -> Response:

@@ -22,11 +22,14 @@ def load_query(schema: Schema) -> dict[str, Any]:
 
 async def load_body(schema: Schema) -> dict[str, Any]:
     """Validate a JSON body; raises ``InvalidJSON`` or ``InvalidParameter``."""
-    raw = await request.get_data(as_text=True)
+    raw = await request.get_data(as_text=False)
     try:
+        # bytes: json detects UTF-8/16/32 itself and raises ValueError (not a 500) on bad bytes.
         body = json.loads(raw)
     except ValueError as exc:
         raise InvalidJSON(f"body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InvalidJSON("body is nested too deeply") from exc
     if not isinstance(body, dict):
         raise InvalidJSON("body must be a JSON object")
     try:
