@@ -78,9 +78,14 @@ class SubscriptionService:
         self.grace = float(config.get("WS_UNSUBSCRIBE_GRACE_SECONDS", 5.0))
         self.send_timeout = float(config.get("WS_SEND_TIMEOUT_SECONDS", 30.0))
         self.settings = poll_settings(config)
-        for name in ("WS_MAX_SUBSCRIPTIONS", "WS_SEND_QUEUE", "WS_MAX_MESSAGE_BYTES"):
+        for name in ("WS_MAX_SUBSCRIPTIONS", "WS_SEND_QUEUE", "WS_MAX_MESSAGE_BYTES",
+                     "WS_SNAPSHOT_CONCURRENCY"):
             if int(config.get(name, 1)) < 1:
                 raise ConfigError(f"{name} must be at least 1")
+        for name in ("POLL_INTERVAL_DEFAULT", "LEASE_TTL_SECONDS", "WS_HEARTBEAT_SECONDS",
+                     "WS_SEND_TIMEOUT_SECONDS"):
+            if float(config.get(name, 1.0)) <= 0:
+                raise ConfigError(f"{name} must be positive")
         self.connections: set[Connection] = set()
         self.channels: dict[str, ChannelState] = {}
         self.workers: dict[str, tuple[SubscriptionWorker, asyncio.Task[None]]] = {}

@@ -89,7 +89,7 @@ async def test_slow_client_is_closed_with_1013_and_the_others_keep_receiving(
                 for _ in range(20):
                     await service.broadcast.publish(CHANNEL, big)
                 sent += 20
-                await wait_for(lambda n=sent: len(fast.of("status")) >= n, within=10)
+                await wait_for(lambda n=sent: len(fast.of("status")) >= n, within=10)  # type: ignore[misc]
             assert metric("ws_clients_dropped_total", {"reason": "slow"}) == dropped + 1
             dropped_at = time.time()
             read, code = await slow.read_to_close()

@@ -41,7 +41,7 @@ async def lease_holder(prefix: str) -> str | None:
         raw = await client.get(lease_key(prefix))
     finally:
         await client.aclose()
-    return raw.decode() if raw is not None else None
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 @asynccontextmanager

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -43,13 +44,12 @@ async def recv_until(ws: Any, pred: Callable[[dict[str, Any]], bool], count: int
     return frames
 
 
-async def wait_for(cond: Callable[[], bool | Awaitable[bool]], within: float = 10.0,
-                   step: float = 0.02) -> None:
-    """Wait until ``cond()`` is true; fails the test after ``within`` seconds."""
+async def wait_for(cond: Callable[[], object], within: float = 10.0, step: float = 0.02) -> None:
+    """Wait until ``cond()`` (or the awaitable it returns) is truthy; fails after ``within`` s."""
     deadline = time.monotonic() + within
     while True:
         value = cond()
-        if not isinstance(value, bool):
+        if inspect.isawaitable(value):
             value = await value
         if value:
             return
