@@ -159,8 +159,10 @@ class PluginSource:
             calls += 1
             page = [b for b in page if since <= b[0] < end]
             out.extend(page)
-            # A short page means the provider has nothing more in the range.
-            since = end if len(page) < want else int(page[-1][0]) + size
+            # Only an empty page says the provider has nothing more in the range. A short one may
+            # be a provider answering fewer bars than asked (OKX's history endpoint: 100): paging
+            # on costs one call, reading it as the end would record a hole as complete.
+            since = end if not page else int(page[-1][0]) + size
         return out, calls, min(since, end)
 
     async def _call(

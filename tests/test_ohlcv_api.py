@@ -201,3 +201,26 @@ async def test_concurrent_identical_requests_share_one_upstream_fetch(
     assert all(body["bars"] == results[0][1]["bars"] for _, body, _ in results)
     assert len(results[0][1]["bars"]) == 3000
     assert sim_calls(app) == 3  # 3000 bars, 1000 per call, fetched once for all six
+
+
+async def test_a_provider_answering_fewer_bars_than_asked_is_paged_not_recorded_complete(
+    app: Quart, client: TestClientProtocol
+) -> None:
+    """A page shorter than asked in the middle of a range (OKX's history endpoint caps at 100)
+    is not the end of the range: the rest is fetched, and the ledger records no false hole."""
+    from app_extensions.services import get_services
+
+    plugin = await get_services(app).markets.get_plugin("sim", "sim")
+    real = plugin.fetch_ohlcv
+
+    async def capped(symbol: str, timeframe: str, since: int, limit: int, until: Any = None) -> Any:
+        return await real(symbol, timeframe, since, min(limit, 100), until)
+
+    plugin.fetch_ohlcv = capped  # type: ignore[method-assign]
+    status, body, _ = await get(client, f"&timeframe=1m&start={PAST}&limit=1000")
+    assert status == 200
+    assert [b[0] for b in body["bars"]] == [PAST + i * MINUTE_MS for i in range(1000)]
+    r = await client.get(f"/api/v1/gaps?market=sim&provider=sim&symbol=SIM/USD&start={PAST}"
+                         f"&end={PAST + 1000 * MINUTE_MS}")
+    gaps = await r.get_json()
+    assert gaps == {"missing": [], "verified_empty": []}
