@@ -173,3 +173,34 @@ async def test_closed_bars_missed_by_a_database_outage_are_written_when_it_retur
             await wait_for(stored)
     finally:
         await proxy.stop()
+
+
+async def test_emulator_outage_gives_stale_then_live_and_no_missing_bar(
+    app_config: dict[str, Any], fast_clock: Callable[[], int], emulator: ExchangeEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clear_shared_markets()
+    monkeypatch.setattr(emulator.book, "now", fast_clock)
+    app = create_app({**app_config, **WS_TEST_CONFIG, "ENABLED_MARKETS": "crypto",
+                      "PROVIDER_URLS": {"binance": emulator.url}, "POLL_PROVIDER_MIN_INTERVALS": {"binance": 0.1},
+                      "PROVIDER_TIMEOUT": 0.5, "PROVIDER_RETRIES": 1, "PROVIDER_RETRY_MAX_WAIT": 0.05})
+    sub = {**SUB, "market": "crypto", "provider": "binance", "symbol": "BTC/USDT"}
+    async with app.test_app(), collecting(app, sub) as frames:
+        await wait_for(lambda: len(closed(frames)) >= 1)
+        emulator.inject("/api/v3/klines", status=503, times=None)  # the exchange's gateway fails
+        outage_start = fast_clock()
+        await wait_for(lambda: any(f["type"] == "status" for f in frames))
+        await wait_for(lambda: fast_clock() > bucket_start(outage_start, "1m") + 3 * MINUTE_MS + 500)
+        emulator.clear_faults()
+        last_missed = bucket_start(outage_start, "1m") + 2 * MINUTE_MS
+        await wait_for(lambda: any(b[0] > last_missed for b in closed(frames)))
+    statuses = [(f["state"], f["reason"]) for f in frames if f["type"] == "status"]
+    assert statuses == [("stale", "provider_unavailable"), ("live", "recovered")]
+    assert_ts_monotonic(frames)
+    got = closed(frames)
+    ts = [int(b[0]) for b in got]
+    assert ts == list(range(ts[0], ts[-1] + 1, MINUTE_MS)), "a closed bar is missing"
+    async with aiohttp.ClientSession() as http:
+        params = {"symbol": "BTCUSDT", "interval": "1m", "startTime": str(ts[0]), "limit": str(len(ts))}
+        async with http.get(emulator.url + "/api/v3/klines", params=params) as resp:
+            assert_same_bars(got, as_bars(await resp.json()))
