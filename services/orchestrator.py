@@ -169,13 +169,15 @@ class DataOrchestrator:
 
     async def _build(self, key: str, q: BarQuery, a: int, b: int, now: int) -> BarAnswer:
         size = tf_ms(q.timeframe)
-        closed = b <= now // MINUTE_MS * MINUTE_MS
         answer = await self._assemble(q.series, q.timeframe, a, b, now)
         # Sums of float volumes carry binary noise (3009.2870660000012); 8 decimals is exact enough.
         answer.bars = [[int(x[0]), x[1], x[2], x[3], x[4], round(x[5], 8)] for x in answer.bars]
         answer.partial = bool(answer.bars) and answer.bars[-1][0] + size > now
         if not answer.incomplete:
-            ttl = self.ttl_closed if closed else self.ttl_forming
+            # The last LEDGER_SAFETY_MS of closed minutes may still be corrected by the exchange
+            # (they are refetched every time): an answer holding them is cached briefly too.
+            settled = b <= now // MINUTE_MS * MINUTE_MS - LEDGER_SAFETY_MS
+            ttl = self.ttl_closed if settled else self.ttl_forming
             await self.cache.put_answer(key, {"bars_json": answer.bars_json(), "partial": answer.partial}, ttl)
         return answer
 

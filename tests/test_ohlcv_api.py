@@ -224,3 +224,25 @@ async def test_a_provider_answering_fewer_bars_than_asked_is_paged_not_recorded_
                          f"&end={PAST + 1000 * MINUTE_MS}")
     gaps = await r.get_json()
     assert gaps == {"missing": [], "verified_empty": []}
+
+
+async def test_answers_holding_the_last_minutes_are_cached_briefly(
+    client: TestClientProtocol, redis_prefix: str
+) -> None:
+    """The last two closed minutes are refetched every time (exchanges still correct them): an
+    answer holding them lives CACHE_TTL_FORMING, not a day; an older one CACHE_TTL_CLOSED."""
+    current = now_ms() // MINUTE_MS * MINUTE_MS
+    old_end = current - 60 * MINUTE_MS
+    for end in (current, old_end):
+        status, body, _ = await get(client, f"&timeframe=1m&start={end - 10 * MINUTE_MS}&end={end}")
+        assert status == 200 and body["partial"] is False and len(body["bars"]) == 10
+    r = aioredis.from_url(REDIS_URL)
+    try:
+        ttls = {}
+        for end in (current, old_end):
+            key = f"{redis_prefix}:ans2:sim:sim:SIM/USD:1m:{end - 10 * MINUTE_MS}:{end}"
+            ttls[end] = await r.ttl(key)
+    finally:
+        await r.aclose()
+    assert 0 < ttls[current] <= 5, ttls
+    assert ttls[old_end] > 3600, ttls
