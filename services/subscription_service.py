@@ -18,7 +18,7 @@ from typing import Any
 
 from config import ConfigError
 from services.broadcast import BroadcastManager, SubscriptionRegistry, stop_task
-from services.errors import AppError, UnknownSymbol
+from services.errors import APIError, AppError, UnknownSymbol
 from services.market_service import MarketService
 from services.metrics import forget_candle_lag
 from services.orchestrator import BarQuery, DataOrchestrator
@@ -162,6 +162,8 @@ class SubscriptionService:
 
     async def subscribe(self, conn: Connection, req: dict[str, Any]) -> None:
         """Validate, join the channel, queue ``subscribed`` and the snapshot. Raises AppError."""
+        if self._closing:
+            raise APIError(503, "dependency_unavailable", "the server is shutting down: reconnect")
         channel = Channel(req["market"], req["provider"], req["symbol"], req["timeframe"])
         name = channel.name
         if name not in conn.subs and len(conn.subs) >= self.max_subscriptions:
