@@ -206,6 +206,7 @@ class DataOrchestrator:
         fetched: list[Bar] = []
         budget = self.budget
         complete: list[tuple[int, int]] = []
+        outage: NetworkPluginError | None = None
         try:
             for x, y in to_fetch:
                 bars, calls, until = await self.plugins.fetch(series, "1m", x, y, budget)
@@ -219,7 +220,7 @@ class DataOrchestrator:
             if not sources:
                 raise
             log.warning("provider unavailable, serving stored bars: %s", exc)
-            answer.incomplete = True
+            answer.incomplete, outage = True, exc
         if to_fetch and (fetched or not answer.incomplete):
             sources.append(self.plugins.name)
         closed_bars = [bar for bar in fetched if bar[0] + MINUTE_MS <= now]
@@ -231,6 +232,8 @@ class DataOrchestrator:
             answer.backfill_job = await self.on_missing(series, still) if still else None
         bars = await self.aggregates.read(series, tf, a, closed_end, (b - a) // tf_ms(tf))
         answer.bars = add_forming(bars, forming, tf)
+        if outage is not None and not answer.bars:
+            raise outage  # no stored bar can answer: 503, not an empty answer
         answer.sources = sources or [self.aggregates.name_for(tf)]
         return answer
 

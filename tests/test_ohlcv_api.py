@@ -246,3 +246,29 @@ async def test_answers_holding_the_last_minutes_are_cached_briefly(
         await r.aclose()
     assert 0 < ttls[current] <= 5, ttls
     assert ttls[old_end] > 3600, ttls
+
+
+async def test_provider_outage_serves_stored_bars_marked_incomplete_else_503(
+    app: Quart, client: TestClientProtocol
+) -> None:
+    from app_extensions.services import get_services
+    from services.errors import NetworkPluginError
+
+    plugin = await get_services(app).markets.get_plugin("sim", "sim")
+    stored = f"&timeframe=1m&start={PAST}&limit=10"
+    assert (await get(client, stored))[0] == 200  # [PAST, PAST + 10 min) is now stored
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise NetworkPluginError("sim: down")
+
+    plugin.fetch_ohlcv = down  # type: ignore[method-assign]
+    # Part stored: the stored bars, marked incomplete, with a job for the rest.
+    status, body, headers = await get(client, f"&timeframe=1m&start={PAST}&limit=20")
+    assert status == 200 and len(body["bars"]) == 10
+    assert headers["X-Data-Incomplete"] == "true" and headers["X-Backfill-Job"]
+    assert "ETag" not in headers
+    # Nothing stored: 503, not an empty answer that reads as "no trades".
+    for query in (f"&timeframe=1m&start={PAST + DAY}&limit=20", "&timeframe=1m&limit=1",
+                  "&timeframe=1m&limit=2"):
+        status, body, _ = await get(client, query)
+        assert status == 503 and body["error"]["code"] == "provider_unavailable", (query, body)
