@@ -290,13 +290,15 @@ class BackfillManager:
         return job
 
     async def schedule_missing(self, series: Series, ranges: list[tuple[int, int]]) -> str | None:
-        """The orchestrator's ``on_missing`` hook: one job over the span of ``ranges``; its id, or
-        None when no job could be queued (storage down: the answer stays marked incomplete)."""
-        if not ranges:
+        """The orchestrator's ``on_missing`` hook: one job over the span of ``ranges`` (its last
+        ``max_range_ms``, from the epoch at most: 5000 weeks reach 1930); its id, or None when
+        no job could be queued (storage down: the answer stays marked incomplete)."""
+        end = ranges[-1][1] if ranges else 0
+        if (start := max(ranges[0][0], end - self.max_range_ms, 0) if ranges else 0) >= end:
             return None
         try:
             async with self.db.acquire() as conn:
-                job, created = await jobs.enqueue_job(conn, series, ranges[0][0], ranges[-1][1])
+                job, created = await jobs.enqueue_job(conn, series, start, end)
         except DataSourceError as exc:
             log.warning("could not schedule a backfill for %s: %s", series.key(), exc.details)
             return None

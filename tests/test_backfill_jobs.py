@@ -250,3 +250,25 @@ async def test_overlapping_jobs_run_one_after_the_other_and_fetch_the_overlap_on
     assert a["bars_written"] == 14_400 and b["bars_written"] == 7_200 and b["chunks_total"] == 8
     assert emulator.calls(KLINES) == 15 + 8
     assert await table_stats(pg) == (21_600, 21_600)
+
+
+async def test_jobs_the_orchestrator_schedules_keep_to_the_epoch_and_the_range_limit(
+    app_config: dict[str, Any]
+) -> None:
+    """A latest-5000-weeks window reaches back to 1930: its job starts at most
+    BACKFILL_MAX_RANGE_DAYS before its end, and never before the epoch."""
+    from services.storage import Series
+
+    config = {**app_config, "BACKFILL_RUNNER": False, "BACKFILL_MAX_RANGE_DAYS": 30}
+    series = Series("sim", "sim", "SIM/USD")
+    async with running_app(config) as app:
+        backfill = manager(app)
+        job_id = await backfill.schedule_missing(series, [(-5000 * 7 * DAY_MS, T0)])
+        assert job_id is not None
+        job = await backfill.get_job(job_id)
+        assert (job.start_ms, job.end_ms) == (T0 - 30 * DAY_MS, T0)
+        job_id = await backfill.schedule_missing(series, [(-DAY_MS, DAY_MS)])
+        assert job_id is not None
+        job = await backfill.get_job(job_id)
+        assert (job.start_ms, job.end_ms) == (0, DAY_MS)
+        assert await backfill.schedule_missing(series, [(-2 * DAY_MS, -DAY_MS)]) is None
