@@ -180,7 +180,6 @@ async def test_sim_job_through_the_api_reports_progress(client: TestClientProtoc
     assert job == {**job, "status": "done", "progress": 1.0, "bars_written": 1440, "error": None,
                    "chunks_total": 2, "chunks_done": 2, "market": "sim", "symbol": "SIM/USD"}
     assert job["start"] == 1_709_251_200_000 and job["end"] == 1_709_251_200_000 + DAY_MS
-    assert MINUTE_MS == 60_000
 
 
 async def test_metrics_count_bars_chunks_and_jobs(client: TestClientProtocol) -> None:
