@@ -73,8 +73,15 @@ async def ohlcv() -> Response:
     if answer.closed and not answer.incomplete:
         etag = '"' + hashlib.sha256(payload.encode()).hexdigest()[:32] + '"'
         headers["ETag"] = etag
-        if etag in [t.strip() for t in request.headers.get("If-None-Match", "").split(",")]:
+        if _matches(request.headers.get("If-None-Match", ""), etag):
             return Response("", status=304, headers={"ETag": etag})
     return Response(payload, status=200, headers=headers)
 
 
+
+
+def _matches(if_none_match: str, etag: str) -> bool:
+    """``If-None-Match`` uses the weak comparison (RFC 9110 13.1.2): ``W/"x"`` matches ``"x"``,
+    and ``*`` matches any current representation."""
+    tags = [t.strip() for t in if_none_match.split(",")]
+    return "*" in tags or etag in [t[2:] if t.startswith("W/") else t for t in tags]
