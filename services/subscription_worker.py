@@ -182,8 +182,11 @@ class SubscriptionWorker:
         if self.last_ts is not None:
             self._fresh_at = min(started, self.last_ts + self.size)
             self._report_lag()
-        limit = started - MINUTE_MS - self._delay_ms()
-        await self._write([b for b in bars_1m if self._written < b[0] <= limit])
+        # closed as in _emit: a later bar exists, or the minute ended before the request
+        last_ok = started - MINUTE_MS - self._delay_ms()
+        n = len(bars_1m)
+        await self._write([b for i, b in enumerate(bars_1m)
+                           if self._written < b[0] and (i < n - 1 or b[0] <= last_ok)])
         return self._next_delay(self.interval)
 
     def _report_lag(self) -> None:

@@ -1,0 +1,115 @@
+"""SubscriptionWorker.poll_once with in-memory collaborators and a fixed clock: what it publishes
+and writes, poll by poll."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from plugins.base import Capabilities
+from services.errors import NetworkPluginError
+from services.subscription_worker import Channel, ChannelStateStore, PollSettings, SubscriptionWorker
+
+X = 1_700_000_040_000  # a minute boundary
+M = 60_000
+
+
+class FakePlugin:
+    capabilities = Capabilities(max_bars_per_call=1000, timeframes=("1m",), min_poll_interval=0.0)
+
+    def __init__(self) -> None:
+        self.answer: list[list[float]] | Exception = []
+
+    async def fetch_ohlcv(self, symbol: str, timeframe: str, since: int, limit: int,
+                          until: int | None = None) -> list[list[float]]:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return [b for b in self.answer if b[0] >= since]
+
+
+class FakeBudget:
+    @asynccontextmanager
+    async def guard(self, provider: str) -> AsyncIterator[None]:
+        yield
+
+
+class FakeMarkets:
+    def __init__(self, plugin: FakePlugin) -> None:
+        self.plugin, self.budget = plugin, FakeBudget()
+
+    async def get_plugin(self, market: str, provider: str) -> FakePlugin:
+        return self.plugin
+
+
+class FakeDb:
+    def __init__(self) -> None:
+        self.written: list[int] = []
+
+    async def write(self, series: Any, bars: list[list[float]], complete: Any) -> int:
+        self.written += [int(b[0]) for b in bars]
+        return len(bars)
+
+
+def bar(ts: int, close: float) -> list[float]:
+    return [ts, 1.0, 2.0, 0.5, close, 10.0]
+
+
+@pytest.fixture
+def setup(monkeypatch: pytest.MonkeyPatch) -> tuple[SubscriptionWorker, FakePlugin, FakeDb, list[Any], Any]:
+    plugin, db, frames = FakePlugin(), FakeDb(), []
+    clock = {"now": X + 30_000}
+    monkeypatch.setattr("services.subscription_worker.now_ms", lambda: clock["now"])
+
+    async def publish(channel: str, frame: dict[str, Any], ts: int, t_poll: float) -> None:
+        frames.append(frame)
+
+    worker = SubscriptionWorker(
+        Channel("sim", "sim", "SIM/USD", "1m"), markets=FakeMarkets(plugin),  # type: ignore[arg-type]
+        publish=publish, store=ChannelStateStore(None), db=db,  # type: ignore[arg-type]
+        settings=PollSettings(default_interval=1.0, close_delay=0.5),
+    )
+    return worker, plugin, db, frames, clock
+
+
+def bars_of(frames: list[dict[str, Any]]) -> list[tuple[int, float, bool]]:
+    return [(f["bar"][0], f["bar"][4], f["closed"]) for f in frames if f["type"] == "bar"]
+
+
+async def test_changes_only_then_the_final_bar_written_even_inside_the_close_delay(setup: Any) -> None:
+    worker, plugin, db, frames, clock = setup
+    plugin.answer = [bar(X, 1.1)]
+    await worker.poll_once()
+    await worker.poll_once()  # unchanged: nothing new
+    plugin.answer = [bar(X, 1.2)]
+    await worker.poll_once()
+    assert bars_of(frames) == [(X, 1.1, False), (X, 1.2, False)]
+    clock["now"] = X + M + 100  # the next minute has a bar already; X's close delay not over yet
+    plugin.answer = [bar(X, 1.3), bar(X + M, 1.4)]
+    await worker.poll_once()
+    assert bars_of(frames)[2:] == [(X, 1.3, True), (X + M, 1.4, False)]
+    assert db.written == [X]
+    plugin.answer = [bar(X, 9.9), bar(X + M, 1.4)]  # an older bucket again: never backwards
+    await worker.poll_once()
+    assert len(bars_of(frames)) == 4 and db.written == [X]
+
+
+async def test_outage_publishes_stale_once_then_live_and_the_missed_bars(setup: Any) -> None:
+    worker, plugin, db, frames, clock = setup
+    plugin.answer = [bar(X, 1.0)]
+    await worker.poll_once()
+    plugin.answer = NetworkPluginError("down", retry_after=3.0)
+    for _ in range(3):
+        with pytest.raises(NetworkPluginError) as err:
+            await worker.poll_once()
+        assert await worker._failed(err.value.code, err.value.message, err.value.retry_after) >= 3.0
+    clock["now"] = X + 3 * M + 1000
+    plugin.answer = [bar(X, 1.1), bar(X + M, 1.2), bar(X + 2 * M, 1.3), bar(X + 3 * M, 1.4)]
+    await worker.poll_once()
+    statuses = [(f["state"], f["reason"]) for f in frames if f["type"] == "status"]
+    assert statuses == [("stale", "provider_unavailable"), ("live", "recovered")]
+    assert bars_of(frames)[1:] == [(X, 1.1, True), (X + M, 1.2, True), (X + 2 * M, 1.3, True),
+                                   (X + 3 * M, 1.4, False)]
+    assert db.written == [X, X + M, X + 2 * M]
