@@ -199,15 +199,15 @@ class DataOrchestrator:
         to_fetch = merge_ranges(missing + ([recent] if recent[1] > recent[0] else []))
         sources = [] if missing == [(a, safe_end)] and safe_end > a else [self.aggregates.name_for(tf)]
         answer = BarAnswer([], False, None)
-        if await self.plugins.calls_needed(series, "1m", to_fetch) > self.budget:
-            native = await self._native(series, tf, a, b, missing)
-            if native is not None:
-                return native
         fetched: list[Bar] = []
         budget = self.budget
         complete: list[tuple[int, int]] = []
         outage: NetworkPluginError | None = None
         try:
+            if await self.plugins.calls_needed(series, "1m", to_fetch) > self.budget:
+                native = await self._native(series, tf, a, b, missing)
+                if native is not None:
+                    return native
             for x, y in to_fetch:
                 bars, calls, until = await self.plugins.fetch(series, "1m", x, y, budget)
                 budget -= calls

@@ -271,6 +271,10 @@ async def test_provider_outage_serves_stored_bars_marked_incomplete_else_503(
     assert status == 200 and len(body["bars"]) == 10
     assert headers["X-Data-Incomplete"] == "true" and headers["X-Backfill-Job"]
     assert "ETag" not in headers
+    # Too large for 1m paging (the native-timeframe path): the stored bars too, not a 503.
+    status, body, headers = await get(client, f"&timeframe=1h&start={PAST}&limit=5000")
+    assert status == 200 and len(body["bars"]) == 1 and body["bars"][0][0] == PAST
+    assert headers["X-Data-Incomplete"] == "true" and headers["X-Backfill-Job"]
     # Nothing stored: 503, not an empty answer that reads as "no trades".
     for query in (f"&timeframe=1m&start={PAST + DAY}&limit=20", "&timeframe=1m&limit=1",
                   "&timeframe=1m&limit=2"):
