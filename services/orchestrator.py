@@ -209,7 +209,7 @@ class DataOrchestrator:
                 if native is not None:
                     return native
             for x, y in to_fetch:
-                bars, calls, until = await self.plugins.fetch(series, "1m", x, y, budget)
+                bars, calls, until = await self.plugins.fetch(series, "1m", x, y, budget, True)
                 budget -= calls
                 fetched.extend(bars)
                 complete.append((x, min(until, safe_end)))

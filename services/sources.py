@@ -15,7 +15,7 @@ from typing import Any
 from app_extensions.db_pool import Database
 from services import aggregates, storage
 from services.cache_manager import Cache
-from services.errors import DataSourceError
+from services.errors import DataSourceError, NetworkPluginError
 from services.market_service import MarketService
 from services.metrics import observe_call, observe_query
 from services.storage import Series
@@ -145,17 +145,25 @@ class PluginSource:
         return sum(math.ceil((b - a) / size / per_call) for a, b in ranges)
 
     async def fetch(
-        self, series: Series, timeframe: str, start: int, end: int, budget: int
+        self, series: Series, timeframe: str, start: int, end: int, budget: int,
+        keep_partial: bool = False,
     ) -> tuple[list[Bar], int, int]:
         """Bars of [start, end) in pages; returns (bars, calls made, covered_until).
-        ``covered_until`` < ``end`` when the budget ran out first."""
+        ``covered_until`` < ``end`` when the budget ran out first, or (``keep_partial``) when the
+        provider became unavailable after some pages: those are returned, not thrown away."""
         plugin = await self.markets.get_plugin(series.market, series.provider)
         per_call, size = plugin.capabilities.max_bars_per_call, tf_ms(timeframe)
         out: list[Bar] = []
         since, calls = start, 0
         while since < end and calls < budget:
             want = min(per_call, math.ceil((end - since) / size))
-            page = await self._call(plugin, series, timeframe, since, want, end)
+            try:
+                page = await self._call(plugin, series, timeframe, since, want, end)
+            except NetworkPluginError as exc:
+                if not (keep_partial and out):
+                    raise
+                log.warning("provider unavailable after %d pages, keeping them: %s", calls, exc)
+                break
             calls += 1
             page = [b for b in page if since <= b[0] < end]
             out.extend(page)

@@ -280,3 +280,31 @@ async def test_provider_outage_serves_stored_bars_marked_incomplete_else_503(
                   "&timeframe=1m&limit=2"):
         status, body, _ = await get(client, query)
         assert status == 503 and body["error"]["code"] == "provider_unavailable", (query, body)
+
+
+async def test_provider_failing_mid_paging_keeps_the_pages_fetched_and_records_only_them(
+    app: Quart, client: TestClientProtocol
+) -> None:
+    """The third page fails: the first two (2000 minutes) are answered, written and recorded
+    complete; the rest stays missing, with a job for it; nothing is recorded complete falsely."""
+    from app_extensions.services import get_services
+    from services.errors import NetworkPluginError
+
+    plugin = await get_services(app).markets.get_plugin("sim", "sim")
+    real, calls = plugin.fetch_ohlcv, []
+
+    async def flaky(symbol: str, timeframe: str, since: int, limit: int, until: Any = None) -> Any:
+        calls.append(since)
+        if len(calls) >= 3:
+            raise NetworkPluginError("sim: down")
+        return await real(symbol, timeframe, since, limit, until)
+
+    plugin.fetch_ohlcv = flaky  # type: ignore[method-assign]
+    end = PAST + 5000 * MINUTE_MS
+    status, body, headers = await get(client, f"&timeframe=1m&start={PAST}&limit=5000")
+    assert status == 200
+    assert [b[0] for b in body["bars"]] == [PAST + i * MINUTE_MS for i in range(2000)]
+    assert headers["X-Data-Incomplete"] == "true" and headers["X-Backfill-Job"]
+    r = await client.get(f"/api/v1/gaps?market=sim&provider=sim&symbol=SIM/USD&start={PAST}"
+                         f"&end={end}")
+    assert await r.get_json() == {"missing": [[PAST + 2000 * MINUTE_MS, end]], "verified_empty": []}
