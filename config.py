@@ -130,6 +130,8 @@ class BaseConfig:
     #: Subscriptions one connection may hold; larger client messages get an invalid_message error.
     WS_MAX_SUBSCRIPTIONS = 50
     WS_MAX_MESSAGE_BYTES = 4096
+    #: Client messages received but not yet handled; a client sending faster is closed with 1013.
+    WS_MAX_PENDING_MESSAGES = 128
     #: Frames queued per connection; a client this far behind is closed with 1013.
     WS_SEND_QUEUE = 256
     #: Server WebSocket pings (Hypercorn, see hypercorn_options); a peer silent 3x this is dropped.
@@ -201,6 +203,8 @@ class BaseConfig:
         for name in ("CACHE_TTL_CLOSED", "CACHE_TTL_FORMING", "OHLCV_MAX_LIMIT", "PROVIDER_RETRIES"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
+        if self.OHLCV_MAX_LIMIT > 5000:
+            raise ConfigError("OHLCV_MAX_LIMIT must not exceed API.md's maximum, 5000")
         if not 1 <= self.OHLCV_DEFAULT_LIMIT <= self.OHLCV_MAX_LIMIT:
             raise ConfigError("OHLCV_DEFAULT_LIMIT must be between 1 and OHLCV_MAX_LIMIT")
 

@@ -10,6 +10,7 @@ from quart import Blueprint, Response, current_app, jsonify, request
 from app_extensions.services import get_services
 from blueprints.common import load_query
 from blueprints.schemas import MarketQuery, OhlcvQuery, ProviderQuery, SymbolQuery
+from services.errors import InvalidParameter
 from services.metrics import DATA_SOURCE_ANSWERS
 from services.orchestrator import BarQuery
 from services.storage import Series
@@ -56,7 +57,7 @@ async def ohlcv() -> Response:
     services.markets.check_provider(q["market"], q["provider"])
     series = Series(q["market"], q["provider"], q["symbol"])
     answer = await services.orchestrator.get_bars(
-        BarQuery(series, q["timeframe"], q["start"], q["end"], q["limit"])
+        BarQuery(series, q["timeframe"], q["start"], q["end"], _limit(q["limit"]))
     )
     head = {"market": series.market, "provider": series.provider, "symbol": series.symbol,
             "timeframe": q["timeframe"]}
@@ -78,6 +79,17 @@ async def ohlcv() -> Response:
     return Response(payload, status=200, headers=headers)
 
 
+
+
+def _limit(given: int) -> int:
+    """``limit`` within the operator's ``OHLCV_DEFAULT_LIMIT`` / ``OHLCV_MAX_LIMIT`` (the schema
+    holds API.md's 500 and 5000; an operator may lower them)."""
+    if "limit" not in request.args:
+        return int(current_app.config["OHLCV_DEFAULT_LIMIT"])
+    most = int(current_app.config["OHLCV_MAX_LIMIT"])
+    if given > most:
+        raise InvalidParameter(f"limit: at most {most}", details={"limit": [f"at most {most}"]})
+    return given
 
 
 def _matches(if_none_match: str, etag: str) -> bool:

@@ -19,6 +19,7 @@ BAD = [
     ({"PORT": "eighty"}, "PORT"),
     ({"CACHE_TTL_CLOSED": "-1"}, "CACHE_TTL_CLOSED"),
     ({"OHLCV_DEFAULT_LIMIT": "9000"}, "OHLCV_DEFAULT_LIMIT"),
+    ({"OHLCV_MAX_LIMIT": "9000"}, "OHLCV_MAX_LIMIT"),
 ]
 
 

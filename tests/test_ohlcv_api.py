@@ -131,6 +131,20 @@ async def test_forming_range_has_no_etag(client: TestClientProtocol) -> None:
     assert "ETag" not in headers and body["partial"] is True
 
 
+async def test_operator_limits_are_honoured(app_config: dict[str, Any]) -> None:
+    from app import create_app
+
+    application = create_app({**app_config, "OHLCV_DEFAULT_LIMIT": 7, "OHLCV_MAX_LIMIT": 100})
+    async with application.test_app():
+        client = application.test_client()
+        status, body, _ = await get(client, f"&timeframe=1h&start={PAST}")
+        assert status == 200 and len(body["bars"]) == 7
+        status, body, _ = await get(client, f"&timeframe=1h&start={PAST}&limit=101")
+        assert status == 400 and body["error"]["details"] == {"limit": ["at most 100"]}
+        status, body, _ = await get(client, f"&timeframe=1h&start={PAST}&limit=100")
+        assert status == 200 and len(body["bars"]) == 100
+
+
 async def test_default_limit_is_500(client: TestClientProtocol) -> None:
     status, body, _ = await get(client, "&timeframe=1m")
     assert status == 200 and len(body["bars"]) == 500
