@@ -37,7 +37,7 @@ class TimeParam(click.ParamType):
         if isinstance(value, int):
             return value
         text = str(value).strip()
-        if text.isdigit():
+        if text.isascii() and text.isdigit():  # isdigit alone takes "²", which int() refuses
             return int(text)
         try:
             dt = datetime.fromisoformat(text.replace("Z", "+00:00"))

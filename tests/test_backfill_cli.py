@@ -45,5 +45,7 @@ def test_backfill_command_errors(app_config: dict[str, Any]) -> None:
     assert bad.exit_code == 1 and "unknown_symbol" in bad.output
     bad = runner.invoke(args=["backfill", *SERIES, "--start", "someday", "--end", "2024-01-02"])
     assert bad.exit_code == 2 and "neither integer ms nor ISO-8601" in bad.output
+    bad = runner.invoke(args=["backfill", *SERIES, "--start", "²", "--end", "2024-01-02"])
+    assert bad.exit_code == 2 and "neither integer ms nor ISO-8601" in bad.output
     bad = runner.invoke(args=["gaps", *SERIES, "--start", "2024-01-02", "--end", "2024-01-01"])
     assert bad.exit_code == 2 and "--end must be after --start" in bad.output
