@@ -5,7 +5,8 @@ Every client message is validated with a schema from ``ws_schemas``; a bad one i
 ``error`` frame and the connection stays open. Errors become frames in one place
 (``error_frame``). Each connection runs a reader (messages in order) and a sender (its bounded
 queue); the handler supervises both and closes with the connection's drop code (1013 for a client
-too slow for its stream or whose writes stall, 1001 at shutdown). Dead idle peers are found by the
+too slow for its stream or whose writes stall, or that sends faster than its messages are handled;
+1001 at shutdown). Dead idle peers are found by the
 server's WebSocket pings: run Hypercorn with ``hypercorn_options(config)`` (see ``app.py``).
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,7 +58,9 @@ def error_frame(exc: AppError, req_id: Any) -> dict[str, Any]:
     return frame
 
 
-def _parse(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
+def _parse(raw: str | bytes | Oversized, max_bytes: int) -> dict[str, Any]:
+    if isinstance(raw, Oversized):
+        raise InvalidMessage(f"message larger than {max_bytes} bytes")
     if isinstance(raw, bytes):
         raise InvalidMessage("binary frames are not supported: send JSON text frames")
     if len(raw) > max_bytes or len(raw.encode()) > max_bytes:
@@ -80,8 +84,8 @@ def _echo_id(msg: dict[str, Any]) -> Any:
     return value if ok else None
 
 
-async def handle_message(service: SubscriptionService, conn: Connection, raw: str | bytes,
-                         max_bytes: int) -> None:
+async def handle_message(service: SubscriptionService, conn: Connection,
+                         raw: str | bytes | Oversized, max_bytes: int) -> None:
     """Validate one client message and call the service; errors are answered as frames."""
     req_id: Any = None
     try:
@@ -112,10 +116,39 @@ async def handle_message(service: SubscriptionService, conn: Connection, raw: st
         conn.send_frame(error_frame(AppError("internal error"), req_id))
 
 
-async def _read_loop(service: SubscriptionService, conn: Connection, max_bytes: int) -> None:
-    while True:
-        raw = await websocket.receive()
-        await handle_message(service, conn, raw, max_bytes)
+class Oversized:
+    """Stands for a received message over the size limit (its payload is not kept)."""
+
+
+OVERSIZED = Oversized()
+
+
+async def _read_loop(service: SubscriptionService, conn: Connection, max_bytes: int,
+                     max_pending: int) -> None:
+    """Receive at once into a bounded inbox, handle messages in order: a client sending faster
+    than its messages are handled is dropped (``flood``, 1013) instead of queueing without end."""
+    inbox: deque[str | bytes | Oversized] = deque()
+    ready = asyncio.Event()
+
+    async def receive() -> None:
+        while True:
+            raw = await websocket.receive()
+            if len(inbox) >= max_pending:
+                conn.drop("flood")
+                return
+            inbox.append(OVERSIZED if len(raw) > max_bytes else raw)
+            ready.set()
+
+    async def process() -> None:
+        while True:
+            while not inbox:
+                ready.clear()
+                await ready.wait()
+            await handle_message(service, conn, inbox.popleft(), max_bytes)
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(receive())
+        group.create_task(process())
 
 
 async def _supervise(conn: Connection, sender: asyncio.Task[None], reader: asyncio.Task[None],
@@ -145,8 +178,9 @@ async def ws() -> None:
     await websocket.accept()
     conn = service.connect(websocket.send)
     sender = asyncio.create_task(conn.run_sender(), name="ws-sender")
-    reader = asyncio.create_task(_read_loop(service, conn, int(cfg["WS_MAX_MESSAGE_BYTES"])),
-                                 name="ws-reader")
+    reader = asyncio.create_task(
+        _read_loop(service, conn, int(cfg["WS_MAX_MESSAGE_BYTES"]), int(cfg["WS_MAX_PENDING_MESSAGES"])),
+        name="ws-reader")
     try:
         tick = min(float(cfg["WS_HEARTBEAT_SECONDS"]), float(cfg["WS_SEND_TIMEOUT_SECONDS"]) / 3)
         await _supervise(conn, sender, reader, max(0.05, tick))

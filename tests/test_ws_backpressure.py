@@ -123,3 +123,27 @@ async def test_heartbeat_disconnects_a_dead_peer(app_config: dict[str, Any], bea
         finally:
             dead.close()
             await alive.close()
+
+
+async def test_a_client_sending_faster_than_its_messages_are_handled_is_closed_with_1013(
+    app_config: dict[str, Any]
+) -> None:
+    app = create_app({**app_config, **WS_TEST_CONFIG, "ENABLED_MARKETS": "sim", "WS_MAX_PENDING_MESSAGES": 4})
+    service = get_services(app).subscriptions
+    dropped = metric("ws_clients_dropped_total", {"reason": "flood"})
+    async with serve_app(app) as addr, http_session() as session:
+        polite = await Client(session, f"http://{addr}/api/v1/ws").open()
+        flooder = await Client(session, f"http://{addr}/api/v1/ws").open()
+        try:
+            assert flooder.ws is not None
+            for i in range(200):  # subscribes need snapshots: handled far slower than sent
+                await flooder.ws.send_str(json.dumps({**SUB, "history": 50 + i % 50, "id": i}))
+            await wait_for(lambda: flooder.close_code is not None)
+            assert flooder.close_code == 1013
+            assert metric("ws_clients_dropped_total", {"reason": "flood"}) == dropped + 1
+            await polite.send({"op": "ping", "id": "ok"})
+            await wait_for(lambda: any(f["type"] == "pong" for f in polite.frames))
+            await wait_for(lambda: service.status()["connections"] == 1)
+        finally:
+            await flooder.close()
+            await polite.close()
