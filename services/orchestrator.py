@@ -255,7 +255,8 @@ class DataOrchestrator:
         if cached and continuous and len(cached) == (closed_end - a) // MINUTE_MS:
             recent, _, _ = await self.plugins.fetch(series, "1m", closed_end, min(b, current_min + MINUTE_MS), 1)
             forming = [bar for bar in recent if bar[0] + MINUTE_MS > now]
-            return BarAnswer(add_forming(resample(cached, tf), forming, tf), False, None, ["cache", "provider"])
+            sources = ["cache", "provider"] if recent else ["cache"]  # a closed window needs no call
+            return BarAnswer(add_forming(resample(cached, tf), forming, tf), False, None, sources)
         end = min(b, current_min + MINUTE_MS)
         if await self.plugins.calls_needed(series, "1m", [(a, end)]) > self.budget:
             native = await self._native(series, tf, a, b, [])

@@ -102,6 +102,10 @@ async def test_postgres_down_answers_from_cache_and_provider_then_recovers(
     proxies["pg"].cut()
     status, cached, source = await ohlcv(proxied_app, query)
     assert status == 200 and source == "cache" and cached["bars"] == body["bars"]
+    # Another timeframe of the same closed minutes: resampled from the 1m cache, no provider call.
+    r = await proxied_app.test_client().get(Q.replace("1h", "4h") + query)
+    assert r.status_code == 200 and r.headers["X-Data-Source"] == "cache"
+    assert len((await r.get_json())["bars"]) == 1
     other = f"&start={PAST + 86_400_000}&end={PAST + 86_400_000 + 2 * 3600_000}"
     status, fetched, source = await ohlcv(proxied_app, other)
     assert status == 200 and source == "provider" and len(fetched["bars"]) == 2
