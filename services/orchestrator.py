@@ -80,8 +80,8 @@ class BarAnswer:
 def window(q: BarQuery, now: int) -> tuple[int, int, int | None]:
     """The buckets [a, b) a query covers, and the ``next`` page start (None when done)."""
     size = tf_ms(q.timeframe)
-    if q.start is None:
-        b = bucket_ceil(q.end if q.end is not None else now + 1, q.timeframe)
+    if q.start is None:  # the latest bars up to ``end``: an ``end`` past now means up to now
+        b = bucket_ceil(min(q.end, now + 1) if q.end is not None else now + 1, q.timeframe)
         return b - q.limit * size, b, None
     a = bucket_ceil(q.start, q.timeframe)
     req_end = bucket_ceil(q.end if q.end is not None else now + 1, q.timeframe)

@@ -126,6 +126,17 @@ async def test_past_range_has_etag_and_if_none_match_answers_304(client: TestCli
         assert r.status_code == 304, value
 
 
+async def test_latest_bars_up_to_an_end_past_now_are_the_latest_bars(
+    client: TestClientProtocol,
+) -> None:
+    """Without start, end in the future means up to now (as Binance's endTime): not no bars."""
+    for tf, size in (("1m", MINUTE_MS), ("1h", HOUR_MS)):
+        status, body, _ = await get(client, f"&timeframe={tf}&limit=3&end={now_ms() + 30 * DAY}")
+        assert status == 200 and len(body["bars"]) == 3 and body["partial"] is True, body
+        current = now_ms() // size * size
+        assert body["bars"][-1][0] in (current, current - size)  # a bucket may close meanwhile
+
+
 async def test_forming_range_has_no_etag(client: TestClientProtocol) -> None:
     _, body, headers = await get(client, "&timeframe=1m&limit=5")
     assert "ETag" not in headers and body["partial"] is True
