@@ -21,8 +21,10 @@ $(VENV)/.installed: requirements.txt
 migrate: venv
 	$(BIN)/quart --app app:create_app migrate
 
+# app.py's __main__ serves app:create_app() under Hypercorn with the WebSocket heartbeat and
+# frame-size settings (see docs/operating.md for the equivalent hypercorn.toml).
 run: venv migrate
-	$(BIN)/hypercorn --bind $(HOST):$(PORT) 'app:create_app()'
+	$(BIN)/python app.py
 
 lint: venv
 	$(BIN)/ruff check .

@@ -67,17 +67,16 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     return app
 
 
-if __name__ == "__main__":  # python app.py: the same server as `make run`
-    import os
-
+if __name__ == "__main__":  # `make run`: create_app() under Hypercorn with the WebSocket settings
     from hypercorn.asyncio import serve
     from hypercorn.config import Config as HypercornConfig
 
     from blueprints.websocket import hypercorn_options
 
-    hc = HypercornConfig()
-    hc.bind = [f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"]
     application = create_app()
+    hc = HypercornConfig()
+    hc.bind = [f"{application.config['HOST']}:{application.config['PORT']}"]
+    hc.accesslog = None
     for option, value in hypercorn_options(application.config).items():  # WebSocket heartbeat
         setattr(hc, option, value)
     asyncio.run(serve(application, hc))  # type: ignore[arg-type]

@@ -48,6 +48,7 @@ class BaseConfig:
     REDIS_URL = "redis://127.0.0.1:6379/0"
     REDIS_PREFIX = "md"
     REDIS_TIMEOUT = 1.0
+    REDIS_MAX_CONNECTIONS = 200
     #: Seconds a closed-range answer stays cached; forming-range answers use CACHE_TTL_FORMING.
     CACHE_TTL_CLOSED = 86_400
     CACHE_TTL_FORMING = 5

@@ -49,12 +49,17 @@ class RedisClient:
         cfg = self._config
         self.prefix = cfg["REDIS_PREFIX"]
         self.retry_after = float(cfg["DEPENDENCY_RETRY_AFTER"])
-        self.client = aioredis.from_url(
+        # A blocking pool: a burst beyond REDIS_MAX_CONNECTIONS waits (up to REDIS_TIMEOUT) for a
+        # free connection instead of failing, which would trip the breaker for the whole app.
+        pool = aioredis.BlockingConnectionPool.from_url(
             cfg["REDIS_URL"],
+            max_connections=int(cfg["REDIS_MAX_CONNECTIONS"]),
+            timeout=float(cfg["REDIS_TIMEOUT"]),
             socket_timeout=cfg["REDIS_TIMEOUT"],
             socket_connect_timeout=cfg["REDIS_TIMEOUT"],
             health_check_interval=15,
         )
+        self.client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
         try:
             await self.run(lambda r: r.ping())
         except DataSourceError as exc:
