@@ -253,7 +253,12 @@ class DataOrchestrator:
         cached = await self.cache.get_1m(series, a, closed_end)
         continuous = await self.plugins.continuous(series)
         if cached and continuous and len(cached) == (closed_end - a) // MINUTE_MS:
-            recent, _, _ = await self.plugins.fetch(series, "1m", closed_end, min(b, current_min + MINUTE_MS), 1)
+            try:
+                recent, _, _ = await self.plugins.fetch(
+                    series, "1m", closed_end, min(b, current_min + MINUTE_MS), 1)
+            except NetworkPluginError as exc:  # the closed minutes are cached: serve them
+                log.warning("provider unavailable, serving cached bars: %s", exc)
+                return BarAnswer(resample(cached, tf), False, None, ["cache"], incomplete=True)
             forming = [bar for bar in recent if bar[0] + MINUTE_MS > now]
             sources = ["cache", "provider"] if recent else ["cache"]  # a closed window needs no call
             return BarAnswer(add_forming(resample(cached, tf), forming, tf), False, None, sources)

@@ -7,6 +7,7 @@ servers (and other tests) are untouched.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -146,3 +147,29 @@ async def test_service_starts_with_both_dependencies_unreachable(app_config: dic
         assert health["checks"]["database"]["error"] and health["checks"]["redis"]["error"]
         r = await application.test_client().get("/health")
         assert r.status_code == 200
+
+
+async def test_postgres_and_provider_down_serve_the_cached_minutes_marked_incomplete(
+    proxied_app: Quart, proxies: dict[str, TcpProxy]
+) -> None:
+    from app_extensions.services import get_services
+    from services.errors import NetworkPluginError
+
+    base = "/api/v1/ohlcv?market=sim&provider=sim&symbol=SIM/USD"
+    now = time.time_ns() // 1_000_000
+    start = (now // 60_000 - 30) * 60_000
+    r = await proxied_app.test_client().get(f"{base}&timeframe=1m&start={start}")
+    assert r.status_code == 200  # the closed minutes since `start` are in the 1m cache now
+    proxies["pg"].cut()
+    plugin = await get_services(proxied_app).markets.get_plugin("sim", "sim")
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise NetworkPluginError("sim: down")
+
+    plugin.fetch_ohlcv = down  # type: ignore[method-assign]
+    start5 = -(-start // 300_000) * 300_000
+    r = await proxied_app.test_client().get(f"{base}&timeframe=5m&start={start5}")
+    body = await r.get_json()
+    assert r.status_code == 200, body
+    assert r.headers["X-Data-Incomplete"] == "true" and r.headers["X-Data-Source"] == "cache"
+    assert body["bars"] and body["bars"][0][0] == start5
