@@ -22,7 +22,7 @@ migrate: venv
 	$(BIN)/quart --app app:create_app migrate
 
 # app.py's __main__ serves app:create_app() under Hypercorn with the WebSocket heartbeat and
-# frame-size settings (see docs/operating.md for the equivalent hypercorn.toml).
+# frame-size settings (README, "Running several instances", has the equivalent hypercorn.toml).
 run: venv migrate
 	$(BIN)/python app.py
 
@@ -42,6 +42,8 @@ bench: venv pglite
 	$(BIN)/python -m bench.ohlcv_rest
 	$(BIN)/python -m bench.provider_path
 	$(BIN)/python -m bench.aggregates
+	$(BIN)/python -m bench.backfill
+	$(BIN)/python -m bench.ws_fanout
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -56,3 +56,14 @@ def test_create_app_does_no_io_and_builds_every_extension() -> None:
     app = create_app({"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"})
     assert {"database", "redis", "services"} <= set(app.extensions)
     assert app.extensions["database"].pool is None
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    from pathlib import Path
+
+    from config import BaseConfig
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Operating it"):]
+    missing = [n for n in dir(BaseConfig) if n.isupper() and f"`{n}`" not in section]
+    assert not missing, f"settings missing from README's configuration table: {missing}"
