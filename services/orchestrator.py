@@ -200,6 +200,7 @@ class DataOrchestrator:
         sources = [] if missing == [(a, safe_end)] and safe_end > a else [self.aggregates.name_for(tf)]
         answer = BarAnswer([], False, None)
         fetched: list[Bar] = []
+        runs: list[list[Bar]] = []  # one per range: the 1m cache replaces each fetch's own span
         budget = self.budget
         complete: list[tuple[int, int]] = []
         outage: NetworkPluginError | None = None
@@ -212,6 +213,7 @@ class DataOrchestrator:
                 bars, calls, until = await self.plugins.fetch(series, "1m", x, y, budget, True)
                 budget -= calls
                 fetched.extend(bars)
+                runs.append(bars)
                 complete.append((x, min(until, safe_end)))
                 if until < y:
                     answer.incomplete = True
@@ -226,7 +228,8 @@ class DataOrchestrator:
         closed_bars = [bar for bar in fetched if bar[0] + MINUTE_MS <= now]
         forming = [bar for bar in fetched if bar[0] + MINUTE_MS > now]
         await self.db.write(series, closed_bars, [r for r in complete if r[1] > r[0]])
-        await self.cache.put_1m(series, closed_bars)
+        for run in runs:
+            await self.cache.put_1m(series, [bar for bar in run if bar[0] + MINUTE_MS <= now])
         if answer.incomplete and self.on_missing is not None:
             still = await self.aggregates.missing(series, a, safe_end)
             answer.backfill_job = await self.on_missing(series, still) if still else None

@@ -333,3 +333,20 @@ async def test_provider_failing_mid_paging_keeps_the_pages_fetched_and_records_o
     r = await client.get(f"/api/v1/gaps?market=sim&provider=sim&symbol=SIM/USD&start={PAST}"
                          f"&end={end}")
     assert await r.get_json() == {"missing": [[PAST + 2000 * MINUTE_MS, end]], "verified_empty": []}
+
+
+async def test_fetching_two_ranges_around_a_stored_one_keeps_its_minutes_in_the_1m_cache(
+    client: TestClientProtocol, redis_prefix: str
+) -> None:
+    """The 1m cache replaces the span of each fetch: fetching [P-10m, P) and [P+10m, P+20m) in
+    one request must not drop the cached minutes of [P, P+10m) between them."""
+    m = MINUTE_MS
+    assert (await get(client, f"&timeframe=1m&start={PAST}&end={PAST + 10 * m}"))[0] == 200
+    status, body, _ = await get(client, f"&timeframe=1m&start={PAST - 10 * m}&end={PAST + 20 * m}")
+    assert status == 200 and len(body["bars"]) == 30
+    r = aioredis.from_url(REDIS_URL)
+    try:
+        cached = await r.zcount(f"{redis_prefix}:1m:sim:sim:SIM/USD", PAST - 10 * m, PAST + 19 * m)
+    finally:
+        await r.aclose()
+    assert cached == 30
