@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from services.timeframes import Bar
+from services.timeframes import Bar, bucket_ceil, tf_ms
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,15 @@ class Capabilities:
     min_poll_interval: float = 2.0
     #: True when the market trades around the clock (crypto, sim): a missing minute is a hole.
     continuous: bool = True
+    #: ``extra["history_bars"]``: the provider serves only its latest N bars of a timeframe, whatever
+    #: ``since`` asks (Kraken: 720); older pages come back empty or start late.
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def history_start(self, timeframe: str, now: int) -> int | None:
+        """The oldest bar time still served for ``timeframe`` (a few bars of margin), or None
+        when the provider's history is not limited that way."""
+        depth = self.extra.get("history_bars")
+        return None if not depth else bucket_ceil(now - (int(depth) - 10) * tf_ms(timeframe), timeframe)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,9 @@ CAPABILITIES: dict[str, Capabilities] = {
     "bybit": Capabilities(1000, _ALL, 2.0, True),
     # OKX's 6H/12H/1D/1W candles are aligned to Hong Kong time (UTC+8), not to UTC buckets.
     "okx": Capabilities(300, ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h"), 2.0, True),
-    "kraken": Capabilities(720, ("1m", "5m", "15m", "30m", "1h", "4h", "1d", "1w"), 3.0, True),
+    # Kraken's OHLC answers only its latest 720 bars, whatever ``since`` asks.
+    "kraken": Capabilities(720, ("1m", "5m", "15m", "30m", "1h", "4h", "1d", "1w"), 3.0, True,
+                           {"history_bars": 720}),
     "coinbase": Capabilities(300, ("1m", "5m", "15m", "30m", "1h", "2h", "6h", "1d"), 3.0, True),
 }
 DEFAULT_CAPABILITIES = Capabilities(500, ("1m",), 5.0, True)

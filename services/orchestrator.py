@@ -205,10 +205,11 @@ class DataOrchestrator:
         complete: list[tuple[int, int]] = []
         outage: NetworkPluginError | None = None
         try:
-            if await self.plugins.calls_needed(series, "1m", to_fetch) > self.budget:
+            if await self._too_far(series, to_fetch, now):
                 native = await self._native(series, tf, a, b, missing)
                 if native is not None:
                     return native
+            to_fetch, answer.incomplete = await self._reachable(series, to_fetch, now)
             for x, y in to_fetch:
                 bars, calls, until = await self.plugins.fetch(series, "1m", x, y, budget, True)
                 budget -= calls
@@ -240,6 +241,23 @@ class DataOrchestrator:
         answer.sources = sources or [self.aggregates.name_for(tf)]
         return answer
 
+    async def _too_far(self, series: Series, ranges: list[tuple[int, int]], now: int) -> bool:
+        """1m paging of ``ranges`` needs too many calls, or older 1m bars than still served."""
+        oldest = await self.plugins.history_start(series, "1m", now)
+        if ranges and oldest is not None and ranges[0][0] < oldest:
+            return True
+        return await self.plugins.calls_needed(series, "1m", ranges) > self.budget
+
+    async def _reachable(
+        self, series: Series, ranges: list[tuple[int, int]], now: int
+    ) -> tuple[list[tuple[int, int]], bool]:
+        """``ranges`` cut to the 1m history the provider still serves; True when cut (that part
+        is neither fetched nor recorded: it stays missing, the answer incomplete)."""
+        oldest = await self.plugins.history_start(series, "1m", now)
+        if oldest is None or not ranges or ranges[0][0] >= oldest:
+            return ranges, False
+        return [(max(x, oldest), y) for x, y in ranges if y > oldest], True
+
     async def _native(
         self, series: Series, tf: str, a: int, b: int, missing: list[tuple[int, int]]
     ) -> BarAnswer | None:
@@ -266,13 +284,17 @@ class DataOrchestrator:
             sources = ["cache", "provider"] if recent else ["cache"]  # a closed window needs no call
             return BarAnswer(add_forming(resample(cached, tf), forming, tf), False, None, sources)
         end = min(b, current_min + MINUTE_MS)
-        if await self.plugins.calls_needed(series, "1m", [(a, end)]) > self.budget:
+        if await self._too_far(series, [(a, end)], now):
             native = await self._native(series, tf, a, b, [])
             if native is not None:
                 return native
-        fetched, _, until = await self.plugins.fetch(series, "1m", a, end, self.budget)
+        reachable, cut = await self._reachable(series, [(a, end)], now)
+        fetched: list[Bar] = []
+        until = end
+        for x, y in reachable:
+            fetched, _, until = await self.plugins.fetch(series, "1m", x, y, self.budget)
         closed_bars = [bar for bar in fetched if bar[0] + MINUTE_MS <= now]
         forming = [bar for bar in fetched if bar[0] + MINUTE_MS > now]
         await self.cache.put_1m(series, closed_bars)
         bars = add_forming(resample(closed_bars, tf), forming, tf)
-        return BarAnswer(bars, False, None, ["provider"], incomplete=until < end)
+        return BarAnswer(bars, False, None, ["provider"], incomplete=cut or until < end)

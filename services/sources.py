@@ -15,11 +15,11 @@ from typing import Any
 from app_extensions.db_pool import Database
 from services import aggregates, storage
 from services.cache_manager import Cache
-from services.errors import DataSourceError, NetworkPluginError
+from services.errors import DataSourceError, NetworkPluginError, PluginFeatureNotSupportedError
 from services.market_service import MarketService
 from services.metrics import observe_call, observe_query
 from services.storage import Series
-from services.timeframes import MINUTE_MS, Bar, tf_ms
+from services.timeframes import MINUTE_MS, Bar, now_ms, tf_ms
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,11 @@ class PluginSource:
         plugin = await self.markets.get_plugin(series.market, series.provider)
         return plugin.capabilities.continuous
 
+    async def history_start(self, series: Series, timeframe: str, now: int) -> int | None:
+        """The oldest bar time the provider still serves for ``timeframe`` (None: no limit)."""
+        plugin = await self.markets.get_plugin(series.market, series.provider)
+        return plugin.capabilities.history_start(timeframe, now)
+
     async def calls_needed(self, series: Series, timeframe: str, ranges: Sequence[tuple[int, int]]) -> int:
         per_call, size = await self.max_per_call(series), tf_ms(timeframe)
         return sum(math.ceil((b - a) / size / per_call) for a, b in ranges)
@@ -153,6 +158,13 @@ class PluginSource:
         provider became unavailable after some pages: those are returned, not thrown away."""
         plugin = await self.markets.get_plugin(series.market, series.provider)
         per_call, size = plugin.capabilities.max_bars_per_call, tf_ms(timeframe)
+        oldest = plugin.capabilities.history_start(timeframe, now_ms())
+        if oldest is not None and start < oldest:
+            # Its pages would come back empty or start late: read as "no bars", the ledger
+            # would record history the provider has as verified empty.
+            raise PluginFeatureNotSupportedError(
+                f"{series.provider} serves only its latest {timeframe} bars (from {oldest})",
+                details={"start": [f"{series.provider} {timeframe} history starts at {oldest}"]})
         out: list[Bar] = []
         since, calls = start, 0
         while since < end and calls < budget:

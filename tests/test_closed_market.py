@@ -14,7 +14,7 @@ import services.orchestrator as orchestrator_module
 from app import create_app
 from plugins.base import Capabilities
 from plugins.sim import SimPlugin
-from services.timeframes import MINUTE_MS, Bar
+from services.timeframes import MINUTE_MS, TIMEFRAMES, Bar, now_ms
 
 SESSION = (14 * 60 + 30, 21 * 60)  # 14:30-21:00 UTC, weekdays
 
@@ -90,3 +90,49 @@ def test_first_widening_reaches_past_a_long_weekend() -> None:
     assert orchestrator_module.CLOSURE_SLACK_MS >= 5_310 * MINUTE_MS
     # Widening only ever grows the window (a factor below 1 would shrink it).
     assert all(f >= 1 for f in orchestrator_module.WIDEN_FACTORS)
+
+
+# --- A provider that serves only its latest bars (Kraken: 720) ------------------------------------
+class ShallowSim(SimPlugin):
+    """The sim market answering like Kraken's OHLC: only the latest 720 bars of a timeframe,
+    whatever ``since`` asks."""
+
+    plugin_key: ClassVar[str] = "shallow-sim"
+    supported_markets: ClassVar[tuple[str, ...]] = ("shallow",)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(720, tuple(TIMEFRAMES), 1.0, True, {"history_bars": 720})
+
+    async def fetch_ohlcv(
+        self, symbol: str, timeframe: str, since: int, limit: int, until: int | None = None
+    ) -> list[Bar]:
+        oldest = now_ms() - 720 * TIMEFRAMES[timeframe]
+        return await super().fetch_ohlcv(symbol, timeframe, max(since, oldest), min(limit, 720),
+                                         until)
+
+
+async def test_history_a_provider_no_longer_serves_is_not_recorded_as_verified_empty(
+    app_config: dict[str, Any],
+) -> None:
+    base = "/api/v1/ohlcv?market=shallow&provider=sim&symbol=SIM/USD"
+    app = create_app({**app_config, "ENABLED_MARKETS": "sim,shallow", "BACKFILL_RUNNER": False})
+    async with app.test_app():
+        client = app.test_client()
+        # 100 hours of 1h bars: older than its 720 minutes, so fetched in 1h, all of them.
+        r = await client.get(f"{base}&timeframe=1h&limit=100")
+        body = await r.get_json()
+        assert r.status_code == 200 and len(body["bars"]) == 100, body
+        hour = now_ms() // 3_600_000 * 3_600_000
+        assert body["bars"][0][0] in (hour - 99 * 3_600_000, hour - 98 * 3_600_000)
+        # The latest 1000 minutes: what it still serves, marked incomplete.
+        r = await client.get(f"{base}&timeframe=1m&limit=1000")
+        body = await r.get_json()
+        assert r.status_code == 200 and 700 <= len(body["bars"]) <= 712, len(body["bars"])
+        assert r.headers["X-Data-Incomplete"] == "true"
+        # Nothing older was recorded as an exchange hole: it is still missing.
+        start = now_ms() // MINUTE_MS * MINUTE_MS - 2 * 86_400_000
+        r = await client.get(f"/api/v1/gaps?market=shallow&provider=sim&symbol=SIM/USD"
+                             f"&start={start}&end={start + 86_400_000}")
+        assert await r.get_json() == {"missing": [[start, start + 86_400_000]],
+                                      "verified_empty": []}
