@@ -21,7 +21,7 @@ TTL = 0.3
 async def redis(redis_prefix: str) -> AsyncIterator[RedisClient]:
     client = RedisClient()
     client._config = {"REDIS_PREFIX": redis_prefix, "DEPENDENCY_RETRY_AFTER": 0.1, "REDIS_URL": REDIS_URL,
-                      "REDIS_TIMEOUT": 1.0, "SHUTDOWN_TIMEOUT": 2.0}
+                      "REDIS_TIMEOUT": 1.0, "SHUTDOWN_TIMEOUT": 2.0, "REDIS_MAX_CONNECTIONS": 20}
     await client.open()
     try:
         yield client
