@@ -10,6 +10,7 @@ the closed bar once its minute is over. Like Binance, one call returns at most 1
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import math
 import struct
@@ -18,6 +19,7 @@ from typing import Any, ClassVar
 from plugins.base import Capabilities, MarketPlugin, ProviderInfo, Ticker
 from services.errors import PluginFeatureNotSupportedError, UnknownSymbol
 from services.timeframes import (
+    HOUR_MS,
     MINUTE_MS,
     TIMEFRAMES,
     Bar,
@@ -50,6 +52,16 @@ def _unit(seed: int, symbol: str, minute: int, salt: str) -> float:
     return float(struct.unpack("<Q", digest)[0] >> 11) / float(1 << 53)
 
 
+_SCALE = 1.0 / float(1 << 53)
+
+
+def _units(seed: int, symbol: str, minute: int) -> tuple[float, float, float]:
+    """A minute's three hashed numbers in [0, 1): (noise, wick, volume), from one digest."""
+    digest = hashlib.blake2b(f"{seed}:{symbol}:{minute}".encode(), digest_size=24).digest()
+    n, w, v = struct.unpack("<QQQ", digest)
+    return (n >> 11) * _SCALE, (w >> 11) * _SCALE, (v >> 11) * _SCALE
+
+
 def _price(seed: int, symbol: str, t_min: float) -> float:
     """Price at (fractional) minute ``t_min``: slow waves, plus noise fixed at whole minutes."""
     base = SYMBOLS[symbol][0]
@@ -59,35 +71,42 @@ def _price(seed: int, symbol: str, t_min: float) -> float:
     )
     m = math.floor(t_min)
     frac = t_min - m
-    n0 = _unit(seed, symbol, m, "n") - 0.5
-    n1 = _unit(seed, symbol, m + 1, "n") - 0.5
+    n0 = _units(seed, symbol, m)[0] - 0.5
+    n1 = _units(seed, symbol, m + 1)[0] - 0.5
     noise = 0.004 * (n0 + (n1 - n0) * frac)
     return round(base * (1 + wave + noise), 6)
 
 
-def _whole_minute_price(seed: int, symbol: str, m: int, phase: float) -> float:
-    """``_price`` at a whole minute (its noise is that minute's alone): the same value, one hash."""
+def _whole_minute_price(seed: int, symbol: str, m: int, phase: float, noise_unit: float) -> float:
+    """``_price`` at a whole minute, given that minute's noise unit (no hashing here)."""
     wave = 0.04 * math.sin(m / 1440.0 * 2 * math.pi + phase) + 0.015 * math.sin(m / 97.0 * 2 * math.pi)
-    noise = 0.004 * (_unit(seed, symbol, m, "n") - 0.5)
-    return round(SYMBOLS[symbol][0] * (1 + wave + noise), 6)
+    return round(SYMBOLS[symbol][0] * (1 + wave + 0.004 * (noise_unit - 0.5)), 6)
 
 
 def closed_bars(seed: int, symbol: str, first: int, stop: int) -> list[Bar]:
     """``sim_bar`` of every minute opening in ``[first, stop)`` (closed minutes): the same values,
-    with each close computed once and reused as the next open (a third of the hashing)."""
+    with one hash per minute (each minute's close is the next one's open)."""
     phase = _unit(seed, symbol, 0, "phase") * 2 * math.pi
     base_vol = SYMBOLS[symbol][1]
     out: list[Bar] = []
     m0 = -(-first // MINUTE_MS)
-    o = _whole_minute_price(seed, symbol, m0, phase)
+    units = _units(seed, symbol, m0)
+    o = _whole_minute_price(seed, symbol, m0, phase, units[0])
     for m in range(m0, -(-stop // MINUTE_MS)):
-        c = _whole_minute_price(seed, symbol, m + 1, phase)
-        wick = 0.002 * _unit(seed, symbol, m, "w")
-        vol = base_vol * (0.5 + _unit(seed, symbol, m, "v"))
+        following = _units(seed, symbol, m + 1)
+        c = _whole_minute_price(seed, symbol, m + 1, phase, following[0])
+        wick = 0.002 * units[1]
+        vol = base_vol * (0.5 + units[2])
         out.append([m * MINUTE_MS, o, round(max(o, c) * (1 + wick), 6),
                     round(min(o, c) * (1 - wick), 6), c, round(vol, 6)])
-        o = c
+        o, units = c, following
     return out
+
+
+@functools.lru_cache(maxsize=150_000)  # ~4 symbols x 4 years of hours, ~25 MB at most
+def _hour_bar(seed: int, symbol: str, hour_ms: int) -> tuple[float, ...]:
+    """The closed 1h bar opening at ``hour_ms``: the aggregate of its 60 ``closed_bars``."""
+    return tuple(resample(closed_bars(seed, symbol, hour_ms, hour_ms + HOUR_MS), "1h")[0])
 
 
 def sim_bar(seed: int, symbol: str, ts: int, at_ms: int | None = None) -> Bar:
@@ -96,8 +115,9 @@ def sim_bar(seed: int, symbol: str, ts: int, at_ms: int | None = None) -> Bar:
     frac = 1.0 if at_ms is None else min(1.0, max(0.0, (at_ms - ts) / MINUTE_MS))
     o = _price(seed, symbol, m)
     c = _price(seed, symbol, m + frac)
-    wick = 0.002 * _unit(seed, symbol, m, "w") * frac
-    vol = SYMBOLS[symbol][1] * (0.5 + _unit(seed, symbol, m, "v")) * frac
+    _, w, v = _units(seed, symbol, m)
+    wick = 0.002 * w * frac
+    vol = SYMBOLS[symbol][1] * (0.5 + v) * frac
     return [ts, o, round(max(o, c) * (1 + wick), 6), round(min(o, c) * (1 - wick), 6), c, round(vol, 6)]
 
 
@@ -148,7 +168,15 @@ class SimPlugin(MarketPlugin):
 
     def _bars(self, symbol: str, timeframe: str, first: int, stop: int, now: int, limit: int) -> list[Bar]:
         forming = now // MINUTE_MS * MINUTE_MS
-        bars = closed_bars(self.seed, symbol, first, min(stop, forming))
+        closed_end = min(stop, forming)
+        if TIMEFRAMES[timeframe] >= HOUR_MS and first % HOUR_MS == 0 and closed_end - first >= HOUR_MS:
+            # Coarse pages: whole closed hours come from a memo (each hour's 60 minutes are
+            # hashed once per process), the minutes of the last, unfinished hour are computed.
+            hours_end = closed_end // HOUR_MS * HOUR_MS
+            hours = [list(_hour_bar(self.seed, symbol, h)) for h in range(first, hours_end, HOUR_MS)]
+            bars = hours + closed_bars(self.seed, symbol, hours_end, closed_end)
+        else:
+            bars = closed_bars(self.seed, symbol, first, closed_end)
         if first <= forming < stop:
             bars.append(sim_bar(self.seed, symbol, forming, now))
         return resample(bars, timeframe)[:limit]

@@ -1,0 +1,52 @@
+"""The sim market: deterministic, gap-free, and its coarse pages equal the aggregation of minutes."""
+
+from __future__ import annotations
+
+import pytest
+
+from plugins.sim import HISTORY_START_MS, SimPlugin, closed_bars, sim_bar
+from services.errors import UnknownSymbol
+from services.timeframes import DAY_MS, HOUR_MS, MINUTE_MS, resample
+
+T0 = 1_700_006_400_000  # a day boundary
+
+
+def test_closed_bars_equal_sim_bar_minute_by_minute() -> None:
+    bars = closed_bars(42, "SIMA/USD", T0, T0 + 90 * MINUTE_MS)
+    assert len(bars) == 90
+    assert bars == [sim_bar(42, "SIMA/USD", T0 + i * MINUTE_MS) for i in range(90)]
+    assert all(bars[i][4] == bars[i + 1][1] for i in range(89))  # each close is the next open
+    assert all(b[3] <= min(b[1], b[4]) <= max(b[1], b[4]) <= b[2] for b in bars)
+
+
+def test_the_forming_bar_becomes_the_closed_bar() -> None:
+    ts = T0 + 17 * MINUTE_MS
+    early, late = sim_bar(42, "SIM/USD", ts, ts + 1_000), sim_bar(42, "SIM/USD", ts, ts + MINUTE_MS)
+    assert early[1] == late[1] and early[5] < late[5]
+    assert late == sim_bar(42, "SIM/USD", ts)
+
+
+def test_seed_and_symbol_change_the_series() -> None:
+    a = closed_bars(42, "SIM/USD", T0, T0 + 10 * MINUTE_MS)
+    assert a == closed_bars(42, "SIM/USD", T0, T0 + 10 * MINUTE_MS)
+    assert a != closed_bars(7, "SIM/USD", T0, T0 + 10 * MINUTE_MS)
+
+
+@pytest.mark.parametrize("timeframe", ["1h", "4h", "1d", "1w"])
+async def test_coarse_pages_equal_the_aggregation_of_their_minutes(timeframe: str) -> None:
+    plugin = SimPlugin("sim")
+    got = await plugin.fetch_ohlcv("SIM/USD", timeframe, T0, 3)
+    assert len(got) == 3
+    end = got[-1][0] + {"1h": HOUR_MS, "4h": 4 * HOUR_MS, "1d": DAY_MS, "1w": 7 * DAY_MS}[timeframe]
+    want = resample(closed_bars(42, "SIM/USD", int(got[0][0]), int(end)), timeframe)
+    for g, w in zip(got, want, strict=True):
+        assert g[:5] == w[:5]
+        assert g[5] == pytest.approx(w[5])
+
+
+async def test_history_starts_at_the_listing_date_and_unknown_symbols_fail() -> None:
+    plugin = SimPlugin("sim")
+    first = await plugin.fetch_ohlcv("SIM/USD", "1m", 0, 5)
+    assert [b[0] for b in first] == [HISTORY_START_MS + i * MINUTE_MS for i in range(5)]
+    with pytest.raises(UnknownSymbol):
+        await plugin.fetch_ohlcv("NOPE/USD", "1m", T0, 5)
