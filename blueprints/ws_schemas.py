@@ -6,6 +6,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
+from blueprints.schemas import SYMBOL_RULES
 from services.timeframes import TIMEFRAMES
 
 OPS = ("subscribe", "unsubscribe", "ping")
@@ -33,7 +34,7 @@ class _Message(Schema):
 class SubscribeMessage(_Message):
     market = fields.String(required=True, validate=validate.Length(1, 32))
     provider = fields.String(required=True, validate=validate.Length(1, 64))
-    symbol = fields.String(required=True, validate=validate.Length(1, 64))
+    symbol = fields.String(required=True, validate=SYMBOL_RULES)  # the same rules as REST
     timeframe = fields.String(load_default="1m", validate=validate.OneOf(list(TIMEFRAMES)))
     history = fields.Integer(load_default=100, strict=True, validate=validate.Range(0, 1000))
 

@@ -72,6 +72,7 @@ async def test_ping_unsubscribe_and_id_echo(ws_app: Quart) -> None:
         (json.dumps({"op": "subscribe", "market": "sim", "provider": "sim", "id": "x"}), "invalid_parameter"),
         (json.dumps({**SUB, "timeframe": "7m", "id": "x"}), "invalid_parameter"),
         (json.dumps({**SUB, "history": 5000, "id": "x"}), "invalid_parameter"),
+        (json.dumps({**SUB, "symbol": "SIM\u0000/USD", "id": "x"}), "invalid_parameter"),
         (json.dumps({**SUB, "market": "bonds", "id": "x"}), "unknown_market"),
         (json.dumps({**SUB, "provider": "nyse", "id": "x"}), "unknown_provider"),
         (json.dumps({**SUB, "symbol": "NOPE/USD", "id": "x"}), "unknown_symbol"),
