@@ -8,6 +8,7 @@ replaced by config values. The storage mode is ``STORAGE_MODE`` (``auto`` tries 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from pathlib import Path
@@ -71,7 +72,7 @@ async def run_migrations(conn: asyncpg.Connection, config: dict[str, Any]) -> st
         for version, name, path in migration_files(mode):
             if version in done:
                 continue
-            sql = render(path.read_text(), config)
+            sql = render(await asyncio.to_thread(path.read_text), config)
             async with conn.transaction():
                 await conn.execute(sql)
                 await conn.execute(

@@ -80,6 +80,7 @@ class Services:
         try:
             await self._step(self.subscriptions.close(), "subscriptions")  # live workers first
             await self._step(self.backfill.close(), "backfill")
+            await self._step(self.orchestrator.close(), "answer builds")
             for task in list(self._tasks):
                 task.cancel()
             for task in list(self._tasks):

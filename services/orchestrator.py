@@ -161,6 +161,13 @@ class DataOrchestrator:
         answer = await asyncio.shield(task)
         return replace(answer, next=nxt, closed=closed)
 
+    async def close(self) -> None:
+        """Cancel answer builds still in flight (at shutdown) and wait for them to end."""
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def _forget(self, key: str, task: asyncio.Task[BarAnswer]) -> None:
         self._inflight.pop(key, None)
         if not task.cancelled() and task.exception() is not None:

@@ -1,0 +1,54 @@
+"""Answer builds in flight are owned: shutdown cancels them and nothing is left running."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+import pytest
+from quart import Quart
+
+from app import create_app
+from app_extensions.services import get_services
+from plugins.sim import SimPlugin
+from services.orchestrator import BarQuery
+from services.storage import Series
+from services.timeframes import Bar
+
+STARTED = asyncio.Event()
+
+
+class StuckSim(SimPlugin):
+    """A provider that never answers (test double)."""
+
+    plugin_key: ClassVar[str] = "stuck-sim"
+    supported_markets: ClassVar[tuple[str, ...]] = ("stuck",)
+
+    async def fetch_ohlcv(
+        self, symbol: str, timeframe: str, since: int, limit: int, until: int | None = None
+    ) -> list[Bar]:
+        STARTED.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+@pytest.fixture
+async def stuck_app(app_config: dict[str, Any]) -> AsyncIterator[Quart]:
+    application = create_app({**app_config, "ENABLED_MARKETS": "sim,stuck"})
+    async with application.test_app():
+        yield application
+
+
+async def test_close_cancels_builds_in_flight(stuck_app: Quart) -> None:
+    STARTED.clear()
+    orchestrator = get_services(stuck_app).orchestrator
+    query = BarQuery(Series("stuck", "sim", "SIM/USD"), "1m", 1_700_006_400_000, None, 10)
+    waiters = [asyncio.create_task(orchestrator.get_bars(query)) for _ in range(2)]
+    await asyncio.wait_for(STARTED.wait(), 5)
+    assert len(orchestrator._inflight) == 1  # two waiters, one build
+    await asyncio.wait_for(orchestrator.close(), 5)
+    assert orchestrator._inflight == {}
+    for waiter in waiters:
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(waiter, 5)
