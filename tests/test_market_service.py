@@ -120,7 +120,9 @@ async def test_sim_history_starts_at_its_opening_and_coarse_pages_leave_the_loop
         beat.cancel()
     first = bucket_start(HISTORY_START_MS, "1d")
     assert [b[0] for b in bars] == [first + i * DAY_MS for i in range(60)]
-    assert bars == resample(closed_bars(42, "SIM/USD", first, first + 60 * DAY_MS), "1d")
+    want = resample(closed_bars(42, "SIM/USD", first, first + 60 * DAY_MS), "1d")
+    assert [b[:5] for b in bars] == [w[:5] for w in want]  # volumes: sums in another order
+    assert all(abs(b[5] - w[5]) < 1e-6 * w[5] for b, w in zip(bars, want, strict=True))
     assert gaps and max(gaps) < 0.5, max(gaps)
     assert await plugin.fetch_ohlcv("SIM/USD", "1m", 0, 10, HISTORY_START_MS) == []
     assert (await plugin.fetch_ohlcv("SIM/USD", "1m", 0, 1))[0][0] == HISTORY_START_MS
