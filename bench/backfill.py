@@ -25,11 +25,10 @@ import time
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from app import create_app
 from app_extensions.services import get_services
-from bench.common import free_port
+from bench.common import drop_bench_data, free_port
 from services.storage import Series
 from services.timeframes import DAY_MS
 
@@ -49,18 +48,7 @@ def start_emulator(port: int) -> subprocess.Popen[bytes]:
 
 
 async def reset_storage() -> None:
-    conn = await asyncpg.connect(DATABASE_URL)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{SCHEMA}" CASCADE')
-    finally:
-        await conn.close()
-    client = aioredis.from_url(REDIS_URL)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{PREFIX}:*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+    await drop_bench_data(DATABASE_URL, SCHEMA, REDIS_URL, PREFIX)
 
 
 async def run_backfill(url: str, days: int, concurrency: int, cache: bool, throttle: bool) -> dict[str, Any]:

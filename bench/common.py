@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import aiohttp
+import asyncpg
+import redis.asyncio as aioredis
 
 
 def free_port() -> int:
@@ -75,3 +77,19 @@ async def load(url: str, requests: int, concurrency: int) -> dict[str, float]:
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
     }
+
+
+async def drop_bench_data(database_url: str, schema: str, redis_url: str, prefix: str) -> None:
+    """Drop a bench's PostgreSQL schema and its Redis keys."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+    client = aioredis.from_url(redis_url)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()

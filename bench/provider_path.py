@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
+from bench.common import drop_bench_data
 from config import TestingConfig
 from plugins.crypto import CryptoPlugin
 from services.timeframes import MINUTE_MS
@@ -64,18 +65,7 @@ async def through_app(emu: ExchangeEmulator, bars: int, minimum: int) -> None:
 
 async def cleanup(database_url: str, schema: str, redis_url: str, prefix: str) -> None:
     """Drop the bench's schema and Redis keys."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
-    client = aioredis.from_url(redis_url)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+    await drop_bench_data(database_url, schema, redis_url, prefix)
 
 
 async def through_plugin(emu: ExchangeEmulator, bars: int, minimum: int) -> None:

@@ -163,24 +163,11 @@ async def run_case(n: int, window: float, interval: float) -> dict[str, Any]:
 
 
 async def drop_schema(schema: str, prefix: str) -> None:
-    import asyncpg
-    import redis.asyncio as aioredis
-
+    from bench.common import drop_bench_data
     from config import load_config
 
     cfg = load_config()
-    conn = await asyncpg.connect(cfg.DATABASE_URL)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
-    client = aioredis.from_url(cfg.REDIS_URL)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+    await drop_bench_data(cfg.DATABASE_URL, schema, cfg.REDIS_URL, prefix)
 
 
 async def main(counts: list[int], window: float, interval: float) -> None:

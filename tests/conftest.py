@@ -12,11 +12,11 @@ from typing import Any
 
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
 from quart import Quart
 from quart.typing import TestClientProtocol
 
 from app import create_app
+from tests.helpers import delete_prefix
 
 DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -44,13 +44,7 @@ async def redis_prefix(uid: str) -> AsyncIterator[str]:
     """A fresh Redis key prefix; its keys are deleted after the test."""
     prefix = f"t:{uid}"
     yield prefix
-    client = aioredis.from_url(REDIS_URL)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+    await delete_prefix(REDIS_URL, prefix)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from quart.typing import TestClientProtocol
 from plugins.sim import sim_bar
 from services.timeframes import HOUR_MS, MINUTE_MS, TIMEFRAMES, now_ms, resample
 from tests.conftest import REDIS_URL
-from tests.helpers import sim_calls
+from tests.helpers import delete_prefix, sim_calls
 
 BASE = "/api/v1/ohlcv?market=sim&provider=sim&symbol=SIM/USD"
 DAY = 24 * HOUR_MS
@@ -25,13 +25,7 @@ async def get(client: TestClientProtocol, query: str, **headers: str) -> tuple[i
 
 
 async def flush_prefix(prefix: str) -> None:
-    client = aioredis.from_url(REDIS_URL)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+    await delete_prefix(REDIS_URL, prefix)
 
 
 async def test_latest_48_hours_equal_the_aggregation_of_sim_minutes(client: TestClientProtocol) -> None:
