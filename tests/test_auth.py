@@ -224,5 +224,6 @@ async def test_wrong_key_floods_are_stopped_before_the_database(app_config: dict
         assert lookups == 3
         r = await client.get("/api/v1/markets", headers={"X-API-Key": "bad-x"})
         assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+        assert r.headers["X-RateLimit-Limit"] == "3" and r.headers["X-RateLimit-Remaining"] == "0"
         # A configured key needs no look-up and is still served.
         assert (await client.get("/api/v1/markets", headers={"X-API-Key": GOOD})).status_code == 200
