@@ -150,6 +150,7 @@ class RateLimiter:
         app.before_request(self._before_request)
         app.before_websocket(self._before_websocket)
         app.after_request(self._after_request)
+        app.after_websocket(self._after_websocket)
 
     def limit_for(self, route_class: str) -> Limit | None:
         return self.limits.get(route_class, self.limits.get("default"))
@@ -239,6 +240,13 @@ class RateLimiter:
         if decision is not None:
             response.headers["X-RateLimit-Limit"] = str(decision.limit)
             response.headers["X-RateLimit-Remaining"] = str(decision.remaining)
+        return response
+
+
+    async def _after_websocket(self, response: Response | None) -> Response | None:
+        # A refused handshake (401, 429) is an HTTP response: it carries the same headers.
+        if isinstance(response, Response):
+            return await self._after_request(response)
         return response
 
 

@@ -140,3 +140,22 @@ async def test_client_ip_from_forwarded_for_only_when_trusted(
 def test_unknown_route_classes_fail_fast(app_config: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match="ohclv"):
         create_app({**app_config, "RATE_LIMITS": {"ohclv": "10/60"}})
+
+
+async def test_websocket_handshake_429_carries_the_rate_limit_headers(app_config: dict[str, Any]) -> None:
+    from quart.testing.connections import WebsocketResponseError
+
+    app = create_app({**app_config, "RATE_LIMITS": {"ws": "1/60"}})
+    async with app.test_app():
+        client = app.test_client()
+        async with client.websocket("/api/v1/ws") as ws:
+            await ws.send('{"op": "ping", "id": 1}')
+            assert '"pong"' in str(await ws.receive())
+        with pytest.raises(WebsocketResponseError) as refused:
+            async with client.websocket("/api/v1/ws"):
+                pass
+        r = refused.value.response
+        assert r.status_code == 429
+        assert (await r.get_json())["error"]["code"] == "rate_limited"
+        assert int(r.headers["Retry-After"]) >= 1
+        assert r.headers["X-RateLimit-Limit"] == "1" and r.headers["X-RateLimit-Remaining"] == "0"
