@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from quart import Quart, Response, current_app, g, request, websocket
+from quart.typing import ResponseTypes
 
 from app_extensions.auth import is_open_path
 from app_extensions.redis_client import RedisClient, get_redis
@@ -243,7 +244,7 @@ class RateLimiter:
         return response
 
 
-    async def _after_websocket(self, response: Response | None) -> Response | None:
+    async def _after_websocket(self, response: ResponseTypes | None) -> ResponseTypes | None:
         # A refused handshake (401, 429) is an HTTP response: it carries the same headers.
         if isinstance(response, Response):
             return await self._after_request(response)
