@@ -246,7 +246,11 @@ class SubscriptionWorker:
         return resample(bars_1m, tf), bars_1m
 
     async def _fetch(self, plugin: MarketPlugin, timeframe: str, since: int) -> list[Bar]:
+        """Pages from ``since`` up to now. A page shorter than ``max_bars_per_call`` is not the end
+        (an exchange may cap pages lower or answer a time window): paging ends on an empty page or
+        one that reaches the bucket before the forming one, so the steady state is one call."""
         per_call, size = plugin.capabilities.max_bars_per_call, tf_ms(timeframe)
+        recent = bucket_start(now_ms(), timeframe) - size
         out: list[Bar] = []
         while True:
             self.polls += 1
@@ -256,7 +260,7 @@ class SubscriptionWorker:
                     page = await plugin.fetch_ohlcv(self.channel.symbol, timeframe, since, per_call)
             page = [[int(b[0]), *map(float, b[1:6])] for b in page if b[0] >= since]
             out.extend(page)
-            if len(page) < per_call:
+            if not page or page[-1][0] >= recent:
                 return out
             since = int(page[-1][0]) + size
 

@@ -113,3 +113,33 @@ async def test_outage_publishes_stale_once_then_live_and_the_missed_bars(setup: 
     assert bars_of(frames)[1:] == [(X, 1.1, True), (X + M, 1.2, True), (X + 2 * M, 1.3, True),
                                    (X + 3 * M, 1.4, False)]
     assert db.written == [X, X + M, X + 2 * M]
+
+
+async def test_short_pages_mid_history_do_not_close_a_resampled_bucket_early(
+        setup: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page shorter than max_bars_per_call is not the end of the data (an exchange may cap its
+    pages lower, or answer a time window): a 5m bucket resampled from 1m must not be published
+    closed from the minutes of the first page only."""
+    worker, plugin, db, frames, clock = setup
+    worker.channel = Channel("sim", "sim", "SIM/USD", "5m")
+    worker.size = 5 * M
+    B = X - X % (5 * M)  # a 5m boundary
+    calls = []
+    real = plugin.fetch_ohlcv
+
+    async def three_per_page(symbol: str, timeframe: str, since: int, limit: int,
+                             until: int | None = None) -> list[list[float]]:
+        calls.append(since)
+        return (await real(symbol, timeframe, since, limit))[:3]
+
+    monkeypatch.setattr(plugin, "fetch_ohlcv", three_per_page)
+    clock["now"] = B + 30_000
+    plugin.answer = [bar(B, 1.0)]
+    await worker.poll_once()
+    assert bars_of(frames) == [(B, 1.0, False)] and len(calls) == 1  # steady state: one call
+    clock["now"] = B + 5 * M + 2 * M + 30_000  # an outage: the bucket B closed meanwhile
+    plugin.answer = [bar(B + i * M, 1.0 + i) for i in range(8)]
+    await worker.poll_once()
+    # B closes with the close of its fifth minute, not of its third (the first page's last)
+    assert bars_of(frames)[1:] == [(B, 5.0, True), (B + 5 * M, 8.0, False)]
+    assert db.written == [B + i * M for i in range(7)]
