@@ -24,6 +24,8 @@ Send = Callable[[str], Awaitable[None]]
 #: Close codes: 1013 "try again later" for clients too slow for their stream, 1001 at shutdown.
 CLOSE_SLOW = 1013
 CLOSE_GOING_AWAY = 1001
+#: How an encoded closed ``bar`` frame ends (frames are encoded with compact separators).
+CLOSED_SUFFIX = '"closed":true}'
 
 
 @dataclass
@@ -32,6 +34,8 @@ class Subscription:
 
     #: Newest bar ``ts`` sent on this channel (-1: none yet).
     last_ts: int = -1
+    #: Newest bucket sent with ``closed: true`` (-1: none): nothing of it is sent again.
+    closed_ts: int = -1
     #: False until the snapshot is queued; frames arriving before are held, then replayed.
     ready: bool = False
     #: The last broadcast frame queued (a frame replayed twice is sent once).
@@ -80,9 +84,13 @@ class Connection:
                 sub.held.append((ts, t_poll, text))
             return
         if ts >= 0:
-            if ts < sub.last_ts or text == sub.last_text:
+            # A second worker (a hand-over, a split brain) may send a bucket's final bar again,
+            # with values fetched later: API.md sends ``closed: true`` once per bucket.
+            if ts < sub.last_ts or ts <= sub.closed_ts or text == sub.last_text:
                 return
             sub.last_ts = ts
+            if text.endswith(CLOSED_SUFFIX):
+                sub.closed_ts = ts
         sub.last_text = text
         self._enqueue("bar" if ts >= 0 else "status", t_poll, text)
 
