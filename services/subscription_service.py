@@ -94,6 +94,8 @@ class SubscriptionService:
         self._snapshots = asyncio.Semaphore(int(config.get("WS_SNAPSHOT_CONCURRENCY", 16)))
         self._registry_task: asyncio.Task[None] | None = None
         self._closing = False
+        #: Set when the last connection has ended (for ``going_away``).
+        self._all_gone = asyncio.Event()
         broadcast.set_handler(self._on_frame)
         registry.on_gain, registry.on_loss = self._start_worker, self._stop_worker
 
@@ -130,6 +132,19 @@ class SubscriptionService:
         for conn in list(self.connections):
             conn.drop("shutdown", CLOSE_GOING_AWAY)
 
+    async def going_away(self, drain_seconds: float) -> None:
+        """Ask every client to reconnect elsewhere (close 1001) and wait up to ``drain_seconds`` for
+        their connections to end. For the server's shutdown trigger: Hypercorn gives the app no
+        signal before its graceful timeout, after which it ends connections with 1011 or 1006."""
+        self._closing = True
+        for conn in list(self.connections):
+            conn.drop("shutdown", CLOSE_GOING_AWAY)
+        try:
+            if self.connections:
+                await asyncio.wait_for(self._all_gone.wait(), drain_seconds)
+        except TimeoutError:
+            log.warning("%d WebSocket connections still open after going away", len(self.connections))
+
     def status(self) -> dict[str, Any]:
         """For readiness: cluster mode (``redis`` or ``memory``) and local counts."""
         return {
@@ -146,6 +161,7 @@ class SubscriptionService:
         """Register a new client connection writing frames with ``send``."""
         conn = Connection(send, max_queue=self.max_queue, send_timeout=self.send_timeout)
         self.connections.add(conn)
+        self._all_gone.clear()
         WS_CONNECTIONS.inc()
         return conn
 
@@ -154,6 +170,8 @@ class SubscriptionService:
         if conn not in self.connections:
             return
         self.connections.discard(conn)
+        if not self.connections:
+            self._all_gone.set()
         WS_CONNECTIONS.dec()
         for name in list(conn.subs):
             conn.subs.pop(name, None)
