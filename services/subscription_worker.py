@@ -85,6 +85,20 @@ class PollSettings:
         return max(float(self.intervals.get(timeframe, self.default_interval)), float(floor))
 
 
+def _valid_state(state: Any) -> bool:
+    """A saved poller state: ``last_ts`` and ``closed_ts`` integers or null, ``last_bar`` a bar or
+    null."""
+    if not isinstance(state, dict):
+        return False
+    ints_ok = all(state.get(k) is None or (isinstance(state.get(k), int)
+                                             and not isinstance(state.get(k), bool))
+                  for k in ("last_ts", "closed_ts"))
+    bar = state.get("last_bar")
+    bar_ok = bar is None or (isinstance(bar, list) and len(bar) == 6
+                             and all(isinstance(v, (int, float)) for v in bar))
+    return ints_ok and bar_ok
+
+
 class ChannelStateStore:
     """The last published state of each channel's poller, in Redis (shared) and in memory."""
 
@@ -103,10 +117,14 @@ class ChannelStateStore:
             try:
                 raw = await self.redis.run(lambda r: r.get(self._key(channel)))
                 if raw is not None:
-                    state: dict[str, Any] = json.loads(raw)
-                    return state
+                    state = json.loads(raw)
+                    if _valid_state(state):
+                        return dict(state)
+                    log.warning("state of %s in Redis is not a poller state; ignored", channel)
             except DataSourceError as exc:
                 log.debug("state of %s not loaded from Redis: %s", channel, exc.details)
+            except ValueError:  # not JSON (a foreign or truncated value): must not stop the poller
+                log.warning("state of %s in Redis is not JSON; ignored", channel)
         return self._local.get(channel)
 
     async def save(self, channel: str, state: dict[str, Any]) -> None:

@@ -143,3 +143,39 @@ async def test_short_pages_mid_history_do_not_close_a_resampled_bucket_early(
     # B closes with the close of its fifth minute, not of its third (the first page's last)
     assert bars_of(frames)[1:] == [(B, 5.0, True), (B + 5 * M, 8.0, False)]
     assert db.written == [B + i * M for i in range(7)]
+
+
+class FakeRedis:
+    """The part of RedisClient ChannelStateStore uses, holding one raw value."""
+
+    available = True
+
+    def __init__(self, raw: str) -> None:
+        self.raw = raw
+
+    def key(self, *parts: str) -> str:
+        return ":".join(parts)
+
+    async def run(self, op: Any) -> Any:
+        class R:
+            def get(_self, key: str) -> Any:
+                async def value() -> str:
+                    return self.raw
+                return value()
+
+            def set(_self, key: str, value: str, ex: int) -> Any:
+                async def done() -> bool:
+                    return True
+                return done()
+        return await op(R())
+
+
+@pytest.mark.parametrize("raw", ["not json", "[1, 2]", '{"last_ts": "x"}', '{"last_bar": 5}'])
+async def test_a_foreign_state_in_redis_does_not_stop_the_poller(setup: Any, raw: str) -> None:
+    worker, plugin, _db, frames, _clock = setup
+    worker.store = ChannelStateStore(FakeRedis(raw))  # type: ignore[arg-type]
+    assert await worker.store.load(worker.channel.name) is None
+    await worker._restore()
+    plugin.answer = [bar(X, 1.1)]
+    await worker.poll_once()
+    assert bars_of(frames) == [(X, 1.1, False)]
