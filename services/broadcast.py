@@ -141,7 +141,11 @@ class BroadcastManager:
 
     def _deliver(self, channel: str, payload: str) -> None:
         if self._handler is not None and channel in self.channels:
-            ts, t_poll, text = decode_envelope(payload)
+            try:
+                ts, t_poll, text = decode_envelope(payload)
+            except ValueError:  # not ours (another publisher): drop it, keep the subscription
+                log.warning("message on %s is not a frame envelope; dropped", channel)
+                return
             self._handler(channel, ts, t_poll, text)
 
     def _lost(self, exc: BaseException) -> None:

@@ -12,6 +12,7 @@ import pytest
 from app_extensions.redis_client import RedisClient
 from services.broadcast import BroadcastManager, SubscriptionRegistry
 from tests.conftest import REDIS_URL
+from tests.ws_support import wait_for
 
 CHANNEL = "sim:sim:SIM/USD:1m"
 TTL = 0.3
@@ -80,3 +81,22 @@ async def test_without_redis_every_instance_polls_its_channels() -> None:
     assert registry.polling == {CHANNEL} and registry.mode == "memory"
     await registry.close()
     assert rec.events == [("gain", CHANNEL), ("loss", CHANNEL)]
+
+
+async def test_a_foreign_message_on_a_frame_channel_does_not_break_fan_out(redis: RedisClient) -> None:
+    """A payload that is not a frame envelope is dropped; the reader keeps its subscription (it
+    used to reconnect after DEPENDENCY_RETRY_AFTER, losing the frames published meanwhile)."""
+    broadcast = BroadcastManager(redis, retry_after=5.0)
+    got: list[tuple[str, int, str]] = []
+    broadcast.set_handler(lambda ch, ts, t_poll, text: got.append((ch, ts, text)))
+    await broadcast.subscribe(CHANNEL)
+    await broadcast.start()
+    try:
+        await wait_for(lambda: broadcast.mode == "redis", within=5)
+        key = redis.key("ws", "bars", CHANNEL)
+        await redis.run(lambda r: r.publish(key, "not an envelope"))
+        await broadcast.publish(CHANNEL, {"type": "status"}, -1, 1.0)
+        await wait_for(lambda: got, within=2)
+        assert got == [(CHANNEL, -1, '{"type":"status"}')] and broadcast.mode == "redis"
+    finally:
+        await broadcast.close()
