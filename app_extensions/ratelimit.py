@@ -82,7 +82,7 @@ class Limit:
             seconds = float(_UNITS[per]) if per in _UNITS else float(per)
         except (KeyError, ValueError) as exc:
             raise ConfigError(f"{name}: {text!r} is not 'requests/seconds'") from exc
-        if requests < 1 or seconds <= 0:
+        if requests < 1 or not 0 < seconds < math.inf:  # also refuses nan
             raise ConfigError(f"{name}: {text!r} needs positive requests and seconds")
         return cls(requests, seconds)
 

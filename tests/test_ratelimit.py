@@ -113,7 +113,7 @@ def test_limit_parsing(text: str, expected: Limit | None) -> None:
     assert Limit.parse(text) == expected
 
 
-@pytest.mark.parametrize("text", ["abc", "0/60", "5/0", "5/fortnight"])
+@pytest.mark.parametrize("text", ["abc", "0/60", "5/0", "5/fortnight", "5/nan", "5/inf"])
 def test_bad_limits_fail_fast(text: str) -> None:
     with pytest.raises(ConfigError):
         Limit.parse(text)
