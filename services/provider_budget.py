@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -34,6 +35,9 @@ DEFAULT_BUDGETS = {
     "binance": "1200/60", "kraken": "60/60", "coinbase": "600/60", "bybit": "600/60",
     "okx": "600/60", "alpaca": "200/60",
 }
+
+#: The longest pause an exchange's Retry-After can impose (Binance's IP bans last up to 3 days).
+MAX_PAUSE_SECONDS = 3 * 24 * 3600.0
 
 #: KEYS[1]: pause key, KEYS[2]: schedule (TAT, ms). ARGV: emission ms (0: no budget), burst,
 #: longest wait ms. Returns {status, ms}: 1 go after ms, 0 over budget (retry in ms), -1 paused.
@@ -66,7 +70,7 @@ def parse_budget(text: str) -> tuple[int, float] | None:
         parsed = int(calls), float(seconds)
     except ValueError as exc:
         raise ValueError(f"PROVIDER_BUDGETS: {text!r} is not 'calls/seconds'") from exc
-    if parsed[0] < 1 or parsed[1] <= 0:
+    if parsed[0] < 1 or not 0 < parsed[1] < math.inf:  # also refuses nan
         raise ValueError(f"PROVIDER_BUDGETS: {text!r} needs positive calls and seconds")
     return parsed
 
@@ -122,6 +126,8 @@ class ProviderBudget:
     async def pause(self, provider: str, retry_after: float | None) -> None:
         """Pause every instance's calls to ``provider`` for ``retry_after`` seconds (or the default)."""
         seconds = retry_after if retry_after and retry_after > 0 else self.ban_default
+        # An absurd Retry-After (inf, 1e300) must not overflow (a 500) nor pause us for good.
+        seconds = min(seconds, MAX_PAUSE_SECONDS)
         ms = max(1, int(seconds * 1000))
         PROVIDER_BUDGET_EVENTS.labels(provider, "banned").inc()
         log.warning("%s rate-limited us: pausing calls to it for %.1f s", provider, seconds)

@@ -115,7 +115,18 @@ def test_budget_parsing(text: str, expected: Any) -> None:
     assert parse_budget(text) == expected
 
 
-@pytest.mark.parametrize("text", ["x/60", "0/60", "10/0"])
+@pytest.mark.parametrize("text", ["x/60", "0/60", "10/0", "10/nan", "10/inf"])
 def test_bad_budgets_fail_fast(text: str) -> None:
     with pytest.raises(ValueError, match="PROVIDER_BUDGETS"):
         parse_budget(text)
+
+
+@pytest.mark.parametrize("retry_after", [float("inf"), 1e300])
+async def test_an_absurd_retry_after_pauses_for_at_most_the_cap(retry_after: float) -> None:
+    from services.provider_budget import MAX_PAUSE_SECONDS
+
+    b = ProviderBudget({})
+    await b.pause("kraken", retry_after)  # raised OverflowError (inf) before
+    with pytest.raises(RateLimitedPluginError) as paused:
+        await b.acquire("kraken")
+    assert 0 < (paused.value.retry_after or 0) <= MAX_PAUSE_SECONDS + 0.01
