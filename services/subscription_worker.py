@@ -28,6 +28,7 @@ from plugins.base import MarketPlugin
 from services.errors import AppError, DataSourceError, InvalidParameter
 from services.market_service import MarketService
 from services.metrics import observe_call, set_candle_lag
+from services.provider_budget import MAX_PAUSE_SECONDS
 from services.sources import DbSource
 from services.storage import Series
 from services.timeframes import MINUTE_MS, TIMEFRAMES, Bar, bucket_start, now_ms, resample, tf_ms
@@ -235,7 +236,8 @@ class SubscriptionWorker:
             await self.publish(name, {"type": "status", "channel": name, "state": "stale",
                                       "reason": code}, -1, time.time())
         delay = min(self.settings.max_backoff, self.interval * 2 ** min(self.failures, 16))
-        return max(delay, retry_after or 0.0)
+        # bounded as the provider budget's pause: Retry-After: inf must not stop the poller for good
+        return max(delay, min(retry_after or 0.0, MAX_PAUSE_SECONDS))
 
     def _next_delay(self, interval: float) -> float:
         """The interval, or less when the tracked bucket closes sooner (to fetch its final bar)."""

@@ -179,3 +179,11 @@ async def test_a_foreign_state_in_redis_does_not_stop_the_poller(setup: Any, raw
     plugin.answer = [bar(X, 1.1)]
     await worker.poll_once()
     assert bars_of(frames) == [(X, 1.1, False)]
+
+
+async def test_an_infinite_retry_after_backs_off_a_bounded_time(setup: Any) -> None:
+    from services.provider_budget import MAX_PAUSE_SECONDS
+
+    worker = setup[0]
+    delay = await worker._failed("provider_unavailable", "rate limited", float("inf"))
+    assert delay == MAX_PAUSE_SECONDS
