@@ -106,8 +106,14 @@ async def test_redis_down_keeps_budget_and_pause_locally(app_config: dict[str, A
 
 async def test_unbudgeted_providers_only_honour_pauses() -> None:
     b = ProviderBudget({})
+    started = time.monotonic()
     for _ in range(100):
+        await b.acquire("sim")  # no budget: never refused, never made to wait
+    assert time.monotonic() - started < 0.5
+    await b.pause("sim", 5.0)
+    with pytest.raises(RateLimitedPluginError) as paused:
         await b.acquire("sim")
+    assert 4 < (paused.value.retry_after or 0) <= 5.01
 
 
 @pytest.mark.parametrize(("text", "expected"), [("1200/60", (1200, 60.0)), ("off", None), ("", None)])
