@@ -197,8 +197,8 @@ class SubscriptionService:
         if name not in conn.subs:
             WS_SUBSCRIPTIONS.inc()
         conn.hold(name)
-        await self._acquire(conn, channel)
         try:
+            await self._acquire(conn, channel)
             bars: list[Any] = []
             if req["history"] > 0:
                 answer = await self.orchestrator.get_bars(
@@ -237,8 +237,15 @@ class SubscriptionService:
                 state = self.channels[channel.name] = ChannelState(channel)
                 WS_ACTIVE_CHANNELS.inc()
                 state.subscribers.add(conn)
-                await self.broadcast.subscribe(channel.name)
-                await self.registry.add(channel.name)
+                try:
+                    await self.broadcast.subscribe(channel.name)
+                    await self.registry.add(channel.name)
+                except BaseException:  # undo: a later subscriber must set the channel up again
+                    del self.channels[channel.name]
+                    WS_ACTIVE_CHANNELS.dec()
+                    await self.registry.remove(channel.name)
+                    await self.broadcast.unsubscribe(channel.name)
+                    raise
                 return
             if state.grace is not None:
                 state.grace.cancel()

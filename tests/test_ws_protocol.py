@@ -12,6 +12,7 @@ import pytest
 from quart import Quart
 
 from app import create_app
+from app_extensions.services import get_services
 from tests.ws_support import WS_TEST_CONFIG, recv_until
 
 SUB = {"op": "subscribe", "market": "sim", "provider": "sim", "symbol": "SIM/USD", "timeframe": "1m"}
@@ -107,3 +108,24 @@ async def test_subscription_limit(ws_app: Quart) -> None:
         await send(ws, {**SUB, "history": 2, "id": "again"})
         frames = await recv_until(ws, lambda f: f["type"] == "snapshot")
         assert len(frames[-1]["bars"]) == 2
+
+
+async def test_a_subscribe_that_fails_joining_its_channel_leaves_no_subscription(ws_app: Quart) -> None:
+    service = get_services(ws_app).subscriptions
+    real_add = service.registry.add
+
+    async def failing_add(channel: str) -> None:
+        raise RuntimeError("registry bug")
+
+    service.registry.add = failing_add  # type: ignore[method-assign]
+    async with ws_app.test_client().websocket("/api/v1/ws") as ws:
+        await send(ws, {**SUB, "id": "s1"})
+        error = json.loads(await asyncio.wait_for(ws.receive(), 5))
+        assert error["type"] == "error" and error["code"] == "internal_error" and error["id"] == "s1"
+        (conn,) = service.connections
+        assert conn.subs == {}  # not a half subscription holding frames until a 1013
+        service.registry.add = real_add  # type: ignore[method-assign]
+        await send(ws, {**SUB, "id": "s2", "history": 1})
+        frames = await recv_until(ws, lambda f: f["type"] == "snapshot")
+        assert frames[0] == {"type": "subscribed", "channel": CHANNEL, "id": "s2"}
+        await recv_until(ws, lambda f: f["type"] == "bar")  # the channel is polled: it was set up again
