@@ -67,16 +67,34 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     return app
 
 
-if __name__ == "__main__":  # `make run`: create_app() under Hypercorn with the WebSocket settings
+async def serve_app(application: Quart) -> None:
+    """Serve under Hypercorn with the WebSocket settings; on SIGINT/SIGTERM, WebSocket clients are
+    first told to reconnect elsewhere (close 1001), then Hypercorn and the extensions shut down."""
+    import signal
+
     from hypercorn.asyncio import serve
     from hypercorn.config import Config as HypercornConfig
 
+    from app_extensions.services import get_services
     from blueprints.websocket import hypercorn_options
 
-    application = create_app()
     hc = HypercornConfig()
     hc.bind = [f"{application.config['HOST']}:{application.config['PORT']}"]
     hc.accesslog = None
     for option, value in hypercorn_options(application.config).items():  # WebSocket heartbeat
         setattr(hc, option, value)
-    asyncio.run(serve(application, hc))  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def shutdown_trigger() -> None:
+        await stop.wait()
+        drain = float(application.config["SHUTDOWN_TIMEOUT"])
+        await get_services(application).subscriptions.going_away(drain_seconds=drain)
+
+    await serve(application, hc, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":  # `make run`
+    asyncio.run(serve_app(create_app()))
