@@ -125,8 +125,10 @@ class Database:
                 async with self.acquire() as conn:
                     await conn.fetchval("SELECT 1")
             ok, error = True, None
-        except (DataSourceError, TimeoutError) as exc:
-            ok, error = False, str(exc) if not isinstance(exc, DataSourceError) else self.last_error
+        except TimeoutError:
+            ok, error = False, "timed out after 1.0 s"
+        except DataSourceError:
+            ok, error = False, self.last_error
         return {
             "ok": ok,
             "latency_ms": round((time.perf_counter() - start) * 1000, 2),

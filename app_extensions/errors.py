@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from quart import Quart, Response, g, jsonify
 from werkzeug.exceptions import HTTPException
@@ -10,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 from services.errors import AppError
 
 log = logging.getLogger(__name__)
+MAX_RETRY_AFTER = 86_400.0
 
 _HTTP_CODES = {404: "not_found", 405: "invalid_parameter", 413: "invalid_parameter",
                400: "invalid_parameter"}
@@ -19,7 +21,9 @@ def error_response(exc: AppError) -> Response:
     response = jsonify(exc.to_dict())
     response.status_code = exc.status
     if exc.retry_after is not None and exc.status in (429, 503):
-        response.headers["Retry-After"] = str(max(1, int(exc.retry_after + 0.999)))
+        # Whole seconds, at least 1; an absurd (inf/nan) value from upstream is capped at a day.
+        seconds = exc.retry_after if math.isfinite(exc.retry_after) else MAX_RETRY_AFTER
+        response.headers["Retry-After"] = str(max(1, math.ceil(min(seconds, MAX_RETRY_AFTER))))
     return response
 
 

@@ -66,6 +66,14 @@ def configure_logging(config: dict[str, Any]) -> None:
     })
 
 
+#: Methods reported as themselves in metrics; anything else a client sends is ``other``.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label() -> str:
+    return request.method if request.method in KNOWN_METHODS else "other"
+
+
 def route_label() -> str:
     rule = request.url_rule
     return rule.rule if rule is not None else "unmatched"
@@ -84,7 +92,7 @@ def init_request_context(app: Quart) -> None:
         rid = getattr(g, "request_id", None) or uuid.uuid4().hex
         response.headers["X-Request-ID"] = rid
         route = route_label()
-        HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        HTTP_REQUESTS.labels(method_label(), route, str(response.status_code)).inc()
         if hasattr(g, "started"):
-            HTTP_LATENCY.labels(request.method, route).observe(time.perf_counter() - g.started)
+            HTTP_LATENCY.labels(method_label(), route).observe(time.perf_counter() - g.started)
         return response

@@ -11,6 +11,7 @@ retried. Each retry increments ``provider_retries_total{provider}``.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -38,9 +39,11 @@ def parse_retry_after(headers: dict[str, Any] | None, now_ms: int | None = None)
     if raw is None:
         return None
     try:
-        return max(0.0, float(raw))
+        seconds = float(raw)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None  # "inf"/"nan": ignored
     try:
         when = parsedate_to_datetime(raw).timestamp()
     except (TypeError, ValueError):

@@ -19,6 +19,8 @@ class AppError(Exception):
     code: str = "internal_error"
     #: True when retrying the same call later may succeed (network, rate limit, outage).
     temporary: bool = False
+    #: False when ``details`` are for logs only (internal addresses, driver messages).
+    expose_details: bool = True
 
     def __init__(
         self,
@@ -34,7 +36,7 @@ class AppError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.details:
+        if self.details and self.expose_details:
             body["details"] = self.details
         return {"error": body}
 
@@ -133,3 +135,4 @@ class DataSourceError(AppError):
 
     status, code = 503, "dependency_unavailable"
     temporary = True
+    expose_details = False  # driver errors name internal hosts: logged, never answered

@@ -125,3 +125,9 @@ def test_retry_policy_from_config() -> None:
                                                  "PROVIDER_RETRY_MAX_WAIT": 2.5})
     assert (policy.retries, policy.max_wait) == (5, 2.5)
     assert RetryPolicy.from_config("binance", {}).retries == 3
+
+
+@pytest.mark.parametrize("raw", ["inf", "-inf", "nan", "Infinity"])
+def test_non_finite_retry_after_headers_are_ignored(raw: str) -> None:
+    assert parse_retry_after({"Retry-After": raw}) is None
+    assert parse_retry_after({"Retry-After": "2.5"}) == 2.5

@@ -80,3 +80,30 @@ async def test_unexpected_error_is_500_with_request_id_and_no_trace(
 async def test_insane_request_ids_are_replaced(failing_app: Quart) -> None:
     r = await failing_app.test_client().get("/health", headers={"X-Request-ID": "x" * 500})
     assert r.status_code == 200 and len(r.headers["X-Request-ID"]) == 32
+
+
+async def test_absurd_retry_after_is_capped_not_a_500(failing_app: Quart) -> None:
+    for value in (float("inf"), float("nan"), 1e300):
+        failing_app.config["_boom"]["exc"] = errors.RateLimitedPluginError("banned", retry_after=value)
+        r = await failing_app.test_client().get("/boom")
+        assert r.status_code == 503
+        assert 1 <= int(r.headers["Retry-After"]) <= 86_400
+
+
+async def test_dependency_details_are_logged_not_answered(failing_app: Quart) -> None:
+    failing_app.config["_boom"]["exc"] = errors.DataSourceError(
+        "database unavailable", details={"error": "Connect call failed ('10.1.2.3', 5432)"}
+    )
+    r = await failing_app.test_client().get("/boom")
+    body = await r.get_json()
+    assert r.status_code == 503 and body["error"]["code"] == "dependency_unavailable"
+    assert "10.1.2.3" not in await r.get_data(as_text=True) and "details" not in body["error"]
+
+
+async def test_unknown_http_methods_share_one_metrics_label(failing_app: Quart) -> None:
+    from prometheus_client import REGISTRY
+
+    await failing_app.test_client().open("/health", method="XYZZY123")  # type: ignore[call-arg]
+    labels = {s.labels.get("method") for fam in REGISTRY.collect() if fam.name == "http_requests"
+              for s in fam.samples}
+    assert "XYZZY123" not in labels and "other" in labels
