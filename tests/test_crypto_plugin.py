@@ -6,7 +6,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 import pytest_asyncio
 from prometheus_client import REGISTRY
@@ -26,7 +25,7 @@ from services.errors import (
 )
 from services.timeframes import DAY_MS, HOUR_MS, MINUTE_MS, WEEK_MS, resample, tf_ms
 from tests.exchange_emulator import ExchangeEmulator, fixtures
-from tests.exchange_emulator.checks import NO_LEAKS, as_bars, assert_same_bars
+from tests.exchange_emulator.checks import NO_LEAKS, assert_same_bars, fetch_klines
 
 pytestmark = NO_LEAKS
 emulator = fixtures.emulator
@@ -55,22 +54,6 @@ async def plugin(emulator: ExchangeEmulator) -> AsyncIterator[CryptoPlugin]:
         await p.close()
 
 
-async def emulator_klines(emu: ExchangeEmulator, interval: str, start: int, end: int) -> list[Any]:
-    """The emulator's own klines of [start, end), fetched without CCXT."""
-    out: list[Any] = []
-    async with aiohttp.ClientSession() as http:
-        while start < end:
-            params = {"symbol": "BTCUSDT", "interval": interval, "startTime": str(start),
-                      "endTime": str(end - 1), "limit": "1000"}
-            async with http.get(emu.url + KLINES, params=params) as resp:
-                rows = await resp.json()
-            if not rows:
-                break
-            out += as_bars(rows)
-            start = int(rows[-1][0]) + tf_ms(interval)
-    return out
-
-
 async def page_through(p: CryptoPlugin, tf: str, start: int, end: int, limit: int) -> list[Any]:
     """Page like the orchestrator does: from the last bar on, until a short page."""
     out: list[Any] = []
@@ -94,7 +77,7 @@ async def test_bars_equal_emulator_klines_across_pages(
     start, end = T0 + 3 * HOUR_MS if tf != "1w" else T0, T0 + span
     got = await page_through(plugin, tf, start, end, limit)
     assert emulator.calls(KLINES) == len(got) // limit + 1  # one upstream call per page
-    want = await emulator_klines(emulator, tf, start, end)
+    want = await fetch_klines(emulator.url, tf, start, end)
     assert len(want) > 2 * limit  # the range crosses page boundaries
     assert got == want
 

@@ -16,7 +16,7 @@ from plugins.alpaca import parse_ts, rfc3339
 from plugins.crypto import clear_shared_markets
 from services.timeframes import DAY_MS, MINUTE_MS, WEEK_MS, resample, tf_ms
 from tests.exchange_emulator import ExchangeEmulator, fixtures
-from tests.exchange_emulator.checks import NO_LEAKS, as_bars, assert_same_bars
+from tests.exchange_emulator.checks import NO_LEAKS, assert_same_bars, fetch_klines
 
 pytestmark = NO_LEAKS
 emulator = fixtures.emulator
@@ -40,21 +40,6 @@ async def get(client: TestClientProtocol, url: str) -> tuple[int, Any]:
     return r.status_code, await r.get_json()
 
 
-async def klines(emu: ExchangeEmulator, interval: str, start: int, end: int) -> list[list[float]]:
-    out: list[list[float]] = []
-    async with aiohttp.ClientSession() as http:
-        while start < end:
-            params = {"symbol": "BTCUSDT", "interval": interval, "startTime": str(start),
-                      "endTime": str(end - 1), "limit": "1000"}
-            async with http.get(emu.url + KLINES, params=params) as resp:
-                rows = await resp.json()
-            if not rows:
-                break
-            out += as_bars(rows)
-            start = int(rows[-1][0]) + tf_ms(interval)
-    return out
-
-
 @pytest.mark.parametrize("tf,count", [
     ("5m", 2500), ("1h", 1500), ("4h", 1100), ("1d", 400), ("1w", 100)])
 async def test_crypto_bars_equal_emulator_klines(
@@ -63,7 +48,7 @@ async def test_crypto_bars_equal_emulator_klines(
     end = T0 + count * tf_ms(tf)
     # Read the emulator's klines first: it computes long ranges on the shared event loop once,
     # so the app's calls below are not slowed beyond PROVIDER_TIMEOUT by the emulator itself.
-    want = await klines(emulator, tf, T0, end)
+    want = await fetch_klines(emulator.url, tf, T0, end)
     assert len(want) == count
     before = emulator.calls(KLINES)
     status, body = await get(client, f"{CRYPTO}&timeframe={tf}&start={T0}&end={end}&limit=5000")

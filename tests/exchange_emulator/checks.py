@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import aiohttp
 import pytest
+
+from services.timeframes import tf_ms
 
 
 def assert_same_bars(
@@ -21,6 +24,23 @@ def assert_same_bars(
 def as_bars(rows: Sequence[Sequence[object]]) -> list[list[float]]:
     """Binance kline rows (strings) as float bars ``[ts, o, h, l, c, v]``."""
     return [[float(int(str(r[0]))), *(float(str(x)) for x in r[1:6])] for r in rows]
+
+
+async def fetch_klines(base_url: str, interval: str, start: int, end: int,
+                       symbol: str = "BTCUSDT") -> list[list[float]]:
+    """The emulator's own klines of [start, end), paged over its HTTP API without CCXT."""
+    out: list[list[float]] = []
+    async with aiohttp.ClientSession() as http:
+        while start < end:
+            params = {"symbol": symbol, "interval": interval, "startTime": str(start),
+                      "endTime": str(end - 1), "limit": "1000"}
+            async with http.get(base_url + "/api/v3/klines", params=params) as resp:
+                rows = await resp.json()
+            if not rows:
+                break
+            out += as_bars(rows)
+            start = int(rows[-1][0]) + tf_ms(interval)
+    return out
 
 
 
