@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import aiohttp
 import asyncpg
 import pytest
 from quart import Quart
@@ -24,7 +23,7 @@ from services.errors import NetworkPluginError
 from services.storage import Series, select_1m_bars
 from services.timeframes import MINUTE_MS, bucket_start, resample
 from tests.exchange_emulator import ExchangeEmulator, fixtures
-from tests.exchange_emulator.checks import as_bars, assert_same_bars
+from tests.exchange_emulator.checks import assert_same_bars, fetch_klines
 from tests.tcp_proxy import TcpProxy
 from tests.ws_support import WS_TEST_CONFIG, assert_ts_monotonic, metric, wait_for
 
@@ -69,6 +68,17 @@ def closed(frames: list[dict[str, Any]]) -> list[list[float]]:
     return [f["bar"] for f in frames if f["type"] == "bar" and f["closed"]]
 
 
+def assert_stale_live_and_no_hole(frames: list[dict[str, Any]]) -> list[list[float]]:
+    """One stale/live pair, ts never backwards, and contiguous closed 1m bars; returns them."""
+    statuses = [(f["state"], f["reason"]) for f in frames if f["type"] == "status"]
+    assert statuses == [("stale", "provider_unavailable"), ("live", "recovered")]
+    assert_ts_monotonic(frames)
+    got = closed(frames)
+    ts = [int(b[0]) for b in got]
+    assert ts == list(range(ts[0], ts[-1] + 1, MINUTE_MS)), "a closed bar is missing"
+    return got
+
+
 async def test_outage_gives_stale_then_live_and_no_missing_bar(
     app_config: dict[str, Any], fast_clock: Callable[[], int], pg: asyncpg.Connection,
     monkeypatch: pytest.MonkeyPatch,
@@ -94,12 +104,8 @@ async def test_outage_gives_stale_then_live_and_no_missing_bar(
             down.clear()
             last_missed = bucket_start(outage_start, "1m") + 2 * MINUTE_MS
             await wait_for(lambda: any(b[0] > last_missed for b in closed(frames)))
-        statuses = [(f["state"], f["reason"]) for f in frames if f["type"] == "status"]
-        assert statuses == [("stale", "provider_unavailable"), ("live", "recovered")]
-        assert_ts_monotonic(frames)
-        got = closed(frames)
+        got = assert_stale_live_and_no_hole(frames)
         ts = [int(b[0]) for b in got]
-        assert ts == list(range(ts[0], ts[-1] + 1, MINUTE_MS)), "a closed bar is missing"
         for bar in got:  # final values, as the provider has them
             assert bar == sim_bar(42, "SIM/USD", int(bar[0]))
         series = Series("sim", "sim", "SIM/USD")
@@ -123,11 +129,9 @@ async def test_closed_bar_equals_the_emulator_kline(
     async with app.test_app(), collecting(app, sub) as frames:
         await wait_for(lambda: len(closed(frames)) >= 2)
     assert_ts_monotonic(frames)
-    async with aiohttp.ClientSession() as http:
-        for bar in closed(frames):
-            params = {"symbol": "BTCUSDT", "interval": "1m", "startTime": str(int(bar[0])), "limit": "1"}
-            async with http.get(emulator.url + "/api/v3/klines", params=params) as resp:
-                assert_same_bars([bar], as_bars(await resp.json()))
+    for bar in closed(frames):
+        ts = int(bar[0])
+        assert_same_bars([bar], await fetch_klines(emulator.url, "1m", ts, ts + MINUTE_MS))
 
 
 async def test_a_5m_channel_closes_its_bucket_with_the_aggregate_of_its_minutes(
@@ -194,13 +198,6 @@ async def test_emulator_outage_gives_stale_then_live_and_no_missing_bar(
         emulator.clear_faults()
         last_missed = bucket_start(outage_start, "1m") + 2 * MINUTE_MS
         await wait_for(lambda: any(b[0] > last_missed for b in closed(frames)))
-    statuses = [(f["state"], f["reason"]) for f in frames if f["type"] == "status"]
-    assert statuses == [("stale", "provider_unavailable"), ("live", "recovered")]
-    assert_ts_monotonic(frames)
-    got = closed(frames)
+    got = assert_stale_live_and_no_hole(frames)
     ts = [int(b[0]) for b in got]
-    assert ts == list(range(ts[0], ts[-1] + 1, MINUTE_MS)), "a closed bar is missing"
-    async with aiohttp.ClientSession() as http:
-        params = {"symbol": "BTCUSDT", "interval": "1m", "startTime": str(ts[0]), "limit": str(len(ts))}
-        async with http.get(emulator.url + "/api/v3/klines", params=params) as resp:
-            assert_same_bars(got, as_bars(await resp.json()))
+    assert_same_bars(got, await fetch_klines(emulator.url, "1m", ts[0], ts[-1] + MINUTE_MS))
