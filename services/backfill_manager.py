@@ -132,10 +132,11 @@ class BackfillManager:
         fetch_end = min(bucket_ceil(end, "1m"), current_min)
         safe_end = current_min - LEDGER_SAFETY_MS
         # Minutes older than the provider still serves stay missing (not fetched, not recorded).
-        start = max(start, await self.plugins.history_start(series, "1m", now) or start)
+        caps = await self.plugins.capabilities(series)
+        start = max(start, caps.history_start("1m", now) or start)
         async with self.db.acquire() as conn:
             missing = await storage.missing_ranges(conn, series, bucket_start(start, "1m"), fetch_end)
-        step = (await self.plugins.max_per_call(series)) * MINUTE_MS
+        step = caps.max_bars_per_call * MINUTE_MS
         return split_chunks(missing, step, safe_end)
 
     async def backfill(

@@ -130,7 +130,7 @@ class DataOrchestrator:
         answer = await self._get_window(q)
         if q.start is not None or len(answer.bars) >= q.limit:
             return answer
-        if await self.plugins.continuous(q.series):
+        if (await self.plugins.capabilities(q.series)).continuous:
             return answer
         size = tf_ms(q.timeframe)
         slack = -(-CLOSURE_SLACK_MS // size)  # buckets covering the longest market closure
@@ -250,7 +250,7 @@ class DataOrchestrator:
 
     async def _too_far(self, series: Series, ranges: list[tuple[int, int]], now: int) -> bool:
         """1m paging of ``ranges`` needs too many calls, or older 1m bars than still served."""
-        oldest = await self.plugins.history_start(series, "1m", now)
+        oldest = (await self.plugins.capabilities(series)).history_start("1m", now)
         if ranges and oldest is not None and ranges[0][0] < oldest:
             return True
         return await self.plugins.calls_needed(series, "1m", ranges) > self.budget
@@ -260,7 +260,7 @@ class DataOrchestrator:
     ) -> tuple[list[tuple[int, int]], bool]:
         """``ranges`` cut to the 1m history the provider still serves; True when cut (that part
         is neither fetched nor recorded: it stays missing, the answer incomplete)."""
-        oldest = await self.plugins.history_start(series, "1m", now)
+        oldest = (await self.plugins.capabilities(series)).history_start("1m", now)
         if oldest is None or not ranges or ranges[0][0] >= oldest:
             return ranges, False
         return [(max(x, oldest), y) for x, y in ranges if y > oldest], True
@@ -269,7 +269,7 @@ class DataOrchestrator:
         self, series: Series, tf: str, a: int, b: int, missing: list[tuple[int, int]]
     ) -> BarAnswer | None:
         """Fetch T directly when the provider serves it (range too large for 1m paging)."""
-        if tf == "1m" or tf not in await self.plugins.native_timeframes(series):
+        if tf == "1m" or tf not in (await self.plugins.capabilities(series)).timeframes:
             return None
         bars, _, until = await self.plugins.fetch(series, tf, a, b, self.budget)
         job = await self.on_missing(series, missing) if self.on_missing and missing else None
@@ -279,7 +279,7 @@ class DataOrchestrator:
         current_min = now // MINUTE_MS * MINUTE_MS
         closed_end = min(b, current_min)
         cached = await self.cache.get_1m(series, a, closed_end)
-        continuous = await self.plugins.continuous(series)
+        continuous = (await self.plugins.capabilities(series)).continuous
         if cached and continuous and len(cached) == (closed_end - a) // MINUTE_MS:
             try:
                 recent, _, _ = await self.plugins.fetch(

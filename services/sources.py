@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from app_extensions.db_pool import Database
+from plugins.base import Capabilities
 from services import aggregates, storage
 from services.cache_manager import Cache
 from services.errors import DataSourceError, NetworkPluginError, PluginFeatureNotSupportedError
@@ -127,26 +128,13 @@ class PluginSource:
     def __init__(self, markets: MarketService) -> None:
         self.markets = markets
 
-    async def max_per_call(self, series: Series) -> int:
+    async def capabilities(self, series: Series) -> Capabilities:
+        """The provider's capabilities (per-call limit, native timeframes, history depth, ...)."""
         plugin = await self.markets.get_plugin(series.market, series.provider)
-        return plugin.capabilities.max_bars_per_call
-
-    async def native_timeframes(self, series: Series) -> tuple[str, ...]:
-        plugin = await self.markets.get_plugin(series.market, series.provider)
-        return plugin.capabilities.timeframes
-
-    async def continuous(self, series: Series) -> bool:
-        """True when the market trades around the clock (every minute should have a bar)."""
-        plugin = await self.markets.get_plugin(series.market, series.provider)
-        return plugin.capabilities.continuous
-
-    async def history_start(self, series: Series, timeframe: str, now: int) -> int | None:
-        """The oldest bar time the provider still serves for ``timeframe`` (None: no limit)."""
-        plugin = await self.markets.get_plugin(series.market, series.provider)
-        return plugin.capabilities.history_start(timeframe, now)
+        return plugin.capabilities
 
     async def calls_needed(self, series: Series, timeframe: str, ranges: Sequence[tuple[int, int]]) -> int:
-        per_call, size = await self.max_per_call(series), tf_ms(timeframe)
+        per_call, size = (await self.capabilities(series)).max_bars_per_call, tf_ms(timeframe)
         return sum(math.ceil((b - a) / size / per_call) for a, b in ranges)
 
     async def fetch(
