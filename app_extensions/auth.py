@@ -27,8 +27,8 @@ from quart import Quart, current_app, g, request, websocket
 
 from app_extensions.db_pool import get_database
 from config import ConfigError
-from services.errors import Unauthorized
-from services.metrics import AUTH_FAILURES
+from core.errors import Unauthorized
+from core.metrics import AUTH_FAILURES
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ from quart import Quart
 from app_extensions.db_pool import get_database
 from app_extensions.redis_client import get_redis
 from app_extensions.services import get_services
+from core.errors import AppError
+from core.timeframes import MINUTE_MS
+from core.types import Series, to_dt
 from services.backfill_manager import Progress, readable
-from services.errors import AppError
-from services.storage import Series, to_dt
-from services.timeframes import MINUTE_MS
 
 
 class TimeParam(click.ParamType):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from quart import Quart, Response, request, websocket
 
-from services.errors import APIError
+from core.errors import APIError
 
 #: Headers a browser script may read from our answers.
 EXPOSED_HEADERS = ("X-Request-ID, X-RateLimit-Limit, X-RateLimit-Remaining, Retry-After, "

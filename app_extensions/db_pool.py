@@ -19,8 +19,8 @@ import asyncpg
 from quart import Quart
 
 from app_extensions.migrations import run_migrations
+from core.errors import DataSourceError
 from services.aggregates import describe_mode
-from services.errors import DataSourceError
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import math
 from quart import Quart, Response, g, jsonify
 from werkzeug.exceptions import HTTPException
 
-from services.errors import AppError
+from core.errors import AppError
 
 log = logging.getLogger(__name__)
 MAX_RETRY_AFTER = 86_400.0

@@ -27,8 +27,8 @@ from quart.typing import ResponseTypes
 from app_extensions.auth import is_open_path
 from app_extensions.redis_client import RedisClient, get_redis
 from config import ConfigError
-from services.errors import DataSourceError, RateLimited
-from services.metrics import RATE_LIMIT_FALLBACKS, RATE_LIMIT_REJECTIONS
+from core.errors import DataSourceError, RateLimited
+from core.metrics import RATE_LIMIT_FALLBACKS, RATE_LIMIT_REJECTIONS
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
-from services.errors import DataSourceError
+from core.errors import DataSourceError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -17,7 +17,7 @@ from typing import Any
 
 from quart import Quart, Response, g, request
 
-from services.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from core.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

@@ -29,8 +29,8 @@ import asyncpg
 from app import create_app
 from app_extensions.services import get_services
 from bench.common import drop_bench_data, free_port
-from services.storage import Series
-from services.timeframes import DAY_MS
+from core.timeframes import DAY_MS
+from core.types import Series
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -24,8 +24,8 @@ import redis.asyncio as aioredis
 
 from bench.common import drop_bench_data
 from config import TestingConfig
+from core.timeframes import MINUTE_MS
 from plugins.crypto import CryptoPlugin
-from services.timeframes import MINUTE_MS
 from tests.exchange_emulator import ExchangeEmulator
 
 START = 1_704_067_200_000  # 2024-01-01 00:00 UTC

@@ -40,7 +40,7 @@ def serve(port: int, samples_path: str, interval: float) -> None:
     from hypercorn.config import Config as HypercornConfig
 
     from app import create_app
-    from services.ws_metrics import WS_FANOUT_LATENCY
+    from core.metrics import WS_FANOUT_LATENCY
 
     samples: list[tuple[float, float]] = []
     observe = WS_FANOUT_LATENCY.observe

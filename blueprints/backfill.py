@@ -10,8 +10,8 @@ from quart import Blueprint, Response, current_app, jsonify
 from app_extensions.services import get_services
 from blueprints.backfill_schemas import BackfillBody, GapsQuery, JobIdPath
 from blueprints.common import load_body, load_query
-from services.errors import InvalidParameter, NotFound
-from services.storage import Series
+from core.errors import InvalidParameter, NotFound
+from core.types import Series
 
 backfill_blueprint = Blueprint("backfill", __name__, url_prefix="/api/v1")
 

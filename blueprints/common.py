@@ -8,7 +8,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError
 from quart import request
 
-from services.errors import InvalidJSON, InvalidParameter
+from core.errors import InvalidJSON, InvalidParameter
 
 
 def load_query(schema: Schema) -> dict[str, Any]:

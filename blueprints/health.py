@@ -15,7 +15,7 @@ from quart import Blueprint, Response, current_app, jsonify
 
 from app_extensions.db_pool import Database, get_database
 from app_extensions.redis_client import get_redis
-from services.metrics import DB_POOL_IN_USE, DB_POOL_SIZE, DEPENDENCY_UP
+from core.metrics import DB_POOL_IN_USE, DB_POOL_SIZE, DEPENDENCY_UP
 
 health_blueprint = Blueprint("health", __name__)
 

@@ -10,10 +10,10 @@ from quart import Blueprint, Response, current_app, jsonify, request
 from app_extensions.services import get_services
 from blueprints.common import load_query
 from blueprints.schemas import MarketQuery, OhlcvQuery, ProviderQuery, SymbolQuery
-from services.errors import InvalidParameter
-from services.metrics import DATA_SOURCE_ANSWERS
+from core.errors import InvalidParameter
+from core.metrics import DATA_SOURCE_ANSWERS
+from core.types import Series
 from services.orchestrator import BarQuery
-from services.storage import Series
 
 market_blueprint = Blueprint("market", __name__, url_prefix="/api/v1")
 #: Schema instances are stateless; build them once rather than per request.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from services.timeframes import TIMEFRAMES
+from core.timeframes import TIMEFRAMES
 
 
 class MarketEntry(Schema):

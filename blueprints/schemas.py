@@ -9,7 +9,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from services.timeframes import TIMEFRAMES
+from core.timeframes import TIMEFRAMES
 
 MARKETS = ("crypto", "stocks", "sim")
 #: Integer milliseconds as text: ASCII digits only (``str.isdigit`` also accepts "²", which

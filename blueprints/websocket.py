@@ -24,8 +24,8 @@ from quart import Blueprint, current_app, websocket
 
 from app_extensions.services import get_services
 from blueprints.ws_schemas import SCHEMAS
+from core.errors import AppError, InvalidParameter
 from services.broadcast import stop_task
-from services.errors import AppError, InvalidParameter
 from services.subscription_service import SubscriptionService
 from services.ws_connection import Connection
 

@@ -7,7 +7,7 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from blueprints.schemas import SYMBOL_RULES
-from services.timeframes import TIMEFRAMES
+from core.timeframes import TIMEFRAMES
 
 OPS = ("subscribe", "unsubscribe", "ping")
 

@@ -22,9 +22,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from plugins.base import Capabilities, MarketPlugin, ProviderInfo, Ticker
-from plugins.retry import RetryPolicy, parse_retry_after
-from services.errors import (
+from core.errors import (
     AppError,
     AuthenticationPluginError,
     MalformedResponseError,
@@ -34,7 +32,9 @@ from services.errors import (
     RateLimitedPluginError,
     UnknownSymbol,
 )
-from services.timeframes import Bar, bucket_start
+from core.timeframes import Bar, bucket_start
+from plugins.base import Capabilities, MarketPlugin, ProviderInfo, Ticker
+from plugins.retry import RetryPolicy, parse_retry_after
 
 DATA_URL = "https://data.alpaca.markets"
 TRADING_URL = "https://api.alpaca.markets"

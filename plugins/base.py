@@ -5,7 +5,7 @@ one ``provider_id`` (a CCXT exchange id, ``alpaca``, ``sim``) with its credentia
 MarketService caches instances and closes idle ones. Provider differences are data
 (``capabilities``), never ``if provider == ...`` branches in callers.
 
-Errors: plugins raise only ``services.errors`` classes (``PluginError`` and subclasses,
+Errors: plugins raise only ``core.errors`` classes (``PluginError`` and subclasses,
 ``UnknownSymbol``), translated from their client library with ``raise ... from exc``.
 """
 
@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from services.timeframes import Bar, bucket_ceil, tf_ms
+from core.timeframes import Bar, bucket_ceil, tf_ms
 
 
 @dataclass(frozen=True)

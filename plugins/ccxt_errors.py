@@ -1,4 +1,4 @@
-"""Translation of CCXT errors into ``services.errors`` at the plugin boundary.
+"""Translation of CCXT errors into ``core.errors`` at the plugin boundary.
 
 The table is ordered most specific first; the first ``isinstance`` match wins (CCXT's hierarchy:
 ``RateLimitExceeded`` and ``DDoSProtection`` are ``NetworkError``s, ``BadSymbol`` is an
@@ -21,7 +21,7 @@ import re
 
 import ccxt.async_support as ccxt
 
-from services.errors import (
+from core.errors import (
     AppError,
     AuthenticationPluginError,
     MalformedResponseError,

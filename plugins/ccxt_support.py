@@ -11,10 +11,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import ccxt.async_support as ccxt
 
+from core.errors import MalformedResponseError
+from core.timeframes import Bar
 from plugins.base import Capabilities
 from plugins.retry import parse_retry_after
-from services.errors import MalformedResponseError
-from services.timeframes import Bar
 
 _ALL = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d", "1w")
 

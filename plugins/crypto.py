@@ -17,17 +17,17 @@ from typing import Any, TypeVar
 
 import ccxt.async_support as ccxt
 
-from plugins.base import Capabilities, MarketPlugin, ProviderInfo, Ticker
-from plugins.ccxt_errors import translate
-from plugins.ccxt_support import capabilities_for, clean_bars, exchange_class, rebase_urls
-from plugins.retry import RetryPolicy
-from services.errors import (
+from core.errors import (
     MalformedResponseError,
     PluginFeatureNotSupportedError,
     UnknownProvider,
     UnknownSymbol,
 )
-from services.timeframes import Bar, tf_ms
+from core.timeframes import Bar, tf_ms
+from plugins.base import Capabilities, MarketPlugin, ProviderInfo, Ticker
+from plugins.ccxt_errors import translate
+from plugins.ccxt_support import capabilities_for, clean_bars, exchange_class, rebase_urls
+from plugins.retry import RetryPolicy
 
 T = TypeVar("T")
 _CREDENTIAL_KEYS = ("apiKey", "secret", "password", "uid")

@@ -25,7 +25,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from plugins.metrics import PROVIDER_RETRIES
+from core.metrics import PROVIDER_RETRIES
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

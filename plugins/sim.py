@@ -16,9 +16,8 @@ import math
 import struct
 from typing import Any, ClassVar
 
-from plugins.base import Capabilities, MarketPlugin, ProviderInfo, Ticker
-from services.errors import PluginFeatureNotSupportedError, UnknownSymbol
-from services.timeframes import (
+from core.errors import PluginFeatureNotSupportedError, UnknownSymbol
+from core.timeframes import (
     HOUR_MS,
     MINUTE_MS,
     TIMEFRAMES,
@@ -28,6 +27,7 @@ from services.timeframes import (
     now_ms,
     resample,
 )
+from plugins.base import Capabilities, MarketPlugin, ProviderInfo, Ticker
 
 #: symbol -> (base price, base volume)
 SYMBOLS: dict[str, tuple[float, float]] = {

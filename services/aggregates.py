@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from services.timeframes import TIMEFRAMES, WEEK_OFFSET_MS, Bar, bucket_ceil, bucket_start, tf_ms
+from core.timeframes import TIMEFRAMES, WEEK_OFFSET_MS, Bar, bucket_ceil, bucket_start, tf_ms
 
 log = logging.getLogger(__name__)
 

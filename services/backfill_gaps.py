@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from services.storage import Series, subtract_ranges, to_dt
+from core.types import Series, subtract_ranges, to_dt
 
 
 @dataclass(frozen=True)

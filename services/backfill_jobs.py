@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from services.storage import Series
+from core.types import Series
 
 ACTIVE = ("queued", "running")
 STATES = ("queued", "running", "done", "failed")

@@ -32,12 +32,7 @@ from tenacity import (
 )
 
 from app_extensions.db_pool import Database
-from services import aggregates, storage
-from services import backfill_jobs as jobs
-from services.backfill_gaps import Chunk, bar_islands, gap_report, split_chunks
-from services.backfill_metrics import BACKFILL_BARS, BACKFILL_CHUNK_FAILURES, BACKFILL_CHUNKS
-from services.backfill_runner import JobRunner
-from services.errors import (
+from core.errors import (
     AppError,
     DataSourceError,
     NetworkPluginError,
@@ -45,11 +40,16 @@ from services.errors import (
     RateLimitedPluginError,
     UnknownSymbol,
 )
+from core.metrics import BACKFILL_BARS, BACKFILL_CHUNK_FAILURES, BACKFILL_CHUNKS
+from core.timeframes import MINUTE_MS, Bar, bucket_ceil, bucket_start, now_ms
+from core.types import Series, to_dt
+from services import aggregates, storage
+from services import backfill_jobs as jobs
+from services.backfill_gaps import Chunk, bar_islands, gap_report, split_chunks
+from services.backfill_runner import JobRunner
 from services.market_service import MarketService
 from services.orchestrator import LEDGER_SAFETY_MS
 from services.sources import CacheSource, PluginSource
-from services.storage import Series, to_dt
-from services.timeframes import MINUTE_MS, Bar, bucket_ceil, bucket_start, now_ms
 
 log = logging.getLogger(__name__)
 #: Calls one chunk may make while paging (a chunk normally needs one).

@@ -19,9 +19,9 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from app_extensions.db_pool import Database
+from core.errors import DataSourceError
+from core.metrics import BACKFILL_JOBS, BACKFILL_LAG, BACKFILL_RUNNER_ERRORS
 from services import backfill_jobs as jobs
-from services.backfill_metrics import BACKFILL_JOBS, BACKFILL_LAG, BACKFILL_RUNNER_ERRORS
-from services.errors import DataSourceError
 
 if TYPE_CHECKING:
     from services.backfill_manager import BackfillManager

@@ -26,8 +26,8 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from app_extensions.redis_client import RedisClient
-from services.errors import DataSourceError
-from services.ws_metrics import WS_CLUSTER_MODE
+from core.errors import DataSourceError
+from core.metrics import WS_CLUSTER_MODE
 
 log = logging.getLogger(__name__)
 

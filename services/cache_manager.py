@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from app_extensions.redis_client import RedisClient
-from services.errors import DataSourceError
-from services.metrics import CACHE_REQUESTS
-from services.storage import Series
-from services.timeframes import Bar
+from core.errors import DataSourceError
+from core.metrics import CACHE_REQUESTS
+from core.timeframes import Bar
+from core.types import Series
 
 #: Namespace of answer entries; bump it when their format changes.
 ANSWER_NS = "ans2"

@@ -16,12 +16,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from core.errors import UnknownMarket, UnknownProvider
+from core.metrics import PLUGIN_INSTANCES, observe_call
+from core.timeframes import TIMEFRAMES
 from plugins.base import MarketPlugin, ProviderInfo, Ticker
 from plugins.loader import PluginLoader
-from services.errors import UnknownMarket, UnknownProvider
-from services.metrics import PLUGIN_INSTANCES, observe_call
 from services.provider_budget import ProviderBudget
-from services.timeframes import TIMEFRAMES
 
 log = logging.getLogger(__name__)
 

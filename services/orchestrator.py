@@ -20,10 +20,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from services.errors import DataSourceError, NetworkPluginError
+from core.errors import DataSourceError, NetworkPluginError
+from core.timeframes import MINUTE_MS, Bar, bucket_ceil, bucket_start, now_ms, resample, tf_ms
+from core.types import Series, merge_ranges
 from services.sources import AggregateSource, CacheSource, DbSource, PluginSource
-from services.storage import Series, merge_ranges
-from services.timeframes import MINUTE_MS, Bar, bucket_ceil, bucket_start, now_ms, resample, tf_ms
 
 log = logging.getLogger(__name__)
 #: Minutes this close to now are refetched every time, never recorded complete in the ledger.

@@ -25,8 +25,8 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from services.errors import DataSourceError, RateLimitedPluginError
-from services.metrics import PROVIDER_BUDGET_EVENTS
+from core.errors import DataSourceError, RateLimitedPluginError
+from core.metrics import PROVIDER_BUDGET_EVENTS
 
 log = logging.getLogger(__name__)
 

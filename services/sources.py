@@ -13,14 +13,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from app_extensions.db_pool import Database
+from core.errors import DataSourceError, NetworkPluginError, PluginFeatureNotSupportedError
+from core.metrics import observe_call, observe_query
+from core.timeframes import MINUTE_MS, Bar, now_ms, tf_ms
+from core.types import Series
 from plugins.base import Capabilities
 from services import aggregates, storage
 from services.cache_manager import Cache
-from services.errors import DataSourceError, NetworkPluginError, PluginFeatureNotSupportedError
 from services.market_service import MarketService
-from services.metrics import observe_call, observe_query
-from services.storage import Series
-from services.timeframes import MINUTE_MS, Bar, now_ms, tf_ms
 
 log = logging.getLogger(__name__)
 

@@ -17,20 +17,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from config import ConfigError
-from services.broadcast import BroadcastManager, SubscriptionRegistry, stop_task
-from services.errors import APIError, AppError, UnknownSymbol
-from services.market_service import MarketService
-from services.metrics import forget_candle_lag
-from services.orchestrator import BarQuery, DataOrchestrator
-from services.sources import DbSource
-from services.subscription_worker import Channel, ChannelStateStore, PollSettings, SubscriptionWorker
-from services.ws_connection import CLOSE_GOING_AWAY, Connection, Send
-from services.ws_metrics import (
+from core.errors import APIError, AppError, UnknownSymbol
+from core.metrics import (
     WS_ACTIVE_CHANNELS,
     WS_CONNECTIONS,
     WS_POLLING_CHANNELS,
     WS_SUBSCRIPTIONS,
+    forget_candle_lag,
 )
+from services.broadcast import BroadcastManager, SubscriptionRegistry, stop_task
+from services.market_service import MarketService
+from services.orchestrator import BarQuery, DataOrchestrator
+from services.sources import DbSource
+from services.subscription_worker import Channel, ChannelStateStore, PollSettings, SubscriptionWorker
+from services.ws_connection import CLOSE_GOING_AWAY, Connection, Send
 
 log = logging.getLogger(__name__)
 

@@ -24,15 +24,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app_extensions.redis_client import RedisClient
+from core.errors import AppError, DataSourceError, InvalidParameter
+from core.metrics import WS_POLL_ERRORS, WS_POLLS, WS_STORAGE_ERRORS, observe_call, set_candle_lag
+from core.timeframes import MINUTE_MS, TIMEFRAMES, Bar, bucket_start, now_ms, resample, tf_ms
+from core.types import Series
 from plugins.base import MarketPlugin
-from services.errors import AppError, DataSourceError, InvalidParameter
 from services.market_service import MarketService
-from services.metrics import observe_call, set_candle_lag
 from services.provider_budget import MAX_PAUSE_SECONDS
 from services.sources import DbSource
-from services.storage import Series
-from services.timeframes import MINUTE_MS, TIMEFRAMES, Bar, bucket_start, now_ms, resample, tf_ms
-from services.ws_metrics import WS_POLL_ERRORS, WS_POLLS, WS_STORAGE_ERRORS
 
 log = logging.getLogger(__name__)
 Publish = Callable[[str, dict[str, Any], int, float], Awaitable[None]]

@@ -13,10 +13,10 @@ from quart.typing import TestClientProtocol
 
 from app import create_app
 from app_extensions.services import get_services
+from core.timeframes import DAY_MS, MINUTE_MS
+from core.types import Series
 from services import storage
 from services.backfill_manager import BackfillManager
-from services.storage import Series
-from services.timeframes import DAY_MS, MINUTE_MS
 from tests.exchange_emulator import ExchangeEmulator
 from tests.exchange_emulator.candles import minute_candle
 

@@ -11,8 +11,7 @@ import pytest_asyncio
 from prometheus_client import REGISTRY
 
 from config import TestingConfig
-from plugins.alpaca import AlpacaPlugin, parse_ts, rfc3339
-from services.errors import (
+from core.errors import (
     AppError,
     AuthenticationPluginError,
     MalformedResponseError,
@@ -22,7 +21,8 @@ from services.errors import (
     RateLimitedPluginError,
     UnknownSymbol,
 )
-from services.timeframes import DAY_MS, HOUR_MS, MINUTE_MS, WEEK_MS, resample
+from core.timeframes import DAY_MS, HOUR_MS, MINUTE_MS, WEEK_MS, resample
+from plugins.alpaca import AlpacaPlugin, parse_ts, rfc3339
 from tests.exchange_emulator import ExchangeEmulator, fixtures
 from tests.exchange_emulator.candles import in_session
 from tests.exchange_emulator.checks import NO_LEAKS, assert_same_bars

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from services.backfill_metrics import BACKFILL_CHUNK_FAILURES
+from core.metrics import BACKFILL_CHUNK_FAILURES
 from tests.backfill_support import (
     BTC,
     DAY_MS,
@@ -127,8 +127,8 @@ async def test_non_retryable_error_fails_the_job_with_a_readable_error(
         # A symbol the exchange dropped after the job was queued fails it just as readably.
         emulator.clear_faults()
         queued, _ = await manager(app).submit(BTC, T0, T0 + 10 * MINUTE_MS)
+        from core.types import Series
         from services import backfill_jobs
-        from services.storage import Series
 
         async with manager(app).db.acquire() as conn:
             gone, _ = await backfill_jobs.enqueue_job(
@@ -143,7 +143,7 @@ async def test_non_retryable_error_fails_the_job_with_a_readable_error(
 async def test_stock_week_records_closed_market_hours_as_verified_empty(
     emulator: ExchangeEmulator, app_config: dict[str, Any], pg: asyncpg.Connection
 ) -> None:
-    from services.storage import Series
+    from core.types import Series
     from tests.exchange_emulator.candles import in_session
 
     config = emu_config(app_config, emulator, ALPACA_API_KEY_ID="key",

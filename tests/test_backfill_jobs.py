@@ -183,7 +183,7 @@ async def test_sim_job_through_the_api_reports_progress(client: TestClientProtoc
 
 
 async def test_metrics_count_bars_chunks_and_jobs(client: TestClientProtocol) -> None:
-    from services.backfill_metrics import BACKFILL_BARS, BACKFILL_CHUNKS, BACKFILL_JOBS, BACKFILL_LAG
+    from core.metrics import BACKFILL_BARS, BACKFILL_CHUNKS, BACKFILL_JOBS, BACKFILL_LAG
 
     bars_before = BACKFILL_BARS.labels("sim")._value.get()
     chunks_before = BACKFILL_CHUNKS.labels("sim")._value.get()
@@ -256,7 +256,7 @@ async def test_jobs_the_orchestrator_schedules_keep_to_the_epoch_and_the_range_l
 ) -> None:
     """A latest-5000-weeks window reaches back to 1930: its job starts at most
     BACKFILL_MAX_RANGE_DAYS before its end, and never before the epoch."""
-    from services.storage import Series
+    from core.types import Series
 
     config = {**app_config, "BACKFILL_RUNNER": False, "BACKFILL_MAX_RANGE_DAYS": 30}
     series = Series("sim", "sim", "SIM/USD")

@@ -6,9 +6,7 @@ import ccxt.async_support as ccxt
 import pytest
 from prometheus_client import REGISTRY
 
-from plugins.ccxt_errors import TRANSLATIONS, retry_after_of, translate
-from plugins.retry import RetryPolicy, parse_retry_after
-from services.errors import (
+from core.errors import (
     AppError,
     AuthenticationPluginError,
     MalformedResponseError,
@@ -18,6 +16,8 @@ from services.errors import (
     RateLimitedPluginError,
     UnknownSymbol,
 )
+from plugins.ccxt_errors import TRANSLATIONS, retry_after_of, translate
+from plugins.retry import RetryPolicy, parse_retry_after
 from tests.exchange_emulator.checks import NO_LEAKS
 
 pytestmark = NO_LEAKS

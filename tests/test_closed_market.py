@@ -12,9 +12,9 @@ from quart import Quart
 
 import services.orchestrator as orchestrator_module
 from app import create_app
+from core.timeframes import MINUTE_MS, TIMEFRAMES, Bar, now_ms
 from plugins.base import Capabilities
 from plugins.sim import SimPlugin
-from services.timeframes import MINUTE_MS, TIMEFRAMES, Bar, now_ms
 
 SESSION = (14 * 60 + 30, 21 * 60)  # 14:30-21:00 UTC, weekdays
 

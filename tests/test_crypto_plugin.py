@@ -11,8 +11,7 @@ import pytest_asyncio
 from prometheus_client import REGISTRY
 
 from config import TestingConfig
-from plugins.crypto import CryptoPlugin, clear_shared_markets
-from services.errors import (
+from core.errors import (
     AppError,
     AuthenticationPluginError,
     MalformedResponseError,
@@ -23,7 +22,8 @@ from services.errors import (
     UnknownProvider,
     UnknownSymbol,
 )
-from services.timeframes import DAY_MS, HOUR_MS, MINUTE_MS, WEEK_MS, resample, tf_ms
+from core.timeframes import DAY_MS, HOUR_MS, MINUTE_MS, WEEK_MS, resample, tf_ms
+from plugins.crypto import CryptoPlugin, clear_shared_markets
 from tests.exchange_emulator import ExchangeEmulator, fixtures
 from tests.exchange_emulator.checks import NO_LEAKS, assert_same_bars, fetch_klines
 

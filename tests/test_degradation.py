@@ -153,7 +153,7 @@ async def test_postgres_and_provider_down_serve_the_cached_minutes_marked_incomp
     proxied_app: Quart, proxies: dict[str, TcpProxy]
 ) -> None:
     from app_extensions.services import get_services
-    from services.errors import NetworkPluginError
+    from core.errors import NetworkPluginError
 
     base = "/api/v1/ohlcv?market=sim&provider=sim&symbol=SIM/USD"
     now = time.time_ns() // 1_000_000

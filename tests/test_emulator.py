@@ -15,7 +15,7 @@ import pytest_asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.timeframes import DAY_MS, HOUR_MS, MINUTE_MS, WEEK_MS, resample
+from core.timeframes import DAY_MS, HOUR_MS, MINUTE_MS, WEEK_MS, resample
 from tests.exchange_emulator import ExchangeEmulator, fixtures
 from tests.exchange_emulator.candles import CandleBook, in_session, minute_candle
 from tests.exchange_emulator.checks import NO_LEAKS, as_bars, assert_same_bars

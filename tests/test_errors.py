@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 from quart import Quart
 
-from services import errors
-from services.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from core import errors
+from core.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 CASES = [
     (errors.InvalidParameter("bad", details={"limit": ["too big"]}), 400, "invalid_parameter"),

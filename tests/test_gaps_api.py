@@ -10,9 +10,9 @@ from quart import Quart
 from quart.typing import TestClientProtocol
 
 from app_extensions.services import get_services
+from core.timeframes import MINUTE_MS, bucket_ceil, bucket_start, now_ms
+from core.types import Series
 from services import storage
-from services.storage import Series
-from services.timeframes import MINUTE_MS, bucket_ceil, bucket_start, now_ms
 from tests.backfill_support import T0, candles
 
 SIM = Series("sim", "sim", "SIM/USD")

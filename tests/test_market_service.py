@@ -6,10 +6,10 @@ from typing import Any, ClassVar
 
 import pytest
 
+from core.errors import UnknownMarket, UnknownProvider
 from plugins.base import MarketPlugin
 from plugins.loader import PluginLoader
 from plugins.sim import SimPlugin
-from services.errors import UnknownMarket, UnknownProvider
 from services.market_service import MarketService, credentials_marker
 
 
@@ -100,8 +100,8 @@ async def test_sim_history_starts_at_its_opening_and_coarse_pages_leave_the_loop
     import asyncio
     import time
 
+    from core.timeframes import DAY_MS, bucket_start, resample
     from plugins.sim import HISTORY_START_MS, closed_bars
-    from services.timeframes import DAY_MS, bucket_start, resample
 
     plugin = SimPlugin("sim")
     gaps: list[float] = []

@@ -9,8 +9,8 @@ import redis.asyncio as aioredis
 from quart import Quart
 from quart.typing import TestClientProtocol
 
+from core.timeframes import HOUR_MS, MINUTE_MS, TIMEFRAMES, now_ms, resample
 from plugins.sim import sim_bar
-from services.timeframes import HOUR_MS, MINUTE_MS, TIMEFRAMES, now_ms, resample
 from tests.conftest import REDIS_URL
 from tests.helpers import delete_prefix, sim_calls
 
@@ -275,7 +275,7 @@ async def test_provider_outage_serves_stored_bars_marked_incomplete_else_503(
     app: Quart, client: TestClientProtocol
 ) -> None:
     from app_extensions.services import get_services
-    from services.errors import NetworkPluginError
+    from core.errors import NetworkPluginError
 
     plugin = await get_services(app).markets.get_plugin("sim", "sim")
     stored = f"&timeframe=1m&start={PAST}&limit=10"
@@ -307,7 +307,7 @@ async def test_provider_failing_mid_paging_keeps_the_pages_fetched_and_records_o
     """The third page fails: the first two (2000 minutes) are answered, written and recorded
     complete; the rest stays missing, with a job for it; nothing is recorded complete falsely."""
     from app_extensions.services import get_services
-    from services.errors import NetworkPluginError
+    from core.errors import NetworkPluginError
 
     plugin = await get_services(app).markets.get_plugin("sim", "sim")
     real, calls = plugin.fetch_ohlcv, []

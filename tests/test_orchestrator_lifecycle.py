@@ -11,10 +11,10 @@ from quart import Quart
 
 from app import create_app
 from app_extensions.services import get_services
+from core.timeframes import Bar
+from core.types import Series
 from plugins.sim import SimPlugin
 from services.orchestrator import BarQuery
-from services.storage import Series
-from services.timeframes import Bar
 
 STARTED = asyncio.Event()
 

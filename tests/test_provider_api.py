@@ -12,9 +12,9 @@ import aiohttp
 import pytest
 from quart.typing import TestClientProtocol
 
+from core.timeframes import DAY_MS, MINUTE_MS, WEEK_MS, resample, tf_ms
 from plugins.alpaca import parse_ts, rfc3339
 from plugins.crypto import clear_shared_markets
-from services.timeframes import DAY_MS, MINUTE_MS, WEEK_MS, resample, tf_ms
 from tests.exchange_emulator import ExchangeEmulator, fixtures
 from tests.exchange_emulator.checks import NO_LEAKS, assert_same_bars, fetch_klines
 

@@ -12,7 +12,7 @@ from quart import Quart
 
 from app import create_app
 from app_extensions.services import get_services
-from services.errors import RateLimitedPluginError
+from core.errors import RateLimitedPluginError
 from services.provider_budget import ProviderBudget, parse_budget
 
 TICKER = "/api/v1/ticker?market=sim&provider=sim&symbol=SIM/USD"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from core.errors import UnknownSymbol
+from core.timeframes import DAY_MS, HOUR_MS, MINUTE_MS, resample
 from plugins.sim import HISTORY_START_MS, SimPlugin, closed_bars, sim_bar
-from services.errors import UnknownSymbol
-from services.timeframes import DAY_MS, HOUR_MS, MINUTE_MS, resample
 
 T0 = 1_700_006_400_000  # a day boundary
 

@@ -10,9 +10,9 @@ import pytest
 
 from app_extensions.migrations import run_migrations
 from config import TestingConfig as _TestingConfig
+from core.timeframes import MINUTE_MS, resample
+from core.types import Series, merge_ranges, subtract_ranges
 from services import aggregates, storage
-from services.storage import Series, merge_ranges, subtract_ranges
-from services.timeframes import MINUTE_MS, resample
 from tests.conftest import DATABASE_URL
 
 SERIES = Series("sim", "sim", "SIM/USD")

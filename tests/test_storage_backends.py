@@ -2,7 +2,7 @@
 
 Every test taking ``store`` runs twice: on PostgreSQL (127.0.0.1:5432, plain mode, query-time
 aggregation) and on TimescaleDB (PGlite in WebAssembly, see tests/pglite; hypertable, hierarchical
-continuous aggregates). Both must answer what ``services.timeframes.resample`` computes from the
+continuous aggregates). Both must answer what ``core.timeframes.resample`` computes from the
 same 1m bars. Prices and volumes are multiples of 1/4, so sums are exact and bars compare equal.
 """
 
@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 
 from app_extensions.migrations import run_migrations
 from config import TestingConfig
+from core.timeframes import DAY_MS, HOUR_MS, MINUTE_MS, TIMEFRAMES, Bar, bucket_ceil, bucket_start, resample
+from core.types import Series
 from services import aggregates, storage
-from services.storage import Series
-from services.timeframes import DAY_MS, HOUR_MS, MINUTE_MS, TIMEFRAMES, Bar, bucket_ceil, bucket_start, resample
 from tests.conftest import DATABASE_URL
 from tests.pglite.fixtures import timescale_url  # noqa: F401  (session fixture)
 

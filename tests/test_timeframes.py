@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.timeframes import (
+from core.timeframes import (
     MINUTE_MS,
     TIMEFRAMES,
     bucket_ceil,

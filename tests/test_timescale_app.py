@@ -12,9 +12,9 @@ from quart import Quart
 from quart.typing import TestClientProtocol
 
 from app import create_app
+from core.timeframes import DAY_MS, MINUTE_MS, resample, tf_ms
 from plugins.sim import sim_bar
 from services import aggregates
-from services.timeframes import DAY_MS, MINUTE_MS, resample, tf_ms
 from tests.pglite.fixtures import timescale_url  # noqa: F401  (session fixture)
 from tests.test_ohlcv_api import BASE, flush_prefix
 

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from core.timeframes import DAY_MS
 from services import storage
-from services.timeframes import DAY_MS
 from tests.pglite.fixtures import timescale_url  # noqa: F401  (session fixture)
 from tests.test_storage_backends import SERIES, WED, Store, close_store, make_bars, open_store, reference
 

@@ -17,11 +17,12 @@ from quart import Quart
 
 from app import create_app
 from app_extensions.services import get_services
+from core.errors import NetworkPluginError
+from core.timeframes import MINUTE_MS, bucket_start, resample
+from core.types import Series
 from plugins.crypto import clear_shared_markets
 from plugins.sim import sim_bar
-from services.errors import NetworkPluginError
-from services.storage import Series, select_1m_bars
-from services.timeframes import MINUTE_MS, bucket_start, resample
+from services.storage import select_1m_bars
 from tests.exchange_emulator import ExchangeEmulator, fixtures
 from tests.exchange_emulator.checks import assert_same_bars, fetch_klines
 from tests.tcp_proxy import TcpProxy

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from core.errors import NetworkPluginError
 from plugins.base import Capabilities
-from services.errors import NetworkPluginError
 from services.subscription_worker import Channel, ChannelStateStore, PollSettings, SubscriptionWorker
 
 X = 1_700_000_040_000  # a minute boundary

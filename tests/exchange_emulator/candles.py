@@ -3,7 +3,7 @@
 A 1m candle is a pure function of ``(symbol, minute open time)``: a smooth price curve plus a
 hash-derived jitter, so the same request always answers the same numbers, and the close of one
 minute is the open of the next. Higher intervals are aggregated here from those 1m candles,
-deliberately without ``services.timeframes`` so that tests compare our resampling against an
+deliberately without ``core.timeframes`` so that tests compare our resampling against an
 independent implementation: buckets are aligned to the UNIX epoch in UTC, ``1d`` to UTC midnight
 and ``1w`` to Monday 00:00 UTC (as Binance does).
 

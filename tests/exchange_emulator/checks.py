@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import aiohttp
 import pytest
 
-from services.timeframes import tf_ms
+from core.timeframes import tf_ms
 
 
 def assert_same_bars(
