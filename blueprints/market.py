@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 from quart import Blueprint, Response, current_app, jsonify, request
 
+from app_extensions.request_context import header
+from app_extensions.response_cache import PreparedResponse, get_response_cache
 from app_extensions.services import get_services
 from blueprints.common import load_query
 from blueprints.schemas import MarketQuery, OhlcvQuery, ProviderQuery, SymbolQuery
 from core.errors import InvalidParameter
 from core.metrics import DATA_SOURCE_ANSWERS
+from core.timeframes import MINUTE_MS, now_ms
 from core.types import Series
-from services.orchestrator import BarQuery
+from services.answer_bytes import Prepared, etag_matches, etag_of
+from services.orchestrator import LEDGER_SAFETY_MS, BarQuery, window
 
 market_blueprint = Blueprint("market", __name__, url_prefix="/api/v1")
 #: Schema instances are stateless; build them once rather than per request.
 SCHEMAS = {s.__name__: s() for s in (MarketQuery, ProviderQuery, SymbolQuery, OhlcvQuery)}
+CACHE_ANSWERS = DATA_SOURCE_ANSWERS.labels("cache")
 
 
 @market_blueprint.get("/markets")
@@ -52,18 +56,23 @@ async def ticker() -> Response:
 
 @market_blueprint.get("/ohlcv")
 async def ohlcv() -> Response:
+    prepared = get_response_cache(current_app)
+    hit = prepared.lookup(request.query_string)  # the same query, validated when it was kept
+    if hit is not None:
+        CACHE_ANSWERS.inc()
+        return _answer(hit, "cache")
     q = load_query(SCHEMAS['OhlcvQuery'])
     services = get_services(current_app)
     services.markets.check_provider(q["market"], q["provider"])
     series = Series(q["market"], q["provider"], q["symbol"])
-    answer = await services.orchestrator.get_bars(
-        BarQuery(series, q["timeframe"], q["start"], q["end"], _limit(q["limit"]))
-    )
+    query = BarQuery(series, q["timeframe"], q["start"], q["end"], _limit(q["limit"]))
+    generation = prepared.store.generation(series.key())
+    answer = await services.orchestrator.get_bars(query)
     head = {"market": series.market, "provider": series.provider, "symbol": series.symbol,
             "timeframe": q["timeframe"]}
     tail = {"partial": answer.partial, "next": answer.next}
     # Spliced rather than re-encoded: cached bars arrive as JSON already.
-    payload = f'{json.dumps(head)[:-1]}, "bars": {answer.bars_json()}, {json.dumps(tail)[1:]}'
+    payload = f'{json.dumps(head)[:-1]}, "bars": {answer.bars_json()}, {json.dumps(tail)[1:]}'.encode()
     source = ",".join(answer.sources)
     DATA_SOURCE_ANSWERS.labels(source).inc()  # a mix of four fixed names: bounded
     headers = {"X-Data-Source": source, "Content-Type": "application/json"}
@@ -72,13 +81,38 @@ async def ohlcv() -> Response:
     if answer.backfill_job:
         headers["X-Backfill-Job"] = answer.backfill_job
     if answer.closed and not answer.incomplete:
-        etag = '"' + hashlib.sha256(payload.encode()).hexdigest()[:32] + '"'
+        kept = await _keep(query, series, payload, generation)
+        if kept is not None:
+            return _answer(kept, source)
+        etag = etag_of(payload)
         headers["ETag"] = etag
-        if _matches(request.headers.get("If-None-Match", ""), etag):
-            return Response("", status=304, headers={"ETag": etag})
+        if etag_matches(request.headers.get("If-None-Match", ""), etag):
+            return Response(b"", status=304, headers={"ETag": etag})
     return Response(payload, status=200, headers=headers)
 
 
+async def _keep(query: BarQuery, series: Series, body: bytes, generation: tuple[int, int]) -> Prepared | None:
+    """Keep a closed answer's bytes in process when its range is settled (older than the minutes
+    an exchange may still correct). A latest-bars query may look back past closures: any revision
+    before its end drops it."""
+    now = now_ms()
+    a, b, _ = window(query, now)
+    if b > now // MINUTE_MS * MINUTE_MS - LEDGER_SAFETY_MS:
+        return None
+    start = a if query.start is not None else 0
+    return await get_response_cache(current_app).keep(
+        request.query_string, series.key(), start, b, body, "cache", generation)
+
+
+def _answer(entry: Prepared, source: str) -> Response:
+    """A prepared answer in the encoding the client accepts; 304 when its ETag matches."""
+    body, headers = entry.pick(header(b"accept-encoding") or "")
+    if_none_match = header(b"if-none-match")
+    if if_none_match and etag_matches(if_none_match, entry.etag):
+        return PreparedResponse(b"", status=304, headers={"ETag": headers["ETag"]})
+    if source != "cache":
+        headers = {**headers, "X-Data-Source": source}
+    return PreparedResponse(body, status=200, headers=headers)
 
 
 def _limit(given: int) -> int:
@@ -90,10 +124,3 @@ def _limit(given: int) -> int:
     if given > most:
         raise InvalidParameter(f"limit: at most {most}", details={"limit": [f"at most {most}"]})
     return given
-
-
-def _matches(if_none_match: str, etag: str) -> bool:
-    """``If-None-Match`` uses the weak comparison (RFC 9110 13.1.2): ``W/"x"`` matches ``"x"``,
-    and ``*`` matches any current representation."""
-    tags = [t.strip() for t in if_none_match.split(",")]
-    return "*" in tags or etag in [t[2:] if t.startswith("W/") else t for t in tags]
