@@ -42,13 +42,13 @@ async def test_a_closed_answer_is_prepared_once_and_served_in_every_encoding(app
     await until(lambda: cache.live)
     client = app.test_client()
     first = await client.get(QUERY)
-    body = await first.get_data()
+    body = await first.get_data(as_text=False)
     assert first.status_code == 200 and first.headers["X-Data-Source"] == "provider"
     assert len(json.loads(body)["bars"]) == 500 and len(cache.store) == 1
     calls = sim_calls(app)
     for accept, decode in (("", bytes), ("gzip", gzip.decompress), ("br, gzip", brotli.decompress)):
         r = await client.get(QUERY, headers={"Accept-Encoding": accept} if accept else {})
-        raw = await r.get_data()
+        raw = await r.get_data(as_text=False)
         assert r.status_code == 200 and r.headers["X-Data-Source"] == "cache"
         assert decode(raw) == body and r.headers["Vary"] == "Accept-Encoding"
         assert r.headers.get("Content-Encoding", "") == accept.split(",")[0]
@@ -92,11 +92,11 @@ async def test_without_redis_nothing_is_kept_in_process(app_config: dict[str, An
 async def test_every_json_answer_over_1_kib_is_compressed(app: Quart) -> None:
     client = app.test_client()
     plain = await client.get("/api/v1/openapi.json")
-    raw = await plain.get_data()
+    raw = await plain.get_data(as_text=False)
     assert len(raw) > 1024 and "Content-Encoding" not in plain.headers
     assert plain.headers["Vary"] == "Accept-Encoding"
     for encoding, decode in (("gzip", gzip.decompress), ("br", brotli.decompress)):
         r = await client.get("/api/v1/openapi.json", headers={"Accept-Encoding": encoding})
-        assert r.headers["Content-Encoding"] == encoding and decode(await r.get_data()) == raw
+        assert r.headers["Content-Encoding"] == encoding and decode(await r.get_data(as_text=False)) == raw
     small = await client.get("/health", headers={"Accept-Encoding": "br"})
     assert "Content-Encoding" not in small.headers and (await small.get_json())["status"] == "ok"
