@@ -12,12 +12,15 @@ from quart import Quart
 from app_extensions.db_pool import get_database
 from app_extensions.redis_client import get_redis
 from plugins.loader import PluginLoader
+from services import hub
 from services.backfill_manager import BackfillManager
 from services.cache_manager import RedisCache
+from services.hub import Broadcast, HubSettings, SubscriptionService
+from services.hub.backends import RedisBackend
 from services.market_service import MarketService
 from services.orchestrator import DataOrchestrator
+from services.revisions import Revisions
 from services.sources import AggregateSource, CacheSource, DbSource, PluginSource
-from services.subscription_service import SubscriptionService
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +48,23 @@ class Services:
         loader.load()
         self.markets = MarketService(loader, dict(config))
         db, redis = get_database(app), get_redis(app)
+        cache = RedisCache(redis, int(config["CACHE_TTL_CLOSED"]))
+        # The hub's cluster transport also carries revisions (see services.revisions).
+        broadcast = Broadcast(RedisBackend(redis), retry_after=float(config["DEPENDENCY_RETRY_AFTER"]))
+        writer = DbSource(db, Revisions(broadcast, cache))
         self.orchestrator = DataOrchestrator(
-            cache=CacheSource(RedisCache(redis, int(config["CACHE_TTL_CLOSED"]))),
+            cache=CacheSource(cache),
             aggregates=AggregateSource(db),
-            db=DbSource(db),
+            db=writer,
             plugins=PluginSource(self.markets),
             config=dict(config),
         )
-        self.backfill = BackfillManager(self.markets, db, self.orchestrator.cache, dict(config))
+        self.backfill = BackfillManager(self.markets, db, self.orchestrator.cache, dict(config),
+                                        writer.revisions)
         self.orchestrator.on_missing = self.backfill.schedule_missing
-        self.subscriptions = SubscriptionService.build(
-            markets=self.markets, orchestrator=self.orchestrator, redis=redis, db=DbSource(db),
-            config=dict(config),
+        self.subscriptions = hub.build(
+            markets=self.markets, orchestrator=self.orchestrator, broadcast=broadcast, db=writer,
+            settings=HubSettings.from_config(config),
         )
         app.before_serving(self.start)
 

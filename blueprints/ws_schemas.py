@@ -37,6 +37,9 @@ class SubscribeMessage(_Message):
     symbol = fields.String(required=True, validate=SYMBOL_RULES)  # the same rules as REST
     timeframe = fields.String(load_default="1m", validate=validate.OneOf(list(TIMEFRAMES)))
     history = fields.Integer(load_default=100, strict=True, validate=validate.Range(0, 1000))
+    #: Resume: every bar with ``ts >= since`` (ms), the forming one included; wins over history.
+    since = fields.Integer(load_default=None, allow_none=True, strict=True,
+                           validate=validate.Range(0, 2**53))
 
 
 class UnsubscribeMessage(_Message):

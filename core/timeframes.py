@@ -88,3 +88,13 @@ def merge_bars(*series: Iterable[Sequence[float]]) -> list[Bar]:
         for b in s:
             by_ts[int(b[0])] = [int(b[0]), *map(float, b[1:6])]
     return [by_ts[k] for k in sorted(by_ts)]
+
+
+#: Decimals bar values are given with on every path (REST answers and WebSocket frames): sums of
+#: float volumes carry binary noise (3009.2870660000012, 6.5481430000000005).
+BAR_DECIMALS = 8
+
+
+def round_bar(bar: Sequence[float]) -> Bar:
+    """``[int ts, o, h, l, c, v]`` with the values rounded to ``BAR_DECIMALS`` decimals."""
+    return [int(bar[0]), *(round(float(v), BAR_DECIMALS) for v in bar[1:6])]

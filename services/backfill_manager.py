@@ -49,7 +49,7 @@ from services.backfill_gaps import Chunk, bar_islands, gap_report, split_chunks
 from services.backfill_runner import JobRunner
 from services.market_service import MarketService
 from services.orchestrator import LEDGER_SAFETY_MS
-from services.sources import CacheSource, PluginSource
+from services.sources import CacheSource, PluginSource, RevisionSink
 
 log = logging.getLogger(__name__)
 #: Calls one chunk may make while paging (a chunk normally needs one).
@@ -95,9 +95,12 @@ class BackfillManager:
     """Owner of backfills and their job runner. Collaborators come in through the constructor."""
 
     def __init__(
-        self, markets: MarketService, db: Database, cache: CacheSource, config: dict[str, Any]
+        self, markets: MarketService, db: Database, cache: CacheSource, config: dict[str, Any],
+        revisions: RevisionSink | None = None,
     ) -> None:
         self.markets, self.db, self.cache = markets, db, cache
+        #: Told about stored bars a chunk overwrote with other values.
+        self.revisions = revisions
         self.plugins = PluginSource(markets)
         self.concurrency = max(1, int(config.get("BACKFILL_CONCURRENCY", 4)))
         self.patience = float(config.get("BACKFILL_PATIENCE", 3600.0))
@@ -245,9 +248,10 @@ class BackfillManager:
         now = now_ms()
         closed = [b for b in bars if chunk.start <= b[0] < chunk.end and b[0] + MINUTE_MS <= now]
         complete = [(chunk.start, chunk.complete_end)] if chunk.complete_end > chunk.start else []
+        revised: list[Bar] = []
         async with self.db.acquire() as conn:
             async with conn.transaction():
-                written = await storage.upsert_1m_bars(conn, series, closed, complete)
+                written = await storage.upsert_1m_bars(conn, series, closed, complete, revised)
                 if job is not None and not await jobs.add_progress(conn, job.id, job.owner, 1, written):
                     raise LeaseLost(job.id)
             if closed:
@@ -255,6 +259,8 @@ class BackfillManager:
                     conn, self.db.mode, int(closed[0][0]), int(closed[-1][0]) + MINUTE_MS)
         if closed and self.write_cache:
             await self.cache.put_1m(series, closed)
+        if revised and self.revisions is not None:
+            await self.revisions.announce(series, revised)
         BACKFILL_CHUNKS.labels(series.provider).inc()
         BACKFILL_BARS.labels(series.provider).inc(written)
         return written

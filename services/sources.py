@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from app_extensions.db_pool import Database
 from core.errors import DataSourceError, NetworkPluginError, PluginFeatureNotSupportedError
@@ -98,25 +98,36 @@ class AggregateSource:
                 )
 
 
-class DbSource:
-    """Writes fetched closed 1m bars (and the ranges now known complete) atomically."""
+class RevisionSink(Protocol):
+    """Told about stored bars whose values a write changed (``services.revisions.Revisions``)."""
 
-    def __init__(self, db: Database) -> None:
+    async def announce(self, series: Series, bars: Sequence[Bar]) -> None: ...
+
+
+class DbSource:
+    """Writes fetched closed 1m bars (and the ranges now known complete) atomically; stored bars
+    whose values change are announced as revisions."""
+
+    def __init__(self, db: Database, revisions: RevisionSink | None = None) -> None:
         self.db = db
+        self.revisions = revisions
 
     async def write(
         self, series: Series, bars: Sequence[Sequence[float]], complete: Sequence[tuple[int, int]]
     ) -> int:
         if not bars and not complete:
             return 0
+        revised: list[Bar] = []
         async with self.db.acquire() as conn:
             with observe_query("upsert_1m_bars"):
-                n = await storage.upsert_1m_bars(conn, series, bars, complete)
+                n = await storage.upsert_1m_bars(conn, series, bars, complete, revised)
             if bars:
                 with observe_query("refresh_aggregates"):
                     await aggregates.refresh_window(
                         conn, self.db.mode, int(bars[0][0]), int(bars[-1][0]) + MINUTE_MS
                     )
+        if revised and self.revisions is not None:
+            await self.revisions.announce(series, revised)
         return n
 
 
