@@ -31,7 +31,6 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from app_extensions.db_pool import Database
 from core.errors import (
     AppError,
     DataSourceError,
@@ -41,6 +40,7 @@ from core.errors import (
     UnknownSymbol,
 )
 from core.metrics import BACKFILL_BARS, BACKFILL_CHUNK_FAILURES, BACKFILL_CHUNKS
+from core.ports import Database
 from core.timeframes import MINUTE_MS, Bar, bucket_ceil, bucket_start, now_ms
 from core.types import Series, to_dt
 from services import aggregates, storage
