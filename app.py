@@ -19,6 +19,8 @@ from app_extensions.services import Services
 from blueprints.backfill import backfill_blueprint
 from blueprints.health import health_blueprint
 from blueprints.market import market_blueprint
+from blueprints.page import page_blueprint
+from blueprints.udf import init_udf
 from blueprints.websocket import websocket_blueprint
 from config import BaseConfig, load_config
 
@@ -61,6 +63,8 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     app.register_blueprint(market_blueprint)
     app.register_blueprint(backfill_blueprint)
     app.register_blueprint(websocket_blueprint)
+    app.register_blueprint(page_blueprint)  # the chart page at / and the docs viewer
+    init_udf(app)  # TradingView's UDF under /udf
     init_operations(app)  # CORS, API keys, rate limits, provider budget, OpenAPI
     init_cli(app)
     init_backfill_cli(app)
