@@ -174,3 +174,17 @@ BACKFILL_LAG = Gauge(
 BACKFILL_RUNNER_ERRORS = Counter(
     "backfill_runner_errors_total", "Errors of the backfill job runner loop (it backs off)"
 )
+
+# --- provider circuit breakers (services/breaker.py) -------------------------------------------
+BREAKER_STATE = Gauge(
+    "provider_breaker_state", "Circuit breaker of a provider: 0 closed, 1 half-open, 2 open",
+    ["provider"], multiprocess_mode="livemax",
+)
+BREAKER_TRANSITIONS = Counter(
+    "provider_breaker_transitions_total",
+    "Circuit breaker state changes seen by this process, by the state entered", ["provider", "state"],
+)
+BREAKER_REJECTIONS = Counter(
+    "provider_breaker_rejections_total", "Calls refused at once because the breaker was open",
+    ["provider"],
+)
