@@ -188,3 +188,12 @@ BREAKER_REJECTIONS = Counter(
     "provider_breaker_rejections_total", "Calls refused at once because the breaker was open",
     ["provider"],
 )
+CREDENTIAL_LOOKUP_FAILURES = Counter(
+    "credential_lookup_failures_total",
+    "Requests that could not read their user's exchange credentials (PostgreSQL down) and used "
+    "the shared instance",
+)
+STALE_ANSWERS = Counter(
+    "stale_answers_total", "Answers served from the last known data because the provider failed",
+    ["provider", "endpoint"],
+)

@@ -21,6 +21,7 @@ from core.metrics import PLUGIN_INSTANCES, observe_call
 from core.timeframes import TIMEFRAMES
 from plugins.base import MarketPlugin, ProviderInfo, Ticker
 from plugins.loader import PluginLoader
+from services.credentials import UserCredentials
 from services.provider_budget import ProviderBudget
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class MarketService:
         self._instances: dict[InstanceKey, _Entry] = {}
         self._lock = asyncio.Lock()
         self.symbols_ttl = float(config.get("CACHE_TTL_SYMBOLS", 3600))
-        self._symbols: dict[tuple[str, str], tuple[float, list[str]]] = {}
+        self._symbols: dict[tuple[str, str, str], tuple[float, list[str]]] = {}
         #: Outbound budget and ban pauses per provider (shared in Redis once the app attaches it).
         self.budget = ProviderBudget(config)
 
@@ -85,18 +86,28 @@ class MarketService:
         return cls
 
     # --- Instances -----------------------------------------------------------------------------
-    async def get_plugin(self, market: str, provider: str) -> MarketPlugin:
-        """The cached plugin instance for (market, provider) with its configured credentials."""
+    async def get_plugin(
+        self, market: str, provider: str, user: UserCredentials | None = None
+    ) -> MarketPlugin:
+        """The cached plugin instance for (market, provider) with its configured credentials, or
+        with ``user``'s own: an instance per hash of the user's credentials and testnet flag."""
         cls = self.check_provider(market, provider)
-        credentials, testnet = cls.settings_from_config(provider, self.config)
-        key = (cls.get_plugin_key(), provider, credentials_marker(credentials), testnet)
+        options = self.config
+        if user is None:
+            credentials, testnet = cls.settings_from_config(provider, self.config)
+            marker = credentials_marker(credentials)
+        else:
+            credentials = cls.credentials_from_user(user.api_key, user.secret, user.password)
+            testnet, marker = user.testnet, "user:" + user.marker()
+            options = {**self.config, "USER_INSTANCE": True}
+        key = (cls.get_plugin_key(), provider, marker, testnet)
         async with self._lock:
             entry = self._instances.get(key)
             if entry is None:
                 base_url = (self.config.get("PROVIDER_URLS") or {}).get(provider)
                 plugin = cls(
                     provider, credentials=credentials, testnet=testnet,
-                    base_url=base_url, options=self.config,
+                    base_url=base_url, options=options,
                 )
                 entry = self._instances[key] = _Entry(plugin, time.monotonic())
                 PLUGIN_INSTANCES.labels(cls.get_plugin_key()).inc()
@@ -104,21 +115,26 @@ class MarketService:
             entry.last_used = time.monotonic()
             return entry.plugin
 
-    async def symbols(self, market: str, provider: str) -> list[str]:
-        """Symbols of a provider, cached in memory for ``CACHE_TTL_SYMBOLS`` seconds."""
-        key = (market, provider)
+    async def symbols(
+        self, market: str, provider: str, user: UserCredentials | None = None
+    ) -> list[str]:
+        """Symbols of a provider, cached in memory for ``CACHE_TTL_SYMBOLS`` seconds (per user's
+        credentials for a user's instance: what a key may list is its own)."""
+        key = (market, provider, user.marker() if user else "")
         hit = self._symbols.get(key)
         if hit is not None and time.monotonic() - hit[0] < self.symbols_ttl:
             return hit[1]
-        plugin = await self.get_plugin(market, provider)
+        plugin = await self.get_plugin(market, provider, user)
         async with self.budget.guard(provider):
             with observe_call(provider, "fetch_symbols"):
                 found = await plugin.fetch_symbols()
         self._symbols[key] = (time.monotonic(), found)
         return found
 
-    async def ticker(self, market: str, provider: str, symbol: str) -> Ticker:
-        plugin = await self.get_plugin(market, provider)
+    async def ticker(
+        self, market: str, provider: str, symbol: str, user: UserCredentials | None = None
+    ) -> Ticker:
+        plugin = await self.get_plugin(market, provider, user)
         async with self.budget.guard(provider):
             with observe_call(provider, "fetch_ticker"):
                 return await plugin.fetch_ticker(symbol)
