@@ -18,9 +18,9 @@ import socket
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from app_extensions.db_pool import Database
 from core.errors import DataSourceError
 from core.metrics import BACKFILL_JOBS, BACKFILL_LAG, BACKFILL_RUNNER_ERRORS
+from core.ports import Database
 from services import backfill_jobs as jobs
 
 if TYPE_CHECKING:
