@@ -19,6 +19,7 @@ from app_extensions.services import Services
 from blueprints.backfill import backfill_blueprint
 from blueprints.health import health_blueprint
 from blueprints.market import market_blueprint
+from blueprints.openapi import openapi_blueprint
 from blueprints.websocket import websocket_blueprint
 from config import BaseConfig, load_config
 
@@ -37,7 +38,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     cfg.validate()
     app = Quart(__name__)
     app.config.update(cfg.as_dict())
-    app.config["MAX_CONTENT_LENGTH"] = int(cfg.MAX_BODY_BYTES)
+    app.config["MAX_CONTENT_LENGTH"] = int(cfg.MAX_BODY_BYTES)  # Quart's name for the body limit
     configure_logging(app.config)
     init_request_context(app)
     init_error_handlers(app)
@@ -61,7 +62,8 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     app.register_blueprint(market_blueprint)
     app.register_blueprint(backfill_blueprint)
     app.register_blueprint(websocket_blueprint)
-    init_operations(app)  # CORS, API keys, rate limits, provider budget, OpenAPI
+    app.register_blueprint(openapi_blueprint)
+    init_operations(app)  # CORS, API keys, rate limits, provider budget
     init_cli(app)
     init_backfill_cli(app)
     return app

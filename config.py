@@ -2,13 +2,30 @@
 
 ``load_config(name)`` builds the config for ``APP_ENV`` (``development``, ``production``,
 ``testing``), applies the environment, and ``validate()`` fails fast naming the variable.
+
+Settings once: the defaults live in ``BaseConfig`` and nowhere else. A service declares what it
+reads as a frozen dataclass and builds it once at start-up with ``settings_from``::
+
+    @dataclass(frozen=True)
+    class BackfillSettings:
+        concurrency: int  # reads BACKFILL_CONCURRENCY (prefix + name); metadata={"config": KEY}
+        max_jobs: int     # names another key. Validate in __post_init__, raising ConfigError.
+
+    settings = settings_from(BackfillSettings, app.config, prefix="BACKFILL_")
+
+A field takes the mapping's value, else ``BaseConfig``'s default, else its own default, converted
+to its type (int, float, bool, str; others as they are); a bad value raises ``ConfigError`` naming
+the variable. Call sites read ``settings.concurrency``, never ``config.get("X", default)``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from typing import Any
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 _CCXT_DEFAULT = "binance,kraken,coinbase,bybit,okx"
 
@@ -199,6 +216,8 @@ class BaseConfig:
             raise ConfigError("LOG_FORMAT must be text or json")
         if not 1 <= self.DB_POOL_MIN <= self.DB_POOL_MAX:
             raise ConfigError("DB_POOL_MIN and DB_POOL_MAX must satisfy 1 <= min <= max")
+        if int(self.MAX_BODY_BYTES) < 1:
+            raise ConfigError("MAX_BODY_BYTES must be positive")
         if not 0 < self.PORT < 65536:
             raise ConfigError("PORT must be between 1 and 65535")
         for name in ("CACHE_TTL_CLOSED", "CACHE_TTL_FORMING", "OHLCV_MAX_LIMIT", "PROVIDER_RETRIES"):
@@ -244,3 +263,38 @@ def load_config(env: str | None = None) -> BaseConfig:
     if name not in CONFIGS:
         raise ConfigError(f"APP_ENV must be one of {', '.join(CONFIGS)}, got {name!r}")
     return CONFIGS[name]()
+
+
+S = TypeVar("S")
+_MISSING = object()
+
+
+def _convert(name: str, value: Any, kind: Any) -> Any:
+    converters: dict[Any, Any] = {bool: lambda v: _bool(v) if isinstance(v, str) else bool(v), float: float, str: str}
+    try:
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(f"expected an integer, got {value!r}")
+            return int(value)
+        return converters[kind](value) if kind in converters else value
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: {exc}") from exc
+
+
+def settings_from(cls: type[S], config: Mapping[str, Any], *, prefix: str = "") -> S:
+    """Build the frozen dataclass ``cls`` from ``config`` (see the module docstring)."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls.__name__} is not a dataclass")
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        name = f.metadata.get("config") or prefix + f.name.upper()
+        value = config.get(name, getattr(BaseConfig, name, _MISSING))
+        if value is _MISSING:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{name} is not set")
+            continue
+        values[f.name] = _convert(name, value, hints.get(f.name))
+    return cls(**values)

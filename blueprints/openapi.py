@@ -77,6 +77,8 @@ if backfill is not None:
         Operation("/backfill", "post", "Queue a backfill of the 1m series over [start, end)",
                   backfill.BackfillAccepted, status=202, body=backfill.BackfillBody,
                   errors=(400, 404, 413, 503)),
+        Operation("/backfill", "get", "Backfill jobs, newest first", backfill.JobListAnswer,
+                  query=backfill.JobListQuery, errors=(400, 503)),
         Operation("/backfill/{job_id}", "get", "A backfill job's state", backfill.BackfillJobAnswer,
                   errors=(404, 503),
                   path_params={"job_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}),

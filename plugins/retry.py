@@ -102,7 +102,7 @@ class RetryPolicy:
 
     async def call(
         self, fn: Callable[[], Awaitable[T]],
-        before_sleep: Callable[[RetryCallState], None] | None = None,
+        before_sleep: Callable[[RetryCallState], Awaitable[None] | None] | None = None,
     ) -> T:
         """Await ``fn()``, retrying temporary errors; the last error is re-raised as is.
         ``before_sleep`` replaces the default hook (which counts ``provider_retries_total``)."""

@@ -29,7 +29,6 @@ from typing import Any
 import asyncpg
 from tenacity import RetryCallState
 
-from app_extensions.db_pool import Database
 from core.errors import (
     AppError,
     DataSourceError,
@@ -39,6 +38,7 @@ from core.errors import (
     UnknownSymbol,
 )
 from core.metrics import BACKFILL_BARS, BACKFILL_CHUNK_FAILURES, BACKFILL_CHUNKS
+from core.ports import Database
 from core.timeframes import MINUTE_MS, Bar, bucket_ceil, bucket_start, now_ms
 from core.types import Series, to_dt
 from plugins.retry import RetryPolicy
@@ -214,13 +214,16 @@ class BackfillManager:
     async def _run_chunk(self, series: Series, chunk: Chunk, job: _JobRef | None) -> tuple[int, int]:
         """Fetch and write one chunk; returns (bars written, calls made)."""
 
-        def before_sleep(state: RetryCallState) -> None:
+        async def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome is not None else None
             BACKFILL_CHUNK_FAILURES.labels(series.provider, "temporary").inc()
             # Being paced (our provider budget or the exchange's 429) is routine for big jobs.
             level = logging.INFO if isinstance(exc, RateLimitedPluginError) else logging.WARNING
             log.log(level, "backfill %s chunk %s: %s; retrying (attempt %d)", series.key(),
                     to_dt(chunk.start).isoformat(), exc, state.attempt_number)
+            if job is not None and exc is not None:  # API.md: a retrying job shows its last error
+                await self._record_error(job, f"{readable(exc)} (chunk starting "
+                                         f"{to_dt(chunk.start).isoformat()}; retrying)")
 
         async def once() -> tuple[int, int]:
             async with self._semaphore(series.provider):
@@ -237,6 +240,13 @@ class BackfillManager:
             if isinstance(exc, AppError):
                 exc.message = f"{exc.message} (chunk starting {to_dt(chunk.start).isoformat()})"
             raise
+
+    async def _record_error(self, job: _JobRef, error: str) -> None:
+        try:
+            async with self.db.acquire() as conn:
+                await jobs.record_error(conn, job.id, job.owner, error)
+        except (DataSourceError, asyncpg.PostgresError) as err:  # storage down: the log has it
+            log.info("backfill job %s: could not record its error: %s", job.id, err)
 
     async def _write(
         self, series: Series, chunk: Chunk, bars: list[Bar], job: _JobRef | None
@@ -291,6 +301,11 @@ class BackfillManager:
         if job is None:
             raise NotFound(f"no backfill job {job_id!r}")
         return job
+
+    async def list_jobs(self, status: str | None, limit: int) -> list[jobs.Job]:
+        """Up to ``limit`` jobs, newest first, of one ``status`` (None: any)."""
+        async with self.db.acquire() as conn:
+            return await jobs.list_jobs(conn, status, limit)
 
     async def schedule_missing(self, series: Series, ranges: list[tuple[int, int]]) -> str | None:
         """The orchestrator's ``on_missing`` hook: one job over the span of ``ranges`` (its last

@@ -21,9 +21,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from app_extensions.db_pool import Database
 from core.errors import DataSourceError
 from core.metrics import BACKFILL_JOBS, BACKFILL_LAG, BACKFILL_RUNNER_ERRORS
+from core.ports import Database
 from services import backfill_jobs as jobs
 from services.settings import setting
 

@@ -102,7 +102,7 @@ class ProviderBudget:
         self._scripts: dict[int, Any] = {}
 
     def attach(self, redis: Any) -> None:
-        """Share budgets and pauses through ``redis`` (an ``app_extensions.redis_client.RedisClient``)."""
+        """Share budgets and pauses through ``redis`` (a ``core.ports.RedisClient``)."""
         self.redis = redis
 
     def budget_for(self, provider: str) -> tuple[int, float] | None:

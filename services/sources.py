@@ -12,9 +12,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from app_extensions.db_pool import Database
 from core.errors import DataSourceError
 from core.metrics import observe_query
+from core.ports import Database
 from core.timeframes import MINUTE_MS, Bar, tf_ms
 from core.types import Series
 from plugins.base import Capabilities

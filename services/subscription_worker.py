@@ -23,9 +23,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from app_extensions.redis_client import RedisClient
 from core.errors import AppError, DataSourceError, InvalidParameter
 from core.metrics import WS_POLL_ERRORS, WS_POLLS, WS_STORAGE_ERRORS, set_candle_lag
+from core.ports import RedisClient
 from core.timeframes import MINUTE_MS, TIMEFRAMES, Bar, bucket_start, now_ms, resample, tf_ms
 from core.types import Series
 from plugins.base import MarketPlugin
