@@ -123,9 +123,6 @@ class MarketService:
             with observe_call(provider, "fetch_ticker"):
                 return await plugin.fetch_ticker(symbol)
 
-    def instance_count(self) -> int:
-        return len(self._instances)
-
     async def close_idle(self, now: float | None = None) -> int:
         """Close instances unused for ``idle_timeout`` seconds; returns how many were closed."""
         now = time.monotonic() if now is None else now
