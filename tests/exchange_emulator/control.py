@@ -10,8 +10,24 @@
 | ``DELETE /__emulator/maintenance`` | | clears windows |
 | ``POST /__emulator/settings`` | ``{"latency"?, "now"?, "alpaca_page_size"?}`` | |
 | ``POST /__emulator/reset`` | | faults, log, maintenance, settings back to defaults |
+| ``POST /__emulator/revise`` | ``{"symbol", "ts", "open"?, "high"?, "low"?, "close"?, "volume"?,
+  "announce"?}`` (2) | 201 ``{"symbol", "ts", "bar"}`` |
+| ``DELETE /__emulator/revise`` | | every bar back to its original values |
+| ``GET /__emulator/weights`` | | weight used, limit, window, 429/418 counts, ban |
+| ``POST /__emulator/weights`` | ``{"limit"?, "window"?, "ban_after"?, "ban_seconds"?}`` (3) | |
+| ``GET /__emulator/stream`` | | stream switches, connections, subscriptions, frames sent |
+| ``POST /__emulator/stream`` | ``{"interval"?, "stalled"?, "refuse"?, "malformed"?,
+  "malformed_kind"?, "diverge"?, "drop"?}`` (4) | |
 
 (1) the fields of ``faults.Fault``: also ``delay``, ``drop``, ``malformed``.
+(2) a closed 1m bar (exchange symbol id, minute open time in ms) gets other values, as an exchange
+correcting a bar does; no value given: close +0.1 %, volume +50 %. REST klines and bars (and every
+interval over it) answer the new values; ``announce`` also pushes it on the 1m streams.
+(3) Binance weight enforcement (``weights.py``): ``limit`` per ``window`` seconds (null: counted in
+``X-MBX-USED-WEIGHT-1M`` but not enforced), 429 past it, 418 bans for clients that keep going.
+(4) ``streams.py``: ``interval`` seconds between pushes (Binance 2), ``stalled`` sends nothing,
+``refuse`` answers handshakes 503, ``malformed``/``diverge`` break the next N frames / closed bars,
+``drop: true`` aborts every open stream connection.
 """
 
 from __future__ import annotations
@@ -21,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .faults import Fault
+from .streams import MALFORMED_FRAMES
 
 if TYPE_CHECKING:
     from .server import ExchangeEmulator
@@ -52,6 +69,12 @@ class ControlRoutes:
         r.add_delete("/__emulator/maintenance", self.clear_maintenance)
         r.add_post("/__emulator/settings", self.settings)
         r.add_post("/__emulator/reset", self.reset)
+        r.add_post("/__emulator/revise", self.revise)
+        r.add_delete("/__emulator/revise", self.clear_revisions)
+        r.add_get("/__emulator/weights", self.get_weights)
+        r.add_post("/__emulator/weights", self.set_weights)
+        r.add_get("/__emulator/stream", self.get_stream)
+        r.add_post("/__emulator/stream", self.set_stream)
 
     async def requests(self, request: web.Request) -> web.Response:
         records = self.emu.requests(request.query.get("path"))
@@ -105,3 +128,55 @@ class ControlRoutes:
     async def reset(self, request: web.Request) -> web.Response:
         self.emu.reset()
         return web.json_response({"reset": True})
+
+    async def revise(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        try:
+            symbol, ts = str(body.pop("symbol")), int(body.pop("ts"))
+            announce = bool(body.pop("announce", False))
+            candle = self.emu.revise(symbol, ts, announce,
+                                     **{k: float(v) for k, v in body.items()})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise web.HTTPBadRequest(text=f"need symbol, ts and bar fields: {exc}") from exc
+        return web.json_response({"symbol": symbol, "ts": ts, "bar": list(candle)}, status=201)
+
+    async def clear_revisions(self, request: web.Request) -> web.Response:
+        self.emu.book.clear_revisions()
+        return web.json_response({"revised": []})
+
+    async def get_weights(self, request: web.Request) -> web.Response:
+        return web.json_response(self.emu.weights.to_dict())
+
+    async def set_weights(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        try:
+            self.emu.weights.configure(**body)
+        except (TypeError, ValueError) as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from exc
+        return web.json_response(self.emu.weights.to_dict())
+
+    async def get_stream(self, request: web.Request) -> web.Response:
+        return web.json_response(self.emu.streams.to_dict())
+
+    async def set_stream(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        streams = self.emu.streams
+        unknown = set(body) - {"interval", "stalled", "refuse", "malformed", "malformed_kind",
+                               "diverge", "drop"}
+        kind = body.get("malformed_kind", streams.malformed_kind)
+        try:
+            interval = float(body.get("interval", streams.interval))
+            malformed, diverge = int(body.get("malformed", 0)), int(body.get("diverge", 0))
+        except (TypeError, ValueError) as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from exc
+        if unknown or kind not in MALFORMED_FRAMES or not 0 < interval <= 60:
+            raise web.HTTPBadRequest(text=f"unknown fields {sorted(unknown)}, malformed_kind in "
+                                     f"{sorted(MALFORMED_FRAMES)}, 0 < interval <= 60")
+        streams.interval, streams.malformed_kind = interval, kind
+        streams.stalled = bool(body.get("stalled", streams.stalled))
+        streams.refuse = bool(body.get("refuse", streams.refuse))
+        streams.malformed += malformed
+        streams.diverge += diverge
+        dropped = streams.drop() if body.get("drop") else 0
+        streams.notify()
+        return web.json_response({**streams.to_dict(), "dropped": dropped})
