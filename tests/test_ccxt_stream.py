@@ -10,7 +10,7 @@ import pytest_asyncio
 
 from core.errors import NetworkPluginError, PluginFeatureNotSupportedError
 from core.timeframes import MINUTE_MS
-from plugins.ccxt_stream import KlineStreams, rebase_ws_urls, stream_possible
+from plugins.ccxt_stream import KlineStreams, KlineUpdate, rebase_ws_urls, stream_possible
 from tests.exchange_emulator import ExchangeEmulator, fixtures
 from tests.exchange_emulator.candles import minute_candle
 from tests.exchange_emulator.checks import NO_LEAKS
@@ -49,7 +49,7 @@ async def test_watch_gives_bars_with_closed_flag_and_event_time(
     assert first[-1].bar[:5] == list(minute_candle("BTCUSDT", T0 + 5 * MINUTE_MS)[:5])
     assert not first[-1].closed and first[-1].event_ms is not None
     emulator.now_ms = NOW + MINUTE_MS
-    seen = []
+    seen: list[KlineUpdate] = []
     while not any(u.bar[0] == T0 + 6 * MINUTE_MS for u in seen):
         seen += await asyncio.wait_for(streams.watch("BTC/USDT", "1m"), 5)
     closed = [u for u in seen if u.closed]
