@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import typing
 from collections.abc import Mapping
@@ -80,6 +81,8 @@ class BaseConfig:
     CCXT_EXCHANGES = _CCXT_DEFAULT
     CCXT_MARKET_TYPES = "spot"
     PROVIDER_URLS: dict[str, str] = {}
+    #: Provider id -> ws(s) base URL replacing the exchange's stream URL base (as PROVIDER_URLS).
+    PROVIDER_WS_URLS: dict[str, str] = {}
     #: JSON: exchange id to {"apiKey", "secret", "password"?, "testnet"?}; public access otherwise.
     CCXT_CREDENTIALS: dict[str, dict[str, object]] = {}
     PROVIDER_TIMEOUT = 10.0
@@ -184,6 +187,18 @@ class BaseConfig:
     #: Lease of a channel's poller in Redis, renewed every third of it; a dead holder's channel
     #: moves to another instance with subscribers within about 1.3x this.
     LEASE_TTL_SECONDS = 6.0
+    #: Live channels of exchanges with CCXT Pro kline streams are fed by the stream (see
+    #: docs/websocket.md); off: every channel polls.
+    STREAM_FEEDS = True
+    #: A stream silent this long counts as down (falls back to polling).
+    STREAM_SILENCE_SECONDS = 10.0
+    #: Closed stream bars are checked against REST klines (one call for all unchecked ones) once
+    #: the oldest unchecked one closed this long ago.
+    STREAM_VERIFY_SECONDS = 90.0
+    #: After a stream failure the channel polls this long before it tries the stream again,
+    #: doubling per failure up to STREAM_RETRY_MAX_SECONDS.
+    STREAM_RETRY_SECONDS = 5.0
+    STREAM_RETRY_MAX_SECONDS = 300.0
 
     def __init__(self) -> None:
         self._apply_env()
@@ -221,6 +236,15 @@ class BaseConfig:
             for v in self.PROVIDER_URLS.values()
         ):
             raise ConfigError("PROVIDER_URLS must be a JSON object of provider id to http(s) URL")
+        if not isinstance(self.PROVIDER_WS_URLS, dict) or not all(
+            isinstance(v, str) and v.startswith(("ws://", "wss://"))
+            for v in self.PROVIDER_WS_URLS.values()
+        ):
+            raise ConfigError("PROVIDER_WS_URLS must be a JSON object of provider id to ws(s) URL")
+        for name in ("STREAM_SILENCE_SECONDS", "STREAM_VERIFY_SECONDS", "STREAM_RETRY_SECONDS",
+                     "STREAM_RETRY_MAX_SECONDS"):
+            if not 0 < float(getattr(self, name)) < math.inf:
+                raise ConfigError(f"{name} must be a positive number of seconds")
         if self.STORAGE_MODE not in ("auto", "timescale", "plain"):
             raise ConfigError("STORAGE_MODE must be auto, timescale or plain")
         if self.LOG_FORMAT not in ("text", "json"):

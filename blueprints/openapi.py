@@ -16,14 +16,10 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema
 from quart import Blueprint, Quart, Response, current_app, jsonify, send_from_directory
 
+from blueprints import backfill_schemas as backfill
 from blueprints import credentials_schemas as credentials
 from blueprints import openapi_schemas as doc
 from blueprints.schemas import MarketQuery, OhlcvQuery, ProviderQuery, SymbolQuery, TimeField
-
-try:  # the backfill engineer's schemas, when that blueprint is part of the tree
-    from blueprints import backfill_schemas as backfill
-except ImportError:  # pragma: no cover - documented only when present
-    backfill = None  # type: ignore[assignment]
 
 STATIC = Path(__file__).resolve().parent / "static"
 openapi_blueprint = Blueprint("openapi", __name__, url_prefix="/api/v1")
@@ -73,6 +69,16 @@ OPERATIONS: list[Operation] = [
     Operation("/ticker", "get", "Last price, bid and ask", doc.TickerDoc, query=SymbolQuery,
               errors=(400, 404, 502, 503)),
     Operation("/openapi.json", "get", "This document", None),
+    Operation("/backfill", "post", "Queue a backfill of the 1m series over [start, end)",
+              backfill.BackfillAccepted, status=202, body=backfill.BackfillBody,
+              errors=(400, 404, 413, 503)),
+    Operation("/backfill", "get", "Backfill jobs, newest first", backfill.JobListAnswer,
+              query=backfill.JobListQuery, errors=(400, 503)),
+    Operation("/backfill/{job_id}", "get", "A backfill job's state", backfill.BackfillJobAnswer,
+              errors=(404, 503),
+              path_params={"job_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}),
+    Operation("/gaps", "get", "Missing and verified-empty ranges of the 1m series",
+              backfill.GapsAnswer, query=backfill.GapsQuery, errors=(400, 404, 503)),
     Operation("/credentials/{provider}", "put", "Store your own credentials for a provider (encrypted)",
               None, status=204, body=credentials.CredentialsBody, errors=(400, 403, 404, 413, 503),
               path_params={"provider": {"type": "string"}}),
@@ -81,19 +87,6 @@ OPERATIONS: list[Operation] = [
     Operation("/credentials/{provider}", "delete", "Forget your credentials for a provider", None,
               status=204, errors=(403, 404, 503), path_params={"provider": {"type": "string"}}),
 ]
-if backfill is not None:
-    OPERATIONS += [
-        Operation("/backfill", "post", "Queue a backfill of the 1m series over [start, end)",
-                  backfill.BackfillAccepted, status=202, body=backfill.BackfillBody,
-                  errors=(400, 404, 413, 503)),
-        Operation("/backfill", "get", "Backfill jobs, newest first", backfill.JobListAnswer,
-                  query=backfill.JobListQuery, errors=(400, 503)),
-        Operation("/backfill/{job_id}", "get", "A backfill job's state", backfill.BackfillJobAnswer,
-                  errors=(404, 503),
-                  path_params={"job_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}),
-        Operation("/gaps", "get", "Missing and verified-empty ranges of the 1m series",
-                  backfill.GapsAnswer, query=backfill.GapsQuery, errors=(400, 404, 503)),
-    ]
 
 
 def _time_field(self: Any, fld: Any, **kwargs: Any) -> dict[str, Any]:

@@ -152,6 +152,27 @@ WS_FANOUT_LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 
+# --- stream feed metrics (services.stream_feed) -----------------------------------------------
+STREAM_RECONNECTS = Counter(
+    "stream_reconnects_total",
+    "Kline streams that failed and fell back to polling, by reason (refused, dropped, malformed,"
+    " silent)", ["provider", "reason"],
+)
+STREAM_DISAGREEMENTS = Counter(
+    "stream_rest_disagreements_total",
+    "Closed bars whose stream values differed from REST klines (published as revisions)",
+    ["provider"],
+)
+STREAM_MALFORMED = Counter(
+    "stream_malformed_frames_total", "Stream frames skipped because they did not parse",
+    ["provider"],
+)
+STREAM_LAG = Histogram(
+    "stream_event_lag_seconds", "From the exchange's event time of a stream update to our publish",
+    ["provider"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
 # --- backfill metrics ------------------------------------------------------------
 BACKFILL_BARS = Counter(
     "backfill_bars_written_total", "1m bars written to storage by backfills", ["provider"]

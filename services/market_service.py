@@ -152,9 +152,6 @@ class MarketService:
         plugin = await self.get_plugin(market, provider, user)
         return await self.calls.call(provider, "fetch_ticker", lambda: plugin.fetch_ticker(symbol))
 
-    def instance_count(self) -> int:
-        return len(self._instances)
-
     async def close_idle(self, now: float | None = None) -> int:
         """Close instances unused for ``idle_timeout`` seconds; returns how many were closed."""
         now = time.monotonic() if now is None else now
