@@ -7,8 +7,7 @@ from quart import Quart
 
 from app_extensions.redis_client import get_redis
 from app_extensions.services import get_services
-from config import ConfigError
-from services.breaker import BreakerSettings, CircuitBreaker
+from services.breaker import CircuitBreaker
 from services.tickers import TickerService
 
 
@@ -23,13 +22,9 @@ class Resilience:
 
     def init_app(self, app: Quart) -> None:
         """Call after the RedisClient and Services extensions exist."""
-        try:
-            settings = BreakerSettings.from_config(app.config)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
-        redis = get_redis(app)
-        self.breaker = CircuitBreaker(settings, redis)
-        markets = get_services(app).markets
+        redis, markets = get_redis(app), get_services(app).markets
+        self.breaker = markets.breaker
+        self.breaker.attach(redis)
         self.tickers = TickerService(markets, redis, int(app.config["TICKER_STALE_TTL"]))
         app.extensions["resilience"] = self
 
