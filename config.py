@@ -125,6 +125,17 @@ class BaseConfig:
     PROVIDER_BUDGET_MAX_WAIT = 2.0
     #: Pause after an exchange's 418/429 that named no Retry-After (seconds).
     PROVIDER_BAN_DEFAULT = 10.0
+    #: Fernet keys encrypting users' exchange credentials, newest first (comma-separated or a JSON
+    #: list); empty: /credentials answers 503. Lookups are cached this many seconds per instance.
+    CREDENTIALS_KEYS = ""
+    CREDENTIALS_CACHE_TTL = 5.0
+    #: Seconds the last good ticker of a symbol is kept to answer (stale) while its provider fails.
+    TICKER_STALE_TTL = 86_400
+    #: Circuit breaker per provider (services/breaker.py): consecutive temporary failures that open
+    #: it, seconds it stays open, and the longest a half-open probe call may take.
+    BREAKER_FAILURE_THRESHOLD = 5
+    BREAKER_OPEN_SECONDS = 30.0
+    BREAKER_PROBE_SECONDS = 15.0
     #: Timeout of each readiness check (seconds).
     READINESS_TIMEOUT = 0.5
     # Backfill (services/backfill_manager.py, backfill_runner.py; docs/backfill.md)

@@ -195,3 +195,26 @@ BACKFILL_LAG = Gauge(
 BACKFILL_RUNNER_ERRORS = Counter(
     "backfill_runner_errors_total", "Errors of the backfill job runner loop (it backs off)"
 )
+
+# --- provider circuit breakers (services/breaker.py) -------------------------------------------
+BREAKER_STATE = Gauge(
+    "provider_breaker_state", "Circuit breaker of a provider: 0 closed, 1 half-open, 2 open",
+    ["provider"], multiprocess_mode="livemax",
+)
+BREAKER_TRANSITIONS = Counter(
+    "provider_breaker_transitions_total",
+    "Circuit breaker state changes seen by this process, by the state entered", ["provider", "state"],
+)
+BREAKER_REJECTIONS = Counter(
+    "provider_breaker_rejections_total", "Calls refused at once because the breaker was open",
+    ["provider"],
+)
+CREDENTIAL_LOOKUP_FAILURES = Counter(
+    "credential_lookup_failures_total",
+    "Requests that could not read their user's exchange credentials (PostgreSQL down) and used "
+    "the shared instance",
+)
+STALE_ANSWERS = Counter(
+    "stale_answers_total", "Answers served from the last known data because the provider failed",
+    ["provider", "endpoint"],
+)
