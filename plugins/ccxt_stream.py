@@ -33,6 +33,7 @@ import ccxt.pro as ccxtpro
 from ccxt.async_support.base.ws.client import Client
 
 from core.errors import AppError, NetworkPluginError, PluginFeatureNotSupportedError
+from core.metrics import STREAM_MALFORMED
 from core.timeframes import Bar
 from plugins.ccxt_errors import translate
 from plugins.ccxt_support import rebase_urls
@@ -160,6 +161,7 @@ class CheckedFrames:
 
     def _malformed(self, exc: BaseException) -> None:
         self.malformed += 1
+        STREAM_MALFORMED.labels(self.id).inc()
         log.warning("%s stream: malformed frame skipped: %s", self.id, exc)
 
 
