@@ -25,13 +25,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from core.errors import AppError, PluginFeatureNotSupportedError
 from core.metrics import STREAM_DISAGREEMENTS, STREAM_LAG, STREAM_RECONNECTS
-from core.timeframes import Bar
+from core.timeframes import Bar, now_ms
 from plugins.base import MarketPlugin
 from plugins.ccxt_stream import KlineStreams, KlineUpdate, stream_possible
 from plugins.crypto import CryptoPlugin
@@ -65,10 +66,9 @@ class StreamRegistry:
         self.rest_urls: dict[str, str] = dict(config["PROVIDER_URLS"] or {})
         self.timeout = float(config["PROVIDER_TIMEOUT"])
         self._streams: dict[str, KlineStreams] = {}
+        self._users: dict[str, int] = {}
 
-    def streams_for(self, plugin: MarketPlugin) -> KlineStreams | None:
-        """The provider's streams when its live channels can be streamed, else None (polled):
-        CCXT Pro streams its klines, it is not a testnet, and its URLs allow it."""
+    def _streams_for(self, plugin: MarketPlugin) -> KlineStreams | None:
         provider = plugin.provider_id
         if (not self.settings.enabled or not isinstance(plugin, CryptoPlugin) or plugin.testnet
                 or not stream_possible(provider, self.rest_urls.get(provider),
@@ -81,11 +81,25 @@ class StreamRegistry:
                 timeout=self.timeout)
         return self._streams[provider]
 
-    async def close(self) -> None:
-        """Close every provider's connections."""
-        streams, self._streams = list(self._streams.values()), {}
-        for ks in streams:
-            await ks.close()
+    @asynccontextmanager
+    async def use(self, plugin: MarketPlugin) -> AsyncIterator[KlineStreams | None]:
+        """The provider's streams for one channel's feed, or None when the channel is polled
+        (CCXT Pro has no kline stream for it, it is a testnet, or its URLs forbid it). The
+        provider's connections close when the last feed using them ends."""
+        streams = self._streams_for(plugin)
+        if streams is None:
+            yield None
+            return
+        provider = plugin.provider_id
+        self._users[provider] = self._users.get(provider, 0) + 1
+        try:
+            yield streams
+        finally:
+            self._users[provider] -= 1
+            if not self._users[provider]:
+                del self._users[provider]
+                self._streams.pop(provider, None)
+                await streams.close()
 
 
 class PollTarget(Protocol):
@@ -221,7 +235,7 @@ class StreamFeed:
             return
         oldest = min(self.unverified)
         due = oldest + self.poller.size + int(self.settings.verify * 1000)
-        if not force and time.time() * 1000 < due:
+        if not force and now_ms() < due:
             return
         before = {int(b[0]): b for b in self.poller.state.recent}
         checked, self.unverified = self.unverified, set()
