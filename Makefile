@@ -32,6 +32,7 @@ run: venv web migrate
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
+	$(BIN)/lint-imports  # pyproject.toml [tool.importlinter]: one-way layers, no cycles
 
 $(PGLITE): tests/pglite/package-lock.json
 	npm ci --prefix tests/pglite --no-audit --no-fund
@@ -54,4 +55,4 @@ bench: venv pglite
 	$(BIN)/python -m bench.ws_fanout
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

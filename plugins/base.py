@@ -78,6 +78,8 @@ class MarketPlugin(ABC):
     plugin_key: ClassVar[str]
     #: Markets this class serves (``crypto``, ``stocks``, ``sim``).
     supported_markets: ClassVar[tuple[str, ...]]
+    #: False for providers that take no user credentials (``PUT /credentials`` refuses them).
+    accepts_credentials: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -113,6 +115,17 @@ class MarketPlugin(ABC):
     ) -> tuple[dict[str, str], bool]:
         """(credentials, testnet) configured for ``provider_id``; public access by default."""
         return {}, False
+
+    @classmethod
+    def credentials_from_user(
+        cls, api_key: str, secret: str, password: str | None = None
+    ) -> dict[str, str]:
+        """A user's stored credentials in this plugin's ``credentials`` form (CCXT's by default).
+        Instances built with them get ``options["USER_INSTANCE"] = True``."""
+        creds = {"apiKey": api_key, "secret": secret}
+        if password:
+            creds["password"] = password
+        return creds
 
     @property
     @abstractmethod

@@ -35,11 +35,6 @@ _CREDENTIAL_KEYS = ("apiKey", "secret", "password", "uid")
 _MARKETS: dict[tuple[str, bool, str, tuple[str, ...]], tuple[float, Any, Any]] = {}
 
 
-def clear_shared_markets() -> None:
-    """Forget markets shared between instances (tests; an operator's forced reload)."""
-    _MARKETS.clear()
-
-
 def _csv(raw: Any) -> list[str]:
     items = raw.split(",") if isinstance(raw, str) else list(raw or [])
     return [str(s).strip() for s in items if str(s).strip()]

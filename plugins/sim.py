@@ -127,6 +127,7 @@ def sim_bar(seed: int, symbol: str, ts: int, at_ms: int | None = None) -> Bar:
 class SimPlugin(MarketPlugin):
     plugin_key: ClassVar[str] = "sim"
     supported_markets: ClassVar[tuple[str, ...]] = ("sim",)
+    accepts_credentials: ClassVar[bool] = False
 
     def __init__(self, provider_id: str, **kwargs: Any) -> None:
         super().__init__(provider_id, **kwargs)

@@ -25,9 +25,9 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from app_extensions.redis_client import RedisClient
 from core.errors import DataSourceError
 from core.metrics import WS_CLUSTER_MODE
+from core.ports import RedisClient
 
 log = logging.getLogger(__name__)
 

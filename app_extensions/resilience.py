@@ -1,0 +1,34 @@
+"""Wires failure handling into the app: the providers' circuit breaker (shared through Redis) and
+stale-while-error tickers. Reach it with ``get_resilience(app)``."""
+
+from __future__ import annotations
+
+from quart import Quart
+
+from app_extensions.redis_client import get_redis
+from app_extensions.services import get_services
+from services.breaker import CircuitBreaker
+from services.tickers import TickerService
+
+
+class Resilience:
+    """Owner of the circuit breaker and the ticker service."""
+
+    def __init__(self, app: Quart | None = None) -> None:
+        self.breaker: CircuitBreaker
+        self.tickers: TickerService
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Quart) -> None:
+        """Call after the RedisClient and Services extensions exist."""
+        redis, markets = get_redis(app), get_services(app).markets
+        self.breaker = markets.breaker
+        self.breaker.attach(redis)
+        self.tickers = TickerService(markets, redis, int(app.config["TICKER_STALE_TTL"]))
+        app.extensions["resilience"] = self
+
+
+def get_resilience(app: Quart) -> Resilience:
+    owner: Resilience = app.extensions["resilience"]
+    return owner
