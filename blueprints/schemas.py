@@ -1,4 +1,5 @@
-"""marshmallow schemas for every REST parameter and body (also the source of the OpenAPI doc)."""
+"""marshmallow schemas of the REST parameters (also the source of the OpenAPI doc). The answers'
+schemas are in ``blueprints/openapi_schemas.py``, the backfill endpoints' in ``backfill_schemas.py``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 from core.timeframes import TIMEFRAMES
 from core.times import TimeError, parse_time
 
-MARKETS = ("crypto", "stocks", "sim")
 #: A symbol is printable text: control characters (NUL above all, which PostgreSQL refuses in
 #: text) are a 400, not a database error.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -63,48 +63,3 @@ class OhlcvQuery(SymbolQuery):
     def _order(self, data: dict[str, Any], **kwargs: Any) -> None:
         if data.get("start") is not None and data.get("end") is not None and data["end"] <= data["start"]:
             raise ValidationError("end must be after start", "end")
-
-
-class ErrorBody(Schema):
-    code = fields.String(required=True)
-    message = fields.String(required=True)
-    details = fields.Dict()
-
-
-class ErrorSchema(Schema):
-    error = fields.Nested(ErrorBody, required=True)
-
-
-class MarketsAnswer(Schema):
-    markets = fields.List(fields.Dict())
-
-
-class ProvidersAnswer(Schema):
-    market = fields.String()
-    providers = fields.List(fields.Dict())
-
-
-class SymbolsAnswer(Schema):
-    market = fields.String()
-    provider = fields.String()
-    symbols = fields.List(fields.String())
-
-
-class OhlcvAnswer(Schema):
-    market = fields.String()
-    provider = fields.String()
-    symbol = fields.String()
-    timeframe = fields.String()
-    bars = fields.List(fields.List(fields.Float()))
-    partial = fields.Boolean()  # type: ignore[assignment]
-    next = fields.Integer(allow_none=True)
-
-
-class TickerAnswer(Schema):
-    market = fields.String()
-    provider = fields.String()
-    symbol = fields.String()
-    ts = fields.Integer()
-    last = fields.Float()
-    bid = fields.Float(allow_none=True)
-    ask = fields.Float(allow_none=True)

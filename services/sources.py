@@ -12,10 +12,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from core.errors import DataSourceError, NetworkPluginError, PluginFeatureNotSupportedError
-from core.metrics import observe_call, observe_query
+from core.errors import DataSourceError
+from core.metrics import observe_query
 from core.ports import Database
-from core.timeframes import MINUTE_MS, Bar, now_ms, tf_ms
+from core.timeframes import MINUTE_MS, Bar, tf_ms
 from core.types import Series
 from plugins.base import Capabilities
 from services import aggregates, storage
@@ -141,42 +141,9 @@ class PluginSource:
         self, series: Series, timeframe: str, start: int, end: int, budget: int,
         keep_partial: bool = False,
     ) -> tuple[list[Bar], int, int]:
-        """Bars of [start, end) in pages; returns (bars, calls made, covered_until).
-        ``covered_until`` < ``end`` when the budget ran out first, or (``keep_partial``) when the
-        provider became unavailable after some pages: those are returned, not thrown away."""
+        """Bars of [start, end) in pages (``ProviderCalls.fetch_range``); returns (bars, calls
+        made, covered_until)."""
         plugin = await self.markets.get_plugin(series.market, series.provider)
-        per_call, size = plugin.capabilities.max_bars_per_call, tf_ms(timeframe)
-        oldest = plugin.capabilities.history_start(timeframe, now_ms())
-        if oldest is not None and start < oldest:
-            # Its pages would come back empty or start late: read as "no bars", the ledger
-            # would record history the provider has as verified empty.
-            raise PluginFeatureNotSupportedError(
-                f"{series.provider} serves only its latest {timeframe} bars (from {oldest})",
-                details={"start": [f"{series.provider} {timeframe} history starts at {oldest}"]})
-        out: list[Bar] = []
-        since, calls = start, 0
-        while since < end and calls < budget:
-            want = min(per_call, math.ceil((end - since) / size))
-            try:
-                page = await self._call(plugin, series, timeframe, since, want, end)
-            except NetworkPluginError as exc:
-                if not (keep_partial and out):
-                    raise
-                log.warning("provider unavailable after %d pages, keeping them: %s", calls, exc)
-                break
-            calls += 1
-            page = [b for b in page if since <= b[0] < end]
-            out.extend(page)
-            # Only an empty page says the provider has nothing more in the range. A short one may
-            # be a provider answering fewer bars than asked (OKX's history endpoint: 100): paging
-            # on costs one call, reading it as the end would record a hole as complete.
-            since = end if not page else int(page[-1][0]) + size
-        return out, calls, min(since, end)
-
-    async def _call(
-        self, plugin: Any, series: Series, timeframe: str, since: int, limit: int, until: int
-    ) -> list[Bar]:
-        async with self.markets.budget.guard(series.provider):
-            with observe_call(series.provider, "fetch_ohlcv"):
-                bars: list[Bar] = await plugin.fetch_ohlcv(series.symbol, timeframe, since, limit, until)
-        return bars
+        got = await self.markets.calls.fetch_range(plugin, series, timeframe, start, end, budget,
+                                                   keep_partial)
+        return got.bars, got.calls, got.until

@@ -11,6 +11,7 @@ import pytest
 
 from core.errors import NetworkPluginError
 from plugins.base import Capabilities
+from services.provider_calls import ProviderCalls
 from services.subscription_worker import Channel, ChannelStateStore, PollSettings, SubscriptionWorker
 
 X = 1_700_000_040_000  # a minute boundary
@@ -39,6 +40,7 @@ class FakeBudget:
 class FakeMarkets:
     def __init__(self, plugin: FakePlugin) -> None:
         self.plugin, self.budget = plugin, FakeBudget()
+        self.calls = ProviderCalls(self.budget)  # type: ignore[arg-type]
 
     async def get_plugin(self, market: str, provider: str) -> FakePlugin:
         return self.plugin
