@@ -1,28 +1,97 @@
-"""The data sources the orchestrator chains: cache, stored aggregates, the provider, and writes.
+"""The data sources the orchestrator chains, and the types of the chain.
 
-Each wraps one dependency and translates its failures: cache and database failures surface as
-``DataSourceError`` (the orchestrator skips the source and degrades); provider failures are the
-plugins' own ``PluginError`` classes.
+Public names (stable): ``Window``, ``Fill``, ``DataSource``, ``StorageSource``, ``Cache1mSource``,
+``CacheSource``, ``AggregateSource``, ``DbSource``, ``Range``.
+
+Each ``DataSource`` answers one question, ``fill(window, got)``: given what the sources before it
+found (``got``: the window's bars if some source could answer, the 1m ranges still missing and the
+names of the sources used), what does it add? The orchestrator loops over its chain:
+- storage up: ``StorageSource`` (the gap ledger says which minutes were never fetched; a window
+  with none is answered from storage) then ``ProviderSource`` (``services.provider_source``:
+  fetches what is missing, writes it through, reads the window back);
+- storage down: ``Cache1mSource`` (the closed 1m bars of the window, when cached in full) then
+  ``ProviderSource`` without storage.
+
+Cache and database failures surface as ``DataSourceError`` (the orchestrator then runs the chain
+without storage); provider failures are the plugins' own ``PluginError`` classes.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from core.errors import DataSourceError
 from core.metrics import observe_query
 from core.ports import Database
-from core.timeframes import MINUTE_MS, Bar, tf_ms
-from core.types import Series
+from core.timeframes import MINUTE_MS, Bar, resample, tf_ms
+from core.types import Series, merge_ranges
 from plugins.base import Capabilities
 from services import aggregates, storage
 from services.cache_manager import Cache
-from services.market_service import MarketService
 
 log = logging.getLogger(__name__)
+#: Minutes this close to now are refetched every time, never recorded complete in the ledger.
+LEDGER_SAFETY_MS = 2 * MINUTE_MS
+Range = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Window:
+    """The buckets [a, b) of one query of ``timeframe``, seen at ``now`` (ms)."""
+
+    series: Series
+    timeframe: str
+    a: int
+    b: int
+    now: int
+
+    @property
+    def current_min(self) -> int:
+        """Open time of the forming minute."""
+        return self.now // MINUTE_MS * MINUTE_MS
+
+    @property
+    def closed_end(self) -> int:
+        """End of the window's closed minutes."""
+        return min(self.b, self.current_min)
+
+    @property
+    def fetch_end(self) -> int:
+        """End of what a provider is asked for: the forming minute included."""
+        return min(self.b, self.current_min + MINUTE_MS)
+
+    @property
+    def safe_end(self) -> int:
+        """End of the minutes settled enough to be recorded complete in the ledger."""
+        return max(self.a, min(self.closed_end, self.current_min - LEDGER_SAFETY_MS))
+
+
+@dataclass
+class Fill:
+    """What the chain has found so far for a window."""
+
+    #: The window's bars (of its timeframe), once a source can answer; None before.
+    bars: list[Bar] | None
+    #: 1m ranges still missing (to be fetched by the next source).
+    missing: list[Range]
+    #: Names of the sources used, for ``X-Data-Source``.
+    names: list[str] = field(default_factory=list)
+    #: True when some of the window could not be fetched (budget, history depth or outage).
+    incomplete: bool = False
+    #: Closed 1m ranges left to a backfill job (the orchestrator's ``on_missing`` hook).
+    backfill: list[Range] = field(default_factory=list)
+
+
+class DataSource(ABC):
+    """One link of the orchestrator's chain."""
+
+    @abstractmethod
+    async def fill(self, w: Window, got: Fill) -> Fill:
+        """``got`` completed with what this source has: found bars, still missing, its name."""
 
 
 class CacheSource:
@@ -120,30 +189,50 @@ class DbSource:
         return n
 
 
-class PluginSource:
-    """Pages through a provider within its per-call limit and a budget of calls."""
+class StorageSource(DataSource):
+    """Stored bars and the gap ledger; the write-through target of ``ProviderSource``."""
 
-    name = "provider"
+    def __init__(self, db: Database) -> None:
+        self.aggregates, self.writes = AggregateSource(db), DbSource(db)
 
-    def __init__(self, markets: MarketService) -> None:
-        self.markets = markets
+    async def fill(self, w: Window, got: Fill) -> Fill:
+        """The window from storage when the ledger lacks nothing; else the missing minutes (and
+        always the last ``LEDGER_SAFETY_MS``, which are never recorded complete)."""
+        missing = await self.aggregates.missing(w.series, w.a, w.safe_end)
+        recent = [(w.safe_end, w.fetch_end)] if w.fetch_end > w.safe_end else []
+        names = [] if missing == [(w.a, w.safe_end)] and w.safe_end > w.a else [self.name(w)]
+        to_fetch = merge_ranges(missing + recent)
+        if to_fetch:
+            return replace(got, missing=to_fetch, names=names)
+        return replace(got, bars=await self.read(w), missing=[], names=names)
 
-    async def capabilities(self, series: Series) -> Capabilities:
-        """The provider's capabilities (per-call limit, native timeframes, history depth, ...)."""
-        plugin = await self.markets.get_plugin(series.market, series.provider)
-        return plugin.capabilities
+    def name(self, w: Window) -> str:
+        return self.aggregates.name_for(w.timeframe)
 
-    async def calls_needed(self, series: Series, timeframe: str, ranges: Sequence[tuple[int, int]]) -> int:
-        per_call, size = (await self.capabilities(series)).max_bars_per_call, tf_ms(timeframe)
-        return sum(math.ceil((b - a) / size / per_call) for a, b in ranges)
+    async def read(self, w: Window) -> list[Bar]:
+        """The window's closed bars, aggregated by the database."""
+        return await self.aggregates.read(w.series, w.timeframe, w.a, w.closed_end,
+                                          (w.b - w.a) // tf_ms(w.timeframe))
 
-    async def fetch(
-        self, series: Series, timeframe: str, start: int, end: int, budget: int,
-        keep_partial: bool = False,
-    ) -> tuple[list[Bar], int, int]:
-        """Bars of [start, end) in pages (``ProviderCalls.fetch_range``); returns (bars, calls
-        made, covered_until)."""
-        plugin = await self.markets.get_plugin(series.market, series.provider)
-        got = await self.markets.calls.fetch_range(plugin, series, timeframe, start, end, budget,
-                                                   keep_partial)
-        return got.bars, got.calls, got.until
+    async def write(self, series: Series, bars: Sequence[Sequence[float]],
+                    complete: Sequence[Range]) -> None:
+        """Closed 1m bars and the ranges now known complete, and the aggregates they touch."""
+        await self.writes.write(series, bars, complete)
+
+
+class Cache1mSource(DataSource):
+    """Without storage: the window's closed minutes from the 1m cache when it holds all of them
+    (in a market that trades around the clock, where a missing minute is a hole)."""
+
+    def __init__(self, cache: CacheSource, capabilities: Callable[[Series], Awaitable[Capabilities]]):
+        self.cache, self.capabilities = cache, capabilities
+
+    async def fill(self, w: Window, got: Fill) -> Fill:
+        """Cached closed minutes resampled, with only the forming minute left to fetch."""
+        cached = await self.cache.get_1m(w.series, w.a, w.closed_end)
+        if not cached or len(cached) != (w.closed_end - w.a) // MINUTE_MS:
+            return got
+        if not (await self.capabilities(w.series)).continuous:
+            return got
+        recent = [(w.closed_end, w.fetch_end)] if w.fetch_end > w.closed_end else []
+        return replace(got, bars=resample(cached, w.timeframe), missing=recent, names=["cache"])
