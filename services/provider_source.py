@@ -105,13 +105,11 @@ class ProviderSource(PluginSource, DataSource):
         forming = [bar for bar in fetched if bar[0] + MINUTE_MS > w.now]
         if self.store is not None:
             complete = [(x, min(y, w.safe_end)) for x, y in covered if min(y, w.safe_end) > x]
-            await self.store.write(w.series, closed, complete)
-        for run in runs:
-            await self.cache.put_1m(w.series, [bar for bar in run if bar[0] + MINUTE_MS <= w.now])
-        if self.store is not None:
-            bars = await self.store.read(w)
+            bars = await self.store.write_and_read(w, closed, complete)
         else:
             bars = got.bars if got.bars is not None else resample(closed, w.timeframe)
+        for run in runs:
+            await self.cache.put_1m(w.series, [bar for bar in run if bar[0] + MINUTE_MS <= w.now])
         bars = add_forming(bars, forming, w.timeframe)
         names = got.names + (["provider"] if fetched or (not incomplete and got.bars is None) else [])
         if not names:

@@ -1,7 +1,7 @@
 """The data sources the orchestrator chains, and the types of the chain.
 
 Public names (stable): ``Window``, ``Fill``, ``DataSource``, ``StorageSource``, ``Cache1mSource``,
-``CacheSource``, ``AggregateSource``, ``DbSource``, ``Range``.
+``CacheSource``, ``DbSource``, ``Range``, ``LEDGER_SAFETY_MS``.
 
 Each ``DataSource`` answers one question, ``fill(window, got)``: given what the sources before it
 found (``got``: the window's bars if some source could answer, the 1m ranges still missing and the
@@ -137,34 +137,18 @@ class CacheSource:
             log.warning("1m cache write skipped: %s", exc.details)
 
 
-class AggregateSource:
-    """Bars of any timeframe from storage, and the ledger's view of what is missing."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-
-    def name_for(self, timeframe: str) -> str:
-        """``aggregate`` when a continuous aggregate answers (directly or regrouped), else
-        ``database`` (the 1m table)."""
-        if self.db.mode not in aggregates.MODES:
-            return "database"
-        relation, _ = aggregates.source_of(self.db.mode, timeframe)
-        return "database" if relation == "ohlcv_1m" else "aggregate"
-
-    async def missing(self, series: Series, start: int, end: int) -> list[tuple[int, int]]:
-        async with self.db.acquire() as conn:
-            with observe_query("missing_ranges"):
-                return await storage.missing_ranges(conn, series, start, end)
-
-    async def read(self, series: Series, timeframe: str, start: int, end: int, limit: int) -> list[Bar]:
-        if end <= start:
-            return []
-        async with self.db.acquire() as conn:
-            with observe_query("select_bars"):
-                return await aggregates.select_bars(
-                    conn, self.db.mode, series.market, series.provider, series.symbol,
-                    timeframe, start, end, limit,
-                )
+async def _write(conn: Any, mode: str, series: Series, bars: Sequence[Sequence[float]],
+                 complete: Sequence[Range]) -> int:
+    """Closed 1m bars and the ranges now known complete in one transaction, then a refresh of
+    the aggregates they touch."""
+    if not bars and not complete:
+        return 0
+    with observe_query("upsert_1m_bars"):
+        n = await storage.upsert_1m_bars(conn, series, bars, complete)
+    if bars:
+        with observe_query("refresh_aggregates"):
+            await aggregates.refresh_window(conn, mode, int(bars[0][0]), int(bars[-1][0]) + MINUTE_MS)
+    return n
 
 
 class DbSource:
@@ -176,48 +160,55 @@ class DbSource:
     async def write(
         self, series: Series, bars: Sequence[Sequence[float]], complete: Sequence[tuple[int, int]]
     ) -> int:
+        """Write ``bars`` and record ``complete``; returns the rows written."""
         if not bars and not complete:
             return 0
         async with self.db.acquire() as conn:
-            with observe_query("upsert_1m_bars"):
-                n = await storage.upsert_1m_bars(conn, series, bars, complete)
-            if bars:
-                with observe_query("refresh_aggregates"):
-                    await aggregates.refresh_window(
-                        conn, self.db.mode, int(bars[0][0]), int(bars[-1][0]) + MINUTE_MS
-                    )
-        return n
+            return await _write(conn, self.db.mode, series, bars, complete)
 
 
 class StorageSource(DataSource):
-    """Stored bars and the gap ledger; the write-through target of ``ProviderSource``."""
+    """Stored bars and the gap ledger; the write-through target of ``ProviderSource``. Each
+    method uses one pooled connection (one acquire, one reset)."""
 
     def __init__(self, db: Database) -> None:
-        self.aggregates, self.writes = AggregateSource(db), DbSource(db)
+        self.db = db
 
     async def fill(self, w: Window, got: Fill) -> Fill:
         """The window from storage when the ledger lacks nothing; else the missing minutes (and
         always the last ``LEDGER_SAFETY_MS``, which are never recorded complete)."""
-        missing = await self.aggregates.missing(w.series, w.a, w.safe_end)
         recent = [(w.safe_end, w.fetch_end)] if w.fetch_end > w.safe_end else []
-        names = [] if missing == [(w.a, w.safe_end)] and w.safe_end > w.a else [self.name(w)]
-        to_fetch = merge_ranges(missing + recent)
-        if to_fetch:
-            return replace(got, missing=to_fetch, names=names)
-        return replace(got, bars=await self.read(w), missing=[], names=names)
+        async with self.db.acquire() as conn:
+            with observe_query("missing_ranges"):
+                missing = await storage.missing_ranges(conn, w.series, w.a, w.safe_end)
+            names = [] if missing == [(w.a, w.safe_end)] and w.safe_end > w.a else [self.name(w)]
+            to_fetch = merge_ranges(missing + recent)
+            if to_fetch:
+                return replace(got, missing=to_fetch, names=names)
+            return replace(got, bars=await self._read(conn, w), missing=[], names=names)
 
     def name(self, w: Window) -> str:
-        return self.aggregates.name_for(w.timeframe)
+        """``aggregate`` when a continuous aggregate answers (directly or regrouped), else
+        ``database`` (the 1m table)."""
+        if self.db.mode not in aggregates.MODES:
+            return "database"
+        relation, _ = aggregates.source_of(self.db.mode, w.timeframe)
+        return "database" if relation == "ohlcv_1m" else "aggregate"
 
-    async def read(self, w: Window) -> list[Bar]:
-        """The window's closed bars, aggregated by the database."""
-        return await self.aggregates.read(w.series, w.timeframe, w.a, w.closed_end,
-                                          (w.b - w.a) // tf_ms(w.timeframe))
+    async def write_and_read(self, w: Window, bars: Sequence[Sequence[float]],
+                             complete: Sequence[Range]) -> list[Bar]:
+        """Write closed 1m bars (and the ranges now complete), then read the window back."""
+        async with self.db.acquire() as conn:
+            await _write(conn, self.db.mode, w.series, bars, complete)
+            return await self._read(conn, w)
 
-    async def write(self, series: Series, bars: Sequence[Sequence[float]],
-                    complete: Sequence[Range]) -> None:
-        """Closed 1m bars and the ranges now known complete, and the aggregates they touch."""
-        await self.writes.write(series, bars, complete)
+    async def _read(self, conn: Any, w: Window) -> list[Bar]:
+        if w.closed_end <= w.a:
+            return []
+        with observe_query("select_bars"):
+            return await aggregates.select_bars(
+                conn, self.db.mode, w.series.market, w.series.provider, w.series.symbol,
+                w.timeframe, w.a, w.closed_end, (w.b - w.a) // tf_ms(w.timeframe))
 
 
 class Cache1mSource(DataSource):
