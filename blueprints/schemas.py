@@ -11,7 +11,6 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 
 from core.timeframes import TIMEFRAMES
 
-MARKETS = ("crypto", "stocks", "sim")
 #: Integer milliseconds as text: ASCII digits only (``str.isdigit`` also accepts "²", which
 #: ``int`` refuses), and short enough that ``int`` never hits its digit limit.
 _INTEGER = re.compile(r"-?[0-9]{1,20}")

@@ -80,11 +80,3 @@ def resample(bars_1m: Iterable[Sequence[float]], timeframe: str) -> list[Bar]:
             out.append(cur)
     return out
 
-
-def merge_bars(*series: Iterable[Sequence[float]]) -> list[Bar]:
-    """Merge bar lists into one strictly ascending list; a later series wins on equal ``ts``."""
-    by_ts: dict[int, Bar] = {}
-    for s in series:
-        for b in s:
-            by_ts[int(b[0])] = [int(b[0]), *map(float, b[1:6])]
-    return [by_ts[k] for k in sorted(by_ts)]

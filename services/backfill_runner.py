@@ -61,10 +61,6 @@ class JobRunner:
         """Look for work now instead of at the next poll."""
         self._wake.set()
 
-    @property
-    def running_jobs(self) -> list[str]:
-        return list(self._running)
-
     async def start(self) -> None:
         """Start the loop (idempotent; nothing when ``BACKFILL_RUNNER`` is off)."""
         if self.enabled and self._loop is None:

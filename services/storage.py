@@ -11,8 +11,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from core.timeframes import Bar
-from core.types import Series, merge_ranges, subtract_ranges, to_dt, to_ms
+from core.types import Series, merge_ranges, subtract_ranges, to_dt
 
 
 async def upsert_1m_bars(
@@ -41,27 +40,6 @@ async def upsert_1m_bars(
         if complete:
             await record_complete(conn, series, complete)
     return len(records)
-
-
-async def select_1m_bars(
-    conn: asyncpg.Connection, series: Series, start_ms: int, end_ms: int, limit: int | None = None
-) -> list[Bar]:
-    rows = await conn.fetch(
-        "SELECT ts, open, high, low, close, volume FROM ohlcv_1m"
-        " WHERE market = $1 AND provider = $2 AND symbol = $3 AND ts >= $4 AND ts < $5"
-        " ORDER BY ts LIMIT $6",
-        series.market, series.provider, series.symbol, to_dt(start_ms), to_dt(end_ms), limit,
-    )
-    return [[to_ms(r[0]), r[1], r[2], r[3], r[4], r[5]] for r in rows]
-
-
-async def count_1m_bars(conn: asyncpg.Connection, series: Series, start_ms: int, end_ms: int) -> int:
-    n: int = await conn.fetchval(
-        "SELECT count(*) FROM ohlcv_1m WHERE market = $1 AND provider = $2 AND symbol = $3"
-        " AND ts >= $4 AND ts < $5",
-        series.market, series.provider, series.symbol, to_dt(start_ms), to_dt(end_ms),
-    )
-    return n
 
 
 # --- Gap ledger ------------------------------------------------------------------------------
