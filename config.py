@@ -231,6 +231,11 @@ class BaseConfig:
             raise ConfigError("DATABASE_URL must be a postgresql:// URL")
         if not str(self.REDIS_URL).startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("REDIS_URL must be a redis:// URL")
+        if self.BREAKER_FAILURE_THRESHOLD < 1:
+            raise ConfigError("BREAKER_FAILURE_THRESHOLD must be at least 1")
+        for name in ("BREAKER_OPEN_SECONDS", "BREAKER_PROBE_SECONDS"):
+            if not 0 < getattr(self, name) < math.inf:  # also refuses nan
+                raise ConfigError(f"{name} must be a positive number of seconds")
         if not isinstance(self.PROVIDER_URLS, dict) or not all(
             isinstance(v, str) and v.startswith(("http://", "https://"))
             for v in self.PROVIDER_URLS.values()
@@ -283,6 +288,8 @@ class TestingConfig(BaseConfig):
     PROVIDER_RETRY_MAX_WAIT = 0.2
     PLUGIN_IDLE_TIMEOUT = 60.0
     DEPENDENCY_RETRY_AFTER = 0.2
+    #: Outage tests expect recovery within seconds, as they do of DEPENDENCY_RETRY_AFTER.
+    BREAKER_OPEN_SECONDS = 1.0
 
 
 CONFIGS: dict[str, type[BaseConfig]] = {

@@ -57,6 +57,8 @@ async def ticker() -> Response:
                         "ts": t.ts, "last": t.last, "bid": t.bid, "ask": t.ask, "stale": stale})
     if stale:
         response.headers["X-Data-Stale"] = "true"
+    if user is not None:
+        response.headers["Cache-Control"] = "private"
     return response
 
 
@@ -66,9 +68,10 @@ async def ohlcv() -> Response:
     services = get_services(current_app)
     services.markets.check_provider(q["market"], q["provider"])
     series = Series(q["market"], q["provider"], q["symbol"])
-    answer = await services.orchestrator.get_bars(
-        BarQuery(series, q["timeframe"], q["start"], q["end"], _limit(q["limit"]))
-    )
+    query = BarQuery(series, q["timeframe"], q["start"], q["end"], _limit(q["limit"]))
+    user = await get_credentials(current_app).for_request(services.markets, series.market, series.provider)
+    answer = await (get_resilience(current_app).user_bars.get_bars(query, user) if user
+                    else services.orchestrator.get_bars(query))
     head = {"market": series.market, "provider": series.provider, "symbol": series.symbol,
             "timeframe": q["timeframe"]}
     tail = {"partial": answer.partial, "next": answer.next}
@@ -77,6 +80,8 @@ async def ohlcv() -> Response:
     source = ",".join(answer.sources)
     DATA_SOURCE_ANSWERS.labels(source).inc()  # a mix of four fixed names: bounded
     headers = {"X-Data-Source": source, "Content-Type": "application/json"}
+    if user is not None:  # what the user's own key sees: never stored by a shared HTTP cache
+        headers["Cache-Control"] = "private"
     if answer.incomplete:
         headers["X-Data-Incomplete"] = "true"
     if answer.backfill_job:
@@ -85,7 +90,9 @@ async def ohlcv() -> Response:
         etag = '"' + hashlib.sha256(payload.encode()).hexdigest()[:32] + '"'
         headers["ETag"] = etag
         if _matches(request.headers.get("If-None-Match", ""), etag):
-            return Response("", status=304, headers={"ETag": etag})
+            not_modified = Response("", status=304, headers={"ETag": etag})
+            del not_modified.headers["Content-Type"]  # a 304 has no body (Quart adds text/html)
+            return not_modified
     return Response(payload, status=200, headers=headers)
 
 

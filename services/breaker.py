@@ -27,13 +27,14 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from core.errors import AppError, DataSourceError, NetworkPluginError, RateLimitedPluginError
 from core.metrics import BREAKER_REJECTIONS, BREAKER_STATE, BREAKER_TRANSITIONS
+from services.settings import build, setting
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -121,14 +122,14 @@ class RedisRunner(Protocol):
 class BreakerSettings:
     """Thresholds, from ``BREAKER_*`` in the config (``from_config``)."""
 
-    failure_threshold: int = 5
-    open_seconds: float = 30.0
-    probe_seconds: float = 15.0
+    failure_threshold: int = setting("BREAKER_FAILURE_THRESHOLD", 5, int)
+    open_seconds: float = setting("BREAKER_OPEN_SECONDS", 30.0, float)
+    probe_seconds: float = setting("BREAKER_PROBE_SECONDS", 15.0, float)
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> BreakerSettings:
-        settings = cls(int(config["BREAKER_FAILURE_THRESHOLD"]), float(config["BREAKER_OPEN_SECONDS"]),
-                       float(config["BREAKER_PROBE_SECONDS"]))
+    def from_config(cls, config: Mapping[str, Any]) -> BreakerSettings:
+        """Built and validated once; raises ``ValueError`` naming the wrong setting."""
+        settings = build(cls, config)
         if settings.failure_threshold < 1:
             raise ValueError("BREAKER_FAILURE_THRESHOLD must be at least 1")
         for name, value in (("BREAKER_OPEN_SECONDS", settings.open_seconds),
@@ -223,12 +224,16 @@ class CircuitBreaker:
                 out = dict(zip(providers, found, strict=True))
             except DataSourceError as exc:
                 log.debug("breaker states read locally: %s", exc.details)
-                out = {p: self._state_local(p) for p in providers}
+                out = self.local_states(providers)
         else:
-            out = {p: self._state_local(p) for p in providers}
+            out = self.local_states(providers)
         for provider, state in out.items():
             BREAKER_STATE.labels(provider).set(STATES.index(state))
         return out
+
+    def local_states(self, providers: list[str]) -> dict[str, str]:
+        """This process's own view (what it decides by while Redis is down)."""
+        return {p: self._state_local(p) for p in providers}
 
     # --- Redis ---------------------------------------------------------------------------------
     async def _shared(self, name: str, lua: str, provider: str, args: list[Any]) -> tuple[Any, Any]:

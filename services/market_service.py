@@ -22,6 +22,7 @@ from core.metrics import PLUGIN_INSTANCES
 from core.timeframes import TIMEFRAMES
 from plugins.base import MarketPlugin, ProviderInfo, Ticker
 from plugins.loader import PluginLoader
+from services.breaker import BreakerSettings, CircuitBreaker
 from services.credentials import UserCredentials
 from services.provider_budget import ProviderBudget
 from services.provider_calls import ProviderCalls
@@ -68,7 +69,9 @@ class MarketService:
         #: Outbound budget and ban pauses per provider (shared in Redis once the app attaches it).
         self.budget = ProviderBudget(config)
         #: The one provider-call path (guard, metrics, paging) every caller uses.
-        self.calls = ProviderCalls(self.budget)
+        #: The providers' circuit breakers (shared in Redis once the app attaches it).
+        self.breaker = CircuitBreaker(BreakerSettings.from_config(config))
+        self.calls = ProviderCalls(self.budget, self.breaker)
 
     # --- Catalogue ---------------------------------------------------------------------------
     def markets(self) -> list[dict[str, Any]]:
@@ -86,7 +89,9 @@ class MarketService:
         """Providers configured for ``market``; raises ``UnknownMarket``."""
         cls = self.loader.plugin_for_market(market)
         if cls is None:
-            raise UnknownMarket(f"unknown market {market!r}", details={"market": [market]})
+            known = ", ".join(sorted(self.loader.by_market))
+            raise UnknownMarket(f"unknown market {market!r}; one of: {known}",
+                                details={"market": [f"one of: {known}"]})
         return cls.list_configurable_providers(self.config)
 
     def check_provider(self, market: str, provider: str) -> type[MarketPlugin]:

@@ -107,3 +107,41 @@ async def test_symbols_use_the_users_instance(app: Quart, emulator: ExchangeEmul
     assert r.status_code == 502
     r = await client.get("/api/v1/symbols?market=stocks&provider=alpaca", headers={"X-API-Key": DAN})
     assert r.status_code == 200 and "AAPL" in (await r.get_json())["symbols"]
+
+
+OHLCV = ("/api/v1/ohlcv?market=stocks&provider=alpaca&symbol=AAPL&timeframe={tf}"
+         "&start=2024-01-02T15:00:00Z&limit=30")
+
+
+async def ohlcv(client: TestClientProtocol, user: str, tf: str = "1m") -> Any:
+    r = await client.get(OHLCV.format(tf=tf), headers={"X-API-Key": user})
+    assert r.status_code == 200, await r.get_data()
+    return r, await r.get_json()
+
+
+async def test_ohlcv_of_users_with_different_feeds_never_mix(app: Quart, emulator: ExchangeEmulator) -> None:
+    client = app.test_client()
+    await store(client, ALICE, "alice-alpaca", "alice-secret")  # sip
+    await store(client, BOB, "bob-alpaca", "bob-secret")  # iex
+    emulator.alpaca.seen_keys.clear()
+    r, alice = await ohlcv(client, ALICE)  # first: were it cached or stored, others would get it
+    assert r.headers["Cache-Control"] == "private" and r.headers["X-Data-Source"] == "provider"
+    assert set(emulator.alpaca.seen_keys) == {"alice-alpaca"}
+    _, dan = await ohlcv(client, DAN)  # the shared path: iex through the service's own key
+    _, bob = await ohlcv(client, BOB)
+    _, dan_again = await ohlcv(client, DAN)  # now from the shared cache: still iex
+    assert len(alice["bars"]) == len(bob["bars"]) == len(dan["bars"]) == 30
+    assert [b[5] for b in alice["bars"]] == [b[5] * 10 for b in bob["bars"]]  # sip volumes
+    assert [b[:5] for b in alice["bars"]] == [b[:5] for b in bob["bars"]]
+    assert dan["bars"] == bob["bars"] == dan_again["bars"]
+    _, alice_5m = await ohlcv(client, ALICE, "5m")  # natively served frames too
+    assert alice_5m["bars"][0][5] == sum(b[5] for b in alice["bars"][:5])
+
+
+async def test_ohlcv_with_a_wrong_key_is_that_users_502(app: Quart) -> None:
+    client = app.test_client()
+    await store(client, CAROL, "alice-alpaca", "a-wrong-secret")
+    r = await client.get(OHLCV.format(tf="1m"), headers={"X-API-Key": CAROL})
+    assert r.status_code == 502 and (await r.get_json())["error"]["code"] == "provider_error"
+    _, dan = await ohlcv(client, DAN)
+    assert len(dan["bars"]) == 30

@@ -167,3 +167,11 @@ def test_settings_are_validated(overrides: dict[str, Any], message: str) -> None
     cfg = {**TestingConfig().as_dict(), **overrides}
     with pytest.raises(ValueError, match=message):
         BreakerSettings.from_config(cfg)
+
+
+def test_a_bad_setting_stops_the_start(app_config: dict[str, Any]) -> None:
+    from app import create_app
+    from config import ConfigError
+
+    with pytest.raises(ConfigError, match="BREAKER_OPEN_SECONDS"):
+        create_app({**app_config, "BREAKER_OPEN_SECONDS": 0})
