@@ -23,6 +23,8 @@ from blueprints.credentials import credentials_blueprint
 from blueprints.health import health_blueprint
 from blueprints.market import market_blueprint
 from blueprints.openapi import openapi_blueprint
+from blueprints.page import page_blueprint
+from blueprints.udf import init_udf
 from blueprints.websocket import websocket_blueprint
 from config import BaseConfig, load_config
 
@@ -67,8 +69,10 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     app.register_blueprint(websocket_blueprint)
     app.register_blueprint(openapi_blueprint)
     app.register_blueprint(credentials_blueprint)
+    app.register_blueprint(page_blueprint)  # the chart page at / and the docs viewer
     Credentials(app)  # users' exchange credentials (after the Database)
     Resilience(app)  # circuit breaker, stale-while-error (after Redis and Services)
+    init_udf(app)  # TradingView's UDF under /udf (after Services)
     init_operations(app)  # CORS, API keys, rate limits, provider budget
     init_cli(app)
     init_backfill_cli(app)

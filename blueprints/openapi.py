@@ -1,5 +1,6 @@
 """``GET /api/v1/openapi.json``: the OpenAPI 3 document, generated with apispec from the marshmallow
-schemas; ``GET /api/v1/docs``: a small page of our own that renders it (no CDN, files served here).
+schemas, with examples of parameters and answers. ``GET /api/v1/docs`` renders it with Swagger UI
+(``blueprints/page.py``; every file served from here, no CDN).
 
 Each REST operation is one row of ``OPERATIONS``; only rows whose route the app registered are
 documented, and ``tests/test_openapi.py`` fails when a registered REST route has no row.
@@ -8,20 +9,18 @@ documented, and ``tests/test_openapi.py`` fails when a registered REST route has
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema
-from quart import Blueprint, Quart, Response, current_app, jsonify, send_from_directory
+from quart import Blueprint, Quart, Response, current_app, jsonify
 
 from blueprints import backfill_schemas as backfill
 from blueprints import credentials_schemas as credentials
 from blueprints import openapi_schemas as doc
 from blueprints.schemas import MarketQuery, OhlcvQuery, ProviderQuery, SymbolQuery, TimeField
 
-STATIC = Path(__file__).resolve().parent / "static"
 openapi_blueprint = Blueprint("openapi", __name__, url_prefix="/api/v1")
 
 _ERROR_TEXT = {
@@ -180,12 +179,3 @@ async def openapi_json() -> Response:
         cached = current_app.extensions["openapi_doc"] = build_spec(current_app)
     return jsonify(cached)
 
-
-@openapi_blueprint.get("/docs")
-async def docs_page() -> Response:
-    return await send_from_directory(STATIC, "docs.html")
-
-
-@openapi_blueprint.get("/docs/docs.js")
-async def docs_script() -> Response:
-    return await send_from_directory(STATIC, "docs.js")

@@ -33,7 +33,7 @@ from core.errors import (
     UnknownSymbol,
 )
 from core.timeframes import Bar, bucket_start
-from plugins.base import Capabilities, MarketPlugin, ProviderInfo, Ticker
+from plugins.base import Capabilities, MarketPlugin, ProviderInfo, SymbolMeta, Ticker
 from plugins.retry import RetryPolicy, parse_retry_after
 
 DATA_URL = "https://data.alpaca.markets"
@@ -280,6 +280,10 @@ class AlpacaPlugin(MarketPlugin):
         await self._check_symbol(symbol)
         path = f"/v2/stocks/{quote(symbol, safe='')}/snapshot"
         return await self.retry.call(functools.partial(self._fetch_snapshot, path))
+
+    async def symbol_meta(self, symbol: str) -> SymbolMeta:
+        """US stocks are quoted in cents and traded in whole shares."""
+        return SymbolMeta(price_tick=0.01, volume_tick=1.0, description=symbol)
 
     async def _fetch_snapshot(self, path: str) -> Ticker:
         body = await self._request_api(path, self._feed())

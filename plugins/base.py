@@ -52,6 +52,18 @@ class Capabilities:
 
 
 @dataclass(frozen=True)
+class SymbolMeta:
+    """How a symbol's prices and volumes are stepped, as the provider states them (TradingView's
+    UDF turns these into ``pricescale``/``minmov`` and ``volume_precision``)."""
+
+    #: Smallest price step (0.01 for a cent), or None when the provider does not say.
+    price_tick: float | None = None
+    #: Smallest volume step (1 for whole shares), or None when the provider does not say.
+    volume_tick: float | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Ticker:
     ts: int
     last: float
@@ -135,6 +147,11 @@ class MarketPlugin(ABC):
     @abstractmethod
     async def fetch_ticker(self, symbol: str) -> Ticker:
         """Last price (and bid/ask when the provider has them)."""
+
+    async def symbol_meta(self, symbol: str) -> SymbolMeta:
+        """Price and volume steps of ``symbol`` (steps unknown by default). Callers check first
+        that the symbol exists (``fetch_symbols``)."""
+        return SymbolMeta(description=symbol)
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release network resources. Idempotent."""
