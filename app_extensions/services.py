@@ -15,8 +15,10 @@ from plugins.loader import PluginLoader
 from services.backfill_manager import BackfillManager
 from services.cache_manager import RedisCache
 from services.market_service import MarketService
-from services.orchestrator import DataOrchestrator
-from services.sources import AggregateSource, CacheSource, DbSource, PluginSource
+from services.orchestrator import DataOrchestrator, OrchestratorSettings
+from services.provider_source import PluginSource, ProviderSource
+from services.settings import build
+from services.sources import Cache1mSource, CacheSource, DbSource, StorageSource
 from services.subscription_service import SubscriptionService
 
 log = logging.getLogger(__name__)
@@ -45,15 +47,20 @@ class Services:
         loader.load()
         self.markets = MarketService(loader, dict(config))
         db, redis = get_database(app), get_redis(app)
+        cache = CacheSource(RedisCache(redis, int(config["CACHE_TTL_CLOSED"])))
+        self.backfill = BackfillManager(self.markets, db, cache, dict(config))
+        settings = build(OrchestratorSettings, config)
+        storage, plugins = StorageSource(db), PluginSource(self.markets)
         self.orchestrator = DataOrchestrator(
-            cache=CacheSource(RedisCache(redis, int(config["CACHE_TTL_CLOSED"]))),
-            aggregates=AggregateSource(db),
-            db=DbSource(db),
-            plugins=PluginSource(self.markets),
-            config=dict(config),
+            cache=cache,
+            chain=[storage, ProviderSource(self.markets, cache, storage,
+                                           settings.max_provider_calls)],
+            fallback=[Cache1mSource(cache, plugins.capabilities),
+                      ProviderSource(self.markets, cache, None, settings.max_provider_calls)],
+            plugins=plugins,
+            settings=settings,
+            on_missing=self.backfill.schedule_missing,
         )
-        self.backfill = BackfillManager(self.markets, db, self.orchestrator.cache, dict(config))
-        self.orchestrator.on_missing = self.backfill.schedule_missing
         self.subscriptions = SubscriptionService.build(
             markets=self.markets, orchestrator=self.orchestrator, redis=redis, db=DbSource(db),
             config=dict(config),

@@ -90,7 +90,9 @@ async def ohlcv() -> Response:
         etag = '"' + hashlib.sha256(payload.encode()).hexdigest()[:32] + '"'
         headers["ETag"] = etag
         if _matches(request.headers.get("If-None-Match", ""), etag):
-            return Response("", status=304, headers={"ETag": etag})
+            not_modified = Response("", status=304, headers={"ETag": etag})
+            del not_modified.headers["Content-Type"]  # a 304 has no body (Quart adds text/html)
+            return not_modified
     return Response(payload, status=200, headers=headers)
 
 

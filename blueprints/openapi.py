@@ -20,6 +20,7 @@ from blueprints import backfill_schemas as backfill
 from blueprints import credentials_schemas as credentials
 from blueprints import openapi_schemas as doc
 from blueprints.schemas import MarketQuery, OhlcvQuery, ProviderQuery, SymbolQuery, TimeField
+from core.times import MAX_MS, MIN_MS
 
 openapi_blueprint = Blueprint("openapi", __name__, url_prefix="/api/v1")
 
@@ -93,9 +94,10 @@ def _time_field(self: Any, fld: Any, **kwargs: Any) -> dict[str, Any]:
     if not isinstance(fld, TimeField):
         return {}
     return {"oneOf": [
-        {"type": "integer", "minimum": 0, "maximum": 32_503_679_999_999},
+        {"type": "integer", "minimum": MIN_MS, "maximum": MAX_MS - 1},
         {"type": "string", "format": "date-time"},
-    ], "description": "integer ms since the epoch, or ISO-8601 with a zone"}
+    ], "description": "integer ms since the epoch, or ISO-8601 with a zone; from 1973 (a smaller"
+                      " integer is seconds and is refused) to 3000", "example": 1704067200000}
 
 
 def _quart_rule(path: str) -> str:

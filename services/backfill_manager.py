@@ -47,9 +47,9 @@ from services import backfill_jobs as jobs
 from services.backfill_gaps import Chunk, bar_islands, gap_report, split_chunks
 from services.backfill_runner import JobRunner, RunnerSettings
 from services.market_service import MarketService
-from services.orchestrator import LEDGER_SAFETY_MS
+from services.provider_source import PluginSource
 from services.settings import build, setting
-from services.sources import CacheSource, PluginSource
+from services.sources import LEDGER_SAFETY_MS, CacheSource
 
 log = logging.getLogger(__name__)
 #: Calls one chunk may make while paging (a chunk normally needs one).
