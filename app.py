@@ -10,15 +10,21 @@ from quart import Quart
 
 from app_extensions.backfill_cli import init_backfill_cli
 from app_extensions.cli import init_cli
+from app_extensions.credentials import Credentials
 from app_extensions.db_pool import Database
 from app_extensions.errors import init_error_handlers
 from app_extensions.operations import init_operations
 from app_extensions.redis_client import RedisClient
 from app_extensions.request_context import configure_logging, init_request_context
+from app_extensions.resilience import Resilience
 from app_extensions.services import Services
 from blueprints.backfill import backfill_blueprint
+from blueprints.credentials import credentials_blueprint
 from blueprints.health import health_blueprint
 from blueprints.market import market_blueprint
+from blueprints.openapi import openapi_blueprint
+from blueprints.page import page_blueprint
+from blueprints.udf import init_udf
 from blueprints.websocket import websocket_blueprint
 from config import BaseConfig, load_config
 
@@ -37,7 +43,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     cfg.validate()
     app = Quart(__name__)
     app.config.update(cfg.as_dict())
-    app.config["MAX_CONTENT_LENGTH"] = int(cfg.MAX_BODY_BYTES)
+    app.config["MAX_CONTENT_LENGTH"] = int(cfg.MAX_BODY_BYTES)  # Quart's name for the body limit
     configure_logging(app.config)
     init_request_context(app)
     init_error_handlers(app)
@@ -61,7 +67,13 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     app.register_blueprint(market_blueprint)
     app.register_blueprint(backfill_blueprint)
     app.register_blueprint(websocket_blueprint)
-    init_operations(app)  # CORS, API keys, rate limits, provider budget, OpenAPI
+    app.register_blueprint(openapi_blueprint)
+    app.register_blueprint(credentials_blueprint)
+    app.register_blueprint(page_blueprint)  # the chart page at / and the docs viewer
+    Credentials(app)  # users' exchange credentials (after the Database)
+    Resilience(app)  # circuit breaker, stale-while-error (after Redis and Services)
+    init_udf(app)  # TradingView's UDF under /udf (after Services)
+    init_operations(app)  # CORS, API keys, rate limits, provider budget
     init_cli(app)
     init_backfill_cli(app)
     return app
@@ -81,6 +93,9 @@ async def serve_app(application: Quart) -> None:
     hc = HypercornConfig()
     hc.bind = [f"{application.config['HOST']}:{application.config['PORT']}"]
     hc.accesslog = None
+    # Our logging set-up (request ids, JSON in production) writes Hypercorn's lines, once: a
+    # logger object is used as is, where "-" would add a second handler of Hypercorn's own.
+    hc.errorlog = logging.getLogger("hypercorn.error")
     for option, value in hypercorn_options(application.config).items():  # WebSocket heartbeat
         setattr(hc, option, value)
     stop = asyncio.Event()

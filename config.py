@@ -2,13 +2,31 @@
 
 ``load_config(name)`` builds the config for ``APP_ENV`` (``development``, ``production``,
 ``testing``), applies the environment, and ``validate()`` fails fast naming the variable.
+
+Settings once: the defaults live in ``BaseConfig`` and nowhere else. A service declares what it
+reads as a frozen dataclass and builds it once at start-up with ``settings_from``::
+
+    @dataclass(frozen=True)
+    class BackfillSettings:
+        concurrency: int  # reads BACKFILL_CONCURRENCY (prefix + name); metadata={"config": KEY}
+        max_jobs: int     # names another key. Validate in __post_init__, raising ConfigError.
+
+    settings = settings_from(BackfillSettings, app.config, prefix="BACKFILL_")
+
+A field takes the mapping's value, else ``BaseConfig``'s default, else its own default, converted
+to its type (int, float, bool, str; others as they are); a bad value raises ``ConfigError`` naming
+the variable. Call sites read ``settings.concurrency``, never ``config.get("X", default)``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
-from typing import Any
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 _CCXT_DEFAULT = "binance,kraken,coinbase,bybit,okx"
 
@@ -63,6 +81,8 @@ class BaseConfig:
     CCXT_EXCHANGES = _CCXT_DEFAULT
     CCXT_MARKET_TYPES = "spot"
     PROVIDER_URLS: dict[str, str] = {}
+    #: Provider id -> ws(s) base URL replacing the exchange's stream URL base (as PROVIDER_URLS).
+    PROVIDER_WS_URLS: dict[str, str] = {}
     #: JSON: exchange id to {"apiKey", "secret", "password"?, "testnet"?}; public access otherwise.
     CCXT_CREDENTIALS: dict[str, dict[str, object]] = {}
     PROVIDER_TIMEOUT = 10.0
@@ -94,7 +114,8 @@ class BaseConfig:
     RATE_LIMITS: dict[str, str] = {}
     #: Take the client IP from the last X-Forwarded-For hop (only behind a trusted proxy).
     TRUST_FORWARDED_FOR = False
-    #: Comma-separated origins allowed by CORS ("*" for any); empty: no CORS headers.
+    #: Comma-separated origins allowed by CORS ("*" for any, "http://localhost:*" for any port);
+    #: empty: no CORS headers. Development allows localhost and 127.0.0.1 on any port.
     CORS_ORIGINS = ""
     #: Comma-separated origins allowed to open the WebSocket; empty: any (or none sent).
     WS_ALLOWED_ORIGINS = ""
@@ -105,6 +126,17 @@ class BaseConfig:
     PROVIDER_BUDGET_MAX_WAIT = 2.0
     #: Pause after an exchange's 418/429 that named no Retry-After (seconds).
     PROVIDER_BAN_DEFAULT = 10.0
+    #: Fernet keys encrypting users' exchange credentials, newest first (comma-separated or a JSON
+    #: list); empty: /credentials answers 503. Lookups are cached this many seconds per instance.
+    CREDENTIALS_KEYS = ""
+    CREDENTIALS_CACHE_TTL = 5.0
+    #: Seconds the last good ticker of a symbol is kept to answer (stale) while its provider fails.
+    TICKER_STALE_TTL = 86_400
+    #: Circuit breaker per provider (services/breaker.py): consecutive temporary failures that open
+    #: it, seconds it stays open, and the longest a half-open probe call may take.
+    BREAKER_FAILURE_THRESHOLD = 5
+    BREAKER_OPEN_SECONDS = 30.0
+    BREAKER_PROBE_SECONDS = 15.0
     #: Timeout of each readiness check (seconds).
     READINESS_TIMEOUT = 0.5
     # Backfill (services/backfill_manager.py, backfill_runner.py; docs/backfill.md)
@@ -159,6 +191,18 @@ class BaseConfig:
     #: Lease of a channel's poller in Redis, renewed every third of it; a dead holder's channel
     #: moves to another instance with subscribers within about 1.3x this.
     LEASE_TTL_SECONDS = 6.0
+    #: Live channels of exchanges with CCXT Pro kline streams are fed by the stream (see
+    #: docs/websocket.md); off: every channel polls.
+    STREAM_FEEDS = True
+    #: A stream silent this long counts as down (falls back to polling).
+    STREAM_SILENCE_SECONDS = 10.0
+    #: Closed stream bars are checked against REST klines (one call for all unchecked ones) once
+    #: the oldest unchecked one closed this long ago.
+    STREAM_VERIFY_SECONDS = 90.0
+    #: After a stream failure the channel polls this long before it tries the stream again,
+    #: doubling per failure up to STREAM_RETRY_MAX_SECONDS.
+    STREAM_RETRY_SECONDS = 5.0
+    STREAM_RETRY_MAX_SECONDS = 300.0
 
     def __init__(self) -> None:
         self._apply_env()
@@ -191,17 +235,33 @@ class BaseConfig:
             raise ConfigError("DATABASE_URL must be a postgresql:// URL")
         if not str(self.REDIS_URL).startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("REDIS_URL must be a redis:// URL")
+        if self.BREAKER_FAILURE_THRESHOLD < 1:
+            raise ConfigError("BREAKER_FAILURE_THRESHOLD must be at least 1")
+        for name in ("BREAKER_OPEN_SECONDS", "BREAKER_PROBE_SECONDS"):
+            if not 0 < getattr(self, name) < math.inf:  # also refuses nan
+                raise ConfigError(f"{name} must be a positive number of seconds")
         if not isinstance(self.PROVIDER_URLS, dict) or not all(
             isinstance(v, str) and v.startswith(("http://", "https://"))
             for v in self.PROVIDER_URLS.values()
         ):
             raise ConfigError("PROVIDER_URLS must be a JSON object of provider id to http(s) URL")
+        if not isinstance(self.PROVIDER_WS_URLS, dict) or not all(
+            isinstance(v, str) and v.startswith(("ws://", "wss://"))
+            for v in self.PROVIDER_WS_URLS.values()
+        ):
+            raise ConfigError("PROVIDER_WS_URLS must be a JSON object of provider id to ws(s) URL")
+        for name in ("STREAM_SILENCE_SECONDS", "STREAM_VERIFY_SECONDS", "STREAM_RETRY_SECONDS",
+                     "STREAM_RETRY_MAX_SECONDS"):
+            if not 0 < float(getattr(self, name)) < math.inf:
+                raise ConfigError(f"{name} must be a positive number of seconds")
         if self.STORAGE_MODE not in ("auto", "timescale", "plain"):
             raise ConfigError("STORAGE_MODE must be auto, timescale or plain")
         if self.LOG_FORMAT not in ("text", "json"):
             raise ConfigError("LOG_FORMAT must be text or json")
         if not 1 <= self.DB_POOL_MIN <= self.DB_POOL_MAX:
             raise ConfigError("DB_POOL_MIN and DB_POOL_MAX must satisfy 1 <= min <= max")
+        if int(self.MAX_BODY_BYTES) < 1:
+            raise ConfigError("MAX_BODY_BYTES must be positive")
         if not 0 < self.PORT < 65536:
             raise ConfigError("PORT must be between 1 and 65535")
         for name in ("CACHE_TTL_CLOSED", "CACHE_TTL_FORMING", "OHLCV_MAX_LIMIT", "PROVIDER_RETRIES"):
@@ -219,6 +279,8 @@ class BaseConfig:
 class DevelopmentConfig(BaseConfig):
     APP_ENV = "development"
     LOG_LEVEL = "DEBUG"
+    #: A dashboard served by a dev server on this machine (any port) may call the API.
+    CORS_ORIGINS = "http://localhost:*,http://127.0.0.1:*"
 
 
 class ProductionConfig(BaseConfig):
@@ -232,6 +294,8 @@ class TestingConfig(BaseConfig):
     PROVIDER_RETRY_MAX_WAIT = 0.2
     PLUGIN_IDLE_TIMEOUT = 60.0
     DEPENDENCY_RETRY_AFTER = 0.2
+    #: Outage tests expect recovery within seconds, as they do of DEPENDENCY_RETRY_AFTER.
+    BREAKER_OPEN_SECONDS = 1.0
 
 
 CONFIGS: dict[str, type[BaseConfig]] = {
@@ -247,3 +311,38 @@ def load_config(env: str | None = None) -> BaseConfig:
     if name not in CONFIGS:
         raise ConfigError(f"APP_ENV must be one of {', '.join(CONFIGS)}, got {name!r}")
     return CONFIGS[name]()
+
+
+S = TypeVar("S")
+_MISSING = object()
+
+
+def _convert(name: str, value: Any, kind: Any) -> Any:
+    converters: dict[Any, Any] = {bool: lambda v: _bool(v) if isinstance(v, str) else bool(v), float: float, str: str}
+    try:
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(f"expected an integer, got {value!r}")
+            return int(value)
+        return converters[kind](value) if kind in converters else value
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: {exc}") from exc
+
+
+def settings_from(cls: type[S], config: Mapping[str, Any], *, prefix: str = "") -> S:
+    """Build the frozen dataclass ``cls`` from ``config`` (see the module docstring)."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls.__name__} is not a dataclass")
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        name = f.metadata.get("config") or prefix + f.name.upper()
+        value = config.get(name, getattr(BaseConfig, name, _MISSING))
+        if value is _MISSING:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{name} is not set")
+            continue
+        values[f.name] = _convert(name, value, hints.get(f.name))
+    return cls(**values)

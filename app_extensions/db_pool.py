@@ -75,8 +75,9 @@ class Database:
                     max_size=cfg["DB_POOL_MAX"],
                     command_timeout=cfg["DB_COMMAND_TIMEOUT"],
                     timeout=cfg["DB_CONNECT_TIMEOUT"],
+                    # Startup parameters, sent once per connection; the RESET ALL that asyncpg
+                    # runs when a connection goes back to the pool returns to them.
                     server_settings={"search_path": f"{schema},public", "timezone": "UTC"},
-                    setup=self._setup_connection,
                 )
                 try:
                     async with pool.acquire() as conn:
@@ -91,10 +92,6 @@ class Database:
             self.pool = pool
             self.last_error = None
             return pool
-
-    async def _setup_connection(self, conn: asyncpg.Connection) -> None:
-        # Pool resets (RESET ALL) would drop search_path on some servers; set it on every acquire.
-        await conn.execute(f"SET search_path TO {self.config['DATABASE_SCHEMA']}, public")
 
     def _mark_down(self, exc: BaseException) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}"

@@ -32,8 +32,8 @@ class RedisClient:
 
     def __init__(self, app: Quart | None = None) -> None:
         self.client: aioredis.Redis | None = None
-        self.prefix = "md"
-        self.retry_after = 2.0
+        self.prefix = ""  # REDIS_PREFIX and DEPENDENCY_RETRY_AFTER, read by open()
+        self.retry_after = 0.0
         self._down_until = 0.0
         self.last_error: str | None = None
         self._config: dict[str, Any] = {}

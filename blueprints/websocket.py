@@ -44,8 +44,8 @@ def hypercorn_options(config: Mapping[str, Any]) -> dict[str, float]:
     """Hypercorn settings for WebSockets: a ping every ``WS_HEARTBEAT_SECONDS``, a peer that sends
     nothing (not even the pong) for three of them is disconnected; frames far over
     ``WS_MAX_MESSAGE_BYTES`` (16x, at least 64 KiB) are refused with 1009 before being buffered."""
-    beat = float(config.get("WS_HEARTBEAT_SECONDS", 20.0))
-    largest = max(65536, 16 * int(config.get("WS_MAX_MESSAGE_BYTES", 4096)))
+    beat = float(config["WS_HEARTBEAT_SECONDS"])
+    largest = max(65536, 16 * int(config["WS_MAX_MESSAGE_BYTES"]))
     return {"websocket_ping_interval": beat, "read_timeout": 3 * beat,
             "websocket_max_message_size": largest}
 

@@ -81,14 +81,6 @@ def resample(bars_1m: Iterable[Sequence[float]], timeframe: str) -> list[Bar]:
     return out
 
 
-def merge_bars(*series: Iterable[Sequence[float]]) -> list[Bar]:
-    """Merge bar lists into one strictly ascending list; a later series wins on equal ``ts``."""
-    by_ts: dict[int, Bar] = {}
-    for s in series:
-        for b in s:
-            by_ts[int(b[0])] = [int(b[0]), *map(float, b[1:6])]
-    return [by_ts[k] for k in sorted(by_ts)]
-
 
 #: Decimals bar values are given with on every path (REST answers and WebSocket frames): sums of
 #: float volumes carry binary noise (3009.2870660000012, 6.5481430000000005).

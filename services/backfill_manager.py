@@ -7,9 +7,13 @@ provider (``_api_semaphore``). Each chunk is written in one transaction: its bar
 (also when the provider answered it empty: a real exchange hole is then *verified empty* and never
 fetched again) and the job's progress. The last ``LEDGER_SAFETY_MS`` before now are written but
 never recorded complete. A chunk failing with a temporary error (``.temporary``: network, 429/5xx,
-a storage outage) is retried with backoff that honours ``retry_after`` for up to
-``BACKFILL_PATIENCE`` seconds; any other error fails the job with a readable error.
-Jobs (``services.backfill_jobs``) are run by :class:`services.backfill_runner.JobRunner`.
+a storage outage) is retried with ``plugins.retry.RetryPolicy`` (backoff that honours
+``retry_after``) for up to ``BACKFILL_PATIENCE`` seconds; any other error fails the job with a
+readable error. Provider calls go through ``ProviderCalls`` (budget guard, metrics, paging).
+Jobs (``services.backfill_jobs``) are run by :class:`services.backfill_runner.JobRunner`, which
+gets ``run_job`` as a callable.
+
+Public names (stable): ``BackfillManager``, ``BackfillSettings``, ``Progress``, ``readable``.
 """
 
 from __future__ import annotations
@@ -23,15 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_delay,
-    wait_random_exponential,
-)
+from tenacity import RetryCallState
 
-from app_extensions.db_pool import Database
 from core.errors import (
     AppError,
     DataSourceError,
@@ -41,15 +38,18 @@ from core.errors import (
     UnknownSymbol,
 )
 from core.metrics import BACKFILL_BARS, BACKFILL_CHUNK_FAILURES, BACKFILL_CHUNKS
+from core.ports import Database
 from core.timeframes import MINUTE_MS, Bar, bucket_ceil, bucket_start, now_ms
 from core.types import Series, to_dt
+from plugins.retry import RetryPolicy
 from services import aggregates, storage
 from services import backfill_jobs as jobs
 from services.backfill_gaps import Chunk, bar_islands, gap_report, split_chunks
-from services.backfill_runner import JobRunner
+from services.backfill_runner import JobRunner, RunnerSettings
 from services.market_service import MarketService
-from services.orchestrator import LEDGER_SAFETY_MS
-from services.sources import CacheSource, PluginSource, RevisionSink
+from services.provider_source import PluginSource
+from services.settings import build, setting
+from services.sources import LEDGER_SAFETY_MS, CacheSource, RevisionSink
 
 log = logging.getLogger(__name__)
 #: Calls one chunk may make while paging (a chunk normally needs one).
@@ -84,6 +84,22 @@ class _JobRef:
     owner: str
 
 
+@dataclass(frozen=True)
+class BackfillSettings:
+    """Backfill settings (``build(BackfillSettings, config)``; see config.py ``BACKFILL_*``)."""
+
+    concurrency: int = setting("BACKFILL_CONCURRENCY", 4, int)
+    patience: float = setting("BACKFILL_PATIENCE", 3600.0, float)
+    retry_base: float = setting("BACKFILL_RETRY_BASE", 1.0, float)
+    retry_max_wait: float = setting("BACKFILL_RETRY_MAX_WAIT", 60.0, float)
+    write_cache: bool = setting("BACKFILL_WRITE_CACHE", True, bool)
+    max_range_days: float = setting("BACKFILL_MAX_RANGE_DAYS", 3660.0, float)
+
+    @property
+    def max_range_ms(self) -> int:
+        return int(self.max_range_days * 86_400_000)
+
+
 def readable(exc: BaseException) -> str:
     """The error text a failed job keeps."""
     if isinstance(exc, AppError):
@@ -98,19 +114,14 @@ class BackfillManager:
         self, markets: MarketService, db: Database, cache: CacheSource, config: dict[str, Any],
         revisions: RevisionSink | None = None,
     ) -> None:
-        self.markets, self.db, self.cache = markets, db, cache
-        #: Told about stored bars a chunk overwrote with other values.
-        self.revisions = revisions
+        self.markets, self.db, self.cache, self.revisions = markets, db, cache, revisions
         self.plugins = PluginSource(markets)
-        self.concurrency = max(1, int(config.get("BACKFILL_CONCURRENCY", 4)))
-        self.patience = float(config.get("BACKFILL_PATIENCE", 3600.0))
-        self.retry_base = float(config.get("BACKFILL_RETRY_BASE", 1.0))
-        self.retry_max_wait = float(config.get("BACKFILL_RETRY_MAX_WAIT", 60.0))
-        self.write_cache = bool(config.get("BACKFILL_WRITE_CACHE", True))
-        self.max_range_ms = int(float(config.get("BACKFILL_MAX_RANGE_DAYS", 3660)) * 86_400_000)
+        self.settings = build(BackfillSettings, config)
+        self.concurrency = max(1, self.settings.concurrency)
+        self.max_range_ms = self.settings.max_range_ms
         #: Per-provider limit of concurrent upstream calls, shared by every backfill here.
         self._api_semaphore: dict[str, asyncio.Semaphore] = {}
-        self.runner = JobRunner(self, db, config)
+        self.runner = JobRunner(self.run_job, db, build(RunnerSettings, config))
 
     # --- Lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -201,45 +212,42 @@ class BackfillManager:
         except ExceptionGroup as group:
             raise group.exceptions[0] from None
 
-    def _wait(self, state: RetryCallState) -> float:
-        """Exponential backoff with jitter, at least the exchange's ``retry_after``."""
-        exc = state.outcome.exception() if state.outcome is not None else None
-        backoff = float(wait_random_exponential(self.retry_base, self.retry_max_wait)(state))
-        retry_after = getattr(exc, "retry_after", None)
-        if isinstance(retry_after, int | float):
-            backoff = max(backoff, float(retry_after))
-        return min(backoff, self.retry_max_wait)
-
     async def _run_chunk(self, series: Series, chunk: Chunk, job: _JobRef | None) -> tuple[int, int]:
         """Fetch and write one chunk; returns (bars written, calls made)."""
 
-        def before_sleep(state: RetryCallState) -> None:
+        async def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome is not None else None
             BACKFILL_CHUNK_FAILURES.labels(series.provider, "temporary").inc()
             # Being paced (our provider budget or the exchange's 429) is routine for big jobs.
             level = logging.INFO if isinstance(exc, RateLimitedPluginError) else logging.WARNING
             log.log(level, "backfill %s chunk %s: %s; retrying (attempt %d)", series.key(),
                     to_dt(chunk.start).isoformat(), exc, state.attempt_number)
+            if job is not None and exc is not None:  # API.md: a retrying job shows its last error
+                await self._record_error(job, f"{readable(exc)} (chunk starting "
+                                         f"{to_dt(chunk.start).isoformat()}; retrying)")
 
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(lambda e: bool(getattr(e, "temporary", False))),
-            stop=stop_after_delay(self.patience), wait=self._wait,
-            before_sleep=before_sleep, reraise=True,
-        )
+        async def once() -> tuple[int, int]:
+            async with self._semaphore(series.provider):
+                bars, calls, _ = await self.plugins.fetch(
+                    series, "1m", chunk.start, chunk.end, _CHUNK_CALL_BUDGET)
+            return await self._write(series, chunk, bars, job), calls
+
+        policy = RetryPolicy(series.provider, max_wait=self.settings.retry_max_wait,
+                             base_wait=self.settings.retry_base, patience=self.settings.patience)
         try:
-            async for attempt in retrying:
-                with attempt:
-                    async with self._semaphore(series.provider):
-                        bars, calls, _ = await self.plugins.fetch(
-                            series, "1m", chunk.start, chunk.end, _CHUNK_CALL_BUDGET)
-                    written = await self._write(series, chunk, bars, job)
-                    return written, calls
+            return await policy.call(once, before_sleep)
         except (AppError, asyncpg.PostgresError) as exc:
             BACKFILL_CHUNK_FAILURES.labels(series.provider, "permanent").inc()
             if isinstance(exc, AppError):
                 exc.message = f"{exc.message} (chunk starting {to_dt(chunk.start).isoformat()})"
             raise
-        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    async def _record_error(self, job: _JobRef, error: str) -> None:
+        try:
+            async with self.db.acquire() as conn:
+                await jobs.record_error(conn, job.id, job.owner, error)
+        except (DataSourceError, asyncpg.PostgresError) as err:  # storage down: the log has it
+            log.info("backfill job %s: could not record its error: %s", job.id, err)
 
     async def _write(
         self, series: Series, chunk: Chunk, bars: list[Bar], job: _JobRef | None
@@ -248,7 +256,7 @@ class BackfillManager:
         now = now_ms()
         closed = [b for b in bars if chunk.start <= b[0] < chunk.end and b[0] + MINUTE_MS <= now]
         complete = [(chunk.start, chunk.complete_end)] if chunk.complete_end > chunk.start else []
-        revised: list[Bar] = []
+        revised: list[Bar] = []  # stored bars this chunk changed: announced as revisions
         async with self.db.acquire() as conn:
             async with conn.transaction():
                 written = await storage.upsert_1m_bars(conn, series, closed, complete, revised)
@@ -257,7 +265,7 @@ class BackfillManager:
             if closed:
                 await aggregates.refresh_window(
                     conn, self.db.mode, int(closed[0][0]), int(closed[-1][0]) + MINUTE_MS)
-        if closed and self.write_cache:
+        if closed and self.settings.write_cache:
             await self.cache.put_1m(series, closed)
         if revised and self.revisions is not None:
             await self.revisions.announce(series, revised)
@@ -297,6 +305,11 @@ class BackfillManager:
         if job is None:
             raise NotFound(f"no backfill job {job_id!r}")
         return job
+
+    async def list_jobs(self, status: str | None, limit: int) -> list[jobs.Job]:
+        """Up to ``limit`` jobs, newest first, of one ``status`` (None: any)."""
+        async with self.db.acquire() as conn:
+            return await jobs.list_jobs(conn, status, limit)
 
     async def schedule_missing(self, series: Series, ranges: list[tuple[int, int]]) -> str | None:
         """The orchestrator's ``on_missing`` hook: one job over the span of ``ranges`` (its last

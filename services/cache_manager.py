@@ -15,9 +15,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
-from app_extensions.redis_client import RedisClient
 from core.errors import DataSourceError
 from core.metrics import CACHE_REQUESTS
+from core.ports import RedisClient
 from core.timeframes import Bar
 from core.types import Series
 

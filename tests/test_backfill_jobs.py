@@ -217,10 +217,10 @@ async def test_a_runner_that_lost_its_lease_stops_and_the_job_finishes_once(
                          " interval '1 hour' WHERE id = $1", body["job_id"])
         taken = (await _job_row(pg, body["job_id"]))["chunks_done"]
         for _ in range(100):
-            if not manager(app).runner.running_jobs:
+            if not manager(app).runner._running:
                 break
             await asyncio.sleep(0.02)
-        assert manager(app).runner.running_jobs == []  # our runner let go of it
+        assert manager(app).runner._running == {}  # our runner let go of it
         row = await _job_row(pg, body["job_id"])
         assert row["owner"] == "elsewhere" and row["chunks_done"] == taken
         # "elsewhere" dies: its lease ends and our runner resumes and finishes the job.

@@ -18,6 +18,7 @@ from services.hub.frames import Frame
 from services.hub.poller import Poller
 from services.hub.settings import PollSettings
 from services.hub.state import StateStore
+from services.provider_calls import ProviderCalls
 
 X = 1_700_000_040_000  # a minute boundary
 M = 60_000
@@ -45,6 +46,7 @@ class FakeBudget:
 class FakeMarkets:
     def __init__(self, plugin: FakePlugin) -> None:
         self.plugin, self.budget = plugin, FakeBudget()
+        self.calls = ProviderCalls(self.budget)  # type: ignore[arg-type]
 
     async def get_plugin(self, market: str, provider: str) -> FakePlugin:
         return self.plugin

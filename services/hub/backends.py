@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
 from core.errors import DataSourceError
+from core.ports import RedisClient
 
 T = TypeVar("T")
 
@@ -46,16 +47,6 @@ return cur
 """
 #: Sequence counters outlive any gap in a channel's use (a client's last seq stays meaningful).
 SEQ_TTL_SECONDS = 30 * 86_400
-
-
-class RedisLike(Protocol):
-    """What the Redis backend uses of the app's Redis client."""
-
-    client: Any
-
-    def key(self, *parts: object) -> str: ...
-
-    async def run(self, fn: Callable[[Any], Awaitable[T]]) -> T: ...
 
 
 class Backend(ABC):
@@ -187,7 +178,7 @@ class RedisBackend(Backend):
 
     name = "redis"
 
-    def __init__(self, redis: RedisLike) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
         self._pubsub: Any = None
         #: Pub/sub commands still running after their caller was cancelled (see ``_guarded``).

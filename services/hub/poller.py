@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from core.errors import AppError, DataSourceError
-from core.metrics import WS_POLL_ERRORS, WS_POLLS, WS_STORAGE_ERRORS, observe_call, set_candle_lag
+from core.metrics import WS_POLL_ERRORS, WS_POLLS, WS_STORAGE_ERRORS, set_candle_lag
 from core.timeframes import MINUTE_MS, Bar, bucket_start, now_ms, resample, round_bar, tf_ms
 from core.types import Channel, Series
 from plugins.base import MarketPlugin
@@ -208,23 +208,17 @@ class Poller:
         return resample(bars_1m, tf), bars_1m
 
     async def _fetch(self, plugin: MarketPlugin, timeframe: str, since: int) -> list[Bar]:
-        """Pages from ``since`` up to now. A page shorter than ``max_bars_per_call`` is not the end
-        (an exchange may cap pages lower or answer a time window): paging ends on an empty page or
-        one that reaches the bucket before the forming one, so the steady state is one call."""
-        per_call, size = plugin.capabilities.max_bars_per_call, tf_ms(timeframe)
-        recent = bucket_start(now_ms(), timeframe) - size
-        out: list[Bar] = []
-        while True:
-            self.polls += 1
-            WS_POLLS.labels(self.channel.provider).inc()
-            async with self.markets.budget.guard(self.channel.provider):
-                with observe_call(self.channel.provider, "fetch_ohlcv"):
-                    page = await plugin.fetch_ohlcv(self.channel.symbol, timeframe, since, per_call)
-            page = [[int(b[0]), *map(float, b[1:6])] for b in page if b[0] >= since]
-            out.extend(page)
-            if not page or page[-1][0] >= recent:
-                return out
-            since = int(page[-1][0]) + size
+        """Pages from ``since`` up to now (``ProviderCalls.pages``): paging ends on an empty page
+        or one that reaches the bucket before the forming one, so the steady state is one call."""
+        recent = bucket_start(now_ms(), timeframe) - tf_ms(timeframe)
+        fetched = await self.markets.calls.pages(
+            plugin, self.channel.series, timeframe, since, None, last_wanted=recent,
+            on_call=self._count_poll)
+        return fetched.bars
+
+    def _count_poll(self) -> None:
+        self.polls += 1
+        WS_POLLS.labels(self.channel.provider).inc()
 
     # --- Publishing ----------------------------------------------------------------------------
     async def _emit(self, bars: list[Bar], first: int, started: int, polled_at: float) -> None:
