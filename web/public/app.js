@@ -25,6 +25,7 @@ const page = {
 const stream = new Stream({ frame: onFrame, state: setState });
 window.chartPage = page; // read by the browser tests and the bench
 page.chart = chart;
+page.stream = stream;
 page.drawn = (time) => candles.data().find((item) => item.time === time) || null;
 
 function candle(bar) {
