@@ -114,7 +114,8 @@ class BaseConfig:
     RATE_LIMITS: dict[str, str] = {}
     #: Take the client IP from the last X-Forwarded-For hop (only behind a trusted proxy).
     TRUST_FORWARDED_FOR = False
-    #: Comma-separated origins allowed by CORS ("*" for any); empty: no CORS headers.
+    #: Comma-separated origins allowed by CORS ("*" for any, "http://localhost:*" for any port);
+    #: empty: no CORS headers. Development allows localhost and 127.0.0.1 on any port.
     CORS_ORIGINS = ""
     #: Comma-separated origins allowed to open the WebSocket; empty: any (or none sent).
     WS_ALLOWED_ORIGINS = ""
@@ -275,6 +276,8 @@ class BaseConfig:
 class DevelopmentConfig(BaseConfig):
     APP_ENV = "development"
     LOG_LEVEL = "DEBUG"
+    #: A dashboard served by a dev server on this machine (any port) may call the API.
+    CORS_ORIGINS = "http://localhost:*,http://127.0.0.1:*"
 
 
 class ProductionConfig(BaseConfig):
