@@ -172,7 +172,8 @@ async def test_page_draws_candles_without_console_errors_and_a_live_bar_arrives(
         await page.wait_for_function("window.chartPage.frames > 1", timeout=20_000)
         await wait_for(lambda: len(watch.bar_frames()) > seen, within=20)
         frame = watch.bar_frames()[-1]
-        assert frame["channel"] == "sim:sim:SIM/USD:1m"
+        assert frame["channel"] == "sim:sim:SIM/USD:1m" and isinstance(frame["seq"], int)
+        assert await page.evaluate("window.chartPage.gaps") == 0  # seq went up one at a time
         await asyncio.sleep(0.2)
         last = (await page_bars(page))[-1]
         assert last["time"] * 1000 >= frame["bar"][0]  # applied in place or followed by a newer one
