@@ -185,6 +185,9 @@ class BaseConfig:
     POLL_MAX_BACKOFF_SECONDS = 30.0
     #: Most past bars a poller catches up after an outage or a hand-over (older: REST/backfill).
     POLL_MAX_CATCHUP_BARS = 5000
+    #: Closed buckets that ended this recently are fetched again by each poll; a changed value is
+    #: published as a revision (``revised: true``) and written through to storage and caches.
+    POLL_REVISION_SECONDS = 120.0
     #: Lease of a channel's poller in Redis, renewed every third of it; a dead holder's channel
     #: moves to another instance with subscribers within about 1.3x this.
     LEASE_TTL_SECONDS = 6.0
