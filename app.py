@@ -96,6 +96,9 @@ async def serve_app(application: Quart) -> None:
     hc = HypercornConfig()
     hc.bind = [f"{application.config['HOST']}:{application.config['PORT']}"]
     hc.accesslog = None
+    # Our logging set-up (request ids, JSON in production) writes Hypercorn's lines, once: a
+    # logger object is used as is, where "-" would add a second handler of Hypercorn's own.
+    hc.errorlog = logging.getLogger("hypercorn.error")
     for option, value in hypercorn_options(application.config).items():  # WebSocket heartbeat
         setattr(hc, option, value)
     stop = asyncio.Event()

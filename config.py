@@ -114,7 +114,8 @@ class BaseConfig:
     RATE_LIMITS: dict[str, str] = {}
     #: Take the client IP from the last X-Forwarded-For hop (only behind a trusted proxy).
     TRUST_FORWARDED_FOR = False
-    #: Comma-separated origins allowed by CORS ("*" for any); empty: no CORS headers.
+    #: Comma-separated origins allowed by CORS ("*" for any, "http://localhost:*" for any port);
+    #: empty: no CORS headers. Development allows localhost and 127.0.0.1 on any port.
     CORS_ORIGINS = ""
     #: Comma-separated origins allowed to open the WebSocket; empty: any (or none sent).
     WS_ALLOWED_ORIGINS = ""
@@ -194,6 +195,9 @@ class BaseConfig:
     POLL_MAX_BACKOFF_SECONDS = 30.0
     #: Most past bars a poller catches up after an outage or a hand-over (older: REST/backfill).
     POLL_MAX_CATCHUP_BARS = 5000
+    #: Closed buckets that ended this recently are fetched again by each poll; a changed value is
+    #: published as a revision (``revised: true``) and written through to storage and caches.
+    POLL_REVISION_SECONDS = 120.0
     #: Lease of a channel's poller in Redis, renewed every third of it; a dead holder's channel
     #: moves to another instance with subscribers within about 1.3x this.
     LEASE_TTL_SECONDS = 6.0
@@ -285,6 +289,8 @@ class BaseConfig:
 class DevelopmentConfig(BaseConfig):
     APP_ENV = "development"
     LOG_LEVEL = "DEBUG"
+    #: A dashboard served by a dev server on this machine (any port) may call the API.
+    CORS_ORIGINS = "http://localhost:*,http://127.0.0.1:*"
 
 
 class ProductionConfig(BaseConfig):

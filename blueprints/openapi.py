@@ -31,7 +31,7 @@ _ERROR_TEXT = {
     401: "unauthorized: auth is on and the API key is missing or wrong",
     403: "forbidden: the endpoint needs a user (auth is off)",
     404: "unknown_market, unknown_provider, unknown_symbol or not_found",
-    413: "the request body is larger than MAX_BODY_BYTES",
+    413: "payload_too_large: the request body is larger than MAX_BODY_BYTES",
     429: "rate_limited: see Retry-After",
     502: "provider_error: the exchange answered with an error",
     503: "provider_unavailable or dependency_unavailable",
