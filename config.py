@@ -132,6 +132,16 @@ class BaseConfig:
     CREDENTIALS_CACHE_TTL = 5.0
     #: Seconds the last good ticker of a symbol is kept to answer (stale) while its provider fails.
     TICKER_STALE_TTL = 86_400
+    #: Cache warming at start (services/warmup.py): on/off, the time and upstream-call budgets,
+    #: how many of the most requested ranges, the bars of each live channel's snapshot, how far
+    #: back "recent" reaches, and how often ranges and live channels are recorded (seconds).
+    WARMUP_ENABLED = True
+    WARMUP_MAX_SECONDS = 20.0
+    WARMUP_MAX_CALLS = 50
+    WARMUP_TOP_RANGES = 20
+    WARMUP_SNAPSHOT_BARS = 100
+    WARMUP_LOOKBACK_SECONDS = 3600.0
+    WARMUP_RECORD_SECONDS = 15.0
     #: Circuit breaker per provider (services/breaker.py): consecutive temporary failures that open
     #: it, seconds it stays open, and the longest a half-open probe call may take.
     BREAKER_FAILURE_THRESHOLD = 5
