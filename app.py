@@ -10,16 +10,22 @@ from quart import Quart
 
 from app_extensions.backfill_cli import init_backfill_cli
 from app_extensions.cli import init_cli
+from app_extensions.credentials import Credentials
 from app_extensions.db_pool import Database
 from app_extensions.errors import init_error_handlers
 from app_extensions.operations import init_operations
 from app_extensions.redis_client import RedisClient
 from app_extensions.request_context import configure_logging, init_request_context
+from app_extensions.resilience import Resilience
 from app_extensions.services import Services
+from app_extensions.warmup import Warmup
 from blueprints.backfill import backfill_blueprint
+from blueprints.credentials import credentials_blueprint
 from blueprints.health import health_blueprint
 from blueprints.market import market_blueprint
 from blueprints.openapi import openapi_blueprint
+from blueprints.page import page_blueprint
+from blueprints.udf import init_udf
 from blueprints.websocket import websocket_blueprint
 from config import BaseConfig, load_config
 
@@ -45,7 +51,9 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     # Extensions open in this order (before_serving) and close in reverse: workers and plugins,
     # then Redis, then the pool. Each bounds its own steps by SHUTDOWN_TIMEOUT; the outer limit
     # is only a safety net, and one extension failing to close does not keep the next open.
-    extensions: list[Database | RedisClient | Services] = [Database(app), RedisClient(app), Services(app)]
+    extensions: list[Database | RedisClient | Services | Warmup] = [
+        Database(app), RedisClient(app), Services(app)]
+    extensions.append(Warmup(app))  # cache warming: closed first, its tasks use the services
 
     @app.after_serving
     async def _shutdown() -> None:
@@ -63,6 +71,11 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     app.register_blueprint(backfill_blueprint)
     app.register_blueprint(websocket_blueprint)
     app.register_blueprint(openapi_blueprint)
+    app.register_blueprint(credentials_blueprint)
+    app.register_blueprint(page_blueprint)  # the chart page at / and the docs viewer
+    Credentials(app)  # users' exchange credentials (after the Database)
+    Resilience(app)  # circuit breaker, stale-while-error (after Redis and Services)
+    init_udf(app)  # TradingView's UDF under /udf (after Services)
     init_operations(app)  # CORS, API keys, rate limits, provider budget
     init_cli(app)
     init_backfill_cli(app)
@@ -83,6 +96,9 @@ async def serve_app(application: Quart) -> None:
     hc = HypercornConfig()
     hc.bind = [f"{application.config['HOST']}:{application.config['PORT']}"]
     hc.accesslog = None
+    # Our logging set-up (request ids, JSON in production) writes Hypercorn's lines, once: a
+    # logger object is used as is, where "-" would add a second handler of Hypercorn's own.
+    hc.errorlog = logging.getLogger("hypercorn.error")
     for option, value in hypercorn_options(application.config).items():  # WebSocket heartbeat
         setattr(hc, option, value)
     stop = asyncio.Event()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import typing
 from collections.abc import Mapping
@@ -80,6 +81,8 @@ class BaseConfig:
     CCXT_EXCHANGES = _CCXT_DEFAULT
     CCXT_MARKET_TYPES = "spot"
     PROVIDER_URLS: dict[str, str] = {}
+    #: Provider id -> ws(s) base URL replacing the exchange's stream URL base (as PROVIDER_URLS).
+    PROVIDER_WS_URLS: dict[str, str] = {}
     #: JSON: exchange id to {"apiKey", "secret", "password"?, "testnet"?}; public access otherwise.
     CCXT_CREDENTIALS: dict[str, dict[str, object]] = {}
     PROVIDER_TIMEOUT = 10.0
@@ -111,7 +114,8 @@ class BaseConfig:
     RATE_LIMITS: dict[str, str] = {}
     #: Take the client IP from the last X-Forwarded-For hop (only behind a trusted proxy).
     TRUST_FORWARDED_FOR = False
-    #: Comma-separated origins allowed by CORS ("*" for any); empty: no CORS headers.
+    #: Comma-separated origins allowed by CORS ("*" for any, "http://localhost:*" for any port);
+    #: empty: no CORS headers. Development allows localhost and 127.0.0.1 on any port.
     CORS_ORIGINS = ""
     #: Comma-separated origins allowed to open the WebSocket; empty: any (or none sent).
     WS_ALLOWED_ORIGINS = ""
@@ -122,6 +126,27 @@ class BaseConfig:
     PROVIDER_BUDGET_MAX_WAIT = 2.0
     #: Pause after an exchange's 418/429 that named no Retry-After (seconds).
     PROVIDER_BAN_DEFAULT = 10.0
+    #: Fernet keys encrypting users' exchange credentials, newest first (comma-separated or a JSON
+    #: list); empty: /credentials answers 503. Lookups are cached this many seconds per instance.
+    CREDENTIALS_KEYS = ""
+    CREDENTIALS_CACHE_TTL = 5.0
+    #: Seconds the last good ticker of a symbol is kept to answer (stale) while its provider fails.
+    TICKER_STALE_TTL = 86_400
+    #: Cache warming at start (services/warmup.py): on/off, the time and upstream-call budgets,
+    #: how many of the most requested ranges, the bars of each live channel's snapshot, how far
+    #: back "recent" reaches, and how often ranges and live channels are recorded (seconds).
+    WARMUP_ENABLED = True
+    WARMUP_MAX_SECONDS = 20.0
+    WARMUP_MAX_CALLS = 50
+    WARMUP_TOP_RANGES = 20
+    WARMUP_SNAPSHOT_BARS = 100
+    WARMUP_LOOKBACK_SECONDS = 3600.0
+    WARMUP_RECORD_SECONDS = 15.0
+    #: Circuit breaker per provider (services/breaker.py): consecutive temporary failures that open
+    #: it, seconds it stays open, and the longest a half-open probe call may take.
+    BREAKER_FAILURE_THRESHOLD = 5
+    BREAKER_OPEN_SECONDS = 30.0
+    BREAKER_PROBE_SECONDS = 15.0
     #: Timeout of each readiness check (seconds).
     READINESS_TIMEOUT = 0.5
     # Backfill (services/backfill_manager.py, backfill_runner.py; docs/backfill.md)
@@ -170,9 +195,24 @@ class BaseConfig:
     POLL_MAX_BACKOFF_SECONDS = 30.0
     #: Most past bars a poller catches up after an outage or a hand-over (older: REST/backfill).
     POLL_MAX_CATCHUP_BARS = 5000
+    #: Closed buckets that ended this recently are fetched again by each poll; a changed value is
+    #: published as a revision (``revised: true``) and written through to storage and caches.
+    POLL_REVISION_SECONDS = 120.0
     #: Lease of a channel's poller in Redis, renewed every third of it; a dead holder's channel
     #: moves to another instance with subscribers within about 1.3x this.
     LEASE_TTL_SECONDS = 6.0
+    #: Live channels of exchanges with CCXT Pro kline streams are fed by the stream (see
+    #: docs/websocket.md); off: every channel polls.
+    STREAM_FEEDS = True
+    #: A stream silent this long counts as down (falls back to polling).
+    STREAM_SILENCE_SECONDS = 10.0
+    #: Closed stream bars are checked against REST klines (one call for all unchecked ones) once
+    #: the oldest unchecked one closed this long ago.
+    STREAM_VERIFY_SECONDS = 90.0
+    #: After a stream failure the channel polls this long before it tries the stream again,
+    #: doubling per failure up to STREAM_RETRY_MAX_SECONDS.
+    STREAM_RETRY_SECONDS = 5.0
+    STREAM_RETRY_MAX_SECONDS = 300.0
 
     def __init__(self) -> None:
         self._apply_env()
@@ -205,11 +245,25 @@ class BaseConfig:
             raise ConfigError("DATABASE_URL must be a postgresql:// URL")
         if not str(self.REDIS_URL).startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("REDIS_URL must be a redis:// URL")
+        if self.BREAKER_FAILURE_THRESHOLD < 1:
+            raise ConfigError("BREAKER_FAILURE_THRESHOLD must be at least 1")
+        for name in ("BREAKER_OPEN_SECONDS", "BREAKER_PROBE_SECONDS"):
+            if not 0 < getattr(self, name) < math.inf:  # also refuses nan
+                raise ConfigError(f"{name} must be a positive number of seconds")
         if not isinstance(self.PROVIDER_URLS, dict) or not all(
             isinstance(v, str) and v.startswith(("http://", "https://"))
             for v in self.PROVIDER_URLS.values()
         ):
             raise ConfigError("PROVIDER_URLS must be a JSON object of provider id to http(s) URL")
+        if not isinstance(self.PROVIDER_WS_URLS, dict) or not all(
+            isinstance(v, str) and v.startswith(("ws://", "wss://"))
+            for v in self.PROVIDER_WS_URLS.values()
+        ):
+            raise ConfigError("PROVIDER_WS_URLS must be a JSON object of provider id to ws(s) URL")
+        for name in ("STREAM_SILENCE_SECONDS", "STREAM_VERIFY_SECONDS", "STREAM_RETRY_SECONDS",
+                     "STREAM_RETRY_MAX_SECONDS"):
+            if not 0 < float(getattr(self, name)) < math.inf:
+                raise ConfigError(f"{name} must be a positive number of seconds")
         if self.STORAGE_MODE not in ("auto", "timescale", "plain"):
             raise ConfigError("STORAGE_MODE must be auto, timescale or plain")
         if self.LOG_FORMAT not in ("text", "json"):
@@ -235,6 +289,8 @@ class BaseConfig:
 class DevelopmentConfig(BaseConfig):
     APP_ENV = "development"
     LOG_LEVEL = "DEBUG"
+    #: A dashboard served by a dev server on this machine (any port) may call the API.
+    CORS_ORIGINS = "http://localhost:*,http://127.0.0.1:*"
 
 
 class ProductionConfig(BaseConfig):
@@ -248,6 +304,8 @@ class TestingConfig(BaseConfig):
     PROVIDER_RETRY_MAX_WAIT = 0.2
     PLUGIN_IDLE_TIMEOUT = 60.0
     DEPENDENCY_RETRY_AFTER = 0.2
+    #: Outage tests expect recovery within seconds, as they do of DEPENDENCY_RETRY_AFTER.
+    BREAKER_OPEN_SECONDS = 1.0
 
 
 CONFIGS: dict[str, type[BaseConfig]] = {

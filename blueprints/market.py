@@ -7,7 +7,10 @@ import json
 
 from quart import Blueprint, Response, current_app, jsonify, request
 
+from app_extensions.credentials import get_credentials
+from app_extensions.resilience import get_resilience
 from app_extensions.services import get_services
+from app_extensions.warmup import get_warmup
 from blueprints.common import load_query
 from blueprints.schemas import MarketQuery, OhlcvQuery, ProviderQuery, SymbolQuery
 from core.errors import InvalidParameter
@@ -38,16 +41,26 @@ async def providers() -> Response:
 @market_blueprint.get("/symbols")
 async def symbols() -> Response:
     q = load_query(SCHEMAS['ProviderQuery'])
-    found = await get_services(current_app).markets.symbols(q["market"], q["provider"])
+    markets = get_services(current_app).markets
+    user = await get_credentials(current_app).for_request(markets, q["market"], q["provider"])
+    found = await markets.symbols(q["market"], q["provider"], user)
     return jsonify({"market": q["market"], "provider": q["provider"], "symbols": found})
 
 
 @market_blueprint.get("/ticker")
 async def ticker() -> Response:
     q = load_query(SCHEMAS['SymbolQuery'])
-    t = await get_services(current_app).markets.ticker(q["market"], q["provider"], q["symbol"])
-    return jsonify({"market": q["market"], "provider": q["provider"], "symbol": q["symbol"],
-                    "ts": t.ts, "last": t.last, "bid": t.bid, "ask": t.ask})
+    markets = get_services(current_app).markets
+    user = await get_credentials(current_app).for_request(markets, q["market"], q["provider"])
+    t, stale = await get_resilience(current_app).tickers.get(
+        q["market"], q["provider"], q["symbol"], user)
+    response = jsonify({"market": q["market"], "provider": q["provider"], "symbol": q["symbol"],
+                        "ts": t.ts, "last": t.last, "bid": t.bid, "ask": t.ask, "stale": stale})
+    if stale:
+        response.headers["X-Data-Stale"] = "true"
+    if user is not None:
+        response.headers["Cache-Control"] = "private"
+    return response
 
 
 @market_blueprint.get("/ohlcv")
@@ -56,9 +69,12 @@ async def ohlcv() -> Response:
     services = get_services(current_app)
     services.markets.check_provider(q["market"], q["provider"])
     series = Series(q["market"], q["provider"], q["symbol"])
-    answer = await services.orchestrator.get_bars(
-        BarQuery(series, q["timeframe"], q["start"], q["end"], _limit(q["limit"]))
-    )
+    query = BarQuery(series, q["timeframe"], q["start"], q["end"], _limit(q["limit"]))
+    user = await get_credentials(current_app).for_request(services.markets, series.market, series.provider)
+    if user is None:
+        get_warmup(current_app).warmer.note(query)  # counted for cache warming (memory only)
+    answer = await (get_resilience(current_app).user_bars.get_bars(query, user) if user
+                    else services.orchestrator.get_bars(query))
     head = {"market": series.market, "provider": series.provider, "symbol": series.symbol,
             "timeframe": q["timeframe"]}
     tail = {"partial": answer.partial, "next": answer.next}
@@ -67,6 +83,8 @@ async def ohlcv() -> Response:
     source = ",".join(answer.sources)
     DATA_SOURCE_ANSWERS.labels(source).inc()  # a mix of four fixed names: bounded
     headers = {"X-Data-Source": source, "Content-Type": "application/json"}
+    if user is not None:  # what the user's own key sees: never stored by a shared HTTP cache
+        headers["Cache-Control"] = "private"
     if answer.incomplete:
         headers["X-Data-Incomplete"] = "true"
     if answer.backfill_job:
@@ -75,7 +93,9 @@ async def ohlcv() -> Response:
         etag = '"' + hashlib.sha256(payload.encode()).hexdigest()[:32] + '"'
         headers["ETag"] = etag
         if _matches(request.headers.get("If-None-Match", ""), etag):
-            return Response("", status=304, headers={"ETag": etag})
+            not_modified = Response("", status=304, headers={"ETag": etag})
+            del not_modified.headers["Content-Type"]  # a 304 has no body (Quart adds text/html)
+            return not_modified
     return Response(payload, status=200, headers=headers)
 
 

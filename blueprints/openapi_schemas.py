@@ -60,6 +60,8 @@ class TickerDoc(Schema):
     last = fields.Float(required=True)
     bid = fields.Float(required=True, allow_none=True)
     ask = fields.Float(required=True, allow_none=True)
+    stale = fields.Boolean(required=True, metadata={
+        "description": "true: the provider failed and this is the last known ticker (X-Data-Stale)"})
 
 
 class ErrorBodyDoc(Schema):

@@ -47,9 +47,9 @@ from services import backfill_jobs as jobs
 from services.backfill_gaps import Chunk, bar_islands, gap_report, split_chunks
 from services.backfill_runner import JobRunner, RunnerSettings
 from services.market_service import MarketService
-from services.orchestrator import LEDGER_SAFETY_MS
+from services.provider_source import PluginSource
 from services.settings import build, setting
-from services.sources import CacheSource, PluginSource
+from services.sources import LEDGER_SAFETY_MS, CacheSource, RevisionSink
 
 log = logging.getLogger(__name__)
 #: Calls one chunk may make while paging (a chunk normally needs one).
@@ -111,9 +111,10 @@ class BackfillManager:
     """Owner of backfills and their job runner. Collaborators come in through the constructor."""
 
     def __init__(
-        self, markets: MarketService, db: Database, cache: CacheSource, config: dict[str, Any]
+        self, markets: MarketService, db: Database, cache: CacheSource, config: dict[str, Any],
+        revisions: RevisionSink | None = None,
     ) -> None:
-        self.markets, self.db, self.cache = markets, db, cache
+        self.markets, self.db, self.cache, self.revisions = markets, db, cache, revisions
         self.plugins = PluginSource(markets)
         self.settings = build(BackfillSettings, config)
         self.concurrency = max(1, self.settings.concurrency)
@@ -255,9 +256,10 @@ class BackfillManager:
         now = now_ms()
         closed = [b for b in bars if chunk.start <= b[0] < chunk.end and b[0] + MINUTE_MS <= now]
         complete = [(chunk.start, chunk.complete_end)] if chunk.complete_end > chunk.start else []
+        revised: list[Bar] = []  # stored bars this chunk changed: announced as revisions
         async with self.db.acquire() as conn:
             async with conn.transaction():
-                written = await storage.upsert_1m_bars(conn, series, closed, complete)
+                written = await storage.upsert_1m_bars(conn, series, closed, complete, revised)
                 if job is not None and not await jobs.add_progress(conn, job.id, job.owner, 1, written):
                     raise LeaseLost(job.id)
             if closed:
@@ -265,6 +267,8 @@ class BackfillManager:
                     conn, self.db.mode, int(closed[0][0]), int(closed[-1][0]) + MINUTE_MS)
         if closed and self.settings.write_cache:
             await self.cache.put_1m(series, closed)
+        if revised and self.revisions is not None:
+            await self.revisions.announce(series, revised)
         BACKFILL_CHUNKS.labels(series.provider).inc()
         BACKFILL_BARS.labels(series.provider).inc(written)
         return written

@@ -22,6 +22,8 @@ from core.metrics import PLUGIN_INSTANCES
 from core.timeframes import TIMEFRAMES
 from plugins.base import MarketPlugin, ProviderInfo, Ticker
 from plugins.loader import PluginLoader
+from services.breaker import BreakerSettings, CircuitBreaker
+from services.credentials import UserCredentials
 from services.provider_budget import ProviderBudget
 from services.provider_calls import ProviderCalls
 from services.settings import build, setting
@@ -63,11 +65,13 @@ class MarketService:
         self.idle_timeout = self.settings.idle_timeout
         self._instances: dict[InstanceKey, _Entry] = {}
         self._lock = asyncio.Lock()
-        self._symbols: dict[tuple[str, str], tuple[float, list[str]]] = {}
+        self._symbols: dict[tuple[str, str, str], tuple[float, list[str]]] = {}
         #: Outbound budget and ban pauses per provider (shared in Redis once the app attaches it).
         self.budget = ProviderBudget(config)
         #: The one provider-call path (guard, metrics, paging) every caller uses.
-        self.calls = ProviderCalls(self.budget)
+        #: The providers' circuit breakers (shared in Redis once the app attaches it).
+        self.breaker = CircuitBreaker(BreakerSettings.from_config(config))
+        self.calls = ProviderCalls(self.budget, self.breaker)
 
     # --- Catalogue ---------------------------------------------------------------------------
     def markets(self) -> list[dict[str, Any]]:
@@ -85,7 +89,9 @@ class MarketService:
         """Providers configured for ``market``; raises ``UnknownMarket``."""
         cls = self.loader.plugin_for_market(market)
         if cls is None:
-            raise UnknownMarket(f"unknown market {market!r}", details={"market": [market]})
+            known = ", ".join(sorted(self.loader.by_market))
+            raise UnknownMarket(f"unknown market {market!r}; one of: {known}",
+                                details={"market": [f"one of: {known}"]})
         return cls.list_configurable_providers(self.config)
 
     def check_provider(self, market: str, provider: str) -> type[MarketPlugin]:
@@ -100,18 +106,28 @@ class MarketService:
         return cls
 
     # --- Instances -----------------------------------------------------------------------------
-    async def get_plugin(self, market: str, provider: str) -> MarketPlugin:
-        """The cached plugin instance for (market, provider) with its configured credentials."""
+    async def get_plugin(
+        self, market: str, provider: str, user: UserCredentials | None = None
+    ) -> MarketPlugin:
+        """The cached plugin instance for (market, provider) with its configured credentials, or
+        with ``user``'s own: an instance per hash of the user's credentials and testnet flag."""
         cls = self.check_provider(market, provider)
-        credentials, testnet = cls.settings_from_config(provider, self.config)
-        key = (cls.get_plugin_key(), provider, credentials_marker(credentials), testnet)
+        options = self.config
+        if user is None:
+            credentials, testnet = cls.settings_from_config(provider, self.config)
+            marker = credentials_marker(credentials)
+        else:
+            credentials = cls.credentials_from_user(user.api_key, user.secret, user.password)
+            testnet, marker = user.testnet, "user:" + user.marker()
+            options = {**self.config, "USER_INSTANCE": True}
+        key = (cls.get_plugin_key(), provider, marker, testnet)
         async with self._lock:
             entry = self._instances.get(key)
             if entry is None:
                 base_url = (self.settings.provider_urls or {}).get(provider)
                 plugin = cls(
                     provider, credentials=credentials, testnet=testnet,
-                    base_url=base_url, options=self.config,
+                    base_url=base_url, options=options,
                 )
                 entry = self._instances[key] = _Entry(plugin, time.monotonic())
                 PLUGIN_INSTANCES.labels(cls.get_plugin_key()).inc()
@@ -119,20 +135,26 @@ class MarketService:
             entry.last_used = time.monotonic()
             return entry.plugin
 
-    async def symbols(self, market: str, provider: str) -> list[str]:
-        """Symbols of a provider, cached in memory for ``CACHE_TTL_SYMBOLS`` seconds."""
-        key = (market, provider)
+    async def symbols(
+        self, market: str, provider: str, user: UserCredentials | None = None
+    ) -> list[str]:
+        """Symbols of a provider, cached in memory for ``CACHE_TTL_SYMBOLS`` seconds (per user's
+        credentials for a user's instance: what a key may list is its own)."""
+        key = (market, provider, user.marker() if user else "")
         hit = self._symbols.get(key)
         if hit is not None and time.monotonic() - hit[0] < self.settings.symbols_ttl:
             return hit[1]
-        plugin = await self.get_plugin(market, provider)
+        plugin = await self.get_plugin(market, provider, user)
         found = await self.calls.call(provider, "fetch_symbols", plugin.fetch_symbols)
         self._symbols[key] = (time.monotonic(), found)
         return found
 
-    async def ticker(self, market: str, provider: str, symbol: str) -> Ticker:
-        """The provider's last price for ``symbol`` (one guarded call)."""
-        plugin = await self.get_plugin(market, provider)
+    async def ticker(
+        self, market: str, provider: str, symbol: str, user: UserCredentials | None = None
+    ) -> Ticker:
+        """The provider's last price for ``symbol`` (one guarded call), with ``user``'s own
+        instance when given."""
+        plugin = await self.get_plugin(market, provider, user)
         return await self.calls.call(provider, "fetch_ticker", lambda: plugin.fetch_ticker(symbol))
 
     async def close_idle(self, now: float | None = None) -> int:

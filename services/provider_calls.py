@@ -5,8 +5,9 @@ Public names (stable): ``ProviderCalls`` (``guard``, ``call``, ``pages``, ``fetc
 ``Fetched``.
 
 Every upstream call goes through ``ProviderCalls.call``:
-1. ``guard(provider)``: the per-provider gate. Today the cluster-wide budget and ban pause
-   (``ProviderBudget.guard``); a circuit breaker plugs in here too, so every path gets it.
+1. ``guard(provider)``: the per-provider gate: the provider's circuit breaker
+   (``services.breaker``, refuses at once while open) and the cluster-wide budget and ban pause
+   (``ProviderBudget.guard``), so every path gets both.
 2. ``observe_call``: the ``provider_calls_total`` / latency metrics.
 3. The plugin method itself. Temporary errors of one upstream request are retried inside the
    plugin with ``plugins.retry.RetryPolicy`` (the one retry policy: backfill retries its chunks
@@ -32,6 +33,7 @@ from core.metrics import observe_call
 from core.timeframes import Bar, now_ms, tf_ms
 from core.types import Series
 from plugins.base import MarketPlugin
+from services.breaker import CircuitBreaker
 from services.provider_budget import ProviderBudget
 
 log = logging.getLogger(__name__)
@@ -51,13 +53,19 @@ class Fetched:
 class ProviderCalls:
     """Guarded, measured calls to providers, and the paging loop over them."""
 
-    def __init__(self, budget: ProviderBudget) -> None:
+    def __init__(self, budget: ProviderBudget, breaker: CircuitBreaker | None = None) -> None:
         self.budget = budget
+        self.breaker = breaker
 
     @asynccontextmanager
     async def guard(self, provider: str) -> AsyncIterator[None]:
-        """The per-provider gate around one upstream call (budget and ban pause)."""
-        async with self.budget.guard(provider):
+        """The per-provider gate around one upstream call: the circuit breaker first (an open one
+        refuses at once, before any budget wait), then the budget and ban pause."""
+        if self.breaker is None:
+            async with self.budget.guard(provider):
+                yield
+            return
+        async with self.breaker.guard(provider), self.budget.guard(provider):
             yield
 
     async def call(self, provider: str, method: str, fn: Callable[[], Awaitable[T]]) -> T:

@@ -245,3 +245,16 @@ async def test_weight_enforcement_through_ccxt(emulator: ExchangeEmulator) -> No
         await exchange.close()
     statuses = [r.status for r in emulator.requests("/api/v3/*")]
     assert statuses == [200] * 5 + [429, 429, 418, 200]
+
+
+async def test_more_symbols_for_benches(emulator: ExchangeEmulator) -> None:
+    emulator.streams.interval = 0.05
+    async with aiohttp.ClientSession() as http:
+        async with http.post(emulator.url + "/__emulator/settings",
+                             json={"add_binance_symbols": 3}) as r:
+            assert (await r.json())["binance_symbols"] == 8
+        async with http.get(emulator.url + "/api/v3/exchangeInfo") as r:
+            assert "X003USDT" in {s["symbol"] for s in (await r.json())["symbols"]}
+        async with http.ws_connect(emulator.ws_url + "/ws/x002usdt@kline_1m") as ws:
+            assert (await frames(ws, 1))[0]["k"]["s"] == "X002USDT"
+    assert emulator.binance.add_symbols(1) == ["X004USDT"]

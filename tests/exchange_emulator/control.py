@@ -8,7 +8,8 @@
 | ``DELETE /__emulator/faults`` | ``path`` (optional) | clears faults |
 | ``POST /__emulator/maintenance`` | ``{"start", "end"}`` (ms) | no candles in [start, end) |
 | ``DELETE /__emulator/maintenance`` | | clears windows |
-| ``POST /__emulator/settings`` | ``{"latency"?, "now"?, "alpaca_page_size"?}`` | |
+| ``POST /__emulator/settings`` | ``{"latency"?, "now"?, "alpaca_page_size"?,
+  "add_binance_symbols"?}`` (N more ``X001USDT``... pairs) | |
 | ``POST /__emulator/reset`` | | faults, log, maintenance, settings back to defaults |
 | ``POST /__emulator/revise`` | ``{"symbol", "ts", "open"?, "high"?, "low"?, "close"?, "volume"?,
   "announce"?}`` (2) | 201 ``{"symbol", "ts", "bar"}`` |
@@ -120,10 +121,13 @@ class ControlRoutes:
                 self.emu.now_ms = None if body["now"] is None else int(body["now"])
             if "alpaca_page_size" in body:
                 self.emu.alpaca.page_size = int(body["alpaca_page_size"])
+            if "add_binance_symbols" in body:
+                self.emu.binance.add_symbols(int(body["add_binance_symbols"]))
         except (TypeError, ValueError) as exc:
             raise web.HTTPBadRequest(text=str(exc)) from exc
         return web.json_response({"latency": self.emu.latency, "now": self.emu.now_ms,
-                                  "alpaca_page_size": self.emu.alpaca.page_size})
+                                  "alpaca_page_size": self.emu.alpaca.page_size,
+                                  "binance_symbols": len(self.emu.binance.symbols)})
 
     async def reset(self, request: web.Request) -> web.Response:
         self.emu.reset()

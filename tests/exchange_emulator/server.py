@@ -92,7 +92,7 @@ class ExchangeEmulator:
         self.latency = 0.0
         self.binance = BinanceRoutes(self.book)
         self.alpaca = AlpacaRoutes(self.book)
-        self.streams = BinanceStreams(self.book)
+        self.streams = BinanceStreams(self.book, self.binance.symbols)
         self.weights = WeightBook()
         self._runner: web.AppRunner | None = None
         self.port: int | None = None

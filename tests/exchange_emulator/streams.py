@@ -29,12 +29,13 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from .binance import INTERVALS, SYMBOLS, kline_row
+from .binance import INTERVALS, kline_row
 from .candles import Candle, CandleBook, bucket_of
 
 MALFORMED_FRAMES = {"invalid": '{"e":"kline","E":1,"s":"BTCUSDT","k":{"t":17',
@@ -60,10 +61,10 @@ class StreamConn:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def parse_stream(name: str) -> KlineSub | None:
+def parse_stream(name: str, symbols: Mapping[str, object]) -> KlineSub | None:
     """``btcusdt@kline_1m`` as a subscription, or None when it is not a served kline stream."""
     symbol, _, rest = name.partition("@kline_")
-    if symbol.upper() not in SYMBOLS or symbol != symbol.lower() or rest not in INTERVALS:
+    if symbol.upper() not in symbols or symbol != symbol.lower() or rest not in INTERVALS:
         return None
     return KlineSub(name, symbol.upper(), rest, INTERVALS[rest])
 
@@ -71,8 +72,8 @@ def parse_stream(name: str) -> KlineSub | None:
 class BinanceStreams:
     """The stream endpoints of one emulator, with their fault switches."""
 
-    def __init__(self, book: CandleBook) -> None:
-        self.book = book
+    def __init__(self, book: CandleBook, symbols: Mapping[str, object]) -> None:
+        self.book, self.symbols = book, symbols
         self.conns: set[StreamConn] = set()
         self.reset()
 
@@ -130,7 +131,7 @@ class BinanceStreams:
         names = request.query.get("streams", "").split("/") if conn.combined else [
             request.match_info.get("name", "")]
         for name in names:
-            sub = parse_stream(name)
+            sub = parse_stream(name, self.symbols)
             if sub is not None:
                 conn.subs[name] = sub
         self.conns.add(conn)
@@ -162,7 +163,7 @@ class BinanceStreams:
         if method not in ("SUBSCRIBE", "UNSUBSCRIBE") or not isinstance(params, list):
             return {"error": {"code": 2, "msg": f"Invalid request: unknown variant {method!r}"},
                     "id": rid}
-        subs = [parse_stream(p) if isinstance(p, str) else None for p in params]
+        subs = [parse_stream(p, self.symbols) if isinstance(p, str) else None for p in params]
         if any(s is None for s in subs):
             return {"error": {"code": 2, "msg": "Invalid request: invalid stream name"},
                     "id": rid}
