@@ -117,6 +117,12 @@ class MarketPlugin(ABC):
         return {}, False
 
     @classmethod
+    def missing_settings(cls, provider_id: str, config: dict[str, Any]) -> list[str]:
+        """Names of the settings ``provider_id`` needs that ``config`` lacks (none by default).
+        A provider with some is answered at once with an error naming them, never called."""
+        return []
+
+    @classmethod
     def credentials_from_user(
         cls, api_key: str, secret: str, password: str | None = None
     ) -> dict[str, str]:
