@@ -154,6 +154,11 @@ class MarketPlugin(ABC):
     async def fetch_ticker(self, symbol: str) -> Ticker:
         """Last price (and bid/ask when the provider has them)."""
 
+    def listing_ms(self, symbol: str) -> int | None:
+        """When ``symbol``'s history starts (its listing, ms), if the provider states it; None
+        when unknown (callers then learn it from the first page of a fetch reaching back)."""
+        return None
+
     async def symbol_meta(self, symbol: str) -> SymbolMeta:
         """Price and volume steps of ``symbol`` (steps unknown by default). Callers check first
         that the symbol exists (``fetch_symbols``)."""
