@@ -18,6 +18,7 @@ from app_extensions.redis_client import RedisClient
 from app_extensions.request_context import configure_logging, init_request_context
 from app_extensions.resilience import Resilience
 from app_extensions.services import Services
+from app_extensions.warmup import Warmup
 from blueprints.backfill import backfill_blueprint
 from blueprints.credentials import credentials_blueprint
 from blueprints.health import health_blueprint
@@ -50,7 +51,9 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     # Extensions open in this order (before_serving) and close in reverse: workers and plugins,
     # then Redis, then the pool. Each bounds its own steps by SHUTDOWN_TIMEOUT; the outer limit
     # is only a safety net, and one extension failing to close does not keep the next open.
-    extensions: list[Database | RedisClient | Services] = [Database(app), RedisClient(app), Services(app)]
+    extensions: list[Database | RedisClient | Services | Warmup] = [
+        Database(app), RedisClient(app), Services(app)]
+    extensions.append(Warmup(app))  # cache warming: closed first, its tasks use the services
 
     @app.after_serving
     async def _shutdown() -> None:
@@ -93,6 +96,9 @@ async def serve_app(application: Quart) -> None:
     hc = HypercornConfig()
     hc.bind = [f"{application.config['HOST']}:{application.config['PORT']}"]
     hc.accesslog = None
+    # Our logging set-up (request ids, JSON in production) writes Hypercorn's lines, once: a
+    # logger object is used as is, where "-" would add a second handler of Hypercorn's own.
+    hc.errorlog = logging.getLogger("hypercorn.error")
     for option, value in hypercorn_options(application.config).items():  # WebSocket heartbeat
         setattr(hc, option, value)
     stop = asyncio.Event()

@@ -114,7 +114,8 @@ class BaseConfig:
     RATE_LIMITS: dict[str, str] = {}
     #: Take the client IP from the last X-Forwarded-For hop (only behind a trusted proxy).
     TRUST_FORWARDED_FOR = False
-    #: Comma-separated origins allowed by CORS ("*" for any); empty: no CORS headers.
+    #: Comma-separated origins allowed by CORS ("*" for any, "http://localhost:*" for any port);
+    #: empty: no CORS headers. Development allows localhost and 127.0.0.1 on any port.
     CORS_ORIGINS = ""
     #: Comma-separated origins allowed to open the WebSocket; empty: any (or none sent).
     WS_ALLOWED_ORIGINS = ""
@@ -131,6 +132,16 @@ class BaseConfig:
     CREDENTIALS_CACHE_TTL = 5.0
     #: Seconds the last good ticker of a symbol is kept to answer (stale) while its provider fails.
     TICKER_STALE_TTL = 86_400
+    #: Cache warming at start (services/warmup.py): on/off, the time and upstream-call budgets,
+    #: how many of the most requested ranges, the bars of each live channel's snapshot, how far
+    #: back "recent" reaches, and how often ranges and live channels are recorded (seconds).
+    WARMUP_ENABLED = True
+    WARMUP_MAX_SECONDS = 20.0
+    WARMUP_MAX_CALLS = 50
+    WARMUP_TOP_RANGES = 20
+    WARMUP_SNAPSHOT_BARS = 100
+    WARMUP_LOOKBACK_SECONDS = 3600.0
+    WARMUP_RECORD_SECONDS = 15.0
     #: Circuit breaker per provider (services/breaker.py): consecutive temporary failures that open
     #: it, seconds it stays open, and the longest a half-open probe call may take.
     BREAKER_FAILURE_THRESHOLD = 5
@@ -186,6 +197,9 @@ class BaseConfig:
     POLL_MAX_BACKOFF_SECONDS = 30.0
     #: Most past bars a poller catches up after an outage or a hand-over (older: REST/backfill).
     POLL_MAX_CATCHUP_BARS = 5000
+    #: Closed buckets that ended this recently are fetched again by each poll; a changed value is
+    #: published as a revision (``revised: true``) and written through to storage and caches.
+    POLL_REVISION_SECONDS = 120.0
     #: Lease of a channel's poller in Redis, renewed every third of it; a dead holder's channel
     #: moves to another instance with subscribers within about 1.3x this.
     LEASE_TTL_SECONDS = 6.0
@@ -277,6 +291,8 @@ class BaseConfig:
 class DevelopmentConfig(BaseConfig):
     APP_ENV = "development"
     LOG_LEVEL = "DEBUG"
+    #: A dashboard served by a dev server on this machine (any port) may call the API.
+    CORS_ORIGINS = "http://localhost:*,http://127.0.0.1:*"
 
 
 class ProductionConfig(BaseConfig):

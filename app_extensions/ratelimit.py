@@ -32,7 +32,9 @@ from core.metrics import RATE_LIMIT_FALLBACKS, RATE_LIMIT_REJECTIONS
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LIMITS = {"default": "600/60", "ohlcv": "300/60", "backfill": "60/60", "ws": "60/60",
+#: ``ws``: handshakes per client IP (or key) allow bursts as Binance does (300 per 5 minutes), so
+#: dashboards opening at once behind one NAT or proxy are not refused.
+DEFAULT_LIMITS = {"default": "600/60", "ohlcv": "300/60", "backfill": "60/60", "ws": "300/300",
                   "auth_failures": "30/60"}
 _UNITS = {"s": 1, "second": 1, "m": 60, "minute": 60, "h": 3600, "hour": 3600}
 _IDENT = re.compile(r"[^0-9A-Za-z.:_-]")

@@ -12,14 +12,17 @@ from quart import Quart
 from app_extensions.db_pool import get_database
 from app_extensions.redis_client import get_redis
 from plugins.loader import PluginLoader
+from services import hub
 from services.backfill_manager import BackfillManager
 from services.cache_manager import RedisCache
+from services.hub import Broadcast, HubSettings, SubscriptionService
+from services.hub.backends import RedisBackend
 from services.market_service import MarketService
 from services.orchestrator import DataOrchestrator, OrchestratorSettings
 from services.provider_source import PluginSource, ProviderSource
+from services.revisions import Revisions
 from services.settings import build
 from services.sources import Cache1mSource, CacheSource, DbSource, StorageSource
-from services.subscription_service import SubscriptionService
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +50,14 @@ class Services:
         loader.load()
         self.markets = MarketService(loader, dict(config))
         db, redis = get_database(app), get_redis(app)
-        cache = CacheSource(RedisCache(redis, int(config["CACHE_TTL_CLOSED"])))
-        self.backfill = BackfillManager(self.markets, db, cache, dict(config))
+        redis_cache = RedisCache(redis, int(config["CACHE_TTL_CLOSED"]))
+        cache = CacheSource(redis_cache)
+        # The hub's cluster transport also carries revisions of stored bars (services.revisions).
+        broadcast = Broadcast(RedisBackend(redis), retry_after=float(config["DEPENDENCY_RETRY_AFTER"]))
+        revisions = Revisions(broadcast, redis_cache)
+        self.backfill = BackfillManager(self.markets, db, cache, dict(config), revisions)
         settings = build(OrchestratorSettings, config)
-        storage, plugins = StorageSource(db), PluginSource(self.markets)
+        storage, plugins = StorageSource(db, revisions), PluginSource(self.markets)
         self.orchestrator = DataOrchestrator(
             cache=cache,
             chain=[storage, ProviderSource(self.markets, cache, storage,
@@ -61,9 +68,9 @@ class Services:
             settings=settings,
             on_missing=self.backfill.schedule_missing,
         )
-        self.subscriptions = SubscriptionService.build(
-            markets=self.markets, orchestrator=self.orchestrator, redis=redis, db=DbSource(db),
-            config=dict(config),
+        self.subscriptions = hub.build(
+            markets=self.markets, orchestrator=self.orchestrator, broadcast=broadcast,
+            db=DbSource(db, revisions), settings=HubSettings.from_config(config),
         )
         app.before_serving(self.start)
 

@@ -18,8 +18,10 @@ from quart import Blueprint, Quart, Response, current_app, jsonify
 
 from blueprints import backfill_schemas as backfill
 from blueprints import credentials_schemas as credentials
+from blueprints import openapi_examples as examples
 from blueprints import openapi_schemas as doc
 from blueprints.schemas import MarketQuery, OhlcvQuery, ProviderQuery, SymbolQuery, TimeField
+from core.times import MAX_MS, MIN_MS
 
 openapi_blueprint = Blueprint("openapi", __name__, url_prefix="/api/v1")
 
@@ -29,15 +31,13 @@ _ERROR_TEXT = {
     401: "unauthorized: auth is on and the API key is missing or wrong",
     403: "forbidden: the endpoint needs a user (auth is off)",
     404: "unknown_market, unknown_provider, unknown_symbol or not_found",
-    413: "the request body is larger than MAX_BODY_BYTES",
+    413: "payload_too_large: the request body is larger than MAX_BODY_BYTES",
     429: "rate_limited: see Retry-After",
     502: "provider_error: the exchange answered with an error",
     503: "provider_unavailable or dependency_unavailable",
     500: "internal_error: the answer carries the request id",
 }
 _COMMON = (401, 429, 500)
-#: Examples for the docs page (the sim market needs no network or keys).
-_EXAMPLES = {"market": "sim", "provider": "sim", "symbol": "SIM/USD"}
 
 
 @dataclass(frozen=True)
@@ -93,9 +93,10 @@ def _time_field(self: Any, fld: Any, **kwargs: Any) -> dict[str, Any]:
     if not isinstance(fld, TimeField):
         return {}
     return {"oneOf": [
-        {"type": "integer", "minimum": 0, "maximum": 32_503_679_999_999},
+        {"type": "integer", "minimum": MIN_MS, "maximum": MAX_MS - 1},
         {"type": "string", "format": "date-time"},
-    ], "description": "integer ms since the epoch, or ISO-8601 with a zone"}
+    ], "description": "integer ms since the epoch, or ISO-8601 with a zone; from 1973 (a smaller"
+                      " integer is seconds and is refused) to 3000", "example": 1704067200000}
 
 
 def _quart_rule(path: str) -> str:
@@ -109,6 +110,8 @@ def _responses(op: Operation) -> dict[str, Any]:
     ok: dict[str, Any] = {"description": "OK", "headers": ok_headers}
     if op.status != 204:
         ok["content"] = {"application/json": {"schema": op.answer if op.answer else {"type": "object"}}}
+        if (op.path, op.method) in examples.ANSWERS:
+            ok["content"]["application/json"]["example"] = examples.ANSWERS[(op.path, op.method)]
     out: dict[str, Any] = {str(op.status): ok}
     for status in sorted({*op.errors, *_COMMON}):
         if status == 304:
@@ -120,7 +123,7 @@ def _responses(op: Operation) -> dict[str, Any]:
         if status == 429:
             headers.update(limits)
         out[str(status)] = {"description": _ERROR_TEXT[status], "headers": headers,
-                            "content": {"application/json": {"schema": doc.ErrorDoc}}}
+                            "content": {"application/json": {"schema": doc.ErrorDoc, "example": examples.ERROR}}}
     return out
 
 
@@ -129,8 +132,10 @@ def build_spec(app: Quart) -> dict[str, Any]:
     plugin = MarshmallowPlugin()
     spec = APISpec(
         title="Market data service", version="1", openapi_version="3.0.3", plugins=[plugin],
-        info={"description": "OHLCV bars, tickers and backfills; errors as in API.md. Live candles: "
-                             "WebSocket /api/v1/ws (JSON frames, see API.md)."},
+        info={"description": "OHLCV bars, tickers and backfills of crypto exchanges, US stocks and the "
+                             "built-in sim market. Every error answers {\"error\": {\"code\", \"message\", "
+                             "\"details\"}}. Live candles: WebSocket /api/v1/ws (JSON frames); TradingView's "
+                             "UDF: /udf. The full reference is docs/api.md in the project."},
         servers=[{"url": "/api/v1"}],
     )
     assert plugin.converter is not None
@@ -158,17 +163,20 @@ def build_spec(app: Quart) -> dict[str, Any]:
         if app.config.get("AUTH_ENABLED") and op.path != "/openapi.json":
             operation["security"] = [{"ApiKey": []}]
         if op.body is not None:
-            operation["requestBody"] = {"required": True,
-                                        "content": {"application/json": {"schema": op.body}}}
+            body: dict[str, Any] = {"schema": op.body}
+            if (op.path, op.method) in examples.BODIES:
+                body["example"] = examples.BODIES[(op.path, op.method)]
+            operation["requestBody"] = {"required": True, "content": {"application/json": body}}
         by_path.setdefault(op.path, {})[op.method] = operation
     for path, operations in by_path.items():
         spec.path(path=path, operations=operations)
     document = spec.to_dict()
-    for operations in document.get("paths", {}).values():
+    for path, operations in document.get("paths", {}).items():
         for operation in operations.values():
             for param in operation.get("parameters", []):
-                if param["name"] in _EXAMPLES:
-                    param["example"] = _EXAMPLES[param["name"]]
+                example = examples.parameter(path, param["name"])
+                if example is not None:
+                    param["example"] = example
     return document
 
 

@@ -25,9 +25,9 @@ from quart import Blueprint, current_app, websocket
 from app_extensions.services import get_services
 from blueprints.ws_schemas import SCHEMAS
 from core.errors import AppError, InvalidParameter
-from services.broadcast import stop_task
-from services.subscription_service import SubscriptionService
-from services.ws_connection import Connection
+from services.hub import SubscriptionService
+from services.hub.broadcast import stop_task
+from services.hub.connection import Connection
 
 log = logging.getLogger(__name__)
 websocket_blueprint = Blueprint("websocket", __name__, url_prefix="/api/v1")

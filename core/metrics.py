@@ -147,6 +147,10 @@ WS_POLL_ERRORS = Counter(
 WS_STORAGE_ERRORS = Counter(
     "ws_storage_errors_total", "Closed 1m bars a worker could not write yet (retried)"
 )
+BAR_REVISIONS = Counter(
+    "bar_revisions_total", "Stored closed 1m bars whose values changed (revisions announced)",
+    ["provider"],
+)
 WS_FANOUT_LATENCY = Histogram(
     "ws_fanout_latency_seconds", "From the poll result to the frame written to a client",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
@@ -217,4 +221,8 @@ CREDENTIAL_LOOKUP_FAILURES = Counter(
 STALE_ANSWERS = Counter(
     "stale_answers_total", "Answers served from the last known data because the provider failed",
     ["provider", "endpoint"],
+)
+WARMUP_QUERIES = Counter(
+    "warmup_queries_total", "Queries answered by cache warming at start, by outcome (ok, failed)",
+    ["outcome"],
 )

@@ -80,3 +80,13 @@ def resample(bars_1m: Iterable[Sequence[float]], timeframe: str) -> list[Bar]:
             out.append(cur)
     return out
 
+
+
+#: Decimals bar values are given with on every path (REST answers and WebSocket frames): sums of
+#: float volumes carry binary noise (3009.2870660000012, 6.5481430000000005).
+BAR_DECIMALS = 8
+
+
+def round_bar(bar: Sequence[float]) -> Bar:
+    """``[int ts, o, h, l, c, v]`` with the values rounded to ``BAR_DECIMALS`` decimals."""
+    return [int(bar[0]), *(round(float(v), BAR_DECIMALS) for v in bar[1:6])]

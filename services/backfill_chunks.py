@@ -28,7 +28,7 @@ from services import backfill_jobs as jobs
 from services.backfill_gaps import Chunk
 from services.provider_source import PluginSource
 from services.settings import setting
-from services.sources import CacheSource
+from services.sources import CacheSource, RevisionSink
 
 log = logging.getLogger(__name__)
 #: Calls one chunk may make while paging (a chunk normally needs one).
@@ -91,8 +91,9 @@ class ChunkRunner:
     """Runs chunks of one backfill, ``BACKFILL_CONCURRENCY`` calls at a time per provider."""
 
     def __init__(self, plugins: PluginSource, db: Database, cache: CacheSource,
-                 settings: BackfillSettings) -> None:
+                 settings: BackfillSettings, revisions: RevisionSink | None = None) -> None:
         self.plugins, self.db, self.cache, self.settings = plugins, db, cache, settings
+        self.revisions = revisions
         self.concurrency = max(1, settings.concurrency)
         #: Per-provider limit of concurrent upstream calls, shared by every backfill here.
         self._api_semaphore: dict[str, asyncio.Semaphore] = {}
@@ -170,9 +171,10 @@ class ChunkRunner:
         now = now_ms()
         closed = [b for b in bars if chunk.start <= b[0] < chunk.end and b[0] + MINUTE_MS <= now]
         complete = [(chunk.start, chunk.complete_end)] if chunk.complete_end > chunk.start else []
+        revised: list[Bar] = []  # stored bars this chunk changed: announced as revisions
         async with self.db.acquire() as conn:
             async with conn.transaction():
-                written = await storage.upsert_1m_bars(conn, series, closed, complete)
+                written = await storage.upsert_1m_bars(conn, series, closed, complete, revised)
                 if job is not None and not await jobs.add_progress(conn, job.id, job.owner, 1, written):
                     raise LeaseLost(job.id)
             if closed:
@@ -180,6 +182,8 @@ class ChunkRunner:
                     conn, self.db.mode, int(closed[0][0]), int(closed[-1][0]) + MINUTE_MS)
         if closed and self.settings.write_cache:
             await self.cache.put_1m(series, closed)
+        if revised and self.revisions is not None:
+            await self.revisions.announce(series, revised)
         BACKFILL_CHUNKS.labels(series.provider).inc()
         BACKFILL_BARS.labels(series.provider).inc(written)
         return written

@@ -41,7 +41,7 @@ from services.backfill_runner import JobRunner, RunnerSettings
 from services.market_service import MarketService
 from services.provider_source import PluginSource
 from services.settings import build
-from services.sources import LEDGER_SAFETY_MS, CacheSource
+from services.sources import LEDGER_SAFETY_MS, CacheSource, RevisionSink
 
 __all__ = ["BackfillManager", "BackfillSettings", "Progress", "readable"]
 log = logging.getLogger(__name__)
@@ -51,13 +51,14 @@ class BackfillManager:
     """Owner of backfills and their job runner. Collaborators come in through the constructor."""
 
     def __init__(
-        self, markets: MarketService, db: Database, cache: CacheSource, config: dict[str, Any]
+        self, markets: MarketService, db: Database, cache: CacheSource, config: dict[str, Any],
+        revisions: RevisionSink | None = None,
     ) -> None:
-        self.markets, self.db, self.cache = markets, db, cache
+        self.markets, self.db, self.cache, self.revisions = markets, db, cache, revisions
         self.plugins = PluginSource(markets)
         self.settings = build(BackfillSettings, config)
         self.max_range_ms = self.settings.max_range_ms
-        self.chunks = ChunkRunner(self.plugins, db, cache, self.settings)
+        self.chunks = ChunkRunner(self.plugins, db, cache, self.settings, revisions)
         self.runner = JobRunner(self.run_job, db, build(RunnerSettings, config))
 
     # --- Lifecycle -----------------------------------------------------------------------------

@@ -102,7 +102,9 @@ class MarketService:
         """Providers configured for ``market``; raises ``UnknownMarket``."""
         cls = self.loader.plugin_for_market(market)
         if cls is None:
-            raise UnknownMarket(f"unknown market {market!r}", details={"market": [market]})
+            known = ", ".join(sorted(self.loader.by_market))
+            raise UnknownMarket(f"unknown market {market!r}; one of: {known}",
+                                details={"market": [f"one of: {known}"]})
         return cls.list_configurable_providers(self.config)
 
     def check_provider(self, market: str, provider: str) -> type[MarketPlugin]:

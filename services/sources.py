@@ -22,7 +22,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from core.errors import DataSourceError
 from core.metrics import observe_query
@@ -137,25 +137,34 @@ class CacheSource:
             log.warning("1m cache write skipped: %s", exc.details)
 
 
+class RevisionSink(Protocol):
+    """Told about stored bars whose values a write changed (``services.revisions.Revisions``)."""
+
+    async def announce(self, series: Series, bars: Sequence[Bar]) -> None: ...
+
+
 async def _write(conn: Any, mode: str, series: Series, bars: Sequence[Sequence[float]],
-                 complete: Sequence[Range]) -> int:
+                 complete: Sequence[Range], revisions: RevisionSink | None = None) -> int:
     """Closed 1m bars and the ranges now known complete in one transaction, then a refresh of
-    the aggregates they touch."""
+    the aggregates they touch; stored bars whose values changed go to ``revisions``."""
     if not bars and not complete:
         return 0
+    revised: list[Bar] | None = [] if revisions is not None else None
     with observe_query("upsert_1m_bars"):
-        n = await storage.upsert_1m_bars(conn, series, bars, complete)
+        n = await storage.upsert_1m_bars(conn, series, bars, complete, revised)
     if bars:
         with observe_query("refresh_aggregates"):
             await aggregates.refresh_window(conn, mode, int(bars[0][0]), int(bars[-1][0]) + MINUTE_MS)
+    if revised and revisions is not None:
+        await revisions.announce(series, revised)
     return n
 
 
 class DbSource:
     """Writes fetched closed 1m bars (and the ranges now known complete) atomically."""
 
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, db: Database, revisions: RevisionSink | None = None) -> None:
+        self.db, self.revisions = db, revisions
 
     async def write(
         self, series: Series, bars: Sequence[Sequence[float]], complete: Sequence[tuple[int, int]]
@@ -164,15 +173,15 @@ class DbSource:
         if not bars and not complete:
             return 0
         async with self.db.acquire() as conn:
-            return await _write(conn, self.db.mode, series, bars, complete)
+            return await _write(conn, self.db.mode, series, bars, complete, self.revisions)
 
 
 class StorageSource(DataSource):
     """Stored bars and the gap ledger; the write-through target of ``ProviderSource``. Each
     method uses one pooled connection (one acquire, one reset)."""
 
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, db: Database, revisions: RevisionSink | None = None) -> None:
+        self.db, self.revisions = db, revisions
 
     async def fill(self, w: Window, got: Fill) -> Fill:
         """The window from storage when the ledger lacks nothing; else the missing minutes (and
@@ -199,7 +208,7 @@ class StorageSource(DataSource):
                              complete: Sequence[Range]) -> list[Bar]:
         """Write closed 1m bars (and the ranges now complete), then read the window back."""
         async with self.db.acquire() as conn:
-            await _write(conn, self.db.mode, w.series, bars, complete)
+            await _write(conn, self.db.mode, w.series, bars, complete, self.revisions)
             return await self._read(conn, w)
 
     async def _read(self, conn: Any, w: Window) -> list[Bar]:

@@ -11,7 +11,18 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from core.types import Series, merge_ranges, subtract_ranges, to_dt
+from core.timeframes import Bar
+from core.types import Series, merge_ranges, subtract_ranges, to_dt, to_ms
+
+#: Stored bars whose values the batch changes (read before the upsert in the same statement).
+_REVISED_SQL = (
+    "WITH revised AS (SELECT DISTINCT ON (i.ts) i.ts, i.open, i.high, i.low, i.close, i.volume"
+    " FROM _bars_in i JOIN ohlcv_1m o ON o.market = i.market AND o.provider = i.provider"
+    " AND o.symbol = i.symbol AND o.ts = i.ts"
+    " WHERE (o.open, o.high, o.low, o.close, o.volume)"
+    " IS DISTINCT FROM (i.open, i.high, i.low, i.close, i.volume)), "
+    "upsert AS ({upsert}) SELECT * FROM revised ORDER BY ts"
+)
 
 
 async def upsert_1m_bars(
@@ -19,24 +30,32 @@ async def upsert_1m_bars(
     series: Series,
     bars: Sequence[Sequence[float]],
     complete: Sequence[tuple[int, int]] = (),
+    revised: list[Bar] | None = None,
 ) -> int:
-    """Write ``bars`` and record ``complete`` ranges in the ledger, atomically. Returns rows written."""
+    """Write ``bars`` and record ``complete`` ranges in the ledger, atomically. Returns rows written.
+    With ``revised``, the stored bars whose values this write changed are appended to it (in their
+    new values): revisions to announce."""
     records = [
         (series.market, series.provider, series.symbol, to_dt(int(b[0])), *map(float, b[1:6]))
         for b in bars
     ]
+    upsert = (
+        "INSERT INTO ohlcv_1m SELECT DISTINCT ON (market, provider, symbol, ts) * FROM _bars_in"
+        " ON CONFLICT (market, provider, symbol, ts) DO UPDATE SET open = EXCLUDED.open,"
+        " high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,"
+        " volume = EXCLUDED.volume"
+    )
     async with conn.transaction():
         if records:
             await conn.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS _bars_in (LIKE ohlcv_1m) ON COMMIT DELETE ROWS"
             )
             await conn.copy_records_to_table("_bars_in", records=records)
-            await conn.execute(
-                "INSERT INTO ohlcv_1m SELECT DISTINCT ON (market, provider, symbol, ts) * FROM _bars_in"
-                " ON CONFLICT (market, provider, symbol, ts) DO UPDATE SET open = EXCLUDED.open,"
-                " high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,"
-                " volume = EXCLUDED.volume"
-            )
+            if revised is None:
+                await conn.execute(upsert)
+            else:
+                rows = await conn.fetch(_REVISED_SQL.format(upsert=upsert))
+                revised.extend([to_ms(r[0]), r[1], r[2], r[3], r[4], r[5]] for r in rows)
         if complete:
             await record_complete(conn, series, complete)
     return len(records)

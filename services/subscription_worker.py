@@ -61,9 +61,8 @@ class Channel:
         """Parse a channel name; raises ``InvalidParameter``."""
         parts = name.split(":")
         if len(parts) < 4 or not all(parts) or parts[-1] not in TIMEFRAMES:
-            raise InvalidParameter(
-                "channel must be market:provider:symbol:timeframe", details={"channel": [name]}
-            )
+            shape = "must be market:provider:symbol:timeframe"
+            raise InvalidParameter(f"channel {shape}", details={"channel": [shape]})
         return cls(parts[0], parts[1], ":".join(parts[2:-1]), parts[-1])
 
 

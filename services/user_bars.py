@@ -15,9 +15,10 @@ from __future__ import annotations
 import math
 
 from core.timeframes import MINUTE_MS, now_ms, resample, tf_ms
+from services.bars import BarAnswer, BarQuery
 from services.credentials import UserCredentials
 from services.market_service import MarketService
-from services.orchestrator import CLOSURE_SLACK_MS, WIDEN_FACTORS, BarAnswer, BarQuery, window
+from services.orchestrator import CLOSURE_SLACK_MS, WIDEN_FACTORS, window
 
 
 class UserBars:

@@ -185,6 +185,23 @@ async def test_page_draws_candles_without_console_errors_and_a_live_bar_arrives(
         assert all(url.startswith(base) or url.startswith("data:") for url in watch.requests), watch.requests
 
 
+async def test_scrolling_left_pages_back_contiguously(browser: Browser, isolated_env: dict[str, str]) -> None:
+    async with live_server(isolated_env) as base:
+        page, watch = await open_page(browser, base + SIM_PAGE)
+        first = (await page_bars(page))[0]["time"]
+        await page.evaluate("window.chartPage.chart.timeScale().scrollToPosition(-490, false)")
+        await page.wait_for_function("window.chartPage.store.bars.length >= 1000", timeout=20_000)
+        shown = await page_bars(page)
+        older = [b for b in shown if b["time"] < first]
+        assert len(older) >= 500 and older[-1]["time"] == first - 60  # joined without a gap or overlap
+        times = [b["time"] for b in shown]
+        assert times == list(range(times[0], times[0] + 60 * len(times), 60))  # the sim never skips a minute
+        asked = [u for u in watch.requests if "/api/v1/ohlcv" in u and "end=" in u]
+        assert asked and f"end={first * 1000}" in asked[0]
+        rest = await rest_bars(page, older[0]["time"] * 1000, first * 1000)
+        assert as_rows(older[:500]) == rest[:500]
+
+
 async def test_page_resumes_after_a_server_restart_with_no_hole_and_no_duplicate(
     browser: Browser, isolated_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -229,6 +246,79 @@ async def test_badge_is_stale_during_a_provider_outage_and_live_after(
         await page.screenshot(path=str(tmp_path / "stale.png"))
         emulator.clear_faults()
         await badge(page, "live")
+
+
+class FakeStream:
+    """Stands in for /api/v1/ws (Playwright routes the page's WebSocket here): answers a subscribe
+    with a snapshot, then sends what the test tells it to."""
+
+    def __init__(self) -> None:
+        self.route: Any = None
+        self.subscribes: list[dict[str, Any]] = []
+        self.channel = "sim:sim:SIM/USD:1m"
+
+    def attach(self, route: Any) -> None:
+        self.route = route
+        route.on_message(self._message)
+
+    def _message(self, text: str | bytes) -> None:
+        message = json.loads(text)
+        if message.get("op") == "subscribe":
+            self.subscribes.append(message)
+            self.send({"type": "subscribed", "channel": self.channel, "id": message.get("id")})
+            self.send({"type": "snapshot", "channel": self.channel, "bars": [], "seq": 10})
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self.route.send(json.dumps(frame))
+
+    def bar(self, row: list[float], seq: int, closed: bool = False, revised: bool = False) -> None:
+        frame = {"type": "bar", "channel": self.channel, "bar": row, "closed": closed, "seq": seq}
+        if revised:
+            frame["revised"] = True
+        self.send(frame)
+
+
+async def test_frames_update_in_place_revisions_land_where_they_belong_and_a_seq_gap_refetches(
+    browser: Browser, isolated_env: dict[str, str]
+) -> None:
+    fake = FakeStream()
+    async with live_server(isolated_env) as base:
+        page = await browser.new_page()
+        watch = Watch(page)
+        await page.route_web_socket("**/api/v1/ws", fake.attach)
+        await page.goto(base + SIM_PAGE)
+        await badge(page, "live")
+        bars = await page_bars(page)
+        last, older = bars[-1], bars[-11]
+        assert fake.subscribes[0]["since"] == last["time"] * 1000 and "history" not in fake.subscribes[0]
+        # The forming bar changes: updated in place, still drawn pale.
+        row = [last["time"] * 1000, last["open"], last["high"] + 1, last["low"], last["high"] + 1, last["volume"] + 5]
+        fake.bar(row, 11)
+        await page.wait_for_function(f"window.chartPage.store.last.close === {row[4]}")
+        drawn = await page.evaluate(f"window.chartPage.drawn({last['time']})")
+        assert drawn["close"] == row[4] and drawn.get("color"), drawn  # pale: its own colour
+        # A revision of a bar ten minutes back: changed where it stands, nothing appended.
+        revised = [older["time"] * 1000, older["open"], older["high"], older["low"] - 1, older["low"] - 1, 1.5]
+        fake.bar(revised, 12, closed=True, revised=True)
+        await page.wait_for_function("window.chartPage.revisions === 1")
+        shown = await page_bars(page)
+        assert len(shown) == len(bars) and shown[-11]["close"] == revised[4] and shown[-11]["volume"] == 1.5
+        assert (await page.evaluate(f"window.chartPage.drawn({older['time']})"))["close"] == revised[4]
+        # The bucket closes: drawn in full colour.
+        fake.bar(row, 13, closed=True)
+        await page.wait_for_function("window.chartPage.store.last.closed === true")
+        assert not (await page.evaluate(f"window.chartPage.drawn({last['time']})")).get("color")
+        # A seq jump (14 was lost): the bars since the newest closed one are fetched again.
+        watch.requests.clear()
+        fake.bar([row[0] + 60_000, row[4], row[4], row[4], row[4], 1.0], 15)
+        await page.wait_for_function("window.chartPage.gaps === 1")
+        await wait_for(lambda: any("start=" in u and "/api/v1/ohlcv" in u for u in watch.requests), within=10)
+        refetch = next(u for u in watch.requests if "start=" in u)
+        assert f"start={last['time'] * 1000}" in refetch, refetch
+        fake.bar([row[0] + 60_000, row[4], row[4], row[4], row[4], 9.0], 15)  # a repeat: ignored
+        await asyncio.sleep(0.3)
+        assert (await page_bars(page))[-1]["volume"] == 1.0
+        assert watch.errors == []
 
 
 async def test_docs_viewer_renders_every_operation_from_our_origin(

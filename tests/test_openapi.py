@@ -95,3 +95,33 @@ async def test_docs_page_is_served_locally_without_a_cdn(app: Quart) -> None:
     init = await (await client.get("/assets/docs.js")).get_data(as_text=True)
     assert "/api/v1/openapi.json" in init and not re.search(r"https?://", init)
     assert "validatorUrl: null" in init  # the validator badge would call out to swagger.io
+
+
+async def test_every_operation_carries_examples_that_its_schemas_accept(app: Quart) -> None:
+    doc = await get_doc(app)
+    by_key = {(op.path, op.method): op for op in OPERATIONS}
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            op = by_key[(path, method)]
+            ok = operation["responses"][str(op.status)]
+            if op.answer is not None:
+                example = ok["content"]["application/json"]["example"]
+                op.answer().load(example)  # raises on a field the answer does not have, or a wrong type
+            for param in operation["parameters"]:
+                if param["in"] == "path" or param.get("required"):
+                    assert "example" in param, (path, method, param["name"])
+            if op.body is not None:
+                op.body().load(operation["requestBody"]["content"]["application/json"]["example"])
+            if op.query is not None:
+                query = {p["name"]: p["example"] for p in operation["parameters"]
+                         if p["in"] == "query" and "example" in p}
+                op.query().load(query)  # the docs page's "Try it out" sends these as they are
+            for status, answer in operation["responses"].items():
+                if status.startswith(("4", "5")):
+                    assert answer["content"]["application/json"]["example"]["error"]["code"]
+    ohlcv = {p["name"]: p.get("example") for p in doc["paths"]["/ohlcv"]["get"]["parameters"]}
+    assert ohlcv["timeframe"] == "1h" and ohlcv["start"] == "2024-01-01T00:00:00Z" and ohlcv["limit"] == 3
+    client = app.test_client()  # the examples work against the sim market as they stand
+    answer = await client.get("/api/v1/ohlcv", query_string={k: v for k, v in ohlcv.items() if v is not None})
+    assert (await answer.get_json())["bars"] == doc["paths"]["/ohlcv"]["get"]["responses"]["200"]["content"][
+        "application/json"]["example"]["bars"]

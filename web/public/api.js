@@ -33,7 +33,7 @@ export async function getJSON(path, params = {}) {
   return body;
 }
 
-// Bars of a series. `query`: {start, end, limit}; answers API.md's /ohlcv body.
+// Bars of a series. `query`: {start, end, limit}; answers the /ohlcv body.
 export function ohlcv(sel, query) {
   return getJSON("/api/v1/ohlcv", { ...sel, ...query });
 }

@@ -24,6 +24,8 @@ const page = {
 };
 const stream = new Stream({ frame: onFrame, state: setState });
 window.chartPage = page; // read by the browser tests and the bench
+page.chart = chart;
+page.drawn = (time) => candles.data().find((item) => item.time === time) || null;
 
 function candle(bar) {
   const item = { time: bar.time, open: bar.open, high: bar.high, low: bar.low, close: bar.close };

@@ -1,5 +1,5 @@
 // The bars a chart shows, ascending by time, each marked closed or forming. Pure data: no DOM.
-// A row is API.md's bar [ts_ms, open, high, low, close, volume].
+// A row is the API's bar [ts_ms, open, high, low, close, volume].
 
 export function toBar(row, closed) {
   return {

@@ -1,4 +1,4 @@
-// One WebSocket to /api/v1/ws following one channel at a time, as API.md describes it.
+// One WebSocket to /api/v1/ws following one channel at a time (docs/api.md, WebSocket).
 // Reconnects with backoff and jitter and resubscribes with `since` (the page's newest bar), so the
 // snapshot refills whatever was missed; a connection that stops answering pings is replaced.
 import { apiKey } from "./api.js";

@@ -1,11 +1,11 @@
 """One WebSocket client: its subscriptions and a bounded send queue drained by one sender.
 
-Frames are queued as pre-encoded text, so fan-out costs one append per client. When the queue is
-full the client is not keeping up: it is dropped (``drop_reason`` ``slow``, close code 1013) and the
+Frames are queued as the text their frame object encoded once, so fan-out costs one append per
+client. When the queue is full the client is not keeping up: it is dropped with close code 1013,
+counted as ``flood`` when most of what waits are answers to its own messages, else ``slow``; the
 server's memory stays bounded. A frame whose write has not completed within ``send_timeout``
-seconds means a dead or stalled peer (``send_timeout``). Per channel, a frame older than the
-newest ``ts`` the client has seen is skipped, so ``ts`` never goes backwards for the client even
-across a snapshot, a hand-over between instances or a split brain.
+seconds means a dead or stalled peer (``send_timeout``). Per channel a client is never sent a bar
+older than what it has (the snapshot included), except a revision.
 """
 
 from __future__ import annotations
@@ -15,32 +15,39 @@ import json
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 from core.metrics import WS_CLIENTS_DROPPED, WS_FANOUT_LATENCY, WS_FRAMES_SENT
+from core.timeframes import Bar
+from services.hub.frames import BarFrame, Frame
 
 Send = Callable[[str], Awaitable[None]]
 #: Close codes: 1013 "try again later" for clients too slow for their stream, 1001 at shutdown.
 CLOSE_SLOW = 1013
 CLOSE_GOING_AWAY = 1001
-#: How an encoded closed ``bar`` frame ends (frames are encoded with compact separators).
-CLOSED_SUFFIX = '"closed":true}'
 
 
 @dataclass
 class Subscription:
     """A connection's view of one channel."""
 
-    #: Newest bar ``ts`` sent on this channel (-1: none yet).
+    #: Newest bar ``ts`` sent on this channel (-1: none yet), newest closed bucket, newest seq.
     last_ts: int = -1
-    #: Newest bucket sent with ``closed: true`` (-1: none): nothing of it is sent again.
     closed_ts: int = -1
+    last_seq: int = 0
+    #: The last bar sent (``bar`` and ``closed``): an identical one is not sent again.
+    last: tuple[Bar, bool] | None = None
+    #: The snapshot's last bar ts and when its fetch started: a frame of that bar fetched before
+    #: is older than the snapshot and is not sent.
+    snapshot_ts: int = -1
+    snapshot_at: float = 0.0
     #: False until the snapshot is queued; frames arriving before are held, then replayed.
     ready: bool = False
-    #: The last broadcast frame queued (a frame replayed twice is sent once).
-    last_text: str = ""
-    held: list[tuple[int, float, str]] = field(default_factory=list)
+    held: list[Frame] = field(default_factory=list)
+    #: Holds the hub's reference to the channel; closing it leaves the channel.
+    scope: AsyncExitStack = field(default_factory=AsyncExitStack)
 
 
 class Connection:
@@ -55,60 +62,85 @@ class Connection:
         self.close_code = CLOSE_SLOW
         self.done = asyncio.Event()
         self._queue: deque[tuple[str, float | None, str]] = deque()
+        #: Answers to the client's own messages waiting in the queue.
+        self._replies = 0
         self._wake = asyncio.Event()
         self._send_started: float | None = None
 
     # --- Queueing ------------------------------------------------------------------------------
     def send_frame(self, frame: dict[str, Any]) -> None:
         """Queue a reply frame (``subscribed``, ``snapshot``, ``pong``, ``error``...)."""
-        self._enqueue(str(frame["type"]), None, json.dumps(frame, separators=(",", ":")))
+        if self._enqueue(str(frame["type"]), None, json.dumps(frame, separators=(",", ":"))):
+            self._replies += 1
 
-    def _enqueue(self, kind: str, t_poll: float | None, text: str) -> None:
+    def _enqueue(self, kind: str, t_poll: float | None, text: str) -> bool:
         if self.drop_reason is not None:
-            return
+            return False
         if len(self._queue) >= self.max_queue:
-            self.drop("slow")
-            return
+            # Most of the backlog answers the client's own messages: it floods, it is not slow.
+            self.drop("flood" if 2 * self._replies > len(self._queue) else "slow")
+            return False
         self._queue.append((kind, t_poll, text))
         self._wake.set()
+        return True
 
-    def deliver(self, channel: str, ts: int, t_poll: float, text: str) -> None:
-        """A broadcast frame of ``channel`` (``ts`` -1 for a status frame)."""
-        sub = self.subs.get(channel)
+    def deliver(self, frame: Frame) -> None:
+        """A broadcast frame of one of the client's channels."""
+        sub = self.subs.get(frame.channel)
         if sub is None:
             return
         if not sub.ready:
             if len(sub.held) >= self.max_queue:
                 self.drop("slow")
             else:
-                sub.held.append((ts, t_poll, text))
+                sub.held.append(frame)
             return
-        if ts >= 0:
-            # A second worker (a hand-over, a split brain) may send a bucket's final bar again,
-            # with values fetched later: API.md sends ``closed: true`` once per bucket.
-            if ts < sub.last_ts or ts <= sub.closed_ts or text == sub.last_text:
-                return
-            sub.last_ts = ts
-            if text.endswith(CLOSED_SUFFIX):
-                sub.closed_ts = ts
-        sub.last_text = text
-        self._enqueue("bar" if ts >= 0 else "status", t_poll, text)
+        if not isinstance(frame, BarFrame):
+            self._enqueue("status", frame.polled_at, frame.text)
+            return
+        if frame.seq <= sub.last_seq or not self._fresh(sub, frame):
+            return
+        sub.last_seq = frame.seq
+        self._enqueue("bar", frame.polled_at, frame.text)
+
+    @staticmethod
+    def _fresh(sub: Subscription, frame: BarFrame) -> bool:
+        """True when ``frame`` tells the client something newer; notes it as sent."""
+        ts = frame.ts
+        if frame.revised:
+            return ts <= sub.last_ts  # a bar the client has, corrected
+        # A second poller (a hand-over, a split brain) may send a bucket's final bar again, with
+        # values fetched later: closed: true goes once per bucket.
+        if ts < sub.last_ts or ts <= sub.closed_ts or (frame.bar, frame.closed) == sub.last:
+            return False
+        if ts == sub.snapshot_ts and frame.fetched_at < sub.snapshot_at:
+            return False  # fetched before the snapshot: older than what the client has
+        sub.last_ts, sub.last = ts, (frame.bar, frame.closed)
+        if frame.closed:
+            sub.closed_ts = ts
+        return True
 
     def hold(self, channel: str) -> Subscription:
         """Start (or restart) a subscription whose snapshot is being fetched."""
+        old = self.subs.get(channel)
         sub = self.subs[channel] = Subscription()
+        if old is not None:
+            sub.scope = old.scope  # a resync keeps its reference to the channel
         return sub
 
-    def ready(self, channel: str, last_ts: int, last_text: str = "") -> None:
-        """The snapshot (ending at ``last_ts``, its last bar encoded as ``last_text``) is queued:
-        replay the frames held meanwhile."""
+    def ready(self, channel: str, bars: list[Bar], fetched_at: float) -> None:
+        """The snapshot (``bars``, fetched from ``fetched_at``) is queued: replay the frames held
+        meanwhile."""
         sub = self.subs.get(channel)
         if sub is None:
             return
-        sub.ready, sub.last_ts, sub.last_text = True, max(sub.last_ts, last_ts), last_text
+        sub.ready, sub.snapshot_at = True, fetched_at
+        if bars:
+            sub.last_ts = sub.snapshot_ts = int(bars[-1][0])
+            sub.last = (bars[-1], False)
         held, sub.held = sub.held, []
-        for ts, t_poll, text in held:
-            self.deliver(channel, ts, t_poll, text)
+        for frame in held:
+            self.deliver(frame)
 
     # --- Ending --------------------------------------------------------------------------------
     def drop(self, reason: str, code: int = CLOSE_SLOW) -> None:
@@ -118,6 +150,7 @@ class Connection:
         self.drop_reason, self.close_code = reason, code
         WS_CLIENTS_DROPPED.labels(reason).inc()
         self._queue.clear()
+        self._replies = 0
         self.done.set()
         self._wake.set()
 
@@ -139,6 +172,8 @@ class Connection:
                 await self._wake.wait()
                 continue
             kind, t_poll, text = queue.popleft()
+            if t_poll is None:
+                self._replies -= 1
             self._send_started = time.monotonic()
             await self._send(text)
             self._send_started = None
