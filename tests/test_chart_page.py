@@ -172,7 +172,8 @@ async def test_page_draws_candles_without_console_errors_and_a_live_bar_arrives(
         await page.wait_for_function("window.chartPage.frames > 1", timeout=20_000)
         await wait_for(lambda: len(watch.bar_frames()) > seen, within=20)
         frame = watch.bar_frames()[-1]
-        assert frame["channel"] == "sim:sim:SIM/USD:1m"
+        assert frame["channel"] == "sim:sim:SIM/USD:1m" and isinstance(frame["seq"], int)
+        assert await page.evaluate("window.chartPage.gaps") == 0  # seq went up one at a time
         await asyncio.sleep(0.2)
         last = (await page_bars(page))[-1]
         assert last["time"] * 1000 >= frame["bar"][0]  # applied in place or followed by a newer one
@@ -256,6 +257,7 @@ class FakeStream:
         self.route: Any = None
         self.subscribes: list[dict[str, Any]] = []
         self.channel = "sim:sim:SIM/USD:1m"
+        self.snapshot: list[list[float]] = []
 
     def attach(self, route: Any) -> None:
         self.route = route
@@ -266,7 +268,7 @@ class FakeStream:
         if message.get("op") == "subscribe":
             self.subscribes.append(message)
             self.send({"type": "subscribed", "channel": self.channel, "id": message.get("id")})
-            self.send({"type": "snapshot", "channel": self.channel, "bars": [], "seq": 10})
+            self.send({"type": "snapshot", "channel": self.channel, "bars": self.snapshot, "seq": 10})
 
     def send(self, frame: dict[str, Any]) -> None:
         self.route.send(json.dumps(frame))
@@ -318,6 +320,38 @@ async def test_frames_update_in_place_revisions_land_where_they_belong_and_a_seq
         fake.bar([row[0] + 60_000, row[4], row[4], row[4], row[4], 9.0], 15)  # a repeat: ignored
         await asyncio.sleep(0.3)
         assert (await page_bars(page))[-1]["volume"] == 1.0
+        assert watch.errors == []
+
+
+async def test_a_snapshot_that_starts_after_since_is_joined_over_rest(
+    browser: Browser, isolated_env: dict[str, str]
+) -> None:
+    """Away longer than a snapshot holds (1000 bars): the bars between come from /ohlcv."""
+    fake = FakeStream()
+    async with live_server(isolated_env) as base:
+        page = await browser.new_page()
+        watch = Watch(page)
+        await page.route_web_socket("**/api/v1/ws", fake.attach)
+        await page.goto(base + SIM_PAGE)
+        await badge(page, "live")
+        held = await page_bars(page)
+        # The page last saw a bar 30 minutes ago; the server's snapshot holds only the last 5.
+        await page.evaluate("window.chartPage.store.bars.splice(-30); window.chartPage.redraw()")
+        since = held[-31]["time"] * 1000
+        recent = await rest_bars(page, held[-5]["time"] * 1000, held[-1]["time"] * 1000 + 60_000)
+        fake.snapshot = recent
+        watch.requests.clear()
+        await fake.route.close()
+        await wait_for(lambda: len(fake.subscribes) == 2, within=20)
+        assert fake.subscribes[1]["since"] == since
+        await page.wait_for_function(f"window.chartPage.store.bars.length === {len(held)}", timeout=20_000)
+        refill = [u for u in watch.requests if "/api/v1/ohlcv" in u and "start=" in u]
+        assert refill and f"start={since}" in refill[0] and f"end={held[-5]['time'] * 1000}" in refill[0]
+        shown = await page_bars(page)
+        assert [b["time"] for b in shown] == [b["time"] for b in held]  # no hole, no duplicate
+        closed = [b for b in shown if b["closed"]]
+        rest = await rest_bars(page, closed[0]["time"] * 1000, closed[-1]["time"] * 1000 + 60_000)
+        assert as_rows(closed) == rest
         assert watch.errors == []
 
 
