@@ -177,6 +177,26 @@ async def test_page_draws_candles_without_console_errors_and_a_live_bar_arrives(
         await asyncio.sleep(0.2)
         last = (await page_bars(page))[-1]
         assert last["time"] * 1000 >= frame["bar"][0]  # applied in place or followed by a newer one
+        # The pickers come from /markets, /providers and /symbols.
+        assert "sim" in await page.eval_on_selector_all("#market option", "els => els.map(e => e.value)")
+        assert await page.eval_on_selector_all("#provider option", "els => els.map(e => e.value)") == ["sim"]
+        symbols = await page.eval_on_selector_all("#symbols option", "els => els.map(e => e.value)")
+        assert symbols == ["SIM/USD", "SIMA/USD", "SIMB/EUR", "SIMC/USD"]
+        assert len(await page.eval_on_selector_all("#timeframe option", "els => els.map(e => e.value)")) == 12
+        # Reconnect delays double up to 15 s, each with half of it random.
+        delays = await page.evaluate("""import('/assets/store.js').then((m) => [0, 1, 2, 3, 10].map(
+            (n) => [m.backoffDelay(n, 500, 15000, () => 0), m.backoffDelay(n, 500, 15000, () => 1)]))""")
+        assert delays == [[250, 500], [500, 1000], [1000, 2000], [2000, 4000], [7500, 15000]]
+        # Another timeframe: its own history and channel.
+        await page.select_option("#timeframe", "5m")
+        await page.wait_for_function("window.chartPage.selection.timeframe === '5m' && window.chartPage.store"
+                                     " && window.chartPage.store.timeframeMs === 300000", timeout=20_000)
+        await wait_for(lambda: any(f.get("type") == "snapshot" and f["channel"].endswith(":5m")
+                                   for f in watch.received), within=20)
+        times = [b["time"] for b in await page_bars(page)]
+        assert len(times) == 500 and times == list(range(times[0], times[-1] + 1, 300))
+        assert {"op": "unsubscribe", "channel": "sim:sim:SIM/USD:1m"} in watch.sent
+        assert "timeframe=5m" in page.url
         assert await page.locator("a[href='/api/v1/docs']").count() == 1
         assert await page.locator("a[href='https://www.tradingview.com/']").count() == 1
         await page.screenshot(path=str(tmp_path / "chart.png"))
