@@ -148,6 +148,8 @@ class BaseConfig:
     BACKFILL_PATIENCE = 3600.0
     #: Longest range one backfill job may cover (days).
     BACKFILL_MAX_RANGE_DAYS = 3660
+    #: Longest backfill a GET /ohlcv queues by itself (days, the latest part); more: POST /backfill.
+    BACKFILL_AUTO_MAX_DAYS = 7
     #: Also put backfilled 1m bars into the Redis 1m cache.
     BACKFILL_WRITE_CACHE = True
     #: Run the job runner in this instance (off: the API still queues jobs for other instances).
