@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 _CCXT_DEFAULT = "binance,kraken,coinbase,bybit,okx"
@@ -208,21 +209,14 @@ class BaseConfig:
             if not name.isupper() or name not in os.environ or name == "APP_ENV":
                 continue
             raw, default = os.environ[name], getattr(self, name)
+            parse: Callable[[str], Any] = (
+                _bool if isinstance(default, bool) else int if isinstance(default, int)
+                else float if isinstance(default, float)
+                else (lambda r: json.loads(r or "{}")) if isinstance(default, dict) else str)
             try:
-                value: Any
-                if isinstance(default, bool):
-                    value = _bool(raw)
-                elif isinstance(default, int):
-                    value = int(raw)
-                elif isinstance(default, float):
-                    value = float(raw)
-                elif isinstance(default, dict):
-                    value = json.loads(raw or "{}")
-                else:
-                    value = raw
-            except ValueError as exc:
+                setattr(self, name, parse(raw))
+            except ValueError as exc:  # json.JSONDecodeError is one
                 raise ConfigError(f"{name}: {exc}") from exc
-            setattr(self, name, value)
 
     def validate(self) -> None:
         """Fail fast with the variable's name and what is wrong."""
