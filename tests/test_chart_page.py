@@ -172,10 +172,31 @@ async def test_page_draws_candles_without_console_errors_and_a_live_bar_arrives(
         await page.wait_for_function("window.chartPage.frames > 1", timeout=20_000)
         await wait_for(lambda: len(watch.bar_frames()) > seen, within=20)
         frame = watch.bar_frames()[-1]
-        assert frame["channel"] == "sim:sim:SIM/USD:1m"
+        assert frame["channel"] == "sim:sim:SIM/USD:1m" and isinstance(frame["seq"], int)
+        assert await page.evaluate("window.chartPage.gaps") == 0  # seq went up one at a time
         await asyncio.sleep(0.2)
         last = (await page_bars(page))[-1]
         assert last["time"] * 1000 >= frame["bar"][0]  # applied in place or followed by a newer one
+        # The pickers come from /markets, /providers and /symbols.
+        assert "sim" in await page.eval_on_selector_all("#market option", "els => els.map(e => e.value)")
+        assert await page.eval_on_selector_all("#provider option", "els => els.map(e => e.value)") == ["sim"]
+        symbols = await page.eval_on_selector_all("#symbols option", "els => els.map(e => e.value)")
+        assert symbols == ["SIM/USD", "SIMA/USD", "SIMB/EUR", "SIMC/USD"]
+        assert len(await page.eval_on_selector_all("#timeframe option", "els => els.map(e => e.value)")) == 12
+        # Reconnect delays double up to 15 s, each with half of it random.
+        delays = await page.evaluate("""import('/assets/store.js').then((m) => [0, 1, 2, 3, 10].map(
+            (n) => [m.backoffDelay(n, 500, 15000, () => 0), m.backoffDelay(n, 500, 15000, () => 1)]))""")
+        assert delays == [[250, 500], [500, 1000], [1000, 2000], [2000, 4000], [7500, 15000]]
+        # Another timeframe: its own history and channel.
+        await page.select_option("#timeframe", "5m")
+        await page.wait_for_function("window.chartPage.selection.timeframe === '5m' && window.chartPage.store"
+                                     " && window.chartPage.store.timeframeMs === 300000", timeout=20_000)
+        await wait_for(lambda: any(f.get("type") == "snapshot" and f["channel"].endswith(":5m")
+                                   for f in watch.received), within=20)
+        times = [b["time"] for b in await page_bars(page)]
+        assert len(times) == 500 and times == list(range(times[0], times[-1] + 1, 300))
+        assert {"op": "unsubscribe", "channel": "sim:sim:SIM/USD:1m"} in watch.sent
+        assert "timeframe=5m" in page.url
         assert await page.locator("a[href='/api/v1/docs']").count() == 1
         assert await page.locator("a[href='https://www.tradingview.com/']").count() == 1
         await page.screenshot(path=str(tmp_path / "chart.png"))
@@ -256,6 +277,7 @@ class FakeStream:
         self.route: Any = None
         self.subscribes: list[dict[str, Any]] = []
         self.channel = "sim:sim:SIM/USD:1m"
+        self.snapshot: list[list[float]] = []
 
     def attach(self, route: Any) -> None:
         self.route = route
@@ -266,7 +288,7 @@ class FakeStream:
         if message.get("op") == "subscribe":
             self.subscribes.append(message)
             self.send({"type": "subscribed", "channel": self.channel, "id": message.get("id")})
-            self.send({"type": "snapshot", "channel": self.channel, "bars": [], "seq": 10})
+            self.send({"type": "snapshot", "channel": self.channel, "bars": self.snapshot, "seq": 10})
 
     def send(self, frame: dict[str, Any]) -> None:
         self.route.send(json.dumps(frame))
@@ -318,6 +340,38 @@ async def test_frames_update_in_place_revisions_land_where_they_belong_and_a_seq
         fake.bar([row[0] + 60_000, row[4], row[4], row[4], row[4], 9.0], 15)  # a repeat: ignored
         await asyncio.sleep(0.3)
         assert (await page_bars(page))[-1]["volume"] == 1.0
+        assert watch.errors == []
+
+
+async def test_a_snapshot_that_starts_after_since_is_joined_over_rest(
+    browser: Browser, isolated_env: dict[str, str]
+) -> None:
+    """Away longer than a snapshot holds (1000 bars): the bars between come from /ohlcv."""
+    fake = FakeStream()
+    async with live_server(isolated_env) as base:
+        page = await browser.new_page()
+        watch = Watch(page)
+        await page.route_web_socket("**/api/v1/ws", fake.attach)
+        await page.goto(base + SIM_PAGE)
+        await badge(page, "live")
+        held = await page_bars(page)
+        # The page last saw a bar 30 minutes ago; the server's snapshot holds only the last 5.
+        await page.evaluate("window.chartPage.store.bars.splice(-30); window.chartPage.redraw()")
+        since = held[-31]["time"] * 1000
+        recent = await rest_bars(page, held[-5]["time"] * 1000, held[-1]["time"] * 1000 + 60_000)
+        fake.snapshot = recent
+        watch.requests.clear()
+        await fake.route.close()
+        await wait_for(lambda: len(fake.subscribes) == 2, within=20)
+        assert fake.subscribes[1]["since"] == since
+        await page.wait_for_function(f"window.chartPage.store.bars.length === {len(held)}", timeout=20_000)
+        refill = [u for u in watch.requests if "/api/v1/ohlcv" in u and "start=" in u]
+        assert refill and f"start={since}" in refill[0] and f"end={held[-5]['time'] * 1000}" in refill[0]
+        shown = await page_bars(page)
+        assert [b["time"] for b in shown] == [b["time"] for b in held]  # no hole, no duplicate
+        closed = [b for b in shown if b["closed"]]
+        rest = await rest_bars(page, closed[0]["time"] * 1000, closed[-1]["time"] * 1000 + 60_000)
+        assert as_rows(closed) == rest
         assert watch.errors == []
 
 
