@@ -141,11 +141,7 @@ async def test_page_resumes_after_a_server_restart_with_no_hole_and_no_duplicate
 async def test_badge_is_stale_during_a_provider_outage_and_live_after(
     browser: Browser, isolated_env: dict[str, str], emulator: ExchangeEmulator, tmp_path: Path  # noqa: F811
 ) -> None:
-    env = {**isolated_env, "ENABLED_MARKETS": "sim,crypto", "CCXT_EXCHANGES": "binance",
-           "PROVIDER_URLS": json.dumps({"binance": emulator.url}), "PROVIDER_TIMEOUT": "1",
-           "PROVIDER_RETRIES": "1", "PROVIDER_RETRY_MAX_WAIT": "0.05", "POLL_MAX_BACKOFF_SECONDS": "0.5",
-           "PROVIDER_BUDGETS": json.dumps({"binance": "off"}), "PROVIDER_BAN_DEFAULT": "0.1"}
-    async with live_server(env) as base:
+    async with live_server(emulator_env(isolated_env, emulator)) as base:
         page, _ = await open_page(browser, base + "/?market=crypto&provider=binance&symbol=BTC%2FUSDT&timeframe=1m")
         assert await candle_pixels(page) > 500
         emulator.inject("/api/v3/klines", status=503, times=None)  # the exchange's gateway fails
@@ -154,6 +150,28 @@ async def test_badge_is_stale_during_a_provider_outage_and_live_after(
         await page.screenshot(path=str(tmp_path / "stale.png"))
         emulator.clear_faults()
         await badge(page, "live")
+
+
+async def test_a_bar_the_exchange_revises_is_redrawn_where_it_stands(
+    browser: Browser, isolated_env: dict[str, str], emulator: ExchangeEmulator  # noqa: F811
+) -> None:
+    async with live_server(emulator_env(isolated_env, emulator)) as base:
+        page, watch = await open_page(browser, base + "/?market=crypto&provider=binance&symbol=BTC%2FUSDT&timeframe=1m")
+        # A bar the stream published as closed (only those are revised), inside the revision window.
+        await wait_for(lambda: any(f["closed"] for f in watch.bar_frames()), within=75)
+        ts = next(f for f in watch.bar_frames() if f["closed"])["bar"][0]
+        before = await page_bars(page)
+        target = next(b for b in before if b["time"] * 1000 == ts)
+        candle = emulator.revise("BTCUSDT", ts)  # close +0.1 %, volume x1.5, as an exchange's correction
+        await wait_for(lambda: any(f.get("revised") and f["bar"][0] == ts for f in watch.bar_frames()), within=20)
+        await page.wait_for_function(f"window.chartPage.revisions >= 1 && window.chartPage.store.bars"
+                                     f".find((b) => b.time === {target['time']}).close === {candle[4]}")
+        after = await page_bars(page)
+        moved = next(b for b in after if b["time"] == target["time"])
+        assert (moved["close"], moved["volume"], moved["closed"]) == (candle[4], candle[5], True)
+        assert (await page.evaluate(f"window.chartPage.drawn({target['time']})"))["close"] == candle[4]
+        assert [b["time"] for b in after][: len(before)] == [b["time"] for b in before]  # nothing added before it
+        assert watch.errors == []
 
 
 async def test_docs_viewer_renders_every_operation_from_our_origin(
@@ -173,6 +191,14 @@ async def test_docs_viewer_renders_every_operation_from_our_origin(
         assert await market.input_value() == "sim"
         assert watch.errors == []
         assert all(url.startswith(base) or url.startswith("data:") for url in watch.requests), watch.requests
+
+
+def emulator_env(env: dict[str, str], emulator: ExchangeEmulator) -> dict[str, str]:  # noqa: F811
+    """A live server whose ``binance`` is the emulator, with quick retries."""
+    return {**env, "ENABLED_MARKETS": "sim,crypto", "CCXT_EXCHANGES": "binance",
+            "PROVIDER_URLS": json.dumps({"binance": emulator.url}), "PROVIDER_TIMEOUT": "1",
+            "PROVIDER_RETRIES": "1", "PROVIDER_RETRY_MAX_WAIT": "0.05", "POLL_MAX_BACKOFF_SECONDS": "0.5",
+            "PROVIDER_BUDGETS": json.dumps({"binance": "off"}), "PROVIDER_BAN_DEFAULT": "0.1"}
 
 
 async def _until_second(low: int, high: int) -> None:

@@ -56,7 +56,8 @@ async def test_search_path_survives_the_pool_reset(app: Quart, db_schema: str) -
 
 
 async def test_an_acquire_costs_no_round_trip_of_its_own(app_config: dict[str, Any]) -> None:
-    proxy = await CountingProxy("127.0.0.1", 5432).start()
+    proxy = CountingProxy("127.0.0.1", 5432)
+    await proxy.start()
     url = app_config["DATABASE_URL"].replace(":5432/", f":{proxy.port}/")
     application = create_app({**app_config, "DATABASE_URL": url, "DB_POOL_MIN": 1, "DB_POOL_MAX": 1})
     try:
