@@ -10,6 +10,7 @@ from quart import Blueprint, Response, current_app, jsonify, request
 from app_extensions.credentials import get_credentials
 from app_extensions.resilience import get_resilience
 from app_extensions.services import get_services
+from app_extensions.warmup import get_warmup
 from blueprints.common import load_query
 from blueprints.schemas import MarketQuery, OhlcvQuery, ProviderQuery, SymbolQuery
 from core.errors import InvalidParameter
@@ -70,6 +71,8 @@ async def ohlcv() -> Response:
     series = Series(q["market"], q["provider"], q["symbol"])
     query = BarQuery(series, q["timeframe"], q["start"], q["end"], _limit(q["limit"]))
     user = await get_credentials(current_app).for_request(services.markets, series.market, series.provider)
+    if user is None:
+        get_warmup(current_app).warmer.note(query)  # counted for cache warming (memory only)
     answer = await (get_resilience(current_app).user_bars.get_bars(query, user) if user
                     else services.orchestrator.get_bars(query))
     head = {"market": series.market, "provider": series.provider, "symbol": series.symbol,

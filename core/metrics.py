@@ -222,3 +222,7 @@ STALE_ANSWERS = Counter(
     "stale_answers_total", "Answers served from the last known data because the provider failed",
     ["provider", "endpoint"],
 )
+WARMUP_QUERIES = Counter(
+    "warmup_queries_total", "Queries answered by cache warming at start, by outcome (ok, failed)",
+    ["outcome"],
+)

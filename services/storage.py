@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from core.types import Series, merge_ranges, subtract_ranges, to_dt
+from core.timeframes import Bar
+from core.types import Series, merge_ranges, subtract_ranges, to_dt, to_ms
 
 #: Stored bars whose values the batch changes (read before the upsert in the same statement).
 _REVISED_SQL = (
