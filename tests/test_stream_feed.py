@@ -203,14 +203,15 @@ async def test_disagreement_with_rest_is_published_as_a_revision(
         ((symbol, _, ts),) = emulator.streams.diverged
         assert symbol == "BTCUSDT"
         wrong = next(b for b in bars(frames, closed=True) if int(b[0]) == ts)
-        clock(1)  # the check of the diverged bar is due
-        await wait_for(lambda: any(f.get("revised") for f in frames))
+        await wait_for(lambda: any(f.get("revised") for f in frames))  # the REST check was due
         revised = next(f["bar"] for f in frames if f.get("revised"))
         rest = await fetch_klines(emulator.url, "1m", ts, ts + MINUTE_MS)
         assert int(revised[0]) == ts and wrong != revised
         assert_same_bars([revised], rest)
-        assert metric("stream_rest_disagreements_total",
-                      {"provider": "binance"}) - before == 1
+        # counted once the check's poll is done (its frames may reach the client first)
+        await wait_for(lambda: metric("stream_rest_disagreements_total",
+                                      {"provider": "binance"}) - before == 1)
+        assert emulator.streams.diverged == [(symbol, "1m", ts)]
 
 
 async def test_three_instances_hold_one_upstream_stream_and_kill_moves_it(
@@ -260,7 +261,10 @@ async def test_three_instances_hold_one_upstream_stream_and_kill_moves_it(
                 await asyncio.sleep(3 * lease_ttl)  # still one upstream stream
                 assert emulator.streams.subscriptions() == ["btcusdt@kline_1m"]
                 mark = len(fb), len(fc)
+                # the next minute begins at the exchange: the new holder's stream brings it to all
+                emulator.now_ms = (int(time.time() * 1000) // MINUTE_MS + 1) * MINUTE_MS + 1000
                 await wait_for(lambda: len(fb) > mark[0] and len(fc) > mark[1])
+                assert any(f["type"] == "bar" and f["closed"] for f in fb[mark[0]:])
                 assert_ts_monotonic(fb)
                 assert_ts_monotonic(fc)
             await first.close()
