@@ -96,7 +96,8 @@ async def test_crypto_and_stock_symbol_info_come_from_the_providers_precision(
 
 
 @pytest.mark.parametrize(("tick", "scale"), [(0.01, (100, 1)), (0.5, (10, 5)), (5.0, (1, 5)), (1e-6, (10**6, 1)),
-                                             (0.00025, (100000, 25)), (None, (10**8, 1))])
+                                             (0.00025, (100000, 25)), (None, (10**8, 1)),
+                                             (float("inf"), (10**8, 1)), (float("nan"), (10**8, 1)), (0.0, (10**8, 1))])
 def test_price_scale_from_a_tick(tick: float | None, scale: tuple[int, int]) -> None:
     assert price_scale(tick) == scale
 
