@@ -13,7 +13,7 @@ from quart import Quart
 from quart.typing import TestClientProtocol
 
 from app_extensions.services import get_services
-from plugins.crypto import _tick
+from plugins.crypto import precision_step
 from services.udf import RESOLUTIONS, price_scale, step_decimals
 from tests.backfill_support import emu_config, running_app
 from tests.exchange_emulator import ExchangeEmulator
@@ -110,7 +110,7 @@ def test_price_scale_from_a_tick(tick: float | None, scale: tuple[int, int]) -> 
     (-1, ccxt.DECIMAL_PLACES, None), (0, ccxt.TICK_SIZE, None),
 ])
 def test_ccxt_precision_becomes_a_step(value: Any, mode: int, tick: float | None) -> None:
-    assert _tick(value, mode) == tick
+    assert precision_step(value, mode) == tick
 
 
 def test_volume_precision_from_a_step() -> None:
