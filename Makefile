@@ -47,12 +47,13 @@ web: $(WEB)
 test: venv lint pglite web
 	APP_ENV=testing REQUIRE_TIMESCALE=1 $(BIN)/pytest -q -p no:cacheprovider
 
-bench: venv pglite
+bench: venv pglite web
 	$(BIN)/python -m bench.ohlcv_rest
 	$(BIN)/python -m bench.provider_path
 	$(BIN)/python -m bench.aggregates
 	$(BIN)/python -m bench.backfill
 	$(BIN)/python -m bench.ws_fanout
+	$(BIN)/python -m bench.chart_page
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

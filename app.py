@@ -18,14 +18,16 @@ from app_extensions.redis_client import RedisClient
 from app_extensions.request_context import configure_logging, init_request_context
 from app_extensions.resilience import Resilience
 from app_extensions.services import Services
+from app_extensions.udf import init_udf
 from app_extensions.warmup import Warmup
 from blueprints.backfill import backfill_blueprint
+from blueprints.channels import channels_blueprint
 from blueprints.credentials import credentials_blueprint
 from blueprints.health import health_blueprint
 from blueprints.market import market_blueprint
 from blueprints.openapi import openapi_blueprint
 from blueprints.page import page_blueprint
-from blueprints.udf import init_udf
+from blueprints.udf import udf_blueprint
 from blueprints.websocket import websocket_blueprint
 from config import BaseConfig, load_config
 
@@ -70,12 +72,14 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     app.register_blueprint(market_blueprint)
     app.register_blueprint(backfill_blueprint)
     app.register_blueprint(websocket_blueprint)
+    app.register_blueprint(channels_blueprint)
     app.register_blueprint(openapi_blueprint)
     app.register_blueprint(credentials_blueprint)
     app.register_blueprint(page_blueprint)  # the chart page at / and the docs viewer
+    app.register_blueprint(udf_blueprint)  # TradingView's UDF under /udf
     Credentials(app)  # users' exchange credentials (after the Database)
     Resilience(app)  # circuit breaker, stale-while-error (after Redis and Services)
-    init_udf(app)  # TradingView's UDF under /udf (after Services)
+    init_udf(app)  # the UDF service (after Services)
     init_operations(app)  # CORS, API keys, rate limits, provider budget
     init_cli(app)
     init_backfill_cli(app)

@@ -2,31 +2,15 @@
 
 ``load_config(name)`` builds the config for ``APP_ENV`` (``development``, ``production``,
 ``testing``), applies the environment, and ``validate()`` fails fast naming the variable.
-
-Settings once: the defaults live in ``BaseConfig`` and nowhere else. A service declares what it
-reads as a frozen dataclass and builds it once at start-up with ``settings_from``::
-
-    @dataclass(frozen=True)
-    class BackfillSettings:
-        concurrency: int  # reads BACKFILL_CONCURRENCY (prefix + name); metadata={"config": KEY}
-        max_jobs: int     # names another key. Validate in __post_init__, raising ConfigError.
-
-    settings = settings_from(BackfillSettings, app.config, prefix="BACKFILL_")
-
-A field takes the mapping's value, else ``BaseConfig``'s default, else its own default, converted
-to its type (int, float, bool, str; others as they are); a bad value raises ``ConfigError`` naming
-the variable. Call sites read ``settings.concurrency``, never ``config.get("X", default)``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
-import typing
-from collections.abc import Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 _CCXT_DEFAULT = "binance,kraken,coinbase,bybit,okx"
 
@@ -165,6 +149,8 @@ class BaseConfig:
     BACKFILL_PATIENCE = 3600.0
     #: Longest range one backfill job may cover (days).
     BACKFILL_MAX_RANGE_DAYS = 3660
+    #: Longest backfill a GET /ohlcv queues by itself (days, the latest part); more: POST /backfill.
+    BACKFILL_AUTO_MAX_DAYS = 7
     #: Also put backfilled 1m bars into the Redis 1m cache.
     BACKFILL_WRITE_CACHE = True
     #: Run the job runner in this instance (off: the API still queues jobs for other instances).
@@ -223,21 +209,14 @@ class BaseConfig:
             if not name.isupper() or name not in os.environ or name == "APP_ENV":
                 continue
             raw, default = os.environ[name], getattr(self, name)
+            parse: Callable[[str], Any] = (
+                _bool if isinstance(default, bool) else int if isinstance(default, int)
+                else float if isinstance(default, float)
+                else (lambda r: json.loads(r or "{}")) if isinstance(default, dict) else str)
             try:
-                value: Any
-                if isinstance(default, bool):
-                    value = _bool(raw)
-                elif isinstance(default, int):
-                    value = int(raw)
-                elif isinstance(default, float):
-                    value = float(raw)
-                elif isinstance(default, dict):
-                    value = json.loads(raw or "{}")
-                else:
-                    value = raw
-            except ValueError as exc:
+                setattr(self, name, parse(raw))
+            except ValueError as exc:  # json.JSONDecodeError is one
                 raise ConfigError(f"{name}: {exc}") from exc
-            setattr(self, name, value)
 
     def validate(self) -> None:
         """Fail fast with the variable's name and what is wrong."""
@@ -247,23 +226,16 @@ class BaseConfig:
             raise ConfigError("REDIS_URL must be a redis:// URL")
         if self.BREAKER_FAILURE_THRESHOLD < 1:
             raise ConfigError("BREAKER_FAILURE_THRESHOLD must be at least 1")
-        for name in ("BREAKER_OPEN_SECONDS", "BREAKER_PROBE_SECONDS"):
-            if not 0 < getattr(self, name) < math.inf:  # also refuses nan
+        for name in ("BREAKER_OPEN_SECONDS", "BREAKER_PROBE_SECONDS", "STREAM_SILENCE_SECONDS",
+                     "STREAM_VERIFY_SECONDS", "STREAM_RETRY_SECONDS", "STREAM_RETRY_MAX_SECONDS"):
+            if not 0 < float(getattr(self, name)) < math.inf:  # also refuses nan
                 raise ConfigError(f"{name} must be a positive number of seconds")
-        if not isinstance(self.PROVIDER_URLS, dict) or not all(
-            isinstance(v, str) and v.startswith(("http://", "https://"))
-            for v in self.PROVIDER_URLS.values()
-        ):
-            raise ConfigError("PROVIDER_URLS must be a JSON object of provider id to http(s) URL")
-        if not isinstance(self.PROVIDER_WS_URLS, dict) or not all(
-            isinstance(v, str) and v.startswith(("ws://", "wss://"))
-            for v in self.PROVIDER_WS_URLS.values()
-        ):
-            raise ConfigError("PROVIDER_WS_URLS must be a JSON object of provider id to ws(s) URL")
-        for name in ("STREAM_SILENCE_SECONDS", "STREAM_VERIFY_SECONDS", "STREAM_RETRY_SECONDS",
-                     "STREAM_RETRY_MAX_SECONDS"):
-            if not 0 < float(getattr(self, name)) < math.inf:
-                raise ConfigError(f"{name} must be a positive number of seconds")
+        for name, scheme in (("PROVIDER_URLS", "http"), ("PROVIDER_WS_URLS", "ws")):
+            urls = getattr(self, name)
+            if not isinstance(urls, dict) or not all(
+                isinstance(v, str) and v.startswith((f"{scheme}://", f"{scheme}s://")) for v in urls.values()
+            ):
+                raise ConfigError(f"{name} must be a JSON object of provider id to {scheme}(s) URL")
         if self.STORAGE_MODE not in ("auto", "timescale", "plain"):
             raise ConfigError("STORAGE_MODE must be auto, timescale or plain")
         if self.LOG_FORMAT not in ("text", "json"):
@@ -322,37 +294,3 @@ def load_config(env: str | None = None) -> BaseConfig:
         raise ConfigError(f"APP_ENV must be one of {', '.join(CONFIGS)}, got {name!r}")
     return CONFIGS[name]()
 
-
-S = TypeVar("S")
-_MISSING = object()
-
-
-def _convert(name: str, value: Any, kind: Any) -> Any:
-    converters: dict[Any, Any] = {bool: lambda v: _bool(v) if isinstance(v, str) else bool(v), float: float, str: str}
-    try:
-        if kind is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError(f"expected an integer, got {value!r}")
-            return int(value)
-        return converters[kind](value) if kind in converters else value
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{name}: {exc}") from exc
-
-
-def settings_from(cls: type[S], config: Mapping[str, Any], *, prefix: str = "") -> S:
-    """Build the frozen dataclass ``cls`` from ``config`` (see the module docstring)."""
-    if not dataclasses.is_dataclass(cls):
-        raise TypeError(f"{cls.__name__} is not a dataclass")
-    hints = typing.get_type_hints(cls)
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
-        name = f.metadata.get("config") or prefix + f.name.upper()
-        value = config.get(name, getattr(BaseConfig, name, _MISSING))
-        if value is _MISSING:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{name} is not set")
-            continue
-        values[f.name] = _convert(name, value, hints.get(f.name))
-    return cls(**values)

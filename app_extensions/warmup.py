@@ -43,7 +43,7 @@ class Warmup:
         services = get_services(app)
         subscriptions = services.subscriptions
         self.warmer = Warmer(services.orchestrator, get_redis(app), settings,
-                             lambda: list(getattr(subscriptions, "channels", {})))
+                             lambda: list(subscriptions.channels))
         self.step_timeout = float(app.config["SHUTDOWN_TIMEOUT"])
         app.extensions["warmup"] = self
         app.before_serving(self.start)

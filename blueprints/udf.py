@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import json
 
-from quart import Blueprint, Quart, Response, current_app, jsonify
+from quart import Blueprint, Response, current_app, jsonify
 
 from app_extensions.errors import error_response
-from app_extensions.services import get_services
 from blueprints.common import load_query
 from blueprints.udf_schemas import UdfHistoryQuery, UdfSearchQuery, UdfSymbolQuery
 from core.errors import AppError
@@ -19,14 +18,6 @@ from services.udf import UdfService
 
 udf_blueprint = Blueprint("udf", __name__, url_prefix="/udf")
 SCHEMAS = {"symbol": UdfSymbolQuery(), "search": UdfSearchQuery(), "history": UdfHistoryQuery()}
-
-
-def init_udf(app: Quart) -> None:
-    """Build the UDF service over the app's services and register the blueprint."""
-    services = get_services(app)
-    app.extensions["udf"] = UdfService(services.markets, services.orchestrator,
-                                       int(app.config["OHLCV_MAX_LIMIT"]))
-    app.register_blueprint(udf_blueprint)
 
 
 def _udf() -> UdfService:

@@ -109,6 +109,11 @@ class AlpacaPlugin(MarketPlugin):
                              configured=bool(creds), timeframes=list(TIMEFRAMES))]
 
     @classmethod
+    def missing_settings(cls, provider_id: str, config: dict[str, Any]) -> list[str]:
+        """Alpaca's data API needs a key: ``ALPACA_API_KEY_ID`` and ``ALPACA_API_SECRET_KEY``."""
+        return [k for k in ("ALPACA_API_KEY_ID", "ALPACA_API_SECRET_KEY") if not config.get(k)]
+
+    @classmethod
     def settings_from_config(
         cls, provider_id: str, config: dict[str, Any]
     ) -> tuple[dict[str, str], bool]:

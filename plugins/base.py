@@ -117,6 +117,12 @@ class MarketPlugin(ABC):
         return {}, False
 
     @classmethod
+    def missing_settings(cls, provider_id: str, config: dict[str, Any]) -> list[str]:
+        """Names of the settings ``provider_id`` needs that ``config`` lacks (none by default).
+        A provider with some is answered at once with an error naming them, never called."""
+        return []
+
+    @classmethod
     def credentials_from_user(
         cls, api_key: str, secret: str, password: str | None = None
     ) -> dict[str, str]:
@@ -147,6 +153,11 @@ class MarketPlugin(ABC):
     @abstractmethod
     async def fetch_ticker(self, symbol: str) -> Ticker:
         """Last price (and bid/ask when the provider has them)."""
+
+    def listing_ms(self, symbol: str) -> int | None:
+        """When ``symbol``'s history starts (its listing, ms), if the provider states it; None
+        when unknown (callers then learn it from the first page of a fetch reaching back)."""
+        return None
 
     async def symbol_meta(self, symbol: str) -> SymbolMeta:
         """Price and volume steps of ``symbol`` (steps unknown by default). Callers check first

@@ -185,6 +185,10 @@ class SimPlugin(MarketPlugin):
             bars.append(sim_bar(self.seed, symbol, forming, now))
         return resample(bars, timeframe)[:limit]
 
+    def listing_ms(self, symbol: str) -> int | None:
+        """Every sim symbol lists at the market's opening, ``HISTORY_START_MS``."""
+        return HISTORY_START_MS if symbol in SYMBOLS else None
+
     async def fetch_symbols(self) -> list[str]:
         self._count("fetch_symbols")
         return sorted(SYMBOLS)

@@ -1,110 +1,50 @@
 """BackfillManager: completes the stored 1m history of a series over a range, exactly once.
 
 For (market, provider, symbol, [start, end)) the gap ledger says which closed minutes were never
-fetched complete; those ranges are split into chunks of the provider's ``max_bars_per_call`` and
-fetched through the provider's plugin instance, at most ``BACKFILL_CONCURRENCY`` calls at a time per
-provider (``_api_semaphore``). Each chunk is written in one transaction: its bars, its ledger range
-(also when the provider answered it empty: a real exchange hole is then *verified empty* and never
-fetched again) and the job's progress. The last ``LEDGER_SAFETY_MS`` before now are written but
-never recorded complete. A chunk failing with a temporary error (``.temporary``: network, 429/5xx,
-a storage outage) is retried with ``plugins.retry.RetryPolicy`` (backoff that honours
-``retry_after``) for up to ``BACKFILL_PATIENCE`` seconds; any other error fails the job with a
-readable error. Provider calls go through ``ProviderCalls`` (budget guard, metrics, paging).
-Jobs (``services.backfill_jobs``) are run by :class:`services.backfill_runner.JobRunner`, which
-gets ``run_job`` as a callable.
+fetched complete; those ranges (never before the listing the provider states, nor older than it
+still serves) are split into chunks of the provider's ``max_bars_per_call``, run by
+``services.backfill_chunks.ChunkRunner``: at most ``BACKFILL_CONCURRENCY`` calls at a time per
+provider, each chunk written in one transaction (its bars, its ledger range, also when the
+provider answered it empty: a real exchange hole is then *verified empty* and never fetched again,
+and the job's progress). The last ``LEDGER_SAFETY_MS`` before now are written but never recorded
+complete. A chunk failing with a temporary error (network, 429/5xx, a storage outage) is retried
+with ``plugins.retry.RetryPolicy`` for up to ``BACKFILL_PATIENCE`` seconds; any other error fails
+the job with a readable error. Provider calls go through ``ProviderCalls``. Jobs
+(``services.backfill_jobs``) are run by :class:`services.backfill_runner.JobRunner`, which gets
+``run_job`` as a callable.
 
 Public names (stable): ``BackfillManager``, ``BackfillSettings``, ``Progress``, ``readable``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
-from tenacity import RetryCallState
-
-from core.errors import (
-    AppError,
-    DataSourceError,
-    NetworkPluginError,
-    NotFound,
-    RateLimitedPluginError,
-    UnknownSymbol,
-)
-from core.metrics import BACKFILL_BARS, BACKFILL_CHUNK_FAILURES, BACKFILL_CHUNKS
+from core.errors import AppError, DataSourceError, NetworkPluginError, NotFound, UnknownSymbol
 from core.ports import Database
-from core.timeframes import MINUTE_MS, Bar, bucket_ceil, bucket_start, now_ms
-from core.types import Series, to_dt
-from plugins.retry import RetryPolicy
-from services import aggregates, storage
+from core.timeframes import MINUTE_MS, bucket_ceil, bucket_start, now_ms
+from core.types import Series
 from services import backfill_jobs as jobs
+from services import storage
+from services.backfill_chunks import (
+    BackfillSettings,
+    ChunkRunner,
+    JobRef,
+    LeaseLost,
+    Progress,
+    ProgressCallback,
+    readable,
+)
 from services.backfill_gaps import Chunk, bar_islands, gap_report, split_chunks
 from services.backfill_runner import JobRunner, RunnerSettings
 from services.market_service import MarketService
 from services.provider_source import PluginSource
-from services.settings import build, setting
+from services.settings import build
 from services.sources import LEDGER_SAFETY_MS, CacheSource, RevisionSink
 
+__all__ = ["BackfillManager", "BackfillSettings", "Progress", "readable"]
 log = logging.getLogger(__name__)
-#: Calls one chunk may make while paging (a chunk normally needs one).
-_CHUNK_CALL_BUDGET = 1_000
-
-
-class LeaseLost(Exception):
-    """Another runner owns the job now (our lease expired); stop working on it."""
-
-
-@dataclass
-class Progress:
-    """Running totals of one backfill, passed to the progress callback after every chunk."""
-
-    chunks_total: int
-    chunks_done: int = 0
-    bars_written: int = 0
-    calls: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-
-ProgressCallback = Callable[[Progress], None]
-
-
-@dataclass(frozen=True)
-class _JobRef:
-    id: str
-    owner: str
-
-
-@dataclass(frozen=True)
-class BackfillSettings:
-    """Backfill settings (``build(BackfillSettings, config)``; see config.py ``BACKFILL_*``)."""
-
-    concurrency: int = setting("BACKFILL_CONCURRENCY", 4, int)
-    patience: float = setting("BACKFILL_PATIENCE", 3600.0, float)
-    retry_base: float = setting("BACKFILL_RETRY_BASE", 1.0, float)
-    retry_max_wait: float = setting("BACKFILL_RETRY_MAX_WAIT", 60.0, float)
-    write_cache: bool = setting("BACKFILL_WRITE_CACHE", True, bool)
-    max_range_days: float = setting("BACKFILL_MAX_RANGE_DAYS", 3660.0, float)
-
-    @property
-    def max_range_ms(self) -> int:
-        return int(self.max_range_days * 86_400_000)
-
-
-def readable(exc: BaseException) -> str:
-    """The error text a failed job keeps."""
-    if isinstance(exc, AppError):
-        return f"{exc.code}: {exc.message}"
-    return f"internal_error: {type(exc).__name__}: {exc}"
 
 
 class BackfillManager:
@@ -117,10 +57,8 @@ class BackfillManager:
         self.markets, self.db, self.cache, self.revisions = markets, db, cache, revisions
         self.plugins = PluginSource(markets)
         self.settings = build(BackfillSettings, config)
-        self.concurrency = max(1, self.settings.concurrency)
         self.max_range_ms = self.settings.max_range_ms
-        #: Per-provider limit of concurrent upstream calls, shared by every backfill here.
-        self._api_semaphore: dict[str, asyncio.Semaphore] = {}
+        self.chunks = ChunkRunner(self.plugins, db, cache, self.settings, revisions)
         self.runner = JobRunner(self.run_job, db, build(RunnerSettings, config))
 
     # --- Lifecycle -----------------------------------------------------------------------------
@@ -133,21 +71,17 @@ class BackfillManager:
         await self.runner.close(release=release)
 
     # --- Planning and running --------------------------------------------------------------------
-    def _semaphore(self, provider: str) -> asyncio.Semaphore:
-        sem = self._api_semaphore.get(provider)
-        if sem is None:
-            sem = self._api_semaphore[provider] = asyncio.Semaphore(self.concurrency)
-        return sem
-
     async def plan(self, series: Series, start: int, end: int) -> list[Chunk]:
         """Chunks covering the closed minutes of [start, end) the ledger lacks."""
         now = now_ms()
         current_min = bucket_start(now, "1m")
         fetch_end = min(bucket_ceil(end, "1m"), current_min)
         safe_end = current_min - LEDGER_SAFETY_MS
-        # Minutes older than the provider still serves stay missing (not fetched, not recorded).
-        caps = await self.plugins.capabilities(series)
-        start = max(start, caps.history_start("1m", now) or start)
+        # Minutes older than the provider still serves, or before the listing it states, are not
+        # fetched (they stay missing in the ledger).
+        plugin = await self.markets.get_plugin(series.market, series.provider)
+        caps, listed = plugin.capabilities, plugin.listing_ms(series.symbol)
+        start = max(start, caps.history_start("1m", now) or start, listed or start)
         async with self.db.acquire() as conn:
             missing = await storage.missing_ranges(conn, series, bucket_start(start, "1m"), fetch_end)
         step = caps.max_bars_per_call * MINUTE_MS
@@ -161,19 +95,19 @@ class BackfillManager:
         progress = Progress(len(chunks))
         if on_progress is not None:
             on_progress(progress)
-        await self._run_chunks(series, chunks, progress, None, on_progress)
+        await self.chunks.run(series, chunks, progress, None, on_progress)
         return progress
 
     async def run_job(self, job: jobs.Job, owner: str) -> None:
         """Run (or resume) a claimed job to done or failed. Storage outages outside a chunk
         propagate: the lease then expires and the job is picked up again."""
-        ref = _JobRef(job.id, owner)
+        ref = JobRef(job.id, owner)
         try:
             chunks = await self.plan(job.series, job.start_ms, job.end_ms)
             async with self.db.acquire() as conn:
                 if not await jobs.set_plan(conn, job.id, owner, len(chunks)):
                     raise LeaseLost(job.id)
-            await self._run_chunks(job.series, chunks, Progress(len(chunks)), ref, None)
+            await self.chunks.run(job.series, chunks, Progress(len(chunks)), ref, None)
             error = None
         except LeaseLost:
             log.info("backfill job %s: lease lost, another runner has it", job.id)
@@ -188,90 +122,6 @@ class BackfillManager:
             log.error("backfill job %s crashed", job.id, exc_info=exc)
         async with self.db.acquire() as conn:
             await jobs.finish_job(conn, job.id, owner, error)
-
-    async def _run_chunks(
-        self, series: Series, chunks: Sequence[Chunk], progress: Progress,
-        job: _JobRef | None, on_progress: ProgressCallback | None,
-    ) -> None:
-        queue = deque(chunks)
-
-        async def worker() -> None:
-            while queue:
-                chunk = queue.popleft()
-                written, calls = await self._run_chunk(series, chunk, job)
-                progress.chunks_done += 1
-                progress.bars_written += written
-                progress.calls += calls
-                if on_progress is not None:
-                    on_progress(progress)
-
-        try:
-            async with asyncio.TaskGroup() as tg:
-                for i in range(min(self.concurrency, len(chunks))):
-                    tg.create_task(worker(), name=f"backfill-worker-{i}")
-        except ExceptionGroup as group:
-            raise group.exceptions[0] from None
-
-    async def _run_chunk(self, series: Series, chunk: Chunk, job: _JobRef | None) -> tuple[int, int]:
-        """Fetch and write one chunk; returns (bars written, calls made)."""
-
-        async def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome is not None else None
-            BACKFILL_CHUNK_FAILURES.labels(series.provider, "temporary").inc()
-            # Being paced (our provider budget or the exchange's 429) is routine for big jobs.
-            level = logging.INFO if isinstance(exc, RateLimitedPluginError) else logging.WARNING
-            log.log(level, "backfill %s chunk %s: %s; retrying (attempt %d)", series.key(),
-                    to_dt(chunk.start).isoformat(), exc, state.attempt_number)
-            if job is not None and exc is not None:  # API.md: a retrying job shows its last error
-                await self._record_error(job, f"{readable(exc)} (chunk starting "
-                                         f"{to_dt(chunk.start).isoformat()}; retrying)")
-
-        async def once() -> tuple[int, int]:
-            async with self._semaphore(series.provider):
-                bars, calls, _ = await self.plugins.fetch(
-                    series, "1m", chunk.start, chunk.end, _CHUNK_CALL_BUDGET)
-            return await self._write(series, chunk, bars, job), calls
-
-        policy = RetryPolicy(series.provider, max_wait=self.settings.retry_max_wait,
-                             base_wait=self.settings.retry_base, patience=self.settings.patience)
-        try:
-            return await policy.call(once, before_sleep)
-        except (AppError, asyncpg.PostgresError) as exc:
-            BACKFILL_CHUNK_FAILURES.labels(series.provider, "permanent").inc()
-            if isinstance(exc, AppError):
-                exc.message = f"{exc.message} (chunk starting {to_dt(chunk.start).isoformat()})"
-            raise
-
-    async def _record_error(self, job: _JobRef, error: str) -> None:
-        try:
-            async with self.db.acquire() as conn:
-                await jobs.record_error(conn, job.id, job.owner, error)
-        except (DataSourceError, asyncpg.PostgresError) as err:  # storage down: the log has it
-            log.info("backfill job %s: could not record its error: %s", job.id, err)
-
-    async def _write(
-        self, series: Series, chunk: Chunk, bars: list[Bar], job: _JobRef | None
-    ) -> int:
-        """Bars, the chunk's ledger range and the job's progress in one transaction."""
-        now = now_ms()
-        closed = [b for b in bars if chunk.start <= b[0] < chunk.end and b[0] + MINUTE_MS <= now]
-        complete = [(chunk.start, chunk.complete_end)] if chunk.complete_end > chunk.start else []
-        revised: list[Bar] = []  # stored bars this chunk changed: announced as revisions
-        async with self.db.acquire() as conn:
-            async with conn.transaction():
-                written = await storage.upsert_1m_bars(conn, series, closed, complete, revised)
-                if job is not None and not await jobs.add_progress(conn, job.id, job.owner, 1, written):
-                    raise LeaseLost(job.id)
-            if closed:
-                await aggregates.refresh_window(
-                    conn, self.db.mode, int(closed[0][0]), int(closed[-1][0]) + MINUTE_MS)
-        if closed and self.settings.write_cache:
-            await self.cache.put_1m(series, closed)
-        if revised and self.revisions is not None:
-            await self.revisions.announce(series, revised)
-        BACKFILL_CHUNKS.labels(series.provider).inc()
-        BACKFILL_BARS.labels(series.provider).inc(written)
-        return written
 
     # --- Jobs and reports ------------------------------------------------------------------------
     async def submit(self, series: Series, start: int, end: int) -> tuple[jobs.Job, bool]:
@@ -312,11 +162,13 @@ class BackfillManager:
             return await jobs.list_jobs(conn, status, limit)
 
     async def schedule_missing(self, series: Series, ranges: list[tuple[int, int]]) -> str | None:
-        """The orchestrator's ``on_missing`` hook: one job over the span of ``ranges`` (its last
-        ``max_range_ms``, from the epoch at most: 5000 weeks reach 1930); its id, or None when
-        no job could be queued (storage down: the answer stays marked incomplete)."""
+        """The orchestrator's ``on_missing`` hook: one job over the span of ``ranges``, bounded to
+        its latest ``BACKFILL_AUTO_MAX_DAYS`` (a query never starts a huge backfill by itself);
+        its id, or None when no job could be queued (storage down: the answer stays marked
+        incomplete)."""
         end = ranges[-1][1] if ranges else 0
-        if (start := max(ranges[0][0], end - self.max_range_ms, 0) if ranges else 0) >= end:
+        bound = int(min(self.settings.auto_max_days, self.settings.max_range_days) * 86_400_000)
+        if (start := max(ranges[0][0], end - bound, 0) if ranges else 0) >= end:
             return None
         try:
             async with self.db.acquire() as conn:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Any, Protocol, TypeVar
 
 from core.errors import AppError, DataSourceError, NetworkPluginError, RateLimitedPluginError
 from core.metrics import BREAKER_REJECTIONS, BREAKER_STATE, BREAKER_TRANSITIONS
+from services.circuit import Circuit
 from services.settings import build, setting
 
 log = logging.getLogger(__name__)
@@ -150,21 +150,13 @@ def outcome_of(exc: BaseException | None) -> str:
     return "neutral"  # cancelled, or a bug of ours: says nothing about the exchange
 
 
-@dataclass
-class _Local:
-    state: str = "closed"
-    failures: int = 0
-    until: float = 0.0
-    probe_until: float = 0.0
-
-
 class CircuitBreaker:
     """Per-provider breakers. ``attach(redis)`` shares them across instances."""
 
     def __init__(self, settings: BreakerSettings, redis: RedisRunner | None = None) -> None:
         self.settings = settings
         self.redis = redis
-        self._local: dict[str, _Local] = {}
+        self._local: dict[str, Circuit] = {}
         self._scripts: dict[tuple[int, str], Any] = {}
 
     def attach(self, redis: RedisRunner) -> None:
@@ -255,42 +247,26 @@ class CircuitBreaker:
         return script
 
     # --- In memory (Redis down) ----------------------------------------------------------------
+    def _circuit(self, provider: str) -> Circuit:
+        circuit = self._local.get(provider)
+        if circuit is None:
+            st = self.settings
+            circuit = self._local[provider] = Circuit(st.failure_threshold, st.open_seconds,
+                                                      st.probe_seconds)
+        return circuit
+
     def _acquire_local(self, provider: str) -> tuple[int, int]:
-        st, now = self._local.setdefault(provider, _Local()), time.monotonic()
-        if st.state == "closed":
-            return 0, 0
-        if st.state == "open" and now < st.until:
-            return 2, int((st.until - now) * 1000)
-        if now < st.probe_until:
-            return 2, int((st.probe_until - now) * 1000)
-        st.state, st.probe_until = "half_open", now + self.settings.probe_seconds
-        return 1, 0
+        code, seconds = self._circuit(provider).acquire()
+        return code, int(seconds * 1000)
 
     def _record_local(self, provider: str, probe: bool, outcome: str) -> tuple[str, int]:
-        st, now = self._local.setdefault(provider, _Local()), time.monotonic()
-        if outcome == "neutral":
-            if probe and st.state == "half_open":
-                st.probe_until = 0.0
-            return st.state, 0
-        if outcome == "ok":
-            changed = st.state != "closed"
-            self._local[provider] = _Local()
-            return "closed", int(changed)
-        if st.state == "open":
-            return "open", 0
-        st.failures += 1
-        if st.state == "half_open" or st.failures >= self.settings.failure_threshold:
-            st.state, st.until, st.probe_until = "open", now + self.settings.open_seconds, 0.0
-            return "open", 1
-        return "closed", 0
+        circuit = self._circuit(provider)
+        changed = circuit.record(probe, outcome)
+        return circuit.state, int(changed)
 
     def _state_local(self, provider: str) -> str:
-        st = self._local.get(provider)
-        if st is None:
-            return "closed"
-        if st.state == "open" and time.monotonic() >= st.until:
-            return "half_open"
-        return st.state
+        circuit = self._local.get(provider)
+        return "closed" if circuit is None else circuit.state
 
     def _changed(self, provider: str, state: str) -> None:
         BREAKER_TRANSITIONS.labels(provider, state).inc()

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from core.errors import UnknownMarket, UnknownProvider
+from core.errors import AppError, UnknownMarket, UnknownProvider
 from core.metrics import PLUGIN_INSTANCES
 from core.timeframes import TIMEFRAMES
 from plugins.base import MarketPlugin, ProviderInfo, Ticker
@@ -37,6 +37,19 @@ InstanceKey = tuple[str, str, str, bool]
 class _Entry:
     plugin: MarketPlugin
     last_used: float
+
+
+class ProviderNotConfigured(AppError):
+    """The provider needs settings this server lacks (e.g. Alpaca's keys): answered at once,
+    without a network call, naming the missing settings. 503 ``dependency_unavailable`` as for
+    any server-side configuration that is missing; ``Retry-After`` says when an operator's fix
+    may be in place."""
+
+    status, code = 503, "dependency_unavailable"
+
+
+#: Retry-After (s) of ``ProviderNotConfigured``: configuration changes come with a restart.
+NOT_CONFIGURED_RETRY_AFTER = 300.0
 
 
 def credentials_marker(credentials: dict[str, str]) -> str:
@@ -105,6 +118,17 @@ class MarketService:
         assert cls is not None
         return cls
 
+    def _check_configured(self, cls: type[MarketPlugin], provider: str) -> None:
+        """Raise ``ProviderNotConfigured`` naming the settings ``provider`` lacks."""
+        missing = cls.missing_settings(provider, self.config)
+        if missing:
+            names = " and ".join(missing)
+            raise ProviderNotConfigured(
+                f"{provider} is not configured on this server: set {names} (or store your own "
+                f"key with PUT /api/v1/credentials/{provider})",
+                details={"provider": [f"{provider} needs {names}"]},
+                retry_after=NOT_CONFIGURED_RETRY_AFTER)
+
     # --- Instances -----------------------------------------------------------------------------
     async def get_plugin(
         self, market: str, provider: str, user: UserCredentials | None = None
@@ -114,6 +138,7 @@ class MarketService:
         cls = self.check_provider(market, provider)
         options = self.config
         if user is None:
+            self._check_configured(cls, provider)
             credentials, testnet = cls.settings_from_config(provider, self.config)
             marker = credentials_marker(credentials)
         else:

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 from core.errors import DataSourceError
-from core.timeframes import MINUTE_MS, bucket_ceil, now_ms, tf_ms
+from core.timeframes import MINUTE_MS, bucket_ceil, bucket_start, now_ms, tf_ms
 from core.types import Series
 from services.bars import BarAnswer, BarQuery
 from services.provider_source import PluginSource
@@ -88,21 +88,43 @@ class DataOrchestrator:
     async def get_bars(self, q: BarQuery) -> BarAnswer:
         """Bars for ``q``: strictly ascending, no duplicates, the forming bar flagged ``partial``.
 
-        Without ``start``, the latest ``limit`` bars. For markets that do not trade around the
-        clock (stocks), ``limit`` buckets of clock time may hold few bars (a weekend), so the
-        window is widened (up to ``WIDEN_FACTORS``) until it holds ``limit`` bars."""
+        ``limit`` counts bars, not buckets: a window of ``limit`` buckets may hold fewer bars
+        (nights, weekends, halts), so it is widened (up to ``WIDEN_FACTORS``) until it holds
+        ``limit`` bars: the latest ones without ``start`` (in markets that close), the first ones
+        of a page from ``start``. A page before the symbol's first bar jumps to it, so a page is
+        never empty while ``next`` is set."""
+        if q.start is None:
+            answer = await self._get_window(q)
+            if len(answer.bars) >= q.limit or (await self.plugins.capabilities(q.series)).continuous:
+                return answer
+            answer = await self._widen(q, answer)
+            answer.bars = answer.bars[-q.limit:]
+            return answer
+        return await self._page(q)
+
+    async def _page(self, q: BarQuery) -> BarAnswer:
         answer = await self._get_window(q)
-        if q.start is not None or len(answer.bars) >= q.limit:
+        if not answer.bars and answer.next is not None:
+            first = await self.plugins.first_bar(q.series, answer.next)
+            if first is None or (q.end is not None and first >= q.end):
+                return replace(answer, next=None)  # nothing more up to the range's end
+            q = replace(q, start=max(int(q.start or 0), bucket_start(first, q.timeframe)))
+            answer = await self._get_window(q)
+        if answer.next is None or len(answer.bars) >= q.limit:
             return answer
-        if (await self.plugins.capabilities(q.series)).continuous:
-            return answer
-        size = tf_ms(q.timeframe)
-        slack = -(-CLOSURE_SLACK_MS // size)  # buckets covering the longest market closure
+        answer = await self._widen(q, answer)
+        if len(answer.bars) > q.limit:
+            answer.bars = answer.bars[:q.limit]
+            answer.partial, answer.next = False, int(answer.bars[-1][0]) + tf_ms(q.timeframe)
+        return answer
+
+    async def _widen(self, q: BarQuery, answer: BarAnswer) -> BarAnswer:
+        """Wider windows until one holds ``limit`` bars (or the range ends)."""
+        slack = -(-CLOSURE_SLACK_MS // tf_ms(q.timeframe))  # buckets of the longest closure
         for factor in WIDEN_FACTORS:
             answer = await self._get_window(replace(q, limit=q.limit * factor + slack))
-            if len(answer.bars) >= q.limit:
+            if len(answer.bars) >= q.limit or (q.start is not None and answer.next is None):
                 break
-        answer.bars = answer.bars[-q.limit:]
         return answer
 
     async def _get_window(self, q: BarQuery) -> BarAnswer:

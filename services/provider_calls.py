@@ -1,8 +1,8 @@
 """The one way to call a provider, shared by REST (sources, symbols, ticker), live pollers and
 backfill.
 
-Public names (stable): ``ProviderCalls`` (``guard``, ``call``, ``pages``, ``fetch_range``),
-``Fetched``.
+Public names (stable): ``ProviderCalls`` (``guard``, ``call``, ``pages``, ``fetch_range``,
+``first_bar``, ``listing``), ``Fetched``, ``LISTING_GAP_MS``.
 
 Every upstream call goes through ``ProviderCalls.call``:
 1. ``guard(provider)``: the per-provider gate: the provider's circuit breaker
@@ -38,6 +38,9 @@ from services.provider_budget import ProviderBudget
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: A fetch whose first bar comes this long after the start it asked for tells the symbol's listing
+#: (no market halts for a week; weekends and holidays are shorter).
+LISTING_GAP_MS = 7 * 24 * 3600 * 1000
 
 
 @dataclass
@@ -56,6 +59,8 @@ class ProviderCalls:
     def __init__(self, budget: ProviderBudget, breaker: CircuitBreaker | None = None) -> None:
         self.budget = budget
         self.breaker = breaker
+        #: Listings learned from first pages, by (provider, symbol).
+        self._listings: dict[tuple[str, str], int] = {}
 
     @asynccontextmanager
     async def guard(self, provider: str) -> AsyncIterator[None]:
@@ -127,5 +132,30 @@ class ProviderCalls:
             raise PluginFeatureNotSupportedError(
                 f"{series.provider} serves only its latest {timeframe} bars (from {oldest})",
                 details={"start": [f"{series.provider} {timeframe} history starts at {oldest}"]})
-        return await self.pages(plugin, series, timeframe, start, end, budget=budget,
-                                keep_partial=keep_partial)
+        got = await self.pages(plugin, series, timeframe, start, end, budget=budget,
+                               keep_partial=keep_partial)
+        if got.bars and got.bars[0][0] - start >= LISTING_GAP_MS:
+            self._learn(series, int(got.bars[0][0]))
+        return got
+
+    async def first_bar(self, plugin: MarketPlugin, series: Series, since: int) -> int | None:
+        """Open time of the first 1m bar at or after ``since`` (one call), or None when there is
+        none up to now."""
+        page = await self.call(series.provider, "fetch_ohlcv", functools.partial(
+            plugin.fetch_ohlcv, series.symbol, "1m", since, 1))
+        first = next((int(b[0]) for b in page if b[0] >= since), None)
+        if first is not None and first - since >= LISTING_GAP_MS:
+            self._learn(series, first)
+        return first
+
+    def listing(self, plugin: MarketPlugin, series: Series) -> int | None:
+        """When ``series``' history starts: as the provider states it, else as a first page told
+        (the bucket of the first bar a fetch reaching far back found), else None."""
+        known = plugin.listing_ms(series.symbol)
+        return known if known is not None else self._listings.get((series.provider, series.symbol))
+
+    def _learn(self, series: Series, first: int) -> None:
+        key = (series.provider, series.symbol)
+        if first < self._listings.get(key, first + 1):
+            log.info("%s: history starts by %d (a first page told)", series.key(), first)
+            self._listings[key] = first

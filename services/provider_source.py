@@ -72,6 +72,11 @@ class PluginSource:
                                                    keep_partial)
         return got.bars, got.calls, got.until
 
+    async def first_bar(self, series: Series, since: int) -> int | None:
+        """Open time of the first 1m bar at or after ``since`` (one provider call), or None."""
+        plugin = await self.markets.get_plugin(series.market, series.provider)
+        return await self.markets.calls.first_bar(plugin, series, since)
+
 
 class ProviderSource(PluginSource, DataSource):
     """The last link: see the module docstring. ``store`` None: the chain without storage."""
@@ -85,6 +90,10 @@ class ProviderSource(PluginSource, DataSource):
         """The missing minutes fetched and written through; the window's bars."""
         plugin = await self.markets.get_plugin(w.series.market, w.series.provider)
         caps, ranges = plugin.capabilities, got.missing
+        # Before the symbol's listing there is nothing to fetch: those minutes are known empty.
+        listed = plugin.listing_ms(w.series.symbol)
+        before = _clip(ranges, 0, listed) if listed is not None else []
+        ranges = _clip(ranges, listed, w.b) if listed is not None else ranges
         oldest = caps.history_start("1m", w.now)
         too_old = bool(ranges) and oldest is not None and ranges[0][0] < oldest
         reachable = ranges if not too_old else [(max(x, oldest or x), y) for x, y in ranges
@@ -98,8 +107,8 @@ class ProviderSource(PluginSource, DataSource):
             if native is not None:
                 return native
         fetched, runs, covered, fetch_outage = await self._fetch(plugin, w, reachable, got)
-        outage = outage or fetch_outage
-        still = [r for x, y in ranges for r in subtract_ranges(x, y, covered)]
+        outage, covered = outage or fetch_outage, before + covered
+        still = [r for x, y in got.missing for r in subtract_ranges(x, y, covered)]
         incomplete = bool(still) or got.incomplete
         closed = [bar for bar in fetched if bar[0] + MINUTE_MS <= w.now]
         forming = [bar for bar in fetched if bar[0] + MINUTE_MS > w.now]
@@ -114,7 +123,7 @@ class ProviderSource(PluginSource, DataSource):
         names = got.names + (["provider"] if fetched or (not incomplete and got.bars is None) else [])
         if not names:
             names = [self.store.name(w)] if self.store is not None else ["provider"]
-        backfill = _clip(still, w.a, w.safe_end) if self.store is not None and incomplete else []
+        backfill = self._backfill(plugin, w, still) if incomplete else []
         if outage is not None and not bars:
             raise outage  # no stored bar can answer: 503, not an empty answer
         return Fill(bars, still, names, incomplete, backfill)
@@ -160,5 +169,12 @@ class ProviderSource(PluginSource, DataSource):
             return None
         page = await self.markets.calls.fetch_range(plugin, w.series, w.timeframe, w.a, w.b,
                                                     self.budget)
-        backfill = _clip(got.missing, w.a, w.safe_end) if self.store is not None else []
-        return Fill(page.bars, [], ["provider"], page.until < w.b, backfill)
+        return Fill(page.bars, [], ["provider"], page.until < w.b,
+                    self._backfill(plugin, w, got.missing))
+
+    def _backfill(self, plugin: MarketPlugin, w: Window, missing: Sequence[Range]) -> list[Range]:
+        """Closed minutes left to a backfill job (with storage): none before the listing."""
+        if self.store is None:
+            return []
+        listing = self.markets.calls.listing(plugin, w.series)
+        return _clip(missing, max(w.a, listing or w.a), w.safe_end)

@@ -258,7 +258,8 @@ async def test_jobs_the_orchestrator_schedules_keep_to_the_epoch_and_the_range_l
     BACKFILL_MAX_RANGE_DAYS before its end, and never before the epoch."""
     from core.types import Series
 
-    config = {**app_config, "BACKFILL_RUNNER": False, "BACKFILL_MAX_RANGE_DAYS": 30}
+    config = {**app_config, "BACKFILL_RUNNER": False, "BACKFILL_MAX_RANGE_DAYS": 30,
+              "BACKFILL_AUTO_MAX_DAYS": 3660}
     series = Series("sim", "sim", "SIM/USD")
     async with running_app(config) as app:
         backfill = manager(app)

@@ -6,7 +6,11 @@ driven by Playwright (never ``playwright install``), against a live Hypercorn se
 - after the server restarts (across a bucket close) the page resumes with ``since`` and shows
   exactly the bars of /ohlcv over the same range: no hole, no duplicate;
 - the badge says ``stale`` during a provider outage (exchange emulator fault) and ``live`` after;
+- scrolling left pages back without a gap or an overlap;
 - Swagger UI renders every operation of our OpenAPI document with the examples filled in.
+
+Frame handling against a stand-in WebSocket: ``tests/test_chart_page_frames.py``; the kit:
+``tests/browser_support.py``.
 
 Screenshots go to the test's tmp dir; ``SAVE_DOCS_SCREENSHOT=1`` also writes docs/chart.png.
 """
@@ -17,148 +21,32 @@ import asyncio
 import json
 import os
 import time
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
-import asyncpg
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser
 
-from tests.conftest import DATABASE_URL, REDIS_URL
+from app_extensions.auth import hash_key
+from tests import browser_support as kit
+from tests.browser_support import (
+    ROOT,
+    SIM_PAGE,
+    Watch,
+    as_rows,
+    badge,
+    candle_pixels,
+    live_server,
+    open_page,
+    page_bars,
+    rest_bars,
+)
 from tests.exchange_emulator import ExchangeEmulator
 from tests.exchange_emulator.fixtures import emulator  # noqa: F401
-from tests.helpers import delete_prefix
-from tests.live_server import free_port, hypercorn_server
+from tests.live_server import free_port
 from tests.ws_support import wait_for
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update"]
-SIM_PAGE = "/?market=sim&provider=sim&symbol=SIM%2FUSD&timeframe=1m"
-#: The candle colours of web/public/app.js (closed bars).
-CANDLE_RGB = [(8, 153, 129), (242, 54, 69)]
-FAST_POLLS = {"POLL_INTERVAL_DEFAULT": "0.5", "RATE_LIMIT_ENABLED": "false", "LOG_LEVEL": "CRITICAL"}
-
-
-@pytest.fixture
-async def isolated_env() -> AsyncIterator[dict[str, str]]:
-    """A live server's own PostgreSQL schema and Redis prefix, dropped afterwards."""
-    uid = uuid.uuid4().hex[:10]
-    schema, prefix = f"t_page_{uid}", f"t:page:{uid}"
-    try:
-        yield {"DATABASE_SCHEMA": schema, "REDIS_PREFIX": prefix, **FAST_POLLS}
-    finally:
-        conn = await asyncpg.connect(DATABASE_URL)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
-        await delete_prefix(REDIS_URL, prefix)
-
-
-@asynccontextmanager
-async def live_server(env: dict[str, str], port: int | None = None) -> AsyncIterator[str]:
-    """``tests.live_server.hypercorn_server`` started and stopped off the event loop."""
-    server = hypercorn_server(env, port=port)
-    base = await asyncio.to_thread(server.__enter__)
-    try:
-        yield base
-    finally:
-        await asyncio.to_thread(server.__exit__, None, None, None)
-
-
-@pytest.fixture
-def installed() -> None:
-    """Chromium (.ci/run installs it) and the page's npm packages (``make test`` installs them; a
-    worktree that has not run it yet skips these tests, CI never does)."""
-    assert Path(CHROMIUM).exists(), "needs Debian's chromium: apt-get install -y chromium (.ci/run does)"
-    if not (ROOT / "web" / "node_modules" / "lightweight-charts").is_dir():
-        if os.environ.get("CI"):
-            pytest.fail("web/node_modules is missing: make test runs npm ci --prefix web")
-        pytest.skip("web/node_modules is missing: run `npm ci --prefix web` (make test does)")
-
-
-@pytest.fixture
-async def browser(installed: None) -> AsyncIterator[Browser]:
-    async with async_playwright() as pw:
-        chromium = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
-
-
-class Watch:
-    """What a page did: console errors, requests, and the WebSocket frames both ways."""
-
-    def __init__(self, page: Page) -> None:
-        self.errors: list[str] = []
-        self.requests: list[str] = []
-        self.received: list[dict[str, Any]] = []
-        self.sent: list[dict[str, Any]] = []
-        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: self.errors.append(str(e)))
-        page.on("request", lambda r: self.requests.append(r.url))
-        page.on("websocket", self._socket)
-
-    def _socket(self, ws: Any) -> None:
-        ws.on("framereceived", lambda payload: self.received.append(json.loads(payload)))
-        ws.on("framesent", lambda payload: self.sent.append(json.loads(payload)))
-
-    def bar_frames(self) -> list[dict[str, Any]]:
-        return [f for f in self.received if f.get("type") == "bar"]
-
-
-async def open_page(browser: Browser, url: str) -> tuple[Page, Watch]:
-    page = await browser.new_page(viewport={"width": 1200, "height": 640})
-    watch = Watch(page)
-    await page.goto(url)
-    await page.wait_for_function("window.chartPage && window.chartPage.firstCandlesMs !== null", timeout=30_000)
-    await badge(page, "live")
-    return page, watch
-
-
-async def badge(page: Page, state: str, within_ms: float = 30_000) -> None:
-    await page.wait_for_function(f"document.getElementById('status').dataset.state === '{state}'",
-                                 timeout=within_ms)
-
-
-async def candle_pixels(page: Page) -> int:
-    """Pixels of the candle colours on the chart's canvases (0 for a blank chart)."""
-    return int(await page.evaluate("""(colours) => {
-        let count = 0;
-        for (const canvas of document.querySelectorAll('#chart canvas')) {
-            if (!canvas.width || !canvas.height) continue;
-            const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-            for (let i = 0; i < data.length; i += 4) {
-                if (colours.some(([r, g, b]) => data[i] === r && data[i + 1] === g && data[i + 2] === b)) count++;
-            }
-        }
-        return count;
-    }""", CANDLE_RGB))
-
-
-async def page_bars(page: Page) -> list[dict[str, Any]]:
-    bars: list[dict[str, Any]] = await page.evaluate("window.chartPage.store.bars")
-    return bars
-
-
-async def rest_bars(page: Page, first: int, end: int) -> list[list[float]]:
-    answer = await page.evaluate("""async ([first, end]) => {
-        const series = "market=sim&provider=sim&symbol=SIM%2FUSD&timeframe=1m";
-        return (await fetch(`/api/v1/ohlcv?${series}&start=${first}&end=${end}&limit=5000`)).json();
-    }""", [first, end])
-    bars: list[list[float]] = answer["bars"]
-    return bars
-
-
-def as_rows(bars: list[dict[str, Any]]) -> list[list[float]]:
-    return [[b["time"] * 1000, b["open"], b["high"], b["low"], b["close"], b["volume"]] for b in bars]
+browser, installed, isolated_env = kit.browser, kit.installed, kit.isolated_env  # fixtures
 
 
 async def test_page_draws_candles_without_console_errors_and_a_live_bar_arrives(
@@ -172,10 +60,31 @@ async def test_page_draws_candles_without_console_errors_and_a_live_bar_arrives(
         await page.wait_for_function("window.chartPage.frames > 1", timeout=20_000)
         await wait_for(lambda: len(watch.bar_frames()) > seen, within=20)
         frame = watch.bar_frames()[-1]
-        assert frame["channel"] == "sim:sim:SIM/USD:1m"
+        assert frame["channel"] == "sim:sim:SIM/USD:1m" and isinstance(frame["seq"], int)
+        assert await page.evaluate("window.chartPage.gaps") == 0  # seq went up one at a time
         await asyncio.sleep(0.2)
         last = (await page_bars(page))[-1]
         assert last["time"] * 1000 >= frame["bar"][0]  # applied in place or followed by a newer one
+        # The pickers come from /markets, /providers and /symbols.
+        assert "sim" in await page.eval_on_selector_all("#market option", "els => els.map(e => e.value)")
+        assert await page.eval_on_selector_all("#provider option", "els => els.map(e => e.value)") == ["sim"]
+        symbols = await page.eval_on_selector_all("#symbols option", "els => els.map(e => e.value)")
+        assert symbols == ["SIM/USD", "SIMA/USD", "SIMB/EUR", "SIMC/USD"]
+        assert len(await page.eval_on_selector_all("#timeframe option", "els => els.map(e => e.value)")) == 12
+        # Reconnect delays double up to 15 s, each with half of it random.
+        delays = await page.evaluate("""import('/assets/store.js').then((m) => [0, 1, 2, 3, 10].map(
+            (n) => [m.backoffDelay(n, 500, 15000, () => 0), m.backoffDelay(n, 500, 15000, () => 1)]))""")
+        assert delays == [[250, 500], [500, 1000], [1000, 2000], [2000, 4000], [7500, 15000]]
+        # Another timeframe: its own history and channel.
+        await page.select_option("#timeframe", "5m")
+        await page.wait_for_function("window.chartPage.selection.timeframe === '5m' && window.chartPage.store"
+                                     " && window.chartPage.store.timeframeMs === 300000", timeout=20_000)
+        await wait_for(lambda: any(f.get("type") == "snapshot" and f["channel"].endswith(":5m")
+                                   for f in watch.received), within=20)
+        times = [b["time"] for b in await page_bars(page)]
+        assert len(times) == 500 and times == list(range(times[0], times[-1] + 1, 300))
+        assert {"op": "unsubscribe", "channel": "sim:sim:SIM/USD:1m"} in watch.sent
+        assert "timeframe=5m" in page.url
         assert await page.locator("a[href='/api/v1/docs']").count() == 1
         assert await page.locator("a[href='https://www.tradingview.com/']").count() == 1
         await page.screenshot(path=str(tmp_path / "chart.png"))
@@ -233,11 +142,7 @@ async def test_page_resumes_after_a_server_restart_with_no_hole_and_no_duplicate
 async def test_badge_is_stale_during_a_provider_outage_and_live_after(
     browser: Browser, isolated_env: dict[str, str], emulator: ExchangeEmulator, tmp_path: Path  # noqa: F811
 ) -> None:
-    env = {**isolated_env, "ENABLED_MARKETS": "sim,crypto", "CCXT_EXCHANGES": "binance",
-           "PROVIDER_URLS": json.dumps({"binance": emulator.url}), "PROVIDER_TIMEOUT": "1",
-           "PROVIDER_RETRIES": "1", "PROVIDER_RETRY_MAX_WAIT": "0.05", "POLL_MAX_BACKOFF_SECONDS": "0.5",
-           "PROVIDER_BUDGETS": json.dumps({"binance": "off"}), "PROVIDER_BAN_DEFAULT": "0.1"}
-    async with live_server(env) as base:
+    async with live_server(emulator_env(isolated_env, emulator)) as base:
         page, _ = await open_page(browser, base + "/?market=crypto&provider=binance&symbol=BTC%2FUSDT&timeframe=1m")
         assert await candle_pixels(page) > 500
         emulator.inject("/api/v3/klines", status=503, times=None)  # the exchange's gateway fails
@@ -248,77 +153,43 @@ async def test_badge_is_stale_during_a_provider_outage_and_live_after(
         await badge(page, "live")
 
 
-class FakeStream:
-    """Stands in for /api/v1/ws (Playwright routes the page's WebSocket here): answers a subscribe
-    with a snapshot, then sends what the test tells it to."""
-
-    def __init__(self) -> None:
-        self.route: Any = None
-        self.subscribes: list[dict[str, Any]] = []
-        self.channel = "sim:sim:SIM/USD:1m"
-
-    def attach(self, route: Any) -> None:
-        self.route = route
-        route.on_message(self._message)
-
-    def _message(self, text: str | bytes) -> None:
-        message = json.loads(text)
-        if message.get("op") == "subscribe":
-            self.subscribes.append(message)
-            self.send({"type": "subscribed", "channel": self.channel, "id": message.get("id")})
-            self.send({"type": "snapshot", "channel": self.channel, "bars": [], "seq": 10})
-
-    def send(self, frame: dict[str, Any]) -> None:
-        self.route.send(json.dumps(frame))
-
-    def bar(self, row: list[float], seq: int, closed: bool = False, revised: bool = False) -> None:
-        frame = {"type": "bar", "channel": self.channel, "bar": row, "closed": closed, "seq": seq}
-        if revised:
-            frame["revised"] = True
-        self.send(frame)
+async def test_a_bar_the_exchange_revises_is_redrawn_where_it_stands(
+    browser: Browser, isolated_env: dict[str, str], emulator: ExchangeEmulator  # noqa: F811
+) -> None:
+    async with live_server(emulator_env(isolated_env, emulator)) as base:
+        page, watch = await open_page(browser, base + "/?market=crypto&provider=binance&symbol=BTC%2FUSDT&timeframe=1m")
+        # A bar the stream published as closed (only those are revised), inside the revision window.
+        await wait_for(lambda: any(f["closed"] for f in watch.bar_frames()), within=75)
+        ts = next(f for f in watch.bar_frames() if f["closed"])["bar"][0]
+        before = await page_bars(page)
+        target = next(b for b in before if b["time"] * 1000 == ts)
+        candle = emulator.revise("BTCUSDT", ts)  # close +0.1 %, volume x1.5, as an exchange's correction
+        await wait_for(lambda: any(f.get("revised") and f["bar"][0] == ts for f in watch.bar_frames()), within=20)
+        await page.wait_for_function(f"window.chartPage.revisions >= 1 && window.chartPage.store.bars"
+                                     f".find((b) => b.time === {target['time']}).close === {candle[4]}")
+        after = await page_bars(page)
+        moved = next(b for b in after if b["time"] == target["time"])
+        assert (moved["close"], moved["volume"], moved["closed"]) == (candle[4], candle[5], True)
+        assert (await page.evaluate(f"window.chartPage.drawn({target['time']})"))["close"] == candle[4]
+        assert [b["time"] for b in after][: len(before)] == [b["time"] for b in before]  # nothing added before it
+        assert watch.errors == []
 
 
-async def test_frames_update_in_place_revisions_land_where_they_belong_and_a_seq_gap_refetches(
+async def test_with_api_keys_on_the_page_asks_for_one_and_then_works(
     browser: Browser, isolated_env: dict[str, str]
 ) -> None:
-    fake = FakeStream()
-    async with live_server(isolated_env) as base:
+    key = "k" * 32
+    env = {**isolated_env, "AUTH_ENABLED": "true", "API_KEYS": hash_key(key), "API_KEYS_FROM_DB": "false"}
+    async with live_server(env) as base:
         page = await browser.new_page()
-        watch = Watch(page)
-        await page.route_web_socket("**/api/v1/ws", fake.attach)
-        await page.goto(base + SIM_PAGE)
-        await badge(page, "live")
-        bars = await page_bars(page)
-        last, older = bars[-1], bars[-11]
-        assert fake.subscribes[0]["since"] == last["time"] * 1000 and "history" not in fake.subscribes[0]
-        # The forming bar changes: updated in place, still drawn pale.
-        row = [last["time"] * 1000, last["open"], last["high"] + 1, last["low"], last["high"] + 1, last["volume"] + 5]
-        fake.bar(row, 11)
-        await page.wait_for_function(f"window.chartPage.store.last.close === {row[4]}")
-        drawn = await page.evaluate(f"window.chartPage.drawn({last['time']})")
-        assert drawn["close"] == row[4] and drawn.get("color"), drawn  # pale: its own colour
-        # A revision of a bar ten minutes back: changed where it stands, nothing appended.
-        revised = [older["time"] * 1000, older["open"], older["high"], older["low"] - 1, older["low"] - 1, 1.5]
-        fake.bar(revised, 12, closed=True, revised=True)
-        await page.wait_for_function("window.chartPage.revisions === 1")
-        shown = await page_bars(page)
-        assert len(shown) == len(bars) and shown[-11]["close"] == revised[4] and shown[-11]["volume"] == 1.5
-        assert (await page.evaluate(f"window.chartPage.drawn({older['time']})"))["close"] == revised[4]
-        # The bucket closes: drawn in full colour.
-        fake.bar(row, 13, closed=True)
-        await page.wait_for_function("window.chartPage.store.last.closed === true")
-        assert not (await page.evaluate(f"window.chartPage.drawn({last['time']})")).get("color")
-        # A seq jump (14 was lost): the bars since the newest closed one are fetched again.
-        watch.requests.clear()
-        fake.bar([row[0] + 60_000, row[4], row[4], row[4], row[4], 1.0], 15)
-        await page.wait_for_function("window.chartPage.gaps === 1")
-        await wait_for(lambda: any("start=" in u and "/api/v1/ohlcv" in u for u in watch.requests), within=10)
-        refetch = next(u for u in watch.requests if "start=" in u)
-        assert f"start={last['time'] * 1000}" in refetch, refetch
-        fake.bar([row[0] + 60_000, row[4], row[4], row[4], row[4], 9.0], 15)  # a repeat: ignored
-        await asyncio.sleep(0.3)
-        assert (await page_bars(page))[-1]["volume"] == 1.0
-        assert watch.errors == []
+        await page.goto(base + SIM_PAGE)  # the page and its files are open; the API is not
+        await page.wait_for_selector("#auth:not([hidden])", timeout=20_000)
+        assert "unauthorized" in await page.inner_text("#message")
+        await page.fill("#apikey", key)
+        await page.click("#auth button")
+        await page.wait_for_function("window.chartPage.firstCandlesMs !== null", timeout=30_000)
+        await badge(page, "live")  # the WebSocket handshake carried the key too
+        assert await candle_pixels(page) > 500
 
 
 async def test_docs_viewer_renders_every_operation_from_our_origin(
@@ -338,6 +209,14 @@ async def test_docs_viewer_renders_every_operation_from_our_origin(
         assert await market.input_value() == "sim"
         assert watch.errors == []
         assert all(url.startswith(base) or url.startswith("data:") for url in watch.requests), watch.requests
+
+
+def emulator_env(env: dict[str, str], emulator: ExchangeEmulator) -> dict[str, str]:  # noqa: F811
+    """A live server whose ``binance`` is the emulator, with quick retries."""
+    return {**env, "ENABLED_MARKETS": "sim,crypto", "CCXT_EXCHANGES": "binance",
+            "PROVIDER_URLS": json.dumps({"binance": emulator.url}), "PROVIDER_TIMEOUT": "1",
+            "PROVIDER_RETRIES": "1", "PROVIDER_RETRY_MAX_WAIT": "0.05", "POLL_MAX_BACKOFF_SECONDS": "0.5",
+            "PROVIDER_BUDGETS": json.dumps({"binance": "off"}), "PROVIDER_BAN_DEFAULT": "0.1"}
 
 
 async def _until_second(low: int, high: int) -> None:

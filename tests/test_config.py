@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import FrozenInstanceError, dataclass, field
-
 import pytest
 
 from app import create_app
-from config import BaseConfig, ConfigError, load_config, settings_from
+from config import ConfigError, load_config
 
 BAD = [
     ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
@@ -71,30 +69,3 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     missing = [n for n in dir(BaseConfig) if n.isupper() and f"`{n}`" not in section]
     assert not missing, f"settings missing from README's configuration table: {missing}"
 
-
-@dataclass(frozen=True)
-class _Settings:
-    concurrency: int
-    jobs: int = field(metadata={"config": "BACKFILL_MAX_JOBS"})
-    write_cache: bool = True
-    patience: float = 1.0
-    label: str = "own default"
-
-
-def test_settings_from_reads_config_then_base_defaults_then_field_defaults() -> None:
-    s = settings_from(_Settings, {"BACKFILL_CONCURRENCY": "7", "BACKFILL_WRITE_CACHE": "off"}, prefix="BACKFILL_")
-    assert s == _Settings(concurrency=7, jobs=BaseConfig.BACKFILL_MAX_JOBS, write_cache=False,
-                          patience=BaseConfig.BACKFILL_PATIENCE, label="own default")
-    with pytest.raises(FrozenInstanceError):
-        s.concurrency = 1  # type: ignore[misc]
-
-
-@pytest.mark.parametrize("bad", ["x", True, 1.5])
-def test_settings_from_rejects_bad_values_naming_the_variable(bad: object) -> None:
-    with pytest.raises(ConfigError, match="BACKFILL_CONCURRENCY"):
-        settings_from(_Settings, {"BACKFILL_CONCURRENCY": bad}, prefix="BACKFILL_")
-
-
-def test_settings_from_names_a_setting_nobody_set() -> None:
-    with pytest.raises(ConfigError, match="NO_SUCH_CONCURRENCY is not set"):
-        settings_from(_Settings, {}, prefix="NO_SUCH_")

@@ -145,3 +145,42 @@ async def test_ohlcv_with_a_wrong_key_is_that_users_502(app: Quart) -> None:
     assert r.status_code == 502 and (await r.get_json())["error"]["code"] == "provider_error"
     _, dan = await ohlcv(client, DAN)
     assert len(dan["bars"]) == 30
+
+
+async def test_unreadable_credentials_fall_back_to_the_shared_instance(
+    app: Quart, emulator: ExchangeEmulator
+) -> None:
+    """Credentials that cannot be read (here: the key that encrypted them was dropped before a
+    rotation) give the shared answer, logged and counted; never another user's."""
+    from prometheus_client import REGISTRY
+
+    await store(app.test_client(), ALICE, "alice-alpaca", "alice-secret")
+    cfg = {**app.config, "CREDENTIALS_KEYS": Fernet.generate_key().decode()}
+    other = create_app({k: v for k, v in cfg.items() if k.isupper()})
+    before = REGISTRY.get_sample_value("credential_lookup_failures_total") or 0.0
+    async with other.test_app():
+        emulator.alpaca.seen_keys.clear()
+        status, body = await ticker(other.test_client(), ALICE)
+    assert status == 200 and body["stale"] is False
+    assert set(emulator.alpaca.seen_keys) == {"op-key"}
+    assert REGISTRY.get_sample_value("credential_lookup_failures_total") == before + 1
+
+
+async def test_stale_tickers_and_idle_instances_are_per_user(
+    app: Quart, emulator: ExchangeEmulator
+) -> None:
+    import time
+
+    client = app.test_client()
+    await store(client, ALICE, "alice-alpaca", "alice-secret")  # sip
+    status, fresh = await ticker(client, ALICE)
+    assert status == 200
+    emulator.inject("/v2/stocks/*/snapshot", status=503, times=None)
+    status, stale = await ticker(client, ALICE)
+    assert status == 200 and stale == {**fresh, "stale": True}  # her own last ticker
+    status, body = await ticker(client, DAN)  # the shared scope never saw one: no sip quote leaks
+    assert status == 503 and body["error"]["code"] == "provider_unavailable"
+    markets = get_services(app).markets
+    assert any(k[2].startswith("user:") for k in markets._instances)
+    closed = await markets.close_idle(time.monotonic() + 10_000)  # as the idle reaper does
+    assert closed >= 2 and not markets._instances

@@ -38,12 +38,13 @@ export function ohlcv(sel, query) {
   return getJSON("/api/v1/ohlcv", { ...sel, ...query });
 }
 
-// Every bar with ts >= start (following `next` pages), for a refetch after a seq gap.
-export async function ohlcvFrom(sel, start, maxPages = 5) {
+// Every bar with start <= ts (< end when given), following `next` pages: a refetch after a seq
+// gap, or the bars between what the page held and a reconnect's snapshot.
+export async function ohlcvFrom(sel, start, maxPages = 5, end = undefined) {
   const rows = [];
   let next = start;
   for (let page = 0; next !== null && next !== undefined && page < maxPages; page++) {
-    const answer = await ohlcv(sel, { start: next, limit: 1000 });
+    const answer = await ohlcv(sel, { start: next, end, limit: 1000 });
     rows.push(...answer.bars);
     next = answer.next;
   }

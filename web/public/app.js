@@ -19,12 +19,14 @@ volume.priceScale().applyOptions({ scaleMargins: { top: 0.8, bottom: 0 } });
 candles.priceScale().applyOptions({ scaleMargins: { top: 0.05, bottom: 0.25 } });
 
 const page = {
-  selection: null, store: null, generation: 0, lastSeq: null, exhausted: false, loadingOlder: false,
+  selection: null, store: null, generation: 0, lastSeq: null, since: null, exhausted: false, loadingOlder: false,
   frames: 0, gaps: 0, revisions: 0, state: "connecting", firstCandlesMs: null,
 };
 const stream = new Stream({ frame: onFrame, state: setState });
 window.chartPage = page; // read by the browser tests and the bench
 page.chart = chart;
+page.stream = stream;
+page.redraw = () => drawAll();
 page.drawn = (time) => candles.data().find((item) => item.time === time) || null;
 
 function candle(bar) {
@@ -72,6 +74,8 @@ function onFrame(frame) {
     frame.bars.forEach((row) => applyRow(row, page.store.closedAt(row)));
     page.lastSeq = typeof frame.seq === "number" ? frame.seq : null;
     setState("live"); // a channel that is stale says so in a status frame right after
+    // Away longer than a snapshot holds (1000 bars): the bars between come over REST.
+    if (page.since !== null && frame.bars.length && frame.bars[0][0] > page.since) refill(page.since, frame.bars[0][0]);
 
   } else if (frame.type === "bar") {
     if (typeof frame.seq === "number") {
@@ -84,6 +88,14 @@ function onFrame(frame) {
   } else if (frame.type === "status") {
     setState(frame.state, frame.reason);
   }
+}
+
+async function refill(start, end) {
+  const generation = page.generation;
+  const rows = await ohlcvFrom(page.selection, start, 10, end).catch(showError);
+  if (!rows || generation !== page.generation) return;
+  rows.forEach((row) => page.store.apply(row, true));
+  drawAll();
 }
 
 // Frames were missed (a seq jump): take the bars from the newest closed one again over REST.
@@ -138,7 +150,10 @@ async function load() {
     page.firstCandlesMs = performance.now();
     performance.mark("first-candles");
   }
-  stream.follow(sel, () => (page.store && page.store.last ? page.store.last.time * 1000 : null));
+  stream.follow(sel, () => {
+    page.since = page.store && page.store.last ? page.store.last.time * 1000 : null;
+    return page.since;
+  });
 }
 
 async function loadOlder() {
