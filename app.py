@@ -21,6 +21,7 @@ from app_extensions.services import Services
 from app_extensions.udf import init_udf
 from app_extensions.warmup import Warmup
 from blueprints.backfill import backfill_blueprint
+from blueprints.channels import channels_blueprint
 from blueprints.credentials import credentials_blueprint
 from blueprints.health import health_blueprint
 from blueprints.market import market_blueprint
@@ -71,6 +72,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     app.register_blueprint(market_blueprint)
     app.register_blueprint(backfill_blueprint)
     app.register_blueprint(websocket_blueprint)
+    app.register_blueprint(channels_blueprint)
     app.register_blueprint(openapi_blueprint)
     app.register_blueprint(credentials_blueprint)
     app.register_blueprint(page_blueprint)  # the chart page at / and the docs viewer

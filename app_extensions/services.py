@@ -67,6 +67,7 @@ class Services:
             plugins=plugins,
             settings=settings,
             on_missing=self.backfill.schedule_missing,
+            store=storage,
         )
         self.subscriptions = hub.build(
             markets=self.markets, orchestrator=self.orchestrator, broadcast=broadcast,

@@ -76,6 +76,8 @@ OPERATIONS: list[Operation] = [
     Operation("/backfill/{job_id}", "get", "A backfill job's state", backfill.BackfillJobAnswer,
               errors=(404, 503),
               path_params={"job_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}),
+    Operation("/channels", "get", "The live WebSocket channels of the whole cluster",
+              doc.ChannelsDoc, errors=(503,)),
     Operation("/gaps", "get", "Missing and verified-empty ranges of the 1m series",
               backfill.GapsAnswer, query=backfill.GapsQuery, errors=(400, 404, 503)),
     Operation("/credentials/{provider}", "put", "Store your own credentials for a provider (encrypted)",

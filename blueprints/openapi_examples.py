@@ -42,6 +42,9 @@ ANSWERS: dict[tuple[str, str], Any] = {
     ("/backfill", "post"): {"job_id": _JOB["job_id"], "status": "queued"},
     ("/backfill", "get"): {"jobs": [_JOB]},
     ("/backfill/{job_id}", "get"): _JOB,
+    ("/channels", "get"): {"channels": [
+        {"channel": "sim:sim:SIM/USD:1m", "subscribers": 3, "feed": "poll", "state": "live",
+         "last_bar_ts": 1704067200000, "lag_ms": 120}]},
     ("/gaps", "get"): {"missing": [[1704070800000, 1704074400000]], "verified_empty": []},
     ("/credentials", "get"): {"credentials": [
         {"provider": "binance", "testnet": False, "key_hint": "...x7Qa", "updated_at": 1704067200000}]},

@@ -231,14 +231,14 @@ class CryptoPlugin(MarketPlugin):
             market = self._market(exchange, symbol)
             precision = market.get("precision") or {}
             mode = exchange.precisionMode
-            return SymbolMeta(price_tick=_tick(precision.get("price"), mode),
-                              volume_tick=_tick(precision.get("amount"), mode),
+            return SymbolMeta(price_tick=precision_step(precision.get("price"), mode),
+                              volume_tick=precision_step(precision.get("amount"), mode),
                               description=f"{market.get('base', '')} / {market.get('quote', '')}")
 
         return await self.retry.call(once)
 
 
-def _tick(value: Any, mode: int) -> float | None:
+def precision_step(value: Any, mode: int) -> float | None:
     """A CCXT precision as a step: TICK_SIZE gives the step itself, DECIMAL_PLACES a count of
     decimals; SIGNIFICANT_DIGITS has no fixed step (None)."""
     if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:

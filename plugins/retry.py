@@ -77,12 +77,14 @@ class RetryPolicy:
 
     @classmethod
     def from_config(cls, provider: str, config: dict[str, Any]) -> RetryPolicy:
-        """Read ``PROVIDER_RETRIES`` and ``PROVIDER_RETRY_MAX_WAIT`` (defaults 3 and 10 s)."""
-        return cls(
-            provider=provider,
-            retries=max(0, int(config.get("PROVIDER_RETRIES", 3))),
-            max_wait=max(0.0, float(config.get("PROVIDER_RETRY_MAX_WAIT", 10.0))),
-        )
+        """Read ``PROVIDER_RETRIES`` and ``PROVIDER_RETRY_MAX_WAIT`` (the field defaults when
+        the config lacks them), once, when a plugin instance is built."""
+        kwargs: dict[str, Any] = {}
+        if config.get("PROVIDER_RETRIES") is not None:
+            kwargs["retries"] = max(0, int(config["PROVIDER_RETRIES"]))
+        if config.get("PROVIDER_RETRY_MAX_WAIT") is not None:
+            kwargs["max_wait"] = max(0.0, float(config["PROVIDER_RETRY_MAX_WAIT"]))
+        return cls(provider=provider, **kwargs)
 
     def wait_seconds(self, state: RetryCallState) -> float:
         """Exponential backoff with jitter, at least the exchange's ``retry_after``, at most

@@ -18,17 +18,19 @@ Markets that close (stocks) widen latest-bars windows until they hold ``limit`` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 from core.errors import DataSourceError
-from core.timeframes import MINUTE_MS, bucket_ceil, bucket_start, now_ms, tf_ms
+from core.timeframes import MINUTE_MS, bucket_ceil, bucket_start, now_ms, resample, round_bar, tf_ms
 from core.types import Series
 from services.bars import BarAnswer, BarQuery
+from services.deadline import DeadlineExceeded, remaining, request_deadline
 from services.provider_source import PluginSource
 from services.settings import setting
-from services.sources import LEDGER_SAFETY_MS, CacheSource, DataSource, Fill, Window
+from services.sources import LEDGER_SAFETY_MS, CacheSource, DataSource, Fill, StorageSource, Window
 
 __all__ = ["CLOSURE_SLACK_MS", "WIDEN_FACTORS", "BarAnswer", "BarQuery", "DataOrchestrator",
            "OrchestratorSettings", "window"]
@@ -50,6 +52,8 @@ class OrchestratorSettings:
     ttl_forming: int = setting("CACHE_TTL_FORMING", 5, int)
     #: Most upstream calls one query may make before the rest is left to a backfill job.
     max_provider_calls: int = setting("OHLCV_MAX_PROVIDER_CALLS", 10, int)
+    #: Seconds within which every answer comes (from stored data when the provider is slower).
+    deadline: float = setting("REQUEST_DEADLINE", 10.0, float)
 
 
 def window(q: BarQuery, now: int) -> tuple[int, int, int | None]:
@@ -75,8 +79,11 @@ class DataOrchestrator:
         plugins: PluginSource,
         settings: OrchestratorSettings,
         on_missing: MissingHook | None = None,
+        store: StorageSource | None = None,
     ) -> None:
         self.cache, self.plugins, self.settings = cache, plugins, settings
+        #: What answers a window when the provider misses the deadline (else the 1m cache).
+        self.store = store
         #: The chain with storage, and the one without it (run when storage fails).
         self.chain, self.fallback = list(chain), list(fallback)
         #: Called with closed ranges left unfetched; returns a backfill job id.
@@ -92,7 +99,13 @@ class DataOrchestrator:
         (nights, weekends, halts), so it is widened (up to ``WIDEN_FACTORS``) until it holds
         ``limit`` bars: the latest ones without ``start`` (in markets that close), the first ones
         of a page from ``start``. A page before the symbol's first bar jumps to it, so a page is
-        never empty while ``next`` is set."""
+        never empty while ``next`` is set. Answers come within ``REQUEST_DEADLINE``: from stored
+        data, marked incomplete, when the provider is slower (its fetch goes on in the
+        background), else ``DeadlineExceeded`` (503)."""
+        async with request_deadline(self.settings.deadline):
+            return await self._get_bars(q)
+
+    async def _get_bars(self, q: BarQuery) -> BarAnswer:
         if q.start is None:
             answer = await self._get_window(q)
             if len(answer.bars) >= q.limit or (await self.plugins.capabilities(q.series)).continuous:
@@ -105,7 +118,11 @@ class DataOrchestrator:
     async def _page(self, q: BarQuery) -> BarAnswer:
         answer = await self._get_window(q)
         if not answer.bars and answer.next is not None:
-            first = await self.plugins.first_bar(q.series, answer.next)
+            try:
+                first = await asyncio.wait_for(self.plugins.first_bar(q.series, answer.next),
+                                               remaining())
+            except TimeoutError:
+                raise self._late(q.series) from None
             if first is None or (q.end is not None and first >= q.end):
                 return replace(answer, next=None)  # nothing more up to the range's end
             q = replace(q, start=max(int(q.start or 0), bucket_start(first, q.timeframe)))
@@ -142,9 +159,32 @@ class DataOrchestrator:
             task = asyncio.ensure_future(self._build(key, Window(q.series, q.timeframe, a, b, now)))
             self._inflight[key] = task
             task.add_done_callback(lambda t: self._forget(key, t))
-        # shield: a client that disconnects must not cancel the build others are waiting for.
-        answer = await asyncio.shield(task)
+        # shield: neither a client that disconnects nor the deadline cancels the build (others
+        # may wait for it; it fills storage and the cache for the next request).
+        try:
+            answer = await asyncio.wait_for(asyncio.shield(task), remaining())
+        except TimeoutError:
+            answer = await self._stored(Window(q.series, q.timeframe, a, b, now))
         return replace(answer, next=nxt, closed=closed)
+
+    async def _stored(self, w: Window) -> BarAnswer:
+        """The window from storage (else the 1m cache), marked incomplete: the provider missed
+        the deadline. Nothing stored: ``DeadlineExceeded``."""
+        bars, names = [], ["cache"]
+        if self.store is not None:
+            with contextlib.suppress(DataSourceError):
+                bars, names = await self.store.read(w), [self.store.name(w)]
+        if not bars:
+            bars = resample(await self.cache.get_1m(w.series, w.a, w.closed_end), w.timeframe)
+        if not bars:
+            raise self._late(w.series)
+        partial = bars[-1][0] + tf_ms(w.timeframe) > w.now
+        return BarAnswer(bars, partial, None, names, incomplete=True)
+
+    def _late(self, series: Series) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"{series.provider} did not answer within REQUEST_DEADLINE ({self.settings.deadline:g} s)"
+            " and no stored bar can answer", retry_after=max(1.0, self.settings.deadline))
 
     async def close(self) -> None:
         """Cancel answer builds still in flight (at shutdown) and wait for them to end."""
@@ -163,7 +203,7 @@ class DataOrchestrator:
         fill = await self._fill(w)
         job = await self.on_missing(w.series, fill.backfill) if fill.backfill and self.on_missing else None
         # Sums of float volumes carry binary noise (3009.2870660000012); 8 decimals is exact enough.
-        bars = [[int(x[0]), x[1], x[2], x[3], x[4], round(x[5], 8)] for x in fill.bars or []]
+        bars = [round_bar(x) for x in fill.bars or []]  # as WebSocket frames are
         partial = bool(bars) and bars[-1][0] + tf_ms(w.timeframe) > w.now
         answer = BarAnswer(bars, partial, None, fill.names, incomplete=fill.incomplete,
                            backfill_job=job)

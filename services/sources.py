@@ -211,6 +211,11 @@ class StorageSource(DataSource):
             await _write(conn, self.db.mode, w.series, bars, complete, self.revisions)
             return await self._read(conn, w)
 
+    async def read(self, w: Window) -> list[Bar]:
+        """The window's closed bars as stored (no provider)."""
+        async with self.db.acquire() as conn:
+            return await self._read(conn, w)
+
     async def _read(self, conn: Any, w: Window) -> list[Bar]:
         if w.closed_end <= w.a:
             return []

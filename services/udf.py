@@ -9,6 +9,7 @@ cents for stocks, the sim's rounding) through ``MarketPlugin.symbol_meta``.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -70,7 +71,7 @@ def step_decimals(tick: float | None) -> int:
 
 
 def _decimal(tick: float | None) -> Decimal | None:
-    if tick is None or not tick > 0:
+    if tick is None or not 0 < tick < math.inf:
         return None
     try:
         return Decimal(repr(float(tick))).normalize()

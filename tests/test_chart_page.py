@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser
 
+from app_extensions.auth import hash_key
 from tests import browser_support as kit
 from tests.browser_support import (
     ROOT,
@@ -172,6 +173,23 @@ async def test_a_bar_the_exchange_revises_is_redrawn_where_it_stands(
         assert (await page.evaluate(f"window.chartPage.drawn({target['time']})"))["close"] == candle[4]
         assert [b["time"] for b in after][: len(before)] == [b["time"] for b in before]  # nothing added before it
         assert watch.errors == []
+
+
+async def test_with_api_keys_on_the_page_asks_for_one_and_then_works(
+    browser: Browser, isolated_env: dict[str, str]
+) -> None:
+    key = "k" * 32
+    env = {**isolated_env, "AUTH_ENABLED": "true", "API_KEYS": hash_key(key), "API_KEYS_FROM_DB": "false"}
+    async with live_server(env) as base:
+        page = await browser.new_page()
+        await page.goto(base + SIM_PAGE)  # the page and its files are open; the API is not
+        await page.wait_for_selector("#auth:not([hidden])", timeout=20_000)
+        assert "unauthorized" in await page.inner_text("#message")
+        await page.fill("#apikey", key)
+        await page.click("#auth button")
+        await page.wait_for_function("window.chartPage.firstCandlesMs !== null", timeout=30_000)
+        await badge(page, "live")  # the WebSocket handshake carried the key too
+        assert await candle_pixels(page) > 500
 
 
 async def test_docs_viewer_renders_every_operation_from_our_origin(

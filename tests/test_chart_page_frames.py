@@ -102,3 +102,26 @@ async def test_a_snapshot_that_starts_after_since_is_joined_over_rest(
         rest = await rest_bars(page, closed[0]["time"] * 1000, closed[-1]["time"] * 1000 + 60_000)
         assert as_rows(closed) == rest
         assert watch.errors == []
+
+
+async def test_a_silent_connection_is_replaced_and_resumed_with_since(
+    browser: Browser, isolated_env: dict[str, str]
+) -> None:
+    """A network cut without a close: nothing arrives, not even the pongs of the page's pings, so
+    after 25 s the page drops the socket, reconnects and resubscribes from its newest bar."""
+    fake = FakeStream()  # it never answers a ping
+    async with live_server(isolated_env) as base:
+        page = await browser.new_page()
+        watch = Watch(page)
+        await page.route_web_socket("**/api/v1/ws", fake.attach)
+        await page.goto(base + SIM_PAGE)
+        await badge(page, "live")
+        started = asyncio.get_running_loop().time()
+        await wait_for(lambda: len(fake.subscribes) == 2, within=60)
+        waited = asyncio.get_running_loop().time() - started
+        last = (await page_bars(page))[-1]
+        assert 20 < waited < 50, waited
+        assert fake.subscribes[1]["since"] == last["time"] * 1000
+        await badge(page, "live")
+        assert await page.evaluate("window.chartPage.stream.reconnects") == 1
+        assert watch.errors == []

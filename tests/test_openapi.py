@@ -105,11 +105,13 @@ async def test_every_operation_carries_examples_that_its_schemas_accept(app: Qua
             op = by_key[(path, method)]
             ok = operation["responses"][str(op.status)]
             if op.answer is not None:
-                example = ok["content"]["application/json"]["example"]
+                content = ok["content"]["application/json"]
+                assert "example" in content, f"{method} {path}: add an answer to blueprints/openapi_examples.py"
+                example = content["example"]
                 op.answer().load(example)  # raises on a field the answer does not have, or a wrong type
             for param in operation["parameters"]:
                 if param["in"] == "path" or param.get("required"):
-                    assert "example" in param, (path, method, param["name"])
+                    assert "example" in param, f"{method} {path} {param['name']}: add it to openapi_examples.py"
             if op.body is not None:
                 op.body().load(operation["requestBody"]["content"]["application/json"]["example"])
             if op.query is not None:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import ccxt.async_support as ccxt
 import pytest
 from quart import Quart
 from quart.typing import TestClientProtocol
 
 from app_extensions.services import get_services
+from plugins.crypto import precision_step
 from services.udf import RESOLUTIONS, price_scale, step_decimals
 from tests.backfill_support import emu_config, running_app
 from tests.exchange_emulator import ExchangeEmulator
@@ -96,9 +98,19 @@ async def test_crypto_and_stock_symbol_info_come_from_the_providers_precision(
 
 
 @pytest.mark.parametrize(("tick", "scale"), [(0.01, (100, 1)), (0.5, (10, 5)), (5.0, (1, 5)), (1e-6, (10**6, 1)),
-                                             (0.00025, (100000, 25)), (None, (10**8, 1))])
+                                             (0.00025, (100000, 25)), (None, (10**8, 1)),
+                                             (float("inf"), (10**8, 1)), (float("nan"), (10**8, 1)), (0.0, (10**8, 1))])
 def test_price_scale_from_a_tick(tick: float | None, scale: tuple[int, int]) -> None:
     assert price_scale(tick) == scale
+
+
+@pytest.mark.parametrize(("value", "mode", "tick"), [
+    (0.01, ccxt.TICK_SIZE, 0.01), (2, ccxt.DECIMAL_PLACES, 0.01), (0, ccxt.DECIMAL_PLACES, 1.0),
+    (4, ccxt.SIGNIFICANT_DIGITS, None), (None, ccxt.TICK_SIZE, None), (True, ccxt.TICK_SIZE, None),
+    (-1, ccxt.DECIMAL_PLACES, None), (0, ccxt.TICK_SIZE, None),
+])
+def test_ccxt_precision_becomes_a_step(value: Any, mode: int, tick: float | None) -> None:
+    assert precision_step(value, mode) == tick
 
 
 def test_volume_precision_from_a_step() -> None:

@@ -76,7 +76,6 @@ function onFrame(frame) {
     setState("live"); // a channel that is stale says so in a status frame right after
     // Away longer than a snapshot holds (1000 bars): the bars between come over REST.
     if (page.since !== null && frame.bars.length && frame.bars[0][0] > page.since) refill(page.since, frame.bars[0][0]);
-
   } else if (frame.type === "bar") {
     if (typeof frame.seq === "number") {
       if (page.lastSeq !== null && frame.seq <= page.lastSeq) return; // already applied
@@ -139,9 +138,10 @@ async function load() {
     getJSON("/udf/symbols", { symbol: `${sel.provider.toUpperCase()}:${sel.symbol}` }).catch(() => null),
   ]);
   if (generation !== page.generation) return;
-  if (info && info.pricescale) {
-    candles.applyOptions({ priceFormat: { type: "price", precision: Math.round(Math.log10(info.pricescale)), minMove: info.minmov / info.pricescale } });
-  }
+  // The symbol's own price step (UDF's symbol info), else two decimals.
+  const scale = info && info.pricescale ? info.pricescale : 100;
+  const minMove = info && info.minmov ? info.minmov / scale : 0.01;
+  candles.applyOptions({ priceFormat: { type: "price", precision: Math.round(Math.log10(scale)), minMove } });
   page.store = new BarStore(tf);
   page.store.reset(answer.bars);
   drawAll();
@@ -232,15 +232,13 @@ async function start() {
   await select(chosen());
 }
 
-$("market").addEventListener("change", async () => {
-  const provider = await fillProviders($("market").value);
-  await fillSymbols($("market").value, provider);
-  select(chosen());
-});
-$("provider").addEventListener("change", async () => {
-  await fillSymbols($("market").value, $("provider").value);
-  select(chosen());
-});
+$("market").addEventListener("change", () => fillProviders($("market").value)
+  .then((provider) => fillSymbols($("market").value, provider))
+  .then(() => select(chosen()))
+  .catch(showError));
+$("provider").addEventListener("change", () => fillSymbols($("market").value, $("provider").value)
+  .then(() => select(chosen()))
+  .catch(showError));
 $("symbol").addEventListener("change", () => $("symbol").value.trim() && select(chosen()));
 $("timeframe").addEventListener("change", () => select(chosen()));
 $("pickers").addEventListener("submit", (event) => event.preventDefault());
