@@ -135,6 +135,8 @@ class BaseConfig:
     BREAKER_FAILURE_THRESHOLD = 5
     BREAKER_OPEN_SECONDS = 30.0
     BREAKER_PROBE_SECONDS = 15.0
+    #: A call cancelled after running this long (cut off by REQUEST_DEADLINE) counts as a failure.
+    BREAKER_SLOW_SECONDS = 5.0
     #: Timeout of each readiness check (seconds).
     READINESS_TIMEOUT = 0.5
     # Backfill (services/backfill_manager.py, backfill_runner.py; docs/backfill.md)

@@ -23,6 +23,7 @@ from services.provider_source import PluginSource, ProviderSource
 from services.revisions import Revisions
 from services.settings import build
 from services.sources import Cache1mSource, CacheSource, DbSource, StorageSource
+from services.stream_feed import StreamRegistry
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class Services:
         self.subscriptions = hub.build(
             markets=self.markets, orchestrator=self.orchestrator, broadcast=broadcast,
             db=DbSource(db, revisions), settings=HubSettings.from_config(config),
+            streams=StreamRegistry(config),
         )
         app.before_serving(self.start)
 

@@ -258,13 +258,15 @@ class KlineStreams:
                 out.append(KlineUpdate(bar, False, None))
         return out
 
-    async def unwatch(self, symbol: str, timeframe: str) -> None:
-        """Unsubscribe one stream (its connection stays for the others)."""
+    async def unwatch(self, symbol: str, timeframe: str, wait: float | None = None) -> None:
+        """Unsubscribe one stream (its connection stays for the others); waits at most
+        ``wait`` seconds (default: the provider timeout) for the exchange to confirm."""
         exchange = self._exchange
         if exchange is None or not exchange.has.get("unWatchOHLCV"):
             return
         try:
-            await asyncio.wait_for(exchange.un_watch_ohlcv(symbol, timeframe), self.timeout)
+            await asyncio.wait_for(exchange.un_watch_ohlcv(symbol, timeframe),
+                                   self.timeout if wait is None else wait)
         except (ccxtpro.BaseError, OSError, TimeoutError) as exc:
             log.info("%s: unsubscribe of %s %s failed: %s", self.exchange_id, symbol, timeframe,
                      exc)

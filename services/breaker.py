@@ -15,7 +15,9 @@ A failure is a temporary upstream error (``AppError.temporary``: unreachable, ti
 malformed body) other than a rate limit: 418/429 already pause the provider cluster-wide
 (``ProviderBudget``), and counting them here too would cut a provider that is merely busy. An
 error the exchange answered on purpose (unknown symbol, a user's refused key) proves it is up and
-counts as a success. A cancelled call counts as neither (a probe gives its turn back).
+counts as a success. A call cancelled after ``BREAKER_SLOW_SECONDS`` (a request deadline cut it
+off: the exchange is too slow to use) is a failure; one cancelled sooner counts as neither (a
+probe gives its turn back).
 
 State lives in one Redis hash per provider (``{prefix}:breaker:{provider}``), changed by atomic
 scripts on Redis' own clock. When Redis is down the same state machine runs in process memory
@@ -24,8 +26,10 @@ scripts on Redis' own clock. When Redis is down the same state machine runs in p
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -125,6 +129,7 @@ class BreakerSettings:
     failure_threshold: int = setting("BREAKER_FAILURE_THRESHOLD", 5, int)
     open_seconds: float = setting("BREAKER_OPEN_SECONDS", 30.0, float)
     probe_seconds: float = setting("BREAKER_PROBE_SECONDS", 15.0, float)
+    slow_seconds: float = setting("BREAKER_SLOW_SECONDS", 5.0, float)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> BreakerSettings:
@@ -133,7 +138,8 @@ class BreakerSettings:
         if settings.failure_threshold < 1:
             raise ValueError("BREAKER_FAILURE_THRESHOLD must be at least 1")
         for name, value in (("BREAKER_OPEN_SECONDS", settings.open_seconds),
-                            ("BREAKER_PROBE_SECONDS", settings.probe_seconds)):
+                            ("BREAKER_PROBE_SECONDS", settings.probe_seconds),
+                            ("BREAKER_SLOW_SECONDS", settings.slow_seconds)):
             if not 0 < value < math.inf:
                 raise ValueError(f"{name} must be a positive number of seconds")
         return settings
@@ -168,8 +174,14 @@ class CircuitBreaker:
         """Refuse at once while open (``ProviderCircuitOpen``); else run the call and record
         how it ended."""
         probe = await self.acquire(provider)
+        started = time.monotonic()
         try:
             yield
+        except asyncio.CancelledError:
+            # Cut off by a request deadline (or a client gone) after this long: too slow to use.
+            slow = time.monotonic() - started >= self.settings.slow_seconds
+            await self.record(provider, probe, "fail" if slow else "neutral")
+            raise
         except BaseException as exc:
             await self.record(provider, probe, outcome_of(exc))
             raise

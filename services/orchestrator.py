@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 from core.errors import DataSourceError
-from core.timeframes import MINUTE_MS, bucket_ceil, bucket_start, now_ms, resample, tf_ms
+from core.timeframes import MINUTE_MS, bucket_ceil, bucket_start, now_ms, resample, round_bar, tf_ms
 from core.types import Series
 from services.bars import BarAnswer, BarQuery
 from services.deadline import DeadlineExceeded, remaining, request_deadline
@@ -203,7 +203,7 @@ class DataOrchestrator:
         fill = await self._fill(w)
         job = await self.on_missing(w.series, fill.backfill) if fill.backfill and self.on_missing else None
         # Sums of float volumes carry binary noise (3009.2870660000012); 8 decimals is exact enough.
-        bars = [[int(x[0]), x[1], x[2], x[3], x[4], round(x[5], 8)] for x in fill.bars or []]
+        bars = [round_bar(x) for x in fill.bars or []]  # as WebSocket frames are
         partial = bool(bars) and bars[-1][0] + tf_ms(w.timeframe) > w.now
         answer = BarAnswer(bars, partial, None, fill.names, incomplete=fill.incomplete,
                            backfill_job=job)

@@ -38,6 +38,8 @@ from plugins.ccxt_stream import KlineStreams, KlineUpdate, stream_possible
 from plugins.crypto import CryptoPlugin
 
 log = logging.getLogger(__name__)
+#: Longest a stopping feed waits for the exchange to confirm its unsubscribe (seconds).
+UNWATCH_TIMEOUT = 1.0
 
 
 @dataclass(frozen=True)
@@ -142,11 +144,13 @@ class StreamFeed:
         self.serving = False
 
     async def run(self) -> None:
-        """Feed the channel until cancelled (the caller holds the lease); unsubscribes at the end."""
+        """Feed the channel until cancelled (the caller holds the lease); unsubscribes at the end
+        (bounded: the connection closes anyway with the provider's last feed)."""
         try:
             await self._loop()
         finally:
-            await self.streams.unwatch(self.channel.symbol, self.channel.timeframe)
+            await self.streams.unwatch(self.channel.symbol, self.channel.timeframe,
+                                       wait=UNWATCH_TIMEOUT)
 
     async def _loop(self) -> None:
         await self.poller.restore()

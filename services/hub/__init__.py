@@ -17,15 +17,19 @@ from services.hub.poller import Output, Poller, Writer
 from services.hub.service import SubscriptionService
 from services.hub.settings import HubSettings
 from services.hub.state import StateStore
+from services.hub.stream_poller import StreamPoller
 from services.market_service import MarketService
 from services.orchestrator import BarQuery, DataOrchestrator
+from services.stream_feed import StreamRegistry
 
 __all__ = ["Broadcast", "Hub", "HubSettings", "SubscriptionService", "build"]
 
 
 def build(*, markets: MarketService, orchestrator: DataOrchestrator, broadcast: Broadcast,
-          db: Writer | None, settings: HubSettings) -> SubscriptionService:
-    """The subscription service over a hub on ``broadcast``; pollers write closed bars to ``db``."""
+          db: Writer | None, settings: HubSettings,
+          streams: StreamRegistry | None = None) -> SubscriptionService:
+    """The subscription service over a hub on ``broadcast``; pollers write closed bars to ``db``;
+    with ``streams`` channels of exchanges with kline streams are fed by them."""
     store = StateStore(broadcast)
 
     async def bucket(series: Series, timeframe: str, start: int) -> Bar | None:
@@ -34,6 +38,9 @@ def build(*, markets: MarketService, orchestrator: DataOrchestrator, broadcast: 
         return bars[0] if bars and int(bars[0][0]) == start else None
 
     def pollers(channel: Channel, out: Output) -> Poller:
+        if streams is not None:
+            return StreamPoller(channel, markets=markets, out=out, store=store, db=db,
+                                settings=settings.poll, bucket=bucket, streams=streams)
         return Poller(channel, markets=markets, out=out, store=store, db=db,
                       settings=settings.poll, bucket=bucket)
 

@@ -119,14 +119,16 @@ class Poller:
         if self.failures:
             self.failures = 0
             await self._status("live", "recovered", polled_at)
+        # Storage (and the caches a revision drops) first: a client told of a closed or revised
+        # bar that asks REST for it gets the same values. Closed as in _emit: a later bar exists,
+        # or the minute ended before the request.
+        last_ok = started - MINUTE_MS - self._delay_ms()
+        n = len(bars_1m)
+        await self._write([round_bar(b) for i, b in enumerate(bars_1m) if i < n - 1 or b[0] <= last_ok])
         await self._emit(bars, first, started, polled_at)
         if self.state.last_ts is not None:
             self.state.fresh_at = min(started, self.state.last_ts + self.size)
             self._report_lag()
-        # closed as in _emit: a later bar exists, or the minute ended before the request
-        last_ok = started - MINUTE_MS - self._delay_ms()
-        n = len(bars_1m)
-        await self._write([round_bar(b) for i, b in enumerate(bars_1m) if i < n - 1 or b[0] <= last_ok])
         return self._next_delay(self.interval)
 
     def _delay_ms(self) -> int:
@@ -194,7 +196,7 @@ class Poller:
         back = bucket_start(now - int(self.settings.revision_seconds * 1000), tf)
         if (now - back) // fetch_size >= caps.max_bars_per_call:
             return first, first
-        return min(first, max(back, s.closed_ts - self.size * 4)), first
+        return min(first, back), first
 
     async def _poll(self, plugin: MarketPlugin, since: int) -> tuple[list[Bar], list[Bar]]:
         """(bars of the channel's timeframe since ``since``, the 1m bars fetched)."""

@@ -175,3 +175,17 @@ def test_a_bad_setting_stops_the_start(app_config: dict[str, Any]) -> None:
 
     with pytest.raises(ConfigError, match="BREAKER_OPEN_SECONDS"):
         create_app({**app_config, "BREAKER_OPEN_SECONDS": 0})
+
+
+@pytest.mark.parametrize(("slow_seconds", "opened"), [(0.1, True), (5.0, False)])
+async def test_a_call_cut_off_late_is_a_failure(redis: RedisClient, slow_seconds: float,
+                                                opened: bool) -> None:
+    breaker = CircuitBreaker(BreakerSettings(1, 30.0, 15.0, slow_seconds), redis)
+
+    async def slow_call() -> None:
+        async with breaker.guard("binance"):
+            await asyncio.sleep(10)  # an exchange that does not answer
+
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(slow_call(), 0.2)  # a request deadline cuts it off
+    assert await breaker.states(["binance"]) == {"binance": "open" if opened else "closed"}
