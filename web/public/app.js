@@ -115,6 +115,7 @@ function setState(state, detail = "") {
   badge.dataset.state = state;
   badge.textContent = state;
   badge.title = detail || "";
+  if (state === "error" && detail) showError(new Error(detail)); // a refused subscription says why
 }
 
 function showError(error) {
