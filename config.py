@@ -84,7 +84,8 @@ class BaseConfig:
     #: Most upstream calls one /ohlcv request may make before the rest is left to a backfill job.
     OHLCV_MAX_PROVIDER_CALLS = 10
     #: Seconds within which every /ohlcv answer and WebSocket snapshot comes: from stored data
-    #: (X-Data-Incomplete) when the provider is slower, else 503 provider_unavailable.
+    #: (X-Data-Incomplete) when the provider is slower, else 503 provider_unavailable; /symbols
+    #: and /ticker too.
     REQUEST_DEADLINE = 10.0
     # Operators' side (app_extensions/auth.py, ratelimit.py, cors.py; services/provider_budget.py)
     #: Require an API key (X-API-Key, or the WebSocket handshake's header / api_key parameter).

@@ -92,8 +92,11 @@ class JobRunner:
             if ids:
                 ours = await jobs.renew_leases(conn, self.owner, ids, self.lease)
                 for job_id in set(ids) - ours:
+                    task = self._running.get(job_id)
+                    if task is None or task.done():  # it ended (and let go) meanwhile
+                        continue
                     log.warning("backfill job %s: lease lost, stopping it here", job_id)
-                    self._running[job_id].cancel()
+                    task.cancel()
             while len(self._running) < self.max_jobs:
                 job = await jobs.claim_next(conn, self.owner, self.lease, list(self._running))
                 if job is None:

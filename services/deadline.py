@@ -1,6 +1,6 @@
 """``REQUEST_DEADLINE``: one deadline per request, however many provider waits it makes.
 
-Public names (stable): ``request_deadline``, ``remaining``, ``DeadlineExceeded``.
+Public names (stable): ``request_deadline``, ``remaining``, ``bounded``, ``DeadlineExceeded``.
 
 ``async with request_deadline(seconds):`` sets the deadline for the code inside (a ContextVar,
 so concurrent requests each keep their own; an inner call keeps an outer, earlier deadline).
@@ -11,12 +11,14 @@ wait that may be slow; such a wait is shielded when the work should go on in the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
+from typing import TypeVar
 
 from core.errors import NetworkPluginError
 
+T = TypeVar("T")
 _DEADLINE: ContextVar[float | None] = ContextVar("request_deadline", default=None)
 
 
@@ -41,3 +43,12 @@ def remaining() -> float | None:
     """Seconds left before the current deadline (0 when past), or None without one."""
     at = _DEADLINE.get()
     return None if at is None else max(0.0, at - asyncio.get_running_loop().time())
+
+
+async def bounded(aw: Awaitable[T], seconds: float, what: str) -> T:
+    """``await aw`` for at most ``seconds`` (cancelling it after), else ``DeadlineExceeded``."""
+    try:
+        return await asyncio.wait_for(aw, seconds)
+    except TimeoutError:
+        raise DeadlineExceeded(f"{what} did not answer within REQUEST_DEADLINE ({seconds:g} s)",
+                               retry_after=max(1.0, seconds)) from None

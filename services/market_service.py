@@ -24,6 +24,7 @@ from plugins.base import MarketPlugin, ProviderInfo, Ticker
 from plugins.loader import PluginLoader
 from services.breaker import BreakerSettings, CircuitBreaker
 from services.credentials import UserCredentials
+from services.deadline import bounded
 from services.provider_budget import ProviderBudget
 from services.provider_calls import ProviderCalls
 from services.settings import build, setting
@@ -66,6 +67,8 @@ class MarketSettings:
 
     idle_timeout: float = setting("PLUGIN_IDLE_TIMEOUT", 600.0, float)
     symbols_ttl: float = setting("CACHE_TTL_SYMBOLS", 3600.0, float)
+    #: Seconds within which a symbols or ticker answer comes (else 503 provider_unavailable).
+    deadline: float = setting("REQUEST_DEADLINE", 10.0, float)
     provider_urls: Mapping[str, str] | None = setting("PROVIDER_URLS", None, dict)
 
 
@@ -164,23 +167,26 @@ class MarketService:
         self, market: str, provider: str, user: UserCredentials | None = None
     ) -> list[str]:
         """Symbols of a provider, cached in memory for ``CACHE_TTL_SYMBOLS`` seconds (per user's
-        credentials for a user's instance: what a key may list is its own)."""
+        credentials for a user's instance: what a key may list is its own); fetched within
+        ``REQUEST_DEADLINE``."""
         key = (market, provider, user.marker() if user else "")
         hit = self._symbols.get(key)
         if hit is not None and time.monotonic() - hit[0] < self.settings.symbols_ttl:
             return hit[1]
         plugin = await self.get_plugin(market, provider, user)
-        found = await self.calls.call(provider, "fetch_symbols", plugin.fetch_symbols)
+        found = await bounded(self.calls.call(provider, "fetch_symbols", plugin.fetch_symbols),
+                              self.settings.deadline, provider)
         self._symbols[key] = (time.monotonic(), found)
         return found
 
     async def ticker(
         self, market: str, provider: str, symbol: str, user: UserCredentials | None = None
     ) -> Ticker:
-        """The provider's last price for ``symbol`` (one guarded call), with ``user``'s own
-        instance when given."""
+        """The provider's last price for ``symbol`` (one guarded call, within
+        ``REQUEST_DEADLINE``), with ``user``'s own instance when given."""
         plugin = await self.get_plugin(market, provider, user)
-        return await self.calls.call(provider, "fetch_ticker", lambda: plugin.fetch_ticker(symbol))
+        call = self.calls.call(provider, "fetch_ticker", lambda: plugin.fetch_ticker(symbol))
+        return await bounded(call, self.settings.deadline, provider)
 
     async def close_idle(self, now: float | None = None) -> int:
         """Close instances unused for ``idle_timeout`` seconds; returns how many were closed."""

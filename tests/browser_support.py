@@ -157,6 +157,8 @@ class FakeStream:
         self.subscribes: list[dict[str, Any]] = []
         self.channel = "sim:sim:SIM/USD:1m"
         self.snapshot: list[list[float]] = []
+        #: An error frame (code, message) to answer subscribes with, instead of a snapshot.
+        self.refuse: tuple[str, str] | None = None
 
     def attach(self, route: Any) -> None:
         self.route = route
@@ -166,6 +168,10 @@ class FakeStream:
         message = json.loads(text)
         if message.get("op") == "subscribe":
             self.subscribes.append(message)
+            if self.refuse is not None:
+                code, text = self.refuse
+                self.send({"type": "error", "id": message.get("id"), "code": code, "message": text})
+                return
             self.send({"type": "subscribed", "channel": self.channel, "id": message.get("id")})
             self.send({"type": "snapshot", "channel": self.channel, "bars": self.snapshot, "seq": 10})
 

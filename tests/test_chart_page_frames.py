@@ -8,12 +8,15 @@ and a snapshot that starts after ``since`` joined to what the page held over RES
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 
 import pytest
 from playwright.async_api import Browser
 
 from tests import browser_support as kit
 from tests.browser_support import (
+    ROOT,
     SIM_PAGE,
     FakeStream,
     Watch,
@@ -125,3 +128,36 @@ async def test_a_silent_connection_is_replaced_and_resumed_with_since(
         await badge(page, "live")
         assert await page.evaluate("window.chartPage.stream.reconnects") == 1
         assert watch.errors == []
+
+
+async def test_a_refused_subscription_is_shown_and_retried_when_temporary(
+    browser: Browser, isolated_env: dict[str, str]
+) -> None:
+    fake = FakeStream()
+    fake.refuse = ("provider_unavailable", "sim: unreachable (try again)")
+    async with live_server(isolated_env) as base:
+        page = await browser.new_page()
+        await page.route_web_socket("**/api/v1/ws", fake.attach)
+        await page.goto(base + SIM_PAGE)
+        await badge(page, "error")
+        assert "unreachable" in await page.inner_text("#message")
+        await wait_for(lambda: len(fake.subscribes) >= 2, within=10)  # a temporary refusal is retried
+        fake.refuse = None
+        await badge(page, "live", within_ms=20_000)
+        assert not await page.is_visible("#message")
+        count = len(fake.subscribes)
+        fake.refuse = ("unknown_symbol", "unknown symbol 'NOPE/USD' for provider sim")
+        await fake.route.close()  # reconnect: now refused for good
+        await badge(page, "error", within_ms=20_000)
+        await asyncio.sleep(2)
+        assert len(fake.subscribes) == count + 1, "a permanent refusal is not retried"
+
+
+def test_the_bar_store_unit_tests_pass_under_node() -> None:
+    """web/public/store.js (bar merging, backoff) under node's test runner: tests/js/store.test.mjs."""
+    node = shutil.which("node")
+    assert node, "needs Node.js (make run and make test need it for web/ too)"
+    done = subprocess.run([node, "--test", str(ROOT / "tests" / "js" / "store.test.mjs")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "# pass 5" in done.stdout and "# fail 0" in done.stdout, done.stdout

@@ -60,3 +60,23 @@ async def test_nothing_stored_and_a_slow_exchange_is_a_503_within_the_deadline(
         assert "REQUEST_DEADLINE" in body["error"]["message"]
         assert int(r.headers["Retry-After"]) >= 1
         assert took < 2.5, took
+
+
+async def test_symbols_and_ticker_answer_within_the_deadline(
+    emulator: ExchangeEmulator, app_config: dict[str, Any]  # noqa: F811
+) -> None:
+    config = emu_config(app_config, emulator, REQUEST_DEADLINE=1.0, CACHE_TTL_SYMBOLS=0)
+    async with running_app(config) as app:
+        client = app.test_client()
+        assert (await client.get("/api/v1/symbols?market=crypto&provider=binance")).status_code == 200
+        emulator.inject("/api/v3/exchangeInfo", delay=3.0, times=None)
+        emulator.inject("/api/v3/ticker/*", delay=3.0, times=None)
+        for path in ("/api/v1/symbols?market=crypto&provider=binance",
+                     "/api/v1/ticker?market=crypto&provider=binance&symbol=BTC/USDT"):
+            began = time.monotonic()
+            r = await client.get(path)
+            took = time.monotonic() - began
+            body = await r.get_json()
+            assert r.status_code == 503, (path, body)
+            assert body["error"]["code"] == "provider_unavailable" and r.headers["Retry-After"]
+            assert took < 2.5, (path, took)

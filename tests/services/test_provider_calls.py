@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pytest
 
 from core.errors import PluginFeatureNotSupportedError, RateLimitedPluginError
@@ -17,7 +19,11 @@ T = HISTORY_START_MS + 30 * 24 * 60 * MINUTE_MS
 
 
 class ShallowSim(SimPlugin):
-    """The sim with a history depth, like Kraken's 720 bars."""
+    """The sim with a history depth, like Kraken's 720 bars (its own market: the plugin loader
+    must not take it for the sim's)."""
+
+    plugin_key: ClassVar[str] = "shallow-sim"
+    supported_markets: ClassVar[tuple[str, ...]] = ("shallow",)
 
     @property
     def capabilities(self) -> Capabilities:
