@@ -7,10 +7,9 @@ the last bucket it tracks up to now (one upstream call in the steady state) and 
   end (a later bar exists, or the request was made ``close_delay`` after the bucket ended);
 - a bucket already published closed again, with ``revised: true``, when a refetch within
   ``revision_seconds`` of its end (or a revision announced by another writer) shows other values.
-Bar frames carry the channel's ``seq`` (reserved on the backend: cluster-wide, never repeated).
-``ts`` never goes backwards except in a revision, also across a hand-over (the state is saved).
-Closed 1m bars are written to storage (a failed write is kept and retried with the next one);
-storage announces the ones whose values changed. Upstream failures back off (honouring
+Bar frames carry the channel's ``seq`` (reserved on the backend: cluster-wide, never repeated);
+``ts`` never goes backwards except in a revision (the state is saved for a hand-over). Closed 1m
+bars are written first (a failed write is retried with the next). Failures back off (honouring
 ``retry_after``) and publish ``status: stale``; the first success after publishes ``live``.
 """
 
@@ -20,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from core.errors import AppError, DataSourceError
 from core.metrics import WS_POLL_ERRORS, WS_POLLS, WS_STORAGE_ERRORS, set_candle_lag
@@ -303,7 +302,3 @@ class Poller:
                         len(self._pending), exc.details)
             return
         self._pending = []
-
-    def report(self) -> dict[str, Any]:
-        """This poller's part of ``GET /channels``."""
-        return {"feed": self.state.feed, "state": self.state.state}
