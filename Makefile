@@ -6,10 +6,13 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export HOST PORT
 
-.PHONY: run test migrate lint venv pglite bench clean
+.PHONY: run test migrate lint venv pglite web bench clean
 
 # PGlite (PostgreSQL 17 + TimescaleDB in WebAssembly) for the TimescaleDB half of the storage tests.
 PGLITE := tests/pglite/node_modules/.package-lock.json
+# The chart page's and docs page's browser packages (lightweight-charts, swagger-ui-dist), served
+# from our own origin: installed from web/package-lock.json.
+WEB := web/node_modules/.package-lock.json
 
 venv: $(VENV)/.installed
 
@@ -23,27 +26,34 @@ migrate: venv
 
 # app.py's __main__ serves app:create_app() under Hypercorn with the WebSocket heartbeat and
 # frame-size settings (README, "Running several instances", has the equivalent hypercorn.toml).
-run: venv migrate
+run: venv web migrate
 	$(BIN)/python app.py
 
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
+	$(BIN)/lint-imports  # pyproject.toml [tool.importlinter]: one-way layers, no cycles
 
 $(PGLITE): tests/pglite/package-lock.json
 	npm ci --prefix tests/pglite --no-audit --no-fund
 
 pglite: $(PGLITE)
 
-test: venv lint pglite
+$(WEB): web/package-lock.json
+	npm ci --prefix web --no-audit --no-fund
+
+web: $(WEB)
+
+test: venv lint pglite web
 	APP_ENV=testing REQUIRE_TIMESCALE=1 $(BIN)/pytest -q -p no:cacheprovider
 
-bench: venv pglite
+bench: venv pglite web
 	$(BIN)/python -m bench.ohlcv_rest
 	$(BIN)/python -m bench.provider_path
 	$(BIN)/python -m bench.aggregates
 	$(BIN)/python -m bench.backfill
 	$(BIN)/python -m bench.ws_fanout
+	$(BIN)/python -m bench.chart_page
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -10,16 +10,25 @@ from quart import Quart
 
 from app_extensions.backfill_cli import init_backfill_cli
 from app_extensions.cli import init_cli
+from app_extensions.credentials import Credentials
 from app_extensions.db_pool import Database
 from app_extensions.errors import init_error_handlers
 from app_extensions.operations import init_operations
 from app_extensions.redis_client import RedisClient
 from app_extensions.request_context import configure_logging, init_request_context
+from app_extensions.resilience import Resilience
 from app_extensions.response_cache import ResponseCache
 from app_extensions.services import Services
+from app_extensions.udf import init_udf
+from app_extensions.warmup import Warmup
 from blueprints.backfill import backfill_blueprint
+from blueprints.channels import channels_blueprint
+from blueprints.credentials import credentials_blueprint
 from blueprints.health import health_blueprint
 from blueprints.market import market_blueprint
+from blueprints.openapi import openapi_blueprint
+from blueprints.page import page_blueprint
+from blueprints.udf import udf_blueprint
 from blueprints.websocket import websocket_blueprint
 from config import BaseConfig, load_config
 
@@ -38,15 +47,16 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     cfg.validate()
     app = Quart(__name__)
     app.config.update(cfg.as_dict())
-    app.config["MAX_CONTENT_LENGTH"] = int(cfg.MAX_BODY_BYTES)
+    app.config["MAX_CONTENT_LENGTH"] = int(cfg.MAX_BODY_BYTES)  # Quart's name for the body limit
     configure_logging(app.config)
     init_request_context(app)
     init_error_handlers(app)
     # Extensions open in this order (before_serving) and close in reverse: workers and plugins,
     # then Redis, then the pool. Each bounds its own steps by SHUTDOWN_TIMEOUT; the outer limit
     # is only a safety net, and one extension failing to close does not keep the next open.
-    extensions: list[Database | RedisClient | Services | ResponseCache] = [
+    extensions: list[Database | RedisClient | Services | ResponseCache | Warmup] = [
         Database(app), RedisClient(app), Services(app), ResponseCache(app)]
+    extensions.append(Warmup(app))  # cache warming: closed first, its tasks use the services
 
     @app.after_serving
     async def _shutdown() -> None:
@@ -63,7 +73,15 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     app.register_blueprint(market_blueprint)
     app.register_blueprint(backfill_blueprint)
     app.register_blueprint(websocket_blueprint)
-    init_operations(app)  # CORS, API keys, rate limits, provider budget, OpenAPI
+    app.register_blueprint(channels_blueprint)
+    app.register_blueprint(openapi_blueprint)
+    app.register_blueprint(credentials_blueprint)
+    app.register_blueprint(page_blueprint)  # the chart page at / and the docs viewer
+    app.register_blueprint(udf_blueprint)  # TradingView's UDF under /udf
+    Credentials(app)  # users' exchange credentials (after the Database)
+    Resilience(app)  # circuit breaker, stale-while-error (after Redis and Services)
+    init_udf(app)  # the UDF service (after Services)
+    init_operations(app)  # CORS, API keys, rate limits, provider budget
     init_cli(app)
     init_backfill_cli(app)
     return app
@@ -83,6 +101,9 @@ async def serve_app(application: Quart) -> None:
     hc = HypercornConfig()
     hc.bind = [f"{application.config['HOST']}:{application.config['PORT']}"]
     hc.accesslog = None
+    # Our logging set-up (request ids, JSON in production) writes Hypercorn's lines, once: a
+    # logger object is used as is, where "-" would add a second handler of Hypercorn's own.
+    hc.errorlog = logging.getLogger("hypercorn.error")
     for option, value in hypercorn_options(application.config).items():  # WebSocket heartbeat
         setattr(hc, option, value)
     stop = asyncio.Event()

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 _CCXT_DEFAULT = "binance,kraken,coinbase,bybit,okx"
@@ -66,6 +68,8 @@ class BaseConfig:
     CCXT_EXCHANGES = _CCXT_DEFAULT
     CCXT_MARKET_TYPES = "spot"
     PROVIDER_URLS: dict[str, str] = {}
+    #: Provider id -> ws(s) base URL replacing the exchange's stream URL base (as PROVIDER_URLS).
+    PROVIDER_WS_URLS: dict[str, str] = {}
     #: JSON: exchange id to {"apiKey", "secret", "password"?, "testnet"?}; public access otherwise.
     CCXT_CREDENTIALS: dict[str, dict[str, object]] = {}
     PROVIDER_TIMEOUT = 10.0
@@ -82,6 +86,10 @@ class BaseConfig:
     OHLCV_MAX_LIMIT = 5000
     #: Most upstream calls one /ohlcv request may make before the rest is left to a backfill job.
     OHLCV_MAX_PROVIDER_CALLS = 10
+    #: Seconds within which every /ohlcv answer and WebSocket snapshot comes: from stored data
+    #: (X-Data-Incomplete) when the provider is slower, else 503 provider_unavailable; /symbols
+    #: and /ticker too.
+    REQUEST_DEADLINE = 10.0
     # Operators' side (app_extensions/auth.py, ratelimit.py, cors.py; services/provider_budget.py)
     #: Require an API key (X-API-Key, or the WebSocket handshake's header / api_key parameter).
     AUTH_ENABLED = False
@@ -97,7 +105,8 @@ class BaseConfig:
     RATE_LIMITS: dict[str, str] = {}
     #: Take the client IP from the last X-Forwarded-For hop (only behind a trusted proxy).
     TRUST_FORWARDED_FOR = False
-    #: Comma-separated origins allowed by CORS ("*" for any); empty: no CORS headers.
+    #: Comma-separated origins allowed by CORS ("*" for any, "http://localhost:*" for any port);
+    #: empty: no CORS headers. Development allows localhost and 127.0.0.1 on any port.
     CORS_ORIGINS = ""
     #: Comma-separated origins allowed to open the WebSocket; empty: any (or none sent).
     WS_ALLOWED_ORIGINS = ""
@@ -108,6 +117,29 @@ class BaseConfig:
     PROVIDER_BUDGET_MAX_WAIT = 2.0
     #: Pause after an exchange's 418/429 that named no Retry-After (seconds).
     PROVIDER_BAN_DEFAULT = 10.0
+    #: Fernet keys encrypting users' exchange credentials, newest first (comma-separated or a JSON
+    #: list); empty: /credentials answers 503. Lookups are cached this many seconds per instance.
+    CREDENTIALS_KEYS = ""
+    CREDENTIALS_CACHE_TTL = 5.0
+    #: Seconds the last good ticker of a symbol is kept to answer (stale) while its provider fails.
+    TICKER_STALE_TTL = 86_400
+    #: Cache warming at start (services/warmup.py): on/off, the time and upstream-call budgets,
+    #: how many of the most requested ranges, the bars of each live channel's snapshot, how far
+    #: back "recent" reaches, and how often ranges and live channels are recorded (seconds).
+    WARMUP_ENABLED = True
+    WARMUP_MAX_SECONDS = 20.0
+    WARMUP_MAX_CALLS = 50
+    WARMUP_TOP_RANGES = 20
+    WARMUP_SNAPSHOT_BARS = 100
+    WARMUP_LOOKBACK_SECONDS = 3600.0
+    WARMUP_RECORD_SECONDS = 15.0
+    #: Circuit breaker per provider (services/breaker.py): consecutive temporary failures that open
+    #: it, seconds it stays open, and the longest a half-open probe call may take.
+    BREAKER_FAILURE_THRESHOLD = 5
+    BREAKER_OPEN_SECONDS = 30.0
+    BREAKER_PROBE_SECONDS = 15.0
+    #: A call cancelled after running this long (cut off by REQUEST_DEADLINE) counts as a failure.
+    BREAKER_SLOW_SECONDS = 5.0
     #: Timeout of each readiness check (seconds).
     READINESS_TIMEOUT = 0.5
     # Backfill (services/backfill_manager.py, backfill_runner.py; docs/backfill.md)
@@ -126,6 +158,8 @@ class BaseConfig:
     BACKFILL_PATIENCE = 3600.0
     #: Longest range one backfill job may cover (days).
     BACKFILL_MAX_RANGE_DAYS = 3660
+    #: Longest backfill a GET /ohlcv queues by itself (days, the latest part); more: POST /backfill.
+    BACKFILL_AUTO_MAX_DAYS = 7
     #: Also put backfilled 1m bars into the Redis 1m cache.
     BACKFILL_WRITE_CACHE = True
     #: Run the job runner in this instance (off: the API still queues jobs for other instances).
@@ -156,9 +190,24 @@ class BaseConfig:
     POLL_MAX_BACKOFF_SECONDS = 30.0
     #: Most past bars a poller catches up after an outage or a hand-over (older: REST/backfill).
     POLL_MAX_CATCHUP_BARS = 5000
+    #: Closed buckets that ended this recently are fetched again by each poll; a changed value is
+    #: published as a revision (``revised: true``) and written through to storage and caches.
+    POLL_REVISION_SECONDS = 120.0
     #: Lease of a channel's poller in Redis, renewed every third of it; a dead holder's channel
     #: moves to another instance with subscribers within about 1.3x this.
     LEASE_TTL_SECONDS = 6.0
+    #: Live channels of exchanges with CCXT Pro kline streams are fed by the stream (see
+    #: docs/websocket.md); off: every channel polls.
+    STREAM_FEEDS = True
+    #: A stream silent this long counts as down (falls back to polling).
+    STREAM_SILENCE_SECONDS = 10.0
+    #: Closed stream bars are checked against REST klines (one call for all unchecked ones) once
+    #: the oldest unchecked one closed this long ago.
+    STREAM_VERIFY_SECONDS = 90.0
+    #: After a stream failure the channel polls this long before it tries the stream again,
+    #: doubling per failure up to STREAM_RETRY_MAX_SECONDS.
+    STREAM_RETRY_SECONDS = 5.0
+    STREAM_RETRY_MAX_SECONDS = 300.0
 
     def __init__(self) -> None:
         self._apply_env()
@@ -169,21 +218,14 @@ class BaseConfig:
             if not name.isupper() or name not in os.environ or name == "APP_ENV":
                 continue
             raw, default = os.environ[name], getattr(self, name)
+            parse: Callable[[str], Any] = (
+                _bool if isinstance(default, bool) else int if isinstance(default, int)
+                else float if isinstance(default, float)
+                else (lambda r: json.loads(r or "{}")) if isinstance(default, dict) else str)
             try:
-                value: Any
-                if isinstance(default, bool):
-                    value = _bool(raw)
-                elif isinstance(default, int):
-                    value = int(raw)
-                elif isinstance(default, float):
-                    value = float(raw)
-                elif isinstance(default, dict):
-                    value = json.loads(raw or "{}")
-                else:
-                    value = raw
-            except ValueError as exc:
+                setattr(self, name, parse(raw))
+            except ValueError as exc:  # json.JSONDecodeError is one
                 raise ConfigError(f"{name}: {exc}") from exc
-            setattr(self, name, value)
 
     def validate(self) -> None:
         """Fail fast with the variable's name and what is wrong."""
@@ -191,17 +233,26 @@ class BaseConfig:
             raise ConfigError("DATABASE_URL must be a postgresql:// URL")
         if not str(self.REDIS_URL).startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("REDIS_URL must be a redis:// URL")
-        if not isinstance(self.PROVIDER_URLS, dict) or not all(
-            isinstance(v, str) and v.startswith(("http://", "https://"))
-            for v in self.PROVIDER_URLS.values()
-        ):
-            raise ConfigError("PROVIDER_URLS must be a JSON object of provider id to http(s) URL")
+        if self.BREAKER_FAILURE_THRESHOLD < 1:
+            raise ConfigError("BREAKER_FAILURE_THRESHOLD must be at least 1")
+        for name in ("BREAKER_OPEN_SECONDS", "BREAKER_PROBE_SECONDS", "STREAM_SILENCE_SECONDS",
+                     "STREAM_VERIFY_SECONDS", "STREAM_RETRY_SECONDS", "STREAM_RETRY_MAX_SECONDS"):
+            if not 0 < float(getattr(self, name)) < math.inf:  # also refuses nan
+                raise ConfigError(f"{name} must be a positive number of seconds")
+        for name, scheme in (("PROVIDER_URLS", "http"), ("PROVIDER_WS_URLS", "ws")):
+            urls = getattr(self, name)
+            if not isinstance(urls, dict) or not all(
+                isinstance(v, str) and v.startswith((f"{scheme}://", f"{scheme}s://")) for v in urls.values()
+            ):
+                raise ConfigError(f"{name} must be a JSON object of provider id to {scheme}(s) URL")
         if self.STORAGE_MODE not in ("auto", "timescale", "plain"):
             raise ConfigError("STORAGE_MODE must be auto, timescale or plain")
         if self.LOG_FORMAT not in ("text", "json"):
             raise ConfigError("LOG_FORMAT must be text or json")
         if not 1 <= self.DB_POOL_MIN <= self.DB_POOL_MAX:
             raise ConfigError("DB_POOL_MIN and DB_POOL_MAX must satisfy 1 <= min <= max")
+        if int(self.MAX_BODY_BYTES) < 1:
+            raise ConfigError("MAX_BODY_BYTES must be positive")
         if not 0 < self.PORT < 65536:
             raise ConfigError("PORT must be between 1 and 65535")
         for name in ("CACHE_TTL_CLOSED", "CACHE_TTL_FORMING", "OHLCV_MAX_LIMIT", "PROVIDER_RETRIES",
@@ -220,6 +271,8 @@ class BaseConfig:
 class DevelopmentConfig(BaseConfig):
     APP_ENV = "development"
     LOG_LEVEL = "DEBUG"
+    #: A dashboard served by a dev server on this machine (any port) may call the API.
+    CORS_ORIGINS = "http://localhost:*,http://127.0.0.1:*"
 
 
 class ProductionConfig(BaseConfig):
@@ -233,6 +286,8 @@ class TestingConfig(BaseConfig):
     PROVIDER_RETRY_MAX_WAIT = 0.2
     PLUGIN_IDLE_TIMEOUT = 60.0
     DEPENDENCY_RETRY_AFTER = 0.2
+    #: Outage tests expect recovery within seconds, as they do of DEPENDENCY_RETRY_AFTER.
+    BREAKER_OPEN_SECONDS = 1.0
 
 
 CONFIGS: dict[str, type[BaseConfig]] = {
@@ -248,3 +303,4 @@ def load_config(env: str | None = None) -> BaseConfig:
     if name not in CONFIGS:
         raise ConfigError(f"APP_ENV must be one of {', '.join(CONFIGS)}, got {name!r}")
     return CONFIGS[name]()
+

@@ -5,7 +5,8 @@ when ``API_KEYS_FROM_DB``, the ``api_keys`` table (migration 020; revoked keys h
 REST clients send ``X-API-Key``; WebSocket clients send the same header or an ``api_key`` query
 parameter in the handshake. A missing or wrong key answers 401 ``unauthorized``.
 
-``/health``, ``/health/ready``, the OpenAPI document and the docs page stay open; ``/metrics`` is
+``/health``, ``/health/ready``, the OpenAPI document, the docs page and the chart page with its
+files (``/``, ``/assets/``) stay open (the chart page asks for a key when REST answers 401); ``/metrics`` is
 open too unless ``METRICS_TOKEN`` is set, in which case it needs ``Authorization: Bearer <token>``
 (whether or not API keys are on).
 
@@ -33,7 +34,7 @@ from core.metrics import AUTH_FAILURES
 log = logging.getLogger(__name__)
 
 #: Paths that never need an API key (exact, or a prefix ending in "/").
-OPEN_PATHS = ("/health", "/health/ready", "/metrics", "/api/v1/openapi.json", "/api/v1/docs")
+OPEN_PATHS = ("/health", "/health/ready", "/metrics", "/api/v1/openapi.json", "/api/v1/docs", "/", "/assets")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _CACHE_MAX = 10_000
 

@@ -1,14 +1,19 @@
-"""``quart --app app:create_app api-key ...``: create, revoke and hash API keys.
+"""``quart --app app:create_app api-key ...``: create, list, revoke and hash API keys.
 
 ``add NAME`` stores a new random key's sha256 digest in ``api_keys`` and prints the key once (it
-is not stored); ``revoke NAME`` sets ``revoked_at``; ``hash KEY`` prints the digest to put in
-``API_KEYS``.
+is not stored); a name already held by an active key is refused, so ``revoke NAME`` revokes exactly
+the key meant. ``list`` prints every key's name, id (the first 16 hex digits of its digest, as the
+rate limiter names it), creation time and state. ``revoke NAME`` sets ``revoked_at`` (the name may
+then be used again); ``hash KEY`` prints the digest to put in ``API_KEYS``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TypeVar
 
 import asyncpg
 import click
@@ -17,23 +22,31 @@ from quart import Quart
 from app_extensions.auth import hash_key
 from app_extensions.migrations import run_migrations
 
+T = TypeVar("T")
+#: Serialises ``add`` across concurrent CLI runs (the name check and the insert).
+_ADD_LOCK = 0x4D44_0002
+
+
+class NameTaken(Exception):
+    """An active key already has this name."""
+
 
 def init_auth_cli(app: Quart) -> None:
     @app.cli.group("api-key")
     def api_key() -> None:
         """Manage API keys (stored as sha256 digests in the api_keys table)."""
 
-    async def _run(sql: str, *args: object) -> str:
+    async def _with_conn(work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         conn = await asyncpg.connect(app.config["DATABASE_URL"], timeout=10)
         try:
             await run_migrations(conn, app.config)
-            return str(await conn.execute(sql, *args))
+            return await work(conn)
         finally:
             await conn.close()
 
-    def _execute(sql: str, *args: object) -> str:
+    def _execute(work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         try:
-            return asyncio.run(_run(sql, *args))
+            return asyncio.run(_with_conn(work))
         except (OSError, asyncpg.PostgresError) as exc:
             raise click.ClickException(f"database: {exc}") from exc
 
@@ -42,17 +55,55 @@ def init_auth_cli(app: Quart) -> None:
     def add(name: str) -> None:
         """Create a key named NAME and print it (shown only this once)."""
         key = "md_" + secrets.token_urlsafe(32)
-        _execute("INSERT INTO api_keys (name, key_hash) VALUES ($1, $2)", name, hash_key(key))
+
+        async def insert(conn: asyncpg.Connection) -> None:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _ADD_LOCK)
+                if await conn.fetchval(
+                    "SELECT 1 FROM api_keys WHERE name = $1 AND revoked_at IS NULL", name
+                ):
+                    raise NameTaken(name)
+                await conn.execute("INSERT INTO api_keys (name, key_hash) VALUES ($1, $2)",
+                                   name, hash_key(key))
+
+        try:
+            _execute(insert)
+        except NameTaken:
+            raise click.ClickException(
+                f"an active key is already named {name!r}: pick another name, or revoke it first"
+            ) from None
         click.echo(key)
+
+    @api_key.command("list")
+    def list_keys() -> None:
+        """List the keys: name, id (digest prefix), created, state. Keys themselves are not stored."""
+
+        async def select(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+            return list(await conn.fetch(
+                "SELECT name, key_hash, created_at, revoked_at FROM api_keys ORDER BY name, created_at"
+            ))
+
+        rows = _execute(select)
+        if not rows:
+            click.echo("no API keys (add one with: api-key add NAME)")
+            return
+        width = max(4, *(len(r["name"]) for r in rows))
+        click.echo(f"{'NAME':<{width}}  {'ID':<16}  {'CREATED (UTC)':<19}  STATE")
+        for r in rows:
+            state = "active" if r["revoked_at"] is None else f"revoked {_utc(r['revoked_at'])}"
+            click.echo(f"{r['name']:<{width}}  {r['key_hash'][:16]}  {_utc(r['created_at'])}  {state}")
 
     @api_key.command("revoke")
     @click.argument("name")
     def revoke(name: str) -> None:
-        """Revoke every active key named NAME."""
-        status = _execute(
-            "UPDATE api_keys SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL", name
-        )
-        count = int(status.split()[-1])
+        """Revoke the active key named NAME."""
+
+        async def update(conn: asyncpg.Connection) -> str:
+            return str(await conn.execute(
+                "UPDATE api_keys SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL", name
+            ))
+
+        count = int(_execute(update).split()[-1])
         if not count:
             raise click.ClickException(f"no active key named {name!r}")
         click.echo(f"revoked {count} key(s) named {name}")
@@ -62,3 +113,7 @@ def init_auth_cli(app: Quart) -> None:
     def digest(key: str) -> None:
         """Print the sha256 digest of KEY, for API_KEYS."""
         click.echo(hash_key(key))
+
+
+def _utc(ts: datetime) -> str:
+    return ts.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")

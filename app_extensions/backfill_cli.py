@@ -1,10 +1,11 @@
 """Quart CLI commands of backfills:
 
-``quart --app app:create_app backfill --market sim --provider sim --symbol SIM/USD --start 2024-01-01
---end 2024-02-01`` completes the stored 1m history of the range in this process, with a progress bar
-on stderr (bars written, rate, ETA) and a summary on stdout; an interrupted run is resumed by running
-it again (the gap ledger remembers every chunk written). ``gaps`` lists missing and verified-empty
-ranges. Times: integer ms, or ISO-8601 (a date or a time without a zone is UTC).
+``quart --app app:create_app backfill --market sim --provider sim --symbol SIM/USD
+--start 2024-01-01T00:00:00Z --end 2024-02-01T00:00:00Z`` completes the stored 1m history of the
+range in this process, with a progress bar on stderr (bars written, rate, ETA) and a summary on
+stdout; an interrupted run is resumed by running it again (the gap ledger remembers every chunk
+written). ``gaps`` lists missing and verified-empty ranges. Times: integer ms, or ISO-8601 with a
+zone (``2024-01-01T00:00:00Z``), as in REST: a time without a zone is refused.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import asyncio
 import json
 import sys
 import time
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import click
@@ -24,28 +24,22 @@ from app_extensions.redis_client import get_redis
 from app_extensions.services import get_services
 from core.errors import AppError
 from core.timeframes import MINUTE_MS
+from core.times import FORMAT_TEXT, TimeError, parse_time
 from core.types import Series, to_dt
 from services.backfill_manager import Progress, readable
 
 
 class TimeParam(click.ParamType):
-    """Integer ms, or ISO-8601 (naive means UTC)."""
+    """Integer ms, or ISO-8601 with a zone: the REST rule (``core.times.parse_time``)."""
 
     name = "time"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        text = str(value).strip()
-        if text.isascii() and text.isdigit():  # isdigit alone takes "²", which int() refuses
-            return int(text)
         try:
-            dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            self.fail(f"{value!r} is neither integer ms nor ISO-8601", param, ctx)
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)
-        return int(dt.timestamp() * 1000)
+            return parse_time(value)
+        except TimeError as exc:
+            reason = "is neither integer ms nor ISO-8601 with a zone" if str(exc) == FORMAT_TEXT else exc
+            self.fail(f"{value!r} {reason}", param, ctx)
 
 
 def iso(ms: int) -> str:
@@ -146,8 +140,9 @@ def _series_options(fn: Any) -> Any:
         click.option("--market", required=True, help="crypto, stocks or sim"),
         click.option("--provider", required=True, help="e.g. binance, alpaca, sim"),
         click.option("--symbol", required=True, help="e.g. BTC/USDT, AAPL, SIM/USD"),
-        click.option("--start", required=True, type=TimeParam(), help="inclusive; ms or ISO-8601"),
-        click.option("--end", required=True, type=TimeParam(), help="exclusive; ms or ISO-8601"),
+        click.option("--start", required=True, type=TimeParam(),
+                     help="inclusive; ms or ISO-8601 with a zone (2024-01-01T00:00:00Z)"),
+        click.option("--end", required=True, type=TimeParam(), help="exclusive; ms or ISO-8601 with a zone"),
     ]):
         fn = opt(fn)
     return fn

@@ -1,12 +1,15 @@
 """CORS for the REST API and the WebSocket ``Origin`` allow-list, both from config.
 
-``CORS_ORIGINS``: comma-separated origins (``https://dash.example.com``) or ``*``; empty (the
-default) sends no CORS headers, so browsers on other origins cannot read answers. Preflights
-(``OPTIONS`` with ``Access-Control-Request-Method``) are answered without auth or rate limiting.
+``CORS_ORIGINS``: comma-separated origins (``https://dash.example.com``), origins with a port
+wildcard (``http://localhost:*``), or ``*``. In development the default allows
+``http://localhost:*`` and ``http://127.0.0.1:*`` (a dashboard on ``localhost:3000`` just works);
+elsewhere it is empty, which sends no CORS headers, so browsers on other origins cannot read
+answers: list your dashboards' origins in production. Preflights (``OPTIONS`` with
+``Access-Control-Request-Method``) are answered without auth or rate limiting.
 
-``WS_ALLOWED_ORIGINS``: comma-separated origins allowed to open ``/api/v1/ws``. A handshake whose
-``Origin`` is not listed is refused with 403 ``forbidden_origin``; one without ``Origin`` (not a
-browser) is allowed. Empty (the default) allows any origin.
+``WS_ALLOWED_ORIGINS``: comma-separated origins (port wildcards too) allowed to open
+``/api/v1/ws``. A handshake whose ``Origin`` is not listed is refused with 403 ``forbidden_origin``;
+one without ``Origin`` (not a browser) is allowed. Empty (the default) allows any origin.
 """
 
 from __future__ import annotations
@@ -26,6 +29,20 @@ def parse_origins(raw: str | list[str] | None) -> frozenset[str]:
     """Comma-separated (or a list of) origins, without trailing slashes."""
     items = raw.split(",") if isinstance(raw, str) else list(raw or [])
     return frozenset(o.strip().rstrip("/") for o in items if o.strip())
+
+
+def origin_allowed(origin: str, allowed: frozenset[str]) -> bool:
+    """``origin`` is listed, or matches an entry with a port wildcard (``http://localhost:*``
+    allows ``http://localhost`` on any port), or ``*`` is listed."""
+    origin = origin.rstrip("/")
+    if not origin:
+        return False
+    if "*" in allowed or origin in allowed:
+        return True
+    base, _, port = origin.rpartition(":")
+    if port.isascii() and port.isdigit() and "//" in base:  # scheme://host:port
+        return f"{base}:*" in allowed
+    return f"{origin}:*" in allowed  # scheme://host, default port
 
 
 class Cors:
@@ -48,10 +65,10 @@ class Cors:
             app.before_websocket(self._before_websocket)
 
     def allows(self, origin: str) -> bool:
-        return bool(origin) and ("*" in self.origins or origin.rstrip("/") in self.origins)
+        return origin_allowed(origin, self.origins)
 
     def ws_allows(self, origin: str | None) -> bool:
-        return not self.ws_origins or not origin or origin.rstrip("/") in self.ws_origins
+        return not self.ws_origins or not origin or origin_allowed(origin, self.ws_origins)
 
     async def _after_request(self, response: Response) -> Response:
         origin = header(b"origin") or ""
@@ -61,7 +78,7 @@ class Cors:
         response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
         response.vary.add("Origin")
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, DELETE, OPTIONS"
             response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
             response.headers["Access-Control-Max-Age"] = str(self.max_age)
         return response

@@ -3,7 +3,9 @@
 ``Database`` is an extension object: ``__init__`` does no I/O, ``init_app`` registers it and its
 ``before_serving``/``after_serving`` hooks. When PostgreSQL cannot be reached the service still
 starts; ``acquire()`` raises ``DataSourceError`` and the pool is created (and migrations applied)
-by the first ``acquire()`` after ``DEPENDENCY_RETRY_AFTER`` seconds once PostgreSQL is back.
+by the first ``acquire()`` after ``DEPENDENCY_RETRY_AFTER`` seconds once PostgreSQL is back. The
+skip-then-retry is ``services.circuit``'s state machine (the breakers' one): after a failure
+PostgreSQL is skipped for that time, then one caller tries it while the others keep degrading.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from quart import Quart
 from app_extensions.migrations import run_migrations
 from core.errors import DataSourceError
 from services.aggregates import describe_mode
+from services.circuit import PROBE, REFUSED, Circuit
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,9 @@ class Database:
         self.mode: str = "unknown"
         self.config: dict[str, Any] = {}
         self._lock = asyncio.Lock()
-        self._down_until = 0.0
+        #: Skips PostgreSQL for DEPENDENCY_RETRY_AFTER after a failure, then lets one caller try
+        #: it (configured by init_app).
+        self.circuit = Circuit(threshold=1, open_seconds=2.0, probe_seconds=13.0)
         self.last_error: str | None = None
         if app is not None:
             self.init_app(app)
@@ -51,6 +56,10 @@ class Database:
     def init_app(self, app: Quart) -> None:
         app.extensions["database"] = self
         self.config = app.config
+        # A probe may connect and migrate: a connect timeout and a statement's time at most.
+        self.circuit = Circuit(threshold=1, open_seconds=float(app.config["DEPENDENCY_RETRY_AFTER"]),
+                               probe_seconds=float(app.config["DB_CONNECT_TIMEOUT"])
+                               + float(app.config["DB_COMMAND_TIMEOUT"]))
         app.before_serving(self.open)
 
     async def open(self) -> None:
@@ -64,8 +73,10 @@ class Database:
         async with self._lock:
             if self.pool is not None:
                 return self.pool
-            if time.monotonic() < self._down_until:
+            code = self.circuit.acquire()[0]
+            if code == REFUSED:
                 raise DataSourceError("database unavailable", details={"error": self.last_error})
+            probe = code == PROBE
             cfg = self.config
             schema = cfg["DATABASE_SCHEMA"]
             try:
@@ -75,8 +86,9 @@ class Database:
                     max_size=cfg["DB_POOL_MAX"],
                     command_timeout=cfg["DB_COMMAND_TIMEOUT"],
                     timeout=cfg["DB_CONNECT_TIMEOUT"],
+                    # Startup parameters, sent once per connection; the RESET ALL that asyncpg
+                    # runs when a connection goes back to the pool returns to them.
                     server_settings={"search_path": f"{schema},public", "timezone": "UTC"},
-                    setup=self._setup_connection,
                 )
                 try:
                     async with pool.acquire() as conn:
@@ -85,37 +97,45 @@ class Database:
                     await pool.close()
                     raise
             except DB_UNAVAILABLE as exc:
-                self._mark_down(exc)
+                self._mark_down(exc, probe)
                 raise DataSourceError("database unavailable", details={"error": str(exc)}) from exc
+            except BaseException:
+                self.circuit.record(probe, "neutral")
+                raise
+            self.circuit.record(probe, "ok")
             log.info("storage mode: %s (schema %s): %s", self.mode, schema, describe_mode(self.mode))
             self.pool = pool
             self.last_error = None
             return pool
 
-    async def _setup_connection(self, conn: asyncpg.Connection) -> None:
-        # Pool resets (RESET ALL) would drop search_path on some servers; set it on every acquire.
-        await conn.execute(f"SET search_path TO {self.config['DATABASE_SCHEMA']}, public")
-
-    def _mark_down(self, exc: BaseException) -> None:
+    def _mark_down(self, exc: BaseException, probe: bool) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}"
-        self._down_until = time.monotonic() + float(self.config["DEPENDENCY_RETRY_AFTER"])
+        self.circuit.record(probe, "fail")
 
     @property
     def available(self) -> bool:
-        return self.pool is not None and time.monotonic() >= self._down_until
+        return self.pool is not None and self.circuit.state != "open"
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection; unavailability is raised as ``DataSourceError``."""
         pool = self.pool if self.pool is not None else await self._connect()
-        if time.monotonic() < self._down_until:
+        code = self.circuit.acquire()[0]
+        if code == REFUSED:
             raise DataSourceError("database unavailable", details={"error": self.last_error})
+        probe = code == PROBE
         try:
             async with pool.acquire() as conn:
+                if probe:  # a connection answered: PostgreSQL is back
+                    self.circuit.record(True, "ok")
+                    probe = False
                 yield conn
         except DB_UNAVAILABLE as exc:
-            self._mark_down(exc)
+            self._mark_down(exc, probe)
             raise DataSourceError("database unavailable", details={"error": str(exc)}) from exc
+        except BaseException:
+            self.circuit.record(probe, "neutral")
+            raise
 
     async def check(self) -> dict[str, Any]:
         """Readiness probe: ``{"ok", "latency_ms", "error"}`` with a short timeout."""

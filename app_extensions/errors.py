@@ -13,7 +13,7 @@ from core.errors import AppError
 log = logging.getLogger(__name__)
 MAX_RETRY_AFTER = 86_400.0
 
-_HTTP_CODES = {404: "not_found", 405: "invalid_parameter", 413: "invalid_parameter",
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
                400: "invalid_parameter"}
 
 
@@ -27,6 +27,19 @@ def error_response(exc: AppError) -> Response:
     return response
 
 
+def _message(app: Quart, exc: HTTPException, status: int) -> str:
+    """Our own words for the HTTP errors the framework raises (its HTML-flavoured descriptions
+    otherwise)."""
+    if status == 405:
+        allowed = sorted(getattr(exc, "valid_methods", None) or [])
+        return f"method not allowed here; allowed: {', '.join(allowed)}" if allowed else "method not allowed"
+    if status == 413:
+        return f"request body larger than {app.config['MAX_CONTENT_LENGTH']} bytes (MAX_BODY_BYTES)"
+    if status == 404:
+        return "no such endpoint"
+    return exc.description or exc.name
+
+
 def init_error_handlers(app: Quart) -> None:
     @app.errorhandler(AppError)
     async def _app_error(exc: AppError) -> Response:
@@ -38,8 +51,11 @@ def init_error_handlers(app: Quart) -> None:
     async def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         code = _HTTP_CODES.get(status, "internal_error" if status >= 500 else "invalid_parameter")
-        response = jsonify({"error": {"code": code, "message": exc.description or exc.name}})
+        response = jsonify({"error": {"code": code, "message": _message(app, exc, status)}})
         response.status_code = status
+        allowed = getattr(exc, "valid_methods", None)
+        if status == 405 and allowed:
+            response.headers["Allow"] = ", ".join(sorted(allowed))
         return response
 
     @app.errorhandler(Exception)

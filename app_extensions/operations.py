@@ -1,5 +1,5 @@
-"""Wires the operators' side into the app: CORS, API keys, rate limits, body limits, the shared
-provider budget, the OpenAPI blueprint and Prometheus multiprocess clean-up.
+"""Wires the operators' side into the app: CORS, API keys, rate limits, the shared
+provider budget and Prometheus multiprocess clean-up. (Blueprints are registered in create_app.)
 
 Hook order matters: CORS and the Origin check first, then auth (sets ``g.api_key_id``), then the
 rate limiter (limits per key, else per client IP).
@@ -19,23 +19,16 @@ from app_extensions.cors import Cors
 from app_extensions.ratelimit import RateLimiter
 from app_extensions.redis_client import get_redis
 from app_extensions.services import get_services
-from blueprints.openapi import openapi_blueprint
-from config import ConfigError
 
 log = logging.getLogger(__name__)
 
 
 def init_operations(app: Quart) -> None:
     """Call after the Database, RedisClient and Services extensions exist."""
-    max_body = int(app.config["MAX_BODY_BYTES"])
-    if max_body < 1:
-        raise ConfigError("MAX_BODY_BYTES must be positive")
-    app.config["MAX_CONTENT_LENGTH"] = max_body
     Cors(app)
     ApiKeyAuth(app)
     RateLimiter(app)
     get_services(app).markets.budget.attach(get_redis(app))
-    app.register_blueprint(openapi_blueprint)
     init_auth_cli(app)
 
     @app.after_serving

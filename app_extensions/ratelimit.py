@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_LIMITS", "Decision", "Limit", "LocalGcra", "RateLimiter", "get_ratelimiter", "route_class"]
 
-DEFAULT_LIMITS = {"default": "600/60", "ohlcv": "300/60", "backfill": "60/60", "ws": "60/60",
+#: ``ws``: handshakes per client IP (or key) allow bursts as Binance does (300 per 5 minutes), so
+#: dashboards opening at once behind one NAT or proxy are not refused.
+DEFAULT_LIMITS = {"default": "600/60", "ohlcv": "300/60", "backfill": "60/60", "ws": "300/300",
                   "auth_failures": "30/60"}
 _IDENT = re.compile(r"[^0-9A-Za-z.:_-]")
 #: Paths whose route template is known, for the metrics of refusals answered before Quart.

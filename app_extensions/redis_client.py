@@ -2,7 +2,8 @@
 
 ``run(fn)`` executes a Redis coroutine factory with a small tenacity retry on transient errors
 and translates redis errors to ``DataSourceError``. After a failure Redis is skipped for
-``DEPENDENCY_RETRY_AFTER`` seconds, then tried again: recovery needs no restart.
+``DEPENDENCY_RETRY_AFTER`` seconds, then one caller tries it again (``services.circuit``, the
+breakers' one state machine): recovery needs no restart.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from core.errors import DataSourceError
+from services.circuit import PROBE, REFUSED, Circuit
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -32,9 +34,11 @@ class RedisClient:
 
     def __init__(self, app: Quart | None = None) -> None:
         self.client: aioredis.Redis | None = None
-        self.prefix = "md"
-        self.retry_after = 2.0
-        self._down_until = 0.0
+        self.prefix = ""  # REDIS_PREFIX and DEPENDENCY_RETRY_AFTER, read by open()
+        self.retry_after = 0.0
+        #: Skips Redis for DEPENDENCY_RETRY_AFTER after a failure, then lets one caller try it
+        #: (configured by open()).
+        self.circuit = Circuit(threshold=1, open_seconds=2.0, probe_seconds=2.0)
         self.last_error: str | None = None
         self._config: dict[str, Any] = {}
         if app is not None:
@@ -49,6 +53,9 @@ class RedisClient:
         cfg = self._config
         self.prefix = cfg["REDIS_PREFIX"]
         self.retry_after = float(cfg["DEPENDENCY_RETRY_AFTER"])
+        # The probe after an outage may take a connect and a command (REDIS_TIMEOUT each).
+        self.circuit = Circuit(threshold=1, open_seconds=self.retry_after,
+                               probe_seconds=max(1.0, 3 * float(cfg["REDIS_TIMEOUT"])))
         # A blocking pool: a burst beyond REDIS_MAX_CONNECTIONS waits (up to REDIS_TIMEOUT) for a
         # free connection instead of failing, which would trip the breaker for the whole app.
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -70,13 +77,15 @@ class RedisClient:
 
     @property
     def available(self) -> bool:
-        return self.client is not None and time.monotonic() >= self._down_until
+        return self.client is not None and self.circuit.state != "open"
 
     async def run(self, fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
         """Run ``fn(client)``; transient errors are retried once, then raise DataSourceError."""
         client = self.client
-        if client is None or time.monotonic() < self._down_until:
+        code = REFUSED if client is None else self.circuit.acquire()[0]
+        if client is None or code == REFUSED:
             raise DataSourceError("redis unavailable", details={"error": self.last_error})
+        probe = code == PROBE
         try:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(TRANSIENT),
@@ -85,16 +94,21 @@ class RedisClient:
                 reraise=True,
             ):
                 with attempt:
-                    return await fn(client)
+                    result = await fn(client)
         except (RedisError, *TRANSIENT) as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
-            self._down_until = time.monotonic() + self.retry_after
+            self.circuit.record(probe, "fail")
             raise DataSourceError("redis unavailable", details={"error": self.last_error}) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+        except BaseException:
+            self.circuit.record(probe, "neutral")  # cancelled: says nothing about Redis
+            raise
+        self.circuit.record(probe, "ok")
+        return result
 
     async def check(self) -> dict[str, Any]:
         start = time.perf_counter()
-        self._down_until = 0.0 if self.client is not None else self._down_until
+        if self.client is not None:
+            self.circuit.reset()  # readiness always tries Redis itself
         try:
             await asyncio.wait_for(self.run(lambda r: r.ping()), timeout=1.0)
             ok, error = True, None

@@ -15,6 +15,7 @@ import re
 import time
 from typing import Any
 
+import click
 from quart import Quart, Response, g, request
 
 from core.metrics import HTTP_LATENCY, HTTP_REQUESTS
@@ -44,8 +45,17 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(config: dict[str, Any]) -> None:
-    """dictConfig from config: JSON lines in production, readable text otherwise."""
+    """dictConfig from config: JSON lines in production, readable text otherwise.
+
+    Under the ``quart`` CLI (``--help``, ``migrate``, ``backfill``, ``api-key``) the level is at
+    least WARNING, so the development default (DEBUG) does not bury a command's own output, unless
+    ``LOG_LEVEL`` is set in the environment; :func:`serving_log_level` restores it for a command
+    that serves (``quart run``).
+    """
     fmt = config["LOG_FORMAT"]
+    level = config["LOG_LEVEL"]
+    if click.get_current_context(silent=True) is not None and "LOG_LEVEL" not in os.environ:
+        level = max(logging.getLevelName(level), logging.WARNING)
     logging.config.dictConfig({
         "version": 1,
         "disable_existing_loggers": False,
@@ -61,9 +71,14 @@ def configure_logging(config: dict[str, Any]) -> None:
                 "filters": ["request_id"],
             }
         },
-        "root": {"level": config["LOG_LEVEL"], "handlers": ["default"]},
+        "root": {"level": level, "handlers": ["default"]},
         "loggers": {"hypercorn.access": {"level": "WARNING"}, "redis": {"level": "INFO"}},
     })
+
+
+def serving_log_level(config: dict[str, Any]) -> None:
+    """Serving (also ``quart run``): the configured ``LOG_LEVEL``, whatever the CLI capped."""
+    logging.getLogger().setLevel(config["LOG_LEVEL"])
 
 
 #: Methods reported as themselves in metrics; anything else a client sends is ``other``.
@@ -107,6 +122,10 @@ def http_metrics(method: str, route: str, status: int, seconds: float | None) ->
 
 
 def init_request_context(app: Quart) -> None:
+    @app.before_serving
+    async def _serving_log_level() -> None:
+        serving_log_level(app.config)
+
     @app.before_request
     async def _start() -> None:
         g.request_id = rid = request_id_from(header(b"x-request-id") or "")

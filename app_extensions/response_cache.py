@@ -77,13 +77,13 @@ class ResponseCache:
         return self.store.get(key) if self.live else None
 
     async def keep(self, key: bytes, series: str, start: int, end: int, body: bytes, source: str,
-                   generation: tuple[int, int]) -> Prepared | None:
+                   generation: tuple[int, int], meta: Any = None) -> Prepared | None:
         """Prepare ``body`` (an answer of ``series`` over ``[start, end)``) and keep it; None while
         revisions cannot be heard. ``generation``: ``store.generation(series)`` read before the
         answer was built."""
         if not (self.enabled and self.live):
             return None
-        entry = await self.store.prepare(key, series, start, end, body, source, generation)
+        entry = await self.store.prepare(key, series, start, end, body, source, generation, meta)
         ANSWER_BYTES_USED.set(self.store.bytes_used)
         return entry
 

@@ -12,12 +12,18 @@ from quart import Quart
 from app_extensions.db_pool import get_database
 from app_extensions.redis_client import get_redis
 from plugins.loader import PluginLoader
+from services import hub
 from services.backfill_manager import BackfillManager
 from services.cache_manager import RedisCache
+from services.hub import Broadcast, HubSettings, SubscriptionService
+from services.hub.backends import RedisBackend
 from services.market_service import MarketService
-from services.orchestrator import DataOrchestrator
-from services.sources import AggregateSource, CacheSource, DbSource, PluginSource
-from services.subscription_service import SubscriptionService
+from services.orchestrator import DataOrchestrator, OrchestratorSettings
+from services.provider_source import PluginSource, ProviderSource
+from services.revisions import Revisions
+from services.settings import build
+from services.sources import Cache1mSource, CacheSource, DbSource, StorageSource
+from services.stream_feed import StreamRegistry
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +51,29 @@ class Services:
         loader.load()
         self.markets = MarketService(loader, dict(config))
         db, redis = get_database(app), get_redis(app)
+        redis_cache = RedisCache(redis, int(config["CACHE_TTL_CLOSED"]))
+        cache = CacheSource(redis_cache)
+        # The hub's cluster transport also carries revisions of stored bars (services.revisions).
+        broadcast = Broadcast(RedisBackend(redis), retry_after=float(config["DEPENDENCY_RETRY_AFTER"]))
+        revisions = Revisions(broadcast, redis_cache)
+        self.backfill = BackfillManager(self.markets, db, cache, dict(config), revisions)
+        settings = build(OrchestratorSettings, config)
+        storage, plugins = StorageSource(db, revisions), PluginSource(self.markets)
         self.orchestrator = DataOrchestrator(
-            cache=CacheSource(RedisCache(redis, int(config["CACHE_TTL_CLOSED"]))),
-            aggregates=AggregateSource(db),
-            db=DbSource(db),
-            plugins=PluginSource(self.markets),
-            config=dict(config),
+            cache=cache,
+            chain=[storage, ProviderSource(self.markets, cache, storage,
+                                           settings.max_provider_calls)],
+            fallback=[Cache1mSource(cache, plugins.capabilities),
+                      ProviderSource(self.markets, cache, None, settings.max_provider_calls)],
+            plugins=plugins,
+            settings=settings,
+            on_missing=self.backfill.schedule_missing,
+            store=storage,
         )
-        self.backfill = BackfillManager(self.markets, db, self.orchestrator.cache, dict(config))
-        self.orchestrator.on_missing = self.backfill.schedule_missing
-        self.subscriptions = SubscriptionService.build(
-            markets=self.markets, orchestrator=self.orchestrator, redis=redis, db=DbSource(db),
-            config=dict(config),
+        self.subscriptions = hub.build(
+            markets=self.markets, orchestrator=self.orchestrator, broadcast=broadcast,
+            db=DbSource(db, revisions), settings=HubSettings.from_config(config),
+            streams=StreamRegistry(config),
         )
         app.before_serving(self.start)
 

@@ -61,7 +61,14 @@ def cpu_seconds(root: int) -> float:
 
 
 @contextmanager
-def hypercorn(app_spec: str, port: int, env: dict[str, str] | None = None) -> Iterator[Server]:
+def hypercorn(app_spec: str, port: int, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Serve ``app_spec`` under Hypercorn (one worker) in a subprocess; yields its base URL."""
+    with hypercorn_server(app_spec, port, env) as server:
+        yield server.base
+
+
+@contextmanager
+def hypercorn_server(app_spec: str, port: int, env: dict[str, str] | None = None) -> Iterator[Server]:
     """Serve ``app_spec`` under Hypercorn (one worker) in a subprocess."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "hypercorn", "--workers", "1", "--bind", f"127.0.0.1:{port}",

@@ -31,7 +31,7 @@ from quart import Quart, Response, request
 
 from app import create_app
 from app_extensions.ratelimit import Limit, get_ratelimiter
-from bench.common import LoadResult, drive, free_port, has_wrk, hypercorn
+from bench.common import LoadResult, drive, free_port, has_wrk, hypercorn_server
 
 PAST = 1_700_006_400_000  # 2023-11-15: closed long ago
 QUERY = f"/api/v1/ohlcv?market=sim&provider=sim&symbol=SIM/USD&timeframe=1m&start={PAST}&limit=500"
@@ -111,7 +111,7 @@ async def main(seconds: float, rounds: int, connections: int) -> None:
         result.cpu_us = (server.cpu_seconds() - before) / max(result.requests, 1) * 1e6
         phases.setdefault(name, []).append(result)
 
-    with hypercorn("bench.ohlcv_rest:bench_app()", port) as server:
+    with hypercorn_server("bench.ohlcv_rest:bench_app()", port) as server:
         base = server.base
         await _limiter(base, False)
         async with aiohttp.ClientSession() as s:

@@ -8,7 +8,7 @@ from marshmallow import ValidationError
 from quart import Blueprint, Response, current_app, jsonify
 
 from app_extensions.services import get_services
-from blueprints.backfill_schemas import BackfillBody, GapsQuery, JobIdPath
+from blueprints.backfill_schemas import BackfillBody, GapsQuery, JobIdPath, JobListQuery
 from blueprints.common import load_body, load_query
 from core.errors import InvalidParameter, NotFound
 from core.types import Series
@@ -31,6 +31,13 @@ async def create_backfill() -> tuple[Response, int]:
     series = Series(body["market"], body["provider"], body["symbol"])
     job, _ = await manager.submit(series, body["start"], body["end"])
     return jsonify({"job_id": job.id, "status": job.status}), 202
+
+
+@backfill_blueprint.get("/backfill")
+async def list_backfills() -> Response:
+    q = load_query(JobListQuery())
+    found = await get_services(current_app).backfill.list_jobs(q["status"], q["limit"])
+    return jsonify({"jobs": [job.to_api() for job in found]})
 
 
 @backfill_blueprint.get("/backfill/<job_id>")

@@ -8,6 +8,8 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 
 from blueprints.schemas import SYMBOL_RULES, SymbolQuery, TimeField
 
+JOB_STATES = ["queued", "running", "done", "failed"]
+
 
 def _check_range(data: dict[str, Any]) -> None:
     if data["end"] <= data["start"]:
@@ -42,6 +44,16 @@ class GapsQuery(SymbolQuery):
         _check_range(data)
 
 
+class JobListQuery(Schema):
+    """``GET /backfill`` query: jobs newest first, optionally of one status."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    status = fields.String(load_default=None, validate=validate.OneOf(JOB_STATES))
+    limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
+
+
 class JobIdPath(Schema):
     """``GET /backfill/<job_id>`` path parameter."""
 
@@ -59,18 +71,24 @@ class BackfillJobAnswer(Schema):
     """``GET /backfill/<job_id>`` answer."""
 
     job_id = fields.String(required=True)
-    status = fields.String(required=True, validate=validate.OneOf(
-        ["queued", "running", "done", "failed"]))
+    status = fields.String(required=True, validate=validate.OneOf(JOB_STATES))
     progress = fields.Float(required=True, metadata={"description": "share of chunks done, 0..1"})
     bars_written = fields.Integer(required=True)
-    error = fields.String(allow_none=True, required=True)
-    market = fields.String()
-    provider = fields.String()
-    symbol = fields.String()
-    start = fields.Integer()
-    end = fields.Integer()
+    error = fields.String(allow_none=True, required=True, metadata={
+        "description": "why the job failed; while a running job retries, its last failure"})
+    market = fields.String(required=True)
+    provider = fields.String(required=True)
+    symbol = fields.String(required=True)
+    start = fields.Integer(required=True, metadata={"description": "ms, inclusive"})
+    end = fields.Integer(required=True, metadata={"description": "ms, exclusive"})
     chunks_total = fields.Integer()
     chunks_done = fields.Integer()
+
+
+class JobListAnswer(Schema):
+    """``GET /backfill`` answer: jobs newest first."""
+
+    jobs = fields.List(fields.Nested(BackfillJobAnswer), required=True)
 
 
 class GapsAnswer(Schema):

@@ -50,13 +50,30 @@ async def _service_statuses() -> dict[str, Any]:
     return out
 
 
+async def _provider_states(providers: list[str], limit: float) -> dict[str, dict[str, str]]:
+    """Each provider's circuit breaker (``closed``, ``open``, ``half_open``): from Redis, or this
+    instance's own view when Redis is down or slower than ``limit``. An open breaker does not
+    change ``status``: the instance still answers from stored data, and no other would do better."""
+    owner = current_app.extensions.get("resilience")
+    if owner is None:
+        return {}
+    try:
+        states = await asyncio.wait_for(owner.breaker.states(providers), timeout=limit)
+    except TimeoutError:
+        states = owner.breaker.local_states(providers)
+    return {p: {"state": state} for p, state in states.items()}
+
+
 @health_blueprint.get("/health/ready")
 async def ready() -> Response:
     """Per-check latency and error; 503 ``down`` only when no market can be served at all."""
     db, redis = get_database(current_app), get_redis(current_app)
     timeout = float(current_app.config["READINESS_TIMEOUT"])
-    db_check, redis_check = await asyncio.gather(
-        _timed(db.check(), timeout), _timed(redis.check(), timeout)
+    services = current_app.extensions.get("services")
+    markets = services.markets.markets() if services is not None else []
+    db_check, redis_check, providers = await asyncio.gather(
+        _timed(db.check(), timeout), _timed(redis.check(), timeout),
+        _provider_states(sorted({p for m in markets for p in m["providers"]}), timeout),
     )
     db_check.pop("mode", None)
     for name, check in (("database", db_check), ("redis", redis_check)):
@@ -66,8 +83,6 @@ async def ready() -> Response:
     limiter = current_app.extensions.get("ratelimit")
     if limiter is not None:
         checks["rate_limiter"] = limiter.status()
-    services = current_app.extensions.get("services")
-    markets = services.markets.markets() if services is not None else []
     # The sim market serves without PostgreSQL or Redis, so their loss alone only degrades the
     # service (answers come from what is left); it is down when it has no market to serve.
     if not markets:
@@ -80,7 +95,7 @@ async def ready() -> Response:
         "status": status,
         "storage_mode": db.mode,
         "rate_limiter_mode": checks.get("rate_limiter", {}).get("mode", "off"),
-        "checks": checks,
+        "checks": {**checks, "providers": providers},
     }
     extra = await _service_statuses()
     if extra:

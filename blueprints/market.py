@@ -6,9 +6,12 @@ import json
 
 from quart import Blueprint, Response, current_app, jsonify, request
 
+from app_extensions.credentials import get_credentials
 from app_extensions.request_context import header
+from app_extensions.resilience import get_resilience
 from app_extensions.response_cache import PreparedResponse, get_response_cache
 from app_extensions.services import get_services
+from app_extensions.warmup import get_warmup
 from blueprints.common import load_query
 from blueprints.schemas import MarketQuery, OhlcvQuery, ProviderQuery, SymbolQuery
 from core.errors import InvalidParameter
@@ -16,7 +19,8 @@ from core.metrics import DATA_SOURCE_ANSWERS
 from core.timeframes import MINUTE_MS, now_ms
 from core.types import Series
 from services.answer_bytes import Prepared, etag_matches, etag_of
-from services.orchestrator import LEDGER_SAFETY_MS, BarQuery, window
+from services.orchestrator import BarQuery, window
+from services.sources import LEDGER_SAFETY_MS
 
 market_blueprint = Blueprint("market", __name__, url_prefix="/api/v1")
 #: Schema instances are stateless; build them once rather than per request.
@@ -42,32 +46,51 @@ async def providers() -> Response:
 @market_blueprint.get("/symbols")
 async def symbols() -> Response:
     q = load_query(SCHEMAS['ProviderQuery'])
-    found = await get_services(current_app).markets.symbols(q["market"], q["provider"])
+    markets = get_services(current_app).markets
+    user = await get_credentials(current_app).for_request(markets, q["market"], q["provider"])
+    found = await markets.symbols(q["market"], q["provider"], user)
     return jsonify({"market": q["market"], "provider": q["provider"], "symbols": found})
 
 
 @market_blueprint.get("/ticker")
 async def ticker() -> Response:
     q = load_query(SCHEMAS['SymbolQuery'])
-    t = await get_services(current_app).markets.ticker(q["market"], q["provider"], q["symbol"])
-    return jsonify({"market": q["market"], "provider": q["provider"], "symbol": q["symbol"],
-                    "ts": t.ts, "last": t.last, "bid": t.bid, "ask": t.ask})
+    markets = get_services(current_app).markets
+    user = await get_credentials(current_app).for_request(markets, q["market"], q["provider"])
+    t, stale = await get_resilience(current_app).tickers.get(
+        q["market"], q["provider"], q["symbol"], user)
+    response = jsonify({"market": q["market"], "provider": q["provider"], "symbol": q["symbol"],
+                        "ts": t.ts, "last": t.last, "bid": t.bid, "ask": t.ask, "stale": stale})
+    if stale:
+        response.headers["X-Data-Stale"] = "true"
+    if user is not None:
+        response.headers["Cache-Control"] = "private"
+    return response
 
 
 @market_blueprint.get("/ohlcv")
 async def ohlcv() -> Response:
+    services = get_services(current_app)
     prepared = get_response_cache(current_app)
     hit = prepared.lookup(request.query_string)  # the same query, validated when it was kept
     if hit is not None:
-        CACHE_ANSWERS.inc()
-        return _answer(hit, "cache")
+        query = hit.meta
+        user = await get_credentials(current_app).for_request(
+            services.markets, query.series.market, query.series.provider)
+        if user is None:  # only the shared path's answers are kept: a user's own key misses
+            get_warmup(current_app).warmer.note(query)
+            CACHE_ANSWERS.inc()
+            return _answer(hit, "cache")
     q = load_query(SCHEMAS['OhlcvQuery'])
-    services = get_services(current_app)
     services.markets.check_provider(q["market"], q["provider"])
     series = Series(q["market"], q["provider"], q["symbol"])
     query = BarQuery(series, q["timeframe"], q["start"], q["end"], _limit(q["limit"]))
     generation = prepared.store.generation(series.key())
-    answer = await services.orchestrator.get_bars(query)
+    user = await get_credentials(current_app).for_request(services.markets, series.market, series.provider)
+    if user is None:
+        get_warmup(current_app).warmer.note(query)  # counted for cache warming (memory only)
+    answer = await (get_resilience(current_app).user_bars.get_bars(query, user) if user
+                    else services.orchestrator.get_bars(query))
     head = {"market": series.market, "provider": series.provider, "symbol": series.symbol,
             "timeframe": q["timeframe"]}
     tail = {"partial": answer.partial, "next": answer.next}
@@ -76,22 +99,24 @@ async def ohlcv() -> Response:
     source = ",".join(answer.sources)
     DATA_SOURCE_ANSWERS.labels(source).inc()  # a mix of four fixed names: bounded
     headers = {"X-Data-Source": source, "Content-Type": "application/json"}
+    if user is not None:  # what the user's own key sees: never stored by a shared HTTP cache
+        headers["Cache-Control"] = "private"
     if answer.incomplete:
         headers["X-Data-Incomplete"] = "true"
     if answer.backfill_job:
         headers["X-Backfill-Job"] = answer.backfill_job
     if answer.closed and not answer.incomplete:
-        kept = await _keep(query, series, payload, generation)
+        kept = await _keep(query, payload, generation) if user is None else None
         if kept is not None:
             return _answer(kept, source)
         etag = etag_of(payload)
         headers["ETag"] = etag
         if etag_matches(request.headers.get("If-None-Match", ""), etag):
-            return Response(b"", status=304, headers={"ETag": etag})
+            return _not_modified(etag)
     return Response(payload, status=200, headers=headers)
 
 
-async def _keep(query: BarQuery, series: Series, body: bytes, generation: tuple[int, int]) -> Prepared | None:
+async def _keep(query: BarQuery, body: bytes, generation: tuple[int, int]) -> Prepared | None:
     """Keep a closed answer's bytes in process when its range is settled (older than the minutes
     an exchange may still correct). A latest-bars query may look back past closures: any revision
     before its end drops it."""
@@ -101,7 +126,7 @@ async def _keep(query: BarQuery, series: Series, body: bytes, generation: tuple[
         return None
     start = a if query.start is not None else 0
     return await get_response_cache(current_app).keep(
-        request.query_string, series.key(), start, b, body, "cache", generation)
+        request.query_string, query.series.key(), start, b, body, "cache", generation, meta=query)
 
 
 def _answer(entry: Prepared, source: str) -> Response:
@@ -109,10 +134,16 @@ def _answer(entry: Prepared, source: str) -> Response:
     body, headers = entry.pick(header(b"accept-encoding") or "")
     if_none_match = header(b"if-none-match")
     if if_none_match and etag_matches(if_none_match, entry.etag):
-        return PreparedResponse(b"", status=304, headers={"ETag": headers["ETag"]})
+        return _not_modified(headers["ETag"])
     if source != "cache":
         headers = {**headers, "X-Data-Source": source}
     return PreparedResponse(body, status=200, headers=headers)
+
+
+def _not_modified(etag: str) -> Response:
+    not_modified = PreparedResponse(b"", status=304, headers={"ETag": etag})
+    del not_modified.headers["Content-Type"]  # a 304 has no body (Quart adds text/html)
+    return not_modified
 
 
 def _limit(given: int) -> int:

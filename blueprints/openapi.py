@@ -1,5 +1,6 @@
 """``GET /api/v1/openapi.json``: the OpenAPI 3 document, generated with apispec from the marshmallow
-schemas; ``GET /api/v1/docs``: a small page of our own that renders it (no CDN, files served here).
+schemas, with examples of parameters and answers. ``GET /api/v1/docs`` renders it with Swagger UI
+(``blueprints/page.py``; every file served from here, no CDN).
 
 Each REST operation is one row of ``OPERATIONS``; only rows whose route the app registered are
 documented, and ``tests/test_openapi.py`` fails when a registered REST route has no row.
@@ -8,39 +9,35 @@ documented, and ``tests/test_openapi.py`` fails when a registered REST route has
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema
-from quart import Blueprint, Quart, Response, current_app, jsonify, send_from_directory
+from quart import Blueprint, Quart, Response, current_app, jsonify
 
+from blueprints import backfill_schemas as backfill
+from blueprints import credentials_schemas as credentials
+from blueprints import openapi_examples as examples
 from blueprints import openapi_schemas as doc
 from blueprints.schemas import MarketQuery, OhlcvQuery, ProviderQuery, SymbolQuery, TimeField
+from core.times import MAX_MS, MIN_MS
 
-try:  # the backfill engineer's schemas, when that blueprint is part of the tree
-    from blueprints import backfill_schemas as backfill
-except ImportError:  # pragma: no cover - documented only when present
-    backfill = None  # type: ignore[assignment]
-
-STATIC = Path(__file__).resolve().parent / "static"
 openapi_blueprint = Blueprint("openapi", __name__, url_prefix="/api/v1")
 
 _ERROR_TEXT = {
     304: "Not modified (If-None-Match matched the ETag)",
     400: "invalid_parameter / invalid_json: details maps field to messages",
     401: "unauthorized: auth is on and the API key is missing or wrong",
+    403: "forbidden: the endpoint needs a user (auth is off)",
     404: "unknown_market, unknown_provider, unknown_symbol or not_found",
-    413: "the request body is larger than MAX_BODY_BYTES",
+    413: "payload_too_large: the request body is larger than MAX_BODY_BYTES",
     429: "rate_limited: see Retry-After",
     502: "provider_error: the exchange answered with an error",
     503: "provider_unavailable or dependency_unavailable",
     500: "internal_error: the answer carries the request id",
 }
 _COMMON = (401, 429, 500)
-#: Examples for the docs page (the sim market needs no network or keys).
-_EXAMPLES = {"market": "sim", "provider": "sim", "symbol": "SIM/USD"}
 
 
 @dataclass(frozen=True)
@@ -71,18 +68,26 @@ OPERATIONS: list[Operation] = [
     Operation("/ticker", "get", "Last price, bid and ask", doc.TickerDoc, query=SymbolQuery,
               errors=(400, 404, 502, 503)),
     Operation("/openapi.json", "get", "This document", None),
+    Operation("/backfill", "post", "Queue a backfill of the 1m series over [start, end)",
+              backfill.BackfillAccepted, status=202, body=backfill.BackfillBody,
+              errors=(400, 404, 413, 503)),
+    Operation("/backfill", "get", "Backfill jobs, newest first", backfill.JobListAnswer,
+              query=backfill.JobListQuery, errors=(400, 503)),
+    Operation("/backfill/{job_id}", "get", "A backfill job's state", backfill.BackfillJobAnswer,
+              errors=(404, 503),
+              path_params={"job_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}),
+    Operation("/channels", "get", "The live WebSocket channels of the whole cluster",
+              doc.ChannelsDoc, errors=(503,)),
+    Operation("/gaps", "get", "Missing and verified-empty ranges of the 1m series",
+              backfill.GapsAnswer, query=backfill.GapsQuery, errors=(400, 404, 503)),
+    Operation("/credentials/{provider}", "put", "Store your own credentials for a provider (encrypted)",
+              None, status=204, body=credentials.CredentialsBody, errors=(400, 403, 404, 413, 503),
+              path_params={"provider": {"type": "string"}}),
+    Operation("/credentials", "get", "Your stored credentials (never a secret)",
+              credentials.CredentialsList, errors=(403, 503)),
+    Operation("/credentials/{provider}", "delete", "Forget your credentials for a provider", None,
+              status=204, errors=(403, 404, 503), path_params={"provider": {"type": "string"}}),
 ]
-if backfill is not None:
-    OPERATIONS += [
-        Operation("/backfill", "post", "Queue a backfill of the 1m series over [start, end)",
-                  backfill.BackfillAccepted, status=202, body=backfill.BackfillBody,
-                  errors=(400, 404, 413, 503)),
-        Operation("/backfill/{job_id}", "get", "A backfill job's state", backfill.BackfillJobAnswer,
-                  errors=(404, 503),
-                  path_params={"job_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}),
-        Operation("/gaps", "get", "Missing and verified-empty ranges of the 1m series",
-                  backfill.GapsAnswer, query=backfill.GapsQuery, errors=(400, 404, 503)),
-    ]
 
 
 def _time_field(self: Any, fld: Any, **kwargs: Any) -> dict[str, Any]:
@@ -90,9 +95,10 @@ def _time_field(self: Any, fld: Any, **kwargs: Any) -> dict[str, Any]:
     if not isinstance(fld, TimeField):
         return {}
     return {"oneOf": [
-        {"type": "integer", "minimum": 0, "maximum": 32_503_679_999_999},
+        {"type": "integer", "minimum": MIN_MS, "maximum": MAX_MS - 1},
         {"type": "string", "format": "date-time"},
-    ], "description": "integer ms since the epoch, or ISO-8601 with a zone"}
+    ], "description": "integer ms since the epoch, or ISO-8601 with a zone; from 1973 (a smaller"
+                      " integer is seconds and is refused) to 3000", "example": 1704067200000}
 
 
 def _quart_rule(path: str) -> str:
@@ -104,7 +110,10 @@ def _responses(op: Operation) -> dict[str, Any]:
     limits = {h: {"$ref": f"#/components/headers/{h}"} for h in ("X-RateLimit-Limit", "X-RateLimit-Remaining")}
     ok_headers = {**rid, **limits, **{h: {"schema": {"type": "string"}} for h in op.headers}}
     ok: dict[str, Any] = {"description": "OK", "headers": ok_headers}
-    ok["content"] = {"application/json": {"schema": op.answer if op.answer else {"type": "object"}}}
+    if op.status != 204:
+        ok["content"] = {"application/json": {"schema": op.answer if op.answer else {"type": "object"}}}
+        if (op.path, op.method) in examples.ANSWERS:
+            ok["content"]["application/json"]["example"] = examples.ANSWERS[(op.path, op.method)]
     out: dict[str, Any] = {str(op.status): ok}
     for status in sorted({*op.errors, *_COMMON}):
         if status == 304:
@@ -116,7 +125,7 @@ def _responses(op: Operation) -> dict[str, Any]:
         if status == 429:
             headers.update(limits)
         out[str(status)] = {"description": _ERROR_TEXT[status], "headers": headers,
-                            "content": {"application/json": {"schema": doc.ErrorDoc}}}
+                            "content": {"application/json": {"schema": doc.ErrorDoc, "example": examples.ERROR}}}
     return out
 
 
@@ -125,8 +134,10 @@ def build_spec(app: Quart) -> dict[str, Any]:
     plugin = MarshmallowPlugin()
     spec = APISpec(
         title="Market data service", version="1", openapi_version="3.0.3", plugins=[plugin],
-        info={"description": "OHLCV bars, tickers and backfills; errors as in API.md. Live candles: "
-                             "WebSocket /api/v1/ws (JSON frames, see API.md)."},
+        info={"description": "OHLCV bars, tickers and backfills of crypto exchanges, US stocks and the "
+                             "built-in sim market. Every error answers {\"error\": {\"code\", \"message\", "
+                             "\"details\"}}. Live candles: WebSocket /api/v1/ws (JSON frames); TradingView's "
+                             "UDF: /udf. The full reference is docs/api.md in the project."},
         servers=[{"url": "/api/v1"}],
     )
     assert plugin.converter is not None
@@ -154,17 +165,20 @@ def build_spec(app: Quart) -> dict[str, Any]:
         if app.config.get("AUTH_ENABLED") and op.path != "/openapi.json":
             operation["security"] = [{"ApiKey": []}]
         if op.body is not None:
-            operation["requestBody"] = {"required": True,
-                                        "content": {"application/json": {"schema": op.body}}}
+            body: dict[str, Any] = {"schema": op.body}
+            if (op.path, op.method) in examples.BODIES:
+                body["example"] = examples.BODIES[(op.path, op.method)]
+            operation["requestBody"] = {"required": True, "content": {"application/json": body}}
         by_path.setdefault(op.path, {})[op.method] = operation
     for path, operations in by_path.items():
         spec.path(path=path, operations=operations)
     document = spec.to_dict()
-    for operations in document.get("paths", {}).values():
+    for path, operations in document.get("paths", {}).items():
         for operation in operations.values():
             for param in operation.get("parameters", []):
-                if param["name"] in _EXAMPLES:
-                    param["example"] = _EXAMPLES[param["name"]]
+                example = examples.parameter(path, param["name"])
+                if example is not None:
+                    param["example"] = example
     return document
 
 
@@ -175,12 +189,3 @@ async def openapi_json() -> Response:
         cached = current_app.extensions["openapi_doc"] = build_spec(current_app)
     return jsonify(cached)
 
-
-@openapi_blueprint.get("/docs")
-async def docs_page() -> Response:
-    return await send_from_directory(STATIC, "docs.html")
-
-
-@openapi_blueprint.get("/docs/docs.js")
-async def docs_script() -> Response:
-    return await send_from_directory(STATIC, "docs.js")

@@ -60,6 +60,24 @@ class TickerDoc(Schema):
     last = fields.Float(required=True)
     bid = fields.Float(required=True, allow_none=True)
     ask = fields.Float(required=True, allow_none=True)
+    stale = fields.Boolean(required=True, metadata={
+        "description": "true: the provider failed and this is the last known ticker (X-Data-Stale)"})
+
+
+class ChannelEntry(Schema):
+    channel = fields.String(required=True, metadata={"description": "market:provider:symbol:timeframe"})
+    subscribers = fields.Integer(required=True, metadata={
+        "description": "WebSocket subscriptions to it on every instance (0 in its grace period)"})
+    feed = fields.String(required=True, validate=validate.OneOf(["poll", "stream"]))
+    state = fields.String(required=True, validate=validate.OneOf(["live", "stale"]))
+    last_bar_ts = fields.Integer(required=True, allow_none=True,
+                                 metadata={"description": "open time of the newest bar published"})
+    lag_ms = fields.Integer(required=True, allow_none=True, metadata={
+        "description": "how old the newest data was when published (grows while stale)"})
+
+
+class ChannelsDoc(Schema):
+    channels = fields.List(fields.Nested(ChannelEntry), required=True)
 
 
 class ErrorBodyDoc(Schema):

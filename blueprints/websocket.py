@@ -13,10 +13,10 @@ server's WebSocket pings: run Hypercorn with ``hypercorn_options(config)`` (see 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import Mapping
 from typing import Any
 
 from marshmallow import ValidationError
@@ -24,30 +24,26 @@ from quart import Blueprint, current_app, websocket
 
 from app_extensions.services import get_services
 from blueprints.ws_schemas import SCHEMAS
+from blueprints.ws_server import hypercorn_options
 from core.errors import AppError, InvalidParameter
-from services.broadcast import stop_task
-from services.subscription_service import SubscriptionService
-from services.ws_connection import Connection
+from services.hub import SubscriptionService
+from services.hub.broadcast import stop_task
+from services.hub.connection import Connection
 
 log = logging.getLogger(__name__)
 websocket_blueprint = Blueprint("websocket", __name__, url_prefix="/api/v1")
 CLOSE_INTERNAL_ERROR = 1011
+#: After the server's close frame, the client's messages are read and dropped this long at most
+#: (until its close frame or its disconnect): unread, they fill Hypercorn's bounded queue towards
+#: the app, Hypercorn stops reading the socket and never sees the peer go (CLOSE-WAIT).
+CLOSE_DRAIN_SECONDS = 5.0
+__all__ = ["hypercorn_options", "websocket_blueprint"]
 
 
 class InvalidMessage(AppError):
     """The frame is not a JSON object with a known ``op``, or is too large. Fix the client."""
 
     status, code = 400, "invalid_message"
-
-
-def hypercorn_options(config: Mapping[str, Any]) -> dict[str, float]:
-    """Hypercorn settings for WebSockets: a ping every ``WS_HEARTBEAT_SECONDS``, a peer that sends
-    nothing (not even the pong) for three of them is disconnected; frames far over
-    ``WS_MAX_MESSAGE_BYTES`` (16x, at least 64 KiB) are refused with 1009 before being buffered."""
-    beat = float(config.get("WS_HEARTBEAT_SECONDS", 20.0))
-    largest = max(65536, 16 * int(config.get("WS_MAX_MESSAGE_BYTES", 4096)))
-    return {"websocket_ping_interval": beat, "read_timeout": 3 * beat,
-            "websocket_max_message_size": largest}
 
 
 def error_frame(exc: AppError, req_id: Any) -> dict[str, Any]:
@@ -140,11 +136,16 @@ async def _read_loop(service: SubscriptionService, conn: Connection, max_bytes: 
             ready.set()
 
     async def process() -> None:
+        me = asyncio.current_task()
         while True:
             while not inbox:
                 ready.clear()
                 await ready.wait()
             await handle_message(service, conn, inbox.popleft(), max_bytes)
+            if me is not None and me.cancelling():
+                # A library below swallowed our cancellation (seen in redis-py): the connection
+                # must still end, or its socket and tasks are held for good.
+                raise asyncio.CancelledError
 
     async with asyncio.TaskGroup() as group:
         group.create_task(receive())
@@ -190,3 +191,7 @@ async def ws() -> None:
         await service.disconnect(conn)
     if conn.drop_reason is not None:
         await websocket.close(conn.close_code, conn.drop_reason)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_DRAIN_SECONDS):
+                while True:
+                    await websocket.receive()

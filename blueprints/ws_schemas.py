@@ -6,7 +6,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from blueprints.schemas import SYMBOL_RULES
+from blueprints.schemas import SYMBOL_RULES, TimeField
 from core.timeframes import TIMEFRAMES
 
 OPS = ("subscribe", "unsubscribe", "ping")
@@ -37,6 +37,8 @@ class SubscribeMessage(_Message):
     symbol = fields.String(required=True, validate=SYMBOL_RULES)  # the same rules as REST
     timeframe = fields.String(load_default="1m", validate=validate.OneOf(list(TIMEFRAMES)))
     history = fields.Integer(load_default=100, strict=True, validate=validate.Range(0, 1000))
+    #: Resume from this bar (ms); the REST time rules: seconds (before 1973 in ms) are refused.
+    since = TimeField(load_default=None, allow_none=True)
 
 
 class UnsubscribeMessage(_Message):

@@ -69,6 +69,12 @@ class Unauthorized(AppError):
     status, code = 401, "unauthorized"
 
 
+class Forbidden(AppError):
+    """The endpoint needs a user (an API key) and auth is off. Do not retry."""
+
+    status, code = 403, "forbidden"
+
+
 class UnknownMarket(AppError):
     status, code = 404, "unknown_market"
 

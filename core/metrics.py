@@ -154,9 +154,34 @@ WS_POLL_ERRORS = Counter(
 WS_STORAGE_ERRORS = Counter(
     "ws_storage_errors_total", "Closed 1m bars a worker could not write yet (retried)"
 )
+BAR_REVISIONS = Counter(
+    "bar_revisions_total", "Stored closed 1m bars whose values changed (revisions announced)",
+    ["provider"],
+)
 WS_FANOUT_LATENCY = Histogram(
     "ws_fanout_latency_seconds", "From the poll result to the frame written to a client",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+
+# --- stream feed metrics (services.stream_feed) -----------------------------------------------
+STREAM_RECONNECTS = Counter(
+    "stream_reconnects_total",
+    "Kline streams that failed and fell back to polling, by reason (refused, dropped, malformed,"
+    " silent)", ["provider", "reason"],
+)
+STREAM_DISAGREEMENTS = Counter(
+    "stream_rest_disagreements_total",
+    "Closed bars whose stream values differed from REST klines (published as revisions)",
+    ["provider"],
+)
+STREAM_MALFORMED = Counter(
+    "stream_malformed_frames_total", "Stream frames skipped because they did not parse",
+    ["provider"],
+)
+STREAM_LAG = Histogram(
+    "stream_event_lag_seconds", "From the exchange's event time of a stream update to our publish",
+    ["provider"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
 # --- backfill metrics ------------------------------------------------------------
@@ -180,4 +205,31 @@ BACKFILL_LAG = Gauge(
 )
 BACKFILL_RUNNER_ERRORS = Counter(
     "backfill_runner_errors_total", "Errors of the backfill job runner loop (it backs off)"
+)
+
+# --- provider circuit breakers (services/breaker.py) -------------------------------------------
+BREAKER_STATE = Gauge(
+    "provider_breaker_state", "Circuit breaker of a provider: 0 closed, 1 half-open, 2 open",
+    ["provider"], multiprocess_mode="livemax",
+)
+BREAKER_TRANSITIONS = Counter(
+    "provider_breaker_transitions_total",
+    "Circuit breaker state changes seen by this process, by the state entered", ["provider", "state"],
+)
+BREAKER_REJECTIONS = Counter(
+    "provider_breaker_rejections_total", "Calls refused at once because the breaker was open",
+    ["provider"],
+)
+CREDENTIAL_LOOKUP_FAILURES = Counter(
+    "credential_lookup_failures_total",
+    "Requests that could not read their user's exchange credentials (PostgreSQL down) and used "
+    "the shared instance",
+)
+STALE_ANSWERS = Counter(
+    "stale_answers_total", "Answers served from the last known data because the provider failed",
+    ["provider", "endpoint"],
+)
+WARMUP_QUERIES = Counter(
+    "warmup_queries_total", "Queries answered by cache warming at start, by outcome (ok, failed)",
+    ["outcome"],
 )

@@ -81,10 +81,14 @@ def resample(bars_1m: Iterable[Sequence[float]], timeframe: str) -> list[Bar]:
     return out
 
 
-def merge_bars(*series: Iterable[Sequence[float]]) -> list[Bar]:
-    """Merge bar lists into one strictly ascending list; a later series wins on equal ``ts``."""
-    by_ts: dict[int, Bar] = {}
-    for s in series:
-        for b in s:
-            by_ts[int(b[0])] = [int(b[0]), *map(float, b[1:6])]
-    return [by_ts[k] for k in sorted(by_ts)]
+
+#: Decimals of a bar's volume on every path (REST answers and WebSocket frames): sums of float
+#: volumes carry binary noise (3009.2870660000012, 6.5481430000000005). Prices are never summed
+#: (first, max, min, last), so they are passed as they are: tiny prices keep every digit.
+BAR_DECIMALS = 8
+
+
+def round_bar(bar: Sequence[float]) -> Bar:
+    """``[int ts, o, h, l, c, v]`` with the volume rounded to ``BAR_DECIMALS`` decimals."""
+    return [int(bar[0]), float(bar[1]), float(bar[2]), float(bar[3]), float(bar[4]),
+            round(float(bar[5]), BAR_DECIMALS)]

@@ -1,10 +1,14 @@
-"""Domain types shared by every layer: a bar series, time conversions and half-open ranges."""
+"""Domain types shared by every layer: a bar series, a live channel, time conversions and
+half-open ranges."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+from core.errors import InvalidParameter
+from core.timeframes import TIMEFRAMES
 
 
 @dataclass(frozen=True)
@@ -17,6 +21,33 @@ class Series:
 
     def key(self) -> str:
         return f"{self.market}:{self.provider}:{self.symbol}"
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One live stream: ``market:provider:symbol:timeframe`` (the symbol may contain ``:``)."""
+
+    market: str
+    provider: str
+    symbol: str
+    timeframe: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.market}:{self.provider}:{self.symbol}:{self.timeframe}"
+
+    @property
+    def series(self) -> Series:
+        return Series(self.market, self.provider, self.symbol)
+
+    @classmethod
+    def parse(cls, name: str) -> Channel:
+        """Parse a channel name; raises ``InvalidParameter``."""
+        parts = name.split(":")
+        if len(parts) < 4 or not all(parts) or parts[-1] not in TIMEFRAMES:
+            shape = "must be market:provider:symbol:timeframe"
+            raise InvalidParameter(f"channel {shape}", details={"channel": [shape]})
+        return cls(parts[0], parts[1], ":".join(parts[2:-1]), parts[-1])
 
 
 def to_dt(ms: int) -> datetime:

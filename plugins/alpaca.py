@@ -33,7 +33,7 @@ from core.errors import (
     UnknownSymbol,
 )
 from core.timeframes import Bar, bucket_start
-from plugins.base import Capabilities, MarketPlugin, ProviderInfo, Ticker
+from plugins.base import Capabilities, MarketPlugin, ProviderInfo, SymbolMeta, Ticker
 from plugins.retry import RetryPolicy, parse_retry_after
 
 DATA_URL = "https://data.alpaca.markets"
@@ -86,7 +86,10 @@ class AlpacaPlugin(MarketPlugin):
     def __init__(self, provider_id: str, **kwargs: Any) -> None:
         super().__init__(provider_id, **kwargs)
         self.timeout = float(self.options.get("PROVIDER_TIMEOUT", 10.0))
-        self.feed = str(self.options.get("ALPACA_FEED") or "iex")
+        # A user's own key: no feed is sent, so Alpaca answers from the best feed that account's
+        # subscription allows (sip with a paid plan, else iex), as its API documents.
+        self.feed = None if self.options.get("USER_INSTANCE") else str(
+            self.options.get("ALPACA_FEED") or "iex")
         self.adjustment = str(self.options.get("ALPACA_ADJUSTMENT") or "raw")
         self.symbols_ttl = float(self.options.get("CACHE_TTL_SYMBOLS", 3600))
         self.retry = RetryPolicy.from_config(provider_id, self.options)
@@ -106,6 +109,11 @@ class AlpacaPlugin(MarketPlugin):
                              configured=bool(creds), timeframes=list(TIMEFRAMES))]
 
     @classmethod
+    def missing_settings(cls, provider_id: str, config: dict[str, Any]) -> list[str]:
+        """Alpaca's data API needs a key: ``ALPACA_API_KEY_ID`` and ``ALPACA_API_SECRET_KEY``."""
+        return [k for k in ("ALPACA_API_KEY_ID", "ALPACA_API_SECRET_KEY") if not config.get(k)]
+
+    @classmethod
     def settings_from_config(
         cls, provider_id: str, config: dict[str, Any]
     ) -> tuple[dict[str, str], bool]:
@@ -115,9 +123,19 @@ class AlpacaPlugin(MarketPlugin):
             return {"key_id": str(key), "secret_key": str(secret)}, False
         return {}, False
 
+    @classmethod
+    def credentials_from_user(
+        cls, api_key: str, secret: str, password: str | None = None
+    ) -> dict[str, str]:
+        """Alpaca's key id and secret key (it has no passphrase)."""
+        return {"key_id": api_key, "secret_key": secret}
+
     @property
     def capabilities(self) -> Capabilities:
         return CAPABILITIES
+
+    def _feed(self) -> dict[str, str]:
+        return {"feed": self.feed} if self.feed else {}
 
     # --- HTTP ----------------------------------------------------------------------------------
     async def _session_ready(self) -> aiohttp.ClientSession:
@@ -224,7 +242,7 @@ class AlpacaPlugin(MarketPlugin):
         if until is not None and until <= since:
             return []
         params = {"timeframe": TIMEFRAMES[timeframe], "start": rfc3339(since),
-                  "limit": str(limit), "feed": self.feed, "adjustment": self.adjustment,
+                  "limit": str(limit), **self._feed(), "adjustment": self.adjustment,
                   "sort": "asc"}
         if until is not None:
             params["end"] = rfc3339(until - 1)  # Alpaca's end is inclusive
@@ -268,8 +286,12 @@ class AlpacaPlugin(MarketPlugin):
         path = f"/v2/stocks/{quote(symbol, safe='')}/snapshot"
         return await self.retry.call(functools.partial(self._fetch_snapshot, path))
 
+    async def symbol_meta(self, symbol: str) -> SymbolMeta:
+        """US stocks are quoted in cents and traded in whole shares."""
+        return SymbolMeta(price_tick=0.01, volume_tick=1.0, description=symbol)
+
     async def _fetch_snapshot(self, path: str) -> Ticker:
-        body = await self._request_api(path, {"feed": self.feed})
+        body = await self._request_api(path, self._feed())
         try:
             trade = body.get("latestTrade") or {}
             quote_ = body.get("latestQuote") or {}

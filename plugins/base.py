@@ -52,6 +52,18 @@ class Capabilities:
 
 
 @dataclass(frozen=True)
+class SymbolMeta:
+    """How a symbol's prices and volumes are stepped, as the provider states them (TradingView's
+    UDF turns these into ``pricescale``/``minmov`` and ``volume_precision``)."""
+
+    #: Smallest price step (0.01 for a cent), or None when the provider does not say.
+    price_tick: float | None = None
+    #: Smallest volume step (1 for whole shares), or None when the provider does not say.
+    volume_tick: float | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Ticker:
     ts: int
     last: float
@@ -66,6 +78,8 @@ class MarketPlugin(ABC):
     plugin_key: ClassVar[str]
     #: Markets this class serves (``crypto``, ``stocks``, ``sim``).
     supported_markets: ClassVar[tuple[str, ...]]
+    #: False for providers that take no user credentials (``PUT /credentials`` refuses them).
+    accepts_credentials: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -102,6 +116,23 @@ class MarketPlugin(ABC):
         """(credentials, testnet) configured for ``provider_id``; public access by default."""
         return {}, False
 
+    @classmethod
+    def missing_settings(cls, provider_id: str, config: dict[str, Any]) -> list[str]:
+        """Names of the settings ``provider_id`` needs that ``config`` lacks (none by default).
+        A provider with some is answered at once with an error naming them, never called."""
+        return []
+
+    @classmethod
+    def credentials_from_user(
+        cls, api_key: str, secret: str, password: str | None = None
+    ) -> dict[str, str]:
+        """A user's stored credentials in this plugin's ``credentials`` form (CCXT's by default).
+        Instances built with them get ``options["USER_INSTANCE"] = True``."""
+        creds = {"apiKey": api_key, "secret": secret}
+        if password:
+            creds["password"] = password
+        return creds
+
     @property
     @abstractmethod
     def capabilities(self) -> Capabilities:
@@ -122,6 +153,16 @@ class MarketPlugin(ABC):
     @abstractmethod
     async def fetch_ticker(self, symbol: str) -> Ticker:
         """Last price (and bid/ask when the provider has them)."""
+
+    def listing_ms(self, symbol: str) -> int | None:
+        """When ``symbol``'s history starts (its listing, ms), if the provider states it; None
+        when unknown (callers then learn it from the first page of a fetch reaching back)."""
+        return None
+
+    async def symbol_meta(self, symbol: str) -> SymbolMeta:
+        """Price and volume steps of ``symbol`` (steps unknown by default). Callers check first
+        that the symbol exists (``fetch_symbols``)."""
+        return SymbolMeta(description=symbol)
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release network resources. Idempotent."""

@@ -24,7 +24,7 @@ from core.errors import (
     UnknownSymbol,
 )
 from core.timeframes import Bar, tf_ms
-from plugins.base import Capabilities, MarketPlugin, ProviderInfo, Ticker
+from plugins.base import Capabilities, MarketPlugin, ProviderInfo, SymbolMeta, Ticker
 from plugins.ccxt_errors import translate
 from plugins.ccxt_support import capabilities_for, clean_bars, exchange_class, rebase_urls
 from plugins.retry import RetryPolicy
@@ -33,11 +33,6 @@ T = TypeVar("T")
 _CREDENTIAL_KEYS = ("apiKey", "secret", "password", "uid")
 #: Shared markets: (exchange id, testnet, base URL, types) -> (loaded at, markets, currencies).
 _MARKETS: dict[tuple[str, bool, str, tuple[str, ...]], tuple[float, Any, Any]] = {}
-
-
-def clear_shared_markets() -> None:
-    """Forget markets shared between instances (tests; an operator's forced reload)."""
-    _MARKETS.clear()
 
 
 def _csv(raw: Any) -> list[str]:
@@ -226,6 +221,33 @@ class CryptoPlugin(MarketPlugin):
                           ask=_opt_float(t.get("ask")))
 
         return await self.retry.call(once)
+
+    async def symbol_meta(self, symbol: str) -> SymbolMeta:
+        """The market's price and amount precision from the exchange's loaded markets (no call
+        beyond the shared markets load)."""
+
+        async def once() -> SymbolMeta:
+            exchange = await self._ready()
+            market = self._market(exchange, symbol)
+            precision = market.get("precision") or {}
+            mode = exchange.precisionMode
+            return SymbolMeta(price_tick=precision_step(precision.get("price"), mode),
+                              volume_tick=precision_step(precision.get("amount"), mode),
+                              description=f"{market.get('base', '')} / {market.get('quote', '')}")
+
+        return await self.retry.call(once)
+
+
+def precision_step(value: Any, mode: int) -> float | None:
+    """A CCXT precision as a step: TICK_SIZE gives the step itself, DECIMAL_PLACES a count of
+    decimals; SIGNIFICANT_DIGITS has no fixed step (None)."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        return None
+    if mode == ccxt.TICK_SIZE:
+        return float(value) if value > 0 else None
+    if mode == ccxt.DECIMAL_PLACES:
+        return 10.0 ** -int(value)
+    return None
 
 
 def _opt_float(x: Any) -> float | None:

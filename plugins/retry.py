@@ -1,11 +1,16 @@
 """Retries of temporary upstream errors, shared by the plugins' fetch methods.
 
+Public names (stable): ``RetryPolicy`` (``from_config``, ``wait_seconds``, ``call``),
+``parse_retry_after``, ``is_temporary``.
+
 Only errors with ``temporary == True`` (``NetworkPluginError`` and subclasses) are retried, at most
-``PROVIDER_RETRIES`` times after the first attempt, with exponential backoff and full jitter. When
-the exchange said how long to wait (``retry_after``, from ``Retry-After``) that wait is used instead,
-capped by ``PROVIDER_RETRY_MAX_WAIT`` so one request never stalls for a ban's full length; the
-error is re-raised when attempts run out. Validation, symbol and credential errors are never
-retried. Each retry increments ``provider_retries_total{provider}``.
+``PROVIDER_RETRIES`` times after the first attempt (or, with ``patience``, for that many seconds),
+with exponential backoff and full jitter, and never sooner than the exchange said (``retry_after``,
+from ``Retry-After``); every wait is capped by ``max_wait`` (``PROVIDER_RETRY_MAX_WAIT``) so one
+request never stalls for a ban's full length. The error is re-raised when attempts run out.
+Validation, symbol and credential errors are never retried. Each retry of a plugin call increments
+``provider_retries_total{provider}``. This is the one retry policy: plugins retry each upstream
+request with it, backfill retries its chunks with it (``patience``, its own ``before_sleep``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
+    stop_after_delay,
     wait_random_exponential,
 )
 
@@ -66,24 +72,29 @@ class RetryPolicy:
     retries: int = 3
     max_wait: float = 10.0
     base_wait: float = 0.25
+    #: When set, retry for this many seconds instead of ``retries`` times.
+    patience: float | None = None
 
     @classmethod
     def from_config(cls, provider: str, config: dict[str, Any]) -> RetryPolicy:
-        """Read ``PROVIDER_RETRIES`` and ``PROVIDER_RETRY_MAX_WAIT`` (defaults 3 and 10 s)."""
-        return cls(
-            provider=provider,
-            retries=max(0, int(config.get("PROVIDER_RETRIES", 3))),
-            max_wait=max(0.0, float(config.get("PROVIDER_RETRY_MAX_WAIT", 10.0))),
-        )
+        """Read ``PROVIDER_RETRIES`` and ``PROVIDER_RETRY_MAX_WAIT`` (the field defaults when
+        the config lacks them), once, when a plugin instance is built."""
+        kwargs: dict[str, Any] = {}
+        if config.get("PROVIDER_RETRIES") is not None:
+            kwargs["retries"] = max(0, int(config["PROVIDER_RETRIES"]))
+        if config.get("PROVIDER_RETRY_MAX_WAIT") is not None:
+            kwargs["max_wait"] = max(0.0, float(config["PROVIDER_RETRY_MAX_WAIT"]))
+        return cls(provider=provider, **kwargs)
 
     def wait_seconds(self, state: RetryCallState) -> float:
-        """The exchange's ``retry_after`` when given, else exponential backoff with jitter."""
+        """Exponential backoff with jitter, at least the exchange's ``retry_after``, at most
+        ``max_wait``."""
         exc = state.outcome.exception() if state.outcome is not None else None
+        backoff = float(wait_random_exponential(multiplier=self.base_wait, max=self.max_wait)(state))
         retry_after = getattr(exc, "retry_after", None)
         if isinstance(retry_after, int | float) and retry_after >= 0:
-            return min(float(retry_after), self.max_wait)
-        jitter = wait_random_exponential(multiplier=self.base_wait, max=self.max_wait)
-        return float(jitter(state))
+            backoff = max(backoff, float(retry_after))
+        return min(backoff, self.max_wait)
 
     def _before_sleep(self, state: RetryCallState) -> None:
         PROVIDER_RETRIES.labels(self.provider).inc()
@@ -91,13 +102,19 @@ class RetryPolicy:
         log.info("retrying %s after %s (attempt %d)", self.provider, type(exc).__name__,
                  state.attempt_number)
 
-    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Await ``fn()``, retrying temporary errors; the last error is re-raised as is."""
+    async def call(
+        self, fn: Callable[[], Awaitable[T]],
+        before_sleep: Callable[[RetryCallState], Awaitable[None] | None] | None = None,
+    ) -> T:
+        """Await ``fn()``, retrying temporary errors; the last error is re-raised as is.
+        ``before_sleep`` replaces the default hook (which counts ``provider_retries_total``)."""
+        stop = (stop_after_attempt(self.retries + 1) if self.patience is None
+                else stop_after_delay(self.patience))
         retrying = AsyncRetrying(
             retry=retry_if_exception(is_temporary),
-            stop=stop_after_attempt(self.retries + 1),
+            stop=stop,
             wait=self.wait_seconds,
-            before_sleep=self._before_sleep,
+            before_sleep=before_sleep or self._before_sleep,
             reraise=True,
         )
         async for attempt in retrying:

@@ -27,7 +27,7 @@ from core.timeframes import (
     now_ms,
     resample,
 )
-from plugins.base import Capabilities, MarketPlugin, ProviderInfo, Ticker
+from plugins.base import Capabilities, MarketPlugin, ProviderInfo, SymbolMeta, Ticker
 
 #: symbol -> (base price, base volume)
 SYMBOLS: dict[str, tuple[float, float]] = {
@@ -39,6 +39,8 @@ SYMBOLS: dict[str, tuple[float, float]] = {
 #: The sim market opened at 2023-01-01 00:00 UTC (like an exchange's listing date): no bars before.
 #: It bounds the minutes a query reaching back decades makes the sim compute.
 HISTORY_START_MS = 1_672_531_200_000
+#: Prices and volumes are rounded to this many decimals (the symbol's tick, for UDF's pricescale).
+PRICE_DECIMALS = 6
 #: Pages spanning more minutes than this are computed on a worker thread (~7 µs a minute).
 THREAD_MINUTES = 5_000
 CAPABILITIES = Capabilities(
@@ -74,13 +76,13 @@ def _price(seed: int, symbol: str, t_min: float) -> float:
     n0 = _units(seed, symbol, m)[0] - 0.5
     n1 = _units(seed, symbol, m + 1)[0] - 0.5
     noise = 0.004 * (n0 + (n1 - n0) * frac)
-    return round(base * (1 + wave + noise), 6)
+    return round(base * (1 + wave + noise), PRICE_DECIMALS)
 
 
 def _whole_minute_price(seed: int, symbol: str, m: int, phase: float, noise_unit: float) -> float:
     """``_price`` at a whole minute, given that minute's noise unit (no hashing here)."""
     wave = 0.04 * math.sin(m / 1440.0 * 2 * math.pi + phase) + 0.015 * math.sin(m / 97.0 * 2 * math.pi)
-    return round(SYMBOLS[symbol][0] * (1 + wave + 0.004 * (noise_unit - 0.5)), 6)
+    return round(SYMBOLS[symbol][0] * (1 + wave + 0.004 * (noise_unit - 0.5)), PRICE_DECIMALS)
 
 
 def closed_bars(seed: int, symbol: str, first: int, stop: int) -> list[Bar]:
@@ -97,8 +99,8 @@ def closed_bars(seed: int, symbol: str, first: int, stop: int) -> list[Bar]:
         c = _whole_minute_price(seed, symbol, m + 1, phase, following[0])
         wick = 0.002 * units[1]
         vol = base_vol * (0.5 + units[2])
-        out.append([m * MINUTE_MS, o, round(max(o, c) * (1 + wick), 6),
-                    round(min(o, c) * (1 - wick), 6), c, round(vol, 6)])
+        out.append([m * MINUTE_MS, o, round(max(o, c) * (1 + wick), PRICE_DECIMALS),
+                    round(min(o, c) * (1 - wick), PRICE_DECIMALS), c, round(vol, PRICE_DECIMALS)])
         o, units = c, following
     return out
 
@@ -118,12 +120,14 @@ def sim_bar(seed: int, symbol: str, ts: int, at_ms: int | None = None) -> Bar:
     _, w, v = _units(seed, symbol, m)
     wick = 0.002 * w * frac
     vol = SYMBOLS[symbol][1] * (0.5 + v) * frac
-    return [ts, o, round(max(o, c) * (1 + wick), 6), round(min(o, c) * (1 - wick), 6), c, round(vol, 6)]
+    return [ts, o, round(max(o, c) * (1 + wick), PRICE_DECIMALS), round(min(o, c) * (1 - wick), PRICE_DECIMALS),
+            c, round(vol, PRICE_DECIMALS)]
 
 
 class SimPlugin(MarketPlugin):
     plugin_key: ClassVar[str] = "sim"
     supported_markets: ClassVar[tuple[str, ...]] = ("sim",)
+    accepts_credentials: ClassVar[bool] = False
 
     def __init__(self, provider_id: str, **kwargs: Any) -> None:
         super().__init__(provider_id, **kwargs)
@@ -181,9 +185,19 @@ class SimPlugin(MarketPlugin):
             bars.append(sim_bar(self.seed, symbol, forming, now))
         return resample(bars, timeframe)[:limit]
 
+    def listing_ms(self, symbol: str) -> int | None:
+        """Every sim symbol lists at the market's opening, ``HISTORY_START_MS``."""
+        return HISTORY_START_MS if symbol in SYMBOLS else None
+
     async def fetch_symbols(self) -> list[str]:
         self._count("fetch_symbols")
         return sorted(SYMBOLS)
+
+    async def symbol_meta(self, symbol: str) -> SymbolMeta:
+        """Sim prices and volumes are rounded to 6 decimals (``PRICE_DECIMALS``)."""
+        self._check_symbol(symbol)
+        step = 10.0 ** -PRICE_DECIMALS
+        return SymbolMeta(price_tick=step, volume_tick=step, description=f"{symbol} (simulated)")
 
     async def fetch_ticker(self, symbol: str) -> Ticker:
         self._count("fetch_ticker")
@@ -191,4 +205,4 @@ class SimPlugin(MarketPlugin):
         now = now_ms()
         last = _price(self.seed, symbol, now / MINUTE_MS)
         spread = last * 0.0001
-        return Ticker(now, last, round(last - spread, 6), round(last + spread, 6))
+        return Ticker(now, last, round(last - spread, PRICE_DECIMALS), round(last + spread, PRICE_DECIMALS))

@@ -20,6 +20,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 import brotli
 
@@ -83,6 +84,8 @@ class Prepared:
     variants: dict[str, tuple[bytes, dict[str, str]]]
     expires: float
     size: int = 0
+    #: What the caller wants back on a hit (the query the answer is for).
+    meta: Any = None
 
     def pick(self, accept_encoding: str) -> tuple[bytes, dict[str, str]]:
         """The body and headers for a client's ``Accept-Encoding``."""
@@ -95,7 +98,7 @@ def etag_of(body: bytes) -> str:
 
 
 def prepare_sync(series: str, start: int, end: int, body: bytes, source: str,
-                 ttl: float) -> Prepared:
+                 ttl: float, meta: Any = None) -> Prepared:
     """Build an entry (CPU-bound: call it in a thread). Each compressed variant has its own ETag
     (``"<hash>-br"``), since a strong ETag names one representation."""
     etag = etag_of(body)
@@ -108,7 +111,7 @@ def prepare_sync(series: str, start: int, end: int, body: bytes, source: str,
             tag = f'{etag[:-1]}-{enc}"'
             variants[enc] = (data, {**base, "ETag": tag, "Vary": "Accept-Encoding", "Content-Encoding": enc})
     size = ENTRY_OVERHEAD + sum(len(data) for data, _ in variants.values())
-    return Prepared(series, start, end, etag, variants, time.monotonic() + ttl, size)
+    return Prepared(series, start, end, etag, variants, time.monotonic() + ttl, size, meta)
 
 
 def etag_matches(if_none_match: str, etag: str) -> bool:
@@ -154,10 +157,10 @@ class AnswerBytes:
         return self._epoch, self._generation.get(series, 0)
 
     async def prepare(self, key: bytes, series: str, start: int, end: int, body: bytes,
-                      source: str, generation: tuple[int, int]) -> Prepared:
+                      source: str, generation: tuple[int, int], meta: Any = None) -> Prepared:
         """Prepare ``body`` (compressed in a thread) and keep it unless a revision of ``series``
         came in since ``generation`` was read, or it alone is larger than the bound."""
-        entry = await asyncio.to_thread(prepare_sync, series, start, end, body, source, self.ttl)
+        entry = await asyncio.to_thread(prepare_sync, series, start, end, body, source, self.ttl, meta)
         self.put(key, entry, generation)
         return entry
 

@@ -18,7 +18,6 @@ import asyncpg
 
 from core.types import Series
 
-ACTIVE = ("queued", "running")
 STATES = ("queued", "running", "done", "failed")
 
 
@@ -103,6 +102,16 @@ async def get_job(conn: asyncpg.Connection, job_id: str) -> Job | None:
     return _job(row) if row is not None else None
 
 
+async def list_jobs(conn: asyncpg.Connection, status: str | None, limit: int) -> list[Job]:
+    """Up to ``limit`` jobs, newest first, of one ``status`` (None: any)."""
+    rows = await conn.fetch(
+        "SELECT * FROM backfill_jobs WHERE $1::text IS NULL OR status = $1"
+        " ORDER BY created_at DESC, id DESC LIMIT $2",
+        status, limit,
+    )
+    return [_job(r) for r in rows]
+
+
 async def claim_next(
     conn: asyncpg.Connection, owner: str, lease_s: float, exclude: list[str] | None = None
 ) -> Job | None:
@@ -161,6 +170,16 @@ async def add_progress(
         " bars_written = bars_written + $4, updated_at = now()"
         " WHERE id = $1 AND owner = $2 AND status = 'running'",
         job_id, owner, chunks, bars,
+    )
+    return status.endswith(" 1")
+
+
+async def record_error(conn: asyncpg.Connection, job_id: str, owner: str, error: str) -> bool:
+    """Keep the last failure of our running job while it retries (cleared when it is done)."""
+    status = await conn.execute(
+        "UPDATE backfill_jobs SET error = $3, updated_at = now()"
+        " WHERE id = $1 AND owner = $2 AND status = 'running'",
+        job_id, owner, error,
     )
     return status.endswith(" 1")
 

@@ -1,5 +1,7 @@
 """JobRunner: the background loop that runs backfill jobs stored in PostgreSQL.
 
+Public names (stable): ``JobRunner``, ``RunnerSettings``, ``RunJob``.
+
 Every ``min(BACKFILL_POLL_INTERVAL, BACKFILL_LEASE_SECONDS / 3)`` seconds (or at once when woken by
 a new job) the loop renews the leases of the jobs this instance runs, claims queued jobs (and
 running ones whose lease expired: their instance died) with ``FOR UPDATE SKIP LOCKED`` up to
@@ -16,28 +18,39 @@ import logging
 import os
 import socket
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
-from app_extensions.db_pool import Database
 from core.errors import DataSourceError
 from core.metrics import BACKFILL_JOBS, BACKFILL_LAG, BACKFILL_RUNNER_ERRORS
+from core.ports import Database
 from services import backfill_jobs as jobs
-
-if TYPE_CHECKING:
-    from services.backfill_manager import BackfillManager
+from services.settings import setting
 
 log = logging.getLogger(__name__)
+#: Runs (or resumes) one claimed job to its end: ``BackfillManager.run_job``.
+RunJob = Callable[[jobs.Job, str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    """The job runner's settings (``build(RunnerSettings, config)``)."""
+
+    enabled: bool = setting("BACKFILL_RUNNER", True, bool)
+    max_jobs: int = setting("BACKFILL_MAX_JOBS", 2, int)
+    lease: float = setting("BACKFILL_LEASE_SECONDS", 30.0, float)
+    poll_interval: float = setting("BACKFILL_POLL_INTERVAL", 2.0, float)
 
 
 class JobRunner:
-    """Claims and runs backfill jobs; one per BackfillManager."""
+    """Claims and runs backfill jobs with ``run_job`` (no import of the manager: no cycle)."""
 
-    def __init__(self, manager: BackfillManager, db: Database, config: dict[str, Any]) -> None:
-        self.manager, self.db = manager, db
-        self.enabled = bool(config.get("BACKFILL_RUNNER", True))
-        self.max_jobs = max(1, int(config.get("BACKFILL_MAX_JOBS", 2)))
-        self.lease = max(0.5, float(config.get("BACKFILL_LEASE_SECONDS", 30.0)))
-        self.interval = min(float(config.get("BACKFILL_POLL_INTERVAL", 2.0)), self.lease / 3)
+    def __init__(self, run_job: RunJob, db: Database, settings: RunnerSettings) -> None:
+        self.run_job, self.db = run_job, db
+        self.enabled = settings.enabled
+        self.max_jobs = max(1, settings.max_jobs)
+        self.lease = max(0.5, settings.lease)
+        self.interval = min(settings.poll_interval, self.lease / 3)
         #: Identifies this runner in ``backfill_jobs.owner``.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -47,10 +60,6 @@ class JobRunner:
     def wake(self) -> None:
         """Look for work now instead of at the next poll."""
         self._wake.set()
-
-    @property
-    def running_jobs(self) -> list[str]:
-        return list(self._running)
 
     async def start(self) -> None:
         """Start the loop (idempotent; nothing when ``BACKFILL_RUNNER`` is off)."""
@@ -83,8 +92,11 @@ class JobRunner:
             if ids:
                 ours = await jobs.renew_leases(conn, self.owner, ids, self.lease)
                 for job_id in set(ids) - ours:
+                    task = self._running.get(job_id)
+                    if task is None or task.done():  # it ended (and let go) meanwhile
+                        continue
                     log.warning("backfill job %s: lease lost, stopping it here", job_id)
-                    self._running[job_id].cancel()
+                    task.cancel()
             while len(self._running) < self.max_jobs:
                 job = await jobs.claim_next(conn, self.owner, self.lease, list(self._running))
                 if job is None:
@@ -110,7 +122,7 @@ class JobRunner:
 
     async def _run_job(self, job: jobs.Job) -> None:
         try:
-            await self.manager.run_job(job, self.owner)
+            await self.run_job(job, self.owner)
         except asyncio.CancelledError:
             raise
         except DataSourceError as exc:

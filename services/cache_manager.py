@@ -10,13 +10,14 @@ Two kinds of entry, both namespaced by the configured prefix:
 from __future__ import annotations
 
 import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
-from app_extensions.redis_client import RedisClient
 from core.errors import DataSourceError
 from core.metrics import CACHE_REQUESTS
+from core.ports import RedisClient
 from core.timeframes import Bar
 from core.types import Series
 
@@ -42,6 +43,11 @@ class Cache(ABC):
     @abstractmethod
     async def set_resampled(self, key: str, answer: dict[str, Any], ttl: int) -> None:
         """Cache an answer (``partial`` and the bars already encoded as ``bars_json``) for ``ttl`` s."""
+
+    @abstractmethod
+    async def drop_answers(self, series: Series, ts: Sequence[int]) -> int:
+        """Forget every cached answer of ``series`` whose range holds one of the 1m bars ``ts``
+        (they were revised); returns how many were dropped."""
 
 
 class RedisCache(Cache):
@@ -99,3 +105,23 @@ class RedisCache(Cache):
         full = self.redis.key(ANSWER_NS, key)
         payload = ("1" if answer["partial"] else "0") + answer["bars_json"]
         await self.redis.run(lambda r: r.set(full, payload, ex=ttl))
+
+    async def drop_answers(self, series: Series, ts: Sequence[int]) -> int:
+        # Answer keys end with ":<timeframe>:<start>:<end>" (see DataOrchestrator); a range
+        # [start, end) of bucket boundaries holds a 1m bar when start <= ts < end.
+        pattern = self.redis.key(ANSWER_NS, re.sub(r"([*?\[\]\\])", r"\\\1", series.key())) + ":*"
+        wanted = sorted(set(ts))
+
+        async def drop(r: Any) -> int:
+            doomed = []
+            async for raw in r.scan_iter(match=pattern, count=500):
+                key = raw.decode() if isinstance(raw, bytes) else str(raw)
+                try:
+                    start, end = (int(x) for x in key.rsplit(":", 2)[1:])
+                except ValueError:
+                    continue
+                if any(start <= t < end for t in wanted):
+                    doomed.append(key)
+            return int(await r.delete(*doomed)) if doomed else 0
+
+        return await self.redis.run(drop)

@@ -13,15 +13,21 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from core.errors import UnknownMarket, UnknownProvider
-from core.metrics import PLUGIN_INSTANCES, observe_call
+from core.errors import AppError, UnknownMarket, UnknownProvider
+from core.metrics import PLUGIN_INSTANCES
 from core.timeframes import TIMEFRAMES
 from plugins.base import MarketPlugin, ProviderInfo, Ticker
 from plugins.loader import PluginLoader
+from services.breaker import BreakerSettings, CircuitBreaker
+from services.credentials import UserCredentials
+from services.deadline import bounded
 from services.provider_budget import ProviderBudget
+from services.provider_calls import ProviderCalls
+from services.settings import build, setting
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,19 @@ class _Entry:
     last_used: float
 
 
+class ProviderNotConfigured(AppError):
+    """The provider needs settings this server lacks (e.g. Alpaca's keys): answered at once,
+    without a network call, naming the missing settings. 503 ``dependency_unavailable`` as for
+    any server-side configuration that is missing; ``Retry-After`` says when an operator's fix
+    may be in place."""
+
+    status, code = 503, "dependency_unavailable"
+
+
+#: Retry-After (s) of ``ProviderNotConfigured``: configuration changes come with a restart.
+NOT_CONFIGURED_RETRY_AFTER = 300.0
+
+
 def credentials_marker(credentials: dict[str, str]) -> str:
     """A stable hash of the credentials, or ``public``; secrets never appear in keys or logs."""
     if not credentials:
@@ -42,17 +61,33 @@ def credentials_marker(credentials: dict[str, str]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class MarketSettings:
+    """MarketService's settings (``build(MarketSettings, config)``)."""
+
+    idle_timeout: float = setting("PLUGIN_IDLE_TIMEOUT", 600.0, float)
+    symbols_ttl: float = setting("CACHE_TTL_SYMBOLS", 3600.0, float)
+    #: Seconds within which a symbols or ticker answer comes (else 503 provider_unavailable).
+    deadline: float = setting("REQUEST_DEADLINE", 10.0, float)
+    provider_urls: Mapping[str, str] | None = setting("PROVIDER_URLS", None, dict)
+
+
 class MarketService:
     def __init__(self, loader: PluginLoader, config: dict[str, Any]) -> None:
         self.loader = loader
+        #: The app config, handed to plugin classes (they read their own settings from it).
         self.config = config
-        self.idle_timeout = float(config.get("PLUGIN_IDLE_TIMEOUT", 600))
+        self.settings = build(MarketSettings, config)
+        self.idle_timeout = self.settings.idle_timeout
         self._instances: dict[InstanceKey, _Entry] = {}
         self._lock = asyncio.Lock()
-        self.symbols_ttl = float(config.get("CACHE_TTL_SYMBOLS", 3600))
-        self._symbols: dict[tuple[str, str], tuple[float, list[str]]] = {}
+        self._symbols: dict[tuple[str, str, str], tuple[float, list[str]]] = {}
         #: Outbound budget and ban pauses per provider (shared in Redis once the app attaches it).
         self.budget = ProviderBudget(config)
+        #: The one provider-call path (guard, metrics, paging) every caller uses.
+        #: The providers' circuit breakers (shared in Redis once the app attaches it).
+        self.breaker = CircuitBreaker(BreakerSettings.from_config(config))
+        self.calls = ProviderCalls(self.budget, self.breaker)
 
     # --- Catalogue ---------------------------------------------------------------------------
     def markets(self) -> list[dict[str, Any]]:
@@ -70,7 +105,9 @@ class MarketService:
         """Providers configured for ``market``; raises ``UnknownMarket``."""
         cls = self.loader.plugin_for_market(market)
         if cls is None:
-            raise UnknownMarket(f"unknown market {market!r}", details={"market": [market]})
+            known = ", ".join(sorted(self.loader.by_market))
+            raise UnknownMarket(f"unknown market {market!r}; one of: {known}",
+                                details={"market": [f"one of: {known}"]})
         return cls.list_configurable_providers(self.config)
 
     def check_provider(self, market: str, provider: str) -> type[MarketPlugin]:
@@ -84,19 +121,41 @@ class MarketService:
         assert cls is not None
         return cls
 
+    def _check_configured(self, cls: type[MarketPlugin], provider: str) -> None:
+        """Raise ``ProviderNotConfigured`` naming the settings ``provider`` lacks."""
+        missing = cls.missing_settings(provider, self.config)
+        if missing:
+            names = " and ".join(missing)
+            raise ProviderNotConfigured(
+                f"{provider} is not configured on this server: set {names} (or store your own "
+                f"key with PUT /api/v1/credentials/{provider})",
+                details={"provider": [f"{provider} needs {names}"]},
+                retry_after=NOT_CONFIGURED_RETRY_AFTER)
+
     # --- Instances -----------------------------------------------------------------------------
-    async def get_plugin(self, market: str, provider: str) -> MarketPlugin:
-        """The cached plugin instance for (market, provider) with its configured credentials."""
+    async def get_plugin(
+        self, market: str, provider: str, user: UserCredentials | None = None
+    ) -> MarketPlugin:
+        """The cached plugin instance for (market, provider) with its configured credentials, or
+        with ``user``'s own: an instance per hash of the user's credentials and testnet flag."""
         cls = self.check_provider(market, provider)
-        credentials, testnet = cls.settings_from_config(provider, self.config)
-        key = (cls.get_plugin_key(), provider, credentials_marker(credentials), testnet)
+        options = self.config
+        if user is None:
+            self._check_configured(cls, provider)
+            credentials, testnet = cls.settings_from_config(provider, self.config)
+            marker = credentials_marker(credentials)
+        else:
+            credentials = cls.credentials_from_user(user.api_key, user.secret, user.password)
+            testnet, marker = user.testnet, "user:" + user.marker()
+            options = {**self.config, "USER_INSTANCE": True}
+        key = (cls.get_plugin_key(), provider, marker, testnet)
         async with self._lock:
             entry = self._instances.get(key)
             if entry is None:
-                base_url = (self.config.get("PROVIDER_URLS") or {}).get(provider)
+                base_url = (self.settings.provider_urls or {}).get(provider)
                 plugin = cls(
                     provider, credentials=credentials, testnet=testnet,
-                    base_url=base_url, options=self.config,
+                    base_url=base_url, options=options,
                 )
                 entry = self._instances[key] = _Entry(plugin, time.monotonic())
                 PLUGIN_INSTANCES.labels(cls.get_plugin_key()).inc()
@@ -104,27 +163,32 @@ class MarketService:
             entry.last_used = time.monotonic()
             return entry.plugin
 
-    async def symbols(self, market: str, provider: str) -> list[str]:
-        """Symbols of a provider, cached in memory for ``CACHE_TTL_SYMBOLS`` seconds."""
-        key = (market, provider)
+    async def symbols(
+        self, market: str, provider: str, user: UserCredentials | None = None
+    ) -> list[str]:
+        """Symbols of a provider, cached in memory for ``CACHE_TTL_SYMBOLS`` seconds (per user's
+        credentials for a user's instance: what a key may list is its own); fetched within
+        ``REQUEST_DEADLINE``."""
+        key = (market, provider, user.marker() if user else "")
         hit = self._symbols.get(key)
-        if hit is not None and time.monotonic() - hit[0] < self.symbols_ttl:
+        if hit is not None and time.monotonic() - hit[0] < self.settings.symbols_ttl:
             return hit[1]
-        plugin = await self.get_plugin(market, provider)
-        async with self.budget.guard(provider):
-            with observe_call(provider, "fetch_symbols"):
-                found = await plugin.fetch_symbols()
+        plugin = await self.get_plugin(market, provider, user)
+        found = await bounded(self.calls.call(provider, "fetch_symbols", plugin.fetch_symbols,
+                                              plugin.testnet),
+                              self.settings.deadline, provider)
         self._symbols[key] = (time.monotonic(), found)
         return found
 
-    async def ticker(self, market: str, provider: str, symbol: str) -> Ticker:
-        plugin = await self.get_plugin(market, provider)
-        async with self.budget.guard(provider):
-            with observe_call(provider, "fetch_ticker"):
-                return await plugin.fetch_ticker(symbol)
-
-    def instance_count(self) -> int:
-        return len(self._instances)
+    async def ticker(
+        self, market: str, provider: str, symbol: str, user: UserCredentials | None = None
+    ) -> Ticker:
+        """The provider's last price for ``symbol`` (one guarded call, within
+        ``REQUEST_DEADLINE``), with ``user``'s own instance when given."""
+        plugin = await self.get_plugin(market, provider, user)
+        call = self.calls.call(provider, "fetch_ticker", lambda: plugin.fetch_ticker(symbol),
+                               plugin.testnet)
+        return await bounded(call, self.settings.deadline, provider)
 
     async def close_idle(self, now: float | None = None) -> int:
         """Close instances unused for ``idle_timeout`` seconds; returns how many were closed."""

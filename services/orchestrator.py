@@ -1,33 +1,40 @@
-"""DataOrchestrator: answers OHLCV queries from cache, then storage, then the provider.
+"""DataOrchestrator: answers OHLCV queries from the answer cache, else over a chain of sources.
 
-The flow for a query of timeframe T over the buckets [a, b):
-1. the answer cache (closed ranges cached long, ranges with the forming bar briefly);
-2. storage: the gap ledger says which closed 1m ranges were never fetched; only those (and the
-   last few minutes, which are never marked complete) are fetched from the provider, written to
-   PostgreSQL in one transaction, and the answer is read back aggregated to T;
-3. storage down: 1m bars from the cache when they cover the range, else from the provider, and
-   resampled here. A range too large for ``OHLCV_MAX_PROVIDER_CALLS`` is fetched in T directly
-   when the provider serves T natively, and the 1m history is left to a backfill job.
-The forming bar is never cached as closed and never written to storage.
+Public names (stable): ``DataOrchestrator``, ``OrchestratorSettings``, ``BarQuery``,
+``BarAnswer``, ``window``, ``WIDEN_FACTORS``, ``CLOSURE_SLACK_MS``.
+
+The path of one query of timeframe T, top to bottom:
+1. ``window``: the buckets [a, b) it covers and the ``next`` page;
+2. the answer cache (closed ranges cached long, ranges with the forming bar briefly), then one
+   build per window at a time (concurrent identical queries share it);
+3. the chain (``services.sources``): each source's ``fill`` adds what it has. Storage up:
+   ``StorageSource`` then ``ProviderSource`` (fetches what the ledger lacks, writes it through,
+   reads the window back). Storage down (a ``DataSourceError``): ``Cache1mSource`` then the
+   provider without storage;
+4. the backfill hook for closed minutes left missing, and the answer cached unless incomplete.
+Markets that close (stocks) widen latest-bars windows until they hold ``limit`` bars.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 
-from core.errors import DataSourceError, NetworkPluginError
-from core.timeframes import MINUTE_MS, Bar, bucket_ceil, bucket_start, now_ms, resample, tf_ms
-from core.types import Series, merge_ranges
-from services.sources import AggregateSource, CacheSource, DbSource, PluginSource
+from core.errors import DataSourceError
+from core.timeframes import MINUTE_MS, bucket_ceil, bucket_start, now_ms, resample, round_bar, tf_ms
+from core.types import Series
+from services.bars import BarAnswer, BarQuery
+from services.deadline import DeadlineExceeded, remaining, request_deadline
+from services.provider_source import PluginSource
+from services.settings import setting
+from services.sources import LEDGER_SAFETY_MS, CacheSource, DataSource, Fill, StorageSource, Window
 
+__all__ = ["CLOSURE_SLACK_MS", "WIDEN_FACTORS", "BarAnswer", "BarQuery", "DataOrchestrator",
+           "OrchestratorSettings", "window"]
 log = logging.getLogger(__name__)
-#: Minutes this close to now are refetched every time, never recorded complete in the ledger.
-LEDGER_SAFETY_MS = 2 * MINUTE_MS
 
 #: How far back (in multiples of ``limit`` buckets) a latest-bars query looks in markets that close.
 WIDEN_FACTORS = (1, 2, 4, 8)
@@ -38,43 +45,15 @@ MissingHook = Callable[[Series, list[tuple[int, int]]], Awaitable[str | None]]
 
 
 @dataclass(frozen=True)
-class BarQuery:
-    series: Series
-    timeframe: str
-    start: int | None
-    end: int | None
-    limit: int
+class OrchestratorSettings:
+    """``build(OrchestratorSettings, config)``."""
 
-
-@dataclass
-class BarAnswer:
-    #: The bars; may be None when the answer came from the cache as JSON (see ``bars``).
-    raw_bars: list[Bar] | None
-    partial: bool
-    next: int | None
-    sources: list[str] = field(default_factory=list)
-    #: True when every bucket of the range has closed (the answer can carry an ETag).
-    closed: bool = False
-    #: True when some of the range could not be fetched (budget or outage); see ``backfill_job``.
-    incomplete: bool = False
-    backfill_job: str | None = None
-    raw_json: str | None = None
-
-    @property
-    def bars(self) -> list[Bar]:
-        if self.raw_bars is None:
-            self.raw_bars = json.loads(self.raw_json or "[]")
-        return self.raw_bars
-
-    @bars.setter
-    def bars(self, value: list[Bar]) -> None:
-        self.raw_bars, self.raw_json = value, None
-
-    def bars_json(self) -> str:
-        """The bars as compact JSON (cached answers are passed through without re-encoding)."""
-        if self.raw_json is None:
-            self.raw_json = json.dumps(self.bars, separators=(",", ":"))
-        return self.raw_json
+    ttl_closed: int = setting("CACHE_TTL_CLOSED", 86_400, int)
+    ttl_forming: int = setting("CACHE_TTL_FORMING", 5, int)
+    #: Most upstream calls one query may make before the rest is left to a backfill job.
+    max_provider_calls: int = setting("OHLCV_MAX_PROVIDER_CALLS", 10, int)
+    #: Seconds within which every answer comes (from stored data when the provider is slower).
+    deadline: float = setting("REQUEST_DEADLINE", 10.0, float)
 
 
 def window(q: BarQuery, now: int) -> tuple[int, int, int | None]:
@@ -89,33 +68,25 @@ def window(q: BarQuery, now: int) -> tuple[int, int, int | None]:
     return a, max(a, b), (b if b < req_end else None)
 
 
-def add_forming(bars: list[Bar], forming: list[Bar], timeframe: str) -> list[Bar]:
-    """Fold the forming 1m bar(s) into the last bucket (or start a new one)."""
-    for f in forming:
-        start = bucket_start(int(f[0]), timeframe)
-        if bars and bars[-1][0] == start:
-            last = bars[-1]
-            bars[-1] = [start, last[1], max(last[2], f[2]), min(last[3], f[3]), f[4], last[5] + f[5]]
-        elif not bars or bars[-1][0] < start:
-            bars.append([start, *map(float, f[1:6])])
-    return bars
-
-
 class DataOrchestrator:
+    """Answers ``BarQuery``s; collaborators (the chains, the hook) come in the constructor."""
+
     def __init__(
         self,
         cache: CacheSource,
-        aggregates: AggregateSource | None,
-        db: DbSource | None,
+        chain: Sequence[DataSource],
+        fallback: Sequence[DataSource],
         plugins: PluginSource,
-        config: dict[str, Any],
+        settings: OrchestratorSettings,
         on_missing: MissingHook | None = None,
+        store: StorageSource | None = None,
     ) -> None:
-        self.cache, self.aggregates, self.db, self.plugins = cache, aggregates, db, plugins
-        self.ttl_closed = int(config.get("CACHE_TTL_CLOSED", 86_400))
-        self.ttl_forming = int(config.get("CACHE_TTL_FORMING", 5))
-        self.budget = int(config.get("OHLCV_MAX_PROVIDER_CALLS", 10))
-        #: Called with ranges left unfetched; returns a backfill job id (set by BackfillManager).
+        self.cache, self.plugins, self.settings = cache, plugins, settings
+        #: What answers a window when the provider misses the deadline (else the 1m cache).
+        self.store = store
+        #: The chain with storage, and the one without it (run when storage fails).
+        self.chain, self.fallback = list(chain), list(fallback)
+        #: Called with closed ranges left unfetched; returns a backfill job id.
         self.on_missing = on_missing
         #: Answers being built, by cache key: concurrent identical queries share one build
         #: (one upstream fetch) instead of stampeding the provider.
@@ -124,28 +95,59 @@ class DataOrchestrator:
     async def get_bars(self, q: BarQuery) -> BarAnswer:
         """Bars for ``q``: strictly ascending, no duplicates, the forming bar flagged ``partial``.
 
-        Without ``start``, the latest ``limit`` bars. For markets that do not trade around the
-        clock (stocks), ``limit`` buckets of clock time may hold few bars (a weekend), so the
-        window is widened (up to ``WIDEN_FACTORS``) until it holds ``limit`` bars."""
+        ``limit`` counts bars, not buckets: a window of ``limit`` buckets may hold fewer bars
+        (nights, weekends, halts), so it is widened (up to ``WIDEN_FACTORS``) until it holds
+        ``limit`` bars: the latest ones without ``start`` (in markets that close), the first ones
+        of a page from ``start``. A page before the symbol's first bar jumps to it, so a page is
+        never empty while ``next`` is set. Answers come within ``REQUEST_DEADLINE``: from stored
+        data, marked incomplete, when the provider is slower (its fetch goes on in the
+        background), else ``DeadlineExceeded`` (503)."""
+        async with request_deadline(self.settings.deadline):
+            return await self._get_bars(q)
+
+    async def _get_bars(self, q: BarQuery) -> BarAnswer:
+        if q.start is None:
+            answer = await self._get_window(q)
+            if len(answer.bars) >= q.limit or (await self.plugins.capabilities(q.series)).continuous:
+                return answer
+            answer = await self._widen(q, answer)
+            answer.bars = answer.bars[-q.limit:]
+            return answer
+        return await self._page(q)
+
+    async def _page(self, q: BarQuery) -> BarAnswer:
         answer = await self._get_window(q)
-        if q.start is not None or len(answer.bars) >= q.limit:
+        if not answer.bars and answer.next is not None:
+            try:
+                first = await asyncio.wait_for(self.plugins.first_bar(q.series, answer.next),
+                                               remaining())
+            except TimeoutError:
+                raise self._late(q.series) from None
+            if first is None or (q.end is not None and first >= q.end):
+                return replace(answer, next=None)  # nothing more up to the range's end
+            q = replace(q, start=max(int(q.start or 0), bucket_start(first, q.timeframe)))
+            answer = await self._get_window(q)
+        if answer.next is None or len(answer.bars) >= q.limit:
             return answer
-        if (await self.plugins.capabilities(q.series)).continuous:
-            return answer
-        size = tf_ms(q.timeframe)
-        slack = -(-CLOSURE_SLACK_MS // size)  # buckets covering the longest market closure
+        answer = await self._widen(q, answer)
+        if len(answer.bars) > q.limit:
+            answer.bars = answer.bars[:q.limit]
+            answer.partial, answer.next = False, int(answer.bars[-1][0]) + tf_ms(q.timeframe)
+        return answer
+
+    async def _widen(self, q: BarQuery, answer: BarAnswer) -> BarAnswer:
+        """Wider windows until one holds ``limit`` bars (or the range ends)."""
+        slack = -(-CLOSURE_SLACK_MS // tf_ms(q.timeframe))  # buckets of the longest closure
         for factor in WIDEN_FACTORS:
             answer = await self._get_window(replace(q, limit=q.limit * factor + slack))
-            if len(answer.bars) >= q.limit:
+            if len(answer.bars) >= q.limit or (q.start is not None and answer.next is None):
                 break
-        answer.bars = answer.bars[-q.limit:]
         return answer
 
     async def _get_window(self, q: BarQuery) -> BarAnswer:
         now = now_ms()
         a, b, nxt = window(q, now)
-        current_min = now // MINUTE_MS * MINUTE_MS
-        closed = b <= current_min
+        closed = b <= now // MINUTE_MS * MINUTE_MS
         if a >= b:
             return BarAnswer([], False, nxt, ["database"], closed)
         key = f"{q.series.key()}:{q.timeframe}:{a}:{b}"
@@ -154,12 +156,35 @@ class DataOrchestrator:
             return BarAnswer(None, bool(cached["partial"]), nxt, ["cache"], closed, raw_json=cached["bars_json"])
         task = self._inflight.get(key)
         if task is None:
-            task = asyncio.ensure_future(self._build(key, q, a, b, now))
+            task = asyncio.ensure_future(self._build(key, Window(q.series, q.timeframe, a, b, now)))
             self._inflight[key] = task
             task.add_done_callback(lambda t: self._forget(key, t))
-        # shield: a client that disconnects must not cancel the build others are waiting for.
-        answer = await asyncio.shield(task)
+        # shield: neither a client that disconnects nor the deadline cancels the build (others
+        # may wait for it; it fills storage and the cache for the next request).
+        try:
+            answer = await asyncio.wait_for(asyncio.shield(task), remaining())
+        except TimeoutError:
+            answer = await self._stored(Window(q.series, q.timeframe, a, b, now))
         return replace(answer, next=nxt, closed=closed)
+
+    async def _stored(self, w: Window) -> BarAnswer:
+        """The window from storage (else the 1m cache), marked incomplete: the provider missed
+        the deadline. Nothing stored: ``DeadlineExceeded``."""
+        bars, names = [], ["cache"]
+        if self.store is not None:
+            with contextlib.suppress(DataSourceError):
+                bars, names = await self.store.read(w), [self.store.name(w)]
+        if not bars:
+            bars = resample(await self.cache.get_1m(w.series, w.a, w.closed_end), w.timeframe)
+        if not bars:
+            raise self._late(w.series)
+        partial = bars[-1][0] + tf_ms(w.timeframe) > w.now
+        return BarAnswer(bars, partial, None, names, incomplete=True)
+
+    def _late(self, series: Series) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"{series.provider} did not answer within REQUEST_DEADLINE ({self.settings.deadline:g} s)"
+            " and no stored bar can answer", retry_after=max(1.0, self.settings.deadline))
 
     async def close(self) -> None:
         """Cancel answer builds still in flight (at shutdown) and wait for them to end."""
@@ -174,134 +199,36 @@ class DataOrchestrator:
             # Every waiter got the exception already; this only marks it retrieved.
             log.debug("answer build for %s failed: %r", key, task.exception())
 
-    async def _build(self, key: str, q: BarQuery, a: int, b: int, now: int) -> BarAnswer:
-        size = tf_ms(q.timeframe)
-        answer = await self._assemble(q.series, q.timeframe, a, b, now)
+    async def _build(self, key: str, w: Window) -> BarAnswer:
+        fill = await self._fill(w)
+        job = await self.on_missing(w.series, fill.backfill) if fill.backfill and self.on_missing else None
         # Sums of float volumes carry binary noise (3009.2870660000012); 8 decimals is exact enough.
-        answer.bars = [[int(x[0]), x[1], x[2], x[3], x[4], round(x[5], 8)] for x in answer.bars]
-        answer.partial = bool(answer.bars) and answer.bars[-1][0] + size > now
+        bars = [round_bar(x) for x in fill.bars or []]  # as WebSocket frames are
+        partial = bool(bars) and bars[-1][0] + tf_ms(w.timeframe) > w.now
+        answer = BarAnswer(bars, partial, None, fill.names, incomplete=fill.incomplete,
+                           backfill_job=job)
         if not answer.incomplete:
             # The last LEDGER_SAFETY_MS of closed minutes may still be corrected by the exchange
             # (they are refetched every time): an answer holding them is cached briefly too.
-            settled = b <= now // MINUTE_MS * MINUTE_MS - LEDGER_SAFETY_MS
-            ttl = self.ttl_closed if settled else self.ttl_forming
-            await self.cache.put_answer(key, {"bars_json": answer.bars_json(), "partial": answer.partial}, ttl)
+            settled = w.b <= w.current_min - LEDGER_SAFETY_MS
+            ttl = self.settings.ttl_closed if settled else self.settings.ttl_forming
+            await self.cache.put_answer(key, {"bars_json": answer.bars_json(), "partial": partial}, ttl)
         return answer
 
-    async def _assemble(self, series: Series, tf: str, a: int, b: int, now: int) -> BarAnswer:
-        if self.aggregates is not None and self.db is not None:
+    async def _fill(self, w: Window) -> Fill:
+        """The loop over the chain; the chain without storage when storage fails."""
+        if self.chain:
             try:
-                return await self._from_storage(series, tf, a, b, now)
+                return await self._run(self.chain, w)
             except DataSourceError as exc:
                 log.warning("storage unavailable, answering without it: %s", exc.details)
-        return await self._without_storage(series, tf, a, b, now)
+        return await self._run(self.fallback, w)
 
-    async def _from_storage(self, series: Series, tf: str, a: int, b: int, now: int) -> BarAnswer:
-        assert self.aggregates is not None and self.db is not None
-        current_min = now // MINUTE_MS * MINUTE_MS
-        closed_end = min(b, current_min)
-        safe_end = max(a, min(closed_end, current_min - LEDGER_SAFETY_MS))
-        missing = await self.aggregates.missing(series, a, safe_end)
-        recent = (safe_end, min(b, current_min + MINUTE_MS))
-        to_fetch = merge_ranges(missing + ([recent] if recent[1] > recent[0] else []))
-        sources = [] if missing == [(a, safe_end)] and safe_end > a else [self.aggregates.name_for(tf)]
-        answer = BarAnswer([], False, None)
-        fetched: list[Bar] = []
-        runs: list[list[Bar]] = []  # one per range: the 1m cache replaces each fetch's own span
-        budget = self.budget
-        complete: list[tuple[int, int]] = []
-        outage: NetworkPluginError | None = None
-        try:
-            if await self._too_far(series, to_fetch, now):
-                native = await self._native(series, tf, a, b, missing)
-                if native is not None:
-                    return native
-            to_fetch, answer.incomplete = await self._reachable(series, to_fetch, now)
-            for x, y in to_fetch:
-                bars, calls, until = await self.plugins.fetch(series, "1m", x, y, budget, True)
-                budget -= calls
-                fetched.extend(bars)
-                runs.append(bars)
-                complete.append((x, min(until, safe_end)))
-                if until < y:
-                    answer.incomplete = True
-                    break
-        except NetworkPluginError as exc:
-            if not sources:
-                raise
-            log.warning("provider unavailable, serving stored bars: %s", exc)
-            answer.incomplete, outage = True, exc
-        if to_fetch and (fetched or not answer.incomplete):
-            sources.append(self.plugins.name)
-        closed_bars = [bar for bar in fetched if bar[0] + MINUTE_MS <= now]
-        forming = [bar for bar in fetched if bar[0] + MINUTE_MS > now]
-        await self.db.write(series, closed_bars, [r for r in complete if r[1] > r[0]])
-        for run in runs:
-            await self.cache.put_1m(series, [bar for bar in run if bar[0] + MINUTE_MS <= now])
-        if answer.incomplete and self.on_missing is not None:
-            still = await self.aggregates.missing(series, a, safe_end)
-            answer.backfill_job = await self.on_missing(series, still) if still else None
-        bars = await self.aggregates.read(series, tf, a, closed_end, (b - a) // tf_ms(tf))
-        answer.bars = add_forming(bars, forming, tf)
-        if outage is not None and not answer.bars:
-            raise outage  # no stored bar can answer: 503, not an empty answer
-        answer.sources = sources or [self.aggregates.name_for(tf)]
-        return answer
-
-    async def _too_far(self, series: Series, ranges: list[tuple[int, int]], now: int) -> bool:
-        """1m paging of ``ranges`` needs too many calls, or older 1m bars than still served."""
-        oldest = (await self.plugins.capabilities(series)).history_start("1m", now)
-        if ranges and oldest is not None and ranges[0][0] < oldest:
-            return True
-        return await self.plugins.calls_needed(series, "1m", ranges) > self.budget
-
-    async def _reachable(
-        self, series: Series, ranges: list[tuple[int, int]], now: int
-    ) -> tuple[list[tuple[int, int]], bool]:
-        """``ranges`` cut to the 1m history the provider still serves; True when cut (that part
-        is neither fetched nor recorded: it stays missing, the answer incomplete)."""
-        oldest = (await self.plugins.capabilities(series)).history_start("1m", now)
-        if oldest is None or not ranges or ranges[0][0] >= oldest:
-            return ranges, False
-        return [(max(x, oldest), y) for x, y in ranges if y > oldest], True
-
-    async def _native(
-        self, series: Series, tf: str, a: int, b: int, missing: list[tuple[int, int]]
-    ) -> BarAnswer | None:
-        """Fetch T directly when the provider serves it (range too large for 1m paging)."""
-        if tf == "1m" or tf not in (await self.plugins.capabilities(series)).timeframes:
-            return None
-        bars, _, until = await self.plugins.fetch(series, tf, a, b, self.budget)
-        job = await self.on_missing(series, missing) if self.on_missing and missing else None
-        return BarAnswer(bars, False, None, [self.plugins.name], incomplete=until < b, backfill_job=job)
-
-    async def _without_storage(self, series: Series, tf: str, a: int, b: int, now: int) -> BarAnswer:
-        current_min = now // MINUTE_MS * MINUTE_MS
-        closed_end = min(b, current_min)
-        cached = await self.cache.get_1m(series, a, closed_end)
-        continuous = (await self.plugins.capabilities(series)).continuous
-        if cached and continuous and len(cached) == (closed_end - a) // MINUTE_MS:
-            try:
-                recent, _, _ = await self.plugins.fetch(
-                    series, "1m", closed_end, min(b, current_min + MINUTE_MS), 1)
-            except NetworkPluginError as exc:  # the closed minutes are cached: serve them
-                log.warning("provider unavailable, serving cached bars: %s", exc)
-                return BarAnswer(resample(cached, tf), False, None, ["cache"], incomplete=True)
-            forming = [bar for bar in recent if bar[0] + MINUTE_MS > now]
-            sources = ["cache", "provider"] if recent else ["cache"]  # a closed window needs no call
-            return BarAnswer(add_forming(resample(cached, tf), forming, tf), False, None, sources)
-        end = min(b, current_min + MINUTE_MS)
-        if await self._too_far(series, [(a, end)], now):
-            native = await self._native(series, tf, a, b, [])
-            if native is not None:
-                return native
-        reachable, cut = await self._reachable(series, [(a, end)], now)
-        fetched: list[Bar] = []
-        until = end
-        for x, y in reachable:
-            fetched, _, until = await self.plugins.fetch(series, "1m", x, y, self.budget)
-        closed_bars = [bar for bar in fetched if bar[0] + MINUTE_MS <= now]
-        forming = [bar for bar in fetched if bar[0] + MINUTE_MS > now]
-        await self.cache.put_1m(series, closed_bars)
-        bars = add_forming(resample(closed_bars, tf), forming, tf)
-        return BarAnswer(bars, False, None, ["provider"], incomplete=cut or until < end)
+    @staticmethod
+    async def _run(chain: Sequence[DataSource], w: Window) -> Fill:
+        got = Fill(None, [(w.a, w.fetch_end)])
+        for source in chain:
+            got = await source.fill(w, got)
+            if not got.missing and got.bars is not None:
+                break
+        return got

@@ -23,10 +23,12 @@ import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from core.errors import DataSourceError, RateLimitedPluginError
 from core.metrics import PROVIDER_BUDGET_EVENTS
+from services.settings import build, setting
 
 log = logging.getLogger(__name__)
 
@@ -75,21 +77,32 @@ def parse_budget(text: str) -> tuple[int, float] | None:
     return parsed
 
 
+@dataclass(frozen=True)
+class BudgetSettings:
+    """``PROVIDER_BUDGETS`` (over ``DEFAULT_BUDGETS``), ``PROVIDER_BUDGET_MAX_WAIT``,
+    ``PROVIDER_BAN_DEFAULT``."""
+
+    budgets: Mapping[str, str] | None = setting("PROVIDER_BUDGETS", None, dict)
+    max_wait: float = setting("PROVIDER_BUDGET_MAX_WAIT", 2.0, float)
+    ban_default: float = setting("PROVIDER_BAN_DEFAULT", 10.0, float)
+
+
 class ProviderBudget:
     """Cluster-wide outbound budget and ban pauses. ``attach(redis)`` shares it through Redis."""
 
     def __init__(self, config: Mapping[str, Any], redis: Any = None) -> None:
-        merged = {**DEFAULT_BUDGETS, **(config.get("PROVIDER_BUDGETS") or {})}
+        settings = build(BudgetSettings, config)
+        merged = {**DEFAULT_BUDGETS, **(settings.budgets or {})}
         self.budgets = {p: parse_budget(text) for p, text in merged.items()}
-        self.max_wait = float(config.get("PROVIDER_BUDGET_MAX_WAIT", 2.0))
-        self.ban_default = float(config.get("PROVIDER_BAN_DEFAULT", 10.0))
+        self.max_wait = settings.max_wait
+        self.ban_default = settings.ban_default
         self.redis = redis
         self._local_tat: dict[str, float] = {}
         self._local_pause: dict[str, float] = {}
         self._scripts: dict[int, Any] = {}
 
     def attach(self, redis: Any) -> None:
-        """Share budgets and pauses through ``redis`` (an ``app_extensions.redis_client.RedisClient``)."""
+        """Share budgets and pauses through ``redis`` (a ``core.ports.RedisClient``)."""
         self.redis = redis
 
     def budget_for(self, provider: str) -> tuple[int, float] | None:

@@ -1,28 +1,97 @@
-"""The data sources the orchestrator chains: cache, stored aggregates, the provider, and writes.
+"""The data sources the orchestrator chains, and the types of the chain.
 
-Each wraps one dependency and translates its failures: cache and database failures surface as
-``DataSourceError`` (the orchestrator skips the source and degrades); provider failures are the
-plugins' own ``PluginError`` classes.
+Public names (stable): ``Window``, ``Fill``, ``DataSource``, ``StorageSource``, ``Cache1mSource``,
+``CacheSource``, ``DbSource``, ``Range``, ``LEDGER_SAFETY_MS``.
+
+Each ``DataSource`` answers one question, ``fill(window, got)``: given what the sources before it
+found (``got``: the window's bars if some source could answer, the 1m ranges still missing and the
+names of the sources used), what does it add? The orchestrator loops over its chain:
+- storage up: ``StorageSource`` (the gap ledger says which minutes were never fetched; a window
+  with none is answered from storage) then ``ProviderSource`` (``services.provider_source``:
+  fetches what is missing, writes it through, reads the window back);
+- storage down: ``Cache1mSource`` (the closed 1m bars of the window, when cached in full) then
+  ``ProviderSource`` without storage.
+
+Cache and database failures surface as ``DataSourceError`` (the orchestrator then runs the chain
+without storage); provider failures are the plugins' own ``PluginError`` classes.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Sequence
-from typing import Any
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
-from app_extensions.db_pool import Database
-from core.errors import DataSourceError, NetworkPluginError, PluginFeatureNotSupportedError
-from core.metrics import observe_call, observe_query
-from core.timeframes import MINUTE_MS, Bar, now_ms, tf_ms
-from core.types import Series
+from core.errors import DataSourceError
+from core.metrics import observe_query
+from core.ports import Database
+from core.timeframes import MINUTE_MS, Bar, resample, tf_ms
+from core.types import Series, merge_ranges
 from plugins.base import Capabilities
 from services import aggregates, storage
 from services.cache_manager import Cache
-from services.market_service import MarketService
 
 log = logging.getLogger(__name__)
+#: Minutes this close to now are refetched every time, never recorded complete in the ledger.
+LEDGER_SAFETY_MS = 2 * MINUTE_MS
+Range = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Window:
+    """The buckets [a, b) of one query of ``timeframe``, seen at ``now`` (ms)."""
+
+    series: Series
+    timeframe: str
+    a: int
+    b: int
+    now: int
+
+    @property
+    def current_min(self) -> int:
+        """Open time of the forming minute."""
+        return self.now // MINUTE_MS * MINUTE_MS
+
+    @property
+    def closed_end(self) -> int:
+        """End of the window's closed minutes."""
+        return min(self.b, self.current_min)
+
+    @property
+    def fetch_end(self) -> int:
+        """End of what a provider is asked for: the forming minute included."""
+        return min(self.b, self.current_min + MINUTE_MS)
+
+    @property
+    def safe_end(self) -> int:
+        """End of the minutes settled enough to be recorded complete in the ledger."""
+        return max(self.a, min(self.closed_end, self.current_min - LEDGER_SAFETY_MS))
+
+
+@dataclass
+class Fill:
+    """What the chain has found so far for a window."""
+
+    #: The window's bars (of its timeframe), once a source can answer; None before.
+    bars: list[Bar] | None
+    #: 1m ranges still missing (to be fetched by the next source).
+    missing: list[Range]
+    #: Names of the sources used, for ``X-Data-Source``.
+    names: list[str] = field(default_factory=list)
+    #: True when some of the window could not be fetched (budget, history depth or outage).
+    incomplete: bool = False
+    #: Closed 1m ranges left to a backfill job (the orchestrator's ``on_missing`` hook).
+    backfill: list[Range] = field(default_factory=list)
+
+
+class DataSource(ABC):
+    """One link of the orchestrator's chain."""
+
+    @abstractmethod
+    async def fill(self, w: Window, got: Fill) -> Fill:
+        """``got`` completed with what this source has: found bars, still missing, its name."""
 
 
 class CacheSource:
@@ -68,115 +137,107 @@ class CacheSource:
             log.warning("1m cache write skipped: %s", exc.details)
 
 
-class AggregateSource:
-    """Bars of any timeframe from storage, and the ledger's view of what is missing."""
+class RevisionSink(Protocol):
+    """Told about stored bars whose values a write changed (``services.revisions.Revisions``)."""
 
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    async def announce(self, series: Series, bars: Sequence[Bar]) -> None: ...
 
-    def name_for(self, timeframe: str) -> str:
-        """``aggregate`` when a continuous aggregate answers (directly or regrouped), else
-        ``database`` (the 1m table)."""
-        if self.db.mode not in aggregates.MODES:
-            return "database"
-        relation, _ = aggregates.source_of(self.db.mode, timeframe)
-        return "database" if relation == "ohlcv_1m" else "aggregate"
 
-    async def missing(self, series: Series, start: int, end: int) -> list[tuple[int, int]]:
-        async with self.db.acquire() as conn:
-            with observe_query("missing_ranges"):
-                return await storage.missing_ranges(conn, series, start, end)
-
-    async def read(self, series: Series, timeframe: str, start: int, end: int, limit: int) -> list[Bar]:
-        if end <= start:
-            return []
-        async with self.db.acquire() as conn:
-            with observe_query("select_bars"):
-                return await aggregates.select_bars(
-                    conn, self.db.mode, series.market, series.provider, series.symbol,
-                    timeframe, start, end, limit,
-                )
+async def _write(conn: Any, mode: str, series: Series, bars: Sequence[Sequence[float]],
+                 complete: Sequence[Range], revisions: RevisionSink | None = None) -> int:
+    """Closed 1m bars and the ranges now known complete in one transaction, then a refresh of
+    the aggregates they touch; stored bars whose values changed go to ``revisions``."""
+    if not bars and not complete:
+        return 0
+    revised: list[Bar] | None = [] if revisions is not None else None
+    with observe_query("upsert_1m_bars"):
+        n = await storage.upsert_1m_bars(conn, series, bars, complete, revised)
+    if bars:
+        with observe_query("refresh_aggregates"):
+            await aggregates.refresh_window(conn, mode, int(bars[0][0]), int(bars[-1][0]) + MINUTE_MS)
+    if revised and revisions is not None:
+        await revisions.announce(series, revised)
+    return n
 
 
 class DbSource:
     """Writes fetched closed 1m bars (and the ranges now known complete) atomically."""
 
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, db: Database, revisions: RevisionSink | None = None) -> None:
+        self.db, self.revisions = db, revisions
 
     async def write(
         self, series: Series, bars: Sequence[Sequence[float]], complete: Sequence[tuple[int, int]]
     ) -> int:
+        """Write ``bars`` and record ``complete``; returns the rows written."""
         if not bars and not complete:
             return 0
         async with self.db.acquire() as conn:
-            with observe_query("upsert_1m_bars"):
-                n = await storage.upsert_1m_bars(conn, series, bars, complete)
-            if bars:
-                with observe_query("refresh_aggregates"):
-                    await aggregates.refresh_window(
-                        conn, self.db.mode, int(bars[0][0]), int(bars[-1][0]) + MINUTE_MS
-                    )
-        return n
+            return await _write(conn, self.db.mode, series, bars, complete, self.revisions)
 
 
-class PluginSource:
-    """Pages through a provider within its per-call limit and a budget of calls."""
+class StorageSource(DataSource):
+    """Stored bars and the gap ledger; the write-through target of ``ProviderSource``. Each
+    method uses one pooled connection (one acquire, one reset)."""
 
-    name = "provider"
+    def __init__(self, db: Database, revisions: RevisionSink | None = None) -> None:
+        self.db, self.revisions = db, revisions
 
-    def __init__(self, markets: MarketService) -> None:
-        self.markets = markets
+    async def fill(self, w: Window, got: Fill) -> Fill:
+        """The window from storage when the ledger lacks nothing; else the missing minutes (and
+        always the last ``LEDGER_SAFETY_MS``, which are never recorded complete)."""
+        recent = [(w.safe_end, w.fetch_end)] if w.fetch_end > w.safe_end else []
+        async with self.db.acquire() as conn:
+            with observe_query("missing_ranges"):
+                missing = await storage.missing_ranges(conn, w.series, w.a, w.safe_end)
+            names = [] if missing == [(w.a, w.safe_end)] and w.safe_end > w.a else [self.name(w)]
+            to_fetch = merge_ranges(missing + recent)
+            if to_fetch:
+                return replace(got, missing=to_fetch, names=names)
+            return replace(got, bars=await self._read(conn, w), missing=[], names=names)
 
-    async def capabilities(self, series: Series) -> Capabilities:
-        """The provider's capabilities (per-call limit, native timeframes, history depth, ...)."""
-        plugin = await self.markets.get_plugin(series.market, series.provider)
-        return plugin.capabilities
+    def name(self, w: Window) -> str:
+        """``aggregate`` when a continuous aggregate answers (directly or regrouped), else
+        ``database`` (the 1m table)."""
+        if self.db.mode not in aggregates.MODES:
+            return "database"
+        relation, _ = aggregates.source_of(self.db.mode, w.timeframe)
+        return "database" if relation == "ohlcv_1m" else "aggregate"
 
-    async def calls_needed(self, series: Series, timeframe: str, ranges: Sequence[tuple[int, int]]) -> int:
-        per_call, size = (await self.capabilities(series)).max_bars_per_call, tf_ms(timeframe)
-        return sum(math.ceil((b - a) / size / per_call) for a, b in ranges)
+    async def write_and_read(self, w: Window, bars: Sequence[Sequence[float]],
+                             complete: Sequence[Range]) -> list[Bar]:
+        """Write closed 1m bars (and the ranges now complete), then read the window back."""
+        async with self.db.acquire() as conn:
+            await _write(conn, self.db.mode, w.series, bars, complete, self.revisions)
+            return await self._read(conn, w)
 
-    async def fetch(
-        self, series: Series, timeframe: str, start: int, end: int, budget: int,
-        keep_partial: bool = False,
-    ) -> tuple[list[Bar], int, int]:
-        """Bars of [start, end) in pages; returns (bars, calls made, covered_until).
-        ``covered_until`` < ``end`` when the budget ran out first, or (``keep_partial``) when the
-        provider became unavailable after some pages: those are returned, not thrown away."""
-        plugin = await self.markets.get_plugin(series.market, series.provider)
-        per_call, size = plugin.capabilities.max_bars_per_call, tf_ms(timeframe)
-        oldest = plugin.capabilities.history_start(timeframe, now_ms())
-        if oldest is not None and start < oldest:
-            # Its pages would come back empty or start late: read as "no bars", the ledger
-            # would record history the provider has as verified empty.
-            raise PluginFeatureNotSupportedError(
-                f"{series.provider} serves only its latest {timeframe} bars (from {oldest})",
-                details={"start": [f"{series.provider} {timeframe} history starts at {oldest}"]})
-        out: list[Bar] = []
-        since, calls = start, 0
-        while since < end and calls < budget:
-            want = min(per_call, math.ceil((end - since) / size))
-            try:
-                page = await self._call(plugin, series, timeframe, since, want, end)
-            except NetworkPluginError as exc:
-                if not (keep_partial and out):
-                    raise
-                log.warning("provider unavailable after %d pages, keeping them: %s", calls, exc)
-                break
-            calls += 1
-            page = [b for b in page if since <= b[0] < end]
-            out.extend(page)
-            # Only an empty page says the provider has nothing more in the range. A short one may
-            # be a provider answering fewer bars than asked (OKX's history endpoint: 100): paging
-            # on costs one call, reading it as the end would record a hole as complete.
-            since = end if not page else int(page[-1][0]) + size
-        return out, calls, min(since, end)
+    async def read(self, w: Window) -> list[Bar]:
+        """The window's closed bars as stored (no provider)."""
+        async with self.db.acquire() as conn:
+            return await self._read(conn, w)
 
-    async def _call(
-        self, plugin: Any, series: Series, timeframe: str, since: int, limit: int, until: int
-    ) -> list[Bar]:
-        async with self.markets.budget.guard(series.provider):
-            with observe_call(series.provider, "fetch_ohlcv"):
-                bars: list[Bar] = await plugin.fetch_ohlcv(series.symbol, timeframe, since, limit, until)
-        return bars
+    async def _read(self, conn: Any, w: Window) -> list[Bar]:
+        if w.closed_end <= w.a:
+            return []
+        with observe_query("select_bars"):
+            return await aggregates.select_bars(
+                conn, self.db.mode, w.series.market, w.series.provider, w.series.symbol,
+                w.timeframe, w.a, w.closed_end, (w.b - w.a) // tf_ms(w.timeframe))
+
+
+class Cache1mSource(DataSource):
+    """Without storage: the window's closed minutes from the 1m cache when it holds all of them
+    (in a market that trades around the clock, where a missing minute is a hole)."""
+
+    def __init__(self, cache: CacheSource, capabilities: Callable[[Series], Awaitable[Capabilities]]):
+        self.cache, self.capabilities = cache, capabilities
+
+    async def fill(self, w: Window, got: Fill) -> Fill:
+        """Cached closed minutes resampled, with only the forming minute left to fetch."""
+        cached = await self.cache.get_1m(w.series, w.a, w.closed_end)
+        if not cached or len(cached) != (w.closed_end - w.a) // MINUTE_MS:
+            return got
+        if not (await self.capabilities(w.series)).continuous:
+            return got
+        recent = [(w.closed_end, w.fetch_end)] if w.fetch_end > w.closed_end else []
+        return replace(got, bars=resample(cached, w.timeframe), missing=recent, names=["cache"])

@@ -14,78 +14,79 @@ import asyncpg
 from core.timeframes import Bar
 from core.types import Series, merge_ranges, subtract_ranges, to_dt, to_ms
 
+#: Stored bars whose values the batch changes (read before the upsert in the same statement).
+_REVISED_SQL = (
+    "WITH revised AS (SELECT DISTINCT ON (i.ts) i.ts, i.open, i.high, i.low, i.close, i.volume"
+    " FROM _bars_in i JOIN ohlcv_1m o ON o.market = i.market AND o.provider = i.provider"
+    " AND o.symbol = i.symbol AND o.ts = i.ts"
+    " WHERE (o.open, o.high, o.low, o.close, o.volume)"
+    " IS DISTINCT FROM (i.open, i.high, i.low, i.close, i.volume)), "
+    "upsert AS ({upsert}) SELECT * FROM revised ORDER BY ts"
+)
+
 
 async def upsert_1m_bars(
     conn: asyncpg.Connection,
     series: Series,
     bars: Sequence[Sequence[float]],
     complete: Sequence[tuple[int, int]] = (),
+    revised: list[Bar] | None = None,
 ) -> int:
-    """Write ``bars`` and record ``complete`` ranges in the ledger, atomically. Returns rows written."""
+    """Write ``bars`` and record ``complete`` ranges in the ledger, atomically. Returns rows written.
+    With ``revised``, the stored bars whose values this write changed are appended to it (in their
+    new values): revisions to announce."""
     records = [
         (series.market, series.provider, series.symbol, to_dt(int(b[0])), *map(float, b[1:6]))
         for b in bars
     ]
+    upsert = (
+        "INSERT INTO ohlcv_1m SELECT DISTINCT ON (market, provider, symbol, ts) * FROM _bars_in"
+        " ON CONFLICT (market, provider, symbol, ts) DO UPDATE SET open = EXCLUDED.open,"
+        " high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,"
+        " volume = EXCLUDED.volume"
+    )
     async with conn.transaction():
         if records:
             await conn.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS _bars_in (LIKE ohlcv_1m) ON COMMIT DELETE ROWS"
             )
             await conn.copy_records_to_table("_bars_in", records=records)
-            await conn.execute(
-                "INSERT INTO ohlcv_1m SELECT DISTINCT ON (market, provider, symbol, ts) * FROM _bars_in"
-                " ON CONFLICT (market, provider, symbol, ts) DO UPDATE SET open = EXCLUDED.open,"
-                " high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,"
-                " volume = EXCLUDED.volume"
-            )
+            if revised is None:
+                await conn.execute(upsert)
+            else:
+                rows = await conn.fetch(_REVISED_SQL.format(upsert=upsert))
+                revised.extend([to_ms(r[0]), r[1], r[2], r[3], r[4], r[5]] for r in rows)
         if complete:
             await record_complete(conn, series, complete)
     return len(records)
-
-
-async def select_1m_bars(
-    conn: asyncpg.Connection, series: Series, start_ms: int, end_ms: int, limit: int | None = None
-) -> list[Bar]:
-    rows = await conn.fetch(
-        "SELECT ts, open, high, low, close, volume FROM ohlcv_1m"
-        " WHERE market = $1 AND provider = $2 AND symbol = $3 AND ts >= $4 AND ts < $5"
-        " ORDER BY ts LIMIT $6",
-        series.market, series.provider, series.symbol, to_dt(start_ms), to_dt(end_ms), limit,
-    )
-    return [[to_ms(r[0]), r[1], r[2], r[3], r[4], r[5]] for r in rows]
-
-
-async def count_1m_bars(conn: asyncpg.Connection, series: Series, start_ms: int, end_ms: int) -> int:
-    n: int = await conn.fetchval(
-        "SELECT count(*) FROM ohlcv_1m WHERE market = $1 AND provider = $2 AND symbol = $3"
-        " AND ts >= $4 AND ts < $5",
-        series.market, series.provider, series.symbol, to_dt(start_ms), to_dt(end_ms),
-    )
-    return n
 
 
 # --- Gap ledger ------------------------------------------------------------------------------
 async def record_complete(
     conn: asyncpg.Connection, series: Series, ranges: Sequence[tuple[int, int]]
 ) -> None:
-    """Record ranges as fetched and complete, merging them with touching ledger rows."""
+    """Record ranges as fetched and complete, merging them with touching ledger rows (in the
+    caller's transaction when there is one: no savepoint round trips)."""
+    if not conn.is_in_transaction():
+        async with conn.transaction():
+            await record_complete(conn, series, ranges)
+        return
     key = (series.market, series.provider, series.symbol)
-    async with conn.transaction():
-        # Serialise ledger updates of one series so concurrent writers do not lose a merge.
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", series.key())
-        for a, b in merge_ranges(ranges):
-            rows = await conn.fetch(
-                "DELETE FROM fetched_ranges WHERE market = $1 AND provider = $2 AND symbol = $3"
-                " AND start_ms <= $5 AND end_ms >= $4 RETURNING start_ms, end_ms",
-                *key, a, b,
-            )
-            lo = min([a, *(r["start_ms"] for r in rows)])
-            hi = max([b, *(r["end_ms"] for r in rows)])
-            await conn.execute(
-                "INSERT INTO fetched_ranges (market, provider, symbol, start_ms, end_ms)"
-                " VALUES ($1, $2, $3, $4, $5)",
-                *key, lo, hi,
-            )
+    # Serialise ledger updates of one series so concurrent writers do not lose a merge.
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", series.key())
+    for a, b in merge_ranges(ranges):
+        rows = await conn.fetch(
+            "DELETE FROM fetched_ranges WHERE market = $1 AND provider = $2 AND symbol = $3"
+            " AND start_ms <= $5 AND end_ms >= $4 RETURNING start_ms, end_ms",
+            *key, a, b,
+        )
+        lo = min([a, *(r["start_ms"] for r in rows)])
+        hi = max([b, *(r["end_ms"] for r in rows)])
+        await conn.execute(
+            "INSERT INTO fetched_ranges (market, provider, symbol, start_ms, end_ms)"
+            " VALUES ($1, $2, $3, $4, $5)",
+            *key, lo, hi,
+        )
 
 
 async def covered_ranges(

@@ -19,6 +19,7 @@ from services import storage
 from services.backfill_manager import BackfillManager
 from tests.exchange_emulator import ExchangeEmulator
 from tests.exchange_emulator.candles import minute_candle
+from tests.helpers import select_1m_bars
 
 T0 = 1_704_067_200_000  # 2024-01-01 00:00 UTC, the emulator's first candle
 KLINES = "/api/v3/klines"
@@ -69,7 +70,7 @@ async def seed(pg: asyncpg.Connection, ranges: list[tuple[int, int]], series: Se
 
 
 async def stored(pg: asyncpg.Connection, start: int, end: int, series: Series = BTC) -> list[list[float]]:
-    return await storage.select_1m_bars(pg, series, start, end)
+    return await select_1m_bars(pg, series, start, end)
 
 
 async def post_backfill(

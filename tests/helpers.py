@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import redis.asyncio as aioredis
 from quart import Quart
 
 from app_extensions.services import get_services
+from core.timeframes import Bar
+from core.types import Series, to_dt, to_ms
+from plugins import crypto
 
 
 def sim_calls(app: Quart) -> int:
@@ -28,3 +32,31 @@ async def delete_prefix(redis_url: str, prefix: str) -> None:
             await client.delete(*keys)
     finally:
         await client.aclose()
+
+
+def clear_shared_markets() -> None:
+    """Forget the CCXT markets that CryptoPlugin instances share (a later emulator may reuse a port)."""
+    crypto._MARKETS.clear()
+
+
+async def select_1m_bars(
+    conn: asyncpg.Connection, series: Series, start_ms: int, end_ms: int, limit: int | None = None
+) -> list[Bar]:
+    """The stored 1m bars of ``series`` in [start_ms, end_ms), oldest first."""
+    rows = await conn.fetch(
+        "SELECT ts, open, high, low, close, volume FROM ohlcv_1m"
+        " WHERE market = $1 AND provider = $2 AND symbol = $3 AND ts >= $4 AND ts < $5"
+        " ORDER BY ts LIMIT $6",
+        series.market, series.provider, series.symbol, to_dt(start_ms), to_dt(end_ms), limit,
+    )
+    return [[to_ms(r[0]), r[1], r[2], r[3], r[4], r[5]] for r in rows]
+
+
+async def count_1m_bars(conn: asyncpg.Connection, series: Series, start_ms: int, end_ms: int) -> int:
+    """How many 1m bars of ``series`` are stored in [start_ms, end_ms)."""
+    n: int = await conn.fetchval(
+        "SELECT count(*) FROM ohlcv_1m WHERE market = $1 AND provider = $2 AND symbol = $3"
+        " AND ts >= $4 AND ts < $5",
+        series.market, series.provider, series.symbol, to_dt(start_ms), to_dt(end_ms),
+    )
+    return n

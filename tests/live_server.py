@@ -26,10 +26,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def hypercorn_server(env: dict[str, str], workers: int = 1, start_timeout: float = 30.0) -> Iterator[str]:
-    """Yield the base URL of ``hypercorn 'app:create_app()'`` with ``env`` on top of the test defaults;
-    the server is stopped with SIGTERM (then killed) on exit."""
-    port = free_port()
+def hypercorn_server(
+    env: dict[str, str], workers: int = 1, start_timeout: float = 30.0, port: int | None = None
+) -> Iterator[str]:
+    """Yield the base URL of ``hypercorn 'app:create_app()'`` with ``env`` on top of the test defaults
+    (on ``port``, or a free one); the server is stopped with SIGTERM (then killed) on exit."""
+    port = port or free_port()
     full_env = {**os.environ, "APP_ENV": "testing", "DATABASE_URL": DATABASE_URL, "REDIS_URL": REDIS_URL,
                 "PYTHONPATH": str(ROOT), "LOG_LEVEL": "WARNING", **env}
     proc = subprocess.Popen(

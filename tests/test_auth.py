@@ -227,3 +227,51 @@ async def test_wrong_key_floods_are_stopped_before_the_database(app_config: dict
         assert r.headers["X-RateLimit-Limit"] == "3" and r.headers["X-RateLimit-Remaining"] == "0"
         # A configured key needs no look-up and is still served.
         assert (await client.get("/api/v1/markets", headers={"X-API-Key": GOOD})).status_code == 200
+
+
+def test_api_key_cli_lists_keys_and_refuses_duplicate_names(app_config: dict[str, Any]) -> None:
+    runner = create_app(app_config).test_cli_runner()
+    assert "no API keys" in runner.invoke(args=["api-key", "list"]).output
+    first = runner.invoke(args=["api-key", "add", "dashboard"])
+    assert first.exit_code == 0
+    again = runner.invoke(args=["api-key", "add", "dashboard"])
+    assert again.exit_code == 1 and "already named 'dashboard'" in again.output
+    assert runner.invoke(args=["api-key", "add", "grafana"]).exit_code == 0
+    listed = runner.invoke(args=["api-key", "list"])
+    assert listed.exit_code == 0, listed.output
+    lines = listed.output.splitlines()
+    assert lines[0].split() == ["NAME", "ID", "CREATED", "(UTC)", "STATE"]
+    assert [line.split()[0] for line in lines[1:]] == ["dashboard", "grafana"]
+    key_id = hash_key(first.output.strip())[:16]  # the id the rate limiter uses; never the key
+    assert lines[1].split()[1] == key_id and lines[1].endswith("active")
+    assert first.output.strip() not in listed.output
+    # Revoked, the name is free again; both rows are listed, the old one as revoked.
+    assert runner.invoke(args=["api-key", "revoke", "dashboard"]).exit_code == 0
+    assert runner.invoke(args=["api-key", "add", "dashboard"]).exit_code == 0
+    states = [line.split()[4] for line in runner.invoke(args=["api-key", "list"]).output.splitlines()[1:]]
+    assert sorted(states) == ["active", "active", "revoked"]
+
+
+@pytest.mark.parametrize(("origin", "allowed"), [
+    ("http://localhost:3000", True), ("http://localhost", True), ("http://127.0.0.1:5173", True),
+    ("http://localhost.evil.example:3000", False), ("https://localhost:3000", False),
+    ("http://localhost:3000.evil.example", False), ("http://localhost:*", True),
+    ("https://dash.example.com", False), ("", False),
+])
+async def test_development_cors_allows_local_dashboards_on_any_port(
+    app_config: dict[str, Any], origin: str, allowed: bool
+) -> None:
+    from config import load_config
+
+    cfg = load_config("development")
+    assert cfg.CORS_ORIGINS == "http://localhost:*,http://127.0.0.1:*"
+    assert load_config("production").CORS_ORIGINS == ""  # production lists its own origins
+    for name, value in app_config.items():
+        if name != "APP_ENV":
+            setattr(cfg, name, value)
+    cfg.LOG_LEVEL = "WARNING"
+    app = create_app(cfg)
+    async with app.test_app():
+        r = await app.test_client().options("/api/v1/ohlcv", headers={
+            "Origin": origin, "Access-Control-Request-Method": "GET"})
+    assert (r.headers.get("Access-Control-Allow-Origin") == origin) is allowed

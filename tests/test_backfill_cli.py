@@ -16,8 +16,8 @@ def test_backfill_command_shows_progress_and_a_summary_then_gaps_are_empty(
 ) -> None:
     app = create_app(app_config)
     runner = app.test_cli_runner()
-    result = runner.invoke(args=["backfill", *SERIES, "--start", "2024-01-01",
-                                 "--end", "2024-01-02T12:00"])
+    result = runner.invoke(args=["backfill", *SERIES, "--start", "2024-01-01T00:00:00Z",
+                                 "--end", "2024-01-02T12:00:00Z"])
     assert result.exit_code == 0, result.output
     assert "2,160 bars written" in result.stdout and "3 chunks, 3 calls" in result.stdout
     assert "verified empty: 0 range(s)" in result.stdout
@@ -25,12 +25,12 @@ def test_backfill_command_shows_progress_and_a_summary_then_gaps_are_empty(
     # Run again: nothing is missing, nothing is fetched.
     again = runner.invoke(args=["backfill", *SERIES, "--start", str(T0), "--end", "2024-01-02T12:00Z"])
     assert again.exit_code == 0 and "0 bars written" in again.stdout and "0 calls" in again.stdout
-    gaps = runner.invoke(args=["gaps", *SERIES, "--start", "2023-12-31T23:00", "--end",
-                               "2024-01-02T12:00", "--json"])
+    gaps = runner.invoke(args=["gaps", *SERIES, "--start", "2023-12-31T23:00Z", "--end",
+                               "2024-01-02T12:00Z", "--json"])
     assert gaps.exit_code == 0, gaps.output
     assert json.loads(gaps.stdout) == {"missing": [[T0 - 3_600_000, T0]], "verified_empty": []}
-    text = runner.invoke(args=["gaps", *SERIES, "--start", "2023-12-31T23:00", "--end",
-                               "2024-01-02T12:00"])
+    text = runner.invoke(args=["gaps", *SERIES, "--start", "2023-12-31T23:00Z", "--end",
+                               "2024-01-02T12:00Z"])
     assert "missing: 1 range(s), 60 minutes" in text.stdout
     assert "2023-12-31T23:00:00Z  2024-01-01T00:00:00Z  (60 min)" in text.stdout
 
@@ -38,14 +38,15 @@ def test_backfill_command_shows_progress_and_a_summary_then_gaps_are_empty(
 def test_backfill_command_errors(app_config: dict[str, Any]) -> None:
     runner = create_app(app_config).test_cli_runner()
     bad = runner.invoke(args=["backfill", "--market", "sim", "--provider", "nope", "--symbol",
-                              "SIM/USD", "--start", "2024-01-01", "--end", "2024-01-02"])
+                              "SIM/USD", "--start", "2024-01-01T00:00:00Z", "--end", "2024-01-02T00:00Z"])
     assert bad.exit_code == 1 and "unknown_provider" in bad.output
-    bad = runner.invoke(args=["backfill", *SERIES[:4], "--symbol", "NOPE", "--start", "2024-01-01",
-                              "--end", "2024-01-02"])
+    bad = runner.invoke(args=["backfill", *SERIES[:4], "--symbol", "NOPE", "--start",
+                              "2024-01-01T00:00:00Z", "--end", "2024-01-02T00:00Z"])
     assert bad.exit_code == 1 and "unknown_symbol" in bad.output
-    bad = runner.invoke(args=["backfill", *SERIES, "--start", "someday", "--end", "2024-01-02"])
+    bad = runner.invoke(args=["backfill", *SERIES, "--start", "someday", "--end", "2024-01-02T00:00Z"])
     assert bad.exit_code == 2 and "neither integer ms nor ISO-8601" in bad.output
-    bad = runner.invoke(args=["backfill", *SERIES, "--start", "²", "--end", "2024-01-02"])
+    bad = runner.invoke(args=["backfill", *SERIES, "--start", "²", "--end", "2024-01-02T00:00Z"])
     assert bad.exit_code == 2 and "neither integer ms nor ISO-8601" in bad.output
-    bad = runner.invoke(args=["gaps", *SERIES, "--start", "2024-01-02", "--end", "2024-01-01"])
+    bad = runner.invoke(args=["gaps", *SERIES, "--start", "2024-01-02T00:00Z",
+                              "--end", "2024-01-01T00:00Z"])
     assert bad.exit_code == 2 and "--end must be after --start" in bad.output

@@ -217,10 +217,10 @@ async def test_a_runner_that_lost_its_lease_stops_and_the_job_finishes_once(
                          " interval '1 hour' WHERE id = $1", body["job_id"])
         taken = (await _job_row(pg, body["job_id"]))["chunks_done"]
         for _ in range(100):
-            if not manager(app).runner.running_jobs:
+            if not manager(app).runner._running:
                 break
             await asyncio.sleep(0.02)
-        assert manager(app).runner.running_jobs == []  # our runner let go of it
+        assert manager(app).runner._running == {}  # our runner let go of it
         row = await _job_row(pg, body["job_id"])
         assert row["owner"] == "elsewhere" and row["chunks_done"] == taken
         # "elsewhere" dies: its lease ends and our runner resumes and finishes the job.
@@ -258,7 +258,8 @@ async def test_jobs_the_orchestrator_schedules_keep_to_the_epoch_and_the_range_l
     BACKFILL_MAX_RANGE_DAYS before its end, and never before the epoch."""
     from core.types import Series
 
-    config = {**app_config, "BACKFILL_RUNNER": False, "BACKFILL_MAX_RANGE_DAYS": 30}
+    config = {**app_config, "BACKFILL_RUNNER": False, "BACKFILL_MAX_RANGE_DAYS": 30,
+              "BACKFILL_AUTO_MAX_DAYS": 3660}
     series = Series("sim", "sim", "SIM/USD")
     async with running_app(config) as app:
         backfill = manager(app)

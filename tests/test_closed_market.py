@@ -1,5 +1,5 @@
-"""A market that closes (like stocks): no invented bars, and latest-bars queries look back far
-enough to return ``limit`` bars even on a weekend."""
+"""A market that closes (like stocks): no invented bars, latest-bars queries look back far enough
+to return ``limit`` bars even on a weekend, and pages from ``start`` hold ``limit`` bars."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from quart import Quart
 
 import services.orchestrator as orchestrator_module
 from app import create_app
-from core.timeframes import MINUTE_MS, TIMEFRAMES, Bar, now_ms
+from core.timeframes import DAY_MS, MINUTE_MS, TIMEFRAMES, Bar, now_ms
 from plugins.base import Capabilities
 from plugins.sim import SimPlugin
 
@@ -136,3 +136,25 @@ async def test_history_a_provider_no_longer_serves_is_not_recorded_as_verified_e
                              f"&start={start}&end={start + 86_400_000}")
         assert await r.get_json() == {"missing": [[start, start + 86_400_000]],
                                       "verified_empty": []}
+
+
+MONDAY = int(datetime(2024, 1, 8, tzinfo=UTC).timestamp() * 1000)
+
+
+async def test_limit_counts_bars_when_paging_a_market_that_closes(closing_app: Quart) -> None:
+    client = closing_app.test_client()
+    start, end = MONDAY, MONDAY + 7 * DAY_MS
+    pages: list[list[list[float]]] = []
+    base = "/api/v1/ohlcv?market=closing&provider=sim&symbol=SIM/USD&timeframe=1m&limit=1000"
+    cursor: int | None = start
+    while cursor is not None and len(pages) < 10:
+        r = await client.get(f"{base}&start={cursor}&end={end}")
+        body = await r.get_json()
+        assert r.status_code == 200, body
+        pages.append(body["bars"])
+        cursor = body["next"]
+        assert body["bars"] or cursor is None  # never an empty page with a next
+    assert [len(p) for p in pages] == [1000, 950]  # 5 sessions of 390 bars
+    ts = [int(b[0]) for p in pages for b in p]
+    assert ts == sorted(set(ts)) and all(in_session(t) for t in ts)
+    assert pages[1][0][0] > pages[0][-1][0]

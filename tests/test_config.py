@@ -20,6 +20,7 @@ BAD = [
     ({"CACHE_TTL_CLOSED": "-1"}, "CACHE_TTL_CLOSED"),
     ({"OHLCV_DEFAULT_LIMIT": "9000"}, "OHLCV_DEFAULT_LIMIT"),
     ({"OHLCV_MAX_LIMIT": "9000"}, "OHLCV_MAX_LIMIT"),
+    ({"MAX_BODY_BYTES": "0"}, "MAX_BODY_BYTES"),
 ]
 
 
@@ -67,3 +68,4 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     section = readme[readme.index("## Operating it"):]
     missing = [n for n in dir(BaseConfig) if n.isupper() and f"`{n}`" not in section]
     assert not missing, f"settings missing from README's configuration table: {missing}"
+

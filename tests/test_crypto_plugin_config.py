@@ -11,11 +11,12 @@ import pytest
 from config import TestingConfig
 from plugins.base import ProviderInfo
 from plugins.ccxt_support import CAPABILITIES, rebase_urls
-from plugins.crypto import CryptoPlugin, clear_shared_markets
+from plugins.crypto import CryptoPlugin
 from plugins.loader import PluginLoader
 from services.market_service import MarketService
 from tests.exchange_emulator import ExchangeEmulator, fixtures
 from tests.exchange_emulator.checks import NO_LEAKS
+from tests.helpers import clear_shared_markets
 
 pytestmark = NO_LEAKS
 emulator = fixtures.emulator

@@ -65,20 +65,23 @@ async def test_backfill_up_to_now_never_marks_the_forming_minutes_complete(
     assert lo in (bucket_start(now, "1m") - 2 * MINUTE_MS, bucket_start(now, "1m") - MINUTE_MS)
 
 
+A, B = 1_704_067_200_000, 1_704_067_260_000  # 2024-01-01 00:00 and 00:01 UTC
+
+
 @pytest.mark.parametrize("query,status,code", [
-    ("?provider=sim&symbol=SIM/USD&start=0&end=60000", 400, "invalid_parameter"),
-    ("?market=sim&provider=sim&symbol=SIM/USD&end=60000", 400, "invalid_parameter"),
-    ("?market=sim&provider=sim&symbol=SIM/USD&start=0", 400, "invalid_parameter"),
-    ("?market=sim&provider=sim&symbol=SIM/USD&start=soon&end=60000", 400, "invalid_parameter"),
-    ("?market=sim&provider=sim&symbol=SIM/USD&start=60000&end=60000", 400, "invalid_parameter"),
-    ("?market=sim&provider=sim&symbol=SIM/USD&start=2024-01-01T00:00&end=60000", 400,
+    (f"?provider=sim&symbol=SIM/USD&start={A}&end={B}", 400, "invalid_parameter"),
+    (f"?market=sim&provider=sim&symbol=SIM/USD&end={B}", 400, "invalid_parameter"),
+    (f"?market=sim&provider=sim&symbol=SIM/USD&start={A}", 400, "invalid_parameter"),
+    (f"?market=sim&provider=sim&symbol=SIM/USD&start=soon&end={B}", 400, "invalid_parameter"),
+    (f"?market=sim&provider=sim&symbol=SIM/USD&start={B}&end={B}", 400, "invalid_parameter"),
+    (f"?market=sim&provider=sim&symbol=SIM/USD&start=2024-01-01T00:00&end={B}", 400,
      "invalid_parameter"),
-    ("?market=sim&provider=sim&symbol=SIM/USD&start=0&end=32503679999999", 400,
+    (f"?market=sim&provider=sim&symbol=SIM/USD&start={A}&end=32503679999999", 400,
      "invalid_parameter"),
-    ("?market=sim&provider=sim&symbol=SIM%00/USD&start=0&end=60000", 400, "invalid_parameter"),
-    ("?market=sim&provider=sim&symbol=SIM/USD&start=%C2%B2&end=60000", 400, "invalid_parameter"),
-    ("?market=forex&provider=sim&symbol=SIM/USD&start=0&end=60000", 404, "unknown_market"),
-    ("?market=sim&provider=nope&symbol=SIM/USD&start=0&end=60000", 404, "unknown_provider"),
+    (f"?market=sim&provider=sim&symbol=SIM%00/USD&start={A}&end={B}", 400, "invalid_parameter"),
+    (f"?market=sim&provider=sim&symbol=SIM/USD&start=%C2%B2&end={B}", 400, "invalid_parameter"),
+    (f"?market=forex&provider=sim&symbol=SIM/USD&start={A}&end={B}", 404, "unknown_market"),
+    (f"?market=sim&provider=nope&symbol=SIM/USD&start={A}&end={B}", 404, "unknown_provider"),
 ])
 async def test_gaps_errors(client: TestClientProtocol, query: str, status: int, code: str) -> None:
     resp = await client.get(f"/api/v1/gaps{query}")

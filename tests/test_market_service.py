@@ -38,7 +38,7 @@ async def test_same_provider_reuses_one_instance() -> None:
     ms = service({})
     a = await ms.get_plugin("sim", "sim")
     b = await ms.get_plugin("sim", "sim")
-    assert a is b and isinstance(a, MarketPlugin) and ms.instance_count() == 1
+    assert a is b and isinstance(a, MarketPlugin) and len(ms._instances) == 1
     await ms.close()
 
 
@@ -59,9 +59,9 @@ async def test_idle_instances_are_closed_and_reopened() -> None:
     ms = service({})
     first = await ms.get_plugin("keyed", "sim")
     assert await ms.close_idle(now=10**9) == 1
-    assert KeyedSim.closed == ["sim"] and ms.instance_count() == 0
+    assert KeyedSim.closed == ["sim"] and len(ms._instances) == 0
     second = await ms.get_plugin("keyed", "sim")
-    assert second is not first and ms.instance_count() == 1
+    assert second is not first and len(ms._instances) == 1
     await ms.close()
 
 

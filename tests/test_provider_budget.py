@@ -44,11 +44,16 @@ async def test_instances_share_one_budget(two_apps: list[Quart]) -> None:
 
 async def test_over_budget_ticker_answers_503_with_retry_after(two_apps: list[Quart]) -> None:
     clients = [app.test_client() for app in two_apps]
-    codes = [(await clients[i % 2].get(TICKER)).status_code for i in range(4)]
+    # Symbols never asked before: no last known ticker can answer (stale while error) for the 4th.
+    symbols = ["SIMA/USD", "SIMB/EUR", "SIMC/USD", "SIM/USD"]
+    codes = [(await clients[i % 2].get(TICKER.replace("SIM/USD", s))).status_code
+             for i, s in enumerate(symbols)]
     assert codes == [200, 200, 200, 503]
     r = await clients[0].get(TICKER)
     assert (await r.get_json())["error"]["code"] == "provider_unavailable"
     assert int(r.headers["Retry-After"]) >= 1
+    known = await clients[1].get(TICKER.replace("SIM/USD", "SIMA/USD"))  # its last ticker, flagged
+    assert known.status_code == 200 and known.headers["X-Data-Stale"] == "true"
 
 
 async def test_a_ban_pauses_every_instance(two_apps: list[Quart]) -> None:

@@ -159,3 +159,55 @@ async def test_websocket_handshake_429_carries_the_rate_limit_headers(app_config
         assert (await r.get_json())["error"]["code"] == "rate_limited"
         assert int(r.headers["Retry-After"]) >= 1
         assert r.headers["X-RateLimit-Limit"] == "1" and r.headers["X-RateLimit-Remaining"] == "0"
+
+
+async def test_200_websocket_handshakes_from_one_ip_in_a_second_are_all_accepted(
+    app_config: dict[str, Any],
+) -> None:
+    """The default ``ws`` class allows bursts as Binance does: 300 handshakes per 5 minutes per IP
+    (200 dashboards behind one office NAT opening at once got 140 refusals with 60/60)."""
+    app = create_app(app_config)  # the default limits
+    async with app.test_app():
+        client = app.test_client()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for i in range(200):
+            async with client.websocket("/api/v1/ws") as ws:
+                await ws.send(f'{{"op": "ping", "id": {i}}}')
+                assert '"pong"' in str(await ws.receive())
+        assert loop.time() - started < 60  # well inside the window: a burst, not a trickle
+        limiter = get_ratelimiter(app)
+        assert limiter.limit_for("ws") == Limit(300, 300.0)
+        async with app.test_request_context("/"):
+            ip = limiter.client_identity({}, "127.0.0.1")
+        burst = [await limiter.hit("ws", ip) for _ in range(101)]
+        # 100 more fit the burst (the handshakes above used 200; a few seconds refilled some).
+        assert all(d is not None and d.allowed for d in burst[:100])
+        while (d := await limiter.hit("ws", ip)) is not None and d.allowed:
+            pass
+        assert d is not None and not d.allowed and 0 < d.retry_after <= 1.0  # then one a second
+
+
+async def test_rest_limits_are_per_client_ip_when_auth_is_off(app_config: dict[str, Any]) -> None:
+    app = create_app({**app_config, "RATE_LIMITS": {"default": "2/60"}})
+    async with app.test_app():
+        client = app.test_client()
+
+        async def status(ip: str) -> int:
+            r = await client.get(MARKETS, scope_base={"client": (ip, 40000)})
+            return r.status_code
+
+        assert [await status("198.51.100.1") for _ in range(3)] == [200, 200, 429]
+        assert await status("198.51.100.2") == 200  # another client has its own bucket
+
+
+async def test_with_auth_on_one_key_is_one_bucket_across_client_ips(app_config: dict[str, Any]) -> None:
+    key = "key-c-0123456789"
+    app = create_app({**app_config, "AUTH_ENABLED": True, "API_KEYS": [hash_key(key)],
+                      "RATE_LIMITS": {"default": "2/60"}})
+    async with app.test_app():
+        client = app.test_client()
+        codes = [(await client.get(MARKETS, headers={"X-API-Key": key},
+                                   scope_base={"client": (ip, 40000)})).status_code
+                 for ip in ("198.51.100.1", "198.51.100.2", "198.51.100.3")]
+        assert codes == [200, 200, 429]

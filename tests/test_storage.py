@@ -14,6 +14,7 @@ from core.timeframes import MINUTE_MS, resample
 from core.types import Series, merge_ranges, subtract_ranges
 from services import aggregates, storage
 from tests.conftest import DATABASE_URL
+from tests.helpers import count_1m_bars, select_1m_bars
 
 SERIES = Series("sim", "sim", "SIM/USD")
 T0 = 1_700_000_040_000  # a minute boundary
@@ -61,11 +62,11 @@ async def test_concurrent_instances_migrate_once(db_schema: str) -> None:
 async def test_writing_the_same_bars_twice_changes_nothing(migrated: asyncpg.Connection) -> None:
     bars = bars_at(T0, 50)
     assert await storage.upsert_1m_bars(migrated, SERIES, bars) == 50
-    first = await storage.select_1m_bars(migrated, SERIES, T0, T0 + 50 * MINUTE_MS)
+    first = await select_1m_bars(migrated, SERIES, T0, T0 + 50 * MINUTE_MS)
     await storage.upsert_1m_bars(migrated, SERIES, bars)
-    second = await storage.select_1m_bars(migrated, SERIES, T0, T0 + 50 * MINUTE_MS)
+    second = await select_1m_bars(migrated, SERIES, T0, T0 + 50 * MINUTE_MS)
     assert first == second == bars
-    assert await storage.count_1m_bars(migrated, SERIES, 0, 10**13) == 50
+    assert await count_1m_bars(migrated, SERIES, 0, 10**13) == 50
 
 
 async def test_a_batch_that_fails_midway_leaves_no_rows(migrated: asyncpg.Connection) -> None:
@@ -74,7 +75,7 @@ async def test_a_batch_that_fails_midway_leaves_no_rows(migrated: asyncpg.Connec
     # the whole batch must roll back.
     with pytest.raises(asyncpg.CheckViolationError):
         await storage.upsert_1m_bars(migrated, SERIES, bars, complete=[(T0, T0 - 1)])
-    assert await storage.count_1m_bars(migrated, SERIES, 0, 10**13) == 0
+    assert await count_1m_bars(migrated, SERIES, 0, 10**13) == 0
     assert await storage.covered_ranges(migrated, SERIES, 0, 10**13) == []
 
 
@@ -82,7 +83,7 @@ async def test_corrections_overwrite_previous_values(migrated: asyncpg.Connectio
     await storage.upsert_1m_bars(migrated, SERIES, bars_at(T0, 3))
     fixed = [[T0 + MINUTE_MS, 5.0, 6.0, 4.0, 5.5, 9.0]]
     await storage.upsert_1m_bars(migrated, SERIES, fixed)
-    got = await storage.select_1m_bars(migrated, SERIES, T0, T0 + 3 * MINUTE_MS)
+    got = await select_1m_bars(migrated, SERIES, T0, T0 + 3 * MINUTE_MS)
     assert got[1] == fixed[0] and len(got) == 3
 
 

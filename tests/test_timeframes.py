@@ -13,7 +13,6 @@ from core.timeframes import (
     TIMEFRAMES,
     bucket_ceil,
     bucket_start,
-    merge_bars,
     resample,
 )
 
@@ -98,8 +97,3 @@ def test_week_buckets_start_on_monday() -> None:
 def test_empty_buckets_have_no_bar() -> None:
     bars: list[list[float]] = [[0, 1, 2, 0.5, 1.5, 10], [3 * 3600_000, 2, 3, 1, 2, 5]]
     assert [b[0] for b in resample(bars, "1h")] == [0, 3 * 3600_000]
-
-
-def test_merge_bars_later_series_wins() -> None:
-    merged = merge_bars([[60_000, 1, 1, 1, 1, 1]], [[60_000, 2, 2, 2, 2, 2], [0, 3, 3, 3, 3, 3]])
-    assert merged == [[0, 3, 3, 3, 3, 3], [60_000, 2, 2, 2, 2, 2]]

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from core.timeframes import DAY_MS
-from services import storage
+from tests.helpers import count_1m_bars
 from tests.pglite.fixtures import timescale_url  # noqa: F401  (session fixture)
 from tests.test_storage_backends import SERIES, WED, Store, close_store, make_bars, open_store, reference
 
@@ -55,4 +55,4 @@ async def test_reads_corrections_and_refreshes_over_compressed_chunks(compressed
         assert await compressed.bars(tf) == reference(want, tf), tf
     assert await compressed.bars("1d", WED, WED + DAY_MS) == reference(want, "1d", WED, WED + DAY_MS)
     async with compressed.pool.acquire() as conn:
-        assert await storage.count_1m_bars(conn, SERIES, 0, 10**13) == len(bars)
+        assert await count_1m_bars(conn, SERIES, 0, 10**13) == len(bars)

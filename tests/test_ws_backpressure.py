@@ -17,6 +17,7 @@ import pytest
 from app import create_app
 from app_extensions.services import get_services
 from blueprints.websocket import hypercorn_options
+from services.hub.frames import StatusFrame
 from tests.ws_support import WS_TEST_CONFIG, Client, assert_ts_monotonic, http_session, metric, serve_app, wait_for
 
 CHANNEL = "sim:sim:SIM/USD:1m"
@@ -82,12 +83,12 @@ async def test_slow_client_is_closed_with_1013_and_the_others_keep_receiving(
             slow.send(SUB)
             await wait_for(lambda: bool(fast.of("snapshot")) and service.status()["connections"] == 2)
             await wait_for(lambda: len(service.channels[CHANNEL].subscribers) == 2)
-            big = {"type": "status", "channel": CHANNEL, "state": "live", "reason": "x" * 16_000}
+            big = StatusFrame(CHANNEL, "live", "x" * 16_000)
             sent = 0
             while service.status()["connections"] == 2:  # the slow client's buffers fill up
                 assert sent < 3000, "the slow client was never dropped"
                 for _ in range(20):
-                    await service.broadcast.publish(CHANNEL, big)
+                    await service.hub.publish(big)
                 sent += 20
                 await wait_for(lambda n=sent: len(fast.of("status")) >= n, within=10)  # type: ignore[misc]
             assert metric("ws_clients_dropped_total", {"reason": "slow"}) == dropped + 1

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from app import create_app
 from app_extensions.services import get_services
-from services.subscription_service import SubscriptionService
+from services.hub import SubscriptionService
 from tests.conftest import REDIS_URL
 from tests.tcp_proxy import TcpProxy
 from tests.ws_support import WS_TEST_CONFIG, Client, assert_ts_monotonic, free_port, http_session, wait_for
@@ -99,7 +99,7 @@ async def test_killing_the_lease_holder_moves_polling_and_clients_keep_receiving
             await wait_for(lambda: lease_holder(cfg["REDIS_PREFIX"]))
             other = create_app(cfg)
             async with other.test_app(), ws_socket(other) as frames:
-                me = subscriptions(other).registry.instance_id
+                me = subscriptions(other).hub.instance_id
                 assert await lease_holder(cfg["REDIS_PREFIX"]) != me
                 mark = time.time()
                 await wait_for(lambda: bars_after(frames, mark))  # fanned out through Redis
@@ -127,7 +127,7 @@ async def test_redis_down_means_memory_mode_and_redis_back_rejoins(app_config: d
                           "REDIS_URL": f"redis://127.0.0.1:{proxy.port}/0"})
         async with app.test_app(), ws_socket(app) as frames:
             svc = subscriptions(app)
-            me = svc.registry.instance_id
+            me = svc.hub.instance_id
             await wait_for(lambda: svc.status()["mode"] == "redis" and svc.status()["polling"] == 1)
             assert await lease_holder(app.config["REDIS_PREFIX"]) == me
             proxy.cut()
@@ -139,7 +139,7 @@ async def test_redis_down_means_memory_mode_and_redis_back_rejoins(app_config: d
             assert svc.status()["polling"] == 1
             proxy.restore()
             await wait_for(lambda: svc.status()["mode"] == "redis" and svc.status()["lease_mode"] == "redis")
-            await wait_for(lambda: svc.registry.holder(CHANNEL), within=5)
+            await wait_for(lambda: lease_holder(app.config["REDIS_PREFIX"]), within=5)
             assert await lease_holder(app.config["REDIS_PREFIX"]) == me
             mark = time.time()
             await wait_for(lambda: bars_after(frames, mark))  # through Redis again
@@ -160,9 +160,9 @@ async def test_grace_period_keeps_the_poller_then_stops_it_and_releases_the_leas
         svc = subscriptions(app)
         async with ws_socket(app):
             await wait_for(lambda: CHANNEL in svc.workers)
-            task = svc.workers[CHANNEL][1]
+            task = svc.workers[CHANNEL]
         async with ws_socket(app):  # a dashboard reload, within the grace period
-            assert svc.workers[CHANNEL][1] is task and not task.done()
+            assert svc.workers[CHANNEL] is task and not task.done()
         left = time.monotonic()
         await wait_for(lambda: not svc.channels and not svc.workers, within=5)
         assert time.monotonic() - left >= grace * 0.9

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
-from services.ws_connection import Connection
+from services.hub.connection import Connection
+from services.hub.frames import BarFrame
 
 CH = "sim:sim:SIM/USD:1m"
 X = 1_700_000_040_000
+SEQ = itertools.count(1)
 
 
-def frame(ts: int, close: float, closed: bool) -> str:
-    return json.dumps({"type": "bar", "channel": CH, "bar": [ts, 1.0, 2.0, 0.5, close, 3.0],
-                       "closed": closed}, separators=(",", ":"))
+def frame(ts: int, close: float, closed: bool) -> BarFrame:
+    return BarFrame(CH, [ts, 1.0, 2.0, 0.5, close, 3.0], closed, next(SEQ))
 
 
 async def _noop(text: str) -> None:
@@ -30,12 +32,12 @@ def sent(conn: Connection) -> list[tuple[int, float, bool]]:
 async def test_a_bucket_is_sent_closed_once_even_when_a_second_worker_sends_it_again() -> None:
     conn = Connection(_noop, max_queue=100, send_timeout=5.0)
     conn.hold(CH)
-    conn.ready(CH, -1)
-    conn.deliver(CH, X, 0.0, frame(X, 1.0, False))
-    conn.deliver(CH, X, 0.0, frame(X, 1.1, True))
+    conn.ready(CH, [], 0.0)
+    conn.deliver(frame(X, 1.0, False))
+    conn.deliver(frame(X, 1.1, True))
     # a hand-over or split brain: another worker sends X's final bar again (fetched later), and
     # its forming bar again
-    conn.deliver(CH, X, 0.0, frame(X, 1.2, True))
-    conn.deliver(CH, X, 0.0, frame(X, 1.3, False))
-    conn.deliver(CH, X + 60_000, 0.0, frame(X + 60_000, 2.0, False))
+    conn.deliver(frame(X, 1.2, True))
+    conn.deliver(frame(X, 1.3, False))
+    conn.deliver(frame(X + 60_000, 2.0, False))
     assert sent(conn) == [(X, 1.0, False), (X, 1.1, True), (X + 60_000, 2.0, False)]

@@ -14,8 +14,8 @@ from quart import Quart
 
 from app import create_app
 from app_extensions.services import get_services
-from plugins.crypto import clear_shared_markets
 from tests.exchange_emulator import ExchangeEmulator, fixtures
+from tests.helpers import clear_shared_markets
 from tests.ws_support import (
     WS_TEST_CONFIG,
     Client,

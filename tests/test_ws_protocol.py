@@ -112,19 +112,19 @@ async def test_subscription_limit(ws_app: Quart) -> None:
 
 async def test_a_subscribe_that_fails_joining_its_channel_leaves_no_subscription(ws_app: Quart) -> None:
     service = get_services(ws_app).subscriptions
-    real_add = service.registry.add
+    real_add = service.hub.broadcast.subscribe
 
-    async def failing_add(channel: str) -> None:
+    async def failing_add(topic: str) -> None:
         raise RuntimeError("registry bug")
 
-    service.registry.add = failing_add  # type: ignore[method-assign]
+    service.hub.broadcast.subscribe = failing_add  # type: ignore[method-assign,assignment]
     async with ws_app.test_client().websocket("/api/v1/ws") as ws:
         await send(ws, {**SUB, "id": "s1"})
         error = json.loads(await asyncio.wait_for(ws.receive(), 5))
         assert error["type"] == "error" and error["code"] == "internal_error" and error["id"] == "s1"
         (conn,) = service.connections
         assert conn.subs == {}  # not a half subscription holding frames until a 1013
-        service.registry.add = real_add  # type: ignore[method-assign]
+        service.hub.broadcast.subscribe = real_add  # type: ignore[method-assign]
         await send(ws, {**SUB, "id": "s2", "history": 1})
         frames = await recv_until(ws, lambda f: f["type"] == "snapshot")
         assert frames[0] == {"type": "subscribed", "channel": CHANNEL, "id": "s2"}

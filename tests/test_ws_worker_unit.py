@@ -1,17 +1,24 @@
-"""SubscriptionWorker.poll_once with in-memory collaborators and a fixed clock: what it publishes
-and writes, poll by poll."""
+"""Poller.poll_once with in-memory collaborators and a fixed clock: what it publishes and writes,
+poll by poll."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 
 from core.errors import NetworkPluginError
+from core.types import Channel
 from plugins.base import Capabilities
-from services.subscription_worker import Channel, ChannelStateStore, PollSettings, SubscriptionWorker
+from services.hub.backends import MemoryBackend
+from services.hub.broadcast import Broadcast
+from services.hub.frames import Frame
+from services.hub.poller import Poller
+from services.hub.settings import PollSettings
+from services.hub.state import StateStore
+from services.provider_calls import ProviderCalls
 
 X = 1_700_000_040_000  # a minute boundary
 M = 60_000
@@ -39,6 +46,7 @@ class FakeBudget:
 class FakeMarkets:
     def __init__(self, plugin: FakePlugin) -> None:
         self.plugin, self.budget = plugin, FakeBudget()
+        self.calls = ProviderCalls(self.budget)  # type: ignore[arg-type]
 
     async def get_plugin(self, market: str, provider: str) -> FakePlugin:
         return self.plugin
@@ -48,7 +56,7 @@ class FakeDb:
     def __init__(self) -> None:
         self.written: list[int] = []
 
-    async def write(self, series: Any, bars: list[list[float]], complete: Any) -> int:
+    async def write(self, series: Any, bars: Sequence[Sequence[float]], complete: Any) -> int:
         self.written += [int(b[0]) for b in bars]
         return len(bars)
 
@@ -57,21 +65,38 @@ def bar(ts: int, close: float) -> list[float]:
     return [ts, 1.0, 2.0, 0.5, close, 10.0]
 
 
+class Out:
+    """The hub's side of a poller: frames (as clients get them) and sequence numbers."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+        self.seq = 0
+
+    async def publish(self, frame: Frame) -> None:
+        self.frames.append(frame.client())
+
+    async def next_seq(self, channel: str, count: int, floor: int) -> int:
+        self.seq = max(self.seq, floor) + count
+        return self.seq
+
+
+def store(backend: Any = None) -> StateStore:
+    broadcast = Broadcast(None, retry_after=1.0)
+    broadcast.backend = backend or broadcast.fallback
+    return StateStore(broadcast)
+
+
 @pytest.fixture
-def setup(monkeypatch: pytest.MonkeyPatch) -> tuple[SubscriptionWorker, FakePlugin, FakeDb, list[Any], Any]:
-    plugin, db, frames = FakePlugin(), FakeDb(), []
+def setup(monkeypatch: pytest.MonkeyPatch) -> tuple[Poller, FakePlugin, FakeDb, list[Any], Any]:
+    plugin, db, out = FakePlugin(), FakeDb(), Out()
     clock = {"now": X + 30_000}
-    monkeypatch.setattr("services.subscription_worker.now_ms", lambda: clock["now"])
-
-    async def publish(channel: str, frame: dict[str, Any], ts: int, t_poll: float) -> None:
-        frames.append(frame)
-
-    worker = SubscriptionWorker(
+    monkeypatch.setattr("services.hub.poller.now_ms", lambda: clock["now"])
+    worker = Poller(
         Channel("sim", "sim", "SIM/USD", "1m"), markets=FakeMarkets(plugin),  # type: ignore[arg-type]
-        publish=publish, store=ChannelStateStore(None), db=db,  # type: ignore[arg-type]
-        settings=PollSettings(default_interval=1.0, close_delay=0.5),
+        out=out, store=store(), db=db,
+        settings=PollSettings(default_interval=1.0, close_delay=0.5, revision_seconds=120.0),
     )
-    return worker, plugin, db, frames, clock
+    return worker, plugin, db, out.frames, clock
 
 
 def bars_of(frames: list[dict[str, Any]]) -> list[tuple[int, float, bool]]:
@@ -91,9 +116,17 @@ async def test_changes_only_then_the_final_bar_written_even_inside_the_close_del
     await worker.poll_once()
     assert bars_of(frames)[2:] == [(X, 1.3, True), (X + M, 1.4, False)]
     assert db.written == [X]
-    plugin.answer = [bar(X, 9.9), bar(X + M, 1.4)]  # an older bucket again: never backwards
+    plugin.answer = [bar(X, 1.3), bar(X + M, 1.4)]  # an older bucket again: never backwards
     await worker.poll_once()
     assert len(bars_of(frames)) == 4 and db.written == [X]
+    # X again with other values, within POLL_REVISION_SECONDS of its end: a revision (issue 11),
+    # published once with revised: true and written again
+    plugin.answer = [bar(X, 9.9), bar(X + M, 1.4)]
+    await worker.poll_once()
+    await worker.poll_once()
+    assert bars_of(frames)[4:] == [(X, 9.9, True)] and frames[-1]["revised"] is True
+    assert db.written == [X, X]
+    assert [f["seq"] for f in frames] == list(range(1, 6))
 
 
 async def test_outage_publishes_stale_once_then_live_and_the_missed_bars(setup: Any) -> None:
@@ -145,35 +178,21 @@ async def test_short_pages_mid_history_do_not_close_a_resampled_bucket_early(
     assert db.written == [B + i * M for i in range(7)]
 
 
-class FakeRedis:
-    """The part of RedisClient ChannelStateStore uses, holding one raw value."""
-
-    available = True
+class ForeignBackend(MemoryBackend):
+    """A backend whose shared value of every key is ``raw`` (a foreign or truncated value)."""
 
     def __init__(self, raw: str) -> None:
+        super().__init__()
         self.raw = raw
 
-    def key(self, *parts: str) -> str:
-        return ":".join(parts)
-
-    async def run(self, op: Any) -> Any:
-        class R:
-            def get(_self, key: str) -> Any:
-                async def value() -> str:
-                    return self.raw
-                return value()
-
-            def set(_self, key: str, value: str, ex: int) -> Any:
-                async def done() -> bool:
-                    return True
-                return done()
-        return await op(R())
+    async def load(self, key: str) -> str | None:
+        return self.raw
 
 
 @pytest.mark.parametrize("raw", ["not json", "[1, 2]", '{"last_ts": "x"}', '{"last_bar": 5}'])
 async def test_a_foreign_state_in_redis_does_not_stop_the_poller(setup: Any, raw: str) -> None:
     worker, plugin, _db, frames, _clock = setup
-    worker.store = ChannelStateStore(FakeRedis(raw))  # type: ignore[arg-type]
+    worker.store = store(ForeignBackend(raw))
     assert await worker.store.load(worker.channel.name) is None
     await worker._restore()
     plugin.answer = [bar(X, 1.1)]

@@ -4,7 +4,14 @@ Real Alpaca serves data from ``data.alpaca.markets`` and assets from ``api.alpac
 one base URL override both land here. Bars follow the documented shape (``t`` RFC-3339, ``o h l c
 v n vw``) with ``next_page_token`` paging. Simplifications: bars exist only in weekday sessions
 14:30-21:00 UTC (see ``candles``), and ``1Day``/``1Week`` bars are stamped at UTC midnight (real
-Alpaca stamps them at New York midnight). ``feed`` and ``adjustment`` are validated, not applied.
+Alpaca stamps them at New York midnight). ``adjustment`` is validated, not applied.
+
+Accounts (``AlpacaRoutes.accounts``, empty by default: any key or none is accepted): key id to
+(secret key, plan feed). With accounts set, a request needs a known key pair (else 401, as Alpaca
+answers), ``feed`` defaults to the account's plan (``sip`` for a paid plan, else ``iex``, as
+Alpaca's docs say) and asking ``sip`` on an ``iex`` plan is a 403. A ``sip`` answer holds the
+consolidated tape: volumes ``SIP_VOLUME_FACTOR`` times the IEX ones and a tighter quote.
+``seen_keys`` records the key id of every ``/v2/`` request (None when none was sent).
 """
 
 from __future__ import annotations
@@ -25,6 +32,9 @@ ASSETS: dict[str, str] = {"AAPL": "Apple Inc.", "MSFT": "Microsoft Corporation",
 FEEDS = ("iex", "sip", "otc", "delayed_sip")
 ADJUSTMENTS = ("raw", "split", "dividend", "all")
 MAX_LIMIT, DEFAULT_LIMIT = 10_000, 1000
+SIP_VOLUME_FACTOR = 10
+#: The feed a request is answered from (set by ``AlpacaRoutes._account``).
+FEED = web.RequestKey("feed", str)
 _TF = re.compile(r"^(\d+)(Min|T|Hour|H|Day|D|Week|W)$")
 _UNITS = {"Min": (MIN, 59), "T": (MIN, 59), "Hour": (HOUR, 23), "H": (HOUR, 23),
           "Day": (DAY, 1), "D": (DAY, 1), "Week": (WEEK, 1), "W": (WEEK, 1)}
@@ -60,8 +70,9 @@ def parse_timeframe(raw: str) -> int:
     return n * unit
 
 
-def bar_json(c: Candle) -> dict[str, Any]:
+def bar_json(c: Candle, feed: str = "iex") -> dict[str, Any]:
     ts, o, h, low, close, v = c
+    v = v * SIP_VOLUME_FACTOR if feed == "sip" else v
     return {"t": rfc3339(ts), "o": o, "h": h, "l": low, "c": close, "v": round(v * 100),
             "n": int(v) + 1, "vw": round((o + close) / 2, 4)}
 
@@ -82,8 +93,30 @@ class AlpacaRoutes:
         self.book = book
         #: Largest page the emulator answers; tests lower it to exercise ``page_token``.
         self.page_size = MAX_LIMIT
+        #: Key id -> (secret key, plan feed); empty: no key is checked (see the module doc).
+        self.accounts: dict[str, tuple[str, str]] = {}
+        #: Key id of each ``/v2/`` request, in order (None: sent without a key).
+        self.seen_keys: list[str | None] = []
+
+    @web.middleware
+    async def _account(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if not request.path.startswith("/v2/"):
+            return await handler(request)
+        key_id = request.headers.get("APCA-API-KEY-ID")
+        self.seen_keys.append(key_id)
+        feed = request.query.get("feed")
+        if self.accounts:
+            account = self.accounts.get(key_id or "")
+            if account is None or account[0] != request.headers.get("APCA-API-SECRET-KEY"):
+                return web.json_response({"message": "unauthorized."}, status=401)
+            if feed == "sip" and account[1] != "sip":
+                return error(403, "subscription does not permit querying recent SIP data")
+            feed = feed or account[1]
+        request[FEED] = feed or "iex"
+        return await handler(request)
 
     def register(self, app: web.Application) -> None:
+        app.middlewares.append(self._account)
         r = app.router
         r.add_get("/v2/assets", self.assets)
         r.add_get("/v2/stocks/bars", self.multi_bars)
@@ -150,7 +183,7 @@ class AlpacaRoutes:
             return web.json_response({"bars": None, "symbol": symbol, "next_page_token": None})
         candles, nxt = self._page(symbol, size, start, end, limit)
         return web.json_response({
-            "bars": [bar_json(c) for c in candles] or None, "symbol": symbol,
+            "bars": [bar_json(c, request[FEED]) for c in candles] or None, "symbol": symbol,
             "next_page_token": _token(symbol, nxt) if nxt is not None else None})
 
     async def multi_bars(self, request: web.Request) -> web.Response:
@@ -174,7 +207,7 @@ class AlpacaRoutes:
             candles, nxt = self._page(symbol, size, resume if i == 0 else start, end, limit)
             limit -= len(candles)
             if candles:
-                out[symbol] = [bar_json(c) for c in candles]
+                out[symbol] = [bar_json(c, request[FEED]) for c in candles]
             if nxt is not None:
                 nxt_token = _token(symbol, nxt)
                 break
@@ -193,11 +226,14 @@ class AlpacaRoutes:
         c = self._latest(symbol) if symbol in ASSETS else None
         if c is None:
             return error(404, f"no bar found for {symbol}", 40410000)
-        return web.json_response({"symbol": symbol, "bar": bar_json(c)})
+        return web.json_response({"symbol": symbol, "bar": bar_json(c, request[FEED])})
 
-    def _quote(self, c: Candle) -> dict[str, Any]:
-        return {"t": rfc3339(c[0] + 59_000), "ax": "V", "ap": round(c[4] * 1.0002, 2), "as": 3,
-                "bx": "V", "bp": round(c[4] * 0.9998, 2), "bs": 2, "c": ["R"], "z": "C"}
+    def _quote(self, c: Candle, feed: str = "iex") -> dict[str, Any]:
+        # The national best bid/offer (sip) is tighter than IEX's own quote.
+        spread, digits = (0.00005, 4) if feed == "sip" else (0.0002, 2)
+        return {"t": rfc3339(c[0] + 59_000), "ax": "V", "ap": round(c[4] * (1 + spread), digits),
+                "as": 3, "bx": "V", "bp": round(c[4] * (1 - spread), digits), "bs": 2, "c": ["R"],
+                "z": "C"}
 
     def _trade(self, c: Candle) -> dict[str, Any]:
         return {"t": rfc3339(c[0] + 59_000), "x": "V", "p": c[4], "s": 100, "c": ["@"],
@@ -208,7 +244,7 @@ class AlpacaRoutes:
         c = self._latest(symbol) if symbol in ASSETS else None
         if c is None:
             return error(404, f"no quote found for {symbol}", 40410000)
-        return web.json_response({"symbol": symbol, "quote": self._quote(c)})
+        return web.json_response({"symbol": symbol, "quote": self._quote(c, request[FEED])})
 
     async def latest_trade(self, request: web.Request) -> web.Response:
         symbol = request.match_info["symbol"]
@@ -224,6 +260,7 @@ class AlpacaRoutes:
             return error(404, f"no snapshot found for {symbol}", 40410000)
         day = self.book.candles(symbol, True, DAY, None, None, 2)
         return web.json_response({
-            "symbol": symbol, "latestTrade": self._trade(c), "latestQuote": self._quote(c),
-            "minuteBar": bar_json(c), "dailyBar": bar_json(day[-1]) if day else None,
-            "prevDailyBar": bar_json(day[-2]) if len(day) > 1 else None})
+            "symbol": symbol, "latestTrade": self._trade(c),
+            "latestQuote": self._quote(c, request[FEED]), "minuteBar": bar_json(c, request[FEED]),
+            "dailyBar": bar_json(day[-1], request[FEED]) if day else None,
+            "prevDailyBar": bar_json(day[-2], request[FEED]) if len(day) > 1 else None})

@@ -71,6 +71,15 @@ class BinanceRoutes:
 
     def __init__(self, book: CandleBook) -> None:
         self.book = book
+        #: Symbols served (``add_symbols`` grows it for benches that need many markets).
+        self.symbols: dict[str, tuple[str, str]] = dict(SYMBOLS)
+
+    def add_symbols(self, count: int) -> list[str]:
+        """Serve ``count`` more USDT pairs (``X001USDT``...); returns their ids."""
+        start = sum(1 for s in self.symbols if s.startswith("X"))
+        added = [f"X{i:03d}USDT" for i in range(start + 1, start + count + 1)]
+        self.symbols.update((s, (s[:-4], "USDT")) for s in added)
+        return added
 
     def register(self, app: web.Application) -> None:
         r = app.router
@@ -95,7 +104,7 @@ class BinanceRoutes:
                 {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
                  "limit": 6000}],
             "exchangeFilters": [],
-            "symbols": [_symbol_info(s, b, q) for s, (b, q) in SYMBOLS.items()],
+            "symbols": [_symbol_info(s, b, q) for s, (b, q) in self.symbols.items()],
         })
 
     async def futures_info(self, request: web.Request) -> web.Response:
@@ -108,7 +117,7 @@ class BinanceRoutes:
         if not symbol:
             return error(400, -1102, "Mandatory parameter 'symbol' was not sent, was empty/null,"
                          " or malformed.")
-        if symbol not in SYMBOLS:
+        if symbol not in self.symbols:
             return error(400, -1121, "Invalid symbol.")
         return symbol
 

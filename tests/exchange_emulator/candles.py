@@ -9,7 +9,9 @@ and ``1w`` to Monday 00:00 UTC (as Binance does).
 
 Stocks trade only in a simplified US session: weekdays 14:30-21:00 UTC (no holidays, no DST
 shift), so there are no stock candles at night or on weekends. A maintenance window removes every
-1m candle in ``[start, end)``; aggregated buckets are built from the minutes that remain.
+1m candle in ``[start, end)``; aggregated buckets are built from the minutes that remain. A revision
+(``CandleBook.revise``) replaces one 1m candle, as an exchange correcting a closed bar does; every
+interval aggregated over it follows.
 """
 
 from __future__ import annotations
@@ -126,6 +128,41 @@ class CandleBook:
         self.maintenance: list[tuple[int, int]] = []
         #: Frozen "now" in ms for deterministic tests; None follows the wall clock.
         self.now_ms: int | None = None
+        #: Revised 1m candles: (symbol, open time) -> candle; the hours holding them.
+        self.revised: dict[tuple[str, int], Candle] = {}
+        self._revised_hours: set[tuple[str, int]] = set()
+
+    def revise(self, symbol: str, ts: int, **values: float) -> Candle:
+        """Replace the 1m candle of ``symbol`` at ``ts`` (a minute open time) with other values.
+
+        ``values`` may name ``open``, ``high``, ``low``, ``close``, ``volume``; with none given the
+        close moves up 0.1 % (the high follows) and the volume grows by half. Returns the new
+        candle; REST answers and aggregates over it change from now on."""
+        if ts % MIN:
+            raise ValueError("ts must be a minute open time")
+        unknown = set(values) - {"open", "high", "low", "close", "volume"}
+        if unknown:
+            raise ValueError(f"unknown fields: {sorted(unknown)}")
+        _, o, h, low, c, v = self.revised.get((symbol, ts)) or minute_candle(symbol, ts)
+        if not values:
+            values = {"close": round(c * 1.001, 8), "volume": round(v * 1.5, 8)}
+        o, c = float(values.get("open", o)), float(values.get("close", c))
+        h = float(values.get("high", max(h, o, c)))
+        low = float(values.get("low", min(low, o, c)))
+        candle: Candle = (ts, o, h, low, c, float(values.get("volume", v)))
+        if not low <= min(o, c) <= max(o, c) <= h or candle[5] < 0:
+            raise ValueError("need low <= open, close <= high and volume >= 0")
+        self.revised[(symbol, ts)] = candle
+        self._revised_hours.add((symbol, ts - ts % HOUR))
+        return candle
+
+    def clear_revisions(self) -> None:
+        self.revised.clear()
+        self._revised_hours.clear()
+
+    def minute(self, symbol: str, ts: int) -> Candle:
+        """The 1m candle at ``ts``, revised or pure (maintenance and session not applied)."""
+        return self.revised.get((symbol, ts)) or minute_candle(symbol, ts)
 
     def now(self) -> int:
         return self.now_ms if self.now_ms is not None else int(time.time() * 1000)
@@ -134,11 +171,12 @@ class CandleBook:
         return any(a < end and start < b for a, b in self.maintenance)
 
     def _minutes(self, symbol: str, stock: bool, start: int, end: int) -> list[Candle]:
-        return [minute_candle(symbol, t) for t in range(start, end, MIN)
+        return [self.minute(symbol, t) for t in range(start, end, MIN)
                 if (not stock or in_session(t)) and not self._in_maintenance(t, t + MIN)]
 
     def _hour(self, symbol: str, stock: bool, hour: int, now: int) -> Candle | None:
-        if hour + HOUR <= now and not self._in_maintenance(hour, hour + HOUR):
+        if (hour + HOUR <= now and not self._in_maintenance(hour, hour + HOUR)
+                and (symbol, hour) not in self._revised_hours):
             return _closed_hour(symbol, stock, hour)
         return _merge(self._minutes(symbol, stock, hour, min(hour + HOUR, now + 1)), hour)
 

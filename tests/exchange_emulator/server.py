@@ -1,12 +1,17 @@
-"""The exchange emulator: an aiohttp server on 127.0.0.1 speaking Binance spot and Alpaca data v2.
+"""The exchange emulator: an aiohttp server on 127.0.0.1 speaking Binance spot (REST and kline
+WebSocket streams) and Alpaca data v2.
 
 Use it in-process from pytest::
 
     emu = ExchangeEmulator()
-    await emu.start()                      # emu.url == "http://127.0.0.1:<port>"
+    await emu.start()                      # emu.url == "http://127.0.0.1:<port>"; emu.ws_url
     emu.inject("/api/v3/klines", status=429, times=2, retry_after=1)
     emu.calls("/api/v3/klines")            # requests served on that path
     emu.add_maintenance(start_ms, end_ms)  # no candles in [start, end)
+    emu.revise("BTCUSDT", ts, close=1.0)   # a closed 1m bar gets other values (REST and streams)
+    emu.weights.configure(limit=120)       # Binance weight enforcement: 429, then 418 bans
+    emu.streams.interval = 0.1             # kline streams push every 0.1 s instead of 2 s
+    emu.streams.drop()                     # ... and other stream faults (see ``streams.py``)
     await emu.stop()
 
 or as a process (``python -m tests.exchange_emulator --port 9100``) driven through the control API
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -24,9 +30,11 @@ from aiohttp import web
 
 from .alpaca import AlpacaRoutes
 from .binance import BinanceRoutes
-from .candles import CandleBook
+from .candles import Candle, CandleBook
 from .control import ControlRoutes
 from .faults import Fault, FaultBook, RequestLog, RequestRecord
+from .streams import BinanceStreams
+from .weights import USED_WEIGHT_HEADER, WeightBook
 
 log = logging.getLogger(__name__)
 CONTROL_PREFIX = "/__emulator/"
@@ -84,6 +92,8 @@ class ExchangeEmulator:
         self.latency = 0.0
         self.binance = BinanceRoutes(self.book)
         self.alpaca = AlpacaRoutes(self.book)
+        self.streams = BinanceStreams(self.book, self.binance.symbols)
+        self.weights = WeightBook()
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -92,6 +102,7 @@ class ExchangeEmulator:
         app = web.Application(middlewares=[self._middleware])
         self.binance.register(app)
         self.alpaca.register(app)
+        self.streams.register(app)
         ControlRoutes(self).register(app)
         return app
 
@@ -121,6 +132,11 @@ class ExchangeEmulator:
         if self.port is None:
             raise RuntimeError("emulator not started")
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        """Base URL of the streams (``PROVIDER_WS_URLS`` value): ``ws://127.0.0.1:<port>``."""
+        return "ws" + self.url.removeprefix("http")
 
     # --- Test API ------------------------------------------------------------------------------
     def inject(
@@ -159,12 +175,27 @@ class ExchangeEmulator:
 
     @now_ms.setter
     def now_ms(self, value: int | None) -> None:
-        """Freeze the emulator's clock (ms) or follow the wall clock again (None)."""
+        """Freeze the emulator's clock (ms) or follow the wall clock again (None); streams push
+        the bars of the new "now" at once."""
         self.book.now_ms = value
+        self.streams.notify()
+
+    def revise(self, symbol: str, ts: int, announce: bool = False, **values: float) -> Candle:
+        """Give the closed 1m bar of ``symbol`` (exchange id) at ``ts`` other values (see
+        ``CandleBook.revise``): REST answers change; with ``announce`` the 1m streams of the
+        symbol get it again as a closed kline. Returns the new candle."""
+        candle = self.book.revise(symbol, ts, **values)
+        if announce:
+            self.streams.announce(symbol, candle)
+        return candle
 
     def reset(self) -> None:
-        """Forget faults, requests, maintenance windows, latency and a frozen clock."""
+        """Forget faults, requests, maintenance windows, revisions, latency, a frozen clock, stream
+        faults and weight enforcement."""
         self.faults.clear()
+        self.book.clear_revisions()
+        self.streams.reset()
+        self.weights.configure(limit=None, window=60.0, ban_after=3, ban_seconds=120.0)
         self.log.clear()
         self.book.maintenance.clear()
         self.book.now_ms = None
@@ -177,6 +208,24 @@ class ExchangeEmulator:
         if request.path.startswith(CONTROL_PREFIX):
             return await handler(request)
         record = self.log.add(RequestRecord(request.method, request.path, dict(request.query)))
+        refusal = self.weights.admit(request.path)
+        if request.path.startswith("/api/"):
+            try:
+                response = await self._serve(request, handler, record, refusal)
+            except web.HTTPException as exc:
+                exc.headers[USED_WEIGHT_HEADER] = str(self.weights.used)
+                raise
+            response.headers[USED_WEIGHT_HEADER] = str(self.weights.used)
+            return response
+        return await self._serve(request, handler, record, refusal)
+
+    async def _serve(self, request: web.Request, handler: Handler, record: RequestRecord,
+                     refusal: tuple[int, float] | None) -> web.StreamResponse:
+        if refusal is not None:
+            status, retry_after = refusal
+            record.fault, record.status = "weight", status
+            return _fault_response(request.path, Fault(request.path, status,
+                                                       retry_after=max(1, math.ceil(retry_after))))
         fault = self.faults.take(request.path)
         if self.latency:
             await asyncio.sleep(self.latency)

@@ -1,0 +1,15 @@
+"""Wires TradingView's UDF service (``services.udf``) into the app; ``blueprints/udf.py`` serves it."""
+
+from __future__ import annotations
+
+from quart import Quart
+
+from app_extensions.services import get_services
+from services.udf import UdfService
+
+
+def init_udf(app: Quart) -> None:
+    """Build the UDF service over the app's services (call after the Services extension exists)."""
+    services = get_services(app)
+    app.extensions["udf"] = UdfService(services.markets, services.orchestrator,
+                                       int(app.config["OHLCV_MAX_LIMIT"]))

@@ -1,0 +1,80 @@
+"""The browser pages: the live chart at ``/`` and the API docs viewer at ``/api/v1/docs``.
+
+Everything they load comes from this origin (no CDN, so they work offline): the pages' own files
+from ``web/public/``, and a fixed list of files of the npm packages installed from
+``web/package-lock.json`` (``npm ci --prefix web``, which ``make run`` and ``make test`` do) under
+``/assets/vendor/``. Nothing else of ``node_modules`` is reachable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from quart import Blueprint, Response, send_file, send_from_directory
+
+from core.errors import APIError, NotFound
+
+WEB = Path(__file__).resolve().parent.parent / "web"
+PUBLIC = WEB / "public"
+MODULES = WEB / "node_modules"
+#: Served name -> file under web/node_modules (the dist files the pages use, and their licences).
+VENDOR = {
+    "lightweight-charts.mjs": "lightweight-charts/dist/lightweight-charts.standalone.production.mjs",
+    "lightweight-charts.LICENSE.txt": "lightweight-charts/LICENSE",
+    "swagger-ui-bundle.js": "swagger-ui-dist/swagger-ui-bundle.js",
+    "swagger-ui.css": "swagger-ui-dist/swagger-ui.css",
+    "swagger-ui.LICENSE.txt": "swagger-ui-dist/LICENSE",
+    "swagger-ui.NOTICE.txt": "swagger-ui-dist/NOTICE",
+}
+_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css", ".txt": "text/plain",
+          ".html": "text/html"}
+#: Our own files change with a deploy: revalidate (ETag) each time. Vendor files change only
+#: with the lockfile: cache them for an hour.
+_OWN_CACHE = "no-cache"
+_VENDOR_CACHE = "public, max-age=3600"
+
+page_blueprint = Blueprint("page", __name__)
+
+
+def _typed(response: Response, name: str, cache: str) -> Response:
+    kind = _TYPES.get(Path(name).suffix)
+    if kind is not None:  # .mjs included: browsers refuse a module script of another type
+        response.headers["Content-Type"] = f"{kind}; charset=utf-8"
+    response.headers["Cache-Control"] = cache
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@page_blueprint.get("/")
+async def chart_page() -> Response:
+    return _typed(await send_from_directory(PUBLIC, "index.html"), "index.html", _OWN_CACHE)
+
+
+@page_blueprint.get("/api/v1/docs")
+async def docs_page() -> Response:
+    return _typed(await send_from_directory(PUBLIC, "docs.html"), "docs.html", _OWN_CACHE)
+
+
+@page_blueprint.get("/assets/NOTICE.txt")
+async def notice() -> Response:
+    return _typed(await send_file(WEB / "NOTICE"), "NOTICE.txt", _OWN_CACHE)
+
+
+@page_blueprint.get("/assets/<name>")
+async def own_asset(name: str) -> Response:
+    if name.endswith(".html"):  # the pages have their own routes
+        raise NotFound(f"no asset {name!r}")
+    return _typed(await send_from_directory(PUBLIC, name), name, _OWN_CACHE)
+
+
+@page_blueprint.get("/assets/vendor/<name>")
+async def vendor_asset(name: str) -> Response:
+    relative = VENDOR.get(name)
+    if relative is None:
+        raise NotFound(f"no vendor asset {name!r}")
+    try:
+        response = await send_file(MODULES / relative)
+    except FileNotFoundError as exc:
+        raise APIError(503, "dependency_unavailable", "the page's npm packages are not installed: "
+                       "run `npm ci --prefix web` (make run does)") from exc
+    return _typed(response, name, _VENDOR_CACHE)

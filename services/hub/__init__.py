@@ -1,0 +1,50 @@
+"""The live-candle hub: WebSocket subscriptions over reference-counted channels, one poller per
+channel in the cluster, fan-out through a swappable backend (Redis, or memory while it is down).
+
+``build`` wires the pieces; see ``hub.py`` for the shape and docs/websocket.md for the protocol.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from core.timeframes import Bar, tf_ms
+from core.types import Channel, Series
+from services.hub.broadcast import Broadcast
+from services.hub.channels import ChannelsReport
+from services.hub.hub import Hub
+from services.hub.poller import Poller
+from services.hub.ports import Output, Writer
+from services.hub.service import SubscriptionService
+from services.hub.settings import HubSettings
+from services.hub.state import StateStore
+from services.hub.stream_poller import StreamPoller
+from services.market_service import MarketService
+from services.orchestrator import BarQuery, DataOrchestrator
+from services.stream_feed import StreamRegistry
+
+__all__ = ["Broadcast", "Hub", "HubSettings", "SubscriptionService", "build"]
+
+
+def build(*, markets: MarketService, orchestrator: DataOrchestrator, broadcast: Broadcast,
+          db: Writer | None, settings: HubSettings,
+          streams: StreamRegistry | None = None) -> SubscriptionService:
+    """The subscription service over a hub on ``broadcast``; pollers write closed bars to ``db``;
+    with ``streams`` channels of exchanges with kline streams are fed by them."""
+    store = StateStore(broadcast)
+
+    async def bucket(series: Series, timeframe: str, start: int) -> Bar | None:
+        size = tf_ms(timeframe)
+        bars = (await orchestrator.get_bars(BarQuery(series, timeframe, start, start + size, 1))).bars
+        return bars[0] if bars and int(bars[0][0]) == start else None
+
+    def pollers(channel: Channel, out: Output) -> Poller:
+        if streams is not None:
+            return StreamPoller(channel, markets=markets, out=out, store=store, db=db,
+                                settings=settings.poll, bucket=bucket, streams=streams)
+        return Poller(channel, markets=markets, out=out, store=store, db=db,
+                      settings=settings.poll, bucket=bucket)
+
+    hub = Hub(broadcast, pollers, settings, instance_id=uuid.uuid4().hex)
+    return SubscriptionService(markets=markets, orchestrator=orchestrator, hub=hub,
+                               report=ChannelsReport(hub, store), settings=settings)

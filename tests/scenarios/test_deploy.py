@@ -1,0 +1,181 @@
+"""deploy/: the compose file is valid (when docker-compose is installed), and the same nginx
+config in front of three real instances on loopback carries REST and live WebSocket bars and
+lets the rate limits see each client's own address."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import string
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from tests.helpers import delete_prefix
+from tests.live_server import ROOT, free_port, hypercorn_server
+
+DEPLOY = ROOT / "deploy"
+COMPOSE = DEPLOY / "docker-compose.yml"
+TEMPLATE = DEPLOY / "nginx" / "default.conf.template"
+NGINX = shutil.which("nginx") or next(
+    (p for p in ("/usr/sbin/nginx", "/sbin/nginx") if Path(p).exists()), None)
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None,
+                    reason="docker-compose is not installed (.ci/run installs Debian's package)")
+def test_compose_file_is_valid() -> None:
+    done = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config"], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    config = yaml.safe_load(done.stdout)
+    services = config["services"]
+    assert set(services) == {"timescaledb", "redis", "app1", "app2", "app3", "nginx",
+                             "prometheus", "grafana"}
+    assert services["timescaledb"]["image"].startswith("timescale/timescaledb:")
+    for app in ("app1", "app2", "app3"):
+        assert services[app]["environment"]["TRUST_FORWARDED_FOR"] == "true"
+    assert services["app3"]["environment"]["BACKFILL_RUNNER"] == "false"
+    nginx_env = services["nginx"]["environment"]
+    assert [nginx_env[f"APP_UPSTREAM_{i}"] for i in (1, 2, 3)] == ["app1:8000", "app2:8000", "app3:8000"]
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == [
+        "app1:8000", "app2:8000", "app3:8000"]
+    mounts = " ".join(str(v) for v in services["grafana"]["volumes"])
+    assert "grafana-dashboard.json" in mounts and "provisioning" in mounts
+
+
+def render_nginx(workdir: Path, listen: int, upstreams: list[str]) -> Path:
+    """The deploy template filled in as the nginx image's envsubst does, in a main config that
+    runs unprivileged in ``workdir``."""
+    values = {"NGINX_LISTEN": f"127.0.0.1:{listen}",
+              **{f"APP_UPSTREAM_{i}": u for i, u in enumerate(upstreams, start=1)}}
+    site = string.Template(TEMPLATE.read_text()).safe_substitute(values)
+    assert "${" not in site
+    (workdir / "site.conf").write_text(site)
+    temps = "\n".join(f"    {kind}_temp_path {workdir}/{kind};"
+                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    main = workdir / "nginx.conf"
+    main.write_text(f"""worker_processes 1;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+{temps}
+    include {workdir}/site.conf;
+}}
+""")
+    return main
+
+
+@contextmanager
+def nginx(main: Path, port: int) -> Iterator[str]:
+    assert NGINX is not None
+    check = subprocess.run([NGINX, "-t", "-c", str(main), "-p", str(main.parent)],
+                           capture_output=True, text=True, timeout=30, check=False)
+    assert check.returncode == 0, check.stderr
+    proc = subprocess.Popen([NGINX, "-c", str(main), "-p", str(main.parent), "-g", "daemon off;"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError((main.parent / "error.log").read_text()) from None
+                time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Three instances sharing PostgreSQL and Redis, behind nginx; yields nginx's base URL."""
+    if NGINX is None:
+        pytest.skip("nginx is not installed (.ci/run installs Debian's package)")
+    uid = uuid.uuid4().hex[:10]
+    schema, prefix = f"t_deploy_{uid}", f"t:deploy:{uid}"
+    env = {"DATABASE_SCHEMA": schema, "REDIS_PREFIX": prefix, "TRUST_FORWARDED_FOR": "true",
+           "RATE_LIMITS": json.dumps({"default": "5/60"}), "ENABLED_MARKETS": "sim"}
+    workdir = tmp_path_factory.mktemp("nginx")
+    workdir.chmod(0o755)
+    try:
+        with ExitStack() as stack:
+            bases = [stack.enter_context(hypercorn_server(env)) for _ in range(3)]
+            port = free_port()
+            main = render_nginx(workdir, port, [b.removeprefix("http://") for b in bases])
+            yield stack.enter_context(nginx(main, port))
+    finally:
+        asyncio.run(delete_prefix_and_schema(prefix, schema))
+
+
+async def delete_prefix_and_schema(prefix: str, schema: str) -> None:
+    import asyncpg
+
+    from tests.conftest import DATABASE_URL, REDIS_URL
+
+    await delete_prefix(REDIS_URL, prefix)
+    conn = await asyncpg.connect(DATABASE_URL)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+def session_from(address: str) -> aiohttp.ClientSession:
+    """A client whose connections come from ``address`` (any 127/8 address is loopback)."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0)))
+
+
+async def test_dashboard_gets_live_bars_through_nginx(cluster: str) -> None:
+    url = cluster.replace("http", "ws") + "/api/v1/ws"
+    async with session_from("127.0.0.4") as http, http.ws_connect(url) as ws:
+        await ws.send_json({"op": "subscribe", "market": "sim", "provider": "sim",
+                            "symbol": "SIM/USD", "timeframe": "1m", "history": 5, "id": "c1"})
+        frames: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 20
+        while not any(f["type"] == "bar" for f in frames) and time.monotonic() < deadline:
+            frames.append(await ws.receive_json(timeout=max(0.1, deadline - time.monotonic())))
+    kinds = [f["type"] for f in frames]
+    assert kinds[:2] == ["subscribed", "snapshot"] and kinds[-1] == "bar", kinds
+    assert len(frames[1]["bars"]) == 5
+    bar = frames[-1]
+    assert bar["channel"] == "sim:sim:SIM/USD:1m" and bar["bar"][0] >= frames[1]["bars"][-1][0]
+
+
+async def test_rest_through_nginx(cluster: str) -> None:
+    async with session_from("127.0.0.5") as http:
+        url = cluster + "/api/v1/ohlcv?market=sim&provider=sim&symbol=SIM/USD&timeframe=1h&limit=3" \
+            "&start=2024-01-01T00:00:00Z"
+        async with http.get(url) as r:
+            assert r.status == 200 and r.headers["X-Request-ID"]
+            body = await r.json()
+    assert [b[0] for b in body["bars"]] == [1704067200000, 1704070800000, 1704074400000]
+
+
+async def test_rate_limits_see_the_real_client_ip(cluster: str) -> None:
+    markets = cluster + "/api/v1/markets"
+    async with session_from("127.0.0.2") as a, session_from("127.0.0.3") as b:
+        statuses = []
+        for i in range(6):  # 5/60 per client, shared by the three instances through Redis
+            async with a.get(markets, headers={"X-Forwarded-For": f"10.0.0.{i}"}) as r:
+                statuses.append(r.status)  # a client's own X-Forwarded-For does not help it
+        assert statuses == [200] * 5 + [429]
+        async with b.get(markets) as r:
+            assert r.status == 200 and r.headers["X-RateLimit-Remaining"] == "4"
