@@ -144,6 +144,7 @@ async def test_a_refused_subscription_is_shown_and_retried_when_temporary(
         await wait_for(lambda: len(fake.subscribes) >= 2, within=10)  # a temporary refusal is retried
         fake.refuse = None
         await badge(page, "live", within_ms=20_000)
+        assert not await page.is_visible("#message")
         count = len(fake.subscribes)
         fake.refuse = ("unknown_symbol", "unknown symbol 'NOPE/USD' for provider sim")
         await fake.route.close()  # reconnect: now refused for good

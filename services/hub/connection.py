@@ -39,8 +39,8 @@ class Subscription:
     last_seq: int = 0
     #: The last bar sent (``bar`` and ``closed``): an identical one is not sent again.
     last: tuple[Bar, bool] | None = None
-    #: The snapshot's last bar ts and when its fetch started: a frame of that bar fetched before
-    #: is older than the snapshot and is not sent.
+    #: The snapshot's last bar ts and when the snapshot was ready: a frame of that bar from a poll
+    #: that started before may hold older values than the snapshot and is not sent.
     snapshot_ts: int = -1
     snapshot_at: float = 0.0
     #: False until the snapshot is queued; frames arriving before are held, then replayed.
@@ -114,7 +114,7 @@ class Connection:
         if ts < sub.last_ts or ts <= sub.closed_ts or (frame.bar, frame.closed) == sub.last:
             return False
         if ts == sub.snapshot_ts and frame.fetched_at < sub.snapshot_at:
-            return False  # fetched before the snapshot: older than what the client has
+            return False  # perhaps fetched before the snapshot: maybe older than what it shows
         sub.last_ts, sub.last = ts, (frame.bar, frame.closed)
         if frame.closed:
             sub.closed_ts = ts
@@ -129,7 +129,7 @@ class Connection:
         return sub
 
     def ready(self, channel: str, bars: list[Bar], fetched_at: float) -> None:
-        """The snapshot (``bars``, fetched from ``fetched_at``) is queued: replay the frames held
+        """The snapshot (``bars``, ready at ``fetched_at``) is queued: replay the frames held
         meanwhile."""
         sub = self.subs.get(channel)
         if sub is None:

@@ -146,8 +146,9 @@ class SubscriptionService:
                 entry = await sub.scope.enter_async_context(self.hub.subscribe(channel, conn))
             else:
                 entry = self.hub.channels[name]
-            fetched_at = time.time()
             bars = await self._snapshot(channel, req)
+            # A poll that started before this moment may have fetched before the snapshot did.
+            fetched_at = time.time()
         except BaseException:
             await self._leave(conn, name)
             raise

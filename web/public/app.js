@@ -74,6 +74,7 @@ function onFrame(frame) {
     frame.bars.forEach((row) => applyRow(row, page.store.closedAt(row)));
     page.lastSeq = typeof frame.seq === "number" ? frame.seq : null;
     setState("live"); // a channel that is stale says so in a status frame right after
+    $("message").hidden = true;
     // Away longer than a snapshot holds (1000 bars): the bars between come over REST.
     if (page.since !== null && frame.bars.length && frame.bars[0][0] > page.since) refill(page.since, frame.bars[0][0]);
   } else if (frame.type === "bar") {
