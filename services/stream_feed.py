@@ -23,6 +23,7 @@ revisions and storage writes; the feed decides where bars come from.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -119,7 +120,7 @@ class PollTarget(Protocol):
 
     async def poll_once(self, since: int | None = None) -> float: ...
 
-    async def push(self, bar: Bar, closed: bool, polled_at: float) -> None: ...
+    async def push(self, bars: list[Bar], last_closed: bool, polled_at: float) -> None: ...
 
     async def mark_stale(self, reason: str) -> None: ...
 
@@ -199,8 +200,7 @@ class StreamFeed:
         await self.poller.set_feed("stream")
         while True:
             try:
-                for update in updates:
-                    await self._apply(update)
+                await self._apply(updates)
                 await self._verify()
             except AppError as exc:  # a REST refill or check failed: polls take over for a while
                 log.warning("REST call of stream %s failed: %s; polling", self.channel.name,
@@ -253,17 +253,31 @@ class StreamFeed:
         except AppError as exc:
             raise StreamDown("dropped" if self.serving else "refused") from exc
 
-    async def _apply(self, update: KlineUpdate) -> None:
-        s, size, ts = self.poller.state, self.poller.size, int(update.bar[0])
-        if s.last_ts is not None and ts > s.last_ts and (
-                s.closed_ts != s.last_ts or ts > s.last_ts + size):
-            await self.poller.poll_once()  # a bucket was skipped or never closed: REST fills it
+    async def _apply(self, updates: list[KlineUpdate]) -> None:
+        """Publish one watch's updates together (a bucket's close and the next bar are one
+        publish): the newest values per bucket, each but the last closed. Updates that skip a
+        bucket, or start after a bucket that never closed, are not published: REST fills it."""
+        by_ts: dict[int, KlineUpdate] = {}
+        for u in updates:
+            prev = by_ts.get(int(u.bar[0]))
+            by_ts[int(u.bar[0])] = KlineUpdate(u.bar, u.closed or bool(prev and prev.closed),
+                                               u.event_ms)
+        run = [by_ts[ts] for ts in sorted(by_ts)]
+        s, size, first = self.poller.state, self.poller.size, int(run[0].bar[0])
+        contiguous = all(int(b.bar[0]) - int(a.bar[0]) == size and a.closed
+                         for a, b in itertools.pairwise(run))
+        follows = s.last_ts is None or first <= s.last_ts or (
+            first == s.last_ts + size and s.closed_ts == s.last_ts)
+        if not (contiguous and follows):
+            await self.poller.poll_once()
             return
-        await self.poller.push(update.bar, update.closed, time.time())
-        if update.event_ms is not None:
-            STREAM_LAG.labels(self.provider).observe(max(0.0, time.time() - update.event_ms / 1000))
-        if update.closed:
-            self.unverified.add(ts)
+        await self.poller.push([u.bar for u in run], run[-1].closed, time.time())
+        now = time.time()
+        for u in run:
+            if u.event_ms is not None:
+                STREAM_LAG.labels(self.provider).observe(max(0.0, now - u.event_ms / 1000))
+            if u.closed:
+                self.unverified.add(int(u.bar[0]))
 
     async def _verify(self, force: bool = False) -> None:
         """One REST poll over every unchecked closed bar, when the oldest is due (or ``force``);
