@@ -17,7 +17,8 @@ from core.errors import AppError
 from core.timeframes import Bar, now_ms, round_bar
 from plugins.base import MarketPlugin
 from services.hub.poller import Poller
-from services.stream_feed import StreamFeed, StreamRegistry
+from services.stream_feed import StreamFeed
+from services.stream_registry import StreamRegistry
 
 log = logging.getLogger(__name__)
 
