@@ -40,6 +40,8 @@ from plugins.crypto import CryptoPlugin
 log = logging.getLogger(__name__)
 #: Longest a stopping feed waits for the exchange to confirm its unsubscribe (seconds).
 UNWATCH_TIMEOUT = 1.0
+#: Longest a new subscription may take to deliver beyond ``silence`` (seconds); polled meanwhile.
+SUBSCRIBE_WAIT = 60.0
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,7 @@ class StreamFeed:
             await asyncio.sleep(max(0.0, min(began + delay, end) - loop.time()))
 
     async def _stream(self) -> None:
-        updates = await self._watch()
+        updates = await self._subscribe()
         try:
             await self.poller.poll_once()  # the bars missed while not streaming
         except AppError as exc:
@@ -206,15 +208,46 @@ class StreamFeed:
                 raise StreamDown("rest_failed") from exc
             updates = await self._watch()
 
+    async def _subscribe(self) -> list[KlineUpdate]:
+        """Subscribe and wait for the first updates. Exchanges pace subscriptions (Binance: 5
+        messages a second per connection, so 100 channels take 20 s): after ``silence`` the channel
+        is polled meanwhile, for up to ``SUBSCRIBE_WAIT`` more seconds (a connection silent for
+        ``silence`` is closed first: the next attempt dials anew)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.silence + SUBSCRIBE_WAIT
+        malformed = self.streams.malformed
+        first = asyncio.create_task(self._next(), name=f"stream-subscribe-{self.channel.name}")
+        try:
+            await asyncio.wait({first}, timeout=self.settings.silence)
+            if not first.done():  # a connection that says nothing at all is dialled anew
+                await self.streams.reset_silent(self.settings.silence)
+                await asyncio.sleep(0)
+            while not first.done() and loop.time() < deadline:
+                began = loop.time()
+                delay = await self.poller.step()
+                await asyncio.wait({first}, timeout=max(0.0, min(began + delay, deadline)
+                                                        - loop.time()))
+            if not first.done():
+                await self.streams.reset_silent(self.settings.silence)
+                raise StreamDown("malformed" if self.streams.malformed > malformed else "silent")
+            return first.result()
+        finally:
+            if not first.done():
+                first.cancel()
+                await asyncio.wait({first})
+
     async def _watch(self) -> list[KlineUpdate]:
+        """The next updates of a stream that is serving; silence for ``silence`` s is a failure."""
         malformed = self.streams.malformed
         try:
-            return await asyncio.wait_for(
-                self.streams.watch(self.channel.symbol, self.channel.timeframe),
-                self.settings.silence)
+            return await asyncio.wait_for(self._next(), self.settings.silence)
         except TimeoutError:
             await self.streams.reset_silent(self.settings.silence)
             raise StreamDown("malformed" if self.streams.malformed > malformed else "silent") from None
+
+    async def _next(self) -> list[KlineUpdate]:
+        try:
+            return await self.streams.watch(self.channel.symbol, self.channel.timeframe)
         except PluginFeatureNotSupportedError:
             raise
         except AppError as exc:

@@ -13,7 +13,8 @@ from core.types import Channel, Series
 from services.hub.broadcast import Broadcast
 from services.hub.channels import ChannelsReport
 from services.hub.hub import Hub
-from services.hub.poller import Output, Poller, Writer
+from services.hub.poller import Poller
+from services.hub.ports import Output, Writer
 from services.hub.service import SubscriptionService
 from services.hub.settings import HubSettings
 from services.hub.state import StateStore

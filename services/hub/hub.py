@@ -22,7 +22,8 @@ from core.metrics import WS_ACTIVE_CHANNELS, WS_POLLING_CHANNELS, forget_candle_
 from core.types import Channel
 from services.hub.broadcast import Broadcast, Lease, stop_task
 from services.hub.frames import BarFrame, Frame, StatusFrame, decode
-from services.hub.poller import Output, Poller
+from services.hub.poller import Poller
+from services.hub.ports import Output
 from services.hub.settings import HubSettings
 
 log = logging.getLogger(__name__)

@@ -7,10 +7,9 @@ the last bucket it tracks up to now (one upstream call in the steady state) and 
   end (a later bar exists, or the request was made ``close_delay`` after the bucket ended);
 - a bucket already published closed again, with ``revised: true``, when a refetch within
   ``revision_seconds`` of its end (or a revision announced by another writer) shows other values.
-Bar frames carry the channel's ``seq`` (reserved on the backend: cluster-wide, never repeated).
-``ts`` never goes backwards except in a revision, also across a hand-over (the state is saved).
-Closed 1m bars are written to storage (a failed write is kept and retried with the next one);
-storage announces the ones whose values changed. Upstream failures back off (honouring
+Bar frames carry the channel's ``seq`` (reserved on the backend: cluster-wide, never repeated);
+``ts`` never goes backwards except in a revision (the state is saved for a hand-over). Closed 1m
+bars are written first (a failed write is retried with the next). Failures back off (honouring
 ``retry_after``) and publish ``status: stale``; the first success after publishes ``live``.
 """
 
@@ -19,16 +18,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
 
 from core.errors import AppError, DataSourceError
 from core.metrics import WS_POLL_ERRORS, WS_POLLS, WS_STORAGE_ERRORS, set_candle_lag
 from core.timeframes import MINUTE_MS, Bar, bucket_start, now_ms, resample, round_bar, tf_ms
-from core.types import Channel, Series
+from core.types import Channel
 from plugins.base import MarketPlugin
 from services.hub.broadcast import Lease
-from services.hub.frames import BarFrame, Frame, StatusFrame
+from services.hub.frames import BarFrame, StatusFrame
+from services.hub.ports import BucketReader, Output, Writer
 from services.hub.settings import PollSettings
 from services.hub.state import PollerState, StateStore
 from services.market_service import MarketService
@@ -37,25 +36,6 @@ from services.provider_budget import MAX_PAUSE_SECONDS
 log = logging.getLogger(__name__)
 #: Closed 1m bars kept for a retry while storage is down (older ones are left to the REST path).
 MAX_PENDING_WRITES = 10_000
-#: The bar of one bucket (series, timeframe, bucket open time), from the data REST serves.
-BucketReader = Callable[[Series, str, int], Awaitable[Bar | None]]
-
-
-class Output(Protocol):
-    """Where a poller's frames go (the hub)."""
-
-    async def publish(self, frame: Frame) -> None: ...
-
-    async def next_seq(self, channel: str, count: int, floor: int) -> int: ...
-
-
-class Writer(Protocol):
-    """Storage of closed 1m bars (``DbSource``)."""
-
-    async def write(self, series: Series, bars: Sequence[Sequence[float]],
-                    complete: Sequence[tuple[int, int]]) -> int: ...
-
-
 class Poller:
     """Polls one channel until cancelled; see the module docstring."""
 
@@ -303,7 +283,3 @@ class Poller:
                         len(self._pending), exc.details)
             return
         self._pending = []
-
-    def report(self) -> dict[str, Any]:
-        """This poller's part of ``GET /channels``."""
-        return {"feed": self.state.feed, "state": self.state.state}

@@ -8,9 +8,9 @@ else it polls as any poller does.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from contextlib import AsyncExitStack
 from typing import Any
 
 from core.errors import AppError
@@ -32,18 +32,20 @@ class StreamPoller(Poller):
         self._check_from: int | None = None
 
     async def _loop(self) -> None:
-        try:
-            plugin = await self.markets.get_plugin(self.channel.market, self.channel.provider)
-        except AppError as exc:  # the poll loop reports and retries it as any poll failure
-            log.debug("%s: plugin not ready (%s); polling", self.channel.name, exc.code)
-            plugin = None
-        async with AsyncExitStack() as stack:
-            streams = (await stack.enter_async_context(self.streams.use(plugin))
-                       if isinstance(plugin, MarketPlugin) else None)
+        plugin = await self._plugin()
+        async with self.streams.use(plugin) as streams:
             if streams is None:
                 await super()._loop()
                 return
             await StreamFeed(self, streams, self.streams.settings).run()
+
+    async def _plugin(self) -> MarketPlugin:
+        """The channel's plugin; while it cannot be had, fails as a poll would (stale, backoff)."""
+        while True:
+            try:
+                return await self.markets.get_plugin(self.channel.market, self.channel.provider)
+            except AppError as exc:
+                await asyncio.sleep(await self._failed(exc.code, exc.message, exc.retry_after))
 
     # --- PollTarget ----------------------------------------------------------------------------
     async def restore(self) -> None:

@@ -63,3 +63,22 @@ async def test_an_exchange_error_is_not_hidden(app_config: dict[str, Any], emula
         emulator.inject("/v2/stocks/*/snapshot", status=403, times=None)  # refused: not an outage
         r = await client.get(TICKER + "AAPL")
         assert r.status_code == 502 and (await r.get_json())["error"]["code"] == "provider_error"
+
+
+async def test_a_slow_exchange_gets_the_last_ticker_within_the_deadline(
+    app_config: dict[str, Any], emulator: ExchangeEmulator
+) -> None:
+    import time
+
+    app = create_app({**app_config, "REQUEST_DEADLINE": 1.0, "PROVIDER_TIMEOUT": 30.0})
+    async with app.test_app():
+        client = app.test_client()
+        fresh = await (await client.get(TICKER + "AAPL")).get_json()
+        emulator.inject("/v2/stocks/*/snapshot", delay=30.0, times=None)  # 30 s to answer
+        started = time.perf_counter()
+        r = await client.get(TICKER + "AAPL")
+        took = time.perf_counter() - started
+        assert r.status_code == 200 and r.headers["X-Data-Stale"] == "true"
+        assert await r.get_json() == {**fresh, "stale": True}
+        assert took < 2.0, took
+        emulator.clear_faults()

@@ -1,0 +1,29 @@
+"""What a poller needs from its surroundings: where its frames go, where closed bars are stored,
+and how one bucket is read back (for revisions of timeframes other than 1m)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+from core.timeframes import Bar
+from core.types import Series
+from services.hub.frames import Frame
+
+#: The bar of one bucket (series, timeframe, bucket open time), from the data REST serves.
+BucketReader = Callable[[Series, str, int], Awaitable[Bar | None]]
+
+
+class Output(Protocol):
+    """Where a poller's frames go (the hub)."""
+
+    async def publish(self, frame: Frame) -> None: ...
+
+    async def next_seq(self, channel: str, count: int, floor: int) -> int: ...
+
+
+class Writer(Protocol):
+    """Storage of closed 1m bars (``DbSource``)."""
+
+    async def write(self, series: Series, bars: Sequence[Sequence[float]],
+                    complete: Sequence[tuple[int, int]]) -> int: ...
