@@ -14,6 +14,8 @@ from quart import Quart
 
 from app import create_app
 from app_extensions.response_cache import get_response_cache
+from app_extensions.services import get_services
+from core.types import Series
 from tests.conftest import REDIS_URL
 from tests.helpers import sim_calls
 
@@ -100,3 +102,17 @@ async def test_every_json_answer_over_1_kib_is_compressed(app: Quart) -> None:
         assert r.headers["Content-Encoding"] == encoding and decode(await r.get_data(as_text=False)) == raw
     small = await client.get("/health", headers={"Accept-Encoding": "br"})
     assert "Content-Encoding" not in small.headers and (await small.get_json())["status"] == "ok"
+
+
+async def test_a_revision_announced_by_the_writers_drops_the_prepared_answer(app: Quart) -> None:
+    cache = get_response_cache(app)
+    await until(lambda: cache.live)
+    client = app.test_client()
+    first = await client.get(QUERY)
+    assert first.status_code == 200 and len(cache.store) == 1
+    revisions = get_services(app).backfill.revisions
+    assert revisions is not None
+    await revisions.announce(Series("sim", "sim", "SIM/USD"), [[PAST + 120_000, 1.0, 2.0, 0.5, 1.5, 10.0]])
+    await until(lambda: len(cache.store) == 0)
+    second = await client.get(QUERY)  # prepared again from the revised data
+    assert second.status_code == 200 and len(cache.store) == 1
