@@ -174,7 +174,8 @@ class MarketService:
         if hit is not None and time.monotonic() - hit[0] < self.settings.symbols_ttl:
             return hit[1]
         plugin = await self.get_plugin(market, provider, user)
-        found = await bounded(self.calls.call(provider, "fetch_symbols", plugin.fetch_symbols),
+        found = await bounded(self.calls.call(provider, "fetch_symbols", plugin.fetch_symbols,
+                                              plugin.testnet),
                               self.settings.deadline, provider)
         self._symbols[key] = (time.monotonic(), found)
         return found
@@ -185,7 +186,8 @@ class MarketService:
         """The provider's last price for ``symbol`` (one guarded call, within
         ``REQUEST_DEADLINE``), with ``user``'s own instance when given."""
         plugin = await self.get_plugin(market, provider, user)
-        call = self.calls.call(provider, "fetch_ticker", lambda: plugin.fetch_ticker(symbol))
+        call = self.calls.call(provider, "fetch_ticker", lambda: plugin.fetch_ticker(symbol),
+                               plugin.testnet)
         return await bounded(call, self.settings.deadline, provider)
 
     async def close_idle(self, now: float | None = None) -> int:

@@ -63,19 +63,23 @@ class ProviderCalls:
         self._listings: dict[tuple[str, str], int] = {}
 
     @asynccontextmanager
-    async def guard(self, provider: str) -> AsyncIterator[None]:
+    async def guard(self, provider: str, testnet: bool = False) -> AsyncIterator[None]:
         """The per-provider gate around one upstream call: the circuit breaker first (an open one
-        refuses at once, before any budget wait), then the budget and ban pause."""
+        refuses at once, before any budget wait), then the budget and ban pause. A testnet (a
+        user's sandbox credentials) is another host: it has a breaker of its own."""
         if self.breaker is None:
             async with self.budget.guard(provider):
                 yield
             return
-        async with self.breaker.guard(provider), self.budget.guard(provider):
+        breaker_key = f"{provider}:testnet" if testnet else provider
+        async with self.breaker.guard(breaker_key), self.budget.guard(provider):
             yield
 
-    async def call(self, provider: str, method: str, fn: Callable[[], Awaitable[T]]) -> T:
+    async def call(
+        self, provider: str, method: str, fn: Callable[[], Awaitable[T]], testnet: bool = False
+    ) -> T:
         """``await fn()`` (one plugin call) under the guard and the call metrics."""
-        async with self.guard(provider):
+        async with self.guard(provider, testnet):
             with observe_call(provider, method):
                 return await fn()
 
@@ -101,7 +105,7 @@ class ProviderCalls:
                 on_call()
             try:
                 page = await self.call(provider, "fetch_ohlcv", functools.partial(
-                    plugin.fetch_ohlcv, symbol, timeframe, since, want, end))
+                    plugin.fetch_ohlcv, symbol, timeframe, since, want, end), plugin.testnet)
             except NetworkPluginError as exc:
                 if not (keep_partial and out):
                     raise
@@ -142,7 +146,7 @@ class ProviderCalls:
         """Open time of the first 1m bar at or after ``since`` (one call), or None when there is
         none up to now."""
         page = await self.call(series.provider, "fetch_ohlcv", functools.partial(
-            plugin.fetch_ohlcv, series.symbol, "1m", since, 1))
+            plugin.fetch_ohlcv, series.symbol, "1m", since, 1), plugin.testnet)
         first = next((int(b[0]) for b in page if b[0] >= since), None)
         if first is not None and first - since >= LISTING_GAP_MS:
             self._learn(series, first)

@@ -189,3 +189,22 @@ async def test_a_call_cut_off_late_is_a_failure(redis: RedisClient, slow_seconds
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(slow_call(), 0.2)  # a request deadline cuts it off
     assert await breaker.states(["binance"]) == {"binance": "open" if opened else "closed"}
+
+
+async def test_a_testnet_has_a_breaker_of_its_own(redis: RedisClient) -> None:
+    """A user's sandbox credentials reach another host: its failures leave the provider's own
+    breaker (every other user's) closed."""
+    from services.provider_budget import ProviderBudget
+    from services.provider_calls import ProviderCalls
+
+    breaker = CircuitBreaker(FAST, redis)
+    calls = ProviderCalls(ProviderBudget({}), breaker)
+
+    async def down() -> None:
+        raise NetworkPluginError("testnet down")
+
+    for _ in range(3):
+        with pytest.raises(NetworkPluginError):
+            await calls.call("binance", "fetch_ticker", down, testnet=True)
+    assert await breaker.states(["binance", "binance:testnet"]) == {
+        "binance": "closed", "binance:testnet": "open"}
