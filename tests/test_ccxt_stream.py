@@ -97,3 +97,21 @@ async def test_rest_override_without_stream_url_is_refused(emulator: ExchangeEmu
     finally:
         await ks.close()
     assert emulator.calls("/ws/*") == 0
+
+
+async def test_first_subscriptions_go_out_in_one_message(
+    emulator: ExchangeEmulator, streams: KlineStreams
+) -> None:
+    pairs = [("BTC/USDT", "1m"), ("ETH/USDT", "1m"), ("SOL/USDT", "5m"), ("BNB/USDT", "1h")]
+    got = await asyncio.wait_for(asyncio.gather(*(streams.watch(s, tf) for s, tf in pairs)), 5)
+    assert all(got)
+    subscribes = [m for m in emulator.streams.messages if m.get("method") == "SUBSCRIBE"]
+    assert len(subscribes) == 1 and len(subscribes[0]["params"]) == 4
+    emulator.streams.drop()  # after a reconnect they are sent again, together
+    with pytest.raises(NetworkPluginError):
+        while True:
+            await asyncio.wait_for(streams.watch("BTC/USDT", "1m"), 5)
+    await asyncio.wait_for(asyncio.gather(*(streams.watch(s, tf) for s, tf in pairs)), 5)
+    assert emulator.streams.subscriptions() == sorted(
+        ["btcusdt@kline_1m", "ethusdt@kline_1m", "solusdt@kline_5m", "bnbusdt@kline_1h"])
+    assert len([m for m in emulator.streams.messages if m.get("method") == "SUBSCRIBE"]) == 2

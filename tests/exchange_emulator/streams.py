@@ -87,6 +87,8 @@ class BinanceStreams:
         self.diverge = 0
         self.frames_sent = 0
         self.handshakes = 0
+        #: Every client message (parsed JSON requests) received, in order.
+        self.messages: list[Any] = []
         #: (symbol, interval, open time) of every closed bar sent with values that differ from REST.
         self.diverged: list[tuple[str, str, int]] = []
 
@@ -155,6 +157,7 @@ class BinanceStreams:
             req = json.loads(text)
         except ValueError:
             return {"error": {"code": 3, "msg": "Invalid JSON: expected value"}, "id": None}
+        self.messages.append(req)
         if not isinstance(req, dict):
             return {"error": {"code": 3, "msg": "Invalid JSON: expected an object"}, "id": None}
         rid, method, params = req.get("id"), req.get("method"), req.get("params", [])
