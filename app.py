@@ -17,6 +17,7 @@ from app_extensions.operations import init_operations
 from app_extensions.redis_client import RedisClient
 from app_extensions.request_context import configure_logging, init_request_context
 from app_extensions.resilience import Resilience
+from app_extensions.response_cache import ResponseCache
 from app_extensions.services import Services
 from app_extensions.udf import init_udf
 from app_extensions.warmup import Warmup
@@ -53,8 +54,8 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     # Extensions open in this order (before_serving) and close in reverse: workers and plugins,
     # then Redis, then the pool. Each bounds its own steps by SHUTDOWN_TIMEOUT; the outer limit
     # is only a safety net, and one extension failing to close does not keep the next open.
-    extensions: list[Database | RedisClient | Services | Warmup] = [
-        Database(app), RedisClient(app), Services(app)]
+    extensions: list[Database | RedisClient | Services | ResponseCache | Warmup] = [
+        Database(app), RedisClient(app), Services(app), ResponseCache(app)]
     extensions.append(Warmup(app))  # cache warming: closed first, its tasks use the services
 
     @app.after_serving

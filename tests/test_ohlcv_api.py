@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 from quart import Quart
 from quart.typing import TestClientProtocol
 
+from app_extensions.response_cache import get_response_cache
 from core.timeframes import HOUR_MS, MINUTE_MS, TIMEFRAMES, now_ms, resample
 from plugins.sim import sim_bar
 from tests.conftest import REDIS_URL
@@ -24,8 +25,11 @@ async def get(client: TestClientProtocol, query: str, **headers: str) -> tuple[i
     return r.status_code, await r.get_json(), r.headers
 
 
-async def flush_prefix(prefix: str) -> None:
+async def flush_prefix(prefix: str, app: Quart | None = None) -> None:
+    """Empty every answer cache: Redis, and ``app``'s prepared answers in process memory."""
     await delete_prefix(REDIS_URL, prefix)
+    if app is not None:
+        get_response_cache(app).store.clear()
 
 
 async def test_latest_48_hours_equal_the_aggregation_of_sim_minutes(client: TestClientProtocol) -> None:
@@ -64,7 +68,7 @@ async def test_after_flushing_redis_a_stored_range_comes_from_the_database(
     status, first, headers = await get(client, query)
     assert status == 200 and len(first["bars"]) == 24
     assert headers["X-Data-Source"] == "provider"
-    await flush_prefix(redis_prefix)
+    await flush_prefix(redis_prefix, app)
     calls = sim_calls(app)
     status, second, headers = await get(client, query)
     assert headers["X-Data-Source"] == "database"

@@ -53,7 +53,7 @@ async def test_stored_range_is_answered_from_the_aggregates(
     first = await r.get_json()
     assert r.status_code == 200, first
     assert len(first["bars"]) == DAY_MS // tf_ms(timeframe)
-    await flush_prefix(redis_prefix)
+    await flush_prefix(redis_prefix, ts_app)
     r = await client.get(BASE + query)
     second = await r.get_json()
     if timeframe in aggregates.CAGG_VIEWS:

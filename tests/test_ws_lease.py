@@ -114,6 +114,8 @@ async def test_a_foreign_message_on_a_frame_channel_does_not_break_fan_out(redis
         raise AssertionError("not polled here")
 
     hub = Hub(broadcast, no_poller, HubSettings(lease_ttl=60.0), "i")
+    lease = redis.key("ws", "lease", CHANNEL)
+    await redis.run(lambda r: r.set(lease, "another instance", px=60_000))  # it polls, not this one
     await hub.start()
     listener = Listener()
     try:

@@ -129,3 +129,19 @@ async def test_a_subscribe_that_fails_joining_its_channel_leaves_no_subscription
         frames = await recv_until(ws, lambda f: f["type"] == "snapshot")
         assert frames[0] == {"type": "subscribed", "channel": CHANNEL, "id": "s2"}
         await recv_until(ws, lambda f: f["type"] == "bar")  # the channel is polled: it was set up again
+
+
+async def test_since_gives_every_bar_from_it_and_wins_over_history(ws_app: Quart) -> None:
+    async with ws_app.test_client().websocket("/api/v1/ws") as ws:
+        await send(ws, {**SUB, "history": 3})
+        newest = (await recv_until(ws, lambda f: f["type"] == "snapshot"))[-1]["bars"][-1][0]
+        since = newest - 4 * 60_000
+        await send(ws, {**SUB, "history": 50, "since": since, "id": "s"})
+        bars = (await recv_until(ws, lambda f: f["type"] == "snapshot"))[-1]["bars"]
+        assert [b[0] for b in bars][:5] == [since + i * 60_000 for i in range(5)]
+        assert len(bars) in (5, 6)  # the forming bar included (6 when a minute began meanwhile)
+        await send(ws, {**SUB, "since": newest - 5000 * 60_000, "id": "far"})  # a long absence
+        far = (await recv_until(ws, lambda f: f["type"] == "snapshot"))[-1]["bars"]
+        assert len(far) == 1000 and far[-1][0] >= newest  # the newest 1000
+        await send(ws, {**SUB, "since": newest + 3_600_000, "id": "future"})
+        assert (await recv_until(ws, lambda f: f["type"] == "snapshot"))[-1]["bars"] == []
