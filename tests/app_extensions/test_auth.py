@@ -163,7 +163,7 @@ def test_api_keys_config_takes_digests_only() -> None:
 async def test_websocket_401_through_hypercorn(app_config: dict[str, Any]) -> None:
     import aiohttp
 
-    from tests.ws_support import serve_app
+    from tests.support.ws import serve_app
 
     app = create_app({**app_config, "AUTH_ENABLED": True, "API_KEYS": [hash_key(GOOD)],
                       "RATE_LIMIT_ENABLED": False})

@@ -13,7 +13,7 @@ from app_extensions.services import get_services
 from core.timeframes import MINUTE_MS, bucket_ceil, bucket_start, now_ms
 from core.types import Series
 from services import storage
-from tests.backfill_support import T0, candles
+from tests.support.backfill import T0, candles
 
 SIM = Series("sim", "sim", "SIM/USD")
 BASE = "/api/v1/gaps?market=sim&provider=sim&symbol=SIM/USD"

@@ -13,7 +13,7 @@ from app_extensions.response_cache import get_response_cache
 from core.timeframes import HOUR_MS, MINUTE_MS, TIMEFRAMES, now_ms, resample
 from plugins.sim import sim_bar
 from tests.conftest import REDIS_URL
-from tests.helpers import delete_prefix, sim_calls
+from tests.support.helpers import delete_prefix, sim_calls
 
 BASE = "/api/v1/ohlcv?market=sim&provider=sim&symbol=SIM/USD"
 DAY = 24 * HOUR_MS

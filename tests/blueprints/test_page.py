@@ -9,8 +9,8 @@ driven by Playwright (never ``playwright install``), against a live Hypercorn se
 - scrolling left pages back without a gap or an overlap;
 - Swagger UI renders every operation of our OpenAPI document with the examples filled in.
 
-Frame handling against a stand-in WebSocket: ``tests/test_chart_page_frames.py``; the kit:
-``tests/browser_support.py``.
+Frame handling against a stand-in WebSocket: ``tests/blueprints/test_page_frames.py``; the kit:
+``tests/support/browser.py``.
 
 Screenshots go to the test's tmp dir; ``SAVE_DOCS_SCREENSHOT=1`` also writes docs/chart.png.
 """
@@ -27,8 +27,8 @@ import pytest
 from playwright.async_api import Browser
 
 from app_extensions.auth import hash_key
-from tests import browser_support as kit
-from tests.browser_support import (
+from tests.support import browser as kit
+from tests.support.browser import (
     ROOT,
     SIM_PAGE,
     Watch,
@@ -40,10 +40,10 @@ from tests.browser_support import (
     page_bars,
     rest_bars,
 )
-from tests.exchange_emulator import ExchangeEmulator
-from tests.exchange_emulator.fixtures import emulator  # noqa: F401
-from tests.live_server import free_port
-from tests.ws_support import wait_for
+from tests.support.exchange_emulator import ExchangeEmulator
+from tests.support.exchange_emulator.fixtures import emulator  # noqa: F401
+from tests.support.live_server import free_port
+from tests.support.ws import wait_for
 
 pytestmark = pytest.mark.slow
 browser, installed, isolated_env = kit.browser, kit.installed, kit.isolated_env  # fixtures

@@ -14,8 +14,8 @@ import subprocess
 import pytest
 from playwright.async_api import Browser
 
-from tests import browser_support as kit
-from tests.browser_support import (
+from tests.support import browser as kit
+from tests.support.browser import (
     ROOT,
     SIM_PAGE,
     FakeStream,
@@ -26,7 +26,7 @@ from tests.browser_support import (
     page_bars,
     rest_bars,
 )
-from tests.ws_support import wait_for
+from tests.support.ws import wait_for
 
 pytestmark = pytest.mark.slow
 browser, installed, isolated_env = kit.browser, kit.installed, kit.isolated_env  # fixtures

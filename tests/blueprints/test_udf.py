@@ -15,9 +15,9 @@ from quart.typing import TestClientProtocol
 from app_extensions.services import get_services
 from plugins.crypto import precision_step
 from services.udf import RESOLUTIONS, price_scale, step_decimals
-from tests.backfill_support import emu_config, running_app
-from tests.exchange_emulator import ExchangeEmulator
-from tests.exchange_emulator.fixtures import emulator  # noqa: F401
+from tests.support.backfill import emu_config, running_app
+from tests.support.exchange_emulator import ExchangeEmulator
+from tests.support.exchange_emulator.fixtures import emulator  # noqa: F401
 
 API_RESOLUTIONS = ["1", "3", "5", "15", "30", "60", "120", "240", "360", "720", "1D", "1W"]
 #: Every field API.md names for /udf/symbols (TradingView's SymbolInfo).

@@ -13,7 +13,7 @@ from quart import Quart
 
 from app import create_app
 from app_extensions.services import get_services
-from tests.ws_support import WS_TEST_CONFIG, recv_until
+from tests.support.ws import WS_TEST_CONFIG, recv_until
 
 SUB = {"op": "subscribe", "market": "sim", "provider": "sim", "symbol": "SIM/USD", "timeframe": "1m"}
 CHANNEL = "sim:sim:SIM/USD:1m"

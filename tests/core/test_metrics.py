@@ -14,7 +14,7 @@ from quart import Quart
 
 from app import create_app
 from app_extensions.auth import hash_key
-from tests.test_dashboard import documented_metrics
+from tests.core.test_metrics_dashboard import documented_metrics
 
 KEY = "metrics-test-key-0123"
 SECRET_PATH_TOKEN = "zq9xraw4path"
@@ -115,7 +115,7 @@ async def test_candle_lag_is_set_by_the_poller_and_dropped_with_it(app_config: d
 
     from prometheus_client import REGISTRY
 
-    from tests.ws_support import WS_TEST_CONFIG, recv_until, wait_for
+    from tests.support.ws import WS_TEST_CONFIG, recv_until, wait_for
 
     def lag(timeframe: str) -> float | None:
         return REGISTRY.get_sample_value("candle_lag_seconds", {"provider": "sim", "timeframe": timeframe})

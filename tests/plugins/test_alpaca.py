@@ -23,9 +23,9 @@ from core.errors import (
 )
 from core.timeframes import DAY_MS, HOUR_MS, MINUTE_MS, WEEK_MS, resample
 from plugins.alpaca import AlpacaPlugin, parse_ts, rfc3339
-from tests.exchange_emulator import ExchangeEmulator, fixtures
-from tests.exchange_emulator.candles import in_session
-from tests.exchange_emulator.checks import NO_LEAKS, assert_same_bars
+from tests.support.exchange_emulator import ExchangeEmulator, fixtures
+from tests.support.exchange_emulator.candles import in_session
+from tests.support.exchange_emulator.checks import NO_LEAKS, assert_same_bars
 
 pytestmark = NO_LEAKS
 emulator = fixtures.emulator

@@ -18,7 +18,7 @@ from core.errors import (
 )
 from plugins.ccxt_errors import TRANSLATIONS, retry_after_of, translate
 from plugins.retry import RetryPolicy, parse_retry_after
-from tests.exchange_emulator.checks import NO_LEAKS
+from tests.support.exchange_emulator.checks import NO_LEAKS
 
 pytestmark = NO_LEAKS
 RETRIES = 3

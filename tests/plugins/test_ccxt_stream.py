@@ -11,9 +11,9 @@ import pytest_asyncio
 from core.errors import NetworkPluginError, PluginFeatureNotSupportedError
 from core.timeframes import MINUTE_MS
 from plugins.ccxt_stream import KlineStreams, KlineUpdate, rebase_ws_urls, stream_possible
-from tests.exchange_emulator import ExchangeEmulator, fixtures
-from tests.exchange_emulator.candles import minute_candle
-from tests.exchange_emulator.checks import NO_LEAKS
+from tests.support.exchange_emulator import ExchangeEmulator, fixtures
+from tests.support.exchange_emulator.candles import minute_candle
+from tests.support.exchange_emulator.checks import NO_LEAKS
 
 pytestmark = NO_LEAKS
 emulator = fixtures.emulator

@@ -24,9 +24,9 @@ from core.errors import (
 )
 from core.timeframes import DAY_MS, HOUR_MS, MINUTE_MS, WEEK_MS, resample, tf_ms
 from plugins.crypto import CryptoPlugin
-from tests.exchange_emulator import ExchangeEmulator, fixtures
-from tests.exchange_emulator.checks import NO_LEAKS, assert_same_bars, fetch_klines
-from tests.helpers import clear_shared_markets
+from tests.support.exchange_emulator import ExchangeEmulator, fixtures
+from tests.support.exchange_emulator.checks import NO_LEAKS, assert_same_bars, fetch_klines
+from tests.support.helpers import clear_shared_markets
 
 pytestmark = NO_LEAKS
 emulator = fixtures.emulator

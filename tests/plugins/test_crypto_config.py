@@ -14,9 +14,9 @@ from plugins.ccxt_support import CAPABILITIES, rebase_urls
 from plugins.crypto import CryptoPlugin
 from plugins.loader import PluginLoader
 from services.market_service import MarketService
-from tests.exchange_emulator import ExchangeEmulator, fixtures
-from tests.exchange_emulator.checks import NO_LEAKS
-from tests.helpers import clear_shared_markets
+from tests.support.exchange_emulator import ExchangeEmulator, fixtures
+from tests.support.exchange_emulator.checks import NO_LEAKS
+from tests.support.helpers import clear_shared_markets
 
 pytestmark = NO_LEAKS
 emulator = fixtures.emulator

@@ -15,9 +15,9 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from tests.backfill_support import DAY_MS, KLINES, T0, candles, stored, table_stats
-from tests.exchange_emulator import ExchangeEmulator, fixtures
-from tests.live_server import ROOT, free_port
+from tests.support.backfill import DAY_MS, KLINES, T0, candles, stored, table_stats
+from tests.support.exchange_emulator import ExchangeEmulator, fixtures
+from tests.support.live_server import ROOT, free_port
 
 emulator = fixtures.emulator
 END = T0 + 10 * DAY_MS  # 14,400 minutes: 15 chunks

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import pytest_asyncio
 
-from tests.backfill_support import (
+from tests.support.backfill import (
     DAY_MS,
     T0,
     candles,
@@ -20,8 +20,8 @@ from tests.backfill_support import (
     table_stats,
     wait_job,
 )
-from tests.exchange_emulator import ExchangeEmulator, fixtures
-from tests.tcp_proxy import TcpProxy
+from tests.support.exchange_emulator import ExchangeEmulator, fixtures
+from tests.support.tcp_proxy import TcpProxy
 
 emulator = fixtures.emulator
 END = T0 + 10 * DAY_MS

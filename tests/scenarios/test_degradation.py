@@ -15,7 +15,7 @@ import pytest
 from quart import Quart
 
 from app import create_app
-from tests.tcp_proxy import TcpProxy
+from tests.support.tcp_proxy import TcpProxy
 
 PAST = 1_700_006_400_000
 Q = "/api/v1/ohlcv?market=sim&provider=sim&symbol=SIM/USD&timeframe=1h"

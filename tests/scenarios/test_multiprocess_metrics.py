@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.live_server import hypercorn_server
+from tests.support.live_server import hypercorn_server
 
 BATCH = 20
 

@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.conftest import DATABASE_URL, REDIS_URL
-from tests.live_server import hypercorn_server
+from tests.support.live_server import hypercorn_server
 
 pytestmark = pytest.mark.slow
 MAX_EXAMPLES = 25

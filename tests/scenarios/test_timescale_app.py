@@ -1,5 +1,5 @@
 """The whole service in TimescaleDB mode: the app's own pool, migrations and write path against the
-PGlite TimescaleDB (tests/pglite), answering /ohlcv from the continuous aggregates."""
+PGlite TimescaleDB (tests/support/pglite), answering /ohlcv from the continuous aggregates."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from app import create_app
 from core.timeframes import DAY_MS, MINUTE_MS, resample, tf_ms
 from plugins.sim import sim_bar
 from services import aggregates
-from tests.pglite.fixtures import timescale_url  # noqa: F401  (session fixture)
-from tests.test_ohlcv_api import BASE, flush_prefix
+from tests.blueprints.test_market import BASE, flush_prefix
+from tests.support.pglite.fixtures import timescale_url  # noqa: F401  (session fixture)
 
 PAST = 1_700_006_400_000  # 2023-11-15 00:00 UTC, a Wednesday
 

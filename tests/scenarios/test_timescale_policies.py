@@ -1,4 +1,4 @@
-"""TimescaleDB's optional policies (tests/pglite): compression and retention set from config, and
+"""TimescaleDB's optional policies (tests/support/pglite): compression and retention set from config, and
 reads, late corrections and refreshes over compressed chunks. PGlite runs no background jobs, so
 the compression job is run by hand (``run_job``); retention is only checked in the catalog."""
 
@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from core.timeframes import DAY_MS
-from tests.helpers import count_1m_bars
-from tests.pglite.fixtures import timescale_url  # noqa: F401  (session fixture)
-from tests.test_storage_backends import SERIES, WED, Store, close_store, make_bars, open_store, reference
+from tests.services.test_aggregates import SERIES, WED, Store, close_store, make_bars, open_store, reference
+from tests.support.helpers import count_1m_bars
+from tests.support.pglite.fixtures import timescale_url  # noqa: F401  (session fixture)
 
 
 @pytest.fixture

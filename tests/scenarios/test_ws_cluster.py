@@ -22,10 +22,10 @@ from app import create_app
 from app_extensions.services import get_services
 from services.hub import SubscriptionService
 from tests.conftest import REDIS_URL
-from tests.tcp_proxy import TcpProxy
-from tests.ws_support import WS_TEST_CONFIG, Client, assert_ts_monotonic, free_port, http_session, wait_for
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.ws import WS_TEST_CONFIG, Client, assert_ts_monotonic, free_port, http_session, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHANNEL = "sim:sim:SIM/USD:1m"
 SUB = {"op": "subscribe", "market": "sim", "provider": "sim", "symbol": "SIM/USD", "history": 2}
 LEASE_TTL = float(WS_TEST_CONFIG["LEASE_TTL_SECONDS"])

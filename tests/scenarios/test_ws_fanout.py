@@ -14,9 +14,9 @@ from quart import Quart
 
 from app import create_app
 from app_extensions.services import get_services
-from tests.exchange_emulator import ExchangeEmulator, fixtures
-from tests.helpers import clear_shared_markets
-from tests.ws_support import (
+from tests.support.exchange_emulator import ExchangeEmulator, fixtures
+from tests.support.helpers import clear_shared_markets
+from tests.support.ws import (
     WS_TEST_CONFIG,
     Client,
     assert_ts_monotonic,

@@ -18,7 +18,7 @@ from quart import Quart
 
 from app import create_app
 from app_extensions.services import get_services
-from tests.ws_support import WS_TEST_CONFIG, Client, serve_app, wait_for
+from tests.support.ws import WS_TEST_CONFIG, Client, serve_app, wait_for
 
 pytestmark = pytest.mark.slow
 MAX_FRAME = 1 << 20  # Hypercorn's websocket_max_message_size in this test

@@ -23,11 +23,11 @@ from app import create_app
 from app_extensions.services import get_services
 from core.timeframes import MINUTE_MS
 from tests.conftest import REDIS_URL
-from tests.exchange_emulator import ExchangeEmulator, fixtures
-from tests.exchange_emulator.checks import assert_same_bars, fetch_klines
-from tests.helpers import clear_shared_markets
-from tests.test_ws_cluster import ROOT
-from tests.ws_support import WS_TEST_CONFIG, Client, free_port, http_session, serve_app, wait_for
+from tests.scenarios.test_ws_cluster import ROOT
+from tests.support.exchange_emulator import ExchangeEmulator, fixtures
+from tests.support.exchange_emulator.checks import assert_same_bars, fetch_klines
+from tests.support.helpers import clear_shared_markets
+from tests.support.ws import WS_TEST_CONFIG, Client, free_port, http_session, serve_app, wait_for
 
 pytestmark = pytest.mark.slow
 emulator = fixtures.emulator

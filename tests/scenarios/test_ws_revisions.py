@@ -17,9 +17,9 @@ import redis.asyncio as aioredis
 from app import create_app
 from core.timeframes import HOUR_MS, MINUTE_MS, bucket_start
 from tests.conftest import REDIS_URL
-from tests.exchange_emulator import ExchangeEmulator, fixtures
-from tests.helpers import clear_shared_markets
-from tests.ws_support import WS_TEST_CONFIG, wait_for
+from tests.support.exchange_emulator import ExchangeEmulator, fixtures
+from tests.support.helpers import clear_shared_markets
+from tests.support.ws import WS_TEST_CONFIG, wait_for
 
 emulator = fixtures.emulator
 SPEED = 600  # an hour every 6 s

@@ -12,7 +12,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from app import create_app
 from app_extensions.services import get_services
-from tests.ws_support import WS_TEST_CONFIG, Client, free_port, wait_for
+from tests.support.ws import WS_TEST_CONFIG, Client, free_port, wait_for
 
 
 async def test_going_away_closes_clients_with_1001_before_the_server_stops(

@@ -15,8 +15,8 @@ from app import create_app
 from app_extensions.services import get_services
 from blueprints.websocket import hypercorn_options
 from services.hub.frames import StatusFrame
-from tests.test_ws_backpressure import RawClient
-from tests.ws_support import WS_TEST_CONFIG, metric, serve_app, wait_for
+from tests.scenarios.test_ws_backpressure import RawClient
+from tests.support.ws import WS_TEST_CONFIG, metric, serve_app, wait_for
 
 SUB = {"op": "subscribe", "market": "sim", "provider": "sim", "symbol": "SIM/USD", "history": 0}
 #: /proc/net/tcp states that mean a process still holds the socket (TIME_WAIT, 06, is the kernel's).

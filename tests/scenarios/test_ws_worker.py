@@ -21,11 +21,11 @@ from core.errors import NetworkPluginError
 from core.timeframes import MINUTE_MS, bucket_start, resample, round_bar
 from core.types import Series
 from plugins.sim import sim_bar
-from tests.exchange_emulator import ExchangeEmulator, fixtures
-from tests.exchange_emulator.checks import assert_same_bars, fetch_klines
-from tests.helpers import clear_shared_markets, select_1m_bars
-from tests.tcp_proxy import TcpProxy
-from tests.ws_support import WS_TEST_CONFIG, assert_ts_monotonic, metric, wait_for
+from tests.support.exchange_emulator import ExchangeEmulator, fixtures
+from tests.support.exchange_emulator.checks import assert_same_bars, fetch_klines
+from tests.support.helpers import clear_shared_markets, select_1m_bars
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.ws import WS_TEST_CONFIG, assert_ts_monotonic, metric, wait_for
 
 emulator = fixtures.emulator
 SPEED = 60

@@ -1,7 +1,7 @@
 """Storage and aggregates against both backends: plain PostgreSQL and a real TimescaleDB.
 
 Every test taking ``store`` runs twice: on PostgreSQL (127.0.0.1:5432, plain mode, query-time
-aggregation) and on TimescaleDB (PGlite in WebAssembly, see tests/pglite; hypertable, hierarchical
+aggregation) and on TimescaleDB (PGlite in WebAssembly, see tests/support/pglite; hypertable, hierarchical
 continuous aggregates). Both must answer what ``core.timeframes.resample`` computes from the
 same 1m bars. Prices and volumes are multiples of 1/4, so sums are exact and bars compare equal.
 """
@@ -27,7 +27,7 @@ from core.timeframes import DAY_MS, HOUR_MS, MINUTE_MS, TIMEFRAMES, Bar, bucket_
 from core.types import Series
 from services import aggregates, storage
 from tests.conftest import DATABASE_URL
-from tests.pglite.fixtures import timescale_url  # noqa: F401  (session fixture)
+from tests.support.pglite.fixtures import timescale_url  # noqa: F401  (session fixture)
 
 SERIES = Series("sim", "sim", "SIM/USD")
 WED = int(datetime(2024, 1, 3, tzinfo=UTC).timestamp() * 1000)  # a Wednesday

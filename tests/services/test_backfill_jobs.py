@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 from quart.typing import TestClientProtocol
 
-from tests.backfill_support import (
+from tests.support.backfill import (
     DAY_MS,
     KLINES,
     MINUTE_MS,
@@ -24,7 +24,7 @@ from tests.backfill_support import (
     table_stats,
     wait_job,
 )
-from tests.exchange_emulator import ExchangeEmulator, fixtures
+from tests.support.exchange_emulator import ExchangeEmulator, fixtures
 
 emulator = fixtures.emulator
 END = T0 + 10 * DAY_MS  # 14,400 minutes: 15 chunks

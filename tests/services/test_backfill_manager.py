@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from core.metrics import BACKFILL_CHUNK_FAILURES
-from tests.backfill_support import (
+from tests.support.backfill import (
     BTC,
     DAY_MS,
     KLINES,
@@ -25,7 +25,7 @@ from tests.backfill_support import (
     table_stats,
     wait_job,
 )
-from tests.exchange_emulator import ExchangeEmulator, fixtures
+from tests.support.exchange_emulator import ExchangeEmulator, fixtures
 
 emulator = fixtures.emulator
 MONTH_END = T0 + 31 * DAY_MS  # January 2024: 44,640 minutes
@@ -144,7 +144,7 @@ async def test_stock_week_records_closed_market_hours_as_verified_empty(
     emulator: ExchangeEmulator, app_config: dict[str, Any], pg: asyncpg.Connection
 ) -> None:
     from core.types import Series
-    from tests.exchange_emulator.candles import in_session
+    from tests.support.exchange_emulator.candles import in_session
 
     config = emu_config(app_config, emulator, ALPACA_API_KEY_ID="key",
                         ALPACA_API_SECRET_KEY="secret",

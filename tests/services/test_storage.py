@@ -14,7 +14,7 @@ from core.timeframes import MINUTE_MS, resample
 from core.types import Series, merge_ranges, subtract_ranges
 from services import aggregates, storage
 from tests.conftest import DATABASE_URL
-from tests.helpers import count_1m_bars, select_1m_bars
+from tests.support.helpers import count_1m_bars, select_1m_bars
 
 SERIES = Series("sim", "sim", "SIM/USD")
 T0 = 1_700_000_040_000  # a minute boundary

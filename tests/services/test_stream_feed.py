@@ -24,9 +24,9 @@ from quart import Quart
 from app import create_app
 from app_extensions.services import get_services
 from core.timeframes import MINUTE_MS
-from tests.exchange_emulator import ExchangeEmulator, fixtures
-from tests.exchange_emulator.checks import assert_same_bars, fetch_klines
-from tests.ws_support import (
+from tests.support.exchange_emulator import ExchangeEmulator, fixtures
+from tests.support.exchange_emulator.checks import assert_same_bars, fetch_klines
+from tests.support.ws import (
     WS_TEST_CONFIG,
     Client,
     assert_ts_monotonic,
@@ -37,7 +37,7 @@ from tests.ws_support import (
 )
 
 emulator = fixtures.emulator
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHANNEL = "crypto:binance:BTC/USDT:1m"
 SUB = {"op": "subscribe", "market": "crypto", "provider": "binance", "symbol": "BTC/USDT",
        "timeframe": "1m", "history": 3}

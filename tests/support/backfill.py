@@ -17,9 +17,9 @@ from core.timeframes import DAY_MS, MINUTE_MS
 from core.types import Series
 from services import storage
 from services.backfill_manager import BackfillManager
-from tests.exchange_emulator import ExchangeEmulator
-from tests.exchange_emulator.candles import minute_candle
-from tests.helpers import select_1m_bars
+from tests.support.exchange_emulator import ExchangeEmulator
+from tests.support.exchange_emulator.candles import minute_candle
+from tests.support.helpers import select_1m_bars
 
 T0 = 1_704_067_200_000  # 2024-01-01 00:00 UTC, the emulator's first candle
 KLINES = "/api/v3/klines"

@@ -1,6 +1,6 @@
 """Browser-test kit: Debian's Chromium driven by Playwright (never ``playwright install``), a live
 Hypercorn server with its own schema and Redis prefix, what a page did, and a stand-in for the
-page's WebSocket. Fixtures: ``from tests.browser_support import browser, installed, isolated_env``.
+page's WebSocket. Fixtures: ``from tests.support.browser import browser, installed, isolated_env``.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from tests.conftest import DATABASE_URL, REDIS_URL
-from tests.helpers import delete_prefix
-from tests.live_server import hypercorn_server
+from tests.support.helpers import delete_prefix
+from tests.support.live_server import hypercorn_server
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update"]
@@ -50,7 +50,7 @@ async def isolated_env() -> AsyncIterator[dict[str, str]]:
 
 @asynccontextmanager
 async def live_server(env: dict[str, str], port: int | None = None) -> AsyncIterator[str]:
-    """``tests.live_server.hypercorn_server`` started and stopped off the event loop."""
+    """``tests.support.live_server.hypercorn_server`` started and stopped off the event loop."""
     server = hypercorn_server(env, port=port)
     base = await asyncio.to_thread(server.__enter__)
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tests.conftest import DATABASE_URL, REDIS_URL
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

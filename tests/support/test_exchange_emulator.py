@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.timeframes import DAY_MS, HOUR_MS, MINUTE_MS, WEEK_MS, resample
-from tests.exchange_emulator import ExchangeEmulator, fixtures
-from tests.exchange_emulator.candles import CandleBook, in_session, minute_candle
-from tests.exchange_emulator.checks import NO_LEAKS, as_bars, assert_same_bars
+from tests.support.exchange_emulator import ExchangeEmulator, fixtures
+from tests.support.exchange_emulator.candles import CandleBook, in_session, minute_candle
+from tests.support.exchange_emulator.checks import NO_LEAKS, as_bars, assert_same_bars
 
 pytestmark = NO_LEAKS
 emulator = fixtures.emulator
@@ -239,7 +239,7 @@ async def test_control_api(emulator: ExchangeEmulator, http: aiohttp.ClientSessi
 
 async def test_runs_as_a_process() -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.exchange_emulator", "--port", "0",
+        sys.executable, "-m", "tests.support.exchange_emulator", "--port", "0",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
     try:
         assert proc.stdout is not None

@@ -18,10 +18,10 @@ import pytest_asyncio
 
 from core.timeframes import HOUR_MS, MINUTE_MS
 from plugins.ccxt_support import rebase_urls
-from tests.exchange_emulator import ExchangeEmulator, fixtures
-from tests.exchange_emulator.candles import minute_candle
-from tests.exchange_emulator.checks import NO_LEAKS, assert_same_bars, fetch_klines
-from tests.exchange_emulator.weights import WeightBook
+from tests.support.exchange_emulator import ExchangeEmulator, fixtures
+from tests.support.exchange_emulator.candles import minute_candle
+from tests.support.exchange_emulator.checks import NO_LEAKS, assert_same_bars, fetch_klines
+from tests.support.exchange_emulator.weights import WeightBook
 
 pytestmark = NO_LEAKS
 emulator = fixtures.emulator

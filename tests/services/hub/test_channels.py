@@ -14,7 +14,7 @@ from quart import Quart
 from app import create_app
 from app_extensions.services import get_services
 from core.errors import NetworkPluginError
-from tests.ws_support import WS_TEST_CONFIG, wait_for
+from tests.support.ws import WS_TEST_CONFIG, wait_for
 
 SUB = {"op": "subscribe", "market": "sim", "provider": "sim", "symbol": "SIM/USD", "history": 1}
 CHANNEL = "sim:sim:SIM/USD:1m"

@@ -20,8 +20,8 @@ from services.hub.poller import Poller
 from services.hub.settings import HubSettings, PollSettings
 from services.hub.state import StateStore
 from tests.conftest import REDIS_URL
-from tests.test_ws_worker_unit import FakeMarkets, FakePlugin, Out, bar
-from tests.ws_support import wait_for
+from tests.services.hub.test_poller import FakeMarkets, FakePlugin, Out, bar
+from tests.support.ws import wait_for
 
 CHANNEL = "sim:sim:SIM/USD:1m"
 TTL = 0.3

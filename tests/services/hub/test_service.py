@@ -11,7 +11,7 @@ from quart import Quart
 
 from app import create_app
 from core.timeframes import BAR_DECIMALS
-from tests.ws_support import WS_TEST_CONFIG, recv_until
+from tests.support.ws import WS_TEST_CONFIG, recv_until
 
 SUB = {"op": "subscribe", "market": "sim", "provider": "sim", "symbol": "SIM/USD", "timeframe": "1m"}
 

@@ -1,6 +1,6 @@
 """A local exchange emulator speaking Binance spot and Alpaca data v2 REST, for tests and benches.
 
-``ExchangeEmulator`` runs in the test's event loop; ``python -m tests.exchange_emulator --port N``
+``ExchangeEmulator`` runs in the test's event loop; ``python -m tests.support.exchange_emulator --port N``
 runs it as a process controlled through ``/__emulator/`` (see ``control.py``).
 """
 

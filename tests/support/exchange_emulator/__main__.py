@@ -1,4 +1,4 @@
-"""``python -m tests.exchange_emulator --port 9100 [--weight-limit 120] [--stream-interval 0.1]``:
+"""``python -m tests.support.exchange_emulator --port 9100 [--weight-limit 120] [--stream-interval 0.1]``:
 serve the emulator until interrupted (Binance weight enforcement and stream push interval can
 also be set later through ``/__emulator/weights`` and ``/__emulator/stream``)."""
 

@@ -1,4 +1,4 @@
-"""Pytest fixture: ``from tests.exchange_emulator.fixtures import emulator  # noqa: F401``."""
+"""Pytest fixture: ``from tests.support.exchange_emulator.fixtures import emulator  # noqa: F401``."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ Use it in-process from pytest::
     emu.streams.drop()                     # ... and other stream faults (see ``streams.py``)
     await emu.stop()
 
-or as a process (``python -m tests.exchange_emulator --port 9100``) driven through the control API
+or as a process (``python -m tests.support.exchange_emulator --port 9100``) driven through the control API
 under ``/__emulator/`` (see ``control.py``).
 """
 

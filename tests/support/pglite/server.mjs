@@ -2,7 +2,7 @@
 // A small PostgreSQL wire-protocol front for PGlite (PostgreSQL 17 in WebAssembly) with
 // TimescaleDB, for the test suite and the benchmark. Not a production server.
 //
-//   node tests/pglite/server.mjs --port 54329 [--host 127.0.0.1] [--data-dir DIR]
+//   node tests/support/pglite/server.mjs --port 54329 [--host 127.0.0.1] [--data-dir DIR]
 //
 // Prints one line `PGLITE READY host=... port=... timescaledb=...` on stdout when it accepts
 // connections. PGlite is one backend with one session, so this front:
