@@ -1,9 +1,13 @@
-"""Answer builds in flight are owned: shutdown cancels them and nothing is left running."""
+"""DataOrchestrator (services/orchestrator.py): answer builds in flight are owned (shutdown cancels
+them and nothing is left running), and paging with ``start`` never gives an empty page while
+``next`` is set (a page before the first bar jumps to it). Markets that close:
+test_orchestrator_closed_market.py; REQUEST_DEADLINE: test_orchestrator_deadline.py."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import pytest
@@ -11,9 +15,9 @@ from quart import Quart
 
 from app import create_app
 from app_extensions.services import get_services
-from core.timeframes import Bar
+from core.timeframes import DAY_MS, Bar
 from core.types import Series
-from plugins.sim import SimPlugin
+from plugins.sim import HISTORY_START_MS, SimPlugin
 from services.orchestrator import BarQuery
 
 STARTED = asyncio.Event()
@@ -52,3 +56,24 @@ async def test_close_cancels_builds_in_flight(stuck_app: Quart) -> None:
     for waiter in waiters:
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(waiter, 5)
+
+
+async def test_a_page_before_the_first_bar_jumps_to_it(app: Quart) -> None:
+    client = app.test_client()
+    start = int(datetime(2020, 1, 1, tzinfo=UTC).timestamp() * 1000)
+    r = await client.get("/api/v1/ohlcv?market=sim&provider=sim&symbol=SIMC/USD&timeframe=1d"
+                         f"&start={start}&limit=3")
+    body = await r.get_json()
+    assert r.status_code == 200, body
+    assert [b[0] for b in body["bars"]] == [HISTORY_START_MS + i * DAY_MS for i in range(3)]
+    assert body["next"] == HISTORY_START_MS + 3 * DAY_MS
+
+
+async def test_a_range_that_ends_before_the_first_bar_is_empty_and_done(app: Quart) -> None:
+    client = app.test_client()
+    start = int(datetime(2020, 1, 1, tzinfo=UTC).timestamp() * 1000)
+    r = await client.get("/api/v1/ohlcv?market=sim&provider=sim&symbol=SIMC/USD&timeframe=1d"
+                         f"&start={start}&end={start + 30 * DAY_MS}&limit=3")
+    body = await r.get_json()
+    assert r.status_code == 200, body
+    assert body["bars"] == [] and body["next"] is None
