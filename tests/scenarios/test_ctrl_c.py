@@ -16,9 +16,9 @@ from contextlib import asynccontextmanager
 import aiohttp
 
 from tests.conftest import DATABASE_URL, REDIS_URL
-from tests.support.live_server import ROOT, free_port
 from tests.scenarios.test_ws_backpressure import RawClient
 from tests.scenarios.test_ws_sockets import SUB, raw_frame
+from tests.support.live_server import ROOT, free_port
 
 
 @asynccontextmanager
