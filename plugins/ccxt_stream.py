@@ -130,16 +130,18 @@ class KlineStreams:
             exchange = await self._ready()
             market = exchange.market(symbol)
             key = (market["id"], exchange.timeframes.get(timeframe, timeframe))
+            if (symbol, timeframe) not in self._subscribed:
+                exchange.updates.pop(key, None)  # left from an earlier subscription
             await self._batched(exchange, (symbol, timeframe))
+            reader = self.exchange_id in FRAME_READERS
             while True:
+                queue = exchange.updates.get(key)
+                if reader and queue:  # frames that came while the caller was busy: no wait
+                    updates = list(queue)
+                    queue.clear()
+                    return updates
                 candles = await exchange.watch_ohlcv(symbol, timeframe)
-                if self.exchange_id in FRAME_READERS:
-                    queue = exchange.updates.get(key)
-                    updates = list(queue or ())
-                    if queue:
-                        queue.clear()
-                else:
-                    updates = self._inferred(key, candles)
+                updates = [] if reader else self._inferred(key, candles)
                 if updates:
                     return updates
         except AppError:
@@ -161,7 +163,10 @@ class KlineStreams:
 
     async def _batched(self, exchange: Any, key: tuple[str, str]) -> None:
         """Subscribe ``key`` with the others asked within ``BATCH_SECONDS`` (one message)."""
-        if key in self._subscribed or not exchange.has.get("watchOHLCVForSymbols"):
+        if key in self._subscribed:
+            return
+        if not exchange.has.get("watchOHLCVForSymbols"):  # CCXT subscribes it on its own
+            self._subscribed.add(key)
             return
         waiter = self._pending.get(key)
         if waiter is None:
