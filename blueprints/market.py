@@ -106,7 +106,8 @@ async def ohlcv() -> Response:
     if answer.backfill_job:
         headers["X-Backfill-Job"] = answer.backfill_job
     if answer.closed and not answer.incomplete:
-        kept = await _keep(query, payload, generation) if user is None else None
+        # Kept only when the answer's headers are the plain ones (no backfill job to name).
+        kept = await _keep(query, payload, generation) if user is None and not answer.backfill_job else None
         if kept is not None:
             return _answer(kept, source)
         etag = etag_of(payload)
