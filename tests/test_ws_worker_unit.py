@@ -26,6 +26,7 @@ M = 60_000
 
 class FakePlugin:
     capabilities = Capabilities(max_bars_per_call=1000, timeframes=("1m",), min_poll_interval=0.0)
+    testnet = False  # as every MarketPlugin instance (a sandbox has a breaker of its own)
 
     def __init__(self) -> None:
         self.answer: list[list[float]] | Exception = []
