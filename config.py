@@ -55,6 +55,9 @@ class BaseConfig:
     CACHE_TTL_CLOSED = 86_400
     CACHE_TTL_FORMING = 5
     CACHE_TTL_SYMBOLS = 3_600
+    #: Memory bound (bytes) of the in-process answer bytes (closed-range /ohlcv answers with their
+    #: ETag and br/gzip variants, least recently used out first); 0 switches them off.
+    ANSWER_BYTES_MAX = 64 * 1024 * 1024
     #: How long a dependency marked down is skipped before it is tried again (seconds).
     DEPENDENCY_RETRY_AFTER = 2.0
     LOG_LEVEL = "INFO"
@@ -252,7 +255,8 @@ class BaseConfig:
             raise ConfigError("MAX_BODY_BYTES must be positive")
         if not 0 < self.PORT < 65536:
             raise ConfigError("PORT must be between 1 and 65535")
-        for name in ("CACHE_TTL_CLOSED", "CACHE_TTL_FORMING", "OHLCV_MAX_LIMIT", "PROVIDER_RETRIES"):
+        for name in ("CACHE_TTL_CLOSED", "CACHE_TTL_FORMING", "OHLCV_MAX_LIMIT", "PROVIDER_RETRIES",
+                     "ANSWER_BYTES_MAX"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
         if self.OHLCV_MAX_LIMIT > 5000:

@@ -63,8 +63,12 @@ def parse_key_hashes(raw: str | list[str] | tuple[str, ...] | None) -> frozenset
     return frozenset(out)
 
 
+_OPEN_EXACT = frozenset(OPEN_PATHS)
+_OPEN_PREFIXES = tuple(p + "/" for p in OPEN_PATHS)
+
+
 def is_open_path(path: str) -> bool:
-    return any(path == p or path.startswith(p + "/") for p in OPEN_PATHS)
+    return path in _OPEN_EXACT or path.startswith(_OPEN_PREFIXES)
 
 
 class ApiKeyAuth:
@@ -93,7 +97,8 @@ class ApiKeyAuth:
             raise ConfigError("AUTH_ENABLED needs API_KEYS or API_KEYS_FROM_DB")
         self._app = app
         app.extensions["auth"] = self
-        app.before_request(self._before_request)
+        if self.enabled or self.metrics_token:  # else there is nothing to check per request
+            app.before_request(self._before_request)
         app.before_websocket(self._before_websocket)
 
     async def authenticate(self, presented: str | None, client: tuple[Any, str | None] | None = None) -> str:

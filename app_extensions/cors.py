@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from quart import Quart, Response, request, websocket
 
+from app_extensions.request_context import header
 from core.errors import APIError
 
 #: Headers a browser script may read from our answers.
@@ -58,8 +59,10 @@ class Cors:
         self.origins = parse_origins(app.config["CORS_ORIGINS"])
         self.ws_origins = parse_origins(app.config["WS_ALLOWED_ORIGINS"])
         app.extensions["cors"] = self
-        app.after_request(self._after_request)
-        app.before_websocket(self._before_websocket)
+        if self.origins:  # else no answer gets CORS headers: no per-request work
+            app.after_request(self._after_request)
+        if self.ws_origins:
+            app.before_websocket(self._before_websocket)
 
     def allows(self, origin: str) -> bool:
         return origin_allowed(origin, self.origins)
@@ -68,7 +71,7 @@ class Cors:
         return not self.ws_origins or not origin or origin_allowed(origin, self.ws_origins)
 
     async def _after_request(self, response: Response) -> Response:
-        origin = request.headers.get("Origin", "")
+        origin = header(b"origin") or ""
         if not self.allows(origin):
             return response
         response.headers["Access-Control-Allow-Origin"] = "*" if "*" in self.origins else origin

@@ -73,7 +73,7 @@ class Credentials:
         self, markets: MarketService, market: str, provider: str
     ) -> UserCredentials | None:
         """The caller's own credentials for (market, provider), or None (see the module doc)."""
-        user = getattr(g, "api_key_id", None)
+        user = g.get("api_key_id")  # (getattr raises and catches on every anonymous request)
         if user is None or not self.store.enabled:
             return None
         if not markets.check_provider(market, provider).accepts_credentials:

@@ -1,10 +1,15 @@
 """Inbound rate limits, cluster-wide: one GCRA bucket per (route class, API key or client IP) in Redis.
 
 Every instance runs the same atomic Lua script against the same keys and Redis's own clock, so N
-instances together enforce one limit. A limit is ``"requests/seconds"`` per route class
-(``default``, ``ohlcv``, ``backfill``, ``ws``; ``RATE_LIMITS`` overrides ``DEFAULT_LIMITS``, "off"
-lifts one). Answers carry ``X-RateLimit-Limit`` and ``X-RateLimit-Remaining``; a rejection is 429
-``rate_limited`` with ``Retry-After``.
+instances together enforce one limit. Tokens are taken from Redis in small leases and spent locally
+(``ratelimit_buckets.py``), and a refusal is kept locally until Redis said the next token frees up,
+so most requests, and every refused one, cost no Redis round trip. A refusal known locally is
+answered before the request enters Quart (``_early``): a 429 costs a fraction of a cached 200.
+``docs/performance.md`` gives the exact guarantee across N instances.
+
+A limit is ``"requests/seconds"`` per route class (``default``, ``ohlcv``, ``backfill``, ``ws``;
+``RATE_LIMITS`` overrides ``DEFAULT_LIMITS``, "off" lifts one). Answers carry ``X-RateLimit-Limit``
+and ``X-RateLimit-Remaining``; a rejection is 429 ``rate_limited`` with ``Retry-After``.
 
 When Redis is unreachable the limiter fails open to a local in-memory GCRA of the same limits (so
 each instance enforces the limit on its own until Redis is back) and readiness reports
@@ -13,112 +18,35 @@ each instance enforces the limit on its own until Redis is back) and readiness r
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
 from quart import Quart, Response, current_app, g, request, websocket
 from quart.typing import ResponseTypes
 
-from app_extensions.auth import is_open_path
+from app_extensions.auth import hash_key, is_open_path
+from app_extensions.ratelimit_buckets import GCRA_LUA, Decision, LeasedBuckets, Limit, LocalGcra
 from app_extensions.redis_client import RedisClient, get_redis
+from app_extensions.request_context import http_metrics, request_id_from
 from config import ConfigError
 from core.errors import DataSourceError, RateLimited
 from core.metrics import RATE_LIMIT_FALLBACKS, RATE_LIMIT_REJECTIONS
 
 log = logging.getLogger(__name__)
 
+__all__ = ["DEFAULT_LIMITS", "Decision", "Limit", "LocalGcra", "RateLimiter", "get_ratelimiter", "route_class"]
+
 #: ``ws``: handshakes per client IP (or key) allow bursts as Binance does (300 per 5 minutes), so
 #: dashboards opening at once behind one NAT or proxy are not refused.
 DEFAULT_LIMITS = {"default": "600/60", "ohlcv": "300/60", "backfill": "60/60", "ws": "300/300",
                   "auth_failures": "30/60"}
-_UNITS = {"s": 1, "second": 1, "m": 60, "minute": 60, "h": 3600, "hour": 3600}
 _IDENT = re.compile(r"[^0-9A-Za-z.:_-]")
-_LOCAL_MAX_KEYS = 50_000
-
-#: GCRA. KEYS[1]: the bucket's theoretical arrival time (ms). ARGV: emission interval (ms), limit,
-#: peek (1: only tell whether a request would pass). Returns {allowed, remaining, retry_after_ms}.
-#: Uses Redis's clock so instances agree.
-GCRA_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local emission = tonumber(ARGV[1])
-local window = emission * tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]))
-if tat == nil or tat < now then tat = now end
-local new_tat = tat + emission
-local allow_at = new_tat - window
-if allow_at > now then
-  return {0, 0, math.ceil(allow_at - now)}
-end
-if ARGV[3] == '1' then return {1, 0, 0} end
-redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1)
-return {1, math.floor((window - (new_tat - now)) / emission + 1e-6), 0}
-"""
-
-
-@dataclass(frozen=True)
-class Limit:
-    """``requests`` per ``seconds``; a burst of up to ``requests`` is allowed."""
-
-    requests: int
-    seconds: float
-
-    @property
-    def emission_ms(self) -> float:
-        return self.seconds * 1000 / self.requests
-
-    @classmethod
-    def parse(cls, text: str, name: str = "RATE_LIMITS") -> Limit | None:
-        """``"600/60"``, ``"10/s"``, ``"100/minute"``; ``"off"`` gives None (no limit)."""
-        raw = str(text).strip().lower()
-        if raw in ("off", "none", ""):
-            return None
-        count, _, per = raw.partition("/")
-        try:
-            requests = int(count)
-            seconds = float(_UNITS[per]) if per in _UNITS else float(per)
-        except (KeyError, ValueError) as exc:
-            raise ConfigError(f"{name}: {text!r} is not 'requests/seconds'") from exc
-        if requests < 1 or not 0 < seconds < math.inf:  # also refuses nan
-            raise ConfigError(f"{name}: {text!r} needs positive requests and seconds")
-        return cls(requests, seconds)
-
-
-@dataclass(frozen=True)
-class Decision:
-    allowed: bool
-    limit: int
-    remaining: int
-    retry_after: float
-
-
-class LocalGcra:
-    """The same GCRA in process memory, used while Redis is down (bounded number of keys)."""
-
-    def __init__(self) -> None:
-        self._tat: OrderedDict[str, float] = OrderedDict()
-
-    def take(self, key: str, limit: Limit, now_ms: float | None = None, peek: bool = False) -> Decision:
-        now = time.monotonic() * 1000 if now_ms is None else now_ms
-        emission, window = limit.emission_ms, limit.emission_ms * limit.requests
-        tat = max(self._tat.get(key, now), now)
-        new_tat = tat + emission
-        allow_at = new_tat - window
-        if allow_at > now:
-            return Decision(False, limit.requests, 0, (allow_at - now) / 1000)
-        if peek:
-            return Decision(True, limit.requests, 0, 0.0)
-        self._tat[key] = new_tat
-        self._tat.move_to_end(key)
-        while len(self._tat) > _LOCAL_MAX_KEYS:
-            self._tat.popitem(last=False)
-        remaining = math.floor((window - (new_tat - now)) / emission + 1e-6)
-        return Decision(True, limit.requests, remaining, 0.0)
+#: Paths whose route template is known, for the metrics of refusals answered before Quart.
+_ROUTES_MAX = 1000
 
 
 class RateLimiter:
@@ -128,12 +56,16 @@ class RateLimiter:
         self.enabled = False
         self.limits: dict[str, Limit | None] = {}
         self.trust_forwarded = False
+        self.auth_enabled = False
         self.redis: RedisClient | None = None
         self.local = LocalGcra()
+        self.buckets = LeasedBuckets(self._take)
         #: "redis" while decisions are taken in Redis, "local" after a fallback, "off" if disabled.
         self.mode = "redis"
         self.last_error: str | None = None
         self._scripts: dict[int, Any] = {}
+        #: path -> route template, learned from refusals answered by Quart.
+        self._routes: dict[str, str] = {}
         if app is not None:
             self.init_app(app)
 
@@ -147,6 +79,7 @@ class RateLimiter:
         merged = {**DEFAULT_LIMITS, **(cfg["RATE_LIMITS"] or {})}
         self.limits = {cls: Limit.parse(text) for cls, text in merged.items()}
         self.trust_forwarded = bool(cfg["TRUST_FORWARDED_FOR"])
+        self.auth_enabled = bool(cfg["AUTH_ENABLED"])
         self.redis = get_redis(app)
         self.mode = "redis" if self.enabled else "off"
         app.extensions["ratelimit"] = self
@@ -154,21 +87,29 @@ class RateLimiter:
         app.before_websocket(self._before_websocket)
         app.after_request(self._after_request)
         app.after_websocket(self._after_websocket)
+        app.asgi_app = self._early(app.asgi_app)  # type: ignore[method-assign]
+
+    def configure(self, enabled: bool, limits: dict[str, Limit | None]) -> None:
+        """Switch the limiter and replace some classes' limits at run time (benchmarks, tests)."""
+        self.enabled = enabled
+        self.mode = "redis" if enabled else "off"
+        self.limits.update(limits)
+        self.buckets.clear()
 
     def limit_for(self, route_class: str) -> Limit | None:
         return self.limits.get(route_class, self.limits.get("default"))
 
     async def hit(self, route_class: str, identity: str, peek: bool = False) -> Decision | None:
-        """Take one request from the bucket (``peek``: only look); None when the class is unlimited."""
+        """Take one request from the bucket (``peek``: only look, in Redis); None when the class is
+        unlimited."""
         limit = self.limit_for(route_class)
         if limit is None:
             return None
-        assert self.redis is not None
-        key = self.redis.key("rl", route_class, identity)
         try:
-            allowed, remaining, retry_ms = await self.redis.run(
-                lambda r: self._script(r)(keys=[key], args=[limit.emission_ms, limit.requests, int(peek)])
-            )
+            if peek:
+                granted, remaining, retry_after = await self._take(f"{route_class}:{identity}", limit, 1, True)
+                return Decision(granted > 0, limit.requests, remaining, retry_after)
+            decision = await self.buckets.hit(f"{route_class}:{identity}", limit)
         except DataSourceError as exc:
             if self.mode != "local":
                 log.warning("rate limiter: Redis unavailable, limiting locally: %s", exc.details)
@@ -176,7 +117,16 @@ class RateLimiter:
             RATE_LIMIT_FALLBACKS.inc()
             return self.local.take(f"{route_class}:{identity}", limit, peek=peek)
         self.mode, self.last_error = "redis", None
-        return Decision(bool(allowed), limit.requests, int(remaining), int(retry_ms) / 1000)
+        return decision
+
+    async def _take(self, key: str, limit: Limit, wanted: int, peek: bool = False) -> tuple[int, int, float]:
+        """Up to ``wanted`` tokens from ``key``'s bucket in Redis: (granted, remaining, retry_after s)."""
+        assert self.redis is not None
+        full = self.redis.key("rl", key)
+        args = [limit.emission_ms, limit.requests, int(peek), wanted]
+        granted, remaining, retry_ms = await self.redis.run(
+            lambda r: self._script(r)(keys=[full], args=args))
+        return int(granted), int(remaining), int(retry_ms) / 1000
 
     def _script(self, client: Any) -> Any:
         script = self._scripts.get(id(client))
@@ -195,12 +145,14 @@ class RateLimiter:
         return {"ok": self.mode != "local", "mode": self.mode, "error": self.last_error}
 
     def client_identity(self, headers: Any, remote_addr: str | None) -> str:
-        key_id = getattr(g, "api_key_id", None)
+        key_id = g.get("api_key_id")
         if key_id:
             return f"key:{key_id}"
-        addr = remote_addr or "unknown"
-        if self.trust_forwarded and headers.get("X-Forwarded-For"):
-            addr = headers["X-Forwarded-For"].split(",")[-1].strip()
+        forwarded = headers.get("X-Forwarded-For") if self.trust_forwarded else None
+        return self._ip_identity(remote_addr, forwarded)
+
+    def _ip_identity(self, remote_addr: str | None, forwarded: str | None) -> str:
+        addr = forwarded.split(",")[-1].strip() if forwarded else remote_addr or "unknown"
         return "ip:" + _IDENT.sub("_", addr)[:64]
 
     async def _check(self, route_class: str, identity: str) -> None:
@@ -229,28 +181,90 @@ class RateLimiter:
                               retry_after=max(decision.retry_after, 0.001))
 
     async def _before_request(self) -> None:
-        if not self.enabled or request.method == "OPTIONS" or is_open_path(request.path):
+        if not self.enabled:
+            return
+        path = request.path
+        if request.method == "OPTIONS" or is_open_path(path):
             return
         identity = self.client_identity(request.headers, request.remote_addr)
-        await self._check(route_class(request.path), identity)
+        try:
+            await self._check(route_class(path), identity)
+        except RateLimited:
+            rule = request.url_rule  # the next refusals of this path are answered before Quart
+            if rule is not None and len(self._routes) < _ROUTES_MAX:
+                self._routes[request.path] = rule.rule
+            raise
 
     async def _before_websocket(self) -> None:
         if self.enabled:
             await self._check("ws", self.client_identity(websocket.headers, websocket.remote_addr))
 
     async def _after_request(self, response: Response) -> Response:
-        decision: Decision | None = getattr(g, "rate_limit", None)
+        decision: Decision | None = g.get("rate_limit")
         if decision is not None:
-            response.headers["X-RateLimit-Limit"] = str(decision.limit)
-            response.headers["X-RateLimit-Remaining"] = str(decision.remaining)
+            headers = response.headers
+            headers["X-RateLimit-Limit"] = str(decision.limit)
+            headers["X-RateLimit-Remaining"] = str(decision.remaining)
         return response
-
 
     async def _after_websocket(self, response: ResponseTypes | None) -> ResponseTypes | None:
         # A refused handshake (401, 429) is an HTTP response: it carries the same headers.
         if isinstance(response, Response):
             return await self._after_request(response)
         return response
+
+    def _early(self, inner: Any) -> Any:
+        """ASGI wrapper: a request whose client is refused (known locally) is answered 429 here,
+        before Quart builds a request context; anything else goes on to Quart."""
+
+        async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] == "http" and self.enabled and self.buckets.refused:
+                refusal = self._refusal(scope)
+                if refusal is not None:
+                    status, headers, body = refusal
+                    await send({"type": "http.response.start", "status": status, "headers": headers})
+                    await send({"type": "http.response.body", "body": body})
+                    return
+            await inner(scope, receive, send)
+
+        return asgi
+
+    def _refusal(self, scope: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        started = time.perf_counter()
+        path, method = scope["path"], scope["method"]
+        route = self._routes.get(path)
+        if route is None or method in ("OPTIONS", "HEAD"):
+            return None
+        headers = dict(scope["headers"])  # Hypercorn gives lower-case names
+        if b"origin" in headers:
+            return None  # CORS answers are Quart's (the refusal is known: no Redis call there)
+        if self.auth_enabled:
+            key = headers.get(b"x-api-key")
+            if not key:
+                return None  # a 401 is auth's answer
+            identity = "key:" + hash_key(key.decode("latin-1"))[:16]
+        else:
+            forwarded = headers.get(b"x-forwarded-for") if self.trust_forwarded else None
+            client = scope.get("client")  # as Quart's request.remote_addr reads it
+            identity = self._ip_identity(client[0] if client else "<local>",
+                                         forwarded.decode("latin-1") if forwarded else None)
+        cls = route_class(path)
+        limit = self.limit_for(cls)
+        wait = self.buckets.refused_for(f"{cls}:{identity}", time.monotonic())
+        if wait is None or limit is None:
+            return None
+        RATE_LIMIT_REJECTIONS.labels(cls).inc()
+        exc = RateLimited(f"rate limit of {limit.requests} requests exceeded; retry later")
+        body = json.dumps(exc.to_dict()).encode()
+        sent = headers.get(b"x-request-id")
+        rid = request_id_from(sent.decode("latin-1") if sent else "")
+        http_metrics(method, route, 429, time.perf_counter() - started)
+        return 429, [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"retry-after", str(max(1, math.ceil(wait))).encode()),
+            (b"x-ratelimit-limit", str(limit.requests).encode()), (b"x-ratelimit-remaining", b"0"),
+            (b"x-request-id", rid.encode()),
+        ], body
 
 
 def route_class(path: str) -> str:

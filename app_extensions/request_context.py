@@ -13,7 +13,6 @@ import logging.config
 import os
 import re
 import time
-import uuid
 from typing import Any
 
 import click
@@ -84,15 +83,42 @@ def serving_log_level(config: dict[str, Any]) -> None:
 
 #: Methods reported as themselves in metrics; anything else a client sends is ``other``.
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-
-def method_label() -> str:
-    return request.method if request.method in KNOWN_METHODS else "other"
+_COUNTERS: dict[tuple[str, str, int], Any] = {}
+_HISTOGRAMS: dict[tuple[str, str], Any] = {}
 
 
 def route_label() -> str:
     rule = request.url_rule
     return rule.rule if rule is not None else "unmatched"
+
+
+def header(name: bytes) -> str | None:
+    """A request header by its lower-case name, straight from the ASGI scope (werkzeug's
+    ``Headers.get`` raises and catches an exception for every header that is absent)."""
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def request_id_from(sent: str) -> str:
+    """The client's ``X-Request-ID`` when it is sane, else a new id."""
+    return sent if sent and _SANE_ID.match(sent) else os.urandom(16).hex()  # as uuid4().hex, 5x cheaper
+
+
+def http_metrics(method: str, route: str, status: int, seconds: float | None) -> None:
+    """Count a request and observe its latency. Labels are fixed names or route templates; the
+    children are kept, since ``labels()`` costs more than the increment itself."""
+    method = method if method in KNOWN_METHODS else "other"
+    counter = _COUNTERS.get((method, route, status))
+    if counter is None:
+        counter = _COUNTERS[(method, route, status)] = HTTP_REQUESTS.labels(method, route, str(status))
+    counter.inc()
+    if seconds is not None:
+        histogram = _HISTOGRAMS.get((method, route))
+        if histogram is None:
+            histogram = _HISTOGRAMS[(method, route)] = HTTP_LATENCY.labels(method, route)
+        histogram.observe(seconds)
 
 
 def init_request_context(app: Quart) -> None:
@@ -102,17 +128,14 @@ def init_request_context(app: Quart) -> None:
 
     @app.before_request
     async def _start() -> None:
-        sent = request.headers.get("X-Request-ID", "")
-        g.request_id = sent if _SANE_ID.match(sent) else uuid.uuid4().hex
+        g.request_id = rid = request_id_from(header(b"x-request-id") or "")
         g.started = time.perf_counter()
-        request_id_var.set(g.request_id)
+        request_id_var.set(rid)
 
     @app.after_request
     async def _finish(response: Response) -> Response:
-        rid = getattr(g, "request_id", None) or uuid.uuid4().hex
-        response.headers["X-Request-ID"] = rid
-        route = route_label()
-        HTTP_REQUESTS.labels(method_label(), route, str(response.status_code)).inc()
-        if hasattr(g, "started"):
-            HTTP_LATENCY.labels(method_label(), route).observe(time.perf_counter() - g.started)
+        response.headers["X-Request-ID"] = g.get("request_id") or request_id_from("")
+        started = g.get("started")
+        http_metrics(request.method, route_label(), response.status_code,
+                     None if started is None else time.perf_counter() - started)
         return response

@@ -23,7 +23,7 @@ from services.provider_source import PluginSource, ProviderSource
 from services.revisions import Revisions
 from services.settings import build
 from services.sources import Cache1mSource, CacheSource, DbSource, StorageSource
-from services.stream_feed import StreamRegistry
+from services.stream_registry import StreamRegistry
 
 log = logging.getLogger(__name__)
 

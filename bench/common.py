@@ -1,9 +1,11 @@
-"""Shared bench helpers: run a server in a subprocess, drive it with aiohttp, print figures."""
+"""Shared bench helpers: run a server in a subprocess, drive it with wrk (or aiohttp), print figures."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
+import shutil
 import signal
 import socket
 import statistics
@@ -12,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import aiohttp
 import asyncpg
@@ -24,12 +27,52 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass
+class Server:
+    base: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the server and its worker processes."""
+        return cpu_seconds(self.pid)
+
+
+def cpu_seconds(root: int) -> float:
+    """CPU seconds of ``root`` and its descendants, from /proc (Linux)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    family, grew = {root}, True
+    while grew:
+        more = {pid for pid, ppid in parents.items() if ppid in family} - family
+        family |= more
+        grew = bool(more)
+    return sum(times.get(pid, 0.0) for pid in family)
+
+
 @contextmanager
 def hypercorn(app_spec: str, port: int, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Serve ``app_spec`` under Hypercorn in a subprocess; yields its base URL."""
+    """Serve ``app_spec`` under Hypercorn (one worker) in a subprocess; yields its base URL."""
+    with hypercorn_server(app_spec, port, env) as server:
+        yield server.base
+
+
+@contextmanager
+def hypercorn_server(app_spec: str, port: int, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """Serve ``app_spec`` under Hypercorn (one worker) in a subprocess."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hypercorn", "--bind", f"127.0.0.1:{port}", "--log-level", "warning",
-         app_spec],
+        [sys.executable, "-m", "hypercorn", "--workers", "1", "--bind", f"127.0.0.1:{port}",
+         "--log-level", "warning", app_spec],
         env={**os.environ, **(env or {})},
     )
     base = f"http://127.0.0.1:{port}"
@@ -41,7 +84,7 @@ def hypercorn(app_spec: str, port: int, env: dict[str, str] | None = None) -> It
                     break
             except OSError:
                 time.sleep(0.1)
-        yield base
+        yield Server(base, proc.pid)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -50,20 +93,70 @@ def hypercorn(app_spec: str, port: int, env: dict[str, str] | None = None) -> It
             proc.kill()
 
 
-async def load(url: str, requests: int, concurrency: int) -> dict[str, float]:
-    """Send ``requests`` GETs with ``concurrency`` workers; returns rps, p50 and p99 in ms."""
+@dataclass
+class LoadResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx: int  # non-2xx/3xx answers (429s in the limiter runs)
+    bytes_per_s: float
+    #: Server CPU time per answer (set by the caller that knows the server's pid).
+    cpu_us: float = float("nan")
+
+
+def has_wrk() -> bool:
+    return shutil.which("wrk") is not None
+
+
+_UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+_SIZE = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", text.strip())
+    return float(m.group(1)) * _UNIT[m.group(2)] if m else float("nan")
+
+
+def wrk(url: str, seconds: float, connections: int, headers: dict[str, str] | None = None) -> LoadResult:
+    """Run ``wrk -t1`` (a C load generator: it takes little of the CPU the server needs)."""
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(int(seconds), 1)}s", "--latency"]
+    for name, value in (headers or {}).items():
+        cmd += ["-H", f"{name}: {value}"]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=seconds + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    non = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    p50 = re.search(r"50%\s+(\S+)", out)
+    p99 = re.search(r"99%\s+(\S+)", out)
+    tr = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out)
+    return LoadResult(
+        rps=rps, requests=total, non_2xx=int(non.group(1)) if non else 0,
+        p50_ms=_ms(p50.group(1)) if p50 else float("nan"),
+        p99_ms=_ms(p99.group(1)) if p99 else float("nan"),
+        bytes_per_s=float(tr.group(1)) * _SIZE.get(tr.group(2), 1) if tr else 0.0,
+    )
+
+
+async def load(url: str, requests: int, concurrency: int,
+               headers: dict[str, str] | None = None) -> LoadResult:
+    """Fallback without wrk: ``requests`` GETs from ``concurrency`` aiohttp workers (the client
+    then competes with the server for the CPU: ratios hold, absolute figures are low)."""
     latencies: list[float] = []
+    non_2xx = 0
+    received = 0
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(requests):
         queue.put_nowait(i)
 
     async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal non_2xx, received
         while not queue.empty():
             queue.get_nowait()
             t = time.perf_counter()
-            async with session.get(url) as r:
-                await r.read()
-                assert r.status == 200, r.status
+            async with session.get(url, headers=headers, auto_decompress=False) as r:
+                received += len(await r.read())
+                non_2xx += r.status >= 400
             latencies.append(time.perf_counter() - t)
 
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -72,11 +165,19 @@ async def load(url: str, requests: int, concurrency: int) -> dict[str, float]:
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
         wall = time.perf_counter() - started
     latencies.sort()
-    return {
-        "rps": requests / wall,
-        "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
-    }
+    return LoadResult(
+        rps=requests / wall, requests=requests, non_2xx=non_2xx, bytes_per_s=received / wall,
+        p50_ms=statistics.median(latencies) * 1000,
+        p99_ms=latencies[max(int(len(latencies) * 0.99) - 1, 0)] * 1000,
+    )
+
+
+async def drive(url: str, seconds: float, connections: int,
+                headers: dict[str, str] | None = None) -> LoadResult:
+    """wrk when installed (``apt-get install -y wrk``), else the aiohttp fallback."""
+    if has_wrk():
+        return await asyncio.to_thread(wrk, url, seconds, connections, headers)
+    return await load(url, max(int(seconds * 300), 300), connections, headers)
 
 
 async def drop_bench_data(database_url: str, schema: str, redis_url: str, prefix: str) -> None:

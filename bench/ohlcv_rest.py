@@ -1,9 +1,24 @@
-"""Cached 500-bar /ohlcv answers vs a bare Quart endpoint on the same Hypercorn, in one run.
+"""Cached 500 x 1m /ohlcv answers (about 30 KB) against a bare Quart route serving the same bytes
+on the same Hypercorn (``--workers 1``), every ratio taken within one run.
 
-    .venv/bin/python -m bench.ohlcv_rest [--requests 3000] [--concurrency 32]
+    .venv/bin/python -m bench.ohlcv_rest [--seconds 4] [--rounds 5] [--connections 32]
 
-The bare endpoint returns the same 500-bar JSON body from memory, so the ratio is the cost of
-our request path (validation, cache look-up, headers, metrics) over Quart + Hypercorn themselves.
+Load comes from ``wrk -t1 -c32`` (Debian package ``wrk``; without it an aiohttp fallback whose
+client competes with the server for the CPU). One server process serves both routes; a bench-only
+route switches the rate limiter between phases, so every phase runs on the same process. Each round
+runs every phase once, in order; the figure of a phase is its best round (highest req/s, least
+server CPU per answer), since a neighbour's load on the machine only ever slows a phase down.
+Beside req/s each phase shows the server's CPU time per answer (from /proc): the same ratio to
+bare, less disturbed by other processes. Lines printed:
+
+- ``bare``: the ceiling: a separate Quart app (none of the service's hooks) mounted at ``/bare`` on
+  the same Hypercorn, returning the body from memory;
+- ``cached, limiter off`` and ``cached, limiter on`` (a limit the load never reaches: every answer a
+  200, the limiter's own cost);
+- ``limiter on, default config``: one client over the default ``ohlcv`` limit (300/60), so almost
+  every answer is a 429: the 429 path, and its cost against a cached 200;
+- ``floor``: Hypercorn answering a raw ASGI 429 (no Quart, no app): what any answer costs at least;
+- compression: bytes per answer and req/s for identity, gzip and br.
 """
 
 from __future__ import annotations
@@ -11,23 +26,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from typing import Any
 
 import aiohttp
-from quart import Quart, Response
+from quart import Quart, Response, request
 
 from app import create_app
-from bench.common import free_port, hypercorn, load
+from app_extensions.ratelimit import Limit, get_ratelimiter
+from bench.common import LoadResult, drive, free_port, has_wrk, hypercorn_server
 
-PAST = 1_700_006_400_000
-QUERY = f"/api/v1/ohlcv?market=sim&provider=sim&symbol=SIM/USD&timeframe=1h&start={PAST}&limit=500"
+PAST = 1_700_006_400_000  # 2023-11-15: closed long ago
+QUERY = f"/api/v1/ohlcv?market=sim&provider=sim&symbol=SIM/USD&timeframe=1m&start={PAST}&limit=500"
+NO_LIMIT = "1000000000/60"
 _BODY: dict[str, bytes] = {}
+FLOOR_BODY = b'{"error": {"code": "rate_limited", "message": "rate limit of 300 requests exceeded; retry later"}}'
+FLOOR_HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(FLOOR_BODY)).encode()),
+                 (b"retry-after", b"1"), (b"x-ratelimit-limit", b"300"), (b"x-ratelimit-remaining", b"0"),
+                 (b"x-request-id", b"0123456789abcdef0123456789abcdef")]
 
 
-def bench_app() -> Quart:
-    """The service app plus ``/bare``: the same body, served with no work."""
-    # Rate limits off: the bench measures the data path, not the limiter's 429s.
-    app = create_app({"DATABASE_SCHEMA": "bench_rest", "REDIS_PREFIX": "bench_rest", "LOG_LEVEL": "WARNING",
-                      "RATE_LIMIT_ENABLED": False})
+def bare_app() -> Quart:
+    """The ceiling: a Quart app with one route returning the body from memory, no hooks."""
+    app = Quart("bare")
 
     @app.get("/bare")
     async def bare() -> Response:
@@ -35,40 +55,134 @@ def bench_app() -> Quart:
 
     @app.post("/bare")
     async def set_bare() -> Response:
-        from quart import request
-
-        data = await request.get_data(as_text=False)
-        _BODY["b"] = data if isinstance(data, bytes) else data.encode()
+        _BODY["b"] = await request.get_data(as_text=False)  # type: ignore[assignment]
         return Response("", status=204)
 
     return app
 
 
-async def main(requests: int, concurrency: int) -> None:
+def service_app() -> Quart:
+    """The service app (default config) plus a bench-only switch of the rate limiter."""
+    app = create_app({"DATABASE_SCHEMA": "bench_rest", "REDIS_PREFIX": "bench_rest", "LOG_LEVEL": "WARNING"})
+
+    @app.post("/bench/limiter")
+    async def set_limiter() -> Response:
+        conf = await request.get_json()
+        get_ratelimiter(app).configure(bool(conf["enabled"]), {"ohlcv": Limit.parse(conf["ohlcv"])})
+        return Response("", status=204)
+
+    return app
+
+
+class Both:
+    """Both apps on one Hypercorn: ``/bare`` goes to the bare app, the rest (lifespan included)
+    to the service."""
+
+    def __init__(self) -> None:
+        self.bare, self.service = bare_app(), service_app()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/bare":
+            await self.bare(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"] == "/floor":  # Hypercorn alone: a raw 429
+            await send({"type": "http.response.start", "status": 429, "headers": FLOOR_HEADERS})
+            await send({"type": "http.response.body", "body": FLOOR_BODY})
+        else:
+            await self.service(scope, receive, send)
+
+
+def bench_app() -> Both:
+    return Both()
+
+
+async def _limiter(base: str, enabled: bool, ohlcv: str = "300/60") -> None:
+    async with aiohttp.ClientSession() as s, s.post(
+        base + "/bench/limiter", json={"enabled": enabled, "ohlcv": ohlcv}
+    ) as r:
+        assert r.status == 204, r.status
+
+
+async def _size(base: str, encoding: str | None) -> tuple[int, str]:
+    headers = {"Accept-Encoding": encoding or "identity"}
+    async with aiohttp.ClientSession() as s, s.get(base + QUERY, headers=headers,
+                                                   auto_decompress=False) as r:
+        assert r.status == 200, r.status
+        return len(await r.read()), r.headers.get("Content-Encoding", "identity")
+
+
+async def main(seconds: float, rounds: int, connections: int) -> None:
     port = free_port()
-    with hypercorn("bench.ohlcv_rest:bench_app()", port) as base:
+    phases: dict[str, list[LoadResult]] = {}
+
+    async def run(name: str, url: str, headers: dict[str, str] | None = None) -> None:
+        before = server.cpu_seconds()
+        result = await drive(url, seconds, connections, headers)
+        result.cpu_us = (server.cpu_seconds() - before) / max(result.requests, 1) * 1e6
+        phases.setdefault(name, []).append(result)
+
+    with hypercorn_server("bench.ohlcv_rest:bench_app()", port) as server:
+        base = server.base
+        await _limiter(base, False)
         async with aiohttp.ClientSession() as s:
-            async with s.get(base + QUERY) as r:  # warm: fetch, store, cache
-                body = await r.read()
-                assert r.status == 200 and len(json.loads(body)["bars"]) == 500
-            async with s.get(base + QUERY) as r:
+            async with s.get(base + QUERY, headers={"Accept-Encoding": "identity"}) as r:
+                body = await r.read()  # warm: fetch, store, cache
+                assert r.status == 200 and len(json.loads(body)["bars"]) == 500, r.status
+            async with s.get(base + QUERY, headers={"Accept-Encoding": "identity"}) as r:
                 source = r.headers["X-Data-Source"]
             async with s.post(base + "/bare", data=body) as r:
                 assert r.status == 204
-        await load(base + "/bare", 300, concurrency)  # warm-up
-        bare = await load(base + "/bare", requests, concurrency)
-        ours = await load(base + QUERY, requests, concurrency)
-    print(f"cached /ohlcv (500 1h bars, X-Data-Source: {source}), {requests} requests, concurrency {concurrency}")
-    print(f"{'endpoint':<12}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
-    for name, fig in (("bare", bare), ("ohlcv", ours)):
-        print(f"{name:<12}{fig['rps']:>10.0f}{fig['p50_ms']:>10.2f}{fig['p99_ms']:>10.2f}")
-    print(f"ratio ohlcv/bare throughput: {ours['rps'] / bare['rps']:.2f}; "
-          f"p50 latency ratio: {ours['p50_ms'] / bare['p50_ms']:.2f}")
+        sizes = {enc or "identity": await _size(base, enc) for enc in (None, "gzip", "br")}
+        await drive(base + "/bare", 2, connections)  # warm-up
+        for _ in range(rounds):
+            await _limiter(base, False)
+            await run("bare", base + "/bare")
+            await run("cached, limiter off", base + QUERY)
+            await run("  ... Accept-Encoding: gzip", base + QUERY, {"Accept-Encoding": "gzip"})
+            await run("  ... Accept-Encoding: br", base + QUERY, {"Accept-Encoding": "br, gzip"})
+            await _limiter(base, True, NO_LIMIT)
+            await run("cached, limiter on (not reached)", base + QUERY)
+            await _limiter(base, True)
+            await run("limiter on, default config", base + QUERY)
+            await run("floor: raw ASGI 429, no Quart", base + "/floor")
+        await _limiter(base, False)
+    report(phases, sizes, source, seconds, rounds, connections, len(body))
+
+
+def report(phases: dict[str, list[LoadResult]], sizes: dict[str, tuple[int, str]], source: str,
+           seconds: float, rounds: int, connections: int, body_len: int) -> None:
+    med: dict[str, Any] = {}
+    for name, runs in phases.items():
+        best = max(runs, key=lambda r: r.rps)
+        med[name] = {"rps": best.rps, "p50_ms": best.p50_ms, "p99_ms": best.p99_ms,
+                     "requests": best.requests, "non_2xx": best.non_2xx,
+                     "cpu_us": min(r.cpu_us for r in runs)}
+    bare = med["bare"]
+    tool = "wrk -t1" if has_wrk() else "aiohttp fallback"
+    print(f"cached /ohlcv: 500 1m bars, {body_len} bytes, X-Data-Source: {source}; {tool} "
+          f"-c{connections}, {rounds} rounds x {seconds:g} s per phase (best round)")
+    print("x bare: req/s over bare's req/s; cpu x bare: bare's server CPU per answer over the phase's "
+          "(the same ratio, immune to other load on the machine)")
+    print(f"{'phase':<36}{'req/s':>8}{'x bare':>8}{'cpu us':>8}{'cpu x bare':>11}{'p50 ms':>8}"
+          f"{'p99 ms':>8}{'429 %':>7}")
+    for name, fig in med.items():
+        share = 100 * fig["non_2xx"] / max(fig["requests"], 1)
+        print(f"{name:<36}{fig['rps']:>8.0f}{fig['rps'] / bare['rps']:>8.2f}{fig['cpu_us']:>8.0f}"
+              f"{bare['cpu_us'] / fig['cpu_us']:>11.2f}{fig['p50_ms']:>8.2f}{fig['p99_ms']:>8.2f}{share:>7.1f}")
+    on, refused = med["cached, limiter on (not reached)"], med["limiter on, default config"]
+    floor = med["floor: raw ASGI 429, no Quart"]
+    print(f"cost of a 429 / cost of a cached 200 (limiter on): {on['rps'] / refused['rps']:.2f} by req/s, "
+          f"{refused['cpu_us'] / on['cpu_us']:.2f} by CPU (goal <= 0.5); Hypercorn's own floor for "
+          f"any answer / cached 200: {floor['cpu_us'] / on['cpu_us']:.2f} by CPU")
+    line = ", ".join(f"{enc} {n} B ({got})" for enc, (n, got) in sizes.items())
+    print(f"compression: bytes per answer: {line}; req/s identity "
+          f"{med['cached, limiter off']['rps']:.0f}, gzip {med['  ... Accept-Encoding: gzip']['rps']:.0f}, "
+          f"br {med['  ... Accept-Encoding: br']['rps']:.0f}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=4)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
-    asyncio.run(main(args.requests, args.concurrency))
+    asyncio.run(main(args.seconds, args.rounds, args.connections))

@@ -60,6 +60,24 @@ def quantile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q * 100) - 1]
 
 
+def histogram_quantiles(text: str, name: str) -> str:
+    """p50/p99 (bucket upper bounds, ms) of a Prometheus histogram in ``text``, summed over labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name + "_bucket":
+                le = float(sample.labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + sample.value
+    if not buckets or not buckets[max(buckets)]:
+        return "-"
+    total = buckets[max(buckets)]
+    p50 = next(le for le in sorted(buckets) if buckets[le] >= total * 0.5)
+    p99 = next(le for le in sorted(buckets) if buckets[le] >= total * 0.99)
+    return f"<={p50 * 1000:g}/<={p99 * 1000:g}"
+
+
 def app_env(feed: str, emu: Any, channels: int, tag: str) -> dict[str, Any]:
     env: dict[str, Any] = {
         "APP_ENV": "production", "LOG_LEVEL": "WARNING", "LOG_FORMAT": "text",
@@ -76,7 +94,7 @@ def app_env(feed: str, emu: Any, channels: int, tag: str) -> dict[str, Any]:
 async def run_feed(feed: str, channels: int, minutes: float) -> dict[str, Any]:
     import aiohttp
 
-    from tests.exchange_emulator import ExchangeEmulator
+    from tests.support.exchange_emulator import ExchangeEmulator
 
     emu = ExchangeEmulator()
     await emu.start()
@@ -129,6 +147,8 @@ async def run_feed(feed: str, channels: int, minutes: float) -> dict[str, Any]:
             w1, t1 = emu.weights.to_dict()["total_weight"], time.time()
             async with http.get(base + "/api/v1/channels") as r:
                 listed = (await r.json()).get("channels", []) if r.status == 200 else []
+            async with http.get(base + "/metrics") as r:
+                event_lag = histogram_quantiles(await r.text(), "stream_event_lag_seconds")
             await ws.close()
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
@@ -147,21 +167,24 @@ async def run_feed(feed: str, channels: int, minutes: float) -> dict[str, Any]:
     return {"feed": feed, "live": len(newest), "startup_weight": startup_weight,
             "weight_per_min": per_min, "weight_10min": startup_weight + 10 * per_min,
             "p50_ms": quantile(latencies, 0.5) * 1000, "p99_ms": quantile(latencies, 0.99) * 1000,
-            "samples": len(latencies), "channels_feed": ",".join(map(str, feeds))}
+            "samples": len(latencies), "channels_feed": ",".join(map(str, feeds)),
+            "event_lag": event_lag}
 
 
 async def main(feeds: list[str], channels: int, minutes: float) -> None:
     print(f"{channels} live Binance 1m channels, {minutes} min measured per feed "
           "(weight: Binance's, klines 2 per call)")
     print(f"{'feed':>6} {'live':>5} {'start-up w':>10} {'w/min':>8} {'w/10min':>8} "
-          f"{'p50 ms':>8} {'p99 ms':>8} {'samples':>7} {'/channels feed':>14}")
+          f"{'p50 ms':>8} {'p99 ms':>8} {'samples':>7} {'/channels feed':>14} "
+          f"{'event->publish p50/p99 ms':>26}")
     results = {}
     for feed in feeds:
         r = await run_feed(feed, channels, minutes)
         results[feed] = r
         print(f"{r['feed']:>6} {r['live']:>5} {r['startup_weight']:>10} "
               f"{r['weight_per_min']:>8.1f} {r['weight_10min']:>8.0f} {r['p50_ms']:>8.1f} "
-              f"{r['p99_ms']:>8.1f} {r['samples']:>7} {r['channels_feed']:>14}", flush=True)
+              f"{r['p99_ms']:>8.1f} {r['samples']:>7} {r['channels_feed']:>14} "
+              f"{r['event_lag']:>26}", flush=True)
     if "poll" in results and "stream" in results:
         poll, stream = results["poll"], results["stream"]
         print(f"10-minute weight, polling / streaming: "

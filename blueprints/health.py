@@ -116,12 +116,19 @@ def update_pool_gauges(db: Database) -> None:
     DB_POOL_IN_USE.set(max(0, size - idle))
 
 
+_POOL_GAUGES_EVERY = 1.0
+_pool_gauges_at = [0.0]
+
+
 @health_blueprint.after_app_request
 async def _pool_gauges(response: Response) -> Response:
-    # Cheap attribute reads; keeps each worker's gauges current between scrapes.
-    database = current_app.extensions.get("database")
-    if database is not None:
-        update_pool_gauges(database)
+    # Keeps each worker's gauges current between scrapes, at most once a second.
+    now = time.monotonic()
+    if now - _pool_gauges_at[0] >= _POOL_GAUGES_EVERY:
+        _pool_gauges_at[0] = now
+        database = current_app.extensions.get("database")
+        if database is not None:
+            update_pool_gauges(database)
     return response
 
 

@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 from quart import Blueprint, Response, current_app, jsonify, request
 
 from app_extensions.credentials import get_credentials
+from app_extensions.request_context import header
 from app_extensions.resilience import get_resilience
+from app_extensions.response_cache import PreparedResponse, get_response_cache
 from app_extensions.services import get_services
 from app_extensions.warmup import get_warmup
 from blueprints.common import load_query
 from blueprints.schemas import MarketQuery, OhlcvQuery, ProviderQuery, SymbolQuery
 from core.errors import InvalidParameter
 from core.metrics import DATA_SOURCE_ANSWERS
+from core.timeframes import MINUTE_MS, now_ms
 from core.types import Series
-from services.orchestrator import BarQuery
+from services.answer_bytes import Prepared, etag_matches, etag_of
+from services.orchestrator import BarQuery, window
+from services.sources import LEDGER_SAFETY_MS
 
 market_blueprint = Blueprint("market", __name__, url_prefix="/api/v1")
 #: Schema instances are stateless; build them once rather than per request.
 SCHEMAS = {s.__name__: s() for s in (MarketQuery, ProviderQuery, SymbolQuery, OhlcvQuery)}
+CACHE_ANSWERS = DATA_SOURCE_ANSWERS.labels("cache")
 
 
 @market_blueprint.get("/markets")
@@ -65,11 +70,22 @@ async def ticker() -> Response:
 
 @market_blueprint.get("/ohlcv")
 async def ohlcv() -> Response:
-    q = load_query(SCHEMAS['OhlcvQuery'])
     services = get_services(current_app)
+    prepared = get_response_cache(current_app)
+    hit = prepared.lookup(request.query_string)  # the same query, validated when it was kept
+    if hit is not None:
+        query = hit.meta
+        user = await get_credentials(current_app).for_request(
+            services.markets, query.series.market, query.series.provider)
+        if user is None:  # only the shared path's answers are kept: a user's own key misses
+            get_warmup(current_app).warmer.note(query)
+            CACHE_ANSWERS.inc()
+            return _answer(hit, "cache")
+    q = load_query(SCHEMAS['OhlcvQuery'])
     services.markets.check_provider(q["market"], q["provider"])
     series = Series(q["market"], q["provider"], q["symbol"])
     query = BarQuery(series, q["timeframe"], q["start"], q["end"], _limit(q["limit"]))
+    generation = prepared.store.generation(series.key())
     user = await get_credentials(current_app).for_request(services.markets, series.market, series.provider)
     if user is None:
         get_warmup(current_app).warmer.note(query)  # counted for cache warming (memory only)
@@ -79,7 +95,7 @@ async def ohlcv() -> Response:
             "timeframe": q["timeframe"]}
     tail = {"partial": answer.partial, "next": answer.next}
     # Spliced rather than re-encoded: cached bars arrive as JSON already.
-    payload = f'{json.dumps(head)[:-1]}, "bars": {answer.bars_json()}, {json.dumps(tail)[1:]}'
+    payload = f'{json.dumps(head)[:-1]}, "bars": {answer.bars_json()}, {json.dumps(tail)[1:]}'.encode()
     source = ",".join(answer.sources)
     DATA_SOURCE_ANSWERS.labels(source).inc()  # a mix of four fixed names: bounded
     headers = {"X-Data-Source": source, "Content-Type": "application/json"}
@@ -90,15 +106,44 @@ async def ohlcv() -> Response:
     if answer.backfill_job:
         headers["X-Backfill-Job"] = answer.backfill_job
     if answer.closed and not answer.incomplete:
-        etag = '"' + hashlib.sha256(payload.encode()).hexdigest()[:32] + '"'
+        kept = await _keep(query, payload, generation) if user is None else None
+        if kept is not None:
+            return _answer(kept, source)
+        etag = etag_of(payload)
         headers["ETag"] = etag
-        if _matches(request.headers.get("If-None-Match", ""), etag):
-            not_modified = Response("", status=304, headers={"ETag": etag})
-            del not_modified.headers["Content-Type"]  # a 304 has no body (Quart adds text/html)
-            return not_modified
+        if etag_matches(request.headers.get("If-None-Match", ""), etag):
+            return _not_modified(etag)
     return Response(payload, status=200, headers=headers)
 
 
+async def _keep(query: BarQuery, body: bytes, generation: tuple[int, int]) -> Prepared | None:
+    """Keep a closed answer's bytes in process when its range is settled (older than the minutes
+    an exchange may still correct). A latest-bars query may look back past closures: any revision
+    before its end drops it."""
+    now = now_ms()
+    a, b, _ = window(query, now)
+    if b > now // MINUTE_MS * MINUTE_MS - LEDGER_SAFETY_MS:
+        return None
+    start = a if query.start is not None else 0
+    return await get_response_cache(current_app).keep(
+        request.query_string, query.series.key(), start, b, body, "cache", generation, meta=query)
+
+
+def _answer(entry: Prepared, source: str) -> Response:
+    """A prepared answer in the encoding the client accepts; 304 when its ETag matches."""
+    body, headers = entry.pick(header(b"accept-encoding") or "")
+    if_none_match = header(b"if-none-match")
+    if if_none_match and etag_matches(if_none_match, entry.etag):
+        return _not_modified(headers["ETag"])
+    if source != "cache":
+        headers = {**headers, "X-Data-Source": source}
+    return PreparedResponse(body, status=200, headers=headers)
+
+
+def _not_modified(etag: str) -> Response:
+    not_modified = PreparedResponse(b"", status=304, headers={"ETag": etag})
+    del not_modified.headers["Content-Type"]  # a 304 has no body (Quart adds text/html)
+    return not_modified
 
 
 def _limit(given: int) -> int:
@@ -110,10 +155,3 @@ def _limit(given: int) -> int:
     if given > most:
         raise InvalidParameter(f"limit: at most {most}", details={"limit": [f"at most {most}"]})
     return given
-
-
-def _matches(if_none_match: str, etag: str) -> bool:
-    """``If-None-Match`` uses the weak comparison (RFC 9110 13.1.2): ``W/"x"`` matches ``"x"``,
-    and ``*`` matches any current representation."""
-    tags = [t.strip() for t in if_none_match.split(",")]
-    return "*" in tags or etag in [t[2:] if t.startswith("W/") else t for t in tags]

@@ -54,6 +54,13 @@ RATE_LIMIT_REJECTIONS = Counter(
 RATE_LIMIT_FALLBACKS = Counter(
     "rate_limit_local_fallback_total", "Rate-limit decisions taken locally because Redis was down"
 )
+ANSWER_BYTES_USED = Gauge(
+    "answer_bytes_used_bytes", "Bytes held by the in-process prepared answers",
+    multiprocess_mode="livesum",
+)
+ANSWER_BYTES_REVISIONS = Counter(
+    "answer_bytes_revisions_total", "Revision events applied to the in-process prepared answers"
+)
 AUTH_FAILURES = Counter(
     "auth_failures_total", "Requests refused 401, by reason (missing, invalid)", ["reason"]
 )

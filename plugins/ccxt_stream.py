@@ -4,11 +4,11 @@ up to 200 streams on one connection).
 
 ``KlineStreams.watch(symbol, timeframe)`` waits for the next updates of one kline stream and
 returns them as ``KlineUpdate``s (the bar, whether the exchange says it is closed, the exchange's
-event time). Raw frames are checked at this boundary before CCXT parses them: a frame that is not
-JSON, or a kline frame whose bar does not parse, is counted (``malformed``) and skipped, so it can
-neither crash CCXT's receive loop nor reach a client. Binance's frames carry ``x`` (closed) and
-``E`` (event time); for other exchanges a bar counts as closed once a later one arrives and the
-event time is unknown.
+event time). Raw frames are checked before CCXT parses them (``ccxt_frames``). Binance's frames
+carry ``x`` (closed) and ``E`` (event time); for other exchanges a bar counts as closed once a
+later one arrives and the event time is unknown. First subscriptions made within
+``BATCH_SECONDS`` of each other go out as one subscribe message (exchanges pace them: Binance
+takes 5 messages a second per connection, so one by one 100 channels would need 20 s).
 
 URLs: ``ws_base_url`` (``PROVIDER_WS_URLS``) replaces the scheme and host of every stream URL as
 ``rebase_urls`` does for REST (``rest_base_url``, ``PROVIDER_URLS``). ``stream_possible`` says
@@ -22,34 +22,22 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 import time
-from collections import deque
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import ccxt.pro as ccxtpro
-from ccxt.async_support.base.ws.client import Client
 
 from core.errors import AppError, NetworkPluginError, PluginFeatureNotSupportedError
-from core.metrics import STREAM_MALFORMED
 from core.timeframes import Bar
 from plugins.ccxt_errors import translate
+from plugins.ccxt_frames import FRAME_READERS, CheckedFrames, KlineUpdate, finite
 from plugins.ccxt_support import rebase_urls
 
 log = logging.getLogger(__name__)
-#: Updates kept per stream between two ``watch`` calls (older ones are dropped: REST refills).
-MAX_BUFFERED = 1000
-
-
-@dataclass(frozen=True)
-class KlineUpdate:
-    """One kline event: the bar, closed per the exchange, and its event time (ms) if known."""
-
-    bar: Bar
-    closed: bool
-    event_ms: int | None
+#: First subscriptions asked within this many seconds go out as one message, at most MAX_BATCH.
+BATCH_SECONDS = 0.05
+MAX_BATCH = 200
 
 
 def rebase_ws_urls(urls: Any, base_url: str) -> Any:
@@ -82,89 +70,6 @@ def stream_possible(exchange_id: str, rest_base_url: str | None, ws_base_url: st
     return has_kline_stream(exchange_id)
 
 
-def _finite(raw: Any) -> float:
-    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
-        raise ValueError(f"not a number: {raw!r:.40}")
-    value = float(raw)
-    if not math.isfinite(value):
-        raise ValueError(f"not finite: {raw!r:.40}")
-    return value
-
-
-def binance_kline(message: Any) -> tuple[str, str, KlineUpdate] | None:
-    """(market id, interval, update) of a Binance kline frame (raw or combined), None for any
-    other frame; raises ``ValueError`` when a kline frame's bar does not parse."""
-    if isinstance(message, dict) and isinstance(message.get("data"), dict):
-        message = message["data"]
-    if not isinstance(message, dict) or message.get("e") != "kline":
-        return None
-    k = message.get("k")
-    if not isinstance(k, dict):
-        raise ValueError("kline frame without its bar")
-    ts, market_id, interval, closed = k.get("t"), k.get("s"), k.get("i"), k.get("x")
-    if not (isinstance(ts, int) and not isinstance(ts, bool) and isinstance(market_id, str)
-            and isinstance(interval, str) and isinstance(closed, bool)):
-        raise ValueError("kline frame without t, s, i or x")
-    bar = [ts, *(_finite(k.get(f)) for f in ("o", "h", "l", "c", "v"))]
-    event = message.get("E")
-    event_ms = event if isinstance(event, int) and not isinstance(event, bool) else None
-    return market_id, interval, KlineUpdate(bar, closed, event_ms)
-
-
-#: Raw kline frame readers per exchange (data, not branches); others use CCXT's parsed candles.
-FRAME_READERS = {"binance": binance_kline}
-
-
-class CheckedClient(Client):  # type: ignore[misc]
-    """CCXT's WebSocket client, except that a text frame that is not JSON is handed on as such
-    (CCXT's ``json.loads`` raised out of its receive loop: the connection stayed open, deaf)."""
-
-    def handle_text_or_binary_message(self, data: Any) -> None:
-        try:
-            super().handle_text_or_binary_message(data)
-        except ValueError as exc:  # orjson.JSONDecodeError
-            self.on_message_callback(self, f"not JSON ({exc}): {data!s:.60}")
-
-
-class CheckedFrames:
-    """Mixed in front of a ``ccxt.pro`` class: every inbound frame is checked first (module)."""
-
-    id: str
-    malformed: int
-    updates: dict[tuple[str, str], deque[KlineUpdate]]
-
-    def client(self, url: str) -> Any:
-        client = super().client(url)  # type: ignore[misc]
-        if type(client) is Client:  # CCXT makes plain clients; ours only differs in one method
-            client.__class__ = CheckedClient
-        return client
-
-    def handle_message(self, client: Any, message: Any) -> None:
-        reader = FRAME_READERS.get(self.id)
-        try:
-            if not isinstance(message, dict | list):
-                raise ValueError(f"not a JSON frame: {message!s:.60}")
-            kline = reader(message) if reader is not None else None
-        except ValueError as exc:
-            self._malformed(exc)
-            return
-        if kline is not None:
-            market_id, interval, update = kline
-            key = (market_id, interval)
-            if key not in self.updates:
-                self.updates[key] = deque(maxlen=MAX_BUFFERED)
-            self.updates[key].append(update)
-        try:
-            super().handle_message(client, message)  # type: ignore[misc]
-        except Exception as exc:  # CCXT failed on a frame: skipped, counted, never crashes the loop
-            self._malformed(exc)
-
-    def _malformed(self, exc: BaseException) -> None:
-        self.malformed += 1
-        STREAM_MALFORMED.labels(self.id).inc()
-        log.warning("%s stream: malformed frame skipped: %s", self.id, exc)
-
-
 class KlineStreams:
     """The kline streams of one provider on this instance (one ``ccxt.pro`` exchange)."""
 
@@ -178,6 +83,10 @@ class KlineStreams:
         self._lock = asyncio.Lock()
         #: Newest bar seen per stream (CCXT-parsed path: a later one closes it).
         self._last: dict[tuple[str, str], Bar] = {}
+        #: (symbol, timeframe) subscribed, waiting for the next batch, and the batch tasks.
+        self._subscribed: set[tuple[str, str]] = set()
+        self._pending: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
     def malformed(self) -> int:
@@ -221,35 +130,82 @@ class KlineStreams:
             exchange = await self._ready()
             market = exchange.market(symbol)
             key = (market["id"], exchange.timeframes.get(timeframe, timeframe))
+            if (symbol, timeframe) not in self._subscribed:
+                exchange.updates.pop(key, None)  # left from an earlier subscription
+            await self._batched(exchange, (symbol, timeframe))
+            reader = self.exchange_id in FRAME_READERS
             while True:
+                queue = exchange.updates.get(key)
+                if reader and queue:  # frames that came while the caller was busy: no wait
+                    updates = list(queue)
+                    queue.clear()
+                    return updates
                 candles = await exchange.watch_ohlcv(symbol, timeframe)
-                if self.exchange_id in FRAME_READERS:
-                    queue = exchange.updates.get(key)
-                    updates = list(queue or ())
-                    if queue:
-                        queue.clear()
-                else:
-                    updates = self._inferred(key, candles)
+                updates = [] if reader else self._inferred(key, candles)
                 if updates:
                     return updates
         except AppError:
+            self._subscribed.clear()  # a new connection needs every subscription again
             raise
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise
             # CCXT cancels its futures when a connection is closed under them (reset_silent)
+            self._subscribed.clear()
             raise NetworkPluginError(f"{self.exchange_id} stream closed") from None
         except ccxtpro.BaseError as exc:
+            self._subscribed.clear()
             raise translate(exc, self.exchange_id) from exc
         except (OSError, ValueError) as exc:
+            self._subscribed.clear()
             raise NetworkPluginError(f"{self.exchange_id} stream failed: {exc}") from exc
+
+    async def _batched(self, exchange: Any, key: tuple[str, str]) -> None:
+        """Subscribe ``key`` with the others asked within ``BATCH_SECONDS`` (one message)."""
+        if key in self._subscribed:
+            return
+        if not exchange.has.get("watchOHLCVForSymbols"):  # CCXT subscribes it on its own
+            self._subscribed.add(key)
+            return
+        waiter = self._pending.get(key)
+        if waiter is None:
+            waiter = self._pending[key] = asyncio.get_running_loop().create_future()
+            if len(self._pending) == 1:
+                self._spawn(self._send_batch(exchange))
+        await asyncio.shield(waiter)
+
+    async def _send_batch(self, exchange: Any) -> None:
+        await asyncio.sleep(BATCH_SECONDS)
+        batch, self._pending = self._pending, {}
+        keys = list(batch)
+        for i in range(0, len(keys), MAX_BATCH):
+            part = [list(k) for k in keys[i:i + MAX_BATCH]]
+            # CCXT registers the subscriptions and sends one message, then waits for data: that
+            # wait is left to the channels' own watch calls (which find them subscribed).
+            self._spawn(exchange.watch_ohlcv_for_symbols(part))
+        for _ in range(3):
+            await asyncio.sleep(0)  # let CCXT register them before the channels watch
+        self._subscribed.update(keys)
+        for waiter in batch.values():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("%s: batched subscribe ended: %s", self.exchange_id, task.exception())
 
     def _inferred(self, key: tuple[str, str], candles: list[list[Any]]) -> list[KlineUpdate]:
         """Updates from CCXT's parsed candles: a bar is closed once a later one arrived."""
         out: list[KlineUpdate] = []
         for row in candles:
-            bar: Bar = [int(row[0]), *(_finite(v) for v in row[1:6])]
+            bar: Bar = [int(row[0]), *(finite(v) for v in row[1:6])]
             last = self._last.get(key)
             if last is not None and bar[0] > last[0]:
                 out.append(KlineUpdate(last, True, None))
@@ -262,6 +218,7 @@ class KlineStreams:
         """Unsubscribe one stream (its connection stays for the others); waits at most
         ``wait`` seconds (default: the provider timeout) for the exchange to confirm."""
         exchange = self._exchange
+        self._subscribed.discard((symbol, timeframe))
         if exchange is None or not exchange.has.get("unWatchOHLCV"):
             return
         try:
@@ -291,6 +248,13 @@ class KlineStreams:
     async def close(self) -> None:
         """Close the connections and the exchange's HTTP session (never raises)."""
         exchange, self._exchange = self._exchange, None
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+        for waiter in self._pending.values():
+            waiter.cancel()
+        self._pending, self._subscribed = {}, set()
         if exchange is not None:
             try:
                 await exchange.close()

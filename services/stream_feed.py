@@ -23,87 +23,22 @@ revisions and storage writes; the feed decides where bars come from.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from core.errors import AppError, PluginFeatureNotSupportedError
 from core.metrics import STREAM_DISAGREEMENTS, STREAM_LAG, STREAM_RECONNECTS
 from core.timeframes import Bar, now_ms
-from plugins.base import MarketPlugin
-from plugins.ccxt_stream import KlineStreams, KlineUpdate, stream_possible
-from plugins.crypto import CryptoPlugin
+from plugins.ccxt_stream import KlineStreams, KlineUpdate
+from services.stream_registry import StreamSettings
 
 log = logging.getLogger(__name__)
 #: Longest a stopping feed waits for the exchange to confirm its unsubscribe (seconds).
 UNWATCH_TIMEOUT = 1.0
 #: Longest a new subscription may take to deliver beyond ``silence`` (seconds); polled meanwhile.
 SUBSCRIBE_WAIT = 60.0
-
-
-@dataclass(frozen=True)
-class StreamSettings:
-    """``STREAM_*`` settings, read once."""
-
-    enabled: bool = True
-    silence: float = 10.0
-    verify: float = 90.0
-    retry: float = 5.0
-    retry_max: float = 300.0
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> StreamSettings:
-        return cls(bool(config["STREAM_FEEDS"]), float(config["STREAM_SILENCE_SECONDS"]),
-                   float(config["STREAM_VERIFY_SECONDS"]), float(config["STREAM_RETRY_SECONDS"]),
-                   float(config["STREAM_RETRY_MAX_SECONDS"]))
-
-
-class StreamRegistry:
-    """The ``KlineStreams`` of this instance, one per provider, made on first use."""
-
-    def __init__(self, config: Mapping[str, Any]) -> None:
-        self.settings = StreamSettings.from_config(config)
-        self.ws_urls: dict[str, str] = dict(config["PROVIDER_WS_URLS"] or {})
-        self.rest_urls: dict[str, str] = dict(config["PROVIDER_URLS"] or {})
-        self.timeout = float(config["PROVIDER_TIMEOUT"])
-        self._streams: dict[str, KlineStreams] = {}
-        self._users: dict[str, int] = {}
-
-    def _streams_for(self, plugin: MarketPlugin) -> KlineStreams | None:
-        provider = plugin.provider_id
-        if (not self.settings.enabled or not isinstance(plugin, CryptoPlugin) or plugin.testnet
-                or not stream_possible(provider, self.rest_urls.get(provider),
-                                       self.ws_urls.get(provider))):
-            return None
-        if provider not in self._streams:
-            self._streams[provider] = KlineStreams(
-                provider, ws_base_url=self.ws_urls.get(provider),
-                rest_base_url=self.rest_urls.get(provider), market_types=plugin.market_types,
-                timeout=self.timeout)
-        return self._streams[provider]
-
-    @asynccontextmanager
-    async def use(self, plugin: MarketPlugin) -> AsyncIterator[KlineStreams | None]:
-        """The provider's streams for one channel's feed, or None when the channel is polled
-        (CCXT Pro has no kline stream for it, it is a testnet, or its URLs forbid it). The
-        provider's connections close when the last feed using them ends."""
-        streams = self._streams_for(plugin)
-        if streams is None:
-            yield None
-            return
-        provider = plugin.provider_id
-        self._users[provider] = self._users.get(provider, 0) + 1
-        try:
-            yield streams
-        finally:
-            self._users[provider] -= 1
-            if not self._users[provider]:
-                del self._users[provider]
-                self._streams.pop(provider, None)
-                await streams.close()
 
 
 class PollTarget(Protocol):
@@ -119,7 +54,7 @@ class PollTarget(Protocol):
 
     async def poll_once(self, since: int | None = None) -> float: ...
 
-    async def push(self, bar: Bar, closed: bool, polled_at: float) -> None: ...
+    async def push(self, bars: list[Bar], last_closed: bool, polled_at: float) -> None: ...
 
     async def mark_stale(self, reason: str) -> None: ...
 
@@ -199,8 +134,7 @@ class StreamFeed:
         await self.poller.set_feed("stream")
         while True:
             try:
-                for update in updates:
-                    await self._apply(update)
+                await self._apply(updates)
                 await self._verify()
             except AppError as exc:  # a REST refill or check failed: polls take over for a while
                 log.warning("REST call of stream %s failed: %s; polling", self.channel.name,
@@ -253,17 +187,31 @@ class StreamFeed:
         except AppError as exc:
             raise StreamDown("dropped" if self.serving else "refused") from exc
 
-    async def _apply(self, update: KlineUpdate) -> None:
-        s, size, ts = self.poller.state, self.poller.size, int(update.bar[0])
-        if s.last_ts is not None and ts > s.last_ts and (
-                s.closed_ts != s.last_ts or ts > s.last_ts + size):
-            await self.poller.poll_once()  # a bucket was skipped or never closed: REST fills it
+    async def _apply(self, updates: list[KlineUpdate]) -> None:
+        """Publish one watch's updates together (a bucket's close and the next bar are one
+        publish): the newest values per bucket, each but the last closed. Updates that skip a
+        bucket, or start after a bucket that never closed, are not published: REST fills it."""
+        by_ts: dict[int, KlineUpdate] = {}
+        for u in updates:
+            prev = by_ts.get(int(u.bar[0]))
+            by_ts[int(u.bar[0])] = KlineUpdate(u.bar, u.closed or bool(prev and prev.closed),
+                                               u.event_ms)
+        run = [by_ts[ts] for ts in sorted(by_ts)]
+        s, size, first = self.poller.state, self.poller.size, int(run[0].bar[0])
+        contiguous = all(int(b.bar[0]) - int(a.bar[0]) == size and a.closed
+                         for a, b in itertools.pairwise(run))
+        follows = s.last_ts is None or first <= s.last_ts or (
+            first == s.last_ts + size and s.closed_ts == s.last_ts)
+        if not (contiguous and follows):
+            await self.poller.poll_once()
             return
-        await self.poller.push(update.bar, update.closed, time.time())
-        if update.event_ms is not None:
-            STREAM_LAG.labels(self.provider).observe(max(0.0, time.time() - update.event_ms / 1000))
-        if update.closed:
-            self.unverified.add(ts)
+        await self.poller.push([u.bar for u in run], run[-1].closed, time.time())
+        now = time.time()
+        for u in run:
+            if u.event_ms is not None:
+                STREAM_LAG.labels(self.provider).observe(max(0.0, now - u.event_ms / 1000))
+            if u.closed:
+                self.unverified.add(int(u.bar[0]))
 
     async def _verify(self, force: bool = False) -> None:
         """One REST poll over every unchecked closed bar, when the oldest is due (or ``force``);

@@ -21,7 +21,7 @@ from services.hub.state import StateStore
 from services.hub.stream_poller import StreamPoller
 from services.market_service import MarketService
 from services.orchestrator import BarQuery, DataOrchestrator
-from services.stream_feed import StreamRegistry
+from services.stream_registry import StreamRegistry
 
 __all__ = ["Broadcast", "Hub", "HubSettings", "SubscriptionService", "build"]
 

@@ -107,14 +107,16 @@ class Broadcast:
             return await op(self.fallback)
 
     async def subscribe(self, topic: str) -> None:
+        """Receive ``topic`` here, on the current backend and on memory (ready for a swap)."""
         self.topics.add(topic)
         await self.fallback.subscribe([topic])
-        await self.run(lambda b: b.subscribe([topic]) if b is not self.fallback else _done())
+        await self.run(lambda b: b.subscribe([topic]))
 
     async def unsubscribe(self, topic: str) -> None:
+        """Stop receiving ``topic``."""
         self.topics.discard(topic)
         await self.fallback.unsubscribe(topic)
-        await self.run(lambda b: b.unsubscribe(topic) if b is not self.fallback else _done())
+        await self.run(lambda b: b.unsubscribe(topic))
 
     async def publish(self, topic: str, payload: str) -> None:
         await self.run(lambda b: b.publish(topic, payload))
@@ -163,7 +165,3 @@ class Lease:
     async def release(self) -> None:
         """Give the lease up if still held (an orderly stop hands the channel over at once)."""
         await self.broadcast.run(lambda b: b.release(self.name, self.owner))
-
-
-async def _done() -> None:
-    return None

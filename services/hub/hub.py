@@ -187,7 +187,8 @@ class Hub:
         if entry is None:
             return
         if isinstance(frame, BarFrame):
-            if entry.last_bar is None or frame.seq > entry.last_bar.seq:
+            # a late joiner's snapshot holds a revised bar already: it needs the newest only
+            if not frame.revised and (entry.last_bar is None or frame.seq > entry.last_bar.seq):
                 entry.last_bar = frame
         else:
             entry.stale = frame if frame.stale else None

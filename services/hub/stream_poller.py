@@ -17,7 +17,8 @@ from core.errors import AppError
 from core.timeframes import Bar, now_ms, round_bar
 from plugins.base import MarketPlugin
 from services.hub.poller import Poller
-from services.stream_feed import StreamFeed, StreamRegistry
+from services.stream_feed import StreamFeed
+from services.stream_registry import StreamRegistry
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +78,13 @@ class StreamPoller(Poller):
             since = min(since, self._check_from)
         return since, first
 
-    async def push(self, bar: Bar, closed: bool, polled_at: float) -> None:
-        """Publish a stream bar: forming, or closed as the exchange says."""
-        ts = int(bar[0])
-        started = ts + self.size + self._delay_ms() if closed else min(now_ms(), ts + self.size - 1)
-        await self._emit([round_bar(bar)], ts, started, polled_at)
+    async def push(self, bars: list[Bar], last_closed: bool, polled_at: float) -> None:
+        """Publish stream bars in one go: ascending and contiguous, each but the last closed, the
+        last forming or closed as the exchange says."""
+        last = int(bars[-1][0])
+        started = (last + self.size + self._delay_ms() if last_closed
+                   else min(now_ms(), last + self.size - 1))
+        await self._emit([round_bar(b) for b in bars], int(bars[0][0]), started, polled_at)
         if self.state.last_ts is not None:
             self.state.fresh_at = min(now_ms(), self.state.last_ts + self.size)
             self._report_lag()

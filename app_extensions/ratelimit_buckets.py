@@ -1,0 +1,202 @@
+"""The rate limiter's buckets: limits, the GCRA in Redis (Lua) and in memory, and the local leases
+that let most requests be decided without a Redis round trip.
+
+A lease is a handful of tokens taken at once from the client's bucket in Redis, spent locally, and
+thrown away unspent after ``LEASE_SECONDS``. Tokens leave Redis before they are spent, so the
+instances together never spend more than Redis granted; a token is spent at most ``LEASE_SECONDS``
+after Redis granted it. A refusal is kept locally until the moment Redis said the next token frees
+up (no instance can get one earlier), so a refused client costs no Redis round trip either.
+``docs/performance.md`` states the exact guarantee across N instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from config import ConfigError
+
+_UNITS = {"s": 1, "second": 1, "m": 60, "minute": 60, "h": 3600, "hour": 3600}
+LOCAL_MAX_KEYS = 50_000
+#: Leased tokens not spent within this many seconds are dropped.
+LEASE_SECONDS = 1.0
+#: A lease holds at most this many tokens, and at most a tenth of the limit (small limits are
+#: therefore enforced one request at a time, exactly).
+MAX_LEASE = 100
+
+#: GCRA. KEYS[1]: the bucket's theoretical arrival time (ms). ARGV: emission interval (ms), limit,
+#: peek (1: only tell whether a request would pass), tokens wanted (default 1). Takes as many of
+#: the wanted tokens as the bucket holds. Returns {granted, remaining, retry_after_ms}; granted 0
+#: is a refusal. Uses Redis's clock so instances agree.
+GCRA_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local emission = tonumber(ARGV[1])
+local window = emission * tonumber(ARGV[2])
+local want = tonumber(ARGV[4] or '1')
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if tat == nil or tat < now then tat = now end
+local free = math.floor((now + window - tat) / emission + 1e-6)
+if free < 1 then
+  return {0, 0, math.ceil(tat + emission - window - now)}
+end
+if ARGV[3] == '1' then return {1, 0, 0} end
+local granted = math.min(want, free)
+local new_tat = tat + granted * emission
+redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1)
+return {granted, math.floor((window - (new_tat - now)) / emission + 1e-6), 0}
+"""
+
+
+@dataclass(frozen=True)
+class Limit:
+    """``requests`` per ``seconds``; a burst of up to ``requests`` is allowed."""
+
+    requests: int
+    seconds: float
+
+    @property
+    def emission_ms(self) -> float:
+        return self.seconds * 1000 / self.requests
+
+    @property
+    def max_lease(self) -> int:
+        return max(1, min(MAX_LEASE, self.requests // 10))
+
+    @classmethod
+    def parse(cls, text: str, name: str = "RATE_LIMITS") -> Limit | None:
+        """``"600/60"``, ``"10/s"``, ``"100/minute"``; ``"off"`` gives None (no limit)."""
+        raw = str(text).strip().lower()
+        if raw in ("off", "none", ""):
+            return None
+        count, _, per = raw.partition("/")
+        try:
+            requests = int(count)
+            seconds = float(_UNITS[per]) if per in _UNITS else float(per)
+        except (KeyError, ValueError) as exc:
+            raise ConfigError(f"{name}: {text!r} is not 'requests/seconds'") from exc
+        if requests < 1 or not 0 < seconds < math.inf:  # also refuses nan
+            raise ConfigError(f"{name}: {text!r} needs positive requests and seconds")
+        return cls(requests, seconds)
+
+
+class Decision(NamedTuple):  # a tuple: built on every limited request, cheaply
+    allowed: bool
+    limit: int
+    remaining: int
+    retry_after: float
+
+
+class LocalGcra:
+    """The same GCRA in process memory, used while Redis is down (bounded number of keys)."""
+
+    def __init__(self) -> None:
+        self._tat: OrderedDict[str, float] = OrderedDict()
+
+    def take(self, key: str, limit: Limit, now_ms: float | None = None, peek: bool = False) -> Decision:
+        now = time.monotonic() * 1000 if now_ms is None else now_ms
+        emission, window = limit.emission_ms, limit.emission_ms * limit.requests
+        tat = max(self._tat.get(key, now), now)
+        new_tat = tat + emission
+        allow_at = new_tat - window
+        if allow_at > now:
+            return Decision(False, limit.requests, 0, (allow_at - now) / 1000)
+        if peek:
+            return Decision(True, limit.requests, 0, 0.0)
+        self._tat[key] = new_tat
+        self._tat.move_to_end(key)
+        while len(self._tat) > LOCAL_MAX_KEYS:
+            self._tat.popitem(last=False)
+        remaining = math.floor((window - (new_tat - now)) / emission + 1e-6)
+        return Decision(True, limit.requests, remaining, 0.0)
+
+
+@dataclass(slots=True)
+class Lease:
+    tokens: int = 0
+    expires: float = 0.0
+    #: Redis's remaining count right after this lease was taken.
+    remaining: int = 0
+    leased_at: float = 0.0
+    size: int = 0
+    pending: asyncio.Future[None] | None = None
+
+
+#: take(key, limit, wanted) -> (granted, remaining, retry_after seconds); raises when Redis fails.
+TakeFn = Callable[[str, Limit, int], Awaitable[tuple[int, int, float]]]
+
+
+class LeasedBuckets:
+    """Per-client leases of tokens from the Redis buckets, and the refusals known locally."""
+
+    def __init__(self, take: TakeFn, lease_seconds: float = LEASE_SECONDS) -> None:
+        self._take = take
+        self.lease_seconds = lease_seconds
+        self._leases: OrderedDict[str, Lease] = OrderedDict()
+        #: key -> monotonic time before which the key is refused (Redis said so).
+        self.refused: dict[str, float] = {}
+
+    def clear(self) -> None:
+        self._leases.clear()
+        self.refused.clear()
+
+    def refused_for(self, key: str, now: float) -> float | None:
+        """Seconds ``key`` stays refused, or None."""
+        until = self.refused.get(key)
+        if until is None:
+            return None
+        if until <= now:
+            del self.refused[key]
+            return None
+        return until - now
+
+    async def hit(self, key: str, limit: Limit) -> Decision:
+        """Spend one token of ``key`` (leasing more from Redis when none is left)."""
+        while True:
+            now = time.monotonic()
+            wait = self.refused_for(key, now)
+            if wait is not None:
+                return Decision(False, limit.requests, 0, wait)
+            lease = self._leases.get(key)
+            if lease is None:
+                lease = self._leases[key] = Lease()
+                while len(self._leases) > LOCAL_MAX_KEYS:
+                    self._leases.popitem(last=False)
+            else:
+                self._leases.move_to_end(key)
+            if lease.tokens > 0 and lease.expires > now:
+                lease.tokens -= 1
+                return Decision(True, limit.requests, lease.remaining + lease.tokens, 0.0)
+            if lease.pending is not None:  # another request of this client is leasing: share it
+                await asyncio.shield(lease.pending)
+                continue
+            await self._renew(key, limit, lease, now)
+
+    async def _renew(self, key: str, limit: Limit, lease: Lease, now: float) -> None:
+        # Size the lease for what this client spent per second since the last one, so that it
+        # lasts about half the lease time: a slow client leases one token at a time.
+        elapsed = now - lease.leased_at
+        rate = (lease.size - lease.tokens) / elapsed if lease.size and elapsed > 0 else 0.0
+        wanted = max(1, min(limit.max_lease, int(rate * self.lease_seconds / 2)))
+        lease.pending = asyncio.get_running_loop().create_future()
+        try:
+            granted, remaining, retry_after = await self._take(key, limit, wanted)
+        finally:
+            pending, lease.pending = lease.pending, None
+            pending.set_result(None)
+        now = time.monotonic()
+        if granted < 1:
+            if len(self.refused) >= LOCAL_MAX_KEYS:  # bounded: forget the ended refusals first
+                self.refused = {k: t for k, t in self.refused.items() if t > now}
+                while len(self.refused) >= LOCAL_MAX_KEYS:
+                    del self.refused[next(iter(self.refused))]
+            self.refused[key] = now + retry_after
+            lease.tokens = lease.size = 0
+            return
+        lease.tokens, lease.size, lease.remaining = granted, granted, remaining
+        lease.leased_at, lease.expires = now, now + self.lease_seconds
