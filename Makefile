@@ -9,7 +9,7 @@ export HOST PORT
 .PHONY: run test migrate lint venv pglite web bench clean
 
 # PGlite (PostgreSQL 17 + TimescaleDB in WebAssembly) for the TimescaleDB half of the storage tests.
-PGLITE := tests/pglite/node_modules/.package-lock.json
+PGLITE := tests/support/pglite/node_modules/.package-lock.json
 # The chart page's and docs page's browser packages (lightweight-charts, swagger-ui-dist), served
 # from our own origin: installed from web/package-lock.json.
 WEB := web/node_modules/.package-lock.json
@@ -34,8 +34,8 @@ lint: venv
 	$(BIN)/mypy .
 	$(BIN)/lint-imports  # pyproject.toml [tool.importlinter]: one-way layers, no cycles
 
-$(PGLITE): tests/pglite/package-lock.json
-	npm ci --prefix tests/pglite --no-audit --no-fund
+$(PGLITE): tests/support/pglite/package-lock.json
+	npm ci --prefix tests/support/pglite --no-audit --no-fund
 
 pglite: $(PGLITE)
 

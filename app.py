@@ -87,6 +87,21 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     return app
 
 
+def ignore_cancelled_connections(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's exception handler under ``serve_app``: drops the report of a cancelled
+    connection task, passes every other to the default handler.
+
+    At shutdown Hypercorn cancels the connections still open after its ``graceful_timeout``
+    (``hypercorn/asyncio/run.py``, ``worker_serve``: ``asyncio.wait_for(gathered_server_tasks,
+    config.graceful_timeout)``), e.g. WebSocket clients that never answered our close frame
+    (1001, 1009, 1013). Python 3.11's ``asyncio.streams`` (``StreamReaderProtocol.connection_made``,
+    its done callback calls ``task.exception()``) then raises ``CancelledError`` inside a callback,
+    which the loop logged as an ERROR with a traceback per connection (CPython gh-113538, fixed
+    in 3.12). A cancellation is not an error."""
+    if not isinstance(context.get("exception"), asyncio.CancelledError):
+        loop.default_exception_handler(context)
+
+
 async def serve_app(application: Quart) -> None:
     """Serve under Hypercorn with the WebSocket settings; on SIGINT/SIGTERM, WebSocket clients are
     first told to reconnect elsewhere (close 1001), then Hypercorn and the extensions shut down."""
@@ -108,6 +123,7 @@ async def serve_app(application: Quart) -> None:
         setattr(hc, option, value)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(ignore_cancelled_connections)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 

@@ -10,7 +10,7 @@ all through ``services.aggregates.select_bars``, in one run, with the ratios to 
     .venv/bin/python -m bench.aggregates [--days 365] [--repeat 7] [--tail-days 3]
 
 ``--tail-days`` leaves the last days unmaterialized for a second aggregate figure, where real-time
-aggregation computes them from the 1m rows. Needs ``npm ci --prefix tests/pglite`` and PostgreSQL
+aggregation computes them from the 1m rows. Needs ``npm ci --prefix tests/support/pglite`` and PostgreSQL
 at ``DATABASE_URL``. Figures are medians of ``--repeat`` runs after one warm-up.
 """
 
@@ -31,7 +31,7 @@ from app_extensions.migrations import run_migrations
 from config import TestingConfig
 from core.timeframes import DAY_MS, HOUR_MS, MINUTE_MS
 from services import aggregates
-from tests.pglite.fixtures import run_pglite_server, unavailable_reason
+from tests.support.pglite.fixtures import run_pglite_server, unavailable_reason
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 SCHEMA = "bench_aggregates"

@@ -4,7 +4,7 @@ raw PostgreSQL COPY rate of the same rows into the same table, as a ratio.
     .venv/bin/python -m bench.backfill [--days 366] [--concurrency 4] [--no-cache]
                                        [--no-ccxt-throttle]
 
-The emulator runs in its own process (``python -m tests.exchange_emulator``) with latency 0 and
+The emulator runs in its own process (``python -m tests.support.exchange_emulator``) with latency 0 and
 serves ``binance``; the backfill goes through the whole production path: the CCXT crypto plugin
 (HTTP, parsing, error translation), the per-provider semaphore, one transaction per chunk
 (COPY into a temp table + INSERT ... ON CONFLICT + ledger + job-free progress) and the Redis 1m
@@ -40,7 +40,7 @@ SERIES = Series("crypto", "binance", "BTC/USDT")
 
 
 def start_emulator(port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.exchange_emulator", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.exchange_emulator", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
     proc.stdout.readline()  # "exchange emulator on ..." once it listens

@@ -22,7 +22,7 @@ import asyncpg
 
 from bench.common import drop_bench_data
 from core.timeframes import MINUTE_MS, now_ms
-from tests.exchange_emulator import ExchangeEmulator
+from tests.support.exchange_emulator import ExchangeEmulator
 
 #: ``reset`` (on release to the pool) sends its query through ``execute``: counted there.
 COUNTED = ("execute", "executemany", "fetch", "fetchrow", "fetchval", "copy_records_to_table")

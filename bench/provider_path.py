@@ -26,7 +26,7 @@ from bench.common import drop_bench_data
 from config import TestingConfig
 from core.timeframes import MINUTE_MS
 from plugins.crypto import CryptoPlugin
-from tests.exchange_emulator import ExchangeEmulator
+from tests.support.exchange_emulator import ExchangeEmulator
 
 START = 1_704_067_200_000  # 2024-01-01 00:00 UTC
 KLINES = "/api/v3/klines"

@@ -94,7 +94,7 @@ def app_env(feed: str, emu: Any, channels: int, tag: str) -> dict[str, Any]:
 async def run_feed(feed: str, channels: int, minutes: float) -> dict[str, Any]:
     import aiohttp
 
-    from tests.exchange_emulator import ExchangeEmulator
+    from tests.support.exchange_emulator import ExchangeEmulator
 
     emu = ExchangeEmulator()
     await emu.start()

@@ -3,7 +3,7 @@ schemas, with examples of parameters and answers. ``GET /api/v1/docs`` renders i
 (``blueprints/page.py``; every file served from here, no CDN).
 
 Each REST operation is one row of ``OPERATIONS``; only rows whose route the app registered are
-documented, and ``tests/test_openapi.py`` fails when a registered REST route has no row.
+documented, and ``tests/blueprints/test_openapi.py`` fails when a registered REST route has no row.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Examples of the OpenAPI document: parameter values (the docs page's "Try it out" starts from them,
 on the sim market, which needs no network or keys) and answers, one per operation.
 
-``tests/test_openapi.py`` loads every answer example through the operation's answer schema, so an
+``tests/blueprints/test_openapi.py`` loads every answer example through the operation's answer schema, so an
 example that drifts from what the endpoint answers fails the suite.
 """
 

@@ -16,7 +16,7 @@ from quart import Quart
 from quart.typing import TestClientProtocol
 
 from app import create_app
-from tests.helpers import delete_prefix
+from tests.support.helpers import delete_prefix
 
 DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -11,7 +11,7 @@ from quart import Quart
 
 from app import create_app
 from app_extensions.db_pool import get_database
-from tests.tcp_proxy import TcpProxy
+from tests.support.tcp_proxy import TcpProxy
 
 PROTOCOL_3 = 196608
 

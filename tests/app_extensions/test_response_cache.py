@@ -17,7 +17,7 @@ from app_extensions.response_cache import get_response_cache
 from app_extensions.services import get_services
 from core.types import Series
 from tests.conftest import REDIS_URL
-from tests.helpers import sim_calls
+from tests.support.helpers import sim_calls
 
 PAST = 1_700_006_400_000
 QUERY = f"/api/v1/ohlcv?market=sim&provider=sim&symbol=SIM/USD&timeframe=1m&start={PAST}&limit=500"

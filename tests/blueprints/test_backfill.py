@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.backfill_support import (
+from tests.support.backfill import (
     DAY_MS,
     KLINES,
     T0,
@@ -17,7 +17,7 @@ from tests.backfill_support import (
     running_app,
     wait_job,
 )
-from tests.exchange_emulator import ExchangeEmulator, fixtures
+from tests.support.exchange_emulator import ExchangeEmulator, fixtures
 
 emulator = fixtures.emulator
 

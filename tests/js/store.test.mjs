@@ -1,4 +1,4 @@
-// Unit tests of web/public/store.js under node's own test runner (run by tests/test_chart_page_frames.py).
+// Unit tests of web/public/store.js under node's own test runner (run by tests/blueprints/test_page_frames.py).
 import assert from "node:assert/strict";
 import { test } from "node:test";
 

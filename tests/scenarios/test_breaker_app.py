@@ -13,8 +13,8 @@ from prometheus_client import REGISTRY
 from quart import Quart
 
 from app import create_app
-from tests.exchange_emulator import ExchangeEmulator, fixtures
-from tests.exchange_emulator.checks import NO_LEAKS
+from tests.support.exchange_emulator import ExchangeEmulator, fixtures
+from tests.support.exchange_emulator.checks import NO_LEAKS
 
 pytestmark = NO_LEAKS
 emulator = fixtures.emulator

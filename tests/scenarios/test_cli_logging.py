@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any
 
-from tests.live_server import ROOT, free_port
+from tests.support.live_server import ROOT, free_port
 
 
 def _env(app_config: dict[str, Any], **over: str) -> dict[str, str]:

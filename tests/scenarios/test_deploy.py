@@ -21,8 +21,8 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.helpers import delete_prefix
-from tests.live_server import ROOT, free_port, hypercorn_server
+from tests.support.helpers import delete_prefix
+from tests.support.live_server import ROOT, free_port, hypercorn_server
 
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"

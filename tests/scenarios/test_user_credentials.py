@@ -16,8 +16,8 @@ from app import create_app
 from app_extensions.auth import hash_key
 from app_extensions.resilience import get_resilience
 from app_extensions.services import get_services
-from tests.exchange_emulator import ExchangeEmulator, fixtures
-from tests.exchange_emulator.checks import NO_LEAKS
+from tests.support.exchange_emulator import ExchangeEmulator, fixtures
+from tests.support.exchange_emulator.checks import NO_LEAKS
 
 pytestmark = NO_LEAKS
 emulator = fixtures.emulator

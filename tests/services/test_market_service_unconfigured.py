@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from tests.backfill_support import running_app
-from tests.exchange_emulator import ExchangeEmulator
-from tests.exchange_emulator.fixtures import emulator  # noqa: F401
+from tests.support.backfill import running_app
+from tests.support.exchange_emulator import ExchangeEmulator
+from tests.support.exchange_emulator.fixtures import emulator  # noqa: F401
 
 QUERY = "market=stocks&provider=alpaca"
 

@@ -9,9 +9,9 @@ import time
 from typing import Any
 
 from core.timeframes import MINUTE_MS
-from tests.backfill_support import KLINES, T0, emu_config, running_app
-from tests.exchange_emulator import ExchangeEmulator
-from tests.exchange_emulator.fixtures import emulator  # noqa: F401
+from tests.support.backfill import KLINES, T0, emu_config, running_app
+from tests.support.exchange_emulator import ExchangeEmulator
+from tests.support.exchange_emulator.fixtures import emulator  # noqa: F401
 
 URL = "/api/v1/ohlcv?market=crypto&provider=binance&symbol=BTC/USDT&timeframe=1m"
 

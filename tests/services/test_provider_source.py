@@ -9,9 +9,9 @@ from quart import Quart
 
 from core.timeframes import DAY_MS, MINUTE_MS, now_ms
 from plugins.sim import HISTORY_START_MS
-from tests.backfill_support import T0, emu_config, running_app
-from tests.exchange_emulator import ExchangeEmulator
-from tests.exchange_emulator.fixtures import emulator  # noqa: F401
+from tests.support.backfill import T0, emu_config, running_app
+from tests.support.exchange_emulator import ExchangeEmulator
+from tests.support.exchange_emulator.fixtures import emulator  # noqa: F401
 
 SIM = "/api/v1/ohlcv?market=sim&provider=sim&symbol=SIMC/USD"
 

@@ -17,8 +17,8 @@ from app_extensions.warmup import get_warmup
 from core.types import Series
 from services.bars import BarQuery
 from tests.conftest import REDIS_URL
-from tests.exchange_emulator import ExchangeEmulator, fixtures
-from tests.helpers import sim_calls
+from tests.support.exchange_emulator import ExchangeEmulator, fixtures
+from tests.support.helpers import sim_calls
 
 emulator = fixtures.emulator
 T0 = 1_704_067_200_000  # 2024-01-01
