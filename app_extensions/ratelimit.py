@@ -47,6 +47,7 @@ DEFAULT_LIMITS = {"default": "600/60", "ohlcv": "300/60", "backfill": "60/60", "
 _IDENT = re.compile(r"[^0-9A-Za-z.:_-]")
 #: Paths whose route template is known, for the metrics of refusals answered before Quart.
 _ROUTES_MAX = 1000
+_IDENTITIES_MAX = 10_000
 
 
 class RateLimiter:
@@ -66,6 +67,7 @@ class RateLimiter:
         self._scripts: dict[int, Any] = {}
         #: path -> route template, learned from refusals answered by Quart.
         self._routes: dict[str, str] = {}
+        self._identities: dict[tuple[str | None, str | None], str] = {}
         if app is not None:
             self.init_app(app)
 
@@ -152,8 +154,14 @@ class RateLimiter:
         return self._ip_identity(remote_addr, forwarded)
 
     def _ip_identity(self, remote_addr: str | None, forwarded: str | None) -> str:
+        known = self._identities.get((remote_addr, forwarded))
+        if known is not None:
+            return known
         addr = forwarded.split(",")[-1].strip() if forwarded else remote_addr or "unknown"
-        return "ip:" + _IDENT.sub("_", addr)[:64]
+        if len(self._identities) >= _IDENTITIES_MAX:
+            self._identities.clear()
+        known = self._identities[(remote_addr, forwarded)] = "ip:" + _IDENT.sub("_", addr)[:64]
+        return known
 
     async def _check(self, route_class: str, identity: str) -> None:
         decision = await self.hit(route_class, identity)
@@ -183,16 +191,17 @@ class RateLimiter:
     async def _before_request(self) -> None:
         if not self.enabled:
             return
-        path = request.path
-        if request.method == "OPTIONS" or is_open_path(path):
+        req = request._get_current_object()  # type: ignore[attr-defined]  # one proxy look-up
+        path = req.path
+        if req.method == "OPTIONS" or is_open_path(path):
             return
-        identity = self.client_identity(request.headers, request.remote_addr)
+        identity = self.client_identity(req.headers, req.remote_addr)
         try:
             await self._check(route_class(path), identity)
         except RateLimited:
-            rule = request.url_rule  # the next refusals of this path are answered before Quart
+            rule = req.url_rule  # the next refusals of this path are answered before Quart
             if rule is not None and len(self._routes) < _ROUTES_MAX:
-                self._routes[request.path] = rule.rule
+                self._routes[path] = rule.rule
             raise
 
     async def _before_websocket(self) -> None:
