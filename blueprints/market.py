@@ -149,7 +149,7 @@ def _not_modified(etag: str) -> Response:
 
 def _limit(given: int) -> int:
     """``limit`` within the operator's ``OHLCV_DEFAULT_LIMIT`` / ``OHLCV_MAX_LIMIT`` (the schema
-    holds API.md's 500 and 5000; an operator may lower them)."""
+    holds docs/api.md's 500 and 5000; an operator may lower them)."""
     if "limit" not in request.args:
         return int(current_app.config["OHLCV_DEFAULT_LIMIT"])
     most = int(current_app.config["OHLCV_MAX_LIMIT"])
