@@ -106,7 +106,8 @@ async def ohlcv() -> Response:
     if answer.backfill_job:
         headers["X-Backfill-Job"] = answer.backfill_job
     if answer.closed and not answer.incomplete:
-        kept = await _keep(query, payload, generation) if user is None else None
+        # An answer that queued a backfill is not kept: its job header belongs to this answer.
+        kept = await _keep(query, payload, generation) if user is None and not answer.backfill_job else None
         if kept is not None:
             return _answer(kept, source)
         etag = etag_of(payload)
