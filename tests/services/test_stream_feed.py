@@ -22,7 +22,6 @@ import pytest
 from quart import Quart
 
 from app import create_app
-from app_extensions.services import get_services
 from core.timeframes import MINUTE_MS
 from tests.support.exchange_emulator import ExchangeEmulator, fixtures
 from tests.support.exchange_emulator.checks import assert_same_bars, fetch_klines
@@ -96,9 +95,9 @@ def bars(frames: list[dict[str, Any]], closed: bool | None = None) -> list[list[
 
 
 async def feed_of(app: Quart) -> str | None:
-    """The channel's ``feed`` as ``GET /channels`` reports it."""
-    rows = [c for c in await get_services(app).subscriptions.report.channels()
-            if c["channel"] == CHANNEL]
+    """The channel's ``feed`` in ``GET /api/v1/channels``."""
+    resp = await app.test_client().get("/api/v1/channels")
+    rows = [c for c in (await resp.get_json())["channels"] if c["channel"] == CHANNEL]
     return rows[0]["feed"] if rows else None
 
 
