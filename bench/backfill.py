@@ -1,16 +1,23 @@
-"""Backfill throughput: one year of 1m bars of one symbol through the exchange emulator, beside the
-raw PostgreSQL COPY rate of the same rows into the same table, as a ratio.
+"""Backfill throughput: 1m bars of one symbol through the exchange emulator, beside the raw
+PostgreSQL COPY rate of the same rows into the same table, as a ratio.
 
     .venv/bin/python -m bench.backfill [--days 366] [--concurrency 4] [--no-cache]
-                                       [--no-ccxt-throttle]
+                                       [--weight-limit 120 [--budget 114/60/4]] [--no-ccxt-throttle]
 
 The emulator runs in its own process (``python -m tests.support.exchange_emulator``) with latency 0 and
 serves ``binance``; the backfill goes through the whole production path: the CCXT crypto plugin
-(HTTP, parsing, error translation), the per-provider semaphore, one transaction per chunk
-(COPY into a temp table + INSERT ... ON CONFLICT + ledger + job-free progress) and the Redis 1m
-cache. The outbound provider budget is switched off (it exists to protect the real exchange).
-``--no-ccxt-throttle`` also switches off CCXT's own client-side throttle (``enableRateLimit``,
-50 ms between Binance calls), which otherwise caps the run at 20 calls (20,000 bars) per second.
+(HTTP, parsing, error translation), the provider budget, the per-provider semaphore, one
+transaction per chunk (COPY into a temp table + INSERT ... ON CONFLICT + ledger + job-free
+progress) and the Redis 1m cache.
+
+Without ``--weight-limit`` the exchange is not the limit: the outbound budget is off and the run
+measures our own path against raw COPY. ``--weight-limit N`` makes the emulator enforce Binance's
+request weight (N per minute, 429 then 418 bans), and the binance budget defaults to 0.95 x N
+weight per minute with a burst of 4 (the built-in one is 5700/60/60 for Binance's 6000). Then it
+prints the ratio to the sustained ceiling (N / 2 klines calls per minute x 1000 bars) and the
+emulator's 429/418 counts. Backfill at least ~100 days at N=120 so the run spans several weight
+windows (over two minutes). ``--no-ccxt-throttle`` switches off CCXT's client-side throttle where
+the plugin still has it on (exchanges without stated weights; Binance's is off already).
 The COPY baseline then truncates the series and COPYs the very same rows back into ``ohlcv_1m``.
 """
 
@@ -24,6 +31,7 @@ import sys
 import time
 from typing import Any
 
+import aiohttp
 import asyncpg
 
 from app import create_app
@@ -39,9 +47,10 @@ T0 = 1_704_067_200_000  # 2024-01-01, the emulator's first candle
 SERIES = Series("crypto", "binance", "BTC/USDT")
 
 
-def start_emulator(port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.support.exchange_emulator", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+def start_emulator(port: int, weight_limit: int | None) -> subprocess.Popen[bytes]:
+    limit = [] if weight_limit is None else ["--weight-limit", str(weight_limit)]
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.exchange_emulator", "--port", str(port),
+                             *limit], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
     proc.stdout.readline()  # "exchange emulator on ..." once it listens
     return proc
@@ -51,11 +60,19 @@ async def reset_storage() -> None:
     await drop_bench_data(DATABASE_URL, SCHEMA, REDIS_URL, PREFIX)
 
 
-async def run_backfill(url: str, days: int, concurrency: int, cache: bool, throttle: bool) -> dict[str, Any]:
+async def emulator_weights(url: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/__emulator/weights") as resp:
+        return dict(await resp.json())
+
+
+async def run_backfill(url: str, days: int, concurrency: int, cache: bool, throttle: bool,
+                       budget: str) -> dict[str, Any]:
     app = create_app({
         "DATABASE_SCHEMA": SCHEMA, "REDIS_PREFIX": PREFIX, "LOG_LEVEL": "WARNING",
         "PROVIDER_URLS": {"binance": url}, "CCXT_EXCHANGES": "binance",
-        "PROVIDER_BUDGETS": {"binance": "off"}, "BACKFILL_RUNNER": False,
+        "PROVIDER_BUDGETS": {"binance": budget}, "BACKFILL_RUNNER": False,
+        # At a scaled-down limit (1 call/s) the workers queue for seconds: wait, do not fail.
+        "PROVIDER_BUDGET_MAX_WAIT": 30.0,
         "BACKFILL_CONCURRENCY": concurrency, "BACKFILL_WRITE_CACHE": cache,
         "DB_POOL_MAX": max(10, concurrency + 2),
     })
@@ -70,7 +87,8 @@ async def run_backfill(url: str, days: int, concurrency: int, cache: bool, throt
         seconds = time.perf_counter() - started
         gaps = await services.backfill.gaps(SERIES, T0, end)
     assert gaps == {"missing": [], "verified_empty": []}, gaps
-    return {"bars": progress.bars_written, "seconds": seconds, "calls": progress.calls}
+    return {"bars": progress.bars_written, "seconds": seconds, "calls": progress.calls,
+            "weights": await emulator_weights(url)}
 
 
 async def copy_baseline() -> dict[str, Any]:
@@ -91,12 +109,11 @@ async def copy_baseline() -> dict[str, Any]:
 
 async def main(args: argparse.Namespace) -> None:
     await reset_storage()
-    proc = start_emulator(free_port() if args.port == 0 else args.port)
+    proc = start_emulator(args.port, args.weight_limit)
     try:
-        port = args.port
-        url = f"http://127.0.0.1:{port}"
+        url = f"http://127.0.0.1:{args.port}"
         fill = await run_backfill(url, args.days, args.concurrency, not args.no_cache,
-                                  not args.no_ccxt_throttle)
+                                  not args.no_ccxt_throttle, args.budget)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -106,6 +123,12 @@ async def main(args: argparse.Namespace) -> None:
           f" ({fill['calls']} calls, concurrency {args.concurrency},"
           f" cache {'off' if args.no_cache else 'on'},"
           f" CCXT throttle {'off' if args.no_ccxt_throttle else 'on'})")
+    weights = fill["weights"]
+    if args.weight_limit is not None:
+        ceiling = args.weight_limit / 2 / 60 * 1000  # klines weight 2 per 1000 bars, per second
+        print(f"weight limit {args.weight_limit}/min: sustained ceiling {ceiling:,.0f} bars/s;"
+              f" ratio to ceiling {fill_rate / ceiling:.3f}; 429s {weights['refused_429']},"
+              f" 418s {weights['refused_418']}, bans {weights['bans']}")
     print(f"raw COPY: {copy['bars']:,} rows in {copy['seconds']:.2f} s = {copy_rate:,.0f} rows/s")
     print(f"ratio backfill / raw COPY: {fill_rate / copy_rate:.3f}")
     if not args.keep:
@@ -120,8 +143,16 @@ if __name__ == "__main__":
     parser.add_argument("--no-cache", action="store_true", help="do not write the Redis 1m cache")
     parser.add_argument("--no-ccxt-throttle", action="store_true",
                         help="switch off CCXT's client-side throttle (enableRateLimit)")
+    parser.add_argument("--weight-limit", type=int, default=None,
+                        help="the emulator enforces Binance's request weight: this much per minute")
+    parser.add_argument("--budget", default=None,
+                        help="PROVIDER_BUDGETS for binance (default: 0.95 x the weight limit per"
+                             " minute, burst 4, as the built-in 5700/60/60 is for 6000; else off)")
     parser.add_argument("--keep", action="store_true", help="keep the bench schema afterwards")
     arguments = parser.parse_args()
+    if arguments.budget is None:
+        limit = arguments.weight_limit
+        arguments.budget = "off" if limit is None else f"{int(limit * 0.95)}/60/4"
     if arguments.port == 0:
         arguments.port = free_port()
     asyncio.run(main(arguments))

@@ -154,6 +154,12 @@ class MarketPlugin(ABC):
     async def fetch_ticker(self, symbol: str) -> Ticker:
         """Last price (and bid/ask when the provider has them)."""
 
+    def call_weight(self, method: str) -> int:
+        """The request weight of one ``method`` call at the provider (``capabilities.extra
+        ["weights"]``, 1 when not stated): what the call takes from the provider budget."""
+        weights = self.capabilities.extra.get("weights") or {}
+        return max(1, int(weights.get(method, 1)))
+
     def listing_ms(self, symbol: str) -> int | None:
         """When ``symbol``'s history starts (its listing, ms), if the provider states it; None
         when unknown (callers then learn it from the first page of a fetch reaching back)."""

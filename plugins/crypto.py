@@ -1,7 +1,8 @@
 """CryptoPlugin: any CCXT exchange over ``ccxt.async_support``.
 
 One instance serves one exchange id with its credentials and testnet flag. The CCXT object is made
-lazily under an ``asyncio.Lock`` (nothing happens in ``__init__``): ``enableRateLimit`` on, only
+lazily under an ``asyncio.Lock`` (nothing happens in ``__init__``): ``enableRateLimit`` on (off
+for exchanges whose request weights the capabilities state: the provider budget paces those), only
 the market types of ``CCXT_MARKET_TYPES``, sandbox mode for testnet, then the ``PROVIDER_URLS``
 base URL applied to every API family. Markets are loaded once and shared by instances of the same
 (exchange, testnet, base URL) for ``CACHE_TTL_SYMBOLS`` seconds. Every upstream call goes through
@@ -89,7 +90,8 @@ class CryptoPlugin(MarketPlugin):
         cls = exchange_class(self.provider_id)
         if cls is None:
             raise UnknownProvider(f"{self.provider_id!r} is not a CCXT exchange id")
-        exchange = cls({"enableRateLimit": True, "timeout": int(self.timeout * 1000),
+        throttle = not self.capabilities.extra.get("weights")
+        exchange = cls({"enableRateLimit": throttle, "timeout": int(self.timeout * 1000),
                         **self.credentials})
         fetch_markets = exchange.options.get("fetchMarkets")
         if isinstance(fetch_markets, dict) and isinstance(fetch_markets.get("types"), list):

@@ -187,7 +187,7 @@ class MarketService:
         ``REQUEST_DEADLINE``), with ``user``'s own instance when given."""
         plugin = await self.get_plugin(market, provider, user)
         call = self.calls.call(provider, "fetch_ticker", lambda: plugin.fetch_ticker(symbol),
-                               plugin.testnet)
+                               plugin.testnet, plugin.call_weight("fetch_ticker"))
         return await bounded(call, self.settings.deadline, provider)
 
     async def close_idle(self, now: float | None = None) -> int:

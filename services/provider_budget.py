@@ -1,8 +1,13 @@
 """Outbound request budgets per provider, shared by every instance through Redis.
 
-Each provider has a budget of ``calls/seconds`` (``DEFAULT_BUDGETS`` merged with the
+Each provider has a budget of ``units/seconds[/burst]`` (``DEFAULT_BUDGETS`` merged with the
 ``PROVIDER_BUDGETS`` config; ``"*"`` sets one for providers not named; unnamed providers such as
-``sim`` are unlimited). A call reserves the next free slot of a GCRA schedule in Redis with one
+``sim`` are unlimited). A unit is one call, or the exchange's own request weight where the plugin
+declares one (``MarketPlugin.call_weight``: Binance klines weigh 2 of its 6000 per minute): a call
+takes its weight in units. ``burst`` (default: ``units``) is how far ahead of the steady rate calls
+may run; an exchange that counts weight per clock-aligned window (Binance) needs a small one, or a
+burst at the end of one window and the steady rate into the next pass its limit.
+A call reserves the next free slot of a GCRA schedule in Redis with one
 atomic script and sleeps until it; when the slot is further away than ``PROVIDER_BUDGET_MAX_WAIT``
 the call fails at once with ``RateLimitedPluginError`` (503 ``provider_unavailable``) instead of
 stalling the request. N instances together therefore stay under the exchange's limit.
@@ -34,7 +39,8 @@ log = logging.getLogger(__name__)
 
 #: Conservative shares of each exchange's published public limit (calls per seconds).
 DEFAULT_BUDGETS = {
-    "binance": "1200/60", "kraken": "60/60", "coinbase": "600/60", "bybit": "600/60",
+    "binance": "5700/60/60",  # request weight: 0.95 x 6000 per minute, klines weigh 2
+    "kraken": "60/60", "coinbase": "600/60", "bybit": "600/60",
     "okx": "600/60", "alpaca": "200/60",
 }
 
@@ -42,7 +48,7 @@ DEFAULT_BUDGETS = {
 MAX_PAUSE_SECONDS = 3 * 24 * 3600.0
 
 #: KEYS[1]: pause key, KEYS[2]: schedule (TAT, ms). ARGV: emission ms (0: no budget), burst,
-#: longest wait ms. Returns {status, ms}: 1 go after ms, 0 over budget (retry in ms), -1 paused.
+#: longest wait ms, weight. Returns {status, ms}: 1 go after ms, 0 over budget (retry in ms), -1 paused.
 BUDGET_LUA = """
 local pause = redis.call('PTTL', KEYS[1])
 if pause > 0 then return {-1, pause} end
@@ -53,7 +59,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = emission * tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[2]))
 if tat == nil or tat < now then tat = now end
-local new_tat = tat + emission
+local new_tat = tat + emission * tonumber(ARGV[4])
 local wait = new_tat - window - now
 if wait > tonumber(ARGV[3]) then return {0, math.ceil(wait)} end
 redis.call('SET', KEYS[2], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1)
@@ -63,11 +69,14 @@ return {1, math.ceil(wait)}
 
 
 def parse_budget(text: str) -> tuple[int, float] | None:
-    """``"calls/seconds"`` as (calls, seconds); "off" or "" as None."""
+    """``"calls/seconds"`` (or ``"calls/seconds/burst"``) as (calls, seconds); "off" or "" as None."""
     raw = str(text).strip().lower()
     if raw in ("", "off", "none"):
         return None
     calls, _, seconds = raw.partition("/")
+    seconds, _, burst = seconds.partition("/")
+    if burst and parse_burst(text) is None:
+        raise ValueError(f"PROVIDER_BUDGETS: {text!r} needs a positive integer burst")
     try:
         parsed = int(calls), float(seconds)
     except ValueError as exc:
@@ -75,6 +84,14 @@ def parse_budget(text: str) -> tuple[int, float] | None:
     if parsed[0] < 1 or not 0 < parsed[1] < math.inf:  # also refuses nan
         raise ValueError(f"PROVIDER_BUDGETS: {text!r} needs positive calls and seconds")
     return parsed
+
+
+def parse_burst(text: str) -> int | None:
+    """The burst of ``"units/seconds/burst"``: None when not given (or not a positive integer)."""
+    parts = str(text).strip().split("/")
+    if len(parts) != 3 or not parts[2].strip().isdigit() or int(parts[2]) < 1:
+        return None
+    return int(parts[2])
 
 
 @dataclass(frozen=True)
@@ -94,6 +111,7 @@ class ProviderBudget:
         settings = build(BudgetSettings, config)
         merged = {**DEFAULT_BUDGETS, **(settings.budgets or {})}
         self.budgets = {p: parse_budget(text) for p, text in merged.items()}
+        self.bursts = {p: parse_burst(text) for p, text in merged.items()}
         self.max_wait = settings.max_wait
         self.ban_default = settings.ban_default
         self.redis = redis
@@ -108,22 +126,27 @@ class ProviderBudget:
     def budget_for(self, provider: str) -> tuple[int, float] | None:
         return self.budgets[provider] if provider in self.budgets else self.budgets.get("*")
 
+    def burst_for(self, provider: str) -> int | None:
+        return self.bursts[provider] if provider in self.bursts else self.bursts.get("*")
+
     @asynccontextmanager
-    async def guard(self, provider: str) -> AsyncIterator[None]:
-        """Wait for budget, run the call; a ``RateLimitedPluginError`` from it pauses the provider."""
-        await self.acquire(provider)
+    async def guard(self, provider: str, weight: int = 1) -> AsyncIterator[None]:
+        """Wait for ``weight`` units of budget, run the call; a ``RateLimitedPluginError`` from it
+        pauses the provider."""
+        await self.acquire(provider, weight)
         try:
             yield
         except RateLimitedPluginError as exc:
             await self.pause(provider, exc.retry_after)
             raise
 
-    async def acquire(self, provider: str) -> None:
-        """Take one call from the budget (sleeping up to ``max_wait``), or raise
+    async def acquire(self, provider: str, weight: int = 1) -> None:
+        """Take one call of ``weight`` units from the budget (sleeping up to ``max_wait``), or raise
         ``RateLimitedPluginError`` while paused or over budget."""
         budget = self.budget_for(provider)
         emission, burst = (budget[1] * 1000 / budget[0], budget[0]) if budget else (0.0, 0)
-        status, ms = await self._take(provider, emission, burst)
+        burst = max(self.burst_for(provider) or burst, weight) if budget else 0
+        status, ms = await self._take(provider, emission, burst, max(1, weight))
         if status < 0:
             PROVIDER_BUDGET_EVENTS.labels(provider, "paused").inc()
             raise RateLimitedPluginError(
@@ -152,27 +175,27 @@ class ProviderBudget:
             except DataSourceError as exc:
                 log.warning("provider pause kept locally only: %s", exc.details)
 
-    async def _take(self, provider: str, emission: float, burst: int) -> tuple[int, int]:
+    async def _take(self, provider: str, emission: float, burst: int, weight: int = 1) -> tuple[int, int]:
         if self.redis is not None:
             keys = [self.redis.key("budget", "pause", provider), self.redis.key("budget", "tat", provider)]
             try:
                 status, ms = await self.redis.run(
-                    lambda r: self._script(r)(keys=keys, args=[emission, burst, self.max_wait * 1000])
+                    lambda r: self._script(r)(keys=keys, args=[emission, burst, self.max_wait * 1000, weight])
                 )
                 return int(status), int(ms)
             except DataSourceError as exc:
                 log.debug("provider budget decided locally: %s", exc.details)
                 PROVIDER_BUDGET_EVENTS.labels(provider, "local").inc()
-        return self._take_local(provider, emission, burst)
+        return self._take_local(provider, emission, burst, weight)
 
-    def _take_local(self, provider: str, emission: float, burst: int) -> tuple[int, int]:
+    def _take_local(self, provider: str, emission: float, burst: int, weight: int = 1) -> tuple[int, int]:
         now = time.monotonic() * 1000
         paused_until = self._local_pause.get(provider, 0.0) * 1000
         if paused_until > now:
             return -1, int(paused_until - now) + 1
         if emission <= 0:
             return 1, 0
-        new_tat = max(self._local_tat.get(provider, now), now) + emission
+        new_tat = max(self._local_tat.get(provider, now), now) + emission * weight
         wait = new_tat - emission * burst - now
         if wait > self.max_wait * 1000:
             return 0, int(wait) + 1

@@ -63,23 +63,26 @@ class ProviderCalls:
         self._listings: dict[tuple[str, str], int] = {}
 
     @asynccontextmanager
-    async def guard(self, provider: str, testnet: bool = False) -> AsyncIterator[None]:
+    async def guard(self, provider: str, testnet: bool = False, weight: int = 1) -> AsyncIterator[None]:
         """The per-provider gate around one upstream call: the circuit breaker first (an open one
-        refuses at once, before any budget wait), then the budget and ban pause. A testnet (a
-        user's sandbox credentials) is another host: it has a breaker of its own."""
+        refuses at once, before any budget wait), then the budget (``weight`` units: the call's
+        request weight at the exchange) and ban pause. A testnet (a user's sandbox credentials) is
+        another host: it has a breaker of its own."""
         if self.breaker is None:
-            async with self.budget.guard(provider):
+            async with self.budget.guard(provider, weight):
                 yield
             return
         breaker_key = f"{provider}:testnet" if testnet else provider
-        async with self.breaker.guard(breaker_key), self.budget.guard(provider):
+        async with self.breaker.guard(breaker_key), self.budget.guard(provider, weight):
             yield
 
     async def call(
-        self, provider: str, method: str, fn: Callable[[], Awaitable[T]], testnet: bool = False
+        self, provider: str, method: str, fn: Callable[[], Awaitable[T]], testnet: bool = False,
+        weight: int = 1,
     ) -> T:
-        """``await fn()`` (one plugin call) under the guard and the call metrics."""
-        async with self.guard(provider, testnet):
+        """``await fn()`` (one plugin call of ``weight`` budget units) under the guard and the call
+        metrics."""
+        async with self.guard(provider, testnet, weight):
             with observe_call(provider, method):
                 return await fn()
 
@@ -97,6 +100,7 @@ class ProviderCalls:
         (``until`` says how far they reach) instead of raising."""
         per_call, size = plugin.capabilities.max_bars_per_call, tf_ms(timeframe)
         provider, symbol = series.provider, series.symbol
+        weight = plugin.call_weight("fetch_ohlcv")
         out: list[Bar] = []
         calls = 0
         while calls < budget and (end is None or since < end):
@@ -105,7 +109,7 @@ class ProviderCalls:
                 on_call()
             try:
                 page = await self.call(provider, "fetch_ohlcv", functools.partial(
-                    plugin.fetch_ohlcv, symbol, timeframe, since, want, end), plugin.testnet)
+                    plugin.fetch_ohlcv, symbol, timeframe, since, want, end), plugin.testnet, weight)
             except NetworkPluginError as exc:
                 if not (keep_partial and out):
                     raise
@@ -146,7 +150,8 @@ class ProviderCalls:
         """Open time of the first 1m bar at or after ``since`` (one call), or None when there is
         none up to now."""
         page = await self.call(series.provider, "fetch_ohlcv", functools.partial(
-            plugin.fetch_ohlcv, series.symbol, "1m", since, 1), plugin.testnet)
+            plugin.fetch_ohlcv, series.symbol, "1m", since, 1), plugin.testnet,
+            plugin.call_weight("fetch_ohlcv"))
         first = next((int(b[0]) for b in page if b[0] >= since), None)
         if first is not None and first - since >= LISTING_GAP_MS:
             self._learn(series, first)
