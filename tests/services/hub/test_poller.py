@@ -31,6 +31,9 @@ class FakePlugin:
     def __init__(self) -> None:
         self.answer: list[list[float]] | Exception = []
 
+    def call_weight(self, method: str) -> int:
+        return 1
+
     async def fetch_ohlcv(self, symbol: str, timeframe: str, since: int, limit: int,
                           until: int | None = None) -> list[list[float]]:
         if isinstance(self.answer, Exception):
@@ -40,7 +43,7 @@ class FakePlugin:
 
 class FakeBudget:
     @asynccontextmanager
-    async def guard(self, provider: str) -> AsyncIterator[None]:
+    async def guard(self, provider: str, weight: int = 1) -> AsyncIterator[None]:
         yield
 
 
