@@ -260,7 +260,7 @@ class BaseConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
         if self.OHLCV_MAX_LIMIT > 5000:
-            raise ConfigError("OHLCV_MAX_LIMIT must not exceed API.md's maximum, 5000")
+            raise ConfigError("OHLCV_MAX_LIMIT must not exceed 5000 (the maximum in docs/api.md)")
         if not 1 <= self.OHLCV_DEFAULT_LIMIT <= self.OHLCV_MAX_LIMIT:
             raise ConfigError("OHLCV_DEFAULT_LIMIT must be between 1 and OHLCV_MAX_LIMIT")
 

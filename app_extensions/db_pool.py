@@ -96,12 +96,8 @@ class Database:
                 except BaseException:
                     await pool.close()
                     raise
-            except DB_UNAVAILABLE as exc:
-                self._mark_down(exc, probe)
-                raise DataSourceError("database unavailable", details={"error": str(exc)}) from exc
-            except BaseException:
-                self.circuit.record(probe, "neutral")
-                raise
+            except BaseException as exc:
+                raise self._failed(exc, probe)  # noqa: B904 (_failed sets the cause)
             self.circuit.record(probe, "ok")
             log.info("storage mode: %s (schema %s): %s", self.mode, schema, describe_mode(self.mode))
             self.pool = pool
@@ -111,6 +107,17 @@ class Database:
     def _mark_down(self, exc: BaseException, probe: bool) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}"
         self.circuit.record(probe, "fail")
+
+    def _failed(self, exc: BaseException, probe: bool) -> BaseException:
+        """Record an attempt that raised ``exc`` (a failure when PostgreSQL is unreachable, else
+        neutral) and return what to raise: ``DataSourceError`` caused by ``exc``, or ``exc``."""
+        if not isinstance(exc, DB_UNAVAILABLE):
+            self.circuit.record(probe, "neutral")
+            return exc
+        self._mark_down(exc, probe)
+        error = DataSourceError("database unavailable", details={"error": str(exc)})
+        error.__cause__ = exc
+        return error
 
     @property
     def available(self) -> bool:
@@ -130,12 +137,8 @@ class Database:
                     self.circuit.record(True, "ok")
                     probe = False
                 yield conn
-        except DB_UNAVAILABLE as exc:
-            self._mark_down(exc, probe)
-            raise DataSourceError("database unavailable", details={"error": str(exc)}) from exc
-        except BaseException:
-            self.circuit.record(probe, "neutral")
-            raise
+        except BaseException as exc:
+            raise self._failed(exc, probe)  # noqa: B904 (_failed sets the cause)
 
     async def check(self) -> dict[str, Any]:
         """Readiness probe: ``{"ok", "latency_ms", "error"}`` with a short timeout."""

@@ -1,4 +1,4 @@
-"""The one place errors become API.md's error JSON. A 500 carries only a code and request id."""
+"""The one place errors become docs/api.md's error JSON. A 500 carries only a code and request id."""
 
 from __future__ import annotations
 

@@ -183,7 +183,7 @@ class RateLimiter:
             return
         decision = await self.hit("auth_failures", identity, peek=not failed)
         if decision is not None and not decision.allowed:
-            g.rate_limit = decision  # API.md: every 429 carries X-RateLimit-Limit and -Remaining
+            g.rate_limit = decision  # docs/api.md: every 429 carries X-RateLimit-Limit and -Remaining
             RATE_LIMIT_REJECTIONS.labels("auth_failures").inc()
             raise RateLimited("too many requests with a wrong API key; retry later",
                               retry_after=max(decision.retry_after, 0.001))

@@ -1,4 +1,4 @@
-"""Helpers shared by blueprints: schema loading with API.md's errors."""
+"""Helpers shared by blueprints: schema loading with docs/api.md's errors."""
 
 from __future__ import annotations
 

@@ -106,7 +106,8 @@ async def ohlcv() -> Response:
     if answer.backfill_job:
         headers["X-Backfill-Job"] = answer.backfill_job
     if answer.closed and not answer.incomplete:
-        kept = await _keep(query, payload, generation) if user is None else None
+        # An answer that queued a backfill is not kept: its job header belongs to this answer.
+        kept = await _keep(query, payload, generation) if user is None and not answer.backfill_job else None
         if kept is not None:
             return _answer(kept, source)
         etag = etag_of(payload)
@@ -148,7 +149,7 @@ def _not_modified(etag: str) -> Response:
 
 def _limit(given: int) -> int:
     """``limit`` within the operator's ``OHLCV_DEFAULT_LIMIT`` / ``OHLCV_MAX_LIMIT`` (the schema
-    holds API.md's 500 and 5000; an operator may lower them)."""
+    holds docs/api.md's 500 and 5000; an operator may lower them)."""
     if "limit" not in request.args:
         return int(current_app.config["OHLCV_DEFAULT_LIMIT"])
     most = int(current_app.config["OHLCV_MAX_LIMIT"])

@@ -1,4 +1,4 @@
-"""``/api/v1/ws``: live candles over WebSocket (protocol in API.md), a thin adapter over
+"""``/api/v1/ws``: live candles over WebSocket (protocol in docs/api.md), a thin adapter over
 SubscriptionService.
 
 Every client message is validated with a schema from ``ws_schemas``; a bad one is answered with an

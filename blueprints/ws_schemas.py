@@ -1,4 +1,4 @@
-"""marshmallow schemas of the client messages on ``/api/v1/ws`` (see API.md, WebSocket)."""
+"""marshmallow schemas of the client messages on ``/api/v1/ws`` (see docs/api.md, WebSocket)."""
 
 from __future__ import annotations
 

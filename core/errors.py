@@ -1,7 +1,7 @@
 """One error hierarchy for the whole service.
 
 Every error the service raises on purpose is an ``AppError``: it carries the HTTP status and the
-API.md error code it maps to, so blueprints and the WebSocket handler translate it in one place
+docs/api.md error code it maps to, so blueprints and the WebSocket handler translate it in one place
 (``app_extensions/errors.py``). Docstrings say what a caller should do with each class.
 Provider libraries' errors (CCXT, aiohttp, asyncpg, redis) are translated into these at the
 boundary with ``raise ... from exc``.

@@ -1,7 +1,7 @@
 """Times a client sends (REST, WebSocket, CLI): one parser, one rule, one set of messages.
 
 A time is integer milliseconds since the epoch, or ISO-8601 *with* a zone (``Z``, ``+00:00``).
-A time without a zone (``2024-01-01``, ``2024-01-01T00:00``) is refused everywhere, as API.md asks
+A time without a zone (``2024-01-01``, ``2024-01-01T00:00``) is refused everywhere, as docs/api.md asks
 for a zone: the same text means different instants on machines in different zones. Times before
 1973-01-01 are refused: in milliseconds they are the first three years of the epoch, and an
 integer that small is almost always seconds (``1704067200`` is 2024 in seconds, January 1970 in

@@ -4,7 +4,6 @@ boundary subclass that checks raw bodies and keeps ``Retry-After``, and base URL
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -14,6 +13,7 @@ import ccxt.async_support as ccxt
 from core.errors import MalformedResponseError
 from core.timeframes import Bar
 from plugins.base import Capabilities
+from plugins.ccxt_frames import finite  # one number check for REST rows and stream frames
 from plugins.retry import parse_retry_after
 
 _ALL = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d", "1w")
@@ -111,15 +111,6 @@ def rebase_urls(urls: Any, base_url: str) -> Any:
     return urls
 
 
-def _number(x: Any) -> float:
-    if isinstance(x, bool) or not isinstance(x, int | float | str):
-        raise ValueError(f"not a number: {x!r}")
-    value = float(x)
-    if not math.isfinite(value):
-        raise ValueError(f"not finite: {x!r}")
-    return value
-
-
 def clean_bars(
     raw: Any, provider: str, since: int, until: int | None, limit: int
 ) -> list[Bar]:
@@ -134,9 +125,9 @@ def clean_bars(
             if not isinstance(row, list | tuple) or len(row) < 6 or not isinstance(row[0], int):
                 raise ValueError(f"not a bar: {row!r:.80}")
             ts = row[0]
-            volume = 0.0 if row[5] is None else _number(row[5])
+            volume = 0.0 if row[5] is None else finite(row[5])
             if ts >= since and (until is None or ts < until):
-                by_ts[ts] = [ts, *(_number(v) for v in row[1:5]), volume]
+                by_ts[ts] = [ts, *(finite(v) for v in row[1:5]), volume]
     except ValueError as exc:
         raise MalformedResponseError(f"{provider}: malformed OHLCV row",
                                      details={"provider": provider, "reason": str(exc)}) from exc

@@ -137,7 +137,7 @@ class ChunkRunner:
             level = logging.INFO if isinstance(exc, RateLimitedPluginError) else logging.WARNING
             log.log(level, "backfill %s chunk %s: %s; retrying (attempt %d)", series.key(),
                     to_dt(chunk.start).isoformat(), exc, state.attempt_number)
-            if job is not None and exc is not None:  # API.md: a retrying job shows its last error
+            if job is not None and exc is not None:  # docs/api.md: a retrying job shows its last error
                 await self._record_error(job, f"{readable(exc)} (chunk starting "
                                          f"{to_dt(chunk.start).isoformat()}; retrying)")
 

@@ -126,7 +126,7 @@ async def select_token(
 
 
 async def list_credentials(conn: asyncpg.Connection, user_id: str) -> list[dict[str, Any]]:
-    """The user's credentials as API.md lists them (no token, no secret), by provider."""
+    """The user's credentials as docs/api.md lists them (no token, no secret), by provider."""
     rows = await conn.fetch("SELECT provider, testnet, key_hint, updated_at FROM exchange_credentials"
                             " WHERE user_id = $1 ORDER BY provider", user_id)
     return [{"provider": r["provider"], "testnet": r["testnet"], "key_hint": r["key_hint"],

@@ -16,7 +16,7 @@ from quart import Quart
 from quart.typing import TestClientProtocol
 
 from app import create_app
-from tests.support.helpers import delete_prefix
+from tests.support.helpers import delete_prefix, drop_schema
 
 DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -32,11 +32,7 @@ async def db_schema(uid: str) -> AsyncIterator[str]:
     """A fresh schema, dropped after the test."""
     schema = f"t_{uid}"
     yield schema
-    conn = await asyncpg.connect(DATABASE_URL)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
+    await drop_schema(DATABASE_URL, schema)
 
 
 @pytest.fixture

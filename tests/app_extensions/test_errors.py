@@ -1,4 +1,4 @@
-"""The one error mapping: AppError classes to API.md's JSON, and unexpected errors to a bare 500."""
+"""The one error mapping: AppError classes to docs/api.md's JSON, and unexpected errors to a bare 500."""
 
 from __future__ import annotations
 

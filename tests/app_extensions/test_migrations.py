@@ -14,6 +14,7 @@ from app_extensions.migrations import ADVISORY_LOCK_ID, SCHEMA_LOCK, SCHEMA_UNLO
 from config import TestingConfig
 from services import aggregates
 from tests.conftest import DATABASE_URL
+from tests.support.helpers import drop_schema
 from tests.support.pglite.fixtures import timescale_url  # noqa: F401  (session fixture)
 
 
@@ -25,11 +26,7 @@ def cfg(schema: str, **extra: Any) -> dict[str, Any]:
 async def other_schema(db_schema: str) -> AsyncIterator[str]:
     schema = f"{db_schema}_b"
     yield schema
-    conn = await asyncpg.connect(DATABASE_URL)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
+    await drop_schema(DATABASE_URL, schema)
 
 
 async def test_instances_sharing_one_session_migrate_once(timescale_url: str, uid: str) -> None:  # noqa: F811

@@ -20,7 +20,7 @@ from tests.support.exchange_emulator import ExchangeEmulator
 from tests.support.exchange_emulator.fixtures import emulator  # noqa: F401
 
 API_RESOLUTIONS = ["1", "3", "5", "15", "30", "60", "120", "240", "360", "720", "1D", "1W"]
-#: Every field API.md names for /udf/symbols (TradingView's SymbolInfo).
+#: Every field docs/api.md names for /udf/symbols (TradingView's SymbolInfo).
 SYMBOL_FIELDS = {"name", "ticker", "description", "type", "exchange", "listed_exchange", "session",
                  "timezone", "minmov", "pricescale", "has_intraday", "has_daily",
                  "has_weekly_and_monthly", "supported_resolutions", "volume_precision", "data_status"}

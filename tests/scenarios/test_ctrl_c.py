@@ -52,8 +52,8 @@ async def app_py(env: dict[str, str]) -> AsyncIterator[tuple[asyncio.subprocess.
             await proc.communicate()
 
 
-async def test_ctrl_c_after_server_side_closes_logs_no_traceback(uid: str) -> None:
-    async with app_py({"DATABASE_SCHEMA": f"t_{uid}", "REDIS_PREFIX": f"t:{uid}"}) as (proc, addr):
+async def test_ctrl_c_after_server_side_closes_logs_no_traceback(db_schema: str, redis_prefix: str) -> None:
+    async with app_py({"DATABASE_SCHEMA": db_schema, "REDIS_PREFIX": redis_prefix}) as (proc, addr):
         flood = await RawClient().open(addr)
         for _ in range(500):  # garbage, never reading the error frames it earns: 1013
             flood.writer.write(raw_frame(b"{not json"))

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import pytest
 from quart import Quart
 from quart.typing import TestClientProtocol
@@ -16,6 +15,7 @@ from core.timeframes import DAY_MS, MINUTE_MS, resample, tf_ms
 from plugins.sim import sim_bar
 from services import aggregates
 from tests.blueprints.test_market import BASE, flush_prefix
+from tests.support.helpers import drop_schema
 from tests.support.pglite.fixtures import timescale_url  # noqa: F401  (session fixture)
 
 PAST = 1_700_006_400_000  # 2023-11-15 00:00 UTC, a Wednesday
@@ -30,11 +30,7 @@ async def ts_app(app_config: dict[str, Any], timescale_url: str) -> AsyncIterato
         async with application.test_app():
             yield application
     finally:
-        conn = await asyncpg.connect(timescale_url)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{config["DATABASE_SCHEMA"]}" CASCADE')
-        finally:
-            await conn.close()
+        await drop_schema(timescale_url, config["DATABASE_SCHEMA"])
 
 
 async def test_readiness_reports_timescale_mode(ts_app: Quart) -> None:

@@ -23,7 +23,7 @@ from tests.support.ws import WS_TEST_CONFIG, Client, serve_app, wait_for
 pytestmark = pytest.mark.slow
 MAX_FRAME = 1 << 20  # Hypercorn's websocket_max_message_size in this test
 REPLIES = {"error", "pong", "subscribed", "unsubscribed"}
-#: Error codes a bad frame may get (API.md: codes as in REST plus invalid_message, too_many_subscriptions).
+#: Error codes a bad frame may get (docs/api.md: codes as in REST plus invalid_message, too_many_subscriptions).
 ERROR_CODES = {"invalid_message", "invalid_parameter", "unknown_market", "unknown_provider",
                "unknown_symbol", "not_found", "too_many_subscriptions"}
 STREAM = {"snapshot", "bar", "status"}

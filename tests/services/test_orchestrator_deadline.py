@@ -8,12 +8,18 @@ import asyncio
 import time
 from typing import Any
 
+from app_extensions.services import get_services
 from core.timeframes import MINUTE_MS
 from tests.support.backfill import KLINES, T0, emu_config, running_app
 from tests.support.exchange_emulator import ExchangeEmulator
 from tests.support.exchange_emulator.fixtures import emulator  # noqa: F401
 
 URL = "/api/v1/ohlcv?market=crypto&provider=binance&symbol=BTC/USDT&timeframe=1m"
+PATHS = ("/api/v1/symbols?market=crypto&provider=binance",
+         "/api/v1/ticker?market=crypto&provider=binance&symbol=BTC/USDT")
+DEADLINE, SLACK = 1.0, 0.5
+#: The exchange's delay under a fault: far beyond any bound the tests accept.
+SLOW = 10.0
 
 
 async def test_a_slow_exchange_is_answered_from_storage_within_the_deadline(
@@ -65,18 +71,29 @@ async def test_nothing_stored_and_a_slow_exchange_is_a_503_within_the_deadline(
 async def test_symbols_and_ticker_answer_within_the_deadline(
     emulator: ExchangeEmulator, app_config: dict[str, Any]  # noqa: F811
 ) -> None:
-    config = emu_config(app_config, emulator, REQUEST_DEADLINE=1.0, CACHE_TTL_SYMBOLS=0)
+    """Each answers 503 within REQUEST_DEADLINE + SLACK, plus what /symbols costs with a prompt
+    exchange on this machine right now (measured: the margin grows with the load, the bound the
+    test proves does not; the exchange's delay is far beyond it)."""
+    config = emu_config(app_config, emulator, REQUEST_DEADLINE=DEADLINE, CACHE_TTL_SYMBOLS=0)
     async with running_app(config) as app:
         client = app.test_client()
-        assert (await client.get("/api/v1/symbols?market=crypto&provider=binance")).status_code == 200
-        emulator.inject("/api/v3/exchangeInfo", delay=3.0, times=None)
-        emulator.inject("/api/v3/ticker/*", delay=3.0, times=None)
-        for path in ("/api/v1/symbols?market=crypto&provider=binance",
-                     "/api/v1/ticker?market=crypto&provider=binance&symbol=BTC/USDT"):
+        # Markets loaded outside the deadline: a loaded machine may take more than it to parse them.
+        plugin = await get_services(app).markets.get_plugin("crypto", "binance")
+        assert await plugin.fetch_symbols()
+        for _ in range(5):  # with a prompt exchange (a loaded machine may miss the deadline once)
+            began = time.monotonic()
+            r = await client.get(PATHS[0])
+            cost = time.monotonic() - began  # one provider call and its answer, at today's load
+            if r.status_code == 200:
+                break
+        assert r.status_code == 200, await r.get_json()
+        emulator.inject("/api/v3/exchangeInfo", delay=SLOW, times=None)
+        emulator.inject("/api/v3/ticker/*", delay=SLOW, times=None)
+        for path in PATHS:
             began = time.monotonic()
             r = await client.get(path)
             took = time.monotonic() - began
             body = await r.get_json()
             assert r.status_code == 503, (path, body)
             assert body["error"]["code"] == "provider_unavailable" and r.headers["Retry-After"]
-            assert took < 2.5, (path, took)
+            assert took < DEADLINE + SLACK + cost < SLOW, (path, took, cost)

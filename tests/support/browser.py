@@ -14,12 +14,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from tests.conftest import DATABASE_URL, REDIS_URL
-from tests.support.helpers import delete_prefix
+from tests.support.helpers import delete_prefix, drop_schema
 from tests.support.live_server import hypercorn_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,11 +39,7 @@ async def isolated_env() -> AsyncIterator[dict[str, str]]:
     try:
         yield {"DATABASE_SCHEMA": schema, "REDIS_PREFIX": prefix, **FAST_POLLS}
     finally:
-        conn = await asyncpg.connect(DATABASE_URL)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
+        await drop_schema(DATABASE_URL, schema)
         await delete_prefix(REDIS_URL, prefix)
 
 

@@ -23,6 +23,15 @@ def sim_calls(app: Quart) -> int:
     return total
 
 
+async def drop_schema(database_url: str, schema: str) -> None:
+    """Drop ``schema`` (a test's own) and everything in it."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
 async def delete_prefix(redis_url: str, prefix: str) -> None:
     """Delete every Redis key under ``prefix:`` (a test's own namespace)."""
     client = aioredis.from_url(redis_url)
