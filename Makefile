@@ -54,6 +54,7 @@ bench: venv pglite web
 	$(BIN)/python -m bench.backfill
 	$(BIN)/python -m bench.ws_fanout
 	$(BIN)/python -m bench.chart_page
+	$(BIN)/python -m bench.deadline
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

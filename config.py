@@ -12,19 +12,15 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-_CCXT_DEFAULT = "binance,kraken,coinbase,bybit,okx"
-
 
 class ConfigError(ValueError):
     """A configuration value is missing or wrong; the message names the variable."""
 
 
 def _bool(raw: str) -> bool:
-    if raw.lower() in ("1", "true", "yes", "on"):
-        return True
-    if raw.lower() in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"expected a boolean, got {raw!r}")
+    if raw.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+        raise ValueError(f"expected a boolean, got {raw!r}")
+    return raw.lower() in ("1", "true", "yes", "on")
 
 
 class BaseConfig:
@@ -65,7 +61,7 @@ class BaseConfig:
     SHUTDOWN_TIMEOUT = 5.0
     # Plugins and providers
     ENABLED_MARKETS = "sim,crypto,stocks"
-    CCXT_EXCHANGES = _CCXT_DEFAULT
+    CCXT_EXCHANGES = "binance,kraken,coinbase,bybit,okx"
     CCXT_MARKET_TYPES = "spot"
     PROVIDER_URLS: dict[str, str] = {}
     #: Provider id -> ws(s) base URL replacing the exchange's stream URL base (as PROVIDER_URLS).
@@ -241,14 +237,12 @@ class BaseConfig:
                 raise ConfigError(f"{name} must be a positive number of seconds")
         for name, scheme in (("PROVIDER_URLS", "http"), ("PROVIDER_WS_URLS", "ws")):
             urls = getattr(self, name)
-            if not isinstance(urls, dict) or not all(
-                isinstance(v, str) and v.startswith((f"{scheme}://", f"{scheme}s://")) for v in urls.values()
-            ):
+            if not isinstance(urls, dict) or not all(isinstance(v, str) and v.startswith(
+                    (f"{scheme}://", f"{scheme}s://")) for v in urls.values()):
                 raise ConfigError(f"{name} must be a JSON object of provider id to {scheme}(s) URL")
-        if self.STORAGE_MODE not in ("auto", "timescale", "plain"):
-            raise ConfigError("STORAGE_MODE must be auto, timescale or plain")
-        if self.LOG_FORMAT not in ("text", "json"):
-            raise ConfigError("LOG_FORMAT must be text or json")
+        for name, allowed in (("STORAGE_MODE", ("auto", "timescale", "plain")), ("LOG_FORMAT", ("text", "json"))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be {', '.join(allowed[:-1])} or {allowed[-1]}")
         if not 1 <= self.DB_POOL_MIN <= self.DB_POOL_MAX:
             raise ConfigError("DB_POOL_MIN and DB_POOL_MAX must satisfy 1 <= min <= max")
         if int(self.MAX_BODY_BYTES) < 1:
@@ -290,11 +284,7 @@ class TestingConfig(BaseConfig):
     BREAKER_OPEN_SECONDS = 1.0
 
 
-CONFIGS: dict[str, type[BaseConfig]] = {
-    "development": DevelopmentConfig,
-    "production": ProductionConfig,
-    "testing": TestingConfig,
-}
+CONFIGS: dict[str, type[BaseConfig]] = {c.APP_ENV: c for c in (DevelopmentConfig, ProductionConfig, TestingConfig)}
 
 
 def load_config(env: str | None = None) -> BaseConfig:
