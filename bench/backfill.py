@@ -78,9 +78,10 @@ async def run_backfill(url: str, days: int, concurrency: int, cache: bool, throt
     })
     async with app.test_app():
         services = get_services(app)
+        plugin: Any = await services.markets.get_plugin("crypto", "binance")
         if not throttle:
-            plugin: Any = await services.markets.get_plugin("crypto", "binance")
             (await plugin._ready()).enableRateLimit = False
+        throttled = bool((await plugin._ready()).enableRateLimit)
         end = T0 + days * DAY_MS
         started = time.perf_counter()
         progress = await services.backfill.backfill(SERIES, T0, end)
@@ -88,7 +89,7 @@ async def run_backfill(url: str, days: int, concurrency: int, cache: bool, throt
         gaps = await services.backfill.gaps(SERIES, T0, end)
     assert gaps == {"missing": [], "verified_empty": []}, gaps
     return {"bars": progress.bars_written, "seconds": seconds, "calls": progress.calls,
-            "weights": await emulator_weights(url)}
+            "weights": await emulator_weights(url), "throttled": throttled}
 
 
 async def copy_baseline() -> dict[str, Any]:
@@ -122,7 +123,7 @@ async def main(args: argparse.Namespace) -> None:
     print(f"backfill: {fill['bars']:,} bars in {fill['seconds']:.1f} s = {fill_rate:,.0f} bars/s"
           f" ({fill['calls']} calls, concurrency {args.concurrency},"
           f" cache {'off' if args.no_cache else 'on'},"
-          f" CCXT throttle {'off' if args.no_ccxt_throttle else 'on'})")
+          f" CCXT throttle {'on' if fill['throttled'] else 'off'}, budget {args.budget})")
     weights = fill["weights"]
     if args.weight_limit is not None:
         ceiling = args.weight_limit / 2 / 60 * 1000  # klines weight 2 per 1000 bars, per second

@@ -160,6 +160,11 @@ class MarketPlugin(ABC):
         weights = self.capabilities.extra.get("weights") or {}
         return max(1, int(weights.get(method, 1)))
 
+    def used_weight(self) -> int | None:
+        """The request weight the provider says we used in its current minute (read back from its
+        last answer, Binance's ``X-MBX-USED-WEIGHT-1M``); None when it does not say."""
+        return None
+
     def listing_ms(self, symbol: str) -> int | None:
         """When ``symbol``'s history starts (its listing, ms), if the provider states it; None
         when unknown (callers then learn it from the first page of a fetch reaching back)."""

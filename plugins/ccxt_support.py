@@ -24,11 +24,13 @@ _ALL = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d", "1w
 #: would also load margin pairs from private endpoints on every markets load).
 #: ``extra["weights"]``: the exchange's request weight per plugin method, in which its provider
 #: budget is expressed (Binance: klines and one-symbol ticker 2); CCXT's own fixed throttle is off
-#: for these exchanges: the provider budget paces them.
+#: for these exchanges: the provider budget paces them. ``extra["used_weight_header"]``: the answer
+#: header in which the exchange states the weight used in its current minute.
 CAPABILITIES: dict[str, Capabilities] = {
     "binance": Capabilities(1000, _ALL, 2.0, True, {
         "always_has_bars": True, "ccxt_options": {"fetchMargins": False},
-        "weights": {"fetch_ohlcv": 2, "fetch_ticker": 2}}),
+        "weights": {"fetch_ohlcv": 2, "fetch_ticker": 2},
+        "used_weight_header": "x-mbx-used-weight-1m"}),
     "bybit": Capabilities(1000, _ALL, 2.0, True),
     # OKX's 6H/12H/1D/1W candles are aligned to Hong Kong time (UTC+8), not to UTC buckets.
     "okx": Capabilities(300, ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h"), 2.0, True),

@@ -187,6 +187,15 @@ class CryptoPlugin(MarketPlugin):
 
         return await self.retry.call(once)
 
+    def used_weight(self) -> int | None:
+        """The weight the exchange's last answer says we used this minute, where it says."""
+        name = self.capabilities.extra.get("used_weight_header")
+        headers = getattr(self._exchange, "last_response_headers", None)
+        if not name or not isinstance(headers, dict):
+            return None
+        value = next((v for k, v in headers.items() if str(k).lower() == name), None)
+        return int(value) if value is not None and str(value).strip().isdigit() else None
+
     def _must_have_bars(self, timeframe: str, since: int, until: int | None) -> bool:
         """An exchange that emits every bucket must answer a past range that reaches now."""
         now = int(time.time() * 1000)

@@ -159,6 +159,21 @@ class ProviderBudget:
             PROVIDER_BUDGET_EVENTS.labels(provider, "waited").inc()
             await asyncio.sleep(ms / 1000)
 
+    async def read_back(self, provider: str, used: int, window: float = 60.0) -> None:
+        """The exchange said we used ``used`` units in its current clock-aligned ``window``: past
+        what our budget alone spends in one window (its steady share plus the burst), someone else
+        spends from the same limit, so pause ``provider`` until the window ends."""
+        budget = self.budget_for(provider)
+        if budget is None:
+            return
+        ours = budget[0] * window / budget[1] + (self.burst_for(provider) or budget[0])
+        if used < ours:
+            return
+        PROVIDER_BUDGET_EVENTS.labels(provider, "saturated").inc()
+        log.info("%s says %d of its weight is used this window (ours: %d): pausing", provider, used,
+                 ours)
+        await self.pause(provider, window - time.time() % window)
+
     async def pause(self, provider: str, retry_after: float | None) -> None:
         """Pause every instance's calls to ``provider`` for ``retry_after`` seconds (or the default)."""
         seconds = retry_after if retry_after and retry_after > 0 else self.ban_default

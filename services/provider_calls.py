@@ -116,6 +116,9 @@ class ProviderCalls:
                 log.warning("provider unavailable after %d pages, keeping them: %s", calls, exc)
                 break
             calls += 1
+            used = plugin.used_weight()
+            if used is not None:
+                await self.budget.read_back(provider, used)
             page = [[int(b[0]), *map(float, b[1:6])] for b in page
                     if since <= b[0] and (end is None or b[0] < end)]
             out.extend(page)

@@ -242,3 +242,14 @@ async def test_testnet_and_base_url_rewrite_every_api_family(emulator: ExchangeE
         await exchange.close()
     finally:
         await p.close()
+
+
+async def test_used_weight_is_read_back_from_binance_header(
+    plugin: CryptoPlugin, emulator: ExchangeEmulator
+) -> None:
+    assert plugin.used_weight() is None  # no answer yet
+    await plugin.fetch_ohlcv("BTC/USDT", "1m", T0, 10)
+    # exchangeInfo 20 + klines 2 (just 2 when a new minute began between them)
+    assert plugin.used_weight() == emulator.weights.used in (22, 2)
+    assert plugin.call_weight("fetch_ohlcv") == 2
+    assert not plugin._exchange.enableRateLimit  # the provider budget paces Binance, not CCXT

@@ -141,3 +141,21 @@ async def test_an_absurd_retry_after_pauses_for_at_most_the_cap(retry_after: flo
     with pytest.raises(RateLimitedPluginError) as paused:
         await b.acquire("kraken")
     assert 0 < (paused.value.retry_after or 0) <= MAX_PAUSE_SECONDS + 0.01
+
+
+async def test_weight_read_back_past_our_share_pauses_until_the_window_ends() -> None:
+    b = ProviderBudget({"PROVIDER_BUDGETS": {"x": "100/60/10"}})
+    await b.read_back("x", 109)  # within our own share of a window (100 + burst 10)
+    await b.acquire("x", 2)
+    await b.read_back("x", 110)  # someone else spends from the same limit
+    with pytest.raises(RateLimitedPluginError) as err:
+        await b.acquire("x", 2)
+    assert err.value.retry_after is not None and 0 < err.value.retry_after <= 60.001
+
+
+async def test_a_call_takes_its_weight_from_the_budget() -> None:
+    b = ProviderBudget({"PROVIDER_BUDGETS": {"x": "10/60/4"}, "PROVIDER_BUDGET_MAX_WAIT": 0.0})
+    await b.acquire("x", 2)
+    await b.acquire("x", 2)  # the burst of 4 units is spent by two calls of weight 2
+    with pytest.raises(RateLimitedPluginError):
+        await b.acquire("x", 2)

@@ -34,6 +34,9 @@ class FakePlugin:
     def call_weight(self, method: str) -> int:
         return 1
 
+    def used_weight(self) -> int | None:
+        return None
+
     async def fetch_ohlcv(self, symbol: str, timeframe: str, since: int, limit: int,
                           until: int | None = None) -> list[list[float]]:
         if isinstance(self.answer, Exception):
