@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import re
 import time
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -32,7 +30,10 @@ from core.errors import (
     RateLimitedPluginError,
     UnknownSymbol,
 )
-from core.timeframes import Bar, bucket_start
+from core.timeframes import Bar
+from plugins.alpaca_wire import num as _num
+from plugins.alpaca_wire import parse_bar, parse_ts, rfc3339
+from plugins.alpaca_wire import positive as _positive
 from plugins.base import Capabilities, MarketPlugin, ProviderInfo, SymbolMeta, Ticker
 from plugins.retry import RetryPolicy, parse_retry_after
 
@@ -45,38 +46,6 @@ TIMEFRAMES = {"1m": "1Min", "3m": "3Min", "5m": "5Min", "15m": "15Min", "30m": "
 MAX_PAGE = 10_000
 CAPABILITIES = Capabilities(max_bars_per_call=MAX_PAGE, timeframes=tuple(TIMEFRAMES),
                             min_poll_interval=2.0, continuous=False)
-_FRACTION = re.compile(r"(\.\d{1,6})\d*")
-
-
-def rfc3339(ms: int) -> str:
-    """Whole-second RFC-3339 UTC timestamp of ``ms`` (rounded down)."""
-    return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_ts(raw: Any) -> int:
-    """Milliseconds of an Alpaca RFC-3339 timestamp (nanosecond fractions allowed)."""
-    if not isinstance(raw, str):
-        raise ValueError(f"timestamp is {type(raw).__name__}")
-    dt = datetime.fromisoformat(_FRACTION.sub(r"\1", raw.replace("Z", "+00:00")))
-    if dt.tzinfo is None:
-        raise ValueError("timestamp without a zone")
-    return int(dt.timestamp() * 1000)
-
-
-def _num(x: Any) -> float:
-    if isinstance(x, bool) or not isinstance(x, int | float):
-        raise ValueError(f"not a number: {x!r}")
-    return float(x)
-
-
-def parse_bar(raw: Any, timeframe: str) -> Bar:
-    """``{"t", "o", "h", "l", "c", "v"}`` to ``[ts, o, h, l, c, v]`` in our UTC bucket."""
-    if not isinstance(raw, dict):
-        raise ValueError("bar is not an object")
-    ts = bucket_start(parse_ts(raw.get("t")), timeframe)
-    return [ts, *(_num(raw.get(k)) for k in ("o", "h", "l", "c", "v"))]
-
-
 class AlpacaPlugin(MarketPlugin):
     """US stock bars, symbols and tickers from Alpaca."""
 
@@ -302,8 +271,3 @@ class AlpacaPlugin(MarketPlugin):
                           ask=_positive(quote_.get("ap")))
         except (AttributeError, ValueError) as exc:
             raise MalformedResponseError("alpaca: malformed snapshot") from exc
-
-
-def _positive(x: Any) -> float | None:
-    """Alpaca reports an empty book side as 0."""
-    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) and x > 0 else None

@@ -22,7 +22,8 @@ from core.errors import (
     UnknownSymbol,
 )
 from core.timeframes import DAY_MS, HOUR_MS, MINUTE_MS, WEEK_MS, resample
-from plugins.alpaca import AlpacaPlugin, parse_ts, rfc3339
+from plugins.alpaca import AlpacaPlugin
+from plugins.alpaca_wire import parse_ts, rfc3339
 from tests.support.exchange_emulator import ExchangeEmulator, fixtures
 from tests.support.exchange_emulator.candles import in_session
 from tests.support.exchange_emulator.checks import NO_LEAKS, assert_same_bars
