@@ -22,8 +22,8 @@ class ShallowSim(SimPlugin):
     """The sim with a history depth, like Kraken's 720 bars (its own market: the plugin loader
     must not take it for the sim's)."""
 
-    plugin_key: ClassVar[str] = "shallow-sim"
-    supported_markets: ClassVar[tuple[str, ...]] = ("shallow",)
+    plugin_key: ClassVar[str] = "shallow-calls-sim"
+    supported_markets: ClassVar[tuple[str, ...]] = ("shallow-calls",)
 
     @property
     def capabilities(self) -> Capabilities:
