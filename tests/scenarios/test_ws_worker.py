@@ -5,15 +5,12 @@ missing bar in the stream or in storage, ``ts`` never goes backwards."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 import pytest
-from quart import Quart
 
 from app import create_app
 from app_extensions.services import get_services
@@ -25,7 +22,7 @@ from tests.support.exchange_emulator import ExchangeEmulator, fixtures
 from tests.support.exchange_emulator.checks import assert_same_bars, fetch_klines
 from tests.support.helpers import clear_shared_markets, select_1m_bars
 from tests.support.tcp_proxy import TcpProxy
-from tests.support.ws import WS_TEST_CONFIG, assert_ts_monotonic, metric, wait_for
+from tests.support.ws import WS_TEST_CONFIG, assert_ts_monotonic, collecting, metric, wait_for
 
 emulator = fixtures.emulator
 SPEED = 60
@@ -44,24 +41,6 @@ def fast_clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
     for module in ("plugins.sim", "services.orchestrator", "services.hub.poller", "services.hub.service"):
         monkeypatch.setattr(f"{module}.now_ms", now)
     return now
-
-
-@asynccontextmanager
-async def collecting(app: Quart, sub: dict[str, Any]) -> AsyncIterator[list[dict[str, Any]]]:
-    """A test-client connection subscribed with ``sub``; yields the (growing) list of its frames."""
-    frames: list[dict[str, Any]] = []
-    async with app.test_client().websocket("/api/v1/ws") as ws:
-        async def read() -> None:
-            while True:
-                frames.append(json.loads(await ws.receive()))
-        reader = asyncio.create_task(read())
-        try:
-            await ws.send(json.dumps(sub))
-            await wait_for(lambda: any(f["type"] == "snapshot" for f in frames))
-            yield frames
-        finally:
-            reader.cancel()
-            await asyncio.wait([reader])
 
 
 def closed(frames: list[dict[str, Any]]) -> list[list[float]]:

@@ -13,8 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from tests.support.ws import (
     WS_TEST_CONFIG,
     Client,
     assert_ts_monotonic,
+    collecting,
     free_port,
     http_session,
     metric,
@@ -69,24 +69,6 @@ def stream_app(app_config: dict[str, Any], emulator: ExchangeEmulator) -> Quart:
         "POLL_PROVIDER_MIN_INTERVALS": {"binance": 0.1}, "STREAM_SILENCE_SECONDS": 0.5,
         "STREAM_VERIFY_SECONDS": 1.0, "STREAM_RETRY_SECONDS": 0.3, "STREAM_RETRY_MAX_SECONDS": 1.0,
     })
-
-
-@asynccontextmanager
-async def collecting(app: Quart, sub: dict[str, Any]) -> AsyncIterator[list[dict[str, Any]]]:
-    """A test-client connection subscribed with ``sub``; yields the (growing) list of its frames."""
-    frames: list[dict[str, Any]] = []
-    async with app.test_client().websocket("/api/v1/ws") as ws:
-        async def read() -> None:
-            while True:
-                frames.append(json.loads(await ws.receive()))
-        reader = asyncio.create_task(read())
-        try:
-            await ws.send(json.dumps(sub))
-            await wait_for(lambda: any(f["type"] == "snapshot" for f in frames))
-            yield frames
-        finally:
-            reader.cancel()
-            await asyncio.wait([reader])
 
 
 def bars(frames: list[dict[str, Any]], closed: bool | None = None) -> list[list[float]]:

@@ -149,3 +149,21 @@ def assert_ts_monotonic(frames: list[dict[str, Any]]) -> None:
 def http_session() -> aiohttp.ClientSession:
     """A client session without aiohttp's default cap of 100 connections."""
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+
+@asynccontextmanager
+async def collecting(app: Quart, sub: dict[str, Any]) -> AsyncIterator[list[dict[str, Any]]]:
+    """A test-client connection subscribed with ``sub``; yields the (growing) list of its frames."""
+    frames: list[dict[str, Any]] = []
+    async with app.test_client().websocket("/api/v1/ws") as ws:
+        async def read() -> None:
+            while True:
+                frames.append(json.loads(await ws.receive()))
+        reader = asyncio.create_task(read())
+        try:
+            await ws.send(json.dumps(sub))
+            await wait_for(lambda: any(f["type"] == "snapshot" for f in frames))
+            yield frames
+        finally:
+            reader.cancel()
+            await asyncio.wait([reader])

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -15,26 +12,10 @@ from app import create_app
 from app_extensions.services import get_services
 from core.errors import NetworkPluginError
 from tests.support.ws import WS_TEST_CONFIG, wait_for
+from tests.support.ws import collecting as subscribed
 
 SUB = {"op": "subscribe", "market": "sim", "provider": "sim", "symbol": "SIM/USD", "history": 1}
 CHANNEL = "sim:sim:SIM/USD:1m"
-
-
-@asynccontextmanager
-async def subscribed(app: Quart, sub: dict[str, Any]) -> AsyncIterator[list[dict[str, Any]]]:
-    frames: list[dict[str, Any]] = []
-    async with app.test_client().websocket("/api/v1/ws") as ws:
-        async def read() -> None:
-            while True:
-                frames.append(json.loads(await ws.receive()))
-        reader = asyncio.create_task(read())
-        try:
-            await ws.send(json.dumps(sub))
-            await wait_for(lambda: any(f["type"] == "snapshot" for f in frames))
-            yield frames
-        finally:
-            reader.cancel()
-            await asyncio.wait([reader])
 
 
 async def channels(app: Quart) -> list[dict[str, Any]]:
