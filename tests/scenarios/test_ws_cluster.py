@@ -23,7 +23,15 @@ from app_extensions.services import get_services
 from services.hub import SubscriptionService
 from tests.conftest import REDIS_URL
 from tests.support.tcp_proxy import TcpProxy
-from tests.support.ws import WS_TEST_CONFIG, Client, assert_ts_monotonic, free_port, http_session, wait_for
+from tests.support.ws import (
+    WS_TEST_CONFIG,
+    Client,
+    assert_ts_monotonic,
+    free_port,
+    http_session,
+    wait_for,
+    wait_healthy,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHANNEL = "sim:sim:SIM/USD:1m"
@@ -86,13 +94,7 @@ async def test_killing_the_lease_holder_moves_polling_and_clients_keep_receiving
     )
     try:
         async with http_session() as session:
-            async def up() -> bool:
-                try:
-                    async with session.get(f"http://127.0.0.1:{port}/health") as r:
-                        return r.status == 200
-                except OSError:
-                    return False
-            await wait_for(up, within=30)
+            await wait_healthy(session, f"http://127.0.0.1:{port}")
             first = await Client(session, f"http://127.0.0.1:{port}/api/v1/ws").open()
             await first.send(SUB)
             await wait_for(lambda: bool(first.of("snapshot")))

@@ -27,7 +27,7 @@ from tests.scenarios.test_ws_cluster import ROOT
 from tests.support.exchange_emulator import ExchangeEmulator, fixtures
 from tests.support.exchange_emulator.checks import assert_same_bars, fetch_klines
 from tests.support.helpers import clear_shared_markets
-from tests.support.ws import WS_TEST_CONFIG, Client, free_port, http_session, serve_app, wait_for
+from tests.support.ws import WS_TEST_CONFIG, Client, free_port, http_session, serve_app, wait_for, wait_healthy
 
 pytestmark = pytest.mark.slow
 emulator = fixtures.emulator
@@ -78,13 +78,7 @@ async def test_a_client_resumes_with_since_on_the_other_instance_after_a_kill_9(
     other = create_app(cfg)
     try:
         async with http_session() as session, serve_app(other) as addr:
-            async def up() -> bool:
-                try:
-                    async with session.get(f"http://127.0.0.1:{port}/health") as r:
-                        return r.status == 200
-                except OSError:
-                    return False
-            await wait_for(up, within=30)
+            await wait_healthy(session, f"http://127.0.0.1:{port}")
             first = await Client(session, f"http://127.0.0.1:{port}/api/v1/ws").open()
             await first.send(SUB)
             await wait_for(lambda: bool(first.of("snapshot")), within=10)

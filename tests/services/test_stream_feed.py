@@ -33,6 +33,7 @@ from tests.support.ws import (
     http_session,
     metric,
     wait_for,
+    wait_healthy,
 )
 
 emulator = fixtures.emulator
@@ -213,13 +214,7 @@ async def test_three_instances_hold_one_upstream_stream_and_kill_moves_it(
     lease_ttl = float(cfg["LEASE_TTL_SECONDS"])
     try:
         async with http_session() as session:
-            async def up() -> bool:
-                try:
-                    async with session.get(f"http://127.0.0.1:{port}/health") as r:
-                        return r.status == 200
-                except OSError:
-                    return False
-            await wait_for(up, within=30)
+            await wait_healthy(session, f"http://127.0.0.1:{port}")
             first = await Client(session, f"http://127.0.0.1:{port}/api/v1/ws").open()
             await first.send(SUB)
             await wait_for(lambda: bool(first.of("snapshot")), within=20)

@@ -82,13 +82,7 @@ async def serve_app(app: Quart, **options: Any) -> AsyncIterator[str]:
     task = asyncio.create_task(serve(app, hc, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
     try:
         async with aiohttp.ClientSession() as http:
-            async def up() -> bool:
-                try:
-                    async with http.get(f"http://127.0.0.1:{port}/health") as r:
-                        return r.status == 200
-                except aiohttp.ClientError:
-                    return False
-            await wait_for(up, within=20)
+            await wait_healthy(http, f"http://127.0.0.1:{port}", within=20)
         yield f"127.0.0.1:{port}"
     finally:
         stop.set()
@@ -167,3 +161,14 @@ async def collecting(app: Quart, sub: dict[str, Any]) -> AsyncIterator[list[dict
         finally:
             reader.cancel()
             await asyncio.wait([reader])
+
+
+async def wait_healthy(session: aiohttp.ClientSession, base: str, within: float = 30.0) -> None:
+    """Wait until a served instance at ``base`` answers ``/health`` with 200."""
+    async def up() -> bool:
+        try:
+            async with session.get(f"{base}/health") as r:
+                return r.status == 200
+        except (OSError, aiohttp.ClientError):
+            return False
+    await wait_for(up, within=within)
