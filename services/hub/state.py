@@ -94,6 +94,10 @@ class StateStore:
             return local
         return shared
 
+    def remember(self, channel: str, state: PollerState) -> None:
+        """Remember ``state`` in this process (``Commits`` saved it on the backend)."""
+        self._local[channel] = state
+
     async def save(self, channel: str, state: PollerState) -> None:
         """Remember ``state`` here and on the backend."""
         self._local[channel] = state
