@@ -73,8 +73,9 @@ class Backend(ABC):
         """Wait for the next message: ``(topic, payload)``."""
 
     @abstractmethod
-    async def hold(self, name: str, owner: str, ttl_ms: int) -> bool:
-        """Acquire lease ``name`` for ``owner``, or renew it; False when another owner holds it."""
+    async def hold(self, leases: list[tuple[str, str, int]]) -> list[bool]:
+        """Per lease (name, owner, TTL ms): acquire it for the owner, or renew it; False when
+        another owner holds it."""
 
     @abstractmethod
     async def release(self, name: str, owner: str) -> None:
@@ -140,9 +141,10 @@ class MemoryBackend(Backend):
     async def next_published(self) -> tuple[str, str]:
         return await self._queue.get()
 
-    async def hold(self, name: str, owner: str, ttl_ms: int) -> bool:
-        self._leases[name] = owner
-        return True
+    async def hold(self, leases: list[tuple[str, str, int]]) -> list[bool]:
+        for name, owner, _ in leases:
+            self._leases[name] = owner
+        return [True] * len(leases)
 
     async def release(self, name: str, owner: str) -> None:
         if self._leases.get(name) == owner:

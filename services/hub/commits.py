@@ -18,13 +18,13 @@ queues up (group commit). Per channel, atomically on the backend:
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 from dataclasses import dataclass
 
 from services.hub.backends import SEQ_KEY, CommitRecord
-from services.hub.broadcast import Lease, stop_task
+from services.hub.batch import Batched
+from services.hub.broadcast import Lease
 from services.hub.frames import BarFrame
 from services.hub.state import STATE_TTL_SECONDS, PollerState, StateStore
 
@@ -70,73 +70,40 @@ class Commits:
 
     def __init__(self, store: StateStore) -> None:
         self.store = store
-        self._queue: list[tuple[Commit, asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-        #: Backend round trips and commits sent (``batches``/``commits``: the mean burst).
-        self.batches = 0
-        self.commits = 0
+        self.batched = Batched(self._send, "ws-commits")
 
     async def commit(self, item: Commit) -> None:
         """Number, publish and save ``item``; raises ``LeaseLost`` when another instance holds
         the channel's lease. On return ``item.state.seq`` is the last number given."""
-        if not item.frames:
-            return
-        done = asyncio.get_running_loop().create_future()
-        self._queue.append((item, done))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="ws-commits")
-        await done
+        if item.frames and not await self.batched(item):
+            raise LeaseLost(item.channel)
 
     async def close(self) -> None:
-        """Stop the flusher (commits still queued fail with ``CancelledError``)."""
-        if self._flusher is not None:
-            await stop_task(self._flusher)
-        for _, done in self._queue:
-            done.cancel()
-        self._queue = []
+        """Stop the flusher (commits still queued are cancelled)."""
+        await self.batched.close()
 
-    async def _flush(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue, []
-            try:
-                await self._send(batch)
-            except asyncio.CancelledError:
-                for _, done in batch:
-                    done.cancel()
-                raise
-            except Exception as exc:  # both backends failed, or a bug: every waiting poller gets it
-                log.error("committing %d channels failed", len(batch), exc_info=exc)
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(exc)
-
-    async def _send(self, batch: list[tuple[Commit, asyncio.Future[None]]]) -> None:
+    async def _send(self, items: list[Commit]) -> list[bool]:
+        """Commit ``items`` in one round trip (more when a counter is ahead); per item True when
+        committed, False when the lease is another instance's."""
+        held = dict.fromkeys(map(id, items), True)
         for _ in range(MAX_ROUNDS):
-            batch = await self._round(batch)
-            if not batch:
-                return
-        raise RuntimeError(f"seq of {batch[0][0].channel} kept moving while committing")
+            results = await self._round([item.record() for item in items])
+            again = []
+            for item, result in zip(items, results, strict=True):
+                if result < 0:
+                    held[id(item)] = False
+                elif result > 0:  # the counter is ahead of the state: number after it
+                    log.info("seq of %s continues after %d (counter ahead of the state)",
+                             item.channel, result)
+                    item.state.seq = result
+                    again.append(item)
+                else:
+                    item.state.seq += len(item.frames)
+                    self.store.remember(item.channel, item.state)
+            if not again:
+                return list(held.values())
+            items = again
+        raise RuntimeError(f"seq of {items[0].channel} kept moving while committing")
 
-    async def _round(self, batch: list[tuple[Commit, asyncio.Future[None]]]
-                     ) -> list[tuple[Commit, asyncio.Future[None]]]:
-        """One backend round trip for ``batch``; returns the commits to number again."""
-        records = [item.record() for item, _ in batch]
-        results = await self.store.broadcast.run(lambda b: b.commit(records))
-        self.batches += 1
-        self.commits += len(batch)
-        again = []
-        for (item, done), result in zip(batch, results, strict=True):
-            if result < 0:
-                if not done.done():
-                    done.set_exception(LeaseLost(item.channel))
-            elif result > 0:  # the counter is ahead of the state: number after it
-                log.info("seq of %s continues after %d (counter ahead of the state)",
-                         item.channel, result)
-                item.state.seq = result
-                again.append((item, done))
-            else:
-                item.state.seq += len(item.frames)
-                self.store.remember(item.channel, item.state)
-                if not done.done():
-                    done.set_result(None)
-        return again
+    async def _round(self, records: list[CommitRecord]) -> list[int]:
+        return await self.store.broadcast.run(lambda b: b.commit(records))

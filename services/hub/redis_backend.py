@@ -16,12 +16,18 @@ from services.hub.backends import SEQ_TTL_SECONDS, Backend, BackendError, Commit
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-#: Acquire the lease when it is free, or renew it when we hold it.
+#: Per lease (KEYS[i]; ARGV[2i-1] owner, ARGV[2i] TTL ms): 1 when acquired (it was free) or
+#: renewed (the owner held it), 0 when another owner holds it.
 HOLD_SCRIPT = """
-local cur = redis.call('get', KEYS[1])
-if cur == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
-if not cur then return redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) and 1 or 0 end
-return 0
+local out = {}
+for i = 1, #KEYS do
+  local owner, ttl = ARGV[2 * i - 1], ARGV[2 * i]
+  local cur = redis.call('get', KEYS[i])
+  if cur == owner then out[i] = redis.call('pexpire', KEYS[i], ttl)
+  elseif not cur then out[i] = redis.call('set', KEYS[i], owner, 'PX', ttl) and 1 or 0
+  else out[i] = 0 end
+end
+return out
 """
 RELEASE_SCRIPT = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
@@ -133,9 +139,11 @@ class RedisBackend(Backend):
                 data = msg["data"]
                 return msg["channel"].decode()[skip:], data.decode() if isinstance(data, bytes) else data
 
-    async def hold(self, name: str, owner: str, ttl_ms: int) -> bool:
-        key = self.key("ws", "lease", name)
-        return bool(await self.redis.run(lambda r: r.eval(HOLD_SCRIPT, 1, key, owner, ttl_ms)))
+    async def hold(self, leases: list[tuple[str, str, int]]) -> list[bool]:
+        keys = [self.key("ws", "lease", name) for name, _, _ in leases]
+        args = [v for _, owner, ttl_ms in leases for v in (owner, ttl_ms)]
+        raw = await self.redis.run(lambda r: r.eval(HOLD_SCRIPT, len(keys), *keys, *args))
+        return [bool(v) for v in raw]
 
     async def release(self, name: str, owner: str) -> None:
         key = self.key("ws", "lease", name)
