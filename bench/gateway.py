@@ -4,8 +4,8 @@ proxy) serving the same bars, both fed by the exchange emulator, within one run.
     .venv/bin/python -m bench.gateway [--seconds 5] [--rounds 3] [--connections 32] [--venv DIR]
 
 ccxt-gateway is not a dependency of the project: ``bench.gateway_venv`` installs ``ccxt-gateway==1.9.0``
-(with the project's ccxt version) into ``bench/.gateway-venv`` on the first run, or prints why it
-could not and skips. One emulator process (``python -m tests.support.exchange_emulator``, Binance's
+(with the project's ccxt version) into a virtualenv outside the repository on the first run, or
+prints why it could not and skips. One emulator process (``python -m tests.support.exchange_emulator``, Binance's
 REST API) is the upstream of both sides:
 
 - ours: the service under ``hypercorn --workers 1`` with ``PROVIDER_URLS={"binance": emulator}``
@@ -199,5 +199,5 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV,
-                        help="virtualenv for ccxt-gateway (made on first use; default bench/.gateway-venv)")
+                        help=f"virtualenv for ccxt-gateway (made on first use; default {DEFAULT_VENV})")
     asyncio.run(main(parser.parse_args()))

@@ -1,8 +1,10 @@
 """ccxt-gateway 1.9.0 in a virtualenv of its own, for ``bench.gateway`` only.
 
-It is never a dependency of the project: the virtualenv lives under ``bench/.gateway-venv`` (git
-ignores it) or wherever ``--venv`` says, and is made on the first run with the same ``ccxt``
-version as the project's, so both sides parse the exchange's answers with the same CCXT.
+It is never a dependency of the project: the virtualenv lives outside the repository, in
+``$XDG_CACHE_HOME/market-data-bench/ccxt-gateway-1.9.0`` (``~/.cache`` without it) or wherever
+``--venv`` says (not under the source tree, which the docs checks and linters walk), and is made on
+the first run with the same ``ccxt`` version as the project's, so both sides parse the exchange's
+answers with the same CCXT.
 
 ccxt-gateway 1.9.0 has no setting for an exchange's URLs: its exchange subprocess builds the CCXT
 instance from ``enableRateLimit``, ``timeout``, ``verbose`` and credentials only, and its REST
@@ -23,7 +25,8 @@ from pathlib import Path
 import ccxt
 
 GATEWAY = "ccxt-gateway==1.9.0"
-DEFAULT_VENV = Path(__file__).resolve().parent / ".gateway-venv"
+DEFAULT_VENV = (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                / "market-data-bench" / "ccxt-gateway-1.9.0")
 URL_ENV = "BENCH_GATEWAY_BINANCE_URL"
 
 _HOOK_PTH = f'import os; os.environ.get("{URL_ENV}") and __import__("bench_emulator_urls")\n'
