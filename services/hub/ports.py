@@ -9,6 +9,7 @@ from typing import Protocol
 
 from core.timeframes import Bar
 from core.types import Series
+from services.hub.commits import Commit
 from services.hub.frames import Frame
 from services.hub.wire import Message
 
@@ -17,11 +18,12 @@ BucketReader = Callable[[Series, str, int], Awaitable[Bar | None]]
 
 
 class Output(Protocol):
-    """Where a poller's frames go (the hub)."""
+    """Where a poller's frames go (the hub): status frames one by one, bar frames committed
+    (numbered, published and saved with the poller's state: ``services.hub.commits``)."""
 
     async def publish(self, frame: Frame) -> None: ...
 
-    async def next_seq(self, channel: str, count: int, floor: int) -> int: ...
+    async def commit(self, item: Commit) -> None: ...
 
 
 class Writer(Protocol):
