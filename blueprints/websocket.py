@@ -140,10 +140,10 @@ async def _read_loop(service: SubscriptionService, conn: Connection, max_bytes: 
                 continue
             inbox.append(OVERSIZED if len(raw) > max_bytes else raw)
             if not worker or worker[0].done():
-                task = asyncio.create_task(_handle_all(service, conn, inbox, max_bytes),
-                                           name="ws-messages")
-                task.add_done_callback(forget)
-                worker[:] = [task]
+                # (no local name for it: this frame would keep the finished task)
+                worker[:] = [asyncio.create_task(_handle_all(service, conn, inbox, max_bytes),
+                                                 name="ws-messages")]
+                worker[0].add_done_callback(forget)
     finally:
         if worker:
             await stop_task(worker[0])
