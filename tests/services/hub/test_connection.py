@@ -7,6 +7,7 @@ import json
 
 from services.hub.connection import Connection
 from services.hub.frames import BarFrame
+from services.hub.wire import Message
 
 CH = "sim:sim:SIM/USD:1m"
 X = 1_700_000_040_000
@@ -17,20 +18,33 @@ def frame(ts: int, close: float, closed: bool) -> BarFrame:
     return BarFrame(CH, [ts, 1.0, 2.0, 0.5, close, 3.0], closed, next(SEQ))
 
 
-async def _noop(text: str) -> None:
-    return None
+class Recorder:
+    """An outlet whose socket always takes more: messages are written at once, in order."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def ready(self) -> bool:
+        return True
+
+    def write(self, message: Message) -> None:
+        self.texts.append(message.text)
+
+    async def send(self, message: Message) -> None:
+        self.write(message)
 
 
-def sent(conn: Connection) -> list[tuple[int, float, bool]]:
+def sent(outlet: Recorder) -> list[tuple[int, float, bool]]:
     out = []
-    for _kind, _t, text in conn._queue:
+    for text in outlet.texts:
         f = json.loads(text)
         out.append((f["bar"][0], f["bar"][4], f["closed"]))
     return out
 
 
 async def test_a_bucket_is_sent_closed_once_even_when_a_second_worker_sends_it_again() -> None:
-    conn = Connection(_noop, max_queue=100, send_timeout=5.0)
+    outlet = Recorder()
+    conn = Connection(outlet, max_queue=100, send_timeout=5.0)
     conn.hold(CH)
     conn.ready(CH, [], 0.0)
     conn.deliver(frame(X, 1.0, False))
@@ -40,4 +54,4 @@ async def test_a_bucket_is_sent_closed_once_even_when_a_second_worker_sends_it_a
     conn.deliver(frame(X, 1.2, True))
     conn.deliver(frame(X, 1.3, False))
     conn.deliver(frame(X + 60_000, 2.0, False))
-    assert sent(conn) == [(X, 1.0, False), (X, 1.1, True), (X + 60_000, 2.0, False)]
+    assert sent(outlet) == [(X, 1.0, False), (X, 1.1, True), (X + 60_000, 2.0, False)]
