@@ -126,7 +126,12 @@ async def _read_loop(service: SubscriptionService, conn: Connection, max_bytes: 
     than its messages are handled is dropped (``flood``, 1013) instead of queueing without end.
     The handling task lives only while messages wait (an idle connection holds none)."""
     inbox: list[str | bytes | Oversized] = []
-    worker: asyncio.Task[None] | None = None
+    worker: list[asyncio.Task[None]] = []  # the running one (a finished task is let go)
+
+    def forget(task: asyncio.Task[None]) -> None:
+        if task in worker:
+            worker.remove(task)
+
     try:
         while True:
             raw = await websocket.receive()
@@ -134,12 +139,14 @@ async def _read_loop(service: SubscriptionService, conn: Connection, max_bytes: 
                 conn.drop("flood")  # interrupts this loop at its next wait
                 continue
             inbox.append(OVERSIZED if len(raw) > max_bytes else raw)
-            if worker is None or worker.done():
-                worker = asyncio.create_task(_handle_all(service, conn, inbox, max_bytes),
-                                             name="ws-messages")
+            if not worker or worker[0].done():
+                # (no local name for it: this frame would keep the finished task)
+                worker[:] = [asyncio.create_task(_handle_all(service, conn, inbox, max_bytes),
+                                                 name="ws-messages")]
+                worker[0].add_done_callback(forget)
     finally:
-        if worker is not None:
-            await stop_task(worker)
+        if worker:
+            await stop_task(worker[0])
 
 
 async def _handle_all(service: SubscriptionService, conn: Connection,

@@ -1,7 +1,7 @@
 """Hypercorn settings for the WebSocket endpoint, and our one patch of Hypercorn (0.18 only).
 
-``install_hypercorn_patch`` (called by ``create_app``, idempotent) changes three things of
-``hypercorn.protocol.ws_stream`` when the installed Hypercorn is 0.18 (else nothing, with a
+``install_hypercorn_patch`` (called by ``create_app``, idempotent) changes four things of
+Hypercorn's asyncio worker when the installed Hypercorn is 0.18 (else nothing, with a
 warning: every connection then goes through plain ASGI sends, slower but correct):
 
 - **permessage-deflate without context takeover**: the server answers a client's offer with
@@ -26,11 +26,15 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from importlib.metadata import version
+from ssl import SSLError
 from typing import Any
 
-from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.asyncio.task_group import TaskGroup, _handle
+from hypercorn.asyncio.tcp_server import MAX_RECV, TCPServer
+from hypercorn.events import Closed, RawData
 from hypercorn.protocol import ws_stream
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
@@ -43,6 +47,7 @@ SUPPORTED = "0.18."
 #: Key of the stream's weak reference in the ASGI scope's ``extensions``.
 STREAM_KEY = "hypercorn.ws_stream"
 _ORIGINAL_ACCEPT = WSStream._accept
+_ORIGINAL_SPAWN_APP = TaskGroup.spawn_app
 
 
 class IndependentDeflate(PerMessageDeflate):
@@ -129,6 +134,81 @@ def ping(stream: WSStream) -> None:
         transport.write(stream.connection.send(Ping()))
 
 
+class AppQueue:
+    """``asyncio.Queue``'s ``put``/``get`` (bounded, FIFO, any number of waiters), lean."""
+
+    __slots__ = ("_getters", "_items", "_maxsize", "_putters")
+
+    def __init__(self, maxsize: int) -> None:
+        self._items: list[Any] = []
+        self._maxsize = maxsize
+        self._getters: list[asyncio.Future[None]] = []
+        self._putters: list[asyncio.Future[None]] = []
+
+    @staticmethod
+    def _wake(waiters: list[asyncio.Future[None]]) -> None:
+        while waiters:
+            waiter = waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    @staticmethod
+    async def _wait(waiters: list[asyncio.Future[None]]) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter in waiters:
+                waiters.remove(waiter)
+            elif not waiter.cancelled():
+                AppQueue._wake(waiters)  # woken, then cancelled: pass the turn on
+            raise
+
+    async def put(self, item: Any) -> None:
+        while 0 < self._maxsize <= len(self._items):
+            await self._wait(self._putters)
+        self._items.append(item)
+        self._wake(self._getters)
+
+    async def get(self) -> Any:
+        while not self._items:
+            await self._wait(self._getters)
+        item = self._items.pop(0)
+        self._wake(self._putters)
+        return item
+
+
+async def _spawn_app(self: TaskGroup, app: Any, config: Any, scope: Any,
+                     send: Any) -> Callable[[Any], Awaitable[None]]:
+    """Hypercorn's ``TaskGroup.spawn_app``, with an ``AppQueue`` for a WebSocket."""
+    if scope["type"] != "websocket":
+        return await _ORIGINAL_SPAWN_APP(self, app, config, scope, send)
+    queue = AppQueue(config.max_app_queue_size)
+    loop = self._loop
+
+    def _call_soon(func: Callable[..., Any], *args: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(func(*args), loop).result()
+
+    self.spawn(_handle, app, config, scope, queue.get, send, partial(loop.run_in_executor, None),
+               _call_soon)
+    return queue.put
+
+
+async def _read_data(self: TCPServer) -> None:
+    """Hypercorn's ``TCPServer._read_data`` with ``asyncio.timeout`` instead of ``wait_for``."""
+    while not self.reader.at_eof():
+        try:
+            async with asyncio.timeout(self.config.read_timeout):
+                data = await self.reader.read(MAX_RECV)
+        except (ConnectionError, OSError, TimeoutError, SSLError):
+            break
+        else:
+            await self.protocol.handle(RawData(data))
+    await self.protocol.handle(Closed())
+
+
 def install_hypercorn_patch() -> bool:
     """Install the patch described in the module docstring (idempotent); False (and nothing
     changed) when the installed Hypercorn is not the version it was written for."""
@@ -140,6 +220,8 @@ def install_hypercorn_patch() -> bool:
     ws_stream.PerMessageDeflate = IndependentDeflate  # type: ignore[misc]  # the handshake's
     WSStream._accept = _accept  # type: ignore[method-assign]
     WSStream._send_pings = _send_pings  # type: ignore[method-assign]
+    TCPServer._read_data = _read_data  # type: ignore[method-assign]
+    TaskGroup.spawn_app = _spawn_app  # type: ignore[method-assign]
     return True
 
 

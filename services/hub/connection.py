@@ -17,7 +17,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,8 +49,8 @@ class Subscription:
     #: False until the snapshot is queued; frames arriving before are held, then replayed.
     ready: bool = False
     held: list[Frame] = field(default_factory=list)
-    #: Holds the hub's reference to the channel; closing it leaves the channel.
-    scope: AsyncExitStack = field(default_factory=AsyncExitStack)
+    #: The hub's reference to the channel (``hub.subscribe``, entered); exiting it leaves.
+    scope: AbstractAsyncContextManager[Any] | None = None
 
 
 class Connection:

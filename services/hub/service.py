@@ -144,7 +144,9 @@ class SubscriptionService:
         try:
             if not held:
                 WS_SUBSCRIPTIONS.inc()
-                entry = await sub.scope.enter_async_context(self.hub.subscribe(channel, conn))
+                scope = self.hub.subscribe(channel, conn)
+                entry = await scope.__aenter__()
+                sub.scope = scope
             else:
                 entry = self.hub.channels[name]
             bars = await self._snapshot(channel, req)
@@ -190,4 +192,5 @@ class SubscriptionService:
         sub = conn.subs.pop(name, None)
         if sub is not None:
             WS_SUBSCRIPTIONS.dec()
-            await sub.scope.aclose()
+            if sub.scope is not None:
+                await sub.scope.__aexit__(None, None, None)
