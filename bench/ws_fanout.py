@@ -11,6 +11,9 @@ clients, all subscribed to ``sim:sim:SIM/USD:1m``, and prints:
 - upstream polls per poll interval (from the server's ``ws_polls_total``; 1.0 is the goal);
 - p50/p99 delivery latency (the skew of fan-out): poll result to frame written to each client,
   every sample recorded by the server during the window;
+- the server's CPU time per broadcast frame (all its work during the window over the frames each
+  client got): on a shared machine wall-clock skew moves with the neighbours' load, this does not
+  (on an idle core the fan-out of one frame takes about this long, so the last client waits it);
 - the server's resident memory per idle subscribed connection (VmRSS growth from 1 warm-up client
   to N, over N - 1), and what each connection holds: asyncio tasks per connection (same growth).
 """
@@ -168,7 +171,9 @@ async def run_case(n: int, mode: str, window: float, interval: float) -> dict[st
             await asyncio.sleep(1.0)
             rss_n, tasks_n = rss_kib(server.pid), await tasks(server.pid, samples_path)
             polls0, frames[0], t0 = await polls(http, base), 0, time.time()
+            cpu0 = cpu_seconds(server.pid)
             await asyncio.sleep(window)
+            cpu1 = cpu_seconds(server.pid)
             polls1, t1, got = await polls(http, base), time.time(), frames[0]
             for ws in [*warm, *others]:
                 await ws.close()
@@ -187,6 +192,7 @@ async def run_case(n: int, mode: str, window: float, interval: float) -> dict[st
         "deflated": deflated[0] / n,
         "polls_per_interval": (polls1 - polls0) / ((t1 - t0) / interval),
         "frames_received": got,
+        "cpu_ms_per_frame": (cpu1 - cpu0) * 1000 / max(1.0, got / n),
         "p50_ms": quantile(samples, 0.50) * 1000,
         "p99_ms": quantile(samples, 0.99) * 1000,
         "samples": len(samples),
@@ -194,6 +200,12 @@ async def run_case(n: int, mode: str, window: float, interval: float) -> dict[st
         "rss_mib": rss_n / 1024,
         "tasks_per_conn": (tasks_n - tasks_base) / max(1, n - 1) if n > 1 else float("nan"),
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def drop_schema(schema: str, prefix: str) -> None:
@@ -207,14 +219,16 @@ async def drop_schema(schema: str, prefix: str) -> None:
 async def main(counts: list[int], modes: list[str], window: float, interval: float) -> None:
     print(f"one channel, one instance; poll interval {interval}s, window {window}s")
     print(f"{'mode':>7} {'deflated':>8} {'clients':>7} {'polls/interval':>14} {'frames':>8} "
-          f"{'p50 ms':>8} {'p99 ms':>8} {'samples':>8} {'KiB/conn':>9} {'tasks/conn':>10} "
+          f"{'p50 ms':>8} {'p99 ms':>8} {'samples':>8} {'CPU ms/frame':>12} {'KiB/conn':>9} "
+          f"{'tasks/conn':>10} "
           f"{'RSS MiB':>8}")
     for mode in modes:
         for n in counts:
             r = await run_case(n, mode, window, interval)
             print(f"{mode:>7} {r['deflated']:>8.0%} {r['clients']:>7} {r['polls_per_interval']:>14.2f} "
                   f"{r['frames_received']:>8} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
-                  f"{r['samples']:>8} {r['rss_per_conn_kib']:>9.1f} {r['tasks_per_conn']:>10.1f} "
+                  f"{r['samples']:>8} {r['cpu_ms_per_frame']:>12.2f} {r['rss_per_conn_kib']:>9.1f} "
+                  f"{r['tasks_per_conn']:>10.1f} "
                   f"{r['rss_mib']:>8.1f}", flush=True)
     await drop_schema(os.environ["BENCH_SCHEMA"], os.environ["BENCH_PREFIX"])
 

@@ -4,6 +4,8 @@ like client inflates every frame right, next to a client that offered nothing.""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from typing import Any
 
 import aiohttp
@@ -12,7 +14,15 @@ from app import create_app
 from app_extensions.services import get_services
 from blueprints.websocket import hypercorn_options
 from services.hub.frames import StatusFrame
-from tests.support.ws import WS_TEST_CONFIG, assert_ts_monotonic, http_session, serve_app, wait_for
+from tests.scenarios.test_ws_backpressure import RawClient
+from tests.support.ws import (
+    WS_TEST_CONFIG,
+    assert_ts_monotonic,
+    http_session,
+    metric,
+    serve_app,
+    wait_for,
+)
 
 CHANNEL = "sim:sim:SIM/USD:1m"
 SUB = {"op": "subscribe", "market": "sim", "provider": "sim", "symbol": "SIM/USD", "history": 50}
@@ -82,3 +92,31 @@ async def test_a_client_offering_a_small_window_gets_frames_deflated_for_it(
             assert msg.json() == big.client()
         finally:
             await ws.close()
+
+
+async def test_a_deflating_client_that_does_not_read_is_closed_with_1013(
+    app_config: dict[str, Any]
+) -> None:
+    app = create_app({**app_config, **WS_TEST_CONFIG, "ENABLED_MARKETS": "sim", "WS_SEND_QUEUE": 8})
+    service = get_services(app).subscriptions
+    dropped = metric("ws_clients_dropped_total", {"reason": "slow"})
+    async with serve_app(app, **hypercorn_options(app.config)) as addr:
+        slow = await RawClient().open(
+            addr, "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n")
+        try:
+            assert b"permessage-deflate" in slow.head
+            slow.send({**SUB, "history": 0})
+            await wait_for(lambda: CHANNEL in service.channels
+                           and len(service.channels[CHANNEL].subscribers) == 1)
+            sent = 0
+            while service.status()["connections"] == 1:  # its buffers fill up, then its queue
+                assert sent < 5000, "the slow client was never dropped"
+                # random text: deflate cannot shrink it, so the socket fills as fast as plain
+                await service.hub.publish(StatusFrame(CHANNEL, "live", os.urandom(8000).hex()))
+                sent += 1
+                await asyncio.sleep(0)
+            read, code = await slow.read_to_close()
+            assert code == 1013 and read < sent
+            assert metric("ws_clients_dropped_total", {"reason": "slow"}) == dropped + 1
+        finally:
+            slow.close()
