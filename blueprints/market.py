@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from quart import Blueprint, Response, current_app, jsonify, request
+from quart import Blueprint, Request, Response, current_app, jsonify, request
 
 from app_extensions.credentials import get_credentials
 from app_extensions.resilience import get_resilience
@@ -70,10 +70,11 @@ async def ticker() -> Response:
 
 @market_blueprint.get("/ohlcv")
 async def ohlcv() -> Response:
-    app = current_app._get_current_object()  # type: ignore[attr-defined]  # one proxy look-up
+    app = current_app._get_current_object()  # type: ignore[attr-defined]  # one proxy look-up each
+    req = request._get_current_object()  # type: ignore[attr-defined]
     services = get_services(app)
     prepared = get_response_cache(app)
-    hit = prepared.lookup(request.query_string)  # the same query, validated when it was kept
+    hit = prepared.lookup(req.query_string)  # the same query, validated when it was kept
     if hit is not None:
         query, warm_key = hit.meta
         credentials = get_credentials(app)
@@ -82,7 +83,7 @@ async def ohlcv() -> Response:
         if user is None:  # only the shared path's answers are kept: a user's own key misses
             get_warmup(app).warmer.note_key(warm_key)
             CACHE_ANSWERS.inc()
-            return _answer(hit, "cache")
+            return _answer(req, hit, "cache")
     q = load_query(SCHEMAS['OhlcvQuery'])
     services.markets.check_provider(q["market"], q["provider"])
     series = Series(q["market"], q["provider"], q["symbol"])
@@ -111,7 +112,7 @@ async def ohlcv() -> Response:
         # An answer that queued a backfill is not kept: its job header belongs to this answer.
         kept = await _keep(query, payload, generation) if user is None and not answer.backfill_job else None
         if kept is not None:
-            return _answer(kept, source)
+            return _answer(request._get_current_object(), kept, source)  # type: ignore[attr-defined]
         etag = etag_of(payload)
         headers["ETag"] = etag
         if etag_matches(request.headers.get("If-None-Match", ""), etag):
@@ -133,10 +134,10 @@ async def _keep(query: BarQuery, body: bytes, generation: tuple[int, int]) -> Pr
         meta=(query, range_key(query)))
 
 
-def _answer(entry: Prepared, source: str) -> Response:
+def _answer(req: Request, entry: Prepared, source: str) -> Response:
     """A prepared answer in the encoding the client accepts; 304 when its ETag matches."""
     accept_encoding = if_none_match = b""
-    for name, value in request.scope["headers"]:  # one pass for both headers
+    for name, value in req.scope["headers"]:  # one pass for both headers
         if name == b"accept-encoding":
             accept_encoding = value
         elif name == b"if-none-match":
