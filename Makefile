@@ -49,6 +49,7 @@ test: venv lint pglite web
 
 bench: venv pglite web
 	$(BIN)/python -m bench.ohlcv_rest
+	$(BIN)/python -m bench.gateway
 	$(BIN)/python -m bench.provider_path
 	$(BIN)/python -m bench.aggregates
 	$(BIN)/python -m bench.backfill

@@ -156,8 +156,9 @@ class BaseConfig:
     BACKFILL_MAX_RANGE_DAYS = 3660
     #: Longest backfill a GET /ohlcv queues by itself (days, the latest part); more: POST /backfill.
     BACKFILL_AUTO_MAX_DAYS = 7
-    #: Also put backfilled 1m bars into the Redis 1m cache.
+    #: Also put backfilled 1m bars into the Redis 1m cache: those of the latest BACKFILL_CACHE_DAYS.
     BACKFILL_WRITE_CACHE = True
+    BACKFILL_CACHE_DAYS = 7.0
     #: Run the job runner in this instance (off: the API still queues jobs for other instances).
     BACKFILL_RUNNER = True
     # Live candles over WebSocket (blueprints/websocket.py, services/subscription_*.py, broadcast.py)

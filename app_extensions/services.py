@@ -16,7 +16,7 @@ from services import hub
 from services.backfill_manager import BackfillManager
 from services.cache_manager import RedisCache
 from services.hub import Broadcast, HubSettings, SubscriptionService
-from services.hub.backends import RedisBackend
+from services.hub.redis_backend import RedisBackend
 from services.market_service import MarketService
 from services.orchestrator import DataOrchestrator, OrchestratorSettings
 from services.provider_source import PluginSource, ProviderSource

@@ -45,6 +45,7 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 SCHEMA, PREFIX = "bench_backfill", "bench_backfill"
 T0 = 1_704_067_200_000  # 2024-01-01, the emulator's first candle
 SERIES = Series("crypto", "binance", "BTC/USDT")
+SIM = Series("sim", "sim", "SIM/USD")
 
 
 def start_emulator(port: int, weight_limit: int | None) -> subprocess.Popen[bytes]:
@@ -65,11 +66,13 @@ async def emulator_weights(url: str) -> dict[str, Any]:
         return dict(await resp.json())
 
 
-async def run_backfill(url: str, days: int, concurrency: int, cache: bool, throttle: bool,
+async def run_backfill(url: str | None, days: int, concurrency: int, cache: bool, throttle: bool,
                        budget: str) -> dict[str, Any]:
+    """Backfill ``days`` from T0: from the sim plugin (``url`` None) or binance at ``url``."""
+    series = SIM if url is None else SERIES
     app = create_app({
         "DATABASE_SCHEMA": SCHEMA, "REDIS_PREFIX": PREFIX, "LOG_LEVEL": "WARNING",
-        "PROVIDER_URLS": {"binance": url}, "CCXT_EXCHANGES": "binance",
+        "PROVIDER_URLS": {"binance": url} if url else {}, "CCXT_EXCHANGES": "binance",
         "PROVIDER_BUDGETS": {"binance": budget}, "BACKFILL_RUNNER": False,
         # At a scaled-down limit (1 call/s) the workers queue for seconds: wait, do not fail.
         "PROVIDER_BUDGET_MAX_WAIT": 30.0,
@@ -78,18 +81,21 @@ async def run_backfill(url: str, days: int, concurrency: int, cache: bool, throt
     })
     async with app.test_app():
         services = get_services(app)
-        plugin: Any = await services.markets.get_plugin("crypto", "binance")
-        if not throttle:
-            (await plugin._ready()).enableRateLimit = False
-        throttled = bool((await plugin._ready()).enableRateLimit)
+        throttled = False
+        if url is not None:
+            plugin: Any = await services.markets.get_plugin("crypto", "binance")
+            if not throttle:
+                (await plugin._ready()).enableRateLimit = False
+            throttled = bool((await plugin._ready()).enableRateLimit)
         end = T0 + days * DAY_MS
-        started = time.perf_counter()
-        progress = await services.backfill.backfill(SERIES, T0, end)
-        seconds = time.perf_counter() - started
-        gaps = await services.backfill.gaps(SERIES, T0, end)
+        started, cpu = time.perf_counter(), time.process_time()
+        progress = await services.backfill.backfill(series, T0, end)
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        gaps = await services.backfill.gaps(series, T0, end)
     assert gaps == {"missing": [], "verified_empty": []}, gaps
+    weights = await emulator_weights(url) if url is not None else {}
     return {"bars": progress.bars_written, "seconds": seconds, "calls": progress.calls,
-            "weights": await emulator_weights(url), "throttled": throttled}
+            "weights": weights, "throttled": throttled, "cpu": cpu}
 
 
 async def copy_baseline() -> dict[str, Any]:
@@ -109,21 +115,33 @@ async def copy_baseline() -> dict[str, Any]:
 
 
 async def main(args: argparse.Namespace) -> None:
-    await reset_storage()
-    proc = start_emulator(args.port, args.weight_limit)
-    try:
-        url = f"http://127.0.0.1:{args.port}"
-        fill = await run_backfill(url, args.days, args.concurrency, not args.no_cache,
-                                  not args.no_ccxt_throttle, args.budget)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    providers = ["sim", "binance"] if args.provider == "both" else [args.provider]
+    for provider in providers:
+        await reset_storage()
+        await one_run(args, provider)
+    if not args.keep:
+        await reset_storage()
+
+
+async def one_run(args: argparse.Namespace, provider: str) -> None:
+    if provider == "sim":
+        fill = await run_backfill(None, args.days, args.concurrency, not args.no_cache, True, "off")
+    else:
+        proc = start_emulator(args.port, args.weight_limit)
+        try:
+            url = f"http://127.0.0.1:{args.port}"
+            fill = await run_backfill(url, args.days, args.concurrency, not args.no_cache,
+                                      not args.no_ccxt_throttle, args.budget)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
     copy = await copy_baseline()
     fill_rate, copy_rate = fill["bars"] / fill["seconds"], copy["bars"] / copy["seconds"]
-    print(f"backfill: {fill['bars']:,} bars in {fill['seconds']:.1f} s = {fill_rate:,.0f} bars/s"
+    print(f"{provider} backfill: {fill['bars']:,} bars in {fill['seconds']:.1f} s = {fill_rate:,.0f} bars/s"
           f" ({fill['calls']} calls, concurrency {args.concurrency},"
           f" cache {'off' if args.no_cache else 'on'},"
-          f" CCXT throttle {'on' if fill['throttled'] else 'off'}, budget {args.budget})")
+          f" CCXT throttle {'on' if fill['throttled'] else 'off'}, budget {args.budget};"
+          f" {fill['cpu'] / fill['bars'] * 1e6:.1f} µs CPU per bar in this process)")
     weights = fill["weights"]
     if args.weight_limit is not None:
         ceiling = args.weight_limit / 2 / 60 * 1000  # klines weight 2 per 1000 bars, per second
@@ -131,9 +149,7 @@ async def main(args: argparse.Namespace) -> None:
               f" ratio to ceiling {fill_rate / ceiling:.3f}; 429s {weights['refused_429']},"
               f" 418s {weights['refused_418']}, bans {weights['bans']}")
     print(f"raw COPY: {copy['bars']:,} rows in {copy['seconds']:.2f} s = {copy_rate:,.0f} rows/s")
-    print(f"ratio backfill / raw COPY: {fill_rate / copy_rate:.3f}")
-    if not args.keep:
-        await reset_storage()
+    print(f"{provider}: ratio backfill / raw COPY: {fill_rate / copy_rate:.3f}")
 
 
 if __name__ == "__main__":
@@ -149,11 +165,18 @@ if __name__ == "__main__":
     parser.add_argument("--budget", default=None,
                         help="PROVIDER_BUDGETS for binance (default: 0.95 x the weight limit per"
                              " minute, burst 4, as the built-in 5700/60/60 is for 6000; else off)")
+    parser.add_argument("--provider", choices=("sim", "binance", "both"), default=None,
+                        help="the sim plugin (in process), binance through the emulator, or both"
+                             " (the default; binance only with --weight-limit)")
     parser.add_argument("--keep", action="store_true", help="keep the bench schema afterwards")
     arguments = parser.parse_args()
     if arguments.budget is None:
         limit = arguments.weight_limit
         arguments.budget = "off" if limit is None else f"{int(limit * 0.95)}/60/4"
+    if arguments.provider is None:
+        arguments.provider = "both" if arguments.weight_limit is None else "binance"
+    if arguments.provider != "binance" and arguments.weight_limit is not None:
+        parser.error("--weight-limit applies to binance (the emulator) only")
     if arguments.port == 0:
         arguments.port = free_port()
     asyncio.run(main(arguments))

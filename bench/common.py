@@ -11,6 +11,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -118,12 +119,19 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNIT[m.group(2)] if m else float("nan")
 
 
-def wrk(url: str, seconds: float, connections: int, headers: dict[str, str] | None = None) -> LoadResult:
-    """Run ``wrk -t1`` (a C load generator: it takes little of the CPU the server needs)."""
+def wrk(url: str, seconds: float, connections: int, headers: dict[str, str] | None = None,
+        body: bytes | None = None) -> LoadResult:
+    """Run ``wrk -t1`` (a C load generator: it takes little of the CPU the server needs); with
+    ``body``, every request is a POST of it (through a Lua script)."""
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(int(seconds), 1)}s", "--latency"]
     for name, value in (headers or {}).items():
         cmd += ["-H", f"{name}: {value}"]
-    out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=seconds + 30).stdout
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        if body is not None:
+            script.write(f'wrk.method = "POST"\nwrk.body = [==[{body.decode()}]==]\n')
+            script.flush()
+            cmd += ["-s", script.name]
+        out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=seconds + 30).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     non = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -139,7 +147,7 @@ def wrk(url: str, seconds: float, connections: int, headers: dict[str, str] | No
 
 
 async def load(url: str, requests: int, concurrency: int,
-               headers: dict[str, str] | None = None) -> LoadResult:
+               headers: dict[str, str] | None = None, body: bytes | None = None) -> LoadResult:
     """Fallback without wrk: ``requests`` GETs from ``concurrency`` aiohttp workers (the client
     then competes with the server for the CPU: ratios hold, absolute figures are low)."""
     latencies: list[float] = []
@@ -154,7 +162,8 @@ async def load(url: str, requests: int, concurrency: int,
         while not queue.empty():
             queue.get_nowait()
             t = time.perf_counter()
-            async with session.get(url, headers=headers, auto_decompress=False) as r:
+            async with session.request("POST" if body is not None else "GET", url, data=body,
+                                       headers=headers, auto_decompress=False) as r:
                 received += len(await r.read())
                 non_2xx += r.status >= 400
             latencies.append(time.perf_counter() - t)
@@ -173,11 +182,12 @@ async def load(url: str, requests: int, concurrency: int,
 
 
 async def drive(url: str, seconds: float, connections: int,
-                headers: dict[str, str] | None = None) -> LoadResult:
-    """wrk when installed (``apt-get install -y wrk``), else the aiohttp fallback."""
+                headers: dict[str, str] | None = None, body: bytes | None = None) -> LoadResult:
+    """wrk when installed (``apt-get install -y wrk``), else the aiohttp fallback; GETs, or POSTs
+    of ``body`` when given."""
     if has_wrk():
-        return await asyncio.to_thread(wrk, url, seconds, connections, headers)
-    return await load(url, max(int(seconds * 300), 300), connections, headers)
+        return await asyncio.to_thread(wrk, url, seconds, connections, headers, body)
+    return await load(url, max(int(seconds * 300), 300), connections, headers, body)
 
 
 async def drop_bench_data(database_url: str, schema: str, redis_url: str, prefix: str) -> None:

@@ -1,14 +1,21 @@
 """Fan-out bench: 1, 100 and 1000 WebSocket clients on one channel of one instance.
 
-Usage: ``.venv/bin/python bench/ws_fanout.py [--clients 1,100,1000] [--window 5] [--interval 0.5]``
+Usage: ``.venv/bin/python bench/ws_fanout.py [--clients 1,100,1000] [--modes plain,deflate]
+[--window 5] [--interval 0.5]``
 
-For each client count a fresh server process (the app under Hypercorn, sim market, real PostgreSQL
-and Redis) is started; this process opens the clients, all subscribed to ``sim:sim:SIM/USD:1m``,
-and prints:
+For each mode and client count a fresh server process (the app under Hypercorn with
+``hypercorn_options``, sim market, real PostgreSQL and Redis) is started; this process opens the
+clients, all subscribed to ``sim:sim:SIM/USD:1m``, and prints:
+- the mode: ``plain`` clients offer no extension, ``deflate`` clients offer permessage-deflate
+  (``permessage-deflate; client_max_window_bits``, as browsers do), and the share that got it;
 - upstream polls per poll interval (from the server's ``ws_polls_total``; 1.0 is the goal);
-- p50/p99 delivery latency: poll result to frame written to each client, every sample recorded
-  by the server during the window;
-- the server's resident memory per connection (VmRSS growth from 1 warm-up client to N, over N).
+- p50/p99 delivery latency (the skew of fan-out): poll result to frame written to each client,
+  every sample recorded by the server during the window;
+- the server's CPU time per broadcast frame (all its work during the window over the frames each
+  client got): on a shared machine wall-clock skew moves with the neighbours' load, this does not
+  (on an idle core the fan-out of one frame takes about this long, so the last client waits it);
+- the server's resident memory per idle subscribed connection (VmRSS growth from 1 warm-up client
+  to N, over N - 1), and what each connection holds: asyncio tasks per connection (same growth).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ def serve(port: int, samples_path: str, interval: float) -> None:
     from hypercorn.config import Config as HypercornConfig
 
     from app import create_app
+    from blueprints.websocket import hypercorn_options
     from core.metrics import WS_FANOUT_LATENCY
 
     samples: list[tuple[float, float]] = []
@@ -51,9 +59,13 @@ def serve(port: int, samples_path: str, interval: float) -> None:
 
     WS_FANOUT_LATENCY.observe = record  # type: ignore[method-assign,assignment]
 
+    def count_tasks() -> None:  # SIGUSR1: what the connections hold
+        Path(samples_path + ".tasks").write_text(str(len(asyncio.all_tasks())))
+
     async def main() -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, count_tasks)
         app = create_app({
             "APP_ENV": "production", "LOG_LEVEL": "WARNING", "LOG_FORMAT": "text",
             "DATABASE_SCHEMA": os.environ["BENCH_SCHEMA"], "REDIS_PREFIX": os.environ["BENCH_PREFIX"],
@@ -66,6 +78,8 @@ def serve(port: int, samples_path: str, interval: float) -> None:
         hc.accesslog = None
         hc.loglevel = "WARNING"
         hc.backlog = 2048
+        for option, value in hypercorn_options(app.config).items():
+            setattr(hc, option, value)
         await hypercorn_serve(app, hc, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
     asyncio.run(main())
@@ -94,7 +108,25 @@ async def polls(http: Any, base: str) -> float:
                if s.name == "ws_polls_total" and s.labels.get("provider") == "sim")
 
 
-async def run_case(n: int, window: float, interval: float) -> dict[str, Any]:
+def take_count(marker: Path) -> int | None:
+    if not marker.exists() or not (text := marker.read_text()):
+        return None
+    marker.unlink()
+    return int(text)
+
+
+async def tasks(pid: int, samples_path: str) -> int:
+    """The server's asyncio task count (it writes it on SIGUSR1)."""
+    marker = Path(samples_path + ".tasks")
+    os.kill(pid, signal.SIGUSR1)
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if (count := await asyncio.to_thread(take_count, marker)) is not None:
+            return count
+    raise RuntimeError("the server did not count its tasks")
+
+
+async def run_case(n: int, mode: str, window: float, interval: float) -> dict[str, Any]:
     import aiohttp
 
     with socket.socket() as s:
@@ -104,7 +136,8 @@ async def run_case(n: int, window: float, interval: float) -> dict[str, Any]:
     os.close(fd)
     server = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--serve", str(port), samples_path, "--interval", str(interval), cwd=ROOT)
-    base, frames = f"http://127.0.0.1:{port}", [0]
+    base, frames, deflated = f"http://127.0.0.1:{port}", [0], [0]
+    compress = 15 if mode == "deflate" else 0
     try:
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as http:
@@ -116,7 +149,8 @@ async def run_case(n: int, window: float, interval: float) -> dict[str, Any]:
                 await asyncio.sleep(0.1)
 
             async def client() -> aiohttp.ClientWebSocketResponse:
-                ws = await http.ws_connect(base + "/api/v1/ws")
+                ws = await http.ws_connect(base + "/api/v1/ws", compress=compress)
+                deflated[0] += bool(ws.compress)
                 await ws.send_str(json.dumps(CHANNEL_SUB))
                 while (await ws.receive_json())["type"] != "snapshot":
                     pass
@@ -129,15 +163,17 @@ async def run_case(n: int, window: float, interval: float) -> dict[str, Any]:
             warm = [await client()]
             readers = [asyncio.create_task(drain(warm[0]))]
             await asyncio.sleep(1.0)
-            rss_base = rss_kib(server.pid)
+            rss_base, tasks_base = rss_kib(server.pid), await tasks(server.pid, samples_path)
             others: list[aiohttp.ClientWebSocketResponse] = []
             for i in range(0, n - 1, 100):
                 others += await asyncio.gather(*[client() for _ in range(min(100, n - 1 - i))])
             readers += [asyncio.create_task(drain(ws)) for ws in others]
             await asyncio.sleep(1.0)
-            rss_n = rss_kib(server.pid)
+            rss_n, tasks_n = rss_kib(server.pid), await tasks(server.pid, samples_path)
             polls0, frames[0], t0 = await polls(http, base), 0, time.time()
+            cpu0 = cpu_seconds(server.pid)
             await asyncio.sleep(window)
+            cpu1 = cpu_seconds(server.pid)
             polls1, t1, got = await polls(http, base), time.time(), frames[0]
             for ws in [*warm, *others]:
                 await ws.close()
@@ -152,14 +188,24 @@ async def run_case(n: int, window: float, interval: float) -> dict[str, Any]:
     os.unlink(samples_path)
     return {
         "clients": n,
+        "mode": mode,
+        "deflated": deflated[0] / n,
         "polls_per_interval": (polls1 - polls0) / ((t1 - t0) / interval),
         "frames_received": got,
+        "cpu_ms_per_frame": (cpu1 - cpu0) * 1000 / max(1.0, got / n),
         "p50_ms": quantile(samples, 0.50) * 1000,
         "p99_ms": quantile(samples, 0.99) * 1000,
         "samples": len(samples),
         "rss_per_conn_kib": (rss_n - rss_base) / max(1, n - 1) if n > 1 else float("nan"),
         "rss_mib": rss_n / 1024,
+        "tasks_per_conn": (tasks_n - tasks_base) / max(1, n - 1) if n > 1 else float("nan"),
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def drop_schema(schema: str, prefix: str) -> None:
@@ -170,15 +216,20 @@ async def drop_schema(schema: str, prefix: str) -> None:
     await drop_bench_data(cfg.DATABASE_URL, schema, cfg.REDIS_URL, prefix)
 
 
-async def main(counts: list[int], window: float, interval: float) -> None:
+async def main(counts: list[int], modes: list[str], window: float, interval: float) -> None:
     print(f"one channel, one instance; poll interval {interval}s, window {window}s")
-    print(f"{'clients':>7} {'polls/interval':>14} {'frames':>8} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'samples':>8} {'KiB/conn':>9} {'RSS MiB':>8}")
-    for n in counts:
-        r = await run_case(n, window, interval)
-        print(f"{r['clients']:>7} {r['polls_per_interval']:>14.2f} {r['frames_received']:>8} "
-              f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['samples']:>8} "
-              f"{r['rss_per_conn_kib']:>9.1f} {r['rss_mib']:>8.1f}", flush=True)
+    print(f"{'mode':>7} {'deflated':>8} {'clients':>7} {'polls/interval':>14} {'frames':>8} "
+          f"{'p50 ms':>8} {'p99 ms':>8} {'samples':>8} {'CPU ms/frame':>12} {'KiB/conn':>9} "
+          f"{'tasks/conn':>10} "
+          f"{'RSS MiB':>8}")
+    for mode in modes:
+        for n in counts:
+            r = await run_case(n, mode, window, interval)
+            print(f"{mode:>7} {r['deflated']:>8.0%} {r['clients']:>7} {r['polls_per_interval']:>14.2f} "
+                  f"{r['frames_received']:>8} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+                  f"{r['samples']:>8} {r['cpu_ms_per_frame']:>12.2f} {r['rss_per_conn_kib']:>9.1f} "
+                  f"{r['tasks_per_conn']:>10.1f} "
+                  f"{r['rss_mib']:>8.1f}", flush=True)
     await drop_schema(os.environ["BENCH_SCHEMA"], os.environ["BENCH_PREFIX"])
 
 
@@ -186,6 +237,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve", nargs=2, metavar=("PORT", "SAMPLES"), help=argparse.SUPPRESS)
     parser.add_argument("--clients", default="1,100,1000")
+    parser.add_argument("--modes", default="plain,deflate")
     parser.add_argument("--window", type=float, default=5.0)
     parser.add_argument("--interval", type=float, default=0.5)
     args = parser.parse_args()
@@ -195,4 +247,5 @@ if __name__ == "__main__":
         tag = uuid.uuid4().hex[:8]
         os.environ.setdefault("BENCH_SCHEMA", f"bench_ws_{tag}")
         os.environ.setdefault("BENCH_PREFIX", f"bench:ws:{tag}")
-        asyncio.run(main([int(c) for c in args.clients.split(",")], args.window, args.interval))
+        asyncio.run(main([int(c) for c in args.clients.split(",")], args.modes.split(","),
+                         args.window, args.interval))

@@ -3,11 +3,12 @@ SubscriptionService.
 
 Every client message is validated with a schema from ``ws_schemas``; a bad one is answered with an
 ``error`` frame and the connection stays open. Errors become frames in one place
-(``error_frame``). Each connection runs a reader (messages in order) and a sender (its bounded
-queue); the handler supervises both and closes with the connection's drop code (1013 for a client
-too slow for its stream or whose writes stall, or that sends faster than its messages are handled;
-1001 at shutdown). Dead idle peers are found by the
-server's WebSocket pings: run Hypercorn with ``hypercorn_options(config)`` (see ``app.py``).
+(``error_frame``). The handler reads the client's messages (handled in order by a task that lives
+while some wait) until the connection ends or is dropped, then closes with the connection's drop
+code (1013 for a client too slow for its stream or whose writes stall, or that sends faster than
+its messages are handled; 1011 on a bug; 1001 at shutdown). Frames are written to the connection's
+outlet (``ws_outlet``), by the hub's fan-out without a task per client. Dead idle peers are found
+by the server's WebSocket pings: run Hypercorn with ``hypercorn_options(config)`` (see ``app.py``).
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections import deque
 from typing import Any
 
 from marshmallow import ValidationError
 from quart import Blueprint, current_app, websocket
 
 from app_extensions.services import get_services
+from blueprints.ws_outlet import outlet_for
 from blueprints.ws_schemas import SCHEMAS
 from blueprints.ws_server import hypercorn_options
 from core.errors import AppError, InvalidParameter
@@ -122,54 +123,45 @@ OVERSIZED = Oversized()
 async def _read_loop(service: SubscriptionService, conn: Connection, max_bytes: int,
                      max_pending: int) -> None:
     """Receive at once into a bounded inbox, handle messages in order: a client sending faster
-    than its messages are handled is dropped (``flood``, 1013) instead of queueing without end."""
-    inbox: deque[str | bytes | Oversized] = deque()
-    ready = asyncio.Event()
+    than its messages are handled is dropped (``flood``, 1013) instead of queueing without end.
+    The handling task lives only while messages wait (an idle connection holds none)."""
+    inbox: list[str | bytes | Oversized] = []
+    worker: list[asyncio.Task[None]] = []  # the running one (a finished task is let go)
 
-    async def receive() -> None:
+    def forget(task: asyncio.Task[None]) -> None:
+        if task in worker:
+            worker.remove(task)
+
+    try:
         while True:
             raw = await websocket.receive()
             if len(inbox) >= max_pending:
-                conn.drop("flood")
-                return
+                conn.drop("flood")  # interrupts this loop at its next wait
+                continue
             inbox.append(OVERSIZED if len(raw) > max_bytes else raw)
-            ready.set()
+            if not worker or worker[0].done():
+                # (no local name for it: this frame would keep the finished task)
+                worker[:] = [asyncio.create_task(_handle_all(service, conn, inbox, max_bytes),
+                                                 name="ws-messages")]
+                worker[0].add_done_callback(forget)
+    finally:
+        if worker:
+            await stop_task(worker[0])
 
-    async def process() -> None:
-        me = asyncio.current_task()
-        while True:
-            while not inbox:
-                ready.clear()
-                await ready.wait()
-            await handle_message(service, conn, inbox.popleft(), max_bytes)
+
+async def _handle_all(service: SubscriptionService, conn: Connection,
+                      inbox: list[str | bytes | Oversized], max_bytes: int) -> None:
+    me = asyncio.current_task()
+    try:
+        while inbox:
+            await handle_message(service, conn, inbox.pop(0), max_bytes)
             if me is not None and me.cancelling():
                 # A library below swallowed our cancellation (seen in redis-py): the connection
                 # must still end, or its socket and tasks are held for good.
                 raise asyncio.CancelledError
-
-    async with asyncio.TaskGroup() as group:
-        group.create_task(receive())
-        group.create_task(process())
-
-
-async def _supervise(conn: Connection, sender: asyncio.Task[None], reader: asyncio.Task[None],
-                                      tick: float) -> None:
-    """Wait until the connection is dropped or a task ends; a stalled write is a dead peer."""
-    waiter = asyncio.create_task(conn.done.wait())
-    try:
-        while True:
-            finished, _ = await asyncio.wait({sender, reader, waiter}, timeout=tick,
-                                             return_when=asyncio.FIRST_COMPLETED)
-            if conn.stalled():
-                conn.drop("send_timeout")
-            if finished or conn.drop_reason is not None:
-                break
-        for task in finished - {waiter}:
-            if not task.cancelled() and task.exception() is not None:
-                log.error("WebSocket task failed", exc_info=task.exception())
-                conn.drop("internal_error", CLOSE_INTERNAL_ERROR)
-    finally:
-        await stop_task(waiter)
+    except Exception as exc:  # a bug: end the connection with 1011
+        log.error("WebSocket task failed", exc_info=exc)
+        conn.drop("internal_error", CLOSE_INTERNAL_ERROR)
 
 
 @websocket_blueprint.websocket("/ws")
@@ -177,17 +169,13 @@ async def ws() -> None:
     cfg = current_app.config
     service = get_services(current_app).subscriptions
     await websocket.accept()
-    conn = service.connect(websocket.send)
-    sender = asyncio.create_task(conn.run_sender(), name="ws-sender")
-    reader = asyncio.create_task(
-        _read_loop(service, conn, int(cfg["WS_MAX_MESSAGE_BYTES"]), int(cfg["WS_MAX_PENDING_MESSAGES"])),
-        name="ws-reader")
+    conn = service.connect(outlet_for(websocket))
     try:
-        tick = min(float(cfg["WS_HEARTBEAT_SECONDS"]), float(cfg["WS_SEND_TIMEOUT_SECONDS"]) / 3)
-        await _supervise(conn, sender, reader, max(0.05, tick))
+        async with conn.until_dropped():
+            await _read_loop(service, conn, int(cfg["WS_MAX_MESSAGE_BYTES"]),
+                             int(cfg["WS_MAX_PENDING_MESSAGES"]))
     finally:
-        await stop_task(reader)
-        await stop_task(sender)
+        await conn.close()
         await service.disconnect(conn)
     if conn.drop_reason is not None:
         await websocket.close(conn.close_code, conn.drop_reason)

@@ -43,6 +43,10 @@ class Capabilities:
     #: ``extra["history_bars"]``: the provider serves only its latest N bars of a timeframe, whatever
     #: ``since`` asks (Kraken: 720); older pages come back empty or start late.
     extra: dict[str, Any] = field(default_factory=dict)
+    #: ``fetch_ohlcv`` answers new ``[int ts, float x 5]`` lists, ascending, within
+    #: ``[since, until)``: the provider-call path takes its pages as they are (the sim), instead of
+    #: copying each bar into that form.
+    normalized: bool = False
 
     def history_start(self, timeframe: str, now: int) -> int | None:
         """The oldest bar time still served for ``timeframe`` (a few bars of margin), or None

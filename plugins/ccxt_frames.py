@@ -8,6 +8,7 @@ reach a client. Exchanges whose raw kline frames we can read (``FRAME_READERS``:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections import deque
@@ -83,6 +84,8 @@ class CheckedFrames:
     id: str
     malformed: int
     updates: dict[tuple[str, str], deque[KlineUpdate]]
+    #: A future per stream that a caller waits on for its next update (set when one is queued).
+    arrivals: dict[tuple[str, str], asyncio.Future[None]]
 
     def client(self, url: str) -> Any:
         client = super().client(url)  # type: ignore[misc]
@@ -105,6 +108,9 @@ class CheckedFrames:
             if key not in self.updates:
                 self.updates[key] = deque(maxlen=MAX_BUFFERED)
             self.updates[key].append(update)
+            arrived = self.arrivals.pop(key, None)
+            if arrived is not None and not arrived.done():
+                arrived.set_result(None)
         try:
             super().handle_message(client, message)  # type: ignore[misc]
         except Exception as exc:  # CCXT failed on a frame: skipped, counted, never crashes the loop

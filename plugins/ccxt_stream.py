@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 #: First subscriptions asked within this many seconds go out as one message, at most MAX_BATCH.
 BATCH_SECONDS = 0.05
 MAX_BATCH = 200
+#: Longest wait for the update following a closed bar (``KlineStreams._follow``).
+FOLLOW_SECONDS = 0.02
 
 
 def rebase_ws_urls(urls: Any, base_url: str) -> Any:
@@ -100,7 +102,7 @@ class KlineStreams:
         assert isinstance(base, type)
         cls = type(f"Checked_{self.exchange_id}", (CheckedFrames, base), {})
         exchange = cls({"enableRateLimit": True, "timeout": int(self.timeout * 1000)})
-        exchange.malformed, exchange.updates = 0, {}
+        exchange.malformed, exchange.updates, exchange.arrivals = 0, {}, {}
         fetch_markets = exchange.options.get("fetchMarkets")
         if isinstance(fetch_markets, dict) and isinstance(fetch_markets.get("types"), list):
             exchange.options["fetchMarkets"] = {**fetch_markets, "types": list(self.market_types)}
@@ -137,6 +139,8 @@ class KlineStreams:
             while True:
                 queue = exchange.updates.get(key)
                 if reader and queue:  # frames that came while the caller was busy: no wait
+                    if queue[-1].closed:
+                        await self._follow(exchange, key)
                     updates = list(queue)
                     queue.clear()
                     return updates
@@ -160,6 +164,19 @@ class KlineStreams:
         except (OSError, ValueError) as exc:
             self._subscribed.clear()
             raise NetworkPluginError(f"{self.exchange_id} stream failed: {exc}") from exc
+
+    @staticmethod
+    async def _follow(exchange: Any, key: tuple[str, str]) -> None:
+        """Wait up to ``FOLLOW_SECONDS`` for the update after a closed bar: an exchange sends the
+        next bucket's first bar right after the close (Binance: in the same push), often in the
+        next read of the socket; both are then one publish instead of two one after the other."""
+        arrived = asyncio.get_running_loop().create_future()
+        exchange.arrivals[key] = arrived
+        try:
+            await asyncio.wait({arrived}, timeout=FOLLOW_SECONDS)
+        finally:
+            if exchange.arrivals.get(key) is arrived:
+                del exchange.arrivals[key]
 
     async def _batched(self, exchange: Any, key: tuple[str, str]) -> None:
         """Subscribe ``key`` with the others asked within ``BATCH_SECONDS`` (one message)."""

@@ -44,7 +44,8 @@ PRICE_DECIMALS = 6
 #: Pages spanning more minutes than this are computed on a worker thread (~7 µs a minute).
 THREAD_MINUTES = 5_000
 CAPABILITIES = Capabilities(
-    max_bars_per_call=1000, timeframes=tuple(TIMEFRAMES), min_poll_interval=1.0, continuous=True
+    max_bars_per_call=1000, timeframes=tuple(TIMEFRAMES), min_poll_interval=1.0, continuous=True,
+    normalized=True,
 )
 
 
@@ -55,6 +56,7 @@ def _unit(seed: int, symbol: str, minute: int, salt: str) -> float:
 
 
 _SCALE = 1.0 / float(1 << 53)
+_UNPACK3 = struct.Struct("<QQQ").unpack
 
 
 def _units(seed: int, symbol: str, minute: int) -> tuple[float, float, float]:
@@ -79,29 +81,67 @@ def _price(seed: int, symbol: str, t_min: float) -> float:
     return round(base * (1 + wave + noise), PRICE_DECIMALS)
 
 
+def round6(x: float) -> float:
+    """``round(x, 6)`` exactly, for ``0 <= x < 2**53 / 1e6``, in about half its time (``round``
+    with digits goes through a decimal string). ``y = x * 1e6`` is within half an ulp of the exact
+    product, so when ``y`` is further than that from a half the nearest integer of the exact
+    product is ``floor(y)`` or the next, and dividing it by ``1e6`` gives the double nearest to
+    that decimal, as ``round`` does; at (or next to) a half ``round`` itself decides."""
+    y = x * 1e6
+    f = math.floor(y)
+    d = y - f - 0.5
+    return (f + (d > 0)) / 1e6 if d > 4e-16 * y or d < -4e-16 * y else round(x, 6)
+
+
 def _whole_minute_price(seed: int, symbol: str, m: int, phase: float, noise_unit: float) -> float:
     """``_price`` at a whole minute, given that minute's noise unit (no hashing here)."""
     wave = 0.04 * math.sin(m / 1440.0 * 2 * math.pi + phase) + 0.015 * math.sin(m / 97.0 * 2 * math.pi)
-    return round(SYMBOLS[symbol][0] * (1 + wave + 0.004 * (noise_unit - 0.5)), PRICE_DECIMALS)
+    return round6(SYMBOLS[symbol][0] * (1 + wave + 0.004 * (noise_unit - 0.5)))
 
 
 def closed_bars(seed: int, symbol: str, first: int, stop: int) -> list[Bar]:
     """``sim_bar`` of every minute opening in ``[first, stop)`` (closed minutes): the same values,
-    with one hash per minute (each minute's close is the next one's open)."""
+    with one hash per minute (each minute's close is the next one's open). Backfills spend their
+    time here, so ``_units``, ``_whole_minute_price`` and ``round6`` are inlined (the same
+    operations in the same order: the same floats) and the hash state of the ``"seed:symbol:"``
+    prefix is computed once."""
+    assert PRICE_DECIMALS == 6  # round6
     phase = _unit(seed, symbol, 0, "phase") * 2 * math.pi
-    base_vol = SYMBOLS[symbol][1]
+    base, base_vol = SYMBOLS[symbol]
+    prefix = hashlib.blake2b(f"{seed}:{symbol}:".encode(), digest_size=24)
+    unpack, sin, pi, scale, floor = _UNPACK3, math.sin, math.pi, _SCALE, math.floor
     out: list[Bar] = []
+    append = out.append
     m0 = -(-first // MINUTE_MS)
     units = _units(seed, symbol, m0)
     o = _whole_minute_price(seed, symbol, m0, phase, units[0])
+    w, v = units[1], units[2]
     for m in range(m0, -(-stop // MINUTE_MS)):
-        following = _units(seed, symbol, m + 1)
-        c = _whole_minute_price(seed, symbol, m + 1, phase, following[0])
-        wick = 0.002 * units[1]
-        vol = base_vol * (0.5 + units[2])
-        out.append([m * MINUTE_MS, o, round(max(o, c) * (1 + wick), PRICE_DECIMALS),
-                    round(min(o, c) * (1 - wick), PRICE_DECIMALS), c, round(vol, PRICE_DECIMALS)])
-        o, units = c, following
+        k = m + 1
+        h = prefix.copy()
+        h.update(str(k).encode())
+        n2, w2, v2 = unpack(h.digest())
+        wave = 0.04 * sin(k / 1440.0 * 2 * pi + phase) + 0.015 * sin(k / 97.0 * 2 * pi)
+        x = base * (1 + wave + 0.004 * ((n2 >> 11) * scale - 0.5))
+        y = x * 1e6
+        d = y - (f := floor(y)) - 0.5
+        c = (f + (d > 0)) / 1e6 if d > 4e-16 * y or d < -4e-16 * y else round(x, 6)
+        wick = 0.002 * w
+        hi, lo = (o, c) if o >= c else (c, o)
+        x = hi * (1 + wick)
+        y = x * 1e6
+        d = y - (f := floor(y)) - 0.5
+        hi = (f + (d > 0)) / 1e6 if d > 4e-16 * y or d < -4e-16 * y else round(x, 6)
+        x = lo * (1 - wick)
+        y = x * 1e6
+        d = y - (f := floor(y)) - 0.5
+        lo = (f + (d > 0)) / 1e6 if d > 4e-16 * y or d < -4e-16 * y else round(x, 6)
+        x = base_vol * (0.5 + v)
+        y = x * 1e6
+        d = y - (f := floor(y)) - 0.5
+        append([m * MINUTE_MS, o, hi, lo, c,
+                (f + (d > 0)) / 1e6 if d > 4e-16 * y or d < -4e-16 * y else round(x, 6)])
+        o, w, v = c, (w2 >> 11) * scale, (v2 >> 11) * scale
     return out
 
 
@@ -183,7 +223,8 @@ class SimPlugin(MarketPlugin):
             bars = closed_bars(self.seed, symbol, first, closed_end)
         if first <= forming < stop:
             bars.append(sim_bar(self.seed, symbol, forming, now))
-        return resample(bars, timeframe)[:limit]
+        # 1m bars come out of closed_bars / sim_bar as [int, float x 5] already: no copy.
+        return (bars if timeframe == "1m" else resample(bars, timeframe))[:limit]
 
     def listing_ms(self, symbol: str) -> int | None:
         """Every sim symbol lists at the market's opening, ``HISTORY_START_MS``."""

@@ -1,5 +1,12 @@
-"""Running backfill chunks: fetch through the provider-call path, write bars, ledger range and job
-progress in one transaction, retry temporary errors with ``plugins.retry.RetryPolicy``.
+"""Running backfill chunks: fetchers and one writer with a bounded queue between them.
+
+``BACKFILL_CONCURRENCY`` fetchers take chunks in order and fetch them through the provider-call
+path (budget, breaker, metrics) while the writer writes what they fetched: everything waiting in
+the queue as one batch, in one transaction (its bars, its chunks' ledger ranges, the job's
+progress). A batch whose minutes hold no stored bar goes straight into ``ohlcv_1m`` with one binary
+COPY; otherwise (or when a concurrent writer got there first) it is upserted. Then the aggregates
+are refreshed once over the batch. Fetches and writes retry temporary errors with
+``plugins.retry.RetryPolicy`` for ``BACKFILL_PATIENCE`` seconds.
 
 Public names (stable): ``ChunkRunner``, ``BackfillSettings``, ``Progress``, ``ProgressCallback``,
 ``JobRef``, ``LeaseLost``, ``readable``.
@@ -11,8 +18,9 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 from tenacity import RetryCallState
@@ -20,7 +28,7 @@ from tenacity import RetryCallState
 from core.errors import AppError, DataSourceError, RateLimitedPluginError
 from core.metrics import BACKFILL_BARS, BACKFILL_CHUNK_FAILURES, BACKFILL_CHUNKS
 from core.ports import Database
-from core.timeframes import MINUTE_MS, Bar, now_ms
+from core.timeframes import DAY_MS, MINUTE_MS, Bar, now_ms
 from core.types import Series, to_dt
 from plugins.retry import RetryPolicy
 from services import aggregates, storage
@@ -33,6 +41,9 @@ from services.sources import CacheSource, RevisionSink
 log = logging.getLogger(__name__)
 #: Calls one chunk may make while paging (a chunk normally needs one).
 _CHUNK_CALL_BUDGET = 1_000
+#: Fetched chunks that may wait for the writer, per fetcher; the writer takes up to all of them
+#: as one batch (one transaction, one COPY).
+_QUEUE_PER_FETCHER = 4
 
 
 class LeaseLost(Exception):
@@ -58,6 +69,21 @@ ProgressCallback = Callable[[Progress], None]
 
 
 @dataclass(frozen=True)
+class Fetched:
+    """One fetched chunk waiting for the writer: its closed bars as binary COPY rows
+    (``storage.encode_rows``: no Python object per bar), their count and first and last ts, the
+    bars themselves when recent enough for the 1m cache, and the calls it took."""
+
+    chunk: Chunk
+    rows: bytes
+    count: int
+    first: int
+    last: int
+    recent: list[Bar]
+    calls: int
+
+
+@dataclass(frozen=True)
 class JobRef:
     id: str
     owner: str
@@ -72,6 +98,7 @@ class BackfillSettings:
     retry_base: float = setting("BACKFILL_RETRY_BASE", 1.0, float)
     retry_max_wait: float = setting("BACKFILL_RETRY_MAX_WAIT", 60.0, float)
     write_cache: bool = setting("BACKFILL_WRITE_CACHE", True, bool)
+    cache_days: float = setting("BACKFILL_CACHE_DAYS", 7.0, float)
     max_range_days: float = setting("BACKFILL_MAX_RANGE_DAYS", 3660.0, float)
     auto_max_days: float = setting("BACKFILL_AUTO_MAX_DAYS", 7.0, float)
 
@@ -108,54 +135,96 @@ class ChunkRunner:
         self, series: Series, chunks: Sequence[Chunk], progress: Progress,
         job: JobRef | None, on_progress: ProgressCallback | None,
     ) -> None:
-        queue = deque(chunks)
+        """Fetch and write ``chunks``; the first error (after retries) cancels the rest."""
+        todo = deque(chunks)
+        # Fetched chunks wait here for the writer; a full queue holds the fetchers back.
+        queue: asyncio.Queue[Fetched | None] = asyncio.Queue(
+            maxsize=_QUEUE_PER_FETCHER * self.concurrency)
+        fetchers = min(self.concurrency, len(chunks))
 
-        async def worker() -> None:
-            while queue:
-                chunk = queue.popleft()
-                written, calls = await self._run_chunk(series, chunk, job)
-                progress.chunks_done += 1
-                progress.bars_written += written
-                progress.calls += calls
+        async def fetcher() -> None:
+            nonlocal fetchers
+            while todo:
+                await queue.put(await self._fetch(series, todo.popleft(), job))
+            fetchers -= 1
+            if fetchers == 0:
+                await queue.put(None)
+
+        async def writer() -> None:
+            end = False
+            while not end:
+                item = await queue.get()
+                if item is None:
+                    return
+                batch = [item]
+                while not queue.empty():
+                    if (item := queue.get_nowait()) is None:
+                        end = True
+                        break
+                    batch.append(item)
+                progress.bars_written += await self._write(series, batch, job)
+                progress.chunks_done += len(batch)
+                progress.calls += sum(f.calls for f in batch)
                 if on_progress is not None:
                     on_progress(progress)
 
+        if not chunks:
+            return
         try:
             async with asyncio.TaskGroup() as tg:
-                for i in range(min(self.concurrency, len(chunks))):
-                    tg.create_task(worker(), name=f"backfill-worker-{i}")
+                for i in range(fetchers):
+                    tg.create_task(fetcher(), name=f"backfill-fetcher-{i}")
+                tg.create_task(writer(), name="backfill-writer")
         except ExceptionGroup as group:
             raise group.exceptions[0] from None
 
-    async def _run_chunk(self, series: Series, chunk: Chunk, job: JobRef | None) -> tuple[int, int]:
-        """Fetch and write one chunk; returns (bars written, calls made)."""
+    async def _retrying(self, series: Series, what: str, chunk: Chunk, job: JobRef | None,
+                        fn: Callable[[], Awaitable[Any]]) -> Any:
+        """``await fn()`` retrying temporary errors for ``BACKFILL_PATIENCE`` seconds; a retrying
+        job shows its last error (docs/api.md)."""
+        where = f"chunk starting {to_dt(chunk.start).isoformat()}"
 
         async def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome is not None else None
             BACKFILL_CHUNK_FAILURES.labels(series.provider, "temporary").inc()
             # Being paced (our provider budget or the exchange's 429) is routine for big jobs.
             level = logging.INFO if isinstance(exc, RateLimitedPluginError) else logging.WARNING
-            log.log(level, "backfill %s chunk %s: %s; retrying (attempt %d)", series.key(),
-                    to_dt(chunk.start).isoformat(), exc, state.attempt_number)
-            if job is not None and exc is not None:  # docs/api.md: a retrying job shows its last error
-                await self._record_error(job, f"{readable(exc)} (chunk starting "
-                                         f"{to_dt(chunk.start).isoformat()}; retrying)")
-
-        async def once() -> tuple[int, int]:
-            async with self._semaphore(series.provider):
-                bars, calls, _ = await self.plugins.fetch(
-                    series, "1m", chunk.start, chunk.end, _CHUNK_CALL_BUDGET)
-            return await self._write(series, chunk, bars, job), calls
+            log.log(level, "backfill %s %s %s: %s; retrying (attempt %d)", series.key(), what,
+                    where, exc, state.attempt_number)
+            if job is not None and exc is not None:
+                await self._record_error(job, f"{readable(exc)} ({where}; retrying)")
 
         policy = RetryPolicy(series.provider, max_wait=self.settings.retry_max_wait,
                              base_wait=self.settings.retry_base, patience=self.settings.patience)
         try:
-            return await policy.call(once, before_sleep)
+            return await policy.call(fn, before_sleep)
         except (AppError, asyncpg.PostgresError) as exc:
             BACKFILL_CHUNK_FAILURES.labels(series.provider, "permanent").inc()
             if isinstance(exc, AppError):
-                exc.message = f"{exc.message} (chunk starting {to_dt(chunk.start).isoformat()})"
+                exc.message = f"{exc.message} ({where})"
             raise
+
+    async def _fetch(self, series: Series, chunk: Chunk, job: JobRef | None) -> Fetched:
+        """The closed bars of one chunk (the pages keep to [start, end), ascending)."""
+        made = 0
+
+        async def once() -> list[Bar]:
+            async with self._semaphore(series.provider):
+                bars, calls, _ = await self.plugins.fetch(
+                    series, "1m", chunk.start, chunk.end, _CHUNK_CALL_BUDGET)
+            nonlocal made
+            made += calls
+            return bars
+
+        bars: list[Bar] = await self._retrying(series, "fetch", chunk, job, once)
+        now = now_ms()
+        if bars and bars[-1][0] + MINUTE_MS > now:  # the forming minute is never stored
+            bars = [b for b in bars if b[0] + MINUTE_MS <= now]
+        since = now - int(self.settings.cache_days * DAY_MS) if self.settings.write_cache else now
+        recent = [b for b in bars if b[0] >= since] if bars and bars[-1][0] >= since else []
+        first, last = (int(bars[0][0]), int(bars[-1][0])) if bars else (chunk.start, chunk.start)
+        return Fetched(chunk, storage.encode_rows(series, bars), len(bars), first, last, recent,
+                       made)
 
     async def _record_error(self, job: JobRef, error: str) -> None:
         try:
@@ -164,26 +233,63 @@ class ChunkRunner:
         except (DataSourceError, asyncpg.PostgresError) as err:  # storage down: the log has it
             log.info("backfill job %s: could not record its error: %s", job.id, err)
 
-    async def _write(
-        self, series: Series, chunk: Chunk, bars: list[Bar], job: JobRef | None
-    ) -> int:
-        """Bars, the chunk's ledger range and the job's progress in one transaction."""
-        now = now_ms()
-        closed = [b for b in bars if chunk.start <= b[0] < chunk.end and b[0] + MINUTE_MS <= now]
-        complete = [(chunk.start, chunk.complete_end)] if chunk.complete_end > chunk.start else []
-        revised: list[Bar] = []  # stored bars this chunk changed: announced as revisions
-        async with self.db.acquire() as conn:
-            async with conn.transaction():
-                written = await storage.upsert_1m_bars(conn, series, closed, complete, revised)
-                if job is not None and not await jobs.add_progress(conn, job.id, job.owner, 1, written):
-                    raise LeaseLost(job.id)
-            if closed:
-                await aggregates.refresh_window(
-                    conn, self.db.mode, int(closed[0][0]), int(closed[-1][0]) + MINUTE_MS)
-        if closed and self.settings.write_cache:
-            await self.cache.put_1m(series, closed)
+    async def _write(self, series: Series, batch: list[Fetched], job: JobRef | None) -> int:
+        """Write a batch of fetched chunks; returns the bars written."""
+        rows = [f.rows for f in batch if f.count]
+        complete = [(f.chunk.start, f.chunk.complete_end) for f in batch
+                    if f.chunk.complete_end > f.chunk.start]
+        ranges = [(f.chunk.start, f.chunk.end) for f in batch]
+        written = sum(f.count for f in batch)
+        revised: list[Bar] = []  # stored bars this batch changed: announced as revisions
+
+        async def commit() -> None:
+            revised.clear()
+            async with self.db.acquire() as conn:
+                if rows and not await storage.any_stored(conn, series, ranges):
+                    try:
+                        return await self._commit(conn, series, rows, complete, batch, job, None)
+                    except asyncpg.UniqueViolationError:  # a concurrent writer stored some first
+                        log.debug("backfill %s: minutes stored meanwhile, upserting", series.key())
+                await self._commit(conn, series, rows, complete, batch, job, revised)
+
+        async def refresh() -> None:  # once over the batch's span (its chunks may be apart)
+            lo = min(f.first for f in batch if f.count)
+            hi = max(f.last for f in batch if f.count) + MINUTE_MS
+            async with self.db.acquire() as conn:
+                await aggregates.refresh_window(conn, self.db.mode, lo, hi)
+
+        first = batch[0].chunk
+        await self._retrying(series, "write", first, job, commit)
+        if rows:
+            await self._retrying(series, "aggregate refresh", first, job, refresh)
+        for f in batch:  # each chunk on its own: a cache write replaces its span
+            if f.recent:
+                await self.cache.put_1m(series, f.recent)
         if revised and self.revisions is not None:
             await self.revisions.announce(series, revised)
-        BACKFILL_CHUNKS.labels(series.provider).inc()
+        BACKFILL_CHUNKS.labels(series.provider).inc(len(batch))
         BACKFILL_BARS.labels(series.provider).inc(written)
         return written
+
+    async def _commit(
+        self, conn: asyncpg.Connection, series: Series, rows: list[bytes],
+        complete: list[tuple[int, int]], batch: list[Fetched], job: JobRef | None,
+        revised: list[Bar] | None,
+    ) -> None:
+        """Rows (straight COPY when ``revised`` is None, else upserted), the ledger ranges and
+        the job's progress in one transaction."""
+        async with conn.transaction():
+            # Asynchronous commit: a crash may lose the last few batches' commits whole (bars,
+            # ledger and progress alike), and the resumed job fetches them again. A job's final
+            # (synchronous) commit makes every earlier one durable.
+            await conn.execute("SET LOCAL synchronous_commit TO off")
+            if rows and revised is None:
+                await storage.copy_rows(conn, rows)
+            elif rows:
+                await storage.upsert_rows(conn, rows, revised)
+            if complete:
+                await storage.record_complete(conn, series, complete)
+            written = sum(f.count for f in batch)
+            if job is not None and not await jobs.add_progress(
+                    conn, job.id, job.owner, len(batch), written):
+                raise LeaseLost(job.id)

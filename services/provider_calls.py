@@ -53,6 +53,17 @@ class Fetched:
     until: int
 
 
+def _normal(page: list[Bar], since: int, end: int | None, normalized: bool) -> list[Bar]:
+    """The bars of ``page`` with ``since <= ts < end`` as ``[int, float x 5]`` lists; a
+    ``normalized`` provider's page is taken as it is when its ends are inside."""
+    stop = end if end is not None else math.inf
+    if normalized and (not page or (since <= page[0][0] and page[-1][0] < stop)):
+        return page
+    f = float
+    return [[int(b[0]), f(b[1]), f(b[2]), f(b[3]), f(b[4]), f(b[5])] for b in page
+            if since <= b[0] < stop]
+
+
 class ProviderCalls:
     """Guarded, measured calls to providers, and the paging loop over them."""
 
@@ -119,8 +130,7 @@ class ProviderCalls:
             used = plugin.used_weight()
             if used is not None:
                 await self.budget.read_back(provider, used)
-            page = [[int(b[0]), *map(float, b[1:6])] for b in page
-                    if since <= b[0] and (end is None or b[0] < end)]
+            page = _normal(page, since, end, plugin.capabilities.normalized)
             out.extend(page)
             if not page:
                 since = end if end is not None else since

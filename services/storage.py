@@ -1,12 +1,15 @@
 """Data access for 1m bars and the gap ledger: plain async functions, connection first.
 
-Writes of a batch are one transaction: COPY into a temporary table, then
+Writes of a batch are one transaction: binary COPY into a temporary table, then
 ``INSERT ... ON CONFLICT DO UPDATE``; a failure leaves nothing written and writing the same bars
-twice changes nothing. Times are integer milliseconds at this boundary.
+twice changes nothing. Minutes known to hold no stored bar (a backfill's gap) can go straight into
+``ohlcv_1m`` with one binary COPY (``copy_1m_bars``). Times are integer milliseconds at this
+boundary.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 
 import asyncpg
@@ -23,6 +26,70 @@ _REVISED_SQL = (
     " IS DISTINCT FROM (i.open, i.high, i.low, i.close, i.volume)), "
     "upsert AS ({upsert}) SELECT * FROM revised ORDER BY ts"
 )
+_UPSERT = (
+    "INSERT INTO ohlcv_1m SELECT DISTINCT ON (market, provider, symbol, ts) * FROM _bars_in"
+    " ON CONFLICT (market, provider, symbol, ts) DO UPDATE SET open = EXCLUDED.open,"
+    " high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,"
+    " volume = EXCLUDED.volume"
+)
+_COLUMNS = ("market", "provider", "symbol", "ts", "open", "high", "low", "close", "volume")
+#: PostgreSQL's binary COPY framing: signature, flags and header extension; the end marker.
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER = struct.pack(">h", -1)
+#: Binary timestamptz counts microseconds from 2000-01-01 UTC.
+_PG_EPOCH_MS = 946_684_800_000
+
+
+def encode_rows(series: Series, bars: Sequence[Sequence[float]]) -> bytes:
+    """``bars`` (ts in ms, then open, high, low, close, volume) as rows of binary COPY data for
+    the columns of ``ohlcv_1m``: one packed row per bar, no datetime or tuple per bar, and
+    nothing for the garbage collector to trace while the rows wait to be written."""
+    texts = [t.encode() for t in (series.market, series.provider, series.symbol)]
+    head = struct.pack(">h", len(_COLUMNS)) + b"".join(struct.pack(">i", len(t)) + t for t in texts)
+    pack, epoch = struct.Struct(f">{len(head)}siqididididid").pack, _PG_EPOCH_MS
+    return b"".join([pack(head, 8, (int(b[0]) - epoch) * 1000, 8, b[1], 8, b[2], 8, b[3], 8, b[4],
+                          8, b[5]) for b in bars])
+
+
+async def _copy(conn: asyncpg.Connection, table: str, rows: Sequence[bytes]) -> None:
+    # A memoryview: asyncpg would take bytes for a file path.
+    data = memoryview(b"".join((_COPY_HEADER, *rows, _COPY_TRAILER)))
+    await conn.copy_to_table(table, source=data, columns=_COLUMNS, format="binary")
+
+
+async def copy_rows(conn: asyncpg.Connection, rows: Sequence[bytes]) -> None:
+    """Write ``encode_rows`` output straight into ``ohlcv_1m`` with one binary COPY, for minutes
+    that hold no stored bar. Raises ``asyncpg.UniqueViolationError`` when one does (or a minute
+    repeats): the transaction is then void, and ``upsert_rows`` is the way to write them."""
+    await _copy(conn, "ohlcv_1m", rows)
+
+
+async def upsert_rows(
+    conn: asyncpg.Connection, rows: Sequence[bytes], revised: list[Bar] | None = None
+) -> None:
+    """Write ``encode_rows`` output (COPY into a temporary table, then ``INSERT ... ON CONFLICT
+    DO UPDATE``; call in a transaction). With ``revised``, the stored bars whose values this write
+    changed are appended to it (in their new values)."""
+    await conn.execute("CREATE TEMP TABLE IF NOT EXISTS _bars_in (LIKE ohlcv_1m) ON COMMIT DELETE ROWS")
+    await _copy(conn, "_bars_in", rows)
+    if revised is None:
+        await conn.execute(_UPSERT)
+    else:
+        records = await conn.fetch(_REVISED_SQL.format(upsert=_UPSERT))
+        revised.extend([to_ms(r[0]), r[1], r[2], r[3], r[4], r[5]] for r in records)
+
+
+async def any_stored(conn: asyncpg.Connection, series: Series, ranges: Sequence[tuple[int, int]]) -> bool:
+    """Whether a stored 1m bar of ``series`` lies in one of ``ranges`` (one index probe per
+    merged range)."""
+    for a, b in merge_ranges(ranges):
+        if await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM ohlcv_1m WHERE market = $1 AND provider = $2"
+            " AND symbol = $3 AND ts >= $4 AND ts < $5)",
+            series.market, series.provider, series.symbol, to_dt(a), to_dt(b),
+        ):
+            return True
+    return False
 
 
 async def upsert_1m_bars(
@@ -35,30 +102,12 @@ async def upsert_1m_bars(
     """Write ``bars`` and record ``complete`` ranges in the ledger, atomically. Returns rows written.
     With ``revised``, the stored bars whose values this write changed are appended to it (in their
     new values): revisions to announce."""
-    records = [
-        (series.market, series.provider, series.symbol, to_dt(int(b[0])), *map(float, b[1:6]))
-        for b in bars
-    ]
-    upsert = (
-        "INSERT INTO ohlcv_1m SELECT DISTINCT ON (market, provider, symbol, ts) * FROM _bars_in"
-        " ON CONFLICT (market, provider, symbol, ts) DO UPDATE SET open = EXCLUDED.open,"
-        " high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,"
-        " volume = EXCLUDED.volume"
-    )
     async with conn.transaction():
-        if records:
-            await conn.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS _bars_in (LIKE ohlcv_1m) ON COMMIT DELETE ROWS"
-            )
-            await conn.copy_records_to_table("_bars_in", records=records)
-            if revised is None:
-                await conn.execute(upsert)
-            else:
-                rows = await conn.fetch(_REVISED_SQL.format(upsert=upsert))
-                revised.extend([to_ms(r[0]), r[1], r[2], r[3], r[4], r[5]] for r in rows)
+        if bars:
+            await upsert_rows(conn, [encode_rows(series, bars)], revised)
         if complete:
             await record_complete(conn, series, complete)
-    return len(records)
+    return len(bars)
 
 
 # --- Gap ledger ------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from core.timeframes import Bar, tf_ms
 from core.types import Channel, Series
 from services.hub.broadcast import Broadcast
 from services.hub.channels import ChannelsReport
+from services.hub.commits import Commits
 from services.hub.hub import Hub
 from services.hub.poller import Poller
 from services.hub.ports import Output, Writer
@@ -45,6 +46,6 @@ def build(*, markets: MarketService, orchestrator: DataOrchestrator, broadcast: 
         return Poller(channel, markets=markets, out=out, store=store, db=db,
                       settings=settings.poll, bucket=bucket)
 
-    hub = Hub(broadcast, pollers, settings, instance_id=uuid.uuid4().hex)
+    hub = Hub(broadcast, pollers, settings, instance_id=uuid.uuid4().hex, commits=Commits(store))
     return SubscriptionService(markets=markets, orchestrator=orchestrator, hub=hub,
                                report=ChannelsReport(hub, store), settings=settings)

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from core.metrics import WS_CLUSTER_MODE
 from services.hub.backends import Backend, BackendError, MemoryBackend
+from services.hub.batch import Batched
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,6 +48,9 @@ class Broadcast:
         self._swap = asyncio.Lock()
         #: Loop time of the next attempt to swap back to the primary.
         self._retry_at = 0.0
+        #: Lease acquisitions and renewals: those asked at once go in one round trip (the leases
+        #: of channels started together come due together).
+        self.hold = Batched(self._hold, "ws-leases")
 
     @property
     def mode(self) -> str:
@@ -59,6 +63,7 @@ class Broadcast:
         await self._try_primary()
 
     async def disconnect(self) -> None:
+        await self.hold.close()
         self.backend = self.fallback
         WS_CLUSTER_MODE.set(0)
         if self.primary is not None:
@@ -121,6 +126,9 @@ class Broadcast:
     async def publish(self, topic: str, payload: str) -> None:
         await self.run(lambda b: b.publish(topic, payload))
 
+    async def _hold(self, leases: list[tuple[str, str, int]]) -> list[bool]:
+        return await self.run(lambda b: b.hold(leases))
+
     async def next_published(self) -> tuple[str, str]:
         """The next message from the current backend (never raises a backend failure)."""
         loop = asyncio.get_running_loop()
@@ -153,7 +161,7 @@ class Lease:
 
     async def acquire(self) -> bool:
         """Take (or renew) the lease; False while another instance holds it."""
-        return await self.broadcast.run(lambda b: b.hold(self.name, self.owner, self.ttl_ms))
+        return await self.broadcast.hold((self.name, self.owner, self.ttl_ms))
 
     async def keep(self) -> None:
         """Renew the lease every third of its TTL; returns when it has been lost."""

@@ -1,29 +1,32 @@
-"""One WebSocket client: its subscriptions and a bounded send queue drained by one sender.
+"""One WebSocket client: its subscriptions, and its messages written in order to its ``Outlet``.
 
-Frames are queued as the text their frame object encoded once, so fan-out costs one append per
-client. When the queue is full the client is not keeping up: it is dropped with close code 1013,
-counted as ``flood`` when most of what waits are answers to its own messages, else ``slow``; the
-server's memory stays bounded. A frame whose write has not completed within ``send_timeout``
-seconds means a dead or stalled peer (``send_timeout``). Per channel a client is never sent a bar
-older than what it has (the snapshot included), except a revision.
+A broadcast frame is written by the fan-out loop itself, as the bytes its frame object made once
+for every client (``wire``), straight into the connection's socket buffer: no task and no copy
+per client. Only when the socket does not take more (the peer reads slower than frames come) are
+messages queued, in a bounded queue that a drain task (alive only while something waits) writes
+as the peer catches up. When the queue is full the client is not keeping up: it is dropped with
+close code 1013, counted as ``flood`` when most of what waits are answers to its own messages,
+else ``slow``; the server's memory stays bounded. A message the socket has not taken within
+``send_timeout`` seconds means a dead or stalled peer (``send_timeout``). Per channel a client is
+never sent a bar older than what it has (the snapshot included), except a revision.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from core.metrics import WS_CLIENTS_DROPPED, WS_FANOUT_LATENCY, WS_FRAMES_SENT
 from core.timeframes import Bar
 from services.hub.frames import BarFrame, Frame
+from services.hub.ports import Outlet
+from services.hub.wire import Message, Reply
 
-Send = Callable[[str], Awaitable[None]]
 #: Close codes: 1013 "try again later" for clients too slow for their stream, 1001 at shutdown.
 CLOSE_SLOW = 1013
 CLOSE_GOING_AWAY = 1001
@@ -46,43 +49,73 @@ class Subscription:
     #: False until the snapshot is queued; frames arriving before are held, then replayed.
     ready: bool = False
     held: list[Frame] = field(default_factory=list)
-    #: Holds the hub's reference to the channel; closing it leaves the channel.
-    scope: AsyncExitStack = field(default_factory=AsyncExitStack)
+    #: The hub's reference to the channel (``hub.subscribe``, entered); exiting it leaves.
+    scope: AbstractAsyncContextManager[Any] | None = None
 
 
 class Connection:
-    """A client connection's state; the blueprint runs ``run_sender`` and waits on ``done``."""
+    """A client connection's state; the blueprint runs its reader inside ``until_dropped``."""
 
-    def __init__(self, send: Send, *, max_queue: int, send_timeout: float) -> None:
-        self._send = send
+    def __init__(self, outlet: Outlet, *, max_queue: int, send_timeout: float) -> None:
+        self.outlet = outlet
         self.max_queue = max_queue
         self.send_timeout = send_timeout
         self.subs: dict[str, Subscription] = {}
         self.drop_reason: str | None = None
         self.close_code = CLOSE_SLOW
-        self.done = asyncio.Event()
-        self._queue: deque[tuple[str, float | None, str]] = deque()
+        #: Messages the socket did not take yet (made when first needed), and their drain task.
+        self._queue: deque[tuple[str, float | None, Message]] | None = None
+        self._drainer: asyncio.Task[None] | None = None
         #: Answers to the client's own messages waiting in the queue.
         self._replies = 0
-        self._wake = asyncio.Event()
-        self._send_started: float | None = None
+        self._deadline: asyncio.Timeout | None = None
 
-    # --- Queueing ------------------------------------------------------------------------------
+    # --- Writing -------------------------------------------------------------------------------
     def send_frame(self, frame: dict[str, Any]) -> None:
-        """Queue a reply frame (``subscribed``, ``snapshot``, ``pong``, ``error``...)."""
-        if self._enqueue(str(frame["type"]), None, json.dumps(frame, separators=(",", ":"))):
+        """Write a reply frame (``subscribed``, ``snapshot``, ``pong``, ``error``...)."""
+        if self._put(str(frame["type"]), None, Reply(frame)):
             self._replies += 1
 
-    def _enqueue(self, kind: str, t_poll: float | None, text: str) -> bool:
+    def _put(self, kind: str, t_poll: float | None, message: Message) -> bool:
+        """Write ``message`` now when nothing waits and the socket takes it, else queue it; True
+        when queued."""
         if self.drop_reason is not None:
             return False
-        if len(self._queue) >= self.max_queue:
-            # Most of the backlog answers the client's own messages: it floods, it is not slow.
-            self.drop("flood" if 2 * self._replies > len(self._queue) else "slow")
+        queue = self._queue
+        if not queue and self._drainer is None and self.outlet.ready():
+            self.outlet.write(message)
+            _sent(kind, t_poll)
             return False
-        self._queue.append((kind, t_poll, text))
-        self._wake.set()
+        if queue is None:
+            queue = self._queue = deque()
+        if len(queue) >= self.max_queue:
+            # Most of the backlog answers the client's own messages: it floods, it is not slow.
+            self.drop("flood" if 2 * self._replies > len(queue) else "slow")
+            return False
+        queue.append((kind, t_poll, message))
+        if self._drainer is None:
+            self._drainer = asyncio.create_task(self._drain(queue), name="ws-drain")
         return True
+
+    async def _drain(self, queue: deque[tuple[str, float | None, Message]]) -> None:
+        """Write what waits, in order, as the socket takes it; ends when nothing waits."""
+        try:
+            while queue and self.drop_reason is None:
+                kind, t_poll, message = queue.popleft()
+                if t_poll is None:
+                    self._replies -= 1
+                if self.outlet.ready():
+                    self.outlet.write(message)
+                else:
+                    try:
+                        async with asyncio.timeout(self.send_timeout):
+                            await self.outlet.send(message)
+                    except TimeoutError:
+                        self.drop("send_timeout")  # a dead or stalled peer
+                        return
+                _sent(kind, t_poll)
+        finally:
+            self._drainer = None
 
     def deliver(self, frame: Frame) -> None:
         """A broadcast frame of one of the client's channels."""
@@ -96,12 +129,12 @@ class Connection:
                 sub.held.append(frame)
             return
         if not isinstance(frame, BarFrame):
-            self._enqueue("status", frame.polled_at, frame.text)
+            self._put("status", frame.polled_at, frame)
             return
         if frame.seq <= sub.last_seq or not self._fresh(sub, frame):
             return
         sub.last_seq = frame.seq
-        self._enqueue("bar", frame.polled_at, frame.text)
+        self._put("bar", frame.polled_at, frame)
 
     @staticmethod
     def _fresh(sub: Subscription, frame: BarFrame) -> bool:
@@ -144,39 +177,55 @@ class Connection:
 
     # --- Ending --------------------------------------------------------------------------------
     def drop(self, reason: str, code: int = CLOSE_SLOW) -> None:
-        """End the connection from the server side (counted by ``reason``)."""
+        """End the connection from the server side (counted by ``reason``): what waits is not
+        sent, and the block of ``until_dropped`` is interrupted."""
         if self.drop_reason is not None:
             return
         self.drop_reason, self.close_code = reason, code
         WS_CLIENTS_DROPPED.labels(reason).inc()
-        self._queue.clear()
+        if self._queue is not None:
+            self._queue.clear()
         self._replies = 0
-        self.done.set()
-        self._wake.set()
+        drainer = self._drainer
+        if drainer is not None and drainer is not asyncio.current_task():
+            drainer.cancel()
+        if self._deadline is not None:
+            self._deadline.reschedule(-1.0)  # at once
 
-    def stalled(self) -> bool:
-        """True when one frame has been waiting on the socket longer than ``send_timeout``."""
-        started = self._send_started
-        return started is not None and time.monotonic() - started > self.send_timeout
+    @asynccontextmanager
+    async def until_dropped(self) -> AsyncIterator[None]:
+        """Run the block until it ends or the connection is dropped (which interrupts it)."""
+        try:
+            async with asyncio.timeout(None) as deadline:
+                self._deadline = deadline
+                if self.drop_reason is not None:
+                    deadline.reschedule(-1.0)
+                yield
+        except TimeoutError:
+            if self.drop_reason is None:
+                raise
+        finally:
+            self._deadline = None
+
+    async def close(self) -> None:
+        """Stop writing (the drain task ends)."""
+        drainer = self._drainer
+        if drainer is not None:
+            drainer.cancel()
+            await asyncio.wait([drainer])
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return len(self._queue) if self._queue is not None else 0
 
-    async def run_sender(self) -> None:
-        """Write queued frames in order until the connection is dropped."""
-        queue = self._queue
-        while self.drop_reason is None:
-            if not queue:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            kind, t_poll, text = queue.popleft()
-            if t_poll is None:
-                self._replies -= 1
-            self._send_started = time.monotonic()
-            await self._send(text)
-            self._send_started = None
-            WS_FRAMES_SENT.labels(kind).inc()
-            if t_poll is not None:
-                WS_FANOUT_LATENCY.observe(max(0.0, time.time() - t_poll))
+
+_FRAMES_SENT: dict[str, Any] = {}
+
+
+def _sent(kind: str, t_poll: float | None) -> None:
+    counter = _FRAMES_SENT.get(kind)
+    if counter is None:
+        counter = _FRAMES_SENT[kind] = WS_FRAMES_SENT.labels(kind)
+    counter.inc()
+    if t_poll is not None:
+        WS_FANOUT_LATENCY.observe(max(0.0, time.time() - t_poll))

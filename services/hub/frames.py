@@ -1,25 +1,26 @@
 """Frames of the live stream: typed in process, encoded once at the boundary.
 
 A frame is made once by the channel's poller and shared by every client of the channel: its
-client text (``text``) is encoded on first use and cached, so fan-out to N clients costs one
-encoding per instance. Between instances a frame travels as ``wire()`` text: the client frame
-plus the two times the receivers need (when its poll started and when its result arrived).
+client text (``text``) and its WebSocket bytes (``encoded``, plain or deflated, see ``wire``) are
+made on first use and cached, so fan-out to N clients costs one encoding per instance. Between
+instances a frame travels as ``wire()`` text: the client frame plus the two times the receivers
+need (when its poll started and when its result arrived).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 from core.timeframes import Bar
+from services.hub.wire import Shared
 
 _COMPACT = (",", ":")
 
 
 @dataclass(frozen=True)
-class BarFrame:
+class BarFrame(Shared):
     """``{"type": "bar", "channel", "bar", "closed", "seq"[, "revised": true]}``."""
 
     channel: str
@@ -44,18 +45,13 @@ class BarFrame:
             frame["revised"] = True
         return frame
 
-    @cached_property
-    def text(self) -> str:
-        """The client frame as JSON text (encoded once, shared by every client)."""
-        return json.dumps(self.client(), separators=_COMPACT)
-
     def wire(self) -> str:
         return json.dumps({"frame": self.client(), "fetched_at": self.fetched_at,
                            "polled_at": self.polled_at}, separators=_COMPACT)
 
 
 @dataclass(frozen=True)
-class StatusFrame:
+class StatusFrame(Shared):
     """``{"type": "status", "channel", "state": "live|stale", "reason"}``."""
 
     channel: str
@@ -70,10 +66,6 @@ class StatusFrame:
     def client(self) -> dict[str, Any]:
         return {"type": "status", "channel": self.channel, "state": self.state,
                 "reason": self.reason}
-
-    @cached_property
-    def text(self) -> str:
-        return json.dumps(self.client(), separators=_COMPACT)
 
     def wire(self) -> str:
         return json.dumps({"frame": self.client(), "polled_at": self.polled_at},

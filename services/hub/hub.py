@@ -21,15 +21,16 @@ from typing import Any, Protocol
 from core.metrics import WS_ACTIVE_CHANNELS, WS_POLLING_CHANNELS, forget_candle_lag
 from core.types import Channel
 from services.hub.broadcast import Broadcast, Lease, stop_task
+from services.hub.commits import BARS, Commit, Commits
 from services.hub.frames import BarFrame, Frame, StatusFrame, decode
 from services.hub.poller import Poller
 from services.hub.ports import Output
 from services.hub.settings import HubSettings
+from services.hub.state import StateStore
 
 log = logging.getLogger(__name__)
 #: Topic of revised closed 1m bars, ``<REDIS_PREFIX>:revisions`` on Redis (see ``Revisions``).
 REVISIONS = "revisions"
-BARS = "ws:bars:"
 PollerFactory = Callable[[Channel, Output], Poller]
 
 
@@ -59,8 +60,10 @@ class Hub:
     """See the module docstring. Collaborators come in; nothing is patched on later."""
 
     def __init__(self, broadcast: Broadcast, pollers: PollerFactory, settings: HubSettings,
-                 instance_id: str) -> None:
+                 instance_id: str, commits: Commits | None = None) -> None:
         self.broadcast, self.pollers, self.settings = broadcast, pollers, settings
+        #: Bar frames of the pollers here, published with their state (one round trip per burst).
+        self.commits = commits or Commits(StateStore(broadcast))
         self.instance_id = instance_id
         self.channels: dict[str, ChannelEntry] = {}
         #: The running poll loop of each channel this instance polls.
@@ -91,6 +94,7 @@ class Hub:
             for task in (entry.grace, entry.contender):
                 if task is not None:
                     await stop_task(task)
+        await self.commits.close()
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             await stop_task(task)
@@ -178,9 +182,10 @@ class Hub:
         """Send ``frame`` to every instance's listeners of its channel."""
         await self.broadcast.publish(BARS + frame.channel, frame.wire())
 
-    async def next_seq(self, channel: str, count: int, floor: int) -> int:
-        """Reserve ``count`` bar frame numbers of ``channel`` (cluster-wide, never repeated)."""
-        return await self.broadcast.run(lambda b: b.next_seq(f"ws:seq:{channel}", count, floor))
+    async def commit(self, item: Commit) -> None:
+        """Number ``item``'s bar frames (cluster-wide, never repeated), publish them and save the
+        poller's state, with the commits of other channels ready at once (``Commits``)."""
+        await self.commits.commit(item)
 
     def dispatch(self, channel: str, frame: Frame) -> None:
         entry = self.channels.get(channel)

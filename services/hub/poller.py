@@ -25,7 +25,8 @@ from core.metrics import WS_POLL_ERRORS, WS_POLLS, WS_STORAGE_ERRORS, set_candle
 from core.timeframes import MINUTE_MS, Bar, bucket_start, now_ms, resample, round_bar, tf_ms
 from core.types import Channel
 from plugins.base import MarketPlugin
-from services.hub.broadcast import Lease
+from services.hub.broadcast import Lease, stop_task
+from services.hub.commits import Commit, LeaseLost
 from services.hub.frames import BarFrame, StatusFrame
 from services.hub.ports import BucketReader, Output, Writer
 from services.hub.settings import PollSettings
@@ -51,24 +52,37 @@ class Poller:
         self._pending: list[Bar] = []
         #: Closed 1m bars handed to storage lately (ts to values): written again only if changed.
         self._written: dict[int, Bar] = {}
+        #: The lease this poller runs under (its commits are fenced by it), if any.
+        self.lease: Lease | None = None
 
     # --- Loop ----------------------------------------------------------------------------------
     async def run(self, lease: Lease | None = None) -> None:
-        """Poll until cancelled, or until ``lease`` is lost (the poller renews it itself)."""
+        """Poll until cancelled, or until ``lease`` is lost (the poller renews it itself, and a
+        commit finding it held by another instance stops the poller too)."""
+        self.lease = lease
         if lease is None:
             await self._loop()
             return
+        name = self.channel.name
+        polls = asyncio.create_task(self._loop(), name=f"ws-poll-{name}")
+        keeper = asyncio.create_task(lease.keep(), name=f"ws-lease-keep-{name}")
         try:
-            async with asyncio.TaskGroup() as group:
-                polls = group.create_task(self._loop(), name=f"ws-poll-{self.channel.name}")
-                await lease.keep()
-                log.info("lease of %s lost: its poller stops", self.channel.name)
-                polls.cancel()
+            await asyncio.wait({polls, keeper}, return_when=asyncio.FIRST_COMPLETED)
+            if not polls.done():
+                log.info("lease of %s lost: its poller stops", name)
+                keeper.result()
+            elif isinstance(polls.exception(), LeaseLost):
+                log.info("lease of %s is another instance's: its poller stops", name)
+            else:
+                polls.result()  # a bug: raised to the hub, which logs it
         finally:
+            for task in (polls, keeper):
+                if not task.done():
+                    await stop_task(task)
             await lease.release()
 
     async def _loop(self) -> None:
-        """Errors are logged, counted and backed off; never raised."""
+        """Errors are logged, counted and backed off; only ``LeaseLost`` ends the loop."""
         await self._restore()
         loop = asyncio.get_running_loop()
         me = asyncio.current_task()
@@ -81,6 +95,8 @@ class Poller:
                 delay = await self.poll_once()
             except AppError as exc:
                 delay = await self._failed(exc.code, exc.message, exc.retry_after)
+            except LeaseLost:
+                raise
             except Exception as exc:  # a bug must not end the stream: log, count, back off
                 log.error("poller of %s failed unexpectedly", self.channel.name, exc_info=exc)
                 delay = await self._failed("internal_error", "internal error", None)
@@ -235,15 +251,14 @@ class Poller:
         if not frames:
             return
         name, s = self.channel.name, self.state
-        last = await self.out.next_seq(name, len(frames), s.seq)
-        seq, s.seq = last - len(frames), last
-        for n, (bar, closed, revised) in enumerate(frames, 1):
-            await self.out.publish(BarFrame(name, bar, closed, seq + n, revised, started / 1000,
-                                            polled_at))
-            if n % self.settings.catchup_chunk == 0:
-                await asyncio.sleep(0.05)  # pace a catch-up burst so client queues drain
         s.lag_ms = max(0, int(polled_at * 1000) - min(started, int(frames[-1][0][0]) + self.size))
-        await self.store.save(name, s)
+        chunk = self.settings.catchup_chunk
+        for i in range(0, len(frames), chunk):
+            if i:
+                await asyncio.sleep(0.05)  # pace a catch-up burst so client queues drain
+            bars = [BarFrame(name, bar, closed, 0, revised, started / 1000, polled_at)
+                    for bar, closed, revised in frames[i:i + chunk]]
+            await self.out.commit(Commit(name, bars, s, self.lease))
 
     async def revise(self, ts: int, bar_1m: Sequence[float]) -> None:
         """A stored 1m bar was revised (announced by whoever wrote it): publish the channel's
@@ -265,7 +280,11 @@ class Poller:
         if start in known:
             s.recent = [new if int(b[0]) == start else b for b in s.recent]
         now = time.time()
-        await self._publish([(new, True, True)], int(now * 1000), now)
+        try:
+            await self._publish([(new, True, True)], int(now * 1000), now)
+        except LeaseLost:  # the poll loop finds out too, and stops the poller
+            log.info("revision of %s not published: the lease is another instance's",
+                     self.channel.name)
 
     async def _write(self, closed_1m: list[Bar]) -> None:
         fresh = [b for b in closed_1m if self._written.get(int(b[0])) != b]

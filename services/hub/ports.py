@@ -1,5 +1,6 @@
 """What a poller needs from its surroundings: where its frames go, where closed bars are stored,
-and how one bucket is read back (for revisions of timeframes other than 1m)."""
+and how one bucket is read back (for revisions of timeframes other than 1m); and where a
+connection's messages are written."""
 
 from __future__ import annotations
 
@@ -8,18 +9,21 @@ from typing import Protocol
 
 from core.timeframes import Bar
 from core.types import Series
+from services.hub.commits import Commit
 from services.hub.frames import Frame
+from services.hub.wire import Message
 
 #: The bar of one bucket (series, timeframe, bucket open time), from the data REST serves.
 BucketReader = Callable[[Series, str, int], Awaitable[Bar | None]]
 
 
 class Output(Protocol):
-    """Where a poller's frames go (the hub)."""
+    """Where a poller's frames go (the hub): status frames one by one, bar frames committed
+    (numbered, published and saved with the poller's state: ``services.hub.commits``)."""
 
     async def publish(self, frame: Frame) -> None: ...
 
-    async def next_seq(self, channel: str, count: int, floor: int) -> int: ...
+    async def commit(self, item: Commit) -> None: ...
 
 
 class Writer(Protocol):
@@ -27,3 +31,19 @@ class Writer(Protocol):
 
     async def write(self, series: Series, bars: Sequence[Sequence[float]],
                     complete: Sequence[tuple[int, int]]) -> int: ...
+
+
+class Outlet(Protocol):
+    """Where one client connection's messages are written (``blueprints/ws_outlet.py``)."""
+
+    def ready(self) -> bool:
+        """True when ``write`` may be called now: the socket takes more without waiting."""
+        ...
+
+    def write(self, message: Message) -> None:
+        """Write ``message`` at once (only when ``ready``); nothing once the socket is closed."""
+        ...
+
+    async def send(self, message: Message) -> None:
+        """Write ``message`` once the peer has taken enough of what waits (backpressure)."""
+        ...

@@ -17,8 +17,9 @@ from core.metrics import WS_CONNECTIONS, WS_SUBSCRIPTIONS
 from core.timeframes import Bar, bucket_start, now_ms, tf_ms
 from core.types import Channel
 from services.hub.channels import ChannelsReport
-from services.hub.connection import CLOSE_GOING_AWAY, Connection, Send
+from services.hub.connection import CLOSE_GOING_AWAY, Connection
 from services.hub.hub import ChannelEntry, Hub
+from services.hub.ports import Outlet
 from services.hub.settings import HubSettings
 from services.market_service import MarketService
 from services.orchestrator import BarQuery, DataOrchestrator
@@ -102,9 +103,9 @@ class SubscriptionService:
         return await self.report.channels()
 
     # --- Connections ---------------------------------------------------------------------------
-    def connect(self, send: Send) -> Connection:
-        """Register a new client connection writing frames with ``send``."""
-        conn = Connection(send, max_queue=self.settings.send_queue,
+    def connect(self, outlet: Outlet) -> Connection:
+        """Register a new client connection writing its messages to ``outlet``."""
+        conn = Connection(outlet, max_queue=self.settings.send_queue,
                           send_timeout=self.settings.send_timeout)
         self.connections.add(conn)
         self._all_gone.clear()
@@ -143,7 +144,9 @@ class SubscriptionService:
         try:
             if not held:
                 WS_SUBSCRIPTIONS.inc()
-                entry = await sub.scope.enter_async_context(self.hub.subscribe(channel, conn))
+                scope = self.hub.subscribe(channel, conn)
+                entry = await scope.__aenter__()
+                sub.scope = scope
             else:
                 entry = self.hub.channels[name]
             bars = await self._snapshot(channel, req)
@@ -189,4 +192,5 @@ class SubscriptionService:
         sub = conn.subs.pop(name, None)
         if sub is not None:
             WS_SUBSCRIPTIONS.dec()
-            await sub.scope.aclose()
+            if sub.scope is not None:
+                await sub.scope.__aexit__(None, None, None)

@@ -16,6 +16,7 @@ from typing import Any
 from core.errors import AppError
 from core.timeframes import Bar, now_ms, round_bar
 from plugins.base import MarketPlugin
+from services.hub.commits import LeaseLost
 from services.hub.poller import Poller
 from services.stream_feed import StreamFeed
 from services.stream_registry import StreamRegistry
@@ -59,6 +60,8 @@ class StreamPoller(Poller):
             return await self.poll_once()
         except AppError as exc:
             return await self._failed(exc.code, exc.message, exc.retry_after)
+        except LeaseLost:
+            raise
         except Exception as exc:  # a bug must not end the stream: log, count, back off
             log.error("poll of %s failed unexpectedly", self.channel.name, exc_info=exc)
             return await self._failed("internal_error", "internal error", None)

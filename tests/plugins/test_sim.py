@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from core.errors import UnknownSymbol
 from core.timeframes import DAY_MS, HOUR_MS, MINUTE_MS, resample
-from plugins.sim import HISTORY_START_MS, SimPlugin, closed_bars, sim_bar
+from plugins.sim import HISTORY_START_MS, SYMBOLS, SimPlugin, closed_bars, round6, sim_bar
 
 T0 = 1_700_006_400_000  # a day boundary
 
@@ -17,6 +19,26 @@ def test_closed_bars_equal_sim_bar_minute_by_minute() -> None:
     assert bars == [sim_bar(42, "SIMA/USD", T0 + i * MINUTE_MS) for i in range(90)]
     assert all(bars[i][4] == bars[i + 1][1] for i in range(89))  # each close is the next open
     assert all(b[3] <= min(b[1], b[4]) <= max(b[1], b[4]) <= b[2] for b in bars)
+
+
+def test_closed_bars_keep_the_values_of_sim_bar_over_a_long_page() -> None:
+    """closed_bars inlines round6 four times a minute: a day of every symbol, bar for bar."""
+    for symbol in SYMBOLS:
+        bars = closed_bars(7, symbol, T0, T0 + DAY_MS)
+        assert bars[::37] == [sim_bar(7, symbol, T0 + i * MINUTE_MS) for i in range(0, 1440, 37)]
+        assert all(bars[i][4] == bars[i + 1][1] for i in range(1439))
+
+
+@given(st.one_of(
+    st.floats(min_value=0.0, max_value=1e9, allow_nan=False),
+    # exact and nearly exact halves of the 6th decimal
+    st.integers(0, 10**15).map(lambda k: (k + 0.5) / 1e6),
+))
+@example(0.0000005)
+@example(2.6750005)
+@example(100.0000015)
+def test_round6_is_round_to_six_decimals(x: float) -> None:
+    assert round6(x) == round(x, 6)
 
 
 def test_the_forming_bar_becomes_the_closed_bar() -> None:

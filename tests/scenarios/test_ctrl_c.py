@@ -55,8 +55,10 @@ async def app_py(env: dict[str, str]) -> AsyncIterator[tuple[asyncio.subprocess.
 async def test_ctrl_c_after_server_side_closes_logs_no_traceback(db_schema: str, redis_prefix: str) -> None:
     async with app_py({"DATABASE_SCHEMA": db_schema, "REDIS_PREFIX": redis_prefix}) as (proc, addr):
         flood = await RawClient().open(addr)
-        for _ in range(500):  # garbage, never reading the error frames it earns: 1013
-            flood.writer.write(raw_frame(b"{not json"))
+        # subscribes (each answered with a 1000-bar snapshot) sent far faster than they are
+        # handled, never reading: 1013
+        for _ in range(500):
+            flood.writer.write(raw_frame(json.dumps({**SUB, "history": 1000}).encode()))
         await flood.writer.drain()
         big = await RawClient().open(addr)  # a frame over the limit: 1009
         big.writer.write(raw_frame(json.dumps({"op": "ping", "pad": "x" * 70 * 1024}).encode()))

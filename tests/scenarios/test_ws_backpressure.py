@@ -27,7 +27,7 @@ SUB = {"op": "subscribe", "market": "sim", "provider": "sim", "symbol": "SIM/USD
 class RawClient:
     """A minimal WebSocket client on a small receive buffer that reads only when told to."""
 
-    async def open(self, addr: str) -> RawClient:
+    async def open(self, addr: str, headers: str = "") -> RawClient:
         host, port = addr.split(":")
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -37,8 +37,8 @@ class RawClient:
         key = base64.b64encode(os.urandom(16)).decode()
         self.writer.write(
             f"GET /api/v1/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-        head = await self.reader.readuntil(b"\r\n\r\n")
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n".encode())
+        head = self.head = await self.reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101"), head
         return self
 

@@ -153,7 +153,7 @@ async def test_subscribe_unsubscribe_floods_leave_state_and_memory_bounded(
                     await c.send({"op": "unsubscribe", "channel": f"sim:sim:SIM/USD:{tf}", "id": i})
             # Server-side state is capped while the flood is in flight.
             assert len(service.connections) <= len(clients)
-            assert all(len(conn._queue) <= conn.max_queue for conn in service.connections)
+            assert all(conn.queued <= conn.max_queue for conn in service.connections)
             assert all(len(conn.subs) <= 10 for conn in service.connections)
             for c in clients:  # each flooding client is still served, or was closed as too slow (1013)
                 if c.close_code is None:

@@ -1,12 +1,16 @@
-"""Connection.deliver: per channel, what a client is sent of the broadcast frames."""
+"""Connection: per channel, what a client is sent of the broadcast frames; a peer behind, a full
+queue, a stalled socket."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 
 from services.hub.connection import Connection
 from services.hub.frames import BarFrame
+from services.hub.wire import Message
+from tests.support.ws import wait_for
 
 CH = "sim:sim:SIM/USD:1m"
 X = 1_700_000_040_000
@@ -17,20 +21,39 @@ def frame(ts: int, close: float, closed: bool) -> BarFrame:
     return BarFrame(CH, [ts, 1.0, 2.0, 0.5, close, 3.0], closed, next(SEQ))
 
 
-async def _noop(text: str) -> None:
-    return None
+class Recorder:
+    """An outlet whose socket always takes more: messages are written at once, in order."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def ready(self) -> bool:
+        return True
+
+    def write(self, message: Message) -> None:
+        self.texts.append(message.text)
+
+    async def send(self, message: Message) -> None:
+        self.write(message)
+
+    @classmethod
+    def of(cls, texts: list[str]) -> Recorder:
+        recorder = cls()
+        recorder.texts = texts
+        return recorder
 
 
-def sent(conn: Connection) -> list[tuple[int, float, bool]]:
+def sent(outlet: Recorder) -> list[tuple[int, float, bool]]:
     out = []
-    for _kind, _t, text in conn._queue:
+    for text in outlet.texts:
         f = json.loads(text)
         out.append((f["bar"][0], f["bar"][4], f["closed"]))
     return out
 
 
 async def test_a_bucket_is_sent_closed_once_even_when_a_second_worker_sends_it_again() -> None:
-    conn = Connection(_noop, max_queue=100, send_timeout=5.0)
+    outlet = Recorder()
+    conn = Connection(outlet, max_queue=100, send_timeout=5.0)
     conn.hold(CH)
     conn.ready(CH, [], 0.0)
     conn.deliver(frame(X, 1.0, False))
@@ -40,4 +63,62 @@ async def test_a_bucket_is_sent_closed_once_even_when_a_second_worker_sends_it_a
     conn.deliver(frame(X, 1.2, True))
     conn.deliver(frame(X, 1.3, False))
     conn.deliver(frame(X + 60_000, 2.0, False))
-    assert sent(conn) == [(X, 1.0, False), (X, 1.1, True), (X + 60_000, 2.0, False)]
+    assert sent(outlet) == [(X, 1.0, False), (X, 1.1, True), (X + 60_000, 2.0, False)]
+
+
+class Gate(Recorder):
+    """An outlet whose socket takes nothing until ``open``: what is sent waits on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened = asyncio.Event()
+
+    def ready(self) -> bool:
+        return self.opened.is_set()
+
+    async def send(self, message: Message) -> None:
+        await self.opened.wait()
+        self.write(message)
+
+
+def live(conn: Connection) -> Connection:
+    conn.hold(CH)
+    conn.ready(CH, [], 0.0)
+    return conn
+
+
+async def test_a_peer_behind_gets_its_frames_in_order_once_it_reads_and_no_task_is_left() -> None:
+    outlet = Gate()
+    conn = live(Connection(outlet, max_queue=10, send_timeout=5.0))
+    conn.send_frame({"type": "pong", "id": 1})
+    for i in range(5):
+        conn.deliver(frame(X + i * 60_000, 1.0, False))
+    assert conn.queued == 6 and outlet.texts == []  # until the socket takes more
+    outlet.opened.set()
+    await wait_for(lambda: len(outlet.texts) == 6)
+    assert json.loads(outlet.texts[0]) == {"type": "pong", "id": 1}
+    assert [t for t, _c, _x in sent(Recorder.of(outlet.texts[1:]))] == [X + i * 60_000 for i in range(5)]
+    await wait_for(lambda: conn._drainer is None)
+    conn.deliver(frame(X + 5 * 60_000, 1.0, False))  # the socket takes it: written at once
+    assert len(outlet.texts) == 7 and conn._drainer is None
+
+
+async def test_a_full_queue_drops_the_client_as_slow_or_as_a_flood_of_its_own_replies() -> None:
+    slow = live(Connection(Gate(), max_queue=3, send_timeout=5.0))
+    for i in range(5):
+        slow.deliver(frame(X + i * 60_000, 1.0, False))
+    assert slow.drop_reason == "slow" and slow.close_code == 1013 and slow.queued == 0
+    flood = live(Connection(Gate(), max_queue=3, send_timeout=5.0))
+    for i in range(5):
+        flood.send_frame({"type": "error", "id": i})
+    assert flood.drop_reason == "flood"
+    await slow.close()
+    await flood.close()
+
+
+async def test_a_message_the_socket_does_not_take_in_send_timeout_drops_the_client() -> None:
+    conn = live(Connection(Gate(), max_queue=10, send_timeout=0.2))
+    conn.deliver(frame(X, 1.0, False))
+    async with conn.until_dropped():
+        await asyncio.sleep(5)  # interrupted by the drop
+    assert conn.drop_reason == "send_timeout"

@@ -12,11 +12,11 @@ import pytest
 
 from app_extensions.redis_client import RedisClient
 from core.types import Channel
-from services.hub.backends import RedisBackend
 from services.hub.broadcast import Broadcast, Lease
 from services.hub.frames import Frame, StatusFrame
 from services.hub.hub import Hub
 from services.hub.poller import Poller
+from services.hub.redis_backend import RedisBackend
 from services.hub.settings import HubSettings, PollSettings
 from services.hub.state import StateStore
 from tests.conftest import REDIS_URL

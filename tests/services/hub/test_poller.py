@@ -3,6 +3,7 @@ poll by poll."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,6 +15,7 @@ from core.types import Channel
 from plugins.base import Capabilities
 from services.hub.backends import MemoryBackend
 from services.hub.broadcast import Broadcast
+from services.hub.commits import Commit
 from services.hub.frames import Frame
 from services.hub.poller import Poller
 from services.hub.settings import PollSettings
@@ -82,9 +84,12 @@ class Out:
     async def publish(self, frame: Frame) -> None:
         self.frames.append(frame.client())
 
-    async def next_seq(self, channel: str, count: int, floor: int) -> int:
-        self.seq = max(self.seq, floor) + count
-        return self.seq
+    async def commit(self, item: Commit) -> None:
+        self.seq = max(self.seq, item.state.seq)
+        for frame in item.frames:
+            self.seq += 1
+            self.frames.append(dataclasses.replace(frame, seq=self.seq).client())
+        item.state.seq = self.seq
 
 
 def store(backend: Any = None) -> StateStore:
