@@ -26,7 +26,7 @@ from quart import Request
 
 from app_extensions.auth import hash_key
 from app_extensions.ratelimit_buckets import Decision, LeasedBuckets, Limit
-from app_extensions.request_context import http_metrics, request_id_from
+from app_extensions.request_context import http_metric_children, new_request_id, request_id_from
 from core.errors import RateLimited
 from core.metrics import RATE_LIMIT_REJECTIONS
 
@@ -64,6 +64,8 @@ class EarlyRefusals:
         #: limit (requests) -> (body, the headers before Retry-After, the headers after it)
         self._encoded: dict[int, tuple[bytes, list[Header], list[Header]]] = {}
         self._rejections: dict[str, Any] = {}
+        #: (method, route) -> the 429 counter and the latency histogram children
+        self._http: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def learn(self, req: Request) -> None:
         """Called when Quart refuses ``req``: its path may be answered here from now on."""
@@ -87,7 +89,8 @@ class EarlyRefusals:
                                 scope[DECIDED] = decision
                             await inner(scope, receive, send)
                             return
-                        found = _Refused(found.cls, found.route, found.limit, decision.retry_after)
+                        found = _Refused(found.cls, found.route, found.limit, decision.retry_after,
+                                         found.request_id)
                     status, headers, body = self._answer(scope, found, started)
                     await send({"type": "http.response.start", "status": status, "headers": headers})
                     await send({"type": "http.response.body", "body": body})
@@ -125,11 +128,13 @@ class EarlyRefusals:
         buckets = limiter.buckets
         until = buckets.refused.get(bucket)
         if until is None:
-            return _Undecided(cls, route, limit, identity) if buckets.renewing(bucket) else None
+            if buckets.renewing(bucket) is None:
+                return None
+            return _Undecided(cls, route, limit, identity, headers.get(b"x-request-id"))
         wait = buckets.refused_for(bucket, time.monotonic())
         if wait is None:  # the refusal ran out: this request asks for the next token
-            return _Undecided(cls, route, limit, identity)
-        return _Refused(cls, route, limit, wait)
+            return _Undecided(cls, route, limit, identity, headers.get(b"x-request-id"))
+        return _Refused(cls, route, limit, wait, headers.get(b"x-request-id"))
 
     def _answer(self, scope: dict[str, Any], refused: _Refused, started: float
                 ) -> tuple[int, list[Header], bytes]:
@@ -139,13 +144,14 @@ class EarlyRefusals:
             rejections = self._rejections[refused.cls] = RATE_LIMIT_REJECTIONS.labels(refused.cls)
         rejections.inc()
         body, head, tail = self._encode(refused.limit.requests)
-        sent = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                sent = value.decode("latin-1")
-                break
-        rid = request_id_from(sent or "")
-        http_metrics(scope["method"], refused.route, 429, time.perf_counter() - started)
+        sent = refused.request_id
+        rid = request_id_from(sent.decode("latin-1")) if sent else new_request_id()
+        children = self._http.get((scope["method"], refused.route))
+        if children is None:
+            children = self._http[(scope["method"], refused.route)] = http_metric_children(
+                scope["method"], refused.route, 429)
+        children[0].inc()
+        children[1].observe(time.perf_counter() - started)
         seconds = math.ceil(max(refused.wait, 0.001))
         retry = _RETRY_AFTER[seconds] if seconds < len(_RETRY_AFTER) else str(seconds).encode()
         return 429, [*head, (b"retry-after", retry), *tail, (b"x-request-id", rid.encode())], body
@@ -168,6 +174,7 @@ class _Refused(NamedTuple):
     route: str
     limit: Limit
     wait: float
+    request_id: bytes | None  # as the client sent it
 
 
 class _Undecided(NamedTuple):
@@ -175,6 +182,7 @@ class _Undecided(NamedTuple):
     route: str
     limit: Limit
     identity: str
+    request_id: bytes | None
 
 
 def route_class(path: str) -> str:

@@ -145,6 +145,19 @@ def http_metrics(method: str, route: str, status: int, seconds: float | None) ->
         histogram.observe(seconds)
 
 
+def http_metric_children(method: str, route: str, status: int) -> tuple[Any, Any]:
+    """The counter and latency children ``http_metrics`` updates for these labels, for a caller
+    that keeps them: ``inc()`` the first and ``observe(seconds)`` the second is ``http_metrics``."""
+    method = method if method in KNOWN_METHODS else "other"
+    counter = _COUNTERS.get((method, route, status))
+    if counter is None:
+        counter = _COUNTERS[(method, route, status)] = HTTP_REQUESTS.labels(method, route, str(status))
+    histogram = _HISTOGRAMS.get((method, route))
+    if histogram is None:
+        histogram = _HISTOGRAMS[(method, route)] = HTTP_LATENCY.labels(method, route)
+    return counter, histogram
+
+
 def start_request(req: Request, ctx_g: Any) -> None:
     """The first before-request function: the request's id and start time."""
     ctx_g.request_id = rid = request_id_from(scope_header(req.scope, b"x-request-id") or "")
