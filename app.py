@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from typing import Any
 
@@ -35,6 +36,22 @@ from blueprints.ws_server import install_hypercorn_patch
 from config import BaseConfig, load_config
 
 log = logging.getLogger(__name__)
+_frozen = False
+
+
+async def freeze_startup_objects() -> None:
+    """Once per process, after start-up: move every object alive now (modules, CCXT's exchange
+    classes, the plugins, the app) out of the cyclic collector's reach (``gc.freeze``). Start-up
+    leaves about 250,000 long-lived objects, most from loading CCXT, and each full collection
+    walked them all (about 0.1 s, a pause in whatever the loop was doing: a fan-out, a backfill
+    batch). Frozen objects are still freed by reference counting; only cycles among them stay."""
+    global _frozen
+    if _frozen:
+        return
+    _frozen = True
+    gc.collect()
+    gc.freeze()
+    log.debug("gc: %d start-up objects frozen", gc.get_freeze_count())
 
 
 def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
@@ -88,6 +105,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     init_operations(app)  # CORS, API keys, rate limits, provider budget
     init_cli(app)
     init_backfill_cli(app)
+    app.before_serving(freeze_startup_objects)  # last: after every extension has opened
     return app
 
 

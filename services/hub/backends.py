@@ -30,7 +30,7 @@ SEQ_KEY = "ws:seq:"
 @dataclass(frozen=True)
 class CommitRecord:
     """One channel's frames for ``Backend.commit``: published on ``topic`` as numbers ``floor``
-    + 1... with ``state`` saved, if the lease (name, owner, TTL ms; None: unfenced) is the owner's
+    + 1... with ``state`` saved (unless empty), if the lease (name, owner, TTL ms; None: unfenced) is the owner's
     and the counter at ``seq_key`` is not beyond ``floor``."""
 
     topic: str
@@ -170,7 +170,8 @@ class MemoryBackend(Backend):
                 out.append(seq)
                 continue
             self._seqs[r.seq_key] = r.floor + len(r.payloads)
-            self._values[r.state_key] = r.state
+            if r.state:
+                self._values[r.state_key] = r.state
             for payload in r.payloads:
                 await self.publish(r.topic, payload)
             out.append(0)

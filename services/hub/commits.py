@@ -48,13 +48,16 @@ class Commit:
     frames: list[BarFrame]
     state: PollerState
     lease: Lease | None = None
+    #: False for a part of a catch-up but the last: the state (which holds the whole catch-up)
+    #: is saved with the last part only, so a holder killed in between leaves none of it done.
+    save: bool = True
 
     def record(self) -> CommitRecord:
         floor, s = self.state.seq, self.state
         self.frames = [dataclasses.replace(f, seq=floor + n) for n, f in enumerate(self.frames, 1)]
         s.seq = floor + len(self.frames)
         try:
-            blob = s.dump()
+            blob = s.dump() if self.save else ""
         finally:
             s.seq = floor
         lease = None if self.lease is None else (self.lease.name, self.lease.owner,
@@ -99,7 +102,8 @@ class Commits:
                     again.append(item)
                 else:
                     item.state.seq += len(item.frames)
-                    self.store.remember(item.channel, item.state)
+                    if item.save:
+                        self.store.remember(item.channel, item.state)
             if not again:
                 return list(held.values())
             items = again

@@ -258,7 +258,7 @@ class Poller:
                 await asyncio.sleep(0.05)  # pace a catch-up burst so client queues drain
             bars = [BarFrame(name, bar, closed, 0, revised, started / 1000, polled_at)
                     for bar, closed, revised in frames[i:i + chunk]]
-            await self.out.commit(Commit(name, bars, s, self.lease))
+            await self.out.commit(Commit(name, bars, s, self.lease, i + chunk >= len(frames)))
 
     async def revise(self, ts: int, bar_1m: Sequence[float]) -> None:
         """A stored 1m bar was revised (announced by whoever wrote it): publish the channel's

@@ -34,7 +34,7 @@ if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) 
 return 0
 """
 #: Per commit (KEYS: lease, seq counter, state, topic; ARGV: owner ('' = unfenced), lease TTL ms,
-#: floor, frame count, state, state TTL s, the frames): 0 when published; -1 when another owner
+#: floor, frame count, state ('' = not saved), state TTL s, the frames): 0 when published; -1 when another owner
 #: holds the lease; the counter when it is ahead of the floor (nothing published then).
 COMMIT_SCRIPT = """
 local out, a = {}, 1
@@ -52,7 +52,7 @@ for i = 1, #KEYS, 4 do
       res = seq
     else
       redis.call('set', KEYS[i + 1], floor + n, 'EX', ARGV[a + 6 + n])
-      redis.call('set', KEYS[i + 2], ARGV[a + 4], 'EX', ARGV[a + 5])
+      if ARGV[a + 4] ~= '' then redis.call('set', KEYS[i + 2], ARGV[a + 4], 'EX', ARGV[a + 5]) end
       for j = 1, n do redis.call('publish', KEYS[i + 3], ARGV[a + 5 + j]) end
     end
   end

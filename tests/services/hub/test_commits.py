@@ -110,6 +110,12 @@ async def test_the_lease_fence_and_a_counter_ahead(redis: RedisClient) -> None: 
         assert await broadcast.backend.holder(name(2)) == "me"  # a free lease is taken again
         assert await broadcast.backend.holder(name(1)) == "other"
         assert await counter(redis, name(1)) is None
+        await commits.commit(Commit(name(2), frames(name(2), 2.0), states[2], free, save=False))
+        assert states[2].seq == 2 and await counter(redis, name(2)) == 2
+        other = await on_redis(redis)
+        saved = await StateStore(other).load(name(2))
+        await other.disconnect()
+        assert saved is not None and saved.seq == 1  # the state of the last saved commit
         assert await StateStore(broadcast).load(name(1)) is None  # nothing saved either
         await commits.close()
     finally:
@@ -130,6 +136,11 @@ async def test_memory_backend_commits_the_same_way() -> None:
     saved = await commits.store.load(name(0))
     assert saved is not None and saved.seq == 6
     assert json.loads(saved.dump())["seq"] == 6
+    # a part of a catch-up but the last moves the counter and publishes, and saves no state
+    await commits.commit(Commit(name(0), frames(name(0), 4.0), state, save=False))
+    assert state.seq == 7 and [f.seq for f in await received(broadcast, 1)] == [7]
+    shared = await broadcast.run(lambda b: b.load(StateStore.key(name(0))))
+    assert shared is not None and json.loads(shared)["seq"] == 6
 
 
 async def test_a_poller_whose_commit_meets_another_holder_stops(redis: RedisClient) -> None:  # noqa: F811
