@@ -22,11 +22,13 @@ import json
 import logging
 import re
 import time
+from collections.abc import Awaitable
 from typing import Any
 
-from quart import Quart, current_app, g, request, websocket
+from quart import Quart, Request, current_app, g, websocket
 
 from app_extensions.db_pool import get_database
+from app_extensions.hooks import get_hooks
 from config import ConfigError
 from core.errors import Unauthorized
 from core.metrics import AUTH_FAILURES
@@ -98,7 +100,7 @@ class ApiKeyAuth:
         self._app = app
         app.extensions["auth"] = self
         if self.enabled or self.metrics_token:  # else there is nothing to check per request
-            app.before_request(self._before_request)
+            get_hooks(app).before(self._before_request)
         app.before_websocket(self._before_websocket)
 
     async def authenticate(self, presented: str | None, client: tuple[Any, str | None] | None = None) -> str:
@@ -150,17 +152,19 @@ class ApiKeyAuth:
             AUTH_FAILURES.labels("metrics_token").inc()
             raise Unauthorized("/metrics needs Authorization: Bearer <METRICS_TOKEN>")
 
-    async def _before_request(self) -> None:
-        if request.method == "OPTIONS":  # CORS preflights carry no credentials
-            return
-        if request.path == "/metrics":
-            self.check_metrics_token(request.headers.get("Authorization", ""))
-            return
-        if not self.enabled or is_open_path(request.path):
-            return
-        g.api_key_id = await self.authenticate(
-            request.headers.get("X-API-Key"), (request.headers, request.remote_addr)
-        )
+    def _before_request(self, req: Request, ctx_g: Any) -> Awaitable[None] | None:
+        if req.method == "OPTIONS":  # CORS preflights carry no credentials
+            return None
+        path = req.path
+        if path == "/metrics":
+            self.check_metrics_token(req.headers.get("Authorization", ""))
+            return None
+        if not self.enabled or is_open_path(path):
+            return None
+        return self._authenticate_request(req, ctx_g)
+
+    async def _authenticate_request(self, req: Request, ctx_g: Any) -> None:
+        ctx_g.api_key_id = await self.authenticate(req.headers.get("X-API-Key"), (req.headers, req.remote_addr))
 
     async def _before_websocket(self) -> None:
         await authenticate_websocket()

@@ -14,9 +14,12 @@ one without ``Origin`` (not a browser) is allowed. Empty (the default) allows an
 
 from __future__ import annotations
 
-from quart import Quart, Response, request, websocket
+from typing import Any
 
-from app_extensions.request_context import header
+from quart import Quart, Request, Response, websocket
+
+from app_extensions.hooks import get_hooks
+from app_extensions.request_context import scope_header
 from core.errors import APIError
 
 #: Headers a browser script may read from our answers.
@@ -60,7 +63,7 @@ class Cors:
         self.ws_origins = parse_origins(app.config["WS_ALLOWED_ORIGINS"])
         app.extensions["cors"] = self
         if self.origins:  # else no answer gets CORS headers: no per-request work
-            app.after_request(self._after_request)
+            get_hooks(app).after(self._after_request)
         if self.ws_origins:
             app.before_websocket(self._before_websocket)
 
@@ -70,14 +73,14 @@ class Cors:
     def ws_allows(self, origin: str | None) -> bool:
         return not self.ws_origins or not origin or origin_allowed(origin, self.ws_origins)
 
-    async def _after_request(self, response: Response) -> Response:
-        origin = header(b"origin") or ""
-        if not self.allows(origin):
+    def _after_request(self, req: Request, ctx_g: Any, response: Response) -> Response:
+        origin = scope_header(req.scope, b"origin")
+        if not origin or not self.allows(origin):
             return response
         response.headers["Access-Control-Allow-Origin"] = "*" if "*" in self.origins else origin
         response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
         response.vary.add("Origin")
-        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        if req.method == "OPTIONS" and "Access-Control-Request-Method" in req.headers:
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, DELETE, OPTIONS"
             response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
             response.headers["Access-Control-Max-Age"] = str(self.max_age)

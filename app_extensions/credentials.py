@@ -69,6 +69,11 @@ class Credentials:
                 return str(entry["market"])
         raise UnknownProvider(f"unknown provider {provider!r}")
 
+    def may_apply(self) -> bool:
+        """Whether ``for_request`` may find credentials: the caller has an API key and the store
+        is on (so an anonymous request skips the look-up's coroutine)."""
+        return self.store.enabled and g.get("api_key_id") is not None
+
     async def for_request(
         self, markets: MarketService, market: str, provider: str
     ) -> UserCredentials | None:

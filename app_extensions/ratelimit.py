@@ -4,7 +4,7 @@ Every instance runs the same atomic Lua script against the same keys and Redis's
 instances together enforce one limit. Tokens are taken from Redis in small leases and spent locally
 (``ratelimit_buckets.py``), and a refusal is kept locally until Redis said the next token frees up,
 so most requests, and every refused one, cost no Redis round trip. A refusal known locally is
-answered before the request enters Quart (``_early``): a 429 costs a fraction of a cached 200.
+answered before the request enters Quart (``ratelimit_early.py``): a 429 costs a fraction of a cached 200.
 ``docs/performance.md`` gives the exact guarantee across N instances.
 
 A limit is ``"requests/seconds"`` per route class (``default``, ``ohlcv``, ``backfill``, ``ws``;
@@ -18,20 +18,19 @@ each instance enforces the limit on its own until Redis is back) and readiness r
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import re
-import time
+from collections.abc import Awaitable
 from typing import Any
 
-from quart import Quart, Response, current_app, g, request, websocket
+from quart import Quart, Request, Response, current_app, g, websocket
 from quart.typing import ResponseTypes
 
-from app_extensions.auth import hash_key, is_open_path
+from app_extensions.auth import is_open_path
+from app_extensions.hooks import get_hooks
 from app_extensions.ratelimit_buckets import GCRA_LUA, Decision, LeasedBuckets, Limit, LocalGcra
+from app_extensions.ratelimit_early import DECIDED, EarlyRefusals, route_class
 from app_extensions.redis_client import RedisClient, get_redis
-from app_extensions.request_context import http_metrics, request_id_from
 from config import ConfigError
 from core.errors import DataSourceError, RateLimited
 from core.metrics import RATE_LIMIT_FALLBACKS, RATE_LIMIT_REJECTIONS
@@ -45,8 +44,6 @@ __all__ = ["DEFAULT_LIMITS", "Decision", "Limit", "LocalGcra", "RateLimiter", "g
 DEFAULT_LIMITS = {"default": "600/60", "ohlcv": "300/60", "backfill": "60/60", "ws": "300/300",
                   "auth_failures": "30/60"}
 _IDENT = re.compile(r"[^0-9A-Za-z.:_-]")
-#: Paths whose route template is known, for the metrics of refusals answered before Quart.
-_ROUTES_MAX = 1000
 _IDENTITIES_MAX = 10_000
 
 
@@ -65,9 +62,8 @@ class RateLimiter:
         self.mode = "redis"
         self.last_error: str | None = None
         self._scripts: dict[int, Any] = {}
-        #: path -> route template, learned from refusals answered by Quart.
-        self._routes: dict[str, str] = {}
         self._identities: dict[tuple[str | None, str | None], str] = {}
+        self.early = EarlyRefusals(self)
         if app is not None:
             self.init_app(app)
 
@@ -85,11 +81,12 @@ class RateLimiter:
         self.redis = get_redis(app)
         self.mode = "redis" if self.enabled else "off"
         app.extensions["ratelimit"] = self
-        app.before_request(self._before_request)
+        hooks = get_hooks(app)
+        hooks.before(self._before_request)
+        hooks.after(self._after_request)
         app.before_websocket(self._before_websocket)
-        app.after_request(self._after_request)
         app.after_websocket(self._after_websocket)
-        app.asgi_app = self._early(app.asgi_app)  # type: ignore[method-assign]
+        app.asgi_app = self.early.wrap(app.asgi_app)  # type: ignore[method-assign]
 
     def configure(self, enabled: bool, limits: dict[str, Limit | None]) -> None:
         """Switch the limiter and replace some classes' limits at run time (benchmarks, tests)."""
@@ -151,9 +148,9 @@ class RateLimiter:
         if key_id:
             return f"key:{key_id}"
         forwarded = headers.get("X-Forwarded-For") if self.trust_forwarded else None
-        return self._ip_identity(remote_addr, forwarded)
+        return self.ip_identity(remote_addr, forwarded)
 
-    def _ip_identity(self, remote_addr: str | None, forwarded: str | None) -> str:
+    def ip_identity(self, remote_addr: str | None, forwarded: str | None) -> str:
         known = self._identities.get((remote_addr, forwarded))
         if known is not None:
             return known
@@ -165,9 +162,13 @@ class RateLimiter:
 
     async def _check(self, route_class: str, identity: str) -> None:
         decision = await self.hit(route_class, identity)
-        if decision is None:
-            return
-        g.rate_limit = decision
+        if decision is not None:
+            g.rate_limit = decision
+            self._refuse(decision, route_class)
+
+    @staticmethod
+    def _refuse(decision: Decision, route_class: str) -> None:
+        """Raise 429 unless ``decision`` admits the request."""
         if not decision.allowed:
             RATE_LIMIT_REJECTIONS.labels(route_class).inc()
             raise RateLimited(
@@ -188,28 +189,47 @@ class RateLimiter:
             raise RateLimited("too many requests with a wrong API key; retry later",
                               retry_after=max(decision.retry_after, 0.001))
 
-    async def _before_request(self) -> None:
+    def _before_request(self, req: Request, ctx_g: Any) -> Awaitable[None] | None:
         if not self.enabled:
-            return
-        req = request._get_current_object()  # type: ignore[attr-defined]  # one proxy look-up
+            return None
         path = req.path
         if req.method == "OPTIONS" or is_open_path(path):
-            return
-        identity = self.client_identity(req.headers, req.remote_addr)
+            return None
+        cls = route_class(path)
+        limit = self.limit_for(cls)
+        if limit is None:
+            return None
+        key_id = ctx_g.get("api_key_id")
+        identity = f"key:{key_id}" if key_id else self.ip_identity(
+            req.remote_addr, req.headers.get("X-Forwarded-For") if self.trust_forwarded else None)
+        decision: Decision | None = req.scope.get(DECIDED)  # type: ignore[assignment]  # decided before Quart
+        if decision is None:
+            decision = self.buckets.spend(f"{cls}:{identity}", limit)  # most requests: no Redis call
+            if decision is None:
+                return self._check_request(req, ctx_g, cls, identity)
+            self.mode, self.last_error = "redis", None
+        self._decide(req, ctx_g, decision, cls)
+        return None
+
+    async def _check_request(self, req: Request, ctx_g: Any, cls: str, identity: str) -> None:
+        decision = await self.hit(cls, identity)
+        if decision is not None:
+            self._decide(req, ctx_g, decision, cls)
+
+    def _decide(self, req: Request, ctx_g: Any, decision: Decision, cls: str) -> None:
+        ctx_g.rate_limit = decision
         try:
-            await self._check(route_class(path), identity)
+            self._refuse(decision, cls)
         except RateLimited:
-            rule = req.url_rule  # the next refusals of this path are answered before Quart
-            if rule is not None and len(self._routes) < _ROUTES_MAX:
-                self._routes[path] = rule.rule
+            self.early.learn(req)  # the next refusals of this path are answered before Quart
             raise
 
     async def _before_websocket(self) -> None:
         if self.enabled:
             await self._check("ws", self.client_identity(websocket.headers, websocket.remote_addr))
 
-    async def _after_request(self, response: Response) -> Response:
-        decision: Decision | None = g.get("rate_limit")
+    def _after_request(self, req: Request | None, ctx_g: Any, response: Response) -> Response:
+        decision: Decision | None = ctx_g.get("rate_limit")
         if decision is not None:
             headers = response.headers
             headers["X-RateLimit-Limit"] = str(decision.limit)
@@ -219,70 +239,8 @@ class RateLimiter:
     async def _after_websocket(self, response: ResponseTypes | None) -> ResponseTypes | None:
         # A refused handshake (401, 429) is an HTTP response: it carries the same headers.
         if isinstance(response, Response):
-            return await self._after_request(response)
+            return self._after_request(None, g._get_current_object(), response)  # type: ignore[attr-defined]
         return response
-
-    def _early(self, inner: Any) -> Any:
-        """ASGI wrapper: a request whose client is refused (known locally) is answered 429 here,
-        before Quart builds a request context; anything else goes on to Quart."""
-
-        async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
-            if scope["type"] == "http" and self.enabled and self.buckets.refused:
-                refusal = self._refusal(scope)
-                if refusal is not None:
-                    status, headers, body = refusal
-                    await send({"type": "http.response.start", "status": status, "headers": headers})
-                    await send({"type": "http.response.body", "body": body})
-                    return
-            await inner(scope, receive, send)
-
-        return asgi
-
-    def _refusal(self, scope: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
-        started = time.perf_counter()
-        path, method = scope["path"], scope["method"]
-        route = self._routes.get(path)
-        if route is None or method in ("OPTIONS", "HEAD"):
-            return None
-        headers = dict(scope["headers"])  # Hypercorn gives lower-case names
-        if b"origin" in headers:
-            return None  # CORS answers are Quart's (the refusal is known: no Redis call there)
-        if self.auth_enabled:
-            key = headers.get(b"x-api-key")
-            if not key:
-                return None  # a 401 is auth's answer
-            identity = "key:" + hash_key(key.decode("latin-1"))[:16]
-        else:
-            forwarded = headers.get(b"x-forwarded-for") if self.trust_forwarded else None
-            client = scope.get("client")  # as Quart's request.remote_addr reads it
-            identity = self._ip_identity(client[0] if client else "<local>",
-                                         forwarded.decode("latin-1") if forwarded else None)
-        cls = route_class(path)
-        limit = self.limit_for(cls)
-        wait = self.buckets.refused_for(f"{cls}:{identity}", time.monotonic())
-        if wait is None or limit is None:
-            return None
-        RATE_LIMIT_REJECTIONS.labels(cls).inc()
-        exc = RateLimited(f"rate limit of {limit.requests} requests exceeded; retry later")
-        body = json.dumps(exc.to_dict()).encode()
-        sent = headers.get(b"x-request-id")
-        rid = request_id_from(sent.decode("latin-1") if sent else "")
-        http_metrics(method, route, 429, time.perf_counter() - started)
-        return 429, [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"retry-after", str(max(1, math.ceil(wait))).encode()),
-            (b"x-ratelimit-limit", str(limit.requests).encode()), (b"x-ratelimit-remaining", b"0"),
-            (b"x-request-id", rid.encode()),
-        ], body
-
-
-def route_class(path: str) -> str:
-    """The limit class of a request path (fixed names; never the path itself)."""
-    if path == "/api/v1/ohlcv":
-        return "ohlcv"
-    if path.startswith(("/api/v1/backfill", "/api/v1/gaps")):
-        return "backfill"
-    return "default"
 
 
 def get_ratelimiter(app: Quart | None = None) -> RateLimiter:

@@ -140,10 +140,17 @@ class LeasedBuckets:
         self._leases: OrderedDict[str, Lease] = OrderedDict()
         #: key -> monotonic time before which the key is refused (Redis said so).
         self.refused: dict[str, float] = {}
+        #: key -> resolved when the lease being taken from Redis for key is in.
+        self._pending: dict[str, asyncio.Future[None]] = {}
 
     def clear(self) -> None:
         self._leases.clear()
         self.refused.clear()
+
+    @property
+    def busy(self) -> bool:
+        """Some client is refused, or a lease is being taken: the early path has work."""
+        return bool(self.refused or self._pending)
 
     def refused_for(self, key: str, now: float) -> float | None:
         """Seconds ``key`` stays refused, or None."""
@@ -155,27 +162,41 @@ class LeasedBuckets:
             return None
         return until - now
 
+    def spend(self, key: str, limit: Limit) -> Decision | None:
+        """Decide from what is known locally: refused, or one token of ``key``'s lease spent; None
+        when a lease must first be taken from Redis (``hit`` does that)."""
+        now = time.monotonic()
+        wait = self.refused_for(key, now)
+        if wait is not None:
+            return Decision(False, limit.requests, 0, wait)
+        lease = self._leases.get(key)
+        if lease is None:
+            return None
+        self._leases.move_to_end(key)
+        if lease.tokens > 0 and lease.expires > now:
+            lease.tokens -= 1
+            return Decision(True, limit.requests, lease.remaining + lease.tokens, 0.0)
+        return None
+
+    def renewing(self, key: str) -> asyncio.Future[None] | None:
+        """Resolved when the lease of ``key`` being taken from Redis now is in; None when none is."""
+        return self._pending.get(key)
+
     async def hit(self, key: str, limit: Limit) -> Decision:
         """Spend one token of ``key`` (leasing more from Redis when none is left)."""
         while True:
-            now = time.monotonic()
-            wait = self.refused_for(key, now)
-            if wait is not None:
-                return Decision(False, limit.requests, 0, wait)
+            decision = self.spend(key, limit)
+            if decision is not None:
+                return decision
             lease = self._leases.get(key)
             if lease is None:
                 lease = self._leases[key] = Lease()
                 while len(self._leases) > LOCAL_MAX_KEYS:
                     self._leases.popitem(last=False)
-            else:
-                self._leases.move_to_end(key)
-            if lease.tokens > 0 and lease.expires > now:
-                lease.tokens -= 1
-                return Decision(True, limit.requests, lease.remaining + lease.tokens, 0.0)
             if lease.pending is not None:  # another request of this client is leasing: share it
                 await asyncio.shield(lease.pending)
                 continue
-            await self._renew(key, limit, lease, now)
+            await self._renew(key, limit, lease, time.monotonic())
 
     async def _renew(self, key: str, limit: Limit, lease: Lease, now: float) -> None:
         # Size the lease for what this client spent per second since the last one, so that it
@@ -183,11 +204,13 @@ class LeasedBuckets:
         elapsed = now - lease.leased_at
         rate = (lease.size - lease.tokens) / elapsed if lease.size and elapsed > 0 else 0.0
         wanted = max(1, min(limit.max_lease, int(rate * self.lease_seconds / 2)))
-        lease.pending = asyncio.get_running_loop().create_future()
+        lease.pending = self._pending[key] = asyncio.get_running_loop().create_future()
         try:
             granted, remaining, retry_after = await self._take(key, limit, wanted)
         finally:
             pending, lease.pending = lease.pending, None
+            if self._pending.get(key) is pending:  # (clear() may have let another lease start)
+                del self._pending[key]
             pending.set_result(None)
         now = time.monotonic()
         if granted < 1:

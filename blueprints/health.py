@@ -7,13 +7,15 @@ import inspect
 import os
 import time
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
-from quart import Blueprint, Response, current_app, jsonify
+from quart import Blueprint, Quart, Request, Response, current_app, jsonify
+from quart.blueprints import BlueprintSetupState
 
 from app_extensions.db_pool import Database, get_database
+from app_extensions.hooks import get_hooks
 from app_extensions.redis_client import get_redis
 from core.metrics import DB_POOL_IN_USE, DB_POOL_SIZE, DEPENDENCY_UP
 
@@ -120,8 +122,12 @@ _POOL_GAUGES_EVERY = 1.0
 _pool_gauges_at = [0.0]
 
 
-@health_blueprint.after_app_request
-async def _pool_gauges(response: Response) -> Response:
+@health_blueprint.record_once
+def _register_pool_gauges(state: BlueprintSetupState) -> None:
+    get_hooks(cast(Quart, state.app)).after(_pool_gauges)  # runs after every request
+
+
+def _pool_gauges(req: Request, ctx_g: Any, response: Response) -> Response:
     # Keeps each worker's gauges current between scrapes, at most once a second.
     now = time.monotonic()
     if now - _pool_gauges_at[0] >= _POOL_GAUGES_EVERY:

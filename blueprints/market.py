@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
-from quart import Blueprint, Response, current_app, jsonify, request
+from quart import Blueprint, Request, Response, current_app, jsonify, request
 
 from app_extensions.credentials import get_credentials
-from app_extensions.request_context import header
 from app_extensions.resilience import get_resilience
 from app_extensions.response_cache import PreparedResponse, get_response_cache
 from app_extensions.services import get_services
@@ -21,6 +20,7 @@ from core.types import Series
 from services.answer_bytes import Prepared, etag_matches, etag_of
 from services.orchestrator import BarQuery, window
 from services.sources import LEDGER_SAFETY_MS
+from services.warmup import range_key
 
 market_blueprint = Blueprint("market", __name__, url_prefix="/api/v1")
 #: Schema instances are stateless; build them once rather than per request.
@@ -70,17 +70,20 @@ async def ticker() -> Response:
 
 @market_blueprint.get("/ohlcv")
 async def ohlcv() -> Response:
-    services = get_services(current_app)
-    prepared = get_response_cache(current_app)
-    hit = prepared.lookup(request.query_string)  # the same query, validated when it was kept
+    app = current_app._get_current_object()  # type: ignore[attr-defined]  # one proxy look-up each
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    services = get_services(app)
+    prepared = get_response_cache(app)
+    hit = prepared.lookup(req.query_string)  # the same query, validated when it was kept
     if hit is not None:
-        query = hit.meta
-        user = await get_credentials(current_app).for_request(
-            services.markets, query.series.market, query.series.provider)
+        query, warm_key = hit.meta
+        credentials = get_credentials(app)
+        user = await credentials.for_request(services.markets, query.series.market, query.series.provider
+                                             ) if credentials.may_apply() else None
         if user is None:  # only the shared path's answers are kept: a user's own key misses
-            get_warmup(current_app).warmer.note(query)
+            get_warmup(app).warmer.note_key(warm_key)
             CACHE_ANSWERS.inc()
-            return _answer(hit, "cache")
+            return _answer(req, hit, "cache")
     q = load_query(SCHEMAS['OhlcvQuery'])
     services.markets.check_provider(q["market"], q["provider"])
     series = Series(q["market"], q["provider"], q["symbol"])
@@ -109,7 +112,7 @@ async def ohlcv() -> Response:
         # An answer that queued a backfill is not kept: its job header belongs to this answer.
         kept = await _keep(query, payload, generation) if user is None and not answer.backfill_job else None
         if kept is not None:
-            return _answer(kept, source)
+            return _answer(request._get_current_object(), kept, source)  # type: ignore[attr-defined]
         etag = etag_of(payload)
         headers["ETag"] = etag
         if etag_matches(request.headers.get("If-None-Match", ""), etag):
@@ -127,18 +130,25 @@ async def _keep(query: BarQuery, body: bytes, generation: tuple[int, int]) -> Pr
         return None
     start = a if query.start is not None else 0
     return await get_response_cache(current_app).keep(
-        request.query_string, query.series.key(), start, b, body, "cache", generation, meta=query)
+        request.query_string, query.series.key(), start, b, body, "cache", generation,
+        meta=(query, range_key(query)))
 
 
-def _answer(entry: Prepared, source: str) -> Response:
+def _answer(req: Request, entry: Prepared, source: str) -> Response:
     """A prepared answer in the encoding the client accepts; 304 when its ETag matches."""
-    body, headers = entry.pick(header(b"accept-encoding") or "")
-    if_none_match = header(b"if-none-match")
-    if if_none_match and etag_matches(if_none_match, entry.etag):
+    accept_encoding = if_none_match = b""
+    for name, value in req.scope["headers"]:  # one pass for both headers
+        if name == b"accept-encoding":
+            accept_encoding = value
+        elif name == b"if-none-match":
+            if_none_match = value
+    encoding = entry.encoding(accept_encoding.decode("latin-1"))
+    body, headers = entry.variants[encoding]
+    if if_none_match and etag_matches(if_none_match.decode("latin-1"), entry.etag):
         return _not_modified(headers["ETag"])
     if source != "cache":
-        headers = {**headers, "X-Data-Source": source}
-    return PreparedResponse(body, status=200, headers=headers)
+        return PreparedResponse(body, status=200, headers={**headers, "X-Data-Source": source})
+    return PreparedResponse.sent_as(body, entry.sent[encoding])
 
 
 def _not_modified(etag: str) -> Response:

@@ -75,7 +75,8 @@ def compress(body: bytes, encoding: str, level: int | None = None) -> bytes:
 @dataclass(frozen=True, slots=True)
 class Prepared:
     """One answer's bytes: ``variants`` maps an encoding (``""`` for identity) to its body and
-    headers (``Content-Type``, ``ETag``, ``Vary``, ``Content-Encoding``, ``X-Data-Source``)."""
+    headers (``Content-Type``, ``ETag``, ``Vary``, ``Content-Encoding``, ``X-Data-Source``);
+    ``sent`` maps it to the same headers as sent, in order, ``Content-Length`` last."""
 
     series: str
     start: int
@@ -86,11 +87,15 @@ class Prepared:
     size: int = 0
     #: What the caller wants back on a hit (the query the answer is for).
     meta: Any = None
+    sent: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+
+    def encoding(self, accept_encoding: str) -> str:
+        """The variant (its key in ``variants``) for a client's ``Accept-Encoding``."""
+        return (accepted_encoding(accept_encoding) or "") if len(self.variants) > 1 else ""
 
     def pick(self, accept_encoding: str) -> tuple[bytes, dict[str, str]]:
         """The body and headers for a client's ``Accept-Encoding``."""
-        encoding = accepted_encoding(accept_encoding) if len(self.variants) > 1 else None
-        return self.variants[encoding or ""]
+        return self.variants[self.encoding(accept_encoding)]
 
 
 def etag_of(body: bytes) -> str:
@@ -111,7 +116,9 @@ def prepare_sync(series: str, start: int, end: int, body: bytes, source: str,
             tag = f'{etag[:-1]}-{enc}"'
             variants[enc] = (data, {**base, "ETag": tag, "Vary": "Accept-Encoding", "Content-Encoding": enc})
     size = ENTRY_OVERHEAD + sum(len(data) for data, _ in variants.values())
-    return Prepared(series, start, end, etag, variants, time.monotonic() + ttl, size, meta)
+    sent = {enc: (*headers.items(), ("Content-Length", str(len(data))))
+            for enc, (data, headers) in variants.items()}
+    return Prepared(series, start, end, etag, variants, time.monotonic() + ttl, size, meta, sent)
 
 
 def etag_matches(if_none_match: str, etag: str) -> bool:

@@ -104,6 +104,10 @@ class Warmer:
         """Count one ``/ohlcv`` query of the shared path (memory only; ``record`` flushes)."""
         self._counts[range_key(q)] += 1
 
+    def note_key(self, key: str) -> None:
+        """``note`` for a query whose ``range_key`` is known (a prepared answer keeps it)."""
+        self._counts[key] += 1
+
     async def record(self) -> None:
         """Flush the counted ranges and the live channels to Redis (logs and keeps the counts
         when Redis is down)."""

@@ -3,6 +3,7 @@ before Quart, and the cluster-wide bound across instances (real Redis)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -115,3 +116,46 @@ async def test_a_known_refusal_is_answered_before_quart(app_config: dict[str, An
         assert get_ratelimiter(app).buckets.refused
 
 
+
+
+async def test_a_client_past_its_refusal_is_decided_before_quart_and_spends_one_token(
+        app_config: dict[str, Any]) -> None:
+    app = create_app({**app_config, "RATE_LIMITS": {"default": "1/1"}})
+    entered: list[str] = []
+
+    async def _count(sender: Any, **extra: Any) -> None:
+        entered.append("x")
+
+    request_started.connect(_count, app)
+    async with app.test_app():
+        client = app.test_client()
+        assert [(await client.get(MARKETS)).status_code for _ in range(2)] == [200, 429]
+        refused = await client.get(MARKETS)  # answered before Quart
+        assert refused.status_code == 429 and len(entered) == 2
+        await asyncio.sleep(float(refused.headers["Retry-After"]))  # the next token frees up
+        # Decided before Quart (Redis grants the token), then served by Quart, which uses that
+        # decision: had it spent a token of its own, Redis (0 left) would have refused it.
+        r = await client.get(MARKETS)
+        assert r.status_code == 200 and len(entered) == 3
+        assert r.headers["X-RateLimit-Limit"] == "1" and r.headers["X-RateLimit-Remaining"] == "0"
+
+
+async def test_requests_arriving_while_a_refused_clients_lease_is_taken_wait_for_it(
+        app_config: dict[str, Any]) -> None:
+    app = create_app({**app_config, "RATE_LIMITS": {"default": "1/1"}})
+    entered: list[str] = []
+
+    async def _count(sender: Any, **extra: Any) -> None:
+        entered.append("x")
+
+    request_started.connect(_count, app)
+    async with app.test_app():
+        client = app.test_client()
+        assert [(await client.get(MARKETS)).status_code for _ in range(2)] == [200, 429]
+        refused = await client.get(MARKETS)
+        await asyncio.sleep(float(refused.headers["Retry-After"]))
+        codes = [r.status_code for r in await asyncio.gather(*(client.get(MARKETS) for _ in range(8)))]
+        # One token freed up: one request is admitted; the others waited for the lease in front of
+        # Quart and were refused there (none of them entered Quart).
+        assert sorted(codes) == [200] + [429] * 7
+        assert len(entered) == 3

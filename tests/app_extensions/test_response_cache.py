@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from quart import Quart
 
 from app import create_app
-from app_extensions.response_cache import get_response_cache
+from app_extensions.response_cache import PreparedResponse, get_response_cache
 from app_extensions.services import get_services
 from core.types import Series
 from tests.conftest import REDIS_URL
@@ -58,6 +58,27 @@ async def test_a_closed_answer_is_prepared_once_and_served_in_every_encoding(app
         again = await client.get(QUERY, headers={"If-None-Match": r.headers["ETag"]})
         assert again.status_code == 304 and not await again.get_data()
     assert sim_calls(app) == calls
+
+
+async def test_a_hit_is_the_response_the_constructor_builds_from_the_same_headers(app: Quart) -> None:
+    cache = get_response_cache(app)
+    await until(lambda: cache.live)
+    client = app.test_client()
+    await client.get(QUERY)
+    entry = next(iter(cache.store._entries.values()))
+    for encoding, (body, headers) in entry.variants.items():
+        built = PreparedResponse(body, status=200, headers=headers)
+        fast = PreparedResponse.sent_as(body, entry.sent[encoding])
+        assert list(fast.headers.items()) == list(built.headers.items())
+        assert (fast.status, fast.status_code, fast.timeout) == (built.status, built.status_code, built.timeout)
+        assert vars(fast).keys() == vars(built).keys()
+        assert await fast.get_data() == await built.get_data() == body
+        fast.headers["X-Request-ID"] = "x"  # the headers are the response's own
+        assert "X-Request-ID" not in dict(entry.sent[encoding])
+        r = await client.get(QUERY, headers={"Accept-Encoding": encoding or "identity"})
+        sent = [(k.lower(), v) for k, v in r.headers.items()
+                if k.lower() not in ("x-request-id", "x-ratelimit-limit", "x-ratelimit-remaining")]
+        assert sent == [(k.lower(), v) for k, v in built.headers.items()]
 
 
 async def test_a_revision_event_drops_the_answers_holding_its_bar(app: Quart, redis_prefix: str) -> None:
