@@ -134,28 +134,30 @@ def http_metrics(method: str, route: str, status: int, seconds: float | None) ->
     """Count a request and observe its latency. Labels are fixed names or route templates; the
     children are kept, since ``labels()`` costs more than the increment itself."""
     method = method if method in KNOWN_METHODS else "other"
-    counter = _COUNTERS.get((method, route, status))
-    if counter is None:
-        counter = _COUNTERS[(method, route, status)] = HTTP_REQUESTS.labels(method, route, str(status))
-    counter.inc()
+    _counter(method, route, status).inc()
     if seconds is not None:
-        histogram = _HISTOGRAMS.get((method, route))
-        if histogram is None:
-            histogram = _HISTOGRAMS[(method, route)] = HTTP_LATENCY.labels(method, route)
-        histogram.observe(seconds)
+        _histogram(method, route).observe(seconds)
 
 
 def http_metric_children(method: str, route: str, status: int) -> tuple[Any, Any]:
     """The counter and latency children ``http_metrics`` updates for these labels, for a caller
     that keeps them: ``inc()`` the first and ``observe(seconds)`` the second is ``http_metrics``."""
     method = method if method in KNOWN_METHODS else "other"
+    return _counter(method, route, status), _histogram(method, route)
+
+
+def _counter(method: str, route: str, status: int) -> Any:
     counter = _COUNTERS.get((method, route, status))
     if counter is None:
         counter = _COUNTERS[(method, route, status)] = HTTP_REQUESTS.labels(method, route, str(status))
+    return counter
+
+
+def _histogram(method: str, route: str) -> Any:
     histogram = _HISTOGRAMS.get((method, route))
     if histogram is None:
         histogram = _HISTOGRAMS[(method, route)] = HTTP_LATENCY.labels(method, route)
-    return counter, histogram
+    return histogram
 
 
 def start_request(req: Request, ctx_g: Any) -> None:
