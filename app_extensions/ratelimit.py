@@ -144,7 +144,10 @@ class RateLimiter:
         return {"ok": self.mode != "local", "mode": self.mode, "error": self.last_error}
 
     def client_identity(self, headers: Any, remote_addr: str | None) -> str:
-        key_id = g.get("api_key_id")
+        return self.identity(g.get("api_key_id"), headers, remote_addr)
+
+    def identity(self, key_id: str | None, headers: Any, remote_addr: str | None) -> str:
+        """Whose bucket a request spends: its API key's, else its IP's."""
         if key_id:
             return f"key:{key_id}"
         forwarded = headers.get("X-Forwarded-For") if self.trust_forwarded else None
@@ -199,9 +202,7 @@ class RateLimiter:
         limit = self.limit_for(cls)
         if limit is None:
             return None
-        key_id = ctx_g.get("api_key_id")
-        identity = f"key:{key_id}" if key_id else self.ip_identity(
-            req.remote_addr, req.headers.get("X-Forwarded-For") if self.trust_forwarded else None)
+        identity = self.identity(ctx_g.get("api_key_id"), req.headers, req.remote_addr)
         decision: Decision | None = req.scope.get(DECIDED)  # type: ignore[assignment]  # decided before Quart
         if decision is None:
             decision = self.buckets.spend(f"{cls}:{identity}", limit)  # most requests: no Redis call
