@@ -93,10 +93,6 @@ class Prepared:
         """The variant (its key in ``variants``) for a client's ``Accept-Encoding``."""
         return (accepted_encoding(accept_encoding) or "") if len(self.variants) > 1 else ""
 
-    def pick(self, accept_encoding: str) -> tuple[bytes, dict[str, str]]:
-        """The body and headers for a client's ``Accept-Encoding``."""
-        return self.variants[self.encoding(accept_encoding)]
-
 
 def etag_of(body: bytes) -> str:
     return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
