@@ -240,6 +240,7 @@ class ChunkRunner:
                     if f.chunk.complete_end > f.chunk.start]
         ranges = [(f.chunk.start, f.chunk.end) for f in batch]
         written = sum(f.count for f in batch)
+        progress = (len(batch), written)  # the job's chunks and bars done by this batch
         revised: list[Bar] = []  # stored bars this batch changed: announced as revisions
 
         async def commit() -> None:
@@ -247,10 +248,10 @@ class ChunkRunner:
             async with self.db.acquire() as conn:
                 if rows and not await storage.any_stored(conn, series, ranges):
                     try:
-                        return await self._commit(conn, series, rows, complete, batch, job, None)
+                        return await self._commit(conn, series, rows, complete, progress, job, None)
                     except asyncpg.UniqueViolationError:  # a concurrent writer stored some first
                         log.debug("backfill %s: minutes stored meanwhile, upserting", series.key())
-                await self._commit(conn, series, rows, complete, batch, job, revised)
+                await self._commit(conn, series, rows, complete, progress, job, revised)
 
         async def refresh() -> None:  # once over the batch's span (its chunks may be apart)
             lo = min(f.first for f in batch if f.count)
@@ -273,11 +274,11 @@ class ChunkRunner:
 
     async def _commit(
         self, conn: asyncpg.Connection, series: Series, rows: list[bytes],
-        complete: list[tuple[int, int]], batch: list[Fetched], job: JobRef | None,
+        complete: list[tuple[int, int]], progress: tuple[int, int], job: JobRef | None,
         revised: list[Bar] | None,
     ) -> None:
         """Rows (straight COPY when ``revised`` is None, else upserted), the ledger ranges and
-        the job's progress in one transaction."""
+        the job's ``progress`` (chunks, bars) in one transaction."""
         async with conn.transaction():
             # Asynchronous commit: a crash may lose the last few batches' commits whole (bars,
             # ledger and progress alike), and the resumed job fetches them again. A job's final
@@ -289,7 +290,5 @@ class ChunkRunner:
                 await storage.upsert_rows(conn, rows, revised)
             if complete:
                 await storage.record_complete(conn, series, complete)
-            written = sum(f.count for f in batch)
-            if job is not None and not await jobs.add_progress(
-                    conn, job.id, job.owner, len(batch), written):
+            if job is not None and not await jobs.add_progress(conn, job.id, job.owner, *progress):
                 raise LeaseLost(job.id)
