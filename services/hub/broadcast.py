@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from core.metrics import WS_CLUSTER_MODE
@@ -152,6 +152,10 @@ class Broadcast:
                 await self._failed(backend, exc)
 
 
+class LeaseLost(Exception):
+    """Another instance holds the channel's lease: this poller must stop (nothing was published)."""
+
+
 class Lease:
     """One channel's poller lease for ``owner``: held while renewed every third of ``ttl``."""
 
@@ -173,3 +177,24 @@ class Lease:
     async def release(self) -> None:
         """Give the lease up if still held (an orderly stop hands the channel over at once)."""
         await self.broadcast.run(lambda b: b.release(self.name, self.owner))
+
+    async def run(self, work: Coroutine[Any, Any, None], channel: str) -> None:
+        """Run ``work`` (the poll loop of ``channel``) under the lease, renewing it, until the
+        lease is lost (a renewal fails, or ``work`` raises ``LeaseLost``); then stop ``work`` and
+        release the lease. Any other error of ``work`` is raised."""
+        polls = asyncio.create_task(work, name=f"ws-poll-{channel}")
+        keeper = asyncio.create_task(self.keep(), name=f"ws-lease-keep-{channel}")
+        try:
+            await asyncio.wait({polls, keeper}, return_when=asyncio.FIRST_COMPLETED)
+            if not polls.done():
+                log.info("lease of %s lost: its poller stops", channel)
+                keeper.result()
+            elif isinstance(polls.exception(), LeaseLost):
+                log.info("lease of %s is another instance's: its poller stops", channel)
+            else:
+                polls.result()  # a bug: raised to the hub, which logs it
+        finally:
+            for task in (polls, keeper):
+                if not task.done():
+                    await stop_task(task)
+            await self.release()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from services.hub.backends import SEQ_KEY, CommitRecord
 from services.hub.batch import Batched
-from services.hub.broadcast import Lease
+from services.hub.broadcast import Lease, LeaseLost
 from services.hub.frames import BarFrame
 from services.hub.state import STATE_TTL_SECONDS, PollerState, StateStore
 
@@ -33,10 +33,6 @@ log = logging.getLogger(__name__)
 BARS = "ws:bars:"
 #: Renumbering rounds of one commit before it fails (one is a hand-over; more means a bug).
 MAX_ROUNDS = 4
-
-
-class LeaseLost(Exception):
-    """Another instance holds the channel's lease: this poller must stop (nothing was published)."""
 
 
 @dataclass

@@ -7,10 +7,11 @@ the last bucket it tracks up to now (one upstream call in the steady state) and 
   end (a later bar exists, or the request was made ``close_delay`` after the bucket ended);
 - a bucket already published closed again, with ``revised: true``, when a refetch within
   ``revision_seconds`` of its end (or a revision announced by another writer) shows other values.
-Bar frames carry the channel's ``seq`` (reserved on the backend: cluster-wide, never repeated);
-``ts`` never goes backwards except in a revision (the state is saved for a hand-over). Closed 1m
-bars are written first (a failed write is retried with the next). Failures back off (honouring
-``retry_after``) and publish ``status: stale``; the first success after publishes ``live``.
+Bar frames carry the channel's ``seq`` (given by the commit that publishes them with the state,
+``Commits``: cluster-wide, never repeated); ``ts`` never goes backwards except in a revision (the
+state is saved for a hand-over). Closed 1m bars are written first (a failed write is retried with
+the next). Failures back off (honouring ``retry_after``) and publish ``status: stale``; the first
+success after publishes ``live``.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from core.metrics import WS_POLL_ERRORS, WS_POLLS, WS_STORAGE_ERRORS, set_candle
 from core.timeframes import MINUTE_MS, Bar, bucket_start, now_ms, resample, round_bar, tf_ms
 from core.types import Channel
 from plugins.base import MarketPlugin
-from services.hub.broadcast import Lease, stop_task
-from services.hub.commits import Commit, LeaseLost
+from services.hub.broadcast import Lease, LeaseLost
+from services.hub.commits import Commit
 from services.hub.frames import BarFrame, StatusFrame
 from services.hub.ports import BucketReader, Output, Writer
 from services.hub.settings import PollSettings
@@ -62,24 +63,8 @@ class Poller:
         self.lease = lease
         if lease is None:
             await self._loop()
-            return
-        name = self.channel.name
-        polls = asyncio.create_task(self._loop(), name=f"ws-poll-{name}")
-        keeper = asyncio.create_task(lease.keep(), name=f"ws-lease-keep-{name}")
-        try:
-            await asyncio.wait({polls, keeper}, return_when=asyncio.FIRST_COMPLETED)
-            if not polls.done():
-                log.info("lease of %s lost: its poller stops", name)
-                keeper.result()
-            elif isinstance(polls.exception(), LeaseLost):
-                log.info("lease of %s is another instance's: its poller stops", name)
-            else:
-                polls.result()  # a bug: raised to the hub, which logs it
-        finally:
-            for task in (polls, keeper):
-                if not task.done():
-                    await stop_task(task)
-            await lease.release()
+        else:
+            await lease.run(self._loop(), self.channel.name)
 
     async def _loop(self) -> None:
         """Errors are logged, counted and backed off; only ``LeaseLost`` ends the loop."""

@@ -102,7 +102,7 @@ class StateStore:
 
     async def save(self, channel: str, state: PollerState) -> None:
         """Remember ``state`` here and on the backend."""
-        self._local[channel] = state
+        self.remember(channel, state)
         blob = state.dump()
         await self.broadcast.run(lambda b: b.save(self.key(channel), blob, STATE_TTL_SECONDS))
 

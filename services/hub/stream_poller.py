@@ -16,7 +16,7 @@ from typing import Any
 from core.errors import AppError
 from core.timeframes import Bar, now_ms, round_bar
 from plugins.base import MarketPlugin
-from services.hub.commits import LeaseLost
+from services.hub.broadcast import LeaseLost
 from services.hub.poller import Poller
 from services.stream_feed import StreamFeed
 from services.stream_registry import StreamRegistry

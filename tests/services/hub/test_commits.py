@@ -13,8 +13,8 @@ import pytest
 from app_extensions.redis_client import RedisClient
 from core.timeframes import now_ms
 from core.types import Channel
-from services.hub.broadcast import Broadcast, Lease
-from services.hub.commits import BARS, Commit, Commits, LeaseLost
+from services.hub.broadcast import Broadcast, Lease, LeaseLost
+from services.hub.commits import BARS, Commit, Commits
 from services.hub.frames import BarFrame, decode
 from services.hub.hub import Hub
 from services.hub.poller import Poller
