@@ -1,6 +1,6 @@
 """Hypercorn settings for the WebSocket endpoint, and our one patch of Hypercorn (0.18 only).
 
-``install_hypercorn_patch`` (called by ``create_app``, idempotent) changes four things of
+``install_hypercorn_patch`` (called by ``create_app``, idempotent) changes five things of
 Hypercorn's asyncio worker when the installed Hypercorn is 0.18 (else nothing, with a
 warning: every connection then goes through plain ASGI sends, slower but correct):
 
@@ -18,6 +18,10 @@ warning: every connection then goes through plain ASGI sends, slower but correct
   socket, in CLOSE-WAIT once the peer had gone, for up to one interval). The shared loop pings
   every open stream each ``websocket_ping_interval`` and forgets closed ones; a connection holds
   no ping task at all.
+- **a lean app queue for a WebSocket** (``AppQueue`` in ``TaskGroup.spawn_app``): the bounded queue
+  between Hypercorn and the app, without ``asyncio.Queue``'s per-instance waiters and deques.
+- **socket reads under ``asyncio.timeout``** (``TCPServer._read_data``) instead of ``wait_for``,
+  which on Python 3.11 made a task per read.
 """
 
 from __future__ import annotations

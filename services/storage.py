@@ -3,7 +3,7 @@
 Writes of a batch are one transaction: binary COPY into a temporary table, then
 ``INSERT ... ON CONFLICT DO UPDATE``; a failure leaves nothing written and writing the same bars
 twice changes nothing. Minutes known to hold no stored bar (a backfill's gap) can go straight into
-``ohlcv_1m`` with one binary COPY (``copy_1m_bars``). Times are integer milliseconds at this
+``ohlcv_1m`` with one binary COPY (``copy_rows``). Times are integer milliseconds at this
 boundary.
 """
 
