@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from prometheus_client import REGISTRY
+from quart import Quart
 from quart.signals import request_started
 
 from app import create_app
@@ -86,17 +89,23 @@ async def test_two_instances_never_admit_more_than_the_limit(app_config: dict[st
     assert set(codes) == {200, 429}
 
 
-async def test_a_known_refusal_is_answered_before_quart(app_config: dict[str, Any]) -> None:
-    app = create_app({**app_config, "RATE_LIMITS": {"default": "2/60"}})
+@asynccontextmanager
+async def counting(app_config: dict[str, Any], limit: str) -> AsyncIterator[tuple[Quart, Any, list[str]]]:
+    """A started app whose default class allows ``limit``: yields it, its test client, and the
+    requests that entered Quart (one entry each)."""
+    app = create_app({**app_config, "RATE_LIMITS": {"default": limit}})
     entered: list[str] = []
 
     async def _count(sender: Any, **extra: Any) -> None:
         entered.append("x")
 
     request_started.connect(_count, app)
-
     async with app.test_app():
-        client = app.test_client()
+        yield app, app.test_client(), entered
+
+
+async def test_a_known_refusal_is_answered_before_quart(app_config: dict[str, Any]) -> None:
+    async with counting(app_config, "2/60") as (app, client, entered):
         codes = [(await client.get(MARKETS)).status_code for _ in range(3)]
         assert codes == [200, 200, 429] and len(entered) == 3
         labels = {"method": "GET", "route": "/api/v1/markets", "status": "429"}
@@ -116,23 +125,22 @@ async def test_a_known_refusal_is_answered_before_quart(app_config: dict[str, An
         assert get_ratelimiter(app).buckets.refused
 
 
-
-
-async def test_a_client_past_its_refusal_is_decided_before_quart_and_spends_one_token(
-        app_config: dict[str, Any]) -> None:
-    app = create_app({**app_config, "RATE_LIMITS": {"default": "1/1"}})
-    entered: list[str] = []
-
-    async def _count(sender: Any, **extra: Any) -> None:
-        entered.append("x")
-
-    request_started.connect(_count, app)
-    async with app.test_app():
-        client = app.test_client()
+@asynccontextmanager
+async def past_a_refusal(app_config: dict[str, Any]) -> AsyncIterator[tuple[Any, list[str]]]:
+    """An app allowing one request a second: a client served once, refused through Quart, then
+    refused before Quart, and its refusal waited out. Yields the test client and the requests
+    that entered Quart (two so far)."""
+    async with counting(app_config, "1/1") as (_, client, entered):
         assert [(await client.get(MARKETS)).status_code for _ in range(2)] == [200, 429]
         refused = await client.get(MARKETS)  # answered before Quart
         assert refused.status_code == 429 and len(entered) == 2
         await asyncio.sleep(float(refused.headers["Retry-After"]))  # the next token frees up
+        yield client, entered
+
+
+async def test_a_client_past_its_refusal_is_decided_before_quart_and_spends_one_token(
+        app_config: dict[str, Any]) -> None:
+    async with past_a_refusal(app_config) as (client, entered):
         # Decided before Quart (Redis grants the token), then served by Quart, which uses that
         # decision: had it spent a token of its own, Redis (0 left) would have refused it.
         r = await client.get(MARKETS)
@@ -142,18 +150,7 @@ async def test_a_client_past_its_refusal_is_decided_before_quart_and_spends_one_
 
 async def test_requests_arriving_while_a_refused_clients_lease_is_taken_wait_for_it(
         app_config: dict[str, Any]) -> None:
-    app = create_app({**app_config, "RATE_LIMITS": {"default": "1/1"}})
-    entered: list[str] = []
-
-    async def _count(sender: Any, **extra: Any) -> None:
-        entered.append("x")
-
-    request_started.connect(_count, app)
-    async with app.test_app():
-        client = app.test_client()
-        assert [(await client.get(MARKETS)).status_code for _ in range(2)] == [200, 429]
-        refused = await client.get(MARKETS)
-        await asyncio.sleep(float(refused.headers["Retry-After"]))
+    async with past_a_refusal(app_config) as (client, entered):
         codes = [r.status_code for r in await asyncio.gather(*(client.get(MARKETS) for _ in range(8)))]
         # One token freed up: one request is admitted; the others waited for the lease in front of
         # Quart and were refused there (none of them entered Quart).
