@@ -119,28 +119,28 @@ def closed_bars(seed: int, symbol: str, first: int, stop: int) -> list[Bar]:
     for m in range(m0, -(-stop // MINUTE_MS)):
         k = m + 1
         h = prefix.copy()
-        h.update(str(k).encode())
+        h.update(b"%d" % k)
         n2, w2, v2 = unpack(h.digest())
-        wave = 0.04 * sin(k / 1440.0 * 2 * pi + phase) + 0.015 * sin(k / 97.0 * 2 * pi)
-        x = base * (1 + wave + 0.004 * ((n2 >> 11) * scale - 0.5))
+        # k / 720.0 and k / 48.5 are exactly k / 1440.0 * 2 and k / 97.0 * 2 (doubling is exact).
+        x = base * (1 + (0.04 * sin(k / 720.0 * pi + phase) + 0.015 * sin(k / 48.5 * pi))
+                    + 0.004 * ((n2 >> 11) * scale - 0.5))
         y = x * 1e6
         d = y - (f := floor(y)) - 0.5
-        c = (f + (d > 0)) / 1e6 if d > 4e-16 * y or d < -4e-16 * y else round(x, 6)
+        c = (f + 1) / 1e6 if d > 4e-16 * y else f / 1e6 if d < -4e-16 * y else round(x, 6)
         wick = 0.002 * w
-        hi, lo = (o, c) if o >= c else (c, o)
-        x = hi * (1 + wick)
+        x = (o if o >= c else c) * (1 + wick)  # the high
         y = x * 1e6
         d = y - (f := floor(y)) - 0.5
-        hi = (f + (d > 0)) / 1e6 if d > 4e-16 * y or d < -4e-16 * y else round(x, 6)
-        x = lo * (1 - wick)
+        hi = (f + 1) / 1e6 if d > 4e-16 * y else f / 1e6 if d < -4e-16 * y else round(x, 6)
+        x = (c if o >= c else o) * (1 - wick)  # the low
         y = x * 1e6
         d = y - (f := floor(y)) - 0.5
-        lo = (f + (d > 0)) / 1e6 if d > 4e-16 * y or d < -4e-16 * y else round(x, 6)
+        lo = (f + 1) / 1e6 if d > 4e-16 * y else f / 1e6 if d < -4e-16 * y else round(x, 6)
         x = base_vol * (0.5 + v)
         y = x * 1e6
         d = y - (f := floor(y)) - 0.5
         append([m * MINUTE_MS, o, hi, lo, c,
-                (f + (d > 0)) / 1e6 if d > 4e-16 * y or d < -4e-16 * y else round(x, 6)])
+                (f + 1) / 1e6 if d > 4e-16 * y else f / 1e6 if d < -4e-16 * y else round(x, 6)])
         o, w, v = c, (w2 >> 11) * scale, (v2 >> 11) * scale
     return out
 
