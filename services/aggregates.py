@@ -73,6 +73,11 @@ def source_of(mode: str, timeframe: str) -> tuple[str, bool]:
     return ("ohlcv_1m" if base == "1m" else CAGG_VIEWS[base]), True
 
 
+def has_aggregates(mode: str) -> bool:
+    """Whether ``mode`` keeps continuous aggregates (which ``refresh_window`` refreshes)."""
+    return mode == "timescale"
+
+
 def describe_mode(mode: str) -> str:
     """One line for the start-up log and the readiness check: what answers each timeframe."""
     if mode == "timescale":
@@ -198,7 +203,7 @@ async def refresh_window(
     written (late corrections, backfills). No-op in plain mode. Runs the refreshes in hierarchy
     order, each over the window ``plan_refresh`` chooses; returns ``(view, from_ms, to_ms)`` of
     each refresh made. Must run outside a transaction (TimescaleDB refuses otherwise)."""
-    if mode != "timescale" or end_ms <= start_ms:
+    if not has_aggregates(mode) or end_ms <= start_ms:
         return []
     if conn.is_in_transaction():
         raise RuntimeError("refresh_window must run outside a transaction")

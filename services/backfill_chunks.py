@@ -261,7 +261,7 @@ class ChunkRunner:
 
         first = batch[0].chunk
         await self._retrying(series, "write", first, job, commit)
-        if rows:
+        if rows and aggregates.has_aggregates(self.db.mode):  # none to refresh: no connection
             await self._retrying(series, "aggregate refresh", first, job, refresh)
         for f in batch:  # each chunk on its own: a cache write replaces its span
             if f.recent:

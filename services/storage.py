@@ -32,6 +32,14 @@ _UPSERT = (
     " high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,"
     " volume = EXCLUDED.volume"
 )
+#: Replaces the ledger rows of a series that touch [$4, $5) by one spanning them and it (a min or
+#: max over no rows is NULL, which LEAST and GREATEST skip).
+_MERGE_RANGE = (
+    "WITH gone AS (DELETE FROM fetched_ranges WHERE market = $1 AND provider = $2 AND symbol = $3"
+    " AND start_ms <= $5 AND end_ms >= $4 RETURNING start_ms, end_ms)"
+    " INSERT INTO fetched_ranges (market, provider, symbol, start_ms, end_ms)"
+    " SELECT $1, $2, $3, LEAST($4, min(start_ms)), GREATEST($5, max(end_ms)) FROM gone"
+)
 _COLUMNS = ("market", "provider", "symbol", "ts", "open", "high", "low", "close", "volume")
 #: PostgreSQL's binary COPY framing: signature, flags and header extension; the end marker.
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
@@ -123,19 +131,8 @@ async def record_complete(
     key = (series.market, series.provider, series.symbol)
     # Serialise ledger updates of one series so concurrent writers do not lose a merge.
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", series.key())
-    for a, b in merge_ranges(ranges):
-        rows = await conn.fetch(
-            "DELETE FROM fetched_ranges WHERE market = $1 AND provider = $2 AND symbol = $3"
-            " AND start_ms <= $5 AND end_ms >= $4 RETURNING start_ms, end_ms",
-            *key, a, b,
-        )
-        lo = min([a, *(r["start_ms"] for r in rows)])
-        hi = max([b, *(r["end_ms"] for r in rows)])
-        await conn.execute(
-            "INSERT INTO fetched_ranges (market, provider, symbol, start_ms, end_ms)"
-            " VALUES ($1, $2, $3, $4, $5)",
-            *key, lo, hi,
-        )
+    for a, b in merge_ranges(ranges):  # the rows it touches and it become one, in one statement
+        await conn.execute(_MERGE_RANGE, *key, a, b)
 
 
 async def covered_ranges(
