@@ -1,6 +1,6 @@
 """Redis: one asyncio client for the app, with a short circuit-breaker when Redis is down.
 
-``run(fn)`` executes a Redis coroutine factory with a small tenacity retry on transient errors
+``run(fn)`` executes a Redis coroutine factory retrying a transient error once (after 50 ms)
 and translates redis errors to ``DataSourceError``. After a failure Redis is skipped for
 ``DEPENDENCY_RETRY_AFTER`` seconds, then one caller tries it again (``services.circuit``, the
 breakers' one state machine): recovery needs no restart.
@@ -19,7 +19,6 @@ from quart import Quart
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from core.errors import DataSourceError
 from services.circuit import PROBE, REFUSED, Circuit
@@ -27,6 +26,8 @@ from services.circuit import PROBE, REFUSED, Circuit
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+#: A transient error is retried once, after this many seconds.
+RETRY_WAIT = 0.05
 
 
 class RedisClient:
@@ -87,14 +88,13 @@ class RedisClient:
             raise DataSourceError("redis unavailable", details={"error": self.last_error})
         probe = code == PROBE
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(TRANSIENT),
-                stop=stop_after_attempt(2),
-                wait=wait_fixed(0.05),
-                reraise=True,
-            ):
-                with attempt:
-                    result = await fn(client)
+            # Two attempts by hand: a tenacity AsyncRetrying a call cost more CPU than the
+            # command itself (the breaker and the budget run three a provider call).
+            try:
+                result = await fn(client)
+            except TRANSIENT:
+                await asyncio.sleep(RETRY_WAIT)
+                result = await fn(client)
         except (RedisError, *TRANSIENT) as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
             self.circuit.record(probe, "fail")
