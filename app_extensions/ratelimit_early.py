@@ -104,7 +104,7 @@ class EarlyRefusals:
         """The 429 of a request whose client is known to be refused, for the server to send
         before any ASGI stream exists (``hooks.EARLY_ANSWER``); None to go on as usual."""
         limiter = self.limiter
-        if not (limiter.enabled and limiter.buckets.busy):
+        if not (limiter.enabled and limiter.buckets.refused):  # only known refusals are answered
             return None
         started = time.perf_counter()
         scope = {"method": method, "path": path, "headers": headers, "client": client}
