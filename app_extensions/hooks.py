@@ -29,6 +29,12 @@ from quart import Quart, Request, Response, current_app, g, request
 BeforeFn = Callable[[Request, Any], Awaitable[Any] | None]
 #: ``fn(req, g, response)``
 AfterFn = Callable[[Request, Any, Response], Response | Awaitable[Response]]
+#: Key in ``app.extensions`` of the one hook that runs before Quart and even before Hypercorn's
+#: HTTP stream (``blueprints/http_early.py``): ``fn(method, path, headers, client)`` returns
+#: ``(status, headers, body)`` to answer a plain GET at once, or None. The rate limiter's
+#: ``EarlyRefusals.answer`` is it.
+EARLY_ANSWER = "http.early_answer"
+EarlyAnswer = Callable[[str, str, list[tuple[bytes, bytes]], Any], tuple[int, list[tuple[bytes, bytes]], bytes] | None]
 
 
 class HookedRequest(Request):

@@ -27,7 +27,7 @@ from quart import Quart, Request, Response, current_app, g, websocket
 from quart.typing import ResponseTypes
 
 from app_extensions.auth import is_open_path
-from app_extensions.hooks import get_hooks
+from app_extensions.hooks import EARLY_ANSWER, get_hooks
 from app_extensions.ratelimit_buckets import GCRA_LUA, Decision, LeasedBuckets, Limit, LocalGcra
 from app_extensions.ratelimit_early import DECIDED, EarlyRefusals, route_class
 from app_extensions.redis_client import RedisClient, get_redis
@@ -87,6 +87,7 @@ class RateLimiter:
         app.before_websocket(self._before_websocket)
         app.after_websocket(self._after_websocket)
         app.asgi_app = self.early.wrap(app.asgi_app)  # type: ignore[method-assign]
+        app.extensions[EARLY_ANSWER] = self.early.answer  # before Hypercorn's stream, too
 
     def configure(self, enabled: bool, limits: dict[str, Limit | None]) -> None:
         """Switch the limiter and replace some classes' limits at run time (benchmarks, tests)."""

@@ -99,6 +99,20 @@ class EarlyRefusals:
 
         return asgi
 
+    def answer(self, method: str, path: str, headers: list[Header], client: Any
+               ) -> tuple[int, list[Header], bytes] | None:
+        """The 429 of a request whose client is known to be refused, for the server to send
+        before any ASGI stream exists (``hooks.EARLY_ANSWER``); None to go on as usual."""
+        limiter = self.limiter
+        if not (limiter.enabled and limiter.buckets.refused):  # only known refusals are answered
+            return None
+        started = time.perf_counter()
+        scope = {"method": method, "path": path, "headers": headers, "client": client}
+        found = self.refusal(scope)
+        if not isinstance(found, _Refused):
+            return None  # to be decided (Redis may be asked): the ASGI wrapper does that
+        return self._answer(scope, found, started)
+
     def refusal(self, scope: dict[str, Any]) -> _Refused | _Undecided | None:
         """Whether the request's client is refused (known locally), or to be decided here (its
         refusal ran out, or its lease is being renewed); None when Quart is to answer."""
@@ -160,7 +174,7 @@ class EarlyRefusals:
         encoded = self._encoded.get(requests)
         if encoded is None:
             exc = RateLimited(f"rate limit of {requests} requests exceeded; retry later")
-            body = json.dumps(exc.to_dict()).encode()
+            body = json.dumps(exc.to_dict(), separators=(",", ":")).encode() + b"\n"  # as Quart writes it
             encoded = self._encoded[requests] = (
                 body,
                 [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],

@@ -80,6 +80,7 @@ class Both:
 
     def __init__(self) -> None:
         self.bare, self.service = bare_app(), service_app()
+        self.extensions = self.service.extensions  # its early answers (blueprints/http_early.py)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == "/bare":

@@ -2,7 +2,8 @@
 
 ``install_hypercorn_patch`` (called by ``create_app``, idempotent) changes five things of
 Hypercorn's asyncio worker when the installed Hypercorn is 0.18 (else nothing, with a
-warning: every connection then goes through plain ASGI sends, slower but correct):
+warning: every connection then goes through plain ASGI sends, slower but correct), and installs
+``http_early`` (plain GETs the app answers before any HTTP stream exists: known refusals):
 
 - **permessage-deflate without context takeover**: the server answers a client's offer with
   ``server_no_context_takeover; client_no_context_takeover``, so every message is deflated on its
@@ -45,6 +46,8 @@ from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
 from wsproto.events import Ping
 from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import LocalProtocolError
+
+from blueprints import http_early
 
 log = logging.getLogger(__name__)
 SUPPORTED = "0.18."
@@ -226,6 +229,7 @@ def install_hypercorn_patch() -> bool:
     WSStream._send_pings = _send_pings  # type: ignore[method-assign]
     TCPServer._read_data = _read_data  # type: ignore[method-assign]
     TaskGroup.spawn_app = _spawn_app  # type: ignore[method-assign]
+    http_early.install()
     return True
 
 
