@@ -27,7 +27,7 @@ from importlib.metadata import version
 from urllib.parse import unquote
 
 import h11
-from hypercorn.events import Closed, RawData, Updated
+from hypercorn.events import RawData
 from hypercorn.protocol.h11 import H11Protocol
 
 from app_extensions.hooks import EARLY_ANSWER, EarlyAnswer
@@ -85,11 +85,7 @@ async def _answer_early(self: H11Protocol, request: h11.Request) -> bool:
     state.process_event(h11.SERVER, h11.EndOfMessage)
     self.keep_alive_requests += 1
     await self.context.mark_request()
-    if self.context.terminated.is_set() or conn.their_state is not h11.DONE:
-        await self.send(Closed())
-        return True
-    conn.start_next_cycle()
-    await self.send(Updated(idle=True))
+    await self._maybe_recycle()  # Hypercorn's own end of a response: next cycle, or close
     return True
 
 

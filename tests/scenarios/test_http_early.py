@@ -21,9 +21,9 @@ MARKETS = "/api/v1/markets"
 Reply = tuple[int, list[tuple[str, str]], bytes]
 
 
-def get(path: str, *headers: str, version: str = "1.1") -> bytes:
+def get(path: str, *headers: str) -> bytes:
     lines = "".join(f"{h}\r\n" for h in ("Host: test", *headers))
-    return f"GET {path} HTTP/{version}\r\n{lines}\r\n".encode()
+    return f"GET {path} HTTP/1.1\r\n{lines}\r\n".encode()
 
 
 async def reply(reader: asyncio.StreamReader) -> Reply:
