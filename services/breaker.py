@@ -3,7 +3,9 @@
 States (as pybreaker and resilience4j name them):
 
 - ``closed``: calls go through; ``BREAKER_FAILURE_THRESHOLD`` consecutive failures (cluster-wide:
-  any success resets the count) open it.
+  a success resets the count) open it. A call that began with no failure counted does not record
+  its success (nothing to reset: one Redis script a call instead of two); a failure counted while
+  it ran is reset by the next success of a call that began after it.
 - ``open``: calls are refused at once with ``ProviderCircuitOpen`` (503 ``provider_unavailable``
   with ``Retry-After``) for ``BREAKER_OPEN_SECONDS``; callers answer from stored data instead of
   queueing on a dead exchange.
@@ -37,6 +39,7 @@ from typing import Any, Protocol, TypeVar
 
 from core.errors import AppError, DataSourceError, NetworkPluginError, RateLimitedPluginError
 from core.metrics import BREAKER_REJECTIONS, BREAKER_STATE, BREAKER_TRANSITIONS
+from services.breaker_lua import ACQUIRE_LUA, READ_LUA, RECORD_LUA
 from services.circuit import Circuit
 from services.settings import build, setting
 
@@ -44,69 +47,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 STATES = ("closed", "half_open", "open")
 
-#: KEYS[1]: the provider's hash. ARGV[1]: probe ms. Returns {code, ms}: 0 allowed, 1 allowed as
-#: the probe, 2 refused (retry in ms).
-ACQUIRE_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local st = redis.call('HMGET', KEYS[1], 'state', 'until', 'probe_until')
-local state = st[1] or 'closed'
-if state == 'closed' then return {0, 0} end
-local open_until = tonumber(st[2]) or 0
-if state == 'open' and now < open_until then return {2, open_until - now} end
-local probe_until = tonumber(st[3]) or 0
-if now < probe_until then return {2, probe_until - now} end
-redis.call('HSET', KEYS[1], 'state', 'half_open', 'probe_until', now + tonumber(ARGV[1]))
-return {1, 0}
-"""
+@dataclass(frozen=True)
+class Admission:
+    """A call let through: as the half-open ``probe``, or ``quiet``: the breaker was closed with
+    no failure counted when it began, so its success has nothing to reset and is not recorded."""
 
-#: KEYS[1]: the provider's hash. ARGV: outcome (ok, fail, neutral), probe (1/0), threshold,
-#: open ms. Returns {state after, 1 when it changed}.
-RECORD_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local st = redis.call('HMGET', KEYS[1], 'state', 'failures')
-local state = st[1] or 'closed'
-local outcome = ARGV[1]
-if outcome == 'neutral' then
-  if ARGV[2] == '1' and state == 'half_open' then redis.call('HSET', KEYS[1], 'probe_until', 0) end
-  return {state, 0}
-end
-if outcome == 'ok' then
-  if state ~= 'closed' then
-    redis.call('HSET', KEYS[1], 'state', 'closed', 'failures', 0, 'until', 0, 'probe_until', 0)
-    return {'closed', 1}
-  end
-  if (tonumber(st[2]) or 0) > 0 then redis.call('HSET', KEYS[1], 'failures', 0) end
-  return {'closed', 0}
-end
-if state == 'half_open' then
-  redis.call('HSET', KEYS[1], 'state', 'open', 'until', now + tonumber(ARGV[4]), 'probe_until', 0)
-  return {'open', 1}
-end
-if state == 'open' then return {'open', 0} end
-local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
-if failures >= tonumber(ARGV[3]) then
-  redis.call('HSET', KEYS[1], 'state', 'open', 'until', now + tonumber(ARGV[4]), 'probe_until', 0)
-  return {'open', 1}
-end
-return {'closed', 0}
-"""
+    probe: bool = False
+    quiet: bool = False
 
-#: KEYS: one hash per provider. Returns each one's state; an open breaker whose time is over
-#: reads as half_open (its next call is the probe).
-READ_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {}
-for i, key in ipairs(KEYS) do
-  local st = redis.call('HMGET', key, 'state', 'until')
-  local state = st[1] or 'closed'
-  if state == 'open' and now >= (tonumber(st[2]) or 0) then state = 'half_open' end
-  out[i] = state
-end
-return out
-"""
+
+_QUIET, _ALLOWED = Admission(quiet=True), Admission()
 
 
 class ProviderCircuitOpen(NetworkPluginError):
@@ -173,33 +123,52 @@ class CircuitBreaker:
     async def guard(self, provider: str) -> AsyncIterator[None]:
         """Refuse at once while open (``ProviderCircuitOpen``); else run the call and record
         how it ended."""
-        probe = await self.acquire(provider)
+        async with self.watch(provider, await self.admit(provider)):
+            yield
+
+    @asynccontextmanager
+    async def watch(self, provider: str, admission: Admission) -> AsyncIterator[None]:
+        """Run an admitted call and record how it ended (a quiet admission's success: nothing)."""
         started = time.monotonic()
         try:
             yield
         except asyncio.CancelledError:
             # Cut off by a request deadline (or a client gone) after this long: too slow to use.
             slow = time.monotonic() - started >= self.settings.slow_seconds
-            await self.record(provider, probe, "fail" if slow else "neutral")
+            await self.record(provider, admission.probe, "fail" if slow else "neutral")
             raise
         except BaseException as exc:
-            await self.record(provider, probe, outcome_of(exc))
+            await self.record(provider, admission.probe, outcome_of(exc))
             raise
-        await self.record(provider, probe, "ok")
+        if not admission.quiet:
+            await self.record(provider, admission.probe, "ok")
 
     async def acquire(self, provider: str) -> bool:
         """Allow one call (True when it is the half-open probe) or raise ``ProviderCircuitOpen``."""
-        code, ms = await self._shared("acquire", ACQUIRE_LUA, provider,
-                                      [int(self.settings.probe_seconds * 1000)])
+        return (await self.admit(provider)).probe
+
+    async def admit(self, provider: str) -> Admission:
+        """Allow one call or raise ``ProviderCircuitOpen``."""
+        code, value = await self._shared("acquire", ACQUIRE_LUA, provider, self.acquire_args())
         if code is None:
-            code, ms = self._acquire_local(provider)
-        if int(code) == 2:
+            return self.admitted(provider, *self._acquire_local(provider), shared=False)
+        return self.admitted(provider, int(code), int(value))
+
+    def acquire_args(self) -> list[Any]:
+        """``ACQUIRE_LUA``'s ARGV."""
+        return [int(self.settings.probe_seconds * 1000)]
+
+    def admitted(self, provider: str, code: int, value: int, shared: bool = True) -> Admission:
+        """The admission ``ACQUIRE_LUA`` (``shared``) or the local circuit answered ``(code,
+        value)``; raises ``ProviderCircuitOpen`` when it refused."""
+        if code == 2:
             BREAKER_REJECTIONS.labels(provider).inc()
             raise ProviderCircuitOpen(f"{provider} is failing: its circuit breaker is open",
-                                      retry_after=max(1.0, math.ceil(int(ms) / 1000)))
-        if int(code) == 1:
+                                      retry_after=max(1.0, math.ceil(value / 1000)))
+        if code == 1:
             self._changed(provider, "half_open")
-        return int(code) == 1
+            return Admission(probe=True, quiet=False)
+        return _QUIET if shared and value == 0 else _ALLOWED
 
     async def record(self, provider: str, probe: bool, outcome: str) -> None:
         """Record one call's ``outcome`` (``ok``, ``fail``, ``neutral``)."""

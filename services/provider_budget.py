@@ -134,6 +134,13 @@ class ProviderBudget:
         """Wait for ``weight`` units of budget, run the call; a ``RateLimitedPluginError`` from it
         pauses the provider."""
         await self.acquire(provider, weight)
+        async with self.watch(provider):
+            yield
+
+    @asynccontextmanager
+    async def watch(self, provider: str) -> AsyncIterator[None]:
+        """Run a call that has its budget; a ``RateLimitedPluginError`` from it pauses the
+        provider."""
         try:
             yield
         except RateLimitedPluginError as exc:
@@ -143,10 +150,20 @@ class ProviderBudget:
     async def acquire(self, provider: str, weight: int = 1) -> None:
         """Take one call of ``weight`` units from the budget (sleeping up to ``max_wait``), or raise
         ``RateLimitedPluginError`` while paused or over budget."""
+        emission, burst, _, weight = self.take_args(provider, weight)
+        await self.taken(provider, *await self._take(provider, emission, burst, weight))
+
+    def take_args(self, provider: str, weight: int = 1) -> list[Any]:
+        """``BUDGET_LUA``'s ARGV for a call of ``weight`` units: emission ms, burst, longest
+        wait ms, weight."""
         budget = self.budget_for(provider)
         emission, burst = (budget[1] * 1000 / budget[0], budget[0]) if budget else (0.0, 0)
         burst = max(self.burst_for(provider) or burst, weight) if budget else 0
-        status, ms = await self._take(provider, emission, burst, max(1, weight))
+        return [emission, burst, self.max_wait * 1000, max(1, weight)]
+
+    async def taken(self, provider: str, status: int, ms: int) -> None:
+        """Act on ``BUDGET_LUA``'s answer: raise ``RateLimitedPluginError`` (paused, over
+        budget) or sleep until the call's slot."""
         if status < 0:
             PROVIDER_BUDGET_EVENTS.labels(provider, "paused").inc()
             raise RateLimitedPluginError(
@@ -158,6 +175,11 @@ class ProviderBudget:
         if ms > 0:
             PROVIDER_BUDGET_EVENTS.labels(provider, "waited").inc()
             await asyncio.sleep(ms / 1000)
+
+    def keys(self, provider: str) -> list[str]:
+        """``BUDGET_LUA``'s KEYS: the pause and the schedule (needs ``redis``)."""
+        assert self.redis is not None
+        return [self.redis.key("budget", "pause", provider), self.redis.key("budget", "tat", provider)]
 
     async def read_back(self, provider: str, used: int, window: float = 60.0) -> None:
         """The exchange said we used ``used`` units in its current clock-aligned ``window``: past
@@ -192,7 +214,7 @@ class ProviderBudget:
 
     async def _take(self, provider: str, emission: float, burst: int, weight: int = 1) -> tuple[int, int]:
         if self.redis is not None:
-            keys = [self.redis.key("budget", "pause", provider), self.redis.key("budget", "tat", provider)]
+            keys = self.keys(provider)
             try:
                 status, ms = await self.redis.run(
                     lambda r: self._script(r)(keys=keys, args=[emission, burst, self.max_wait * 1000, weight])

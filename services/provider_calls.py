@@ -7,7 +7,8 @@ Public names (stable): ``ProviderCalls`` (``guard``, ``call``, ``pages``, ``fetc
 Every upstream call goes through ``ProviderCalls.call``:
 1. ``guard(provider)``: the per-provider gate: the provider's circuit breaker
    (``services.breaker``, refuses at once while open) and the cluster-wide budget and ban pause
-   (``ProviderBudget.guard``), so every path gets both.
+   (``ProviderBudget``), so every path gets both, asked in one Redis script
+   (``services.provider_gate``).
 2. ``observe_call``: the ``provider_calls_total`` / latency metrics.
 3. The plugin method itself. Temporary errors of one upstream request are retried inside the
    plugin with ``plugins.retry.RetryPolicy`` (the one retry policy: backfill retries its chunks
@@ -35,6 +36,7 @@ from core.types import Series
 from plugins.base import MarketPlugin
 from services.breaker import CircuitBreaker
 from services.provider_budget import ProviderBudget
+from services.provider_gate import ProviderGate
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -70,6 +72,7 @@ class ProviderCalls:
     def __init__(self, budget: ProviderBudget, breaker: CircuitBreaker | None = None) -> None:
         self.budget = budget
         self.breaker = breaker
+        self.gate = ProviderGate(budget, breaker) if breaker is not None else None
         #: Listings learned from first pages, by (provider, symbol).
         self._listings: dict[tuple[str, str], int] = {}
 
@@ -79,12 +82,11 @@ class ProviderCalls:
         refuses at once, before any budget wait), then the budget (``weight`` units: the call's
         request weight at the exchange) and ban pause. A testnet (a user's sandbox credentials) is
         another host: it has a breaker of its own."""
-        if self.breaker is None:
+        if self.gate is None:
             async with self.budget.guard(provider, weight):
                 yield
             return
-        breaker_key = f"{provider}:testnet" if testnet else provider
-        async with self.breaker.guard(breaker_key), self.budget.guard(provider, weight):
+        async with self.gate.guard(provider, testnet, weight):  # one Redis script for both
             yield
 
     async def call(
