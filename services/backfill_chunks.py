@@ -2,10 +2,13 @@
 
 ``BACKFILL_CONCURRENCY`` fetchers take chunks in order and fetch them through the provider-call
 path (budget, breaker, metrics) while the writer writes what they fetched: everything waiting in
-the queue as one batch, in one transaction (its bars, its chunks' ledger ranges, the job's
-progress). A batch whose minutes hold no stored bar goes straight into ``ohlcv_1m`` with one binary
-COPY; otherwise (or when a concurrent writer got there first) it is upserted. Then the aggregates
-are refreshed once over the batch. Fetches and writes retry temporary errors with
+the queue as one batch, in time order, in one transaction (its bars, its chunks' ledger ranges, the
+job's progress). A batch whose minutes hold no stored bar goes straight into ``ohlcv_1m`` with one
+binary COPY; otherwise (or when a concurrent writer got there first) it is upserted. Then the
+aggregates are refreshed once over the batch. Two batches are written at once, each in its own
+transaction: one COPYs while the other makes its round trips, and their COPYs take turns in
+batch order (``CopyTurn``); the ledger's advisory lock and the job row keep their commits in
+that order too. Fetches and writes retry temporary errors with
 ``plugins.retry.RetryPolicy`` for ``BACKFILL_PATIENCE`` seconds.
 
 Public names (stable): ``ChunkRunner``, ``BackfillSettings``, ``Progress``, ``ProgressCallback``,
@@ -16,10 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -34,84 +35,29 @@ from plugins.retry import RetryPolicy
 from services import aggregates, storage
 from services import backfill_jobs as jobs
 from services.backfill_gaps import Chunk
+from services.backfill_model import (
+    BackfillSettings,
+    CopyTurn,
+    Fetched,
+    JobRef,
+    LeaseLost,
+    Progress,
+    ProgressCallback,
+    readable,
+)
 from services.provider_source import PluginSource
-from services.settings import setting
 from services.sources import CacheSource, RevisionSink
 
+__all__ = ["BackfillSettings", "ChunkRunner", "JobRef", "LeaseLost", "Progress", "ProgressCallback",
+           "readable"]
 log = logging.getLogger(__name__)
 #: Calls one chunk may make while paging (a chunk normally needs one).
 _CHUNK_CALL_BUDGET = 1_000
 #: Fetched chunks that may wait for the writer, per fetcher; the writer takes up to all of them
 #: as one batch (one transaction, one COPY).
 _QUEUE_PER_FETCHER = 4
-
-
-class LeaseLost(Exception):
-    """Another runner owns the job now (our lease expired); stop working on it."""
-
-
-@dataclass
-class Progress:
-    """Running totals of one backfill, passed to the progress callback after every chunk."""
-
-    chunks_total: int
-    chunks_done: int = 0
-    bars_written: int = 0
-    calls: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-
-ProgressCallback = Callable[[Progress], None]
-
-
-@dataclass(frozen=True)
-class Fetched:
-    """One fetched chunk waiting for the writer: its closed bars as binary COPY rows
-    (``storage.encode_rows``: no Python object per bar), their count and first and last ts, the
-    bars themselves when recent enough for the 1m cache, and the calls it took."""
-
-    chunk: Chunk
-    rows: bytes
-    count: int
-    first: int
-    last: int
-    recent: list[Bar]
-    calls: int
-
-
-@dataclass(frozen=True)
-class JobRef:
-    id: str
-    owner: str
-
-
-@dataclass(frozen=True)
-class BackfillSettings:
-    """Backfill settings (``build(BackfillSettings, config)``; see config.py ``BACKFILL_*``)."""
-
-    concurrency: int = setting("BACKFILL_CONCURRENCY", 4, int)
-    patience: float = setting("BACKFILL_PATIENCE", 3600.0, float)
-    retry_base: float = setting("BACKFILL_RETRY_BASE", 1.0, float)
-    retry_max_wait: float = setting("BACKFILL_RETRY_MAX_WAIT", 60.0, float)
-    write_cache: bool = setting("BACKFILL_WRITE_CACHE", True, bool)
-    cache_days: float = setting("BACKFILL_CACHE_DAYS", 7.0, float)
-    max_range_days: float = setting("BACKFILL_MAX_RANGE_DAYS", 3660.0, float)
-    auto_max_days: float = setting("BACKFILL_AUTO_MAX_DAYS", 7.0, float)
-
-    @property
-    def max_range_ms(self) -> int:
-        return int(self.max_range_days * 86_400_000)
-
-
-def readable(exc: BaseException) -> str:
-    """The error text a failed job keeps."""
-    if isinstance(exc, AppError):
-        return f"{exc.code}: {exc.message}"
-    return f"internal_error: {type(exc).__name__}: {exc}"
+#: Batches being written at once (each in its own transaction; their COPYs take turns).
+_WRITES_IN_FLIGHT = 2
 
 
 class ChunkRunner:
@@ -151,26 +97,40 @@ class ChunkRunner:
                 await queue.put(None)
 
         async def writer() -> None:
-            end = False
-            while not end:
-                item = await queue.get()
-                if item is None:
-                    return
-                batch = [item]
-                while not queue.empty():
-                    if (item := queue.get_nowait()) is None:
-                        end = True
-                        break
-                    batch.append(item)
-                # In time order: PostgreSQL appends ascending keys to the primary key's
-                # rightmost leaf page without a descent from the root; fetchers finish out of
-                # order, and writing their chunks as they came cost it a third more CPU a COPY.
-                batch.sort(key=lambda f: f.chunk.start)
-                progress.bars_written += await self._write(series, batch, job)
-                progress.chunks_done += len(batch)
-                progress.calls += sum(f.calls for f in batch)
-                if on_progress is not None:
-                    on_progress(progress)
+            # Two batches in flight: one COPYs while the other makes its round trips (the check
+            # before, the ledger and the commit after), so PostgreSQL is kept COPYing; their
+            # COPYs take turns in batch order (CopyTurn).
+            end, slots, turn = False, asyncio.Semaphore(_WRITES_IN_FLIGHT), CopyTurn()
+            async with asyncio.TaskGroup() as writes:
+                while not end:
+                    await slots.acquire()
+                    item = await queue.get()
+                    if item is None:
+                        return
+                    batch = [item]
+                    while not queue.empty():
+                        if (item := queue.get_nowait()) is None:
+                            end = True
+                            break
+                        batch.append(item)
+                    # In time order: PostgreSQL appends ascending keys to the primary key's
+                    # rightmost leaf page without a descent from the root; fetchers finish out of
+                    # order, and chunks written as they came cost it a third more CPU a COPY.
+                    batch.sort(key=lambda f: f.chunk.start)
+                    turn = CopyTurn(turn)
+                    writes.create_task(write(batch, turn, slots))
+
+        async def write(batch: list[Fetched], turn: CopyTurn, slots: asyncio.Semaphore) -> None:
+            try:
+                written = await self._write(series, batch, job, turn)
+            finally:
+                turn.pass_on()
+                slots.release()
+            progress.bars_written += written
+            progress.chunks_done += len(batch)
+            progress.calls += sum(f.calls for f in batch)
+            if on_progress is not None:
+                on_progress(progress)
 
         if not chunks:
             return
@@ -237,7 +197,8 @@ class ChunkRunner:
         except (DataSourceError, asyncpg.PostgresError) as err:  # storage down: the log has it
             log.info("backfill job %s: could not record its error: %s", job.id, err)
 
-    async def _write(self, series: Series, batch: list[Fetched], job: JobRef | None) -> int:
+    async def _write(self, series: Series, batch: list[Fetched], job: JobRef | None,
+                     turn: CopyTurn) -> int:
         """Write a batch of fetched chunks; returns the bars written."""
         rows = [f.rows for f in batch if f.count]
         complete = [(f.chunk.start, f.chunk.complete_end) for f in batch
@@ -249,13 +210,20 @@ class ChunkRunner:
 
         async def commit() -> None:
             revised.clear()
-            async with self.db.acquire() as conn:
-                if rows and not await storage.any_stored(conn, series, ranges):
-                    try:
-                        return await self._commit(conn, series, rows, complete, progress, job, None)
-                    except asyncpg.UniqueViolationError:  # a concurrent writer stored some first
-                        log.debug("backfill %s: minutes stored meanwhile, upserting", series.key())
-                await self._commit(conn, series, rows, complete, progress, job, revised)
+            try:
+                async with self.db.acquire() as conn:
+                    if rows and not await storage.any_stored(conn, series, ranges):
+                        try:
+                            return await self._commit(conn, series, rows, complete, progress, job,
+                                                      None, turn)
+                        except asyncpg.UniqueViolationError:  # a concurrent writer got there first
+                            log.debug("backfill %s: minutes stored meanwhile, upserting",
+                                      series.key())
+                    await self._commit(conn, series, rows, complete, progress, job, revised, turn)
+            finally:
+                # Whatever this attempt did, the next batch need not wait for a retry of it (it
+                # holds a connection while it waits: with a small pool this one's retry needs it).
+                turn.pass_on()
 
         async def refresh() -> None:  # once over the batch's span (its chunks may be apart)
             lo = min(f.first for f in batch if f.count)
@@ -279,7 +247,7 @@ class ChunkRunner:
     async def _commit(
         self, conn: asyncpg.Connection, series: Series, rows: list[bytes],
         complete: list[tuple[int, int]], progress: tuple[int, int], job: JobRef | None,
-        revised: list[Bar] | None,
+        revised: list[Bar] | None, turn: CopyTurn,
     ) -> None:
         """Rows (straight COPY when ``revised`` is None, else upserted), the ledger ranges and
         the job's ``progress`` (chunks, bars) in one transaction."""
@@ -289,7 +257,8 @@ class ChunkRunner:
             # (synchronous) commit makes every earlier one durable.
             await conn.execute("SET LOCAL synchronous_commit TO off")
             if rows and revised is None:
-                await storage.copy_rows(conn, rows)
+                async with turn:  # after the batch before this one has COPYed
+                    await storage.copy_rows(conn, rows)
             elif rows:
                 await storage.upsert_rows(conn, rows, revised)
             if complete:

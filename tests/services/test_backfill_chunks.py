@@ -17,6 +17,7 @@ from core.types import Series
 from services import storage
 from services.backfill_chunks import BackfillSettings, ChunkRunner, Progress
 from services.backfill_gaps import split_chunks
+from services.backfill_model import CopyTurn
 from services.provider_source import PluginSource
 from services.settings import build
 from services.sources import CacheSource
@@ -127,3 +128,38 @@ async def test_recent_minutes_go_to_the_1m_cache_and_history_does_not(
         assert await backfill.cache.get_1m(SIM, old, old + 120 * MINUTE_MS) == []
         cached = await backfill.cache.get_1m(SIM, recent, recent + 120 * MINUTE_MS)
     assert [b[0] for b in cached] == list(range(recent, recent + 120 * MINUTE_MS, MINUTE_MS))
+
+
+async def test_two_batches_in_flight_pass_each_other_on_a_pool_of_one_connection(
+    app_config: dict[str, Any], pg: asyncpg.Connection
+) -> None:
+    """The writer keeps two batches in flight, the second waiting (with a connection) for the
+    first's COPY: on a pool of one connection it must still get through, every bar once."""
+    start = now_ms() // (1000 * MINUTE_MS) * (1000 * MINUTE_MS) - 20 * DAY_MS
+    end = start + 20_000 * MINUTE_MS
+    config = {**app_config, "DB_POOL_MIN": 1, "DB_POOL_MAX": 1, "BACKFILL_RUNNER": False}
+    async with running_app(config) as app:
+        async with asyncio.timeout(60):
+            progress = await manager(app).backfill(SIM, start, end)
+    assert (progress.chunks_done, progress.bars_written) == (20, 20_000)
+    assert await table_stats(pg, SIM) == (20_000, 20_000)
+    assert await storage.covered_ranges(pg, SIM, start, end) == [(start, end)]
+
+
+async def test_copies_take_their_turns_in_batch_order() -> None:
+    first = CopyTurn(CopyTurn())
+    second = CopyTurn(first)
+    third = CopyTurn(second)
+    order: list[str] = []
+
+    async def copy(turn: CopyTurn, name: str) -> None:
+        async with turn:
+            order.append(name)
+            await asyncio.sleep(0.01)
+
+    tasks = [asyncio.create_task(copy(third, "third")), asyncio.create_task(copy(second, "second"))]
+    await asyncio.sleep(0.02)
+    assert order == []  # both wait for the first batch's turn
+    first.pass_on()  # the first batch gave its turn up (an upsert, a failed attempt)
+    await asyncio.gather(*tasks)
+    assert order == ["second", "third"]
