@@ -7,8 +7,8 @@ job's progress). A batch whose minutes hold no stored bar goes straight into ``o
 binary COPY; otherwise (or when a concurrent writer got there first) it is upserted. Then the
 aggregates are refreshed once over the batch. Two batches are written at once, each in its own
 transaction: one COPYs while the other makes its round trips, and their COPYs take turns in
-batch order (``CopyTurn``); the ledger's advisory lock and the job row keep their commits in
-that order too. Fetches and writes retry temporary errors with
+batch order (``CopyTurn``). Their commits may land in either order: each one's ledger merge and
+progress are complete on their own. Fetches and writes retry temporary errors with
 ``plugins.retry.RetryPolicy`` for ``BACKFILL_PATIENCE`` seconds.
 
 Public names (stable): ``ChunkRunner``, ``BackfillSettings``, ``Progress``, ``ProgressCallback``,
