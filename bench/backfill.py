@@ -2,7 +2,7 @@
 raw PostgreSQL COPY rate of the same rows into the same table, as a ratio.
 
     .venv/bin/python -m bench.backfill [--provider sim|binance|both] [--days 366]
-                                       [--concurrency 4] [--no-cache]
+                                       [--concurrency 4] [--no-cache] [--rounds 1]
                                        [--weight-limit 120 [--budget 114/60/4]] [--no-ccxt-throttle]
 
 ``sim`` (the goal's figure): the sim plugin, the deterministic offline market, computes the bars in
@@ -24,7 +24,8 @@ emulator's 429/418 counts. Backfill at least ~100 days at N=120 so the run spans
 windows (over two minutes). ``--no-ccxt-throttle`` switches off CCXT's client-side throttle where
 the plugin still has it on (exchanges without stated weights; Binance's is off already).
 The COPY baseline then truncates the series and COPYs the very same rows back into ``ohlcv_1m``
-(``copy_records_to_table``, one transaction).
+(``copy_records_to_table``, one transaction). Each of ``--rounds`` rounds does both, each phase
+after a ``CHECKPOINT``, and prints its ratio; with more than one the median follows.
 """
 
 from __future__ import annotations

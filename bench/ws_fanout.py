@@ -45,7 +45,7 @@ CHANNEL_SUB = {"op": "subscribe", "market": "sim", "provider": "sim", "symbol": 
 #: machines; here 1000 of them share the server's two cores (aiohttp reading, and inflating with
 #: deflate), and at equal priority the server is descheduled in the middle of a broadcast for the
 #: clients' work, which is not the server's skew.
-CLIENTS_NICE = 10
+CLIENTS_NICE = 19
 
 
 def clients_priority(nice: int) -> None:
