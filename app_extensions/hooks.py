@@ -34,7 +34,9 @@ AfterFn = Callable[[Request, Any, Response], Response | Awaitable[Response]]
 #: ``(status, headers, body)`` to answer a plain GET at once, or None. The rate limiter's
 #: ``EarlyRefusals.answer`` is it.
 EARLY_ANSWER = "http.early_answer"
-EarlyAnswer = Callable[[str, str, list[tuple[bytes, bytes]], Any], tuple[int, list[tuple[bytes, bytes]], bytes] | None]
+#: A raw HTTP header as Hypercorn and h11 carry it: (lower-case name, value).
+Header = tuple[bytes, bytes]
+EarlyAnswer = Callable[[str, str, list[Header], Any], tuple[int, list[Header], bytes] | None]
 
 
 class HookedRequest(Request):

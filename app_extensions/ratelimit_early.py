@@ -25,6 +25,7 @@ from typing import Any, NamedTuple, Protocol
 from quart import Request
 
 from app_extensions.auth import hash_key
+from app_extensions.hooks import Header
 from app_extensions.ratelimit_buckets import Decision, LeasedBuckets, Limit
 from app_extensions.request_context import http_metric_children, new_request_id, request_id_from
 from core.errors import RateLimited
@@ -34,7 +35,6 @@ from core.metrics import RATE_LIMIT_REJECTIONS
 ROUTES_MAX = 1000
 #: Scope key of a decision taken here for a request handed on to Quart.
 DECIDED = "ratelimit.decision"
-Header = tuple[bytes, bytes]
 #: ``Retry-After`` values, encoded once (whole seconds, at least 1).
 _RETRY_AFTER = [str(max(1, n)).encode() for n in range(62)]
 

@@ -30,10 +30,9 @@ import h11
 from hypercorn.events import RawData
 from hypercorn.protocol.h11 import H11Protocol
 
-from app_extensions.hooks import EARLY_ANSWER, EarlyAnswer
+from app_extensions.hooks import EARLY_ANSWER, EarlyAnswer, Header
 
 SUPPORTED_H11 = ("0.14.", "0.15.", "0.16.")
-Header = tuple[bytes, bytes]
 _ORIGINAL_CREATE_STREAM = H11Protocol._create_stream
 #: Request headers that take a request off the plain path (a body, an upgrade).
 _NOT_PLAIN = (b"content-length", b"transfer-encoding", b"upgrade")
