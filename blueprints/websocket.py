@@ -93,7 +93,7 @@ async def handle_message(service: SubscriptionService, conn: Connection,
         if schema is None:
             raise InvalidMessage(f"op must be one of {', '.join(SCHEMAS)}")
         try:
-            data = schema().load(msg)
+            data = schema.load(msg)
         except ValidationError as exc:
             details = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
             summary = "; ".join(f"{k}: {v[0] if isinstance(v, list) else v}" for k, v in details.items())
