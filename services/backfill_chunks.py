@@ -121,10 +121,9 @@ class ChunkRunner:
                     writes.create_task(write(batch, turn, slots))
 
         async def write(batch: list[Fetched], turn: CopyTurn, slots: asyncio.Semaphore) -> None:
-            try:
+            try:  # every commit attempt passes the turn on, whatever happens (_write)
                 written = await self._write(series, batch, job, turn)
             finally:
-                turn.pass_on()
                 slots.release()
             progress.bars_written += written
             progress.chunks_done += len(batch)

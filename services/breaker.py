@@ -56,7 +56,7 @@ class Admission:
     quiet: bool = False
 
 
-_QUIET, _ALLOWED = Admission(quiet=True), Admission()
+_QUIET, _ALLOWED, _PROBE = Admission(quiet=True), Admission(), Admission(probe=True)
 
 
 class ProviderCircuitOpen(NetworkPluginError):
@@ -167,7 +167,7 @@ class CircuitBreaker:
                                       retry_after=max(1.0, math.ceil(value / 1000)))
         if code == 1:
             self._changed(provider, "half_open")
-            return Admission(probe=True, quiet=False)
+            return _PROBE
         return _QUIET if shared and value == 0 else _ALLOWED
 
     async def record(self, provider: str, probe: bool, outcome: str) -> None:

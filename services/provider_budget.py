@@ -150,8 +150,7 @@ class ProviderBudget:
     async def acquire(self, provider: str, weight: int = 1) -> None:
         """Take one call of ``weight`` units from the budget (sleeping up to ``max_wait``), or raise
         ``RateLimitedPluginError`` while paused or over budget."""
-        emission, burst, _, weight = self.take_args(provider, weight)
-        await self.taken(provider, *await self._take(provider, emission, burst, weight))
+        await self.taken(provider, *await self._take(provider, self.take_args(provider, weight)))
 
     def take_args(self, provider: str, weight: int = 1) -> list[Any]:
         """``BUDGET_LUA``'s ARGV for a call of ``weight`` units: emission ms, burst, longest
@@ -212,17 +211,17 @@ class ProviderBudget:
             except DataSourceError as exc:
                 log.warning("provider pause kept locally only: %s", exc.details)
 
-    async def _take(self, provider: str, emission: float, burst: int, weight: int = 1) -> tuple[int, int]:
+    async def _take(self, provider: str, args: list[Any]) -> tuple[int, int]:
+        """``BUDGET_LUA`` with ``args`` (``take_args``), or the same schedule in memory."""
         if self.redis is not None:
             keys = self.keys(provider)
             try:
-                status, ms = await self.redis.run(
-                    lambda r: self._script(r)(keys=keys, args=[emission, burst, self.max_wait * 1000, weight])
-                )
+                status, ms = await self.redis.run(lambda r: self._script(r)(keys=keys, args=args))
                 return int(status), int(ms)
             except DataSourceError as exc:
                 log.debug("provider budget decided locally: %s", exc.details)
                 PROVIDER_BUDGET_EVENTS.labels(provider, "local").inc()
+        emission, burst, _, weight = args
         return self._take_local(provider, emission, burst, weight)
 
     def _take_local(self, provider: str, emission: float, burst: int, weight: int = 1) -> tuple[int, int]:
