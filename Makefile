@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export HOST PORT
 
-.PHONY: run test migrate lint venv pglite web bench clean
+.PHONY: run test migrate lint venv dev pglite web bench clean
 
 # PGlite (PostgreSQL 17 + TimescaleDB in WebAssembly) for the TimescaleDB half of the storage tests.
 PGLITE := tests/support/pglite/node_modules/.package-lock.json
@@ -21,6 +21,13 @@ $(VENV)/.installed: requirements.txt
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt
 	touch $@
 
+# The development set (tests, checks, the benchmarks' other servers): `make test` and `make bench`.
+dev: $(VENV)/.installed-dev
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
 migrate: venv
 	$(BIN)/quart --app app:create_app migrate
 
@@ -29,7 +36,7 @@ migrate: venv
 run: venv web migrate
 	$(BIN)/python app.py
 
-lint: venv
+lint: dev
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
 	$(BIN)/lint-imports  # pyproject.toml [tool.importlinter]: one-way layers, no cycles
@@ -44,10 +51,10 @@ $(WEB): web/package-lock.json
 
 web: $(WEB)
 
-test: venv lint pglite web
+test: dev lint pglite web
 	APP_ENV=testing REQUIRE_TIMESCALE=1 $(BIN)/pytest -q -p no:cacheprovider
 
-bench: venv pglite web
+bench: dev pglite web
 	$(BIN)/python -m bench.ohlcv_rest
 	$(BIN)/python -m bench.gateway
 	$(BIN)/python -m bench.provider_path
