@@ -130,7 +130,9 @@ async def run_backfill(app: Quart, series: Series, start: int, end: int, err: Te
 async def run_gaps(app: Quart, series: Series, start: int, end: int) -> dict[str, list[list[int]]]:
     await _opened(app)
     try:
-        return await get_services(app).backfill.gaps(series, start, end)
+        manager = get_services(app).backfill
+        await manager.check_series(series)  # unknown market, provider or symbol: as /gaps
+        return await manager.gaps(series, start, end)
     finally:
         await _closed(app)
 

@@ -50,3 +50,18 @@ def test_backfill_command_errors(app_config: dict[str, Any]) -> None:
     bad = runner.invoke(args=["gaps", *SERIES, "--start", "2024-01-02T00:00Z",
                               "--end", "2024-01-01T00:00Z"])
     assert bad.exit_code == 2 and "--end must be after --start" in bad.output
+
+
+def test_gaps_command_refuses_unknown_markets_providers_and_symbols(
+    app_config: dict[str, Any],
+) -> None:
+    """Like ``/ohlcv`` (issue 24.10): not a whole range reported "missing"."""
+    runner = create_app(app_config).test_cli_runner()
+    span = ["--start", "2024-01-01T00:00Z", "--end", "2024-01-02T00:00Z"]
+    for args, code in ((["--market", "nope", "--provider", "sim", "--symbol", "SIM/USD"],
+                        "unknown_market"),
+                       (["--market", "sim", "--provider", "nope", "--symbol", "SIM/USD"],
+                        "unknown_provider"),
+                       ([*SERIES[:4], "--symbol", "NOPE/USD"], "unknown_symbol")):
+        bad = runner.invoke(args=["gaps", *args, *span])
+        assert bad.exit_code == 1 and f"Error: {code}" in bad.output, bad.output
