@@ -117,6 +117,8 @@ class DataOrchestrator:
 
     async def _page(self, q: BarQuery) -> BarAnswer:
         answer = await self._get_window(q)
+        if not answer.bars and answer.next is not None and answer.next > now_ms():
+            return replace(answer, next=None)  # no bar opens after now: the exchange is not asked
         if not answer.bars and answer.next is not None:
             try:
                 first = await asyncio.wait_for(self.plugins.first_bar(q.series, answer.next),
