@@ -152,6 +152,9 @@ class BaseConfig:
     BACKFILL_RETRY_MAX_WAIT = 60.0
     #: How long a chunk keeps retrying temporary errors before its job fails (seconds).
     BACKFILL_PATIENCE = 3600.0
+    #: How long a job retries a failing provider in its runner slot before it yields the slot to
+    #: other jobs and waits queued (seconds; at once when the provider's breaker is open).
+    BACKFILL_YIELD_AFTER = 30.0
     #: Longest range one backfill job may cover (days).
     BACKFILL_MAX_RANGE_DAYS = 3660
     #: Longest backfill a GET /ohlcv queues by itself (days, the latest part); more: POST /backfill.

@@ -9,7 +9,9 @@ aggregates are refreshed once over the batch. Two batches are written at once, e
 transaction: one COPYs while the other makes its round trips, and their COPYs take turns in
 batch order (``CopyTurn``). Their commits may land in either order: each one's ledger merge and
 progress are complete on their own. Fetches and writes retry temporary errors with
-``plugins.retry.RetryPolicy`` for ``BACKFILL_PATIENCE`` seconds.
+``plugins.retry.RetryPolicy`` for ``BACKFILL_PATIENCE`` seconds; a job's fetches only for
+``BACKFILL_YIELD_AFTER`` seconds (not at all while the provider's breaker is open): then the job
+is ``Parked`` and gives its runner slot to other jobs (the manager queues it again).
 
 Public names (stable): ``ChunkRunner``, ``BackfillSettings``, ``Progress``, ``ProgressCallback``,
 ``JobRef``, ``LeaseLost``, ``readable``.
@@ -26,7 +28,7 @@ from typing import Any
 import asyncpg
 from tenacity import RetryCallState
 
-from core.errors import AppError, DataSourceError, RateLimitedPluginError
+from core.errors import AppError, DataSourceError, NetworkPluginError, RateLimitedPluginError
 from core.metrics import BACKFILL_BARS, BACKFILL_CHUNK_FAILURES, BACKFILL_CHUNKS
 from core.ports import Database
 from core.timeframes import DAY_MS, MINUTE_MS, Bar, now_ms
@@ -41,10 +43,12 @@ from services.backfill_model import (
     Fetched,
     JobRef,
     LeaseLost,
+    Parked,
     Progress,
     ProgressCallback,
     readable,
 )
+from services.breaker import ProviderCircuitOpen
 from services.provider_source import PluginSource
 from services.sources import CacheSource, RevisionSink
 
@@ -142,9 +146,10 @@ class ChunkRunner:
             raise group.exceptions[0] from None
 
     async def _retrying(self, series: Series, what: str, chunk: Chunk, job: JobRef | None,
-                        fn: Callable[[], Awaitable[Any]]) -> Any:
+                        fn: Callable[[], Awaitable[Any]], park: bool = False) -> Any:
         """``await fn()`` retrying temporary errors for ``BACKFILL_PATIENCE`` seconds; a retrying
-        job shows its last error (docs/api.md)."""
+        job shows its last error (docs/api.md). ``park``: a provider error still failing after
+        ``BACKFILL_YIELD_AFTER`` seconds raises ``Parked`` instead (the job yields its slot)."""
         where = f"chunk starting {to_dt(chunk.start).isoformat()}"
 
         async def before_sleep(state: RetryCallState) -> None:
@@ -157,29 +162,55 @@ class ChunkRunner:
             if job is not None and exc is not None:
                 await self._record_error(job, f"{readable(exc)} ({where}; retrying)")
 
+        patience = self.settings.patience
+        if park:
+            patience = min(patience, self.settings.yield_after)
         policy = RetryPolicy(series.provider, max_wait=self.settings.retry_max_wait,
-                             base_wait=self.settings.retry_base, patience=self.settings.patience)
+                             base_wait=self.settings.retry_base, patience=patience)
         try:
             return await policy.call(fn, before_sleep)
+        except NetworkPluginError as exc:
+            if park:
+                raise self._parked(exc, where) from exc
+            BACKFILL_CHUNK_FAILURES.labels(series.provider, "permanent").inc()
+            exc.message = f"{exc.message} ({where})"
+            raise
         except (AppError, asyncpg.PostgresError) as exc:
             BACKFILL_CHUNK_FAILURES.labels(series.provider, "permanent").inc()
             if isinstance(exc, AppError):
                 exc.message = f"{exc.message} ({where})"
             raise
 
+    def _parked(self, exc: NetworkPluginError, where: str) -> Parked:
+        """The job waits queued for the next retry (at least the provider's ``retry_after``)."""
+        retry_after = getattr(exc, "retry_after", None)
+        wait = self.settings.retry_max_wait
+        if isinstance(retry_after, int | float) and retry_after > wait:
+            wait = float(retry_after)
+        exc.message = f"{exc.message} ({where})"
+        return Parked(exc, wait)
+
     async def _fetch(self, series: Series, chunk: Chunk, job: JobRef | None) -> Fetched:
-        """The closed bars of one chunk (the pages keep to [start, end), ascending)."""
+        """The closed bars of one chunk (the pages keep to [start, end), ascending). A job's
+        fetch raises ``Parked`` while its provider keeps failing (see the module)."""
         made = 0
+        where = f"chunk starting {to_dt(chunk.start).isoformat()}"
 
         async def once() -> list[Bar]:
-            async with self._semaphore(series.provider):
-                bars, calls, _ = await self.plugins.fetch(
-                    series, "1m", chunk.start, chunk.end, _CHUNK_CALL_BUDGET)
+            try:
+                async with self._semaphore(series.provider):
+                    bars, calls, _ = await self.plugins.fetch(
+                        series, "1m", chunk.start, chunk.end, _CHUNK_CALL_BUDGET)
+            except ProviderCircuitOpen as exc:
+                if job is None:
+                    raise
+                raise self._parked(exc, where) from exc  # the breaker says: down for a while
             nonlocal made
             made += calls
             return bars
 
-        bars: list[Bar] = await self._retrying(series, "fetch", chunk, job, once)
+        bars: list[Bar] = await self._retrying(series, "fetch", chunk, job, once,
+                                               park=job is not None)
         now = now_ms()
         if bars and bars[-1][0] + MINUTE_MS > now:  # the forming minute is never stored
             bars = [b for b in bars if b[0] + MINUTE_MS <= now]

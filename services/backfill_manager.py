@@ -9,7 +9,10 @@ provider answered it empty: a real exchange hole is then *verified empty* and ne
 and the job's progress). The last ``LEDGER_SAFETY_MS`` before now are written but never recorded
 complete. A chunk failing with a temporary error (network, 429/5xx, a storage outage) is retried
 with ``plugins.retry.RetryPolicy`` for up to ``BACKFILL_PATIENCE`` seconds; any other error fails
-the job with a readable error. Provider calls go through ``ProviderCalls``. Jobs
+the job with a readable error. A job whose provider keeps failing for ``BACKFILL_YIELD_AFTER``
+seconds (or whose breaker is open) does not hold its runner slot meanwhile: it goes back to the
+queue until its next try (``retry_at``), keeping the failure as its ``error``, and fails once it
+has been failing for ``BACKFILL_PATIENCE``. Provider calls go through ``ProviderCalls``. Jobs
 (``services.backfill_jobs``) are run by :class:`services.backfill_runner.JobRunner`, which gets
 ``run_job`` as a callable.
 
@@ -24,7 +27,7 @@ from typing import Any
 from core.errors import AppError, DataSourceError, NetworkPluginError, NotFound, UnknownSymbol
 from core.ports import Database
 from core.timeframes import MINUTE_MS, bucket_ceil, bucket_start, now_ms
-from core.types import Series
+from core.types import Series, to_dt
 from services import backfill_jobs as jobs
 from services import storage
 from services.backfill_chunks import (
@@ -37,6 +40,7 @@ from services.backfill_chunks import (
     readable,
 )
 from services.backfill_gaps import Chunk, bar_islands, gap_report, split_chunks
+from services.backfill_model import Parked
 from services.backfill_runner import JobRunner, RunnerSettings
 from services.market_service import MarketService
 from services.provider_source import PluginSource
@@ -112,6 +116,12 @@ class BackfillManager:
         except LeaseLost:
             log.info("backfill job %s: lease lost, another runner has it", job.id)
             return
+        except Parked as parked:
+            if await self._park(job, owner, parked):
+                return
+            error = (f"{readable(parked.cause)}; gave up after BACKFILL_PATIENCE"
+                     f" ({self.settings.patience:g} s) of failures")
+            log.warning("backfill job %s failed: %s", job.id, error)
         except DataSourceError:
             raise
         except AppError as exc:
@@ -122,6 +132,19 @@ class BackfillManager:
             log.error("backfill job %s crashed", job.id, exc_info=exc)
         async with self.db.acquire() as conn:
             await jobs.finish_job(conn, job.id, owner, error)
+
+    async def _park(self, job: jobs.Job, owner: str, parked: Parked) -> bool:
+        """Queue the job again until its next try (its slot goes to other jobs); False when it
+        has been failing for ``BACKFILL_PATIENCE`` already (it is failed instead)."""
+        async with self.db.acquire() as conn:
+            if await jobs.failing_for(conn, job.id) >= self.settings.patience:
+                return False
+            when = to_dt(now_ms() + int(parked.retry_in * 1000)).isoformat(timespec="seconds")
+            error = f"{readable(parked.cause)}; the job waits for the provider, next try at {when}"
+            await jobs.park_job(conn, job.id, owner, error, parked.retry_in)
+        log.info("backfill job %s: %s; parked for %.1f s", job.id, readable(parked.cause),
+                 parked.retry_in)
+        return True
 
     # --- Jobs and reports ------------------------------------------------------------------------
     async def submit(self, series: Series, start: int, end: int) -> tuple[jobs.Job, bool]:
