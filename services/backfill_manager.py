@@ -24,7 +24,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from core.errors import AppError, DataSourceError, NetworkPluginError, NotFound, UnknownSymbol
+from core.errors import (
+    AppError,
+    DataSourceError,
+    NetworkPluginError,
+    NotFound,
+    PluginFeatureNotSupportedError,
+    UnknownSymbol,
+)
 from core.ports import Database
 from core.timeframes import MINUTE_MS, bucket_ceil, bucket_start, now_ms
 from core.types import Series, to_dt
@@ -81,12 +88,16 @@ class BackfillManager:
         current_min = bucket_start(now, "1m")
         fetch_end = min(bucket_ceil(end, "1m"), current_min)
         safe_end = current_min - LEDGER_SAFETY_MS
-        # Minutes older than the provider still serves, or before the listing it states, are not
-        # fetched (they stay missing in the ledger).
+        # Minutes before the listing the provider states are known empty (recorded so, as the
+        # request path does); minutes older than the provider still serves are not fetched (they
+        # stay missing, and the job says so: ``unserved``).
         plugin = await self.markets.get_plugin(series.market, series.provider)
         caps, listed = plugin.capabilities, plugin.listing_ms(series.symbol)
-        start = max(start, caps.history_start("1m", now) or start, listed or start)
+        start = bucket_start(start, "1m")
         async with self.db.acquire() as conn:
+            if listed is not None and min(listed, safe_end) > start:
+                await storage.record_complete(conn, series, [(start, min(listed, safe_end))])
+            start = max(start, caps.history_start("1m", now) or start, listed or start)
             missing = await storage.missing_ranges(conn, series, bucket_start(start, "1m"), fetch_end)
         step = caps.max_bars_per_call * MINUTE_MS
         return split_chunks(missing, step, safe_end)
@@ -96,10 +107,16 @@ class BackfillManager:
     ) -> Progress:
         """Complete [start, end) of ``series`` now (no job row); the CLI's entry point."""
         chunks = await self.plan(series, start, end)
+        if not chunks:  # no call will tell: ask the provider's list
+            await self.check_series(series)
         progress = Progress(len(chunks))
         if on_progress is not None:
             on_progress(progress)
         await self.chunks.run(series, chunks, progress, None, on_progress)
+        unserved = await self.unserved(series, start, end)
+        if unserved is not None:
+            unserved.message += f" ({progress.bars_written:,} bars written)"
+            raise unserved
         return progress
 
     async def run_job(self, job: jobs.Job, owner: str) -> None:
@@ -108,10 +125,15 @@ class BackfillManager:
         ref = JobRef(job.id, owner)
         try:
             chunks = await self.plan(job.series, job.start_ms, job.end_ms)
+            if not chunks:  # no call will tell whether the symbol (still) exists: ask its list
+                await self.check_series(job.series)
             async with self.db.acquire() as conn:
                 if not await jobs.set_plan(conn, job.id, owner, len(chunks)):
                     raise LeaseLost(job.id)
             await self.chunks.run(job.series, chunks, Progress(len(chunks)), ref, None)
+            unserved = await self.unserved(job.series, job.start_ms, job.end_ms)
+            if unserved is not None:  # not "done" while /gaps shows the range missing
+                raise unserved
             error = None
         except LeaseLost:
             log.info("backfill job %s: lease lost, another runner has it", job.id)
@@ -132,6 +154,32 @@ class BackfillManager:
             log.error("backfill job %s crashed", job.id, exc_info=exc)
         async with self.db.acquire() as conn:
             await jobs.finish_job(conn, job.id, owner, error)
+
+    async def unserved(self, series: Series, start: int, end: int) -> AppError | None:
+        """After a run: why closed minutes of [start, end) are still missing (the provider no
+        longer serves them), as the error that fails the job; None when nothing is (the last
+        ``LEDGER_SAFETY_MS`` before now are never recorded complete, so they do not count)."""
+        now = now_ms()
+        safe_end = bucket_start(now, "1m") - LEDGER_SAFETY_MS
+        start, end = bucket_start(start, "1m"), min(bucket_ceil(end, "1m"), safe_end)
+        async with self.db.acquire() as conn:
+            missing = await storage.missing_ranges(conn, series, start, end)
+        if not missing:
+            return None
+        minutes = sum(b - a for a, b in missing) // MINUTE_MS
+        first = to_dt(missing[0][0]).isoformat()
+        plugin = await self.markets.get_plugin(series.market, series.provider)
+        caps = plugin.capabilities
+        oldest = caps.history_start("1m", now)
+        if oldest is not None and missing[0][0] < oldest:
+            depth = caps.extra.get("history_bars")
+            reason = (f"{series.provider} serves only its latest {depth} 1m bars (from"
+                      f" {to_dt(oldest).isoformat()}): {minutes:,} minutes from {first} stay"
+                      " missing")
+        else:
+            reason = f"{minutes:,} minutes from {first} stay missing"
+        return PluginFeatureNotSupportedError(reason, details={
+            "missing_minutes": minutes, "missing": [list(r) for r in missing[:10]]})
 
     async def _park(self, job: jobs.Job, owner: str, parked: Parked) -> bool:
         """Queue the job again until its next try (its slot goes to other jobs); False when it
