@@ -20,6 +20,8 @@ Public names (stable): ``ChunkRunner``, ``BackfillSettings``, ``Progress``, ``Pr
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -74,6 +76,19 @@ class ChunkRunner:
         self.concurrency = max(1, settings.concurrency)
         #: Per-provider limit of concurrent upstream calls, shared by every backfill here.
         self._api_semaphore: dict[str, asyncio.Semaphore] = {}
+        #: Told why a chunk waits before each retry (the CLI shows it): see ``for_run``.
+        self.on_wait: Callable[[str], None] | None = None
+
+    def for_run(self, patience: float | None = None,
+                on_wait: Callable[[str], None] | None = None) -> ChunkRunner:
+        """This runner for one run with its own ``BACKFILL_PATIENCE`` and a hook told why a chunk
+        waits before each retry (its retries are then logged at INFO: the hook shows them); the
+        per-provider call limits stay shared."""
+        run = copy.copy(self)
+        if patience is not None:
+            run.settings = dataclasses.replace(self.settings, patience=max(0.0, patience))
+        run.on_wait = on_wait
+        return run
 
     def _semaphore(self, provider: str) -> asyncio.Semaphore:
         sem = self._api_semaphore.get(provider)
@@ -157,6 +172,12 @@ class ChunkRunner:
             BACKFILL_CHUNK_FAILURES.labels(series.provider, "temporary").inc()
             # Being paced (our provider budget or the exchange's 429) is routine for big jobs.
             level = logging.INFO if isinstance(exc, RateLimitedPluginError) else logging.WARNING
+            if self.on_wait is not None and exc is not None:
+                sleep = getattr(state.next_action, "sleep", None) or 0.0
+                left = max(0.0, patience - (state.seconds_since_start or 0.0))
+                self.on_wait(f"{readable(exc)} ({where}); retrying in {sleep:.0f} s, for"
+                             f" {left:.0f} s more (patience {patience:g} s)")
+                level = logging.INFO  # the hook shows it
             log.log(level, "backfill %s %s %s: %s; retrying (attempt %d)", series.key(), what,
                     where, exc, state.attempt_number)
             if job is not None and exc is not None:

@@ -22,6 +22,7 @@ Public names (stable): ``BackfillManager``, ``BackfillSettings``, ``Progress``, 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from core.errors import (
@@ -103,16 +104,20 @@ class BackfillManager:
         return split_chunks(missing, step, safe_end)
 
     async def backfill(
-        self, series: Series, start: int, end: int, on_progress: ProgressCallback | None = None
+        self, series: Series, start: int, end: int, on_progress: ProgressCallback | None = None,
+        patience: float | None = None, on_wait: Callable[[str], None] | None = None,
     ) -> Progress:
-        """Complete [start, end) of ``series`` now (no job row); the CLI's entry point."""
+        """Complete [start, end) of ``series`` now (no job row); the CLI's entry point.
+        ``patience`` replaces ``BACKFILL_PATIENCE`` for this run; ``on_wait`` is told why a chunk
+        waits before each retry."""
         chunks = await self.plan(series, start, end)
         if not chunks:  # no call will tell: ask the provider's list
             await self.check_series(series)
         progress = Progress(len(chunks))
         if on_progress is not None:
             on_progress(progress)
-        await self.chunks.run(series, chunks, progress, None, on_progress)
+        runner = self.chunks.for_run(patience, on_wait)
+        await runner.run(series, chunks, progress, None, on_progress)
         unserved = await self.unserved(series, start, end)
         if unserved is not None:
             unserved.message += f" ({progress.bars_written:,} bars written)"
