@@ -100,8 +100,12 @@ class ChunkRunner:
         self, series: Series, chunks: Sequence[Chunk], progress: Progress,
         job: JobRef | None, on_progress: ProgressCallback | None,
     ) -> None:
-        """Fetch and write ``chunks``; the first error (after retries) cancels the rest."""
+        """Fetch and write ``chunks``; the first error (after retries) cancels the rest. A fetch
+        that is ``Parked`` stops the run more gently: no new chunk is started, the fetches under
+        way end (one may be the breaker's probe, which a cancel would waste) and what they
+        fetched is written; then ``Parked`` is raised."""
         todo = deque(chunks)
+        parked: list[Parked] = []
         # Fetched chunks wait here for the writer; a full queue holds the fetchers back.
         queue: asyncio.Queue[Fetched | None] = asyncio.Queue(
             maxsize=_QUEUE_PER_FETCHER * self.concurrency)
@@ -109,8 +113,13 @@ class ChunkRunner:
 
         async def fetcher() -> None:
             nonlocal fetchers
-            while todo:
-                await queue.put(await self._fetch(series, todo.popleft(), job))
+            while todo and not parked:
+                try:
+                    fetched = await self._fetch(series, todo.popleft(), job)
+                except Parked as exc:
+                    parked.append(exc)
+                    break
+                await queue.put(fetched)
             fetchers -= 1
             if fetchers == 0:
                 await queue.put(None)
@@ -159,6 +168,8 @@ class ChunkRunner:
                 tg.create_task(writer(), name="backfill-writer")
         except ExceptionGroup as group:
             raise group.exceptions[0] from None
+        if parked:
+            raise parked[0]
 
     async def _retrying(self, series: Series, what: str, chunk: Chunk, job: JobRef | None,
                         fn: Callable[[], Awaitable[Any]], park: bool = False) -> Any:
