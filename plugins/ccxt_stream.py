@@ -244,7 +244,9 @@ class KlineStreams:
         """When no stream of this provider gave a candle for ``silence`` seconds, close the
         provider's connections (the whole CCXT exchange object: CCXT has no public way to see or
         close one connection); the next ``watch`` dials again, with the markets kept. Returns 1
-        when it closed them, 0 when something was heard (or nothing was open)."""
+        when it closed them, 0 when something was heard (or nothing was open). A provider
+        streaming several market types (one connection each) is reset only when all are
+        silent: one connection's silence is not visible through CCXT's public API."""
         exchange = self._exchange
         if exchange is None or time.monotonic() - self._heard < silence:
             return 0
