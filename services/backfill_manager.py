@@ -239,12 +239,14 @@ class BackfillManager:
 
     async def schedule_missing(self, series: Series, ranges: list[tuple[int, int]]) -> str | None:
         """The orchestrator's ``on_missing`` hook: one job over the span of ``ranges``, bounded to
-        its latest ``BACKFILL_AUTO_MAX_DAYS`` (a query never starts a huge backfill by itself);
-        its id, or None when no job could be queued (storage down: the answer stays marked
-        incomplete)."""
+        its latest ``BACKFILL_AUTO_MAX_DAYS`` (a query never starts a huge backfill by itself)
+        and to what the provider still serves (a job over the rest could only fail); its id, or
+        None when no job could be queued (storage down: the answer stays marked incomplete)."""
         end = ranges[-1][1] if ranges else 0
         bound = int(min(self.settings.auto_max_days, self.settings.max_range_days) * 86_400_000)
-        if (start := max(ranges[0][0], end - bound, 0) if ranges else 0) >= end:
+        plugin = await self.markets.get_plugin(series.market, series.provider)
+        oldest = plugin.capabilities.history_start("1m", now_ms()) or 0
+        if (start := max(ranges[0][0], end - bound, oldest, 0) if ranges else 0) >= end:
             return None
         try:
             async with self.db.acquire() as conn:

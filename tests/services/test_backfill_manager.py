@@ -228,3 +228,20 @@ async def test_an_unknown_symbol_with_nothing_to_fetch_fails_the_job(
         manager(app).runner.wake()
         failed = await wait_job(client, job.id)
     assert failed["status"] == "failed" and failed["error"].startswith("unknown_symbol: "), failed
+
+
+async def test_queries_do_not_queue_jobs_for_minutes_the_provider_no_longer_serves(
+    app_config: dict[str, Any], short_history: None
+) -> None:
+    """Such a job could only fail (see above): /ohlcv's automatic backfills keep to the served
+    part of what they miss."""
+    config = {**app_config, "CCXT_EXCHANGES": "binance", "BACKFILL_RUNNER": False}
+    async with running_app(config) as app:
+        backfill = manager(app)
+        assert await backfill.schedule_missing(BTC, [(T0, T0 + DAY_MS)]) is None
+        now = int(time.time() * 1000) // MINUTE_MS * MINUTE_MS
+        job_id = await backfill.schedule_missing(BTC, [(now - DAY_MS, now - 60 * MINUTE_MS)])
+        assert job_id is not None
+        job = await backfill.get_job(job_id)
+        assert now - 720 * MINUTE_MS < job.start_ms <= now - 700 * MINUTE_MS
+        assert job.end_ms == now - 60 * MINUTE_MS
