@@ -2,30 +2,49 @@
 
 The service's per-request functions (request id and access metrics, API keys, rate limits, CORS,
 compression, pool gauges) are plain functions handed the request and its ``g`` (Quart's
-``request`` and ``g``): a ``before`` function ``fn(req, g)`` returns None, a response that answers
-the request, or an awaitable of either when it has to wait (Redis, the database); an ``after``
-function ``fn(req, g, response)`` returns the response, or an awaitable of it. So the common case
-costs a function call, and only a function that waits pays for a coroutine of its own.
+``request`` and ``g``): a ``before`` function ``fn(req, g)`` returns None, a ``Response`` that
+answers the request, or an awaitable when it has to wait (Redis, the database) whose result,
+when not None, answers it; an ``after`` function ``fn(req, g, response)`` returns the response,
+or an awaitable of it. So the common case costs a function call, and only a function that
+waits pays for a coroutine of its own.
 
 ``RequestHooks.before`` and ``after`` register each function with Quart's ``before_request`` and
 ``after_request``: Quart's own dispatch runs them, in its order (``before`` functions in the order
 they were added, the first that answers ends them; ``after`` functions the last added first, each
 with the response the previous one returned).
+
+Its requests are ``HookedRequest``s (Quart's ``request_class`` setting), which find their
+blueprint names once per endpoint.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from inspect import isawaitable
 from typing import Any
 
 from quart import Quart, Request, Response, current_app, g, request
 from quart.typing import ResponseReturnValue
 
 #: ``fn(req, g)``; ``g`` is the request's ``quart.g`` (typed Any: Quart's class for it is private).
-BeforeFn = Callable[[Request, Any], "ResponseReturnValue | Awaitable[ResponseReturnValue | None] | None"]
+BeforeFn = Callable[[Request, Any], Response | Awaitable[ResponseReturnValue | None] | None]
 #: ``fn(req, g, response)``
 AfterFn = Callable[[Request, Any, Response], Response | Awaitable[Response]]
+
+
+class HookedRequest(Request):
+    """Quart's request, whose blueprint names (Quart looks for each blueprint's hooks, before and
+    after every request, and derives the names from the endpoint each time) are found once per
+    endpoint: the names are a function of the endpoint alone."""
+
+    _names: dict[str | None, list[str]] = {}
+
+    @property
+    def blueprints(self) -> list[str]:
+        endpoint = self.endpoint
+        names = self._names.get(endpoint)
+        if names is None:
+            names = self._names[endpoint] = super().blueprints
+        return names
 
 
 class RequestHooks:
@@ -39,6 +58,7 @@ class RequestHooks:
     def init_app(self, app: Quart) -> None:
         self.app = app
         app.extensions["hooks"] = self
+        app.request_class = HookedRequest
 
     def before(self, fn: BeforeFn) -> BeforeFn:
         """Run ``fn`` before each request, after the ones added earlier."""
@@ -46,7 +66,9 @@ class RequestHooks:
 
         async def before_request() -> ResponseReturnValue | None:
             answer = fn(request, g)
-            return await answer if isawaitable(answer) else answer  # type: ignore[no-any-return]
+            if answer is None or isinstance(answer, Response):
+                return answer
+            return await answer
 
         self.app.before_request(before_request)
         return fn
@@ -57,7 +79,7 @@ class RequestHooks:
 
         async def after_request(response: Response) -> Response:
             out = fn(request, g, response)
-            return await out if isawaitable(out) else out
+            return out if isinstance(out, Response) else await out
 
         self.app.after_request(after_request)
         return fn

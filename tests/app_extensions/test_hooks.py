@@ -9,7 +9,7 @@ from typing import Any
 
 from quart import Quart, Request, Response, jsonify
 
-from app_extensions.hooks import RequestHooks, get_hooks
+from app_extensions.hooks import HookedRequest, RequestHooks, get_hooks
 from app_extensions.request_context import new_request_id
 
 
@@ -96,10 +96,19 @@ async def test_a_before_function_may_answer_without_waiting() -> None:
     assert ran == ["before a", "before quart", "before waits", "after b", "after a"]
 
 
-async def test_the_service_uses_quarts_request_class_and_app_level_hooks(app: Quart) -> None:
-    assert app.request_class is Request and get_hooks(app) is app.extensions["hooks"]
+async def test_the_service_registers_app_level_hooks_only(app: Quart) -> None:
+    assert app.request_class is HookedRequest and get_hooks(app) is app.extensions["hooks"]
+    assert app.before_request_funcs[None] and app.after_request_funcs[None]
     assert all(not funcs for name, funcs in app.before_request_funcs.items() if name is not None)
     assert all(not funcs for name, funcs in app.after_request_funcs.items() if name is not None)
+
+
+async def test_hooked_requests_know_their_blueprints_as_quarts_do(app: Quart) -> None:
+    for path in ("/api/v1/markets", "/health", "/nowhere"):
+        async with app.test_request_context(path):
+            from quart import request
+            assert request.blueprints == Request.blueprints.fget(request)  # type: ignore[attr-defined]
+            assert request.blueprints is request.blueprints  # found once per endpoint
 
 
 def test_new_request_ids_are_32_hex_digits_and_unique() -> None:
