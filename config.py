@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -58,6 +59,10 @@ class BaseConfig:
     DEPENDENCY_RETRY_AFTER = 2.0
     LOG_LEVEL = "INFO"
     LOG_FORMAT = "text"  # text | json
+    #: JSON: logger name to level, over the defaults (ccxt INFO: at DEBUG it logs every request).
+    LOG_LEVELS: dict[str, str] = {}
+    #: One INFO line per HTTP request on the "access" logger (client, request, status, ms).
+    ACCESS_LOG = False
     SHUTDOWN_TIMEOUT = 5.0
     # Plugins and providers
     ENABLED_MARKETS = "sim,crypto,stocks"
@@ -244,6 +249,12 @@ class BaseConfig:
         for name, allowed in (("STORAGE_MODE", ("auto", "timescale", "plain")), ("LOG_FORMAT", ("text", "json"))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be {', '.join(allowed[:-1])} or {allowed[-1]}")
+        levels = self.LOG_LEVELS
+        if not isinstance(levels, dict) or not all(
+                isinstance(v, str) and isinstance(logging.getLevelName(v.upper()), int) for v in levels.values()):
+            raise ConfigError('LOG_LEVELS must be a JSON object of logger name to level, e.g. {"ccxt": "DEBUG"}')
+        if not isinstance(logging.getLevelName(str(self.LOG_LEVEL).upper()), int):
+            raise ConfigError("LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         if not 1 <= self.DB_POOL_MIN <= self.DB_POOL_MAX:
             raise ConfigError("DB_POOL_MIN and DB_POOL_MAX must satisfy 1 <= min <= max")
         if int(self.MAX_BODY_BYTES) < 1:

@@ -108,11 +108,11 @@ class Warmer:
         """``note`` for a query whose ``range_key`` is known (a prepared answer keeps it)."""
         self._counts[key] += 1
 
-    async def record(self) -> None:
-        """Flush the counted ranges and the live channels to Redis (logs and keeps the counts
-        when Redis is down)."""
+    async def record(self) -> bool:
+        """Flush the counted ranges and the live channels to Redis; False when Redis is down
+        (the counts are kept for the next flush; the outage itself is logged by Redis' owner)."""
         if self.redis is None:
-            return
+            return True
         counts, self._counts = self._counts, Counter()
         channels = sorted(set(self.live_channels()))
         now = time.time()
@@ -134,7 +134,9 @@ class Warmer:
             await self.redis.run(write)
         except DataSourceError as exc:
             self._counts.update(counts)  # kept for the next flush
-            log.warning("warm-up records not written: %s", exc.details)
+            log.debug("warm-up records not written: %s", exc.details)
+            return False
+        return True
 
     async def plan(self) -> list[BarQuery]:
         """The queries to warm: recent live channels' snapshots, then the most asked ranges."""
