@@ -13,15 +13,48 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import click
 
-class ConfigError(ValueError):
-    """A configuration value is missing or wrong; the message names the variable."""
+
+class ConfigError(click.ClickException, ValueError):
+    """A configuration value is missing or wrong; the message names the variable.
+
+    A ``click.ClickException``: a ``quart`` CLI command (``run``, ``migrate``, ``backfill``,
+    ``api-key``) whose app cannot be built prints ``Error: <message>`` and exits 1, without a
+    traceback. Other entry points catch it and print ``str(exc)`` (``app.py``'s ``__main__``).
+    """
 
 
 def _bool(raw: str) -> bool:
     if raw.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
-        raise ValueError(f"expected a boolean, got {raw!r}")
+        raise ValueError(f"must be true or false (also 1/0, yes/no, on/off), got {raw!r}")
     return raw.lower() in ("1", "true", "yes", "on")
+
+
+def _int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"must be an integer, got {raw!r}") from None
+
+
+def _float(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"must be a number, got {raw!r}") from None
+
+
+def _json_object(raw: str) -> dict[str, Any]:
+    """A JSON object; the message never echoes the value (some hold credentials)."""
+    try:
+        value = json.loads(raw or "{}")
+    except ValueError as exc:  # json.JSONDecodeError is one
+        raise ValueError(f"must be a JSON object ({exc.msg} at character {exc.pos})"
+                         if isinstance(exc, json.JSONDecodeError) else "must be a JSON object") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a JSON object, got a JSON {type(value).__name__}")
+    return value
 
 
 class BaseConfig:
@@ -221,13 +254,13 @@ class BaseConfig:
                 continue
             raw, default = os.environ[name], getattr(self, name)
             parse: Callable[[str], Any] = (
-                _bool if isinstance(default, bool) else int if isinstance(default, int)
-                else float if isinstance(default, float)
-                else (lambda r: json.loads(r or "{}")) if isinstance(default, dict) else str)
+                _bool if isinstance(default, bool) else _int if isinstance(default, int)
+                else _float if isinstance(default, float)
+                else _json_object if isinstance(default, dict) else str)
             try:
                 setattr(self, name, parse(raw))
-            except ValueError as exc:  # json.JSONDecodeError is one
-                raise ConfigError(f"{name}: {exc}") from exc
+            except ValueError as exc:
+                raise ConfigError(f"{name} {exc}") from None
 
     def validate(self) -> None:
         """Fail fast with the variable's name and what is wrong."""
