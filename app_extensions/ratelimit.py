@@ -170,15 +170,14 @@ class RateLimiter:
             g.rate_limit = decision
             self._refuse(decision, route_class)
 
-    @staticmethod
-    def _refuse(decision: Decision, route_class: str) -> None:
+    def _refuse(self, decision: Decision, route_class: str) -> None:
         """Raise 429 unless ``decision`` admits the request."""
         if not decision.allowed:
             RATE_LIMIT_REJECTIONS.labels(route_class).inc()
-            raise RateLimited(
-                f"rate limit of {decision.limit} requests exceeded; retry later",
-                retry_after=max(decision.retry_after, 0.001),
-            )
+            limit = self.limit_for(route_class)
+            raise RateLimited.exceeded(  # the message names the window (docs/api.md, 24.19)
+                decision.limit, limit.seconds if limit is not None else 0.0, route_class,
+                retry_after=max(decision.retry_after, 0.001))
 
     async def guard_auth_failures(self, identity: str, failed: bool) -> None:
         """Brute-force guard (``auth_failures`` class, per client IP): before a key look-up

@@ -61,8 +61,8 @@ class EarlyRefusals:
         self.limiter = limiter
         #: path -> route template, learned from refusals answered by Quart.
         self.routes: dict[str, str] = {}
-        #: limit (requests) -> (body, the headers before Retry-After, the headers after it)
-        self._encoded: dict[int, tuple[bytes, list[Header], list[Header]]] = {}
+        #: (requests, seconds, class) -> (body, the headers before Retry-After, the headers after it)
+        self._encoded: dict[tuple[int, float, str], tuple[bytes, list[Header], list[Header]]] = {}
         self._rejections: dict[str, Any] = {}
         #: (method, route) -> the 429 counter and the latency histogram children
         self._http: dict[tuple[str, str], tuple[Any, Any]] = {}
@@ -157,7 +157,7 @@ class EarlyRefusals:
         if rejections is None:
             rejections = self._rejections[refused.cls] = RATE_LIMIT_REJECTIONS.labels(refused.cls)
         rejections.inc()
-        body, head, tail = self._encode(refused.limit.requests)
+        body, head, tail = self._encode(refused.limit, refused.cls)
         sent = refused.request_id
         rid = request_id_from(sent.decode("latin-1")) if sent else new_request_id()
         children = self._http.get((scope["method"], refused.route))
@@ -170,12 +170,13 @@ class EarlyRefusals:
         retry = _RETRY_AFTER[seconds] if seconds < len(_RETRY_AFTER) else str(seconds).encode()
         return 429, [*head, (b"retry-after", retry), *tail, (b"x-request-id", rid.encode())], body
 
-    def _encode(self, requests: int) -> tuple[bytes, list[Header], list[Header]]:
-        encoded = self._encoded.get(requests)
+    def _encode(self, limit: Limit, route_class: str) -> tuple[bytes, list[Header], list[Header]]:
+        requests = limit.requests
+        encoded = self._encoded.get((requests, limit.seconds, route_class))
         if encoded is None:
-            exc = RateLimited(f"rate limit of {requests} requests exceeded; retry later")
+            exc = RateLimited.exceeded(requests, limit.seconds, route_class)
             body = json.dumps(exc.to_dict(), separators=(",", ":")).encode() + b"\n"  # as Quart writes it
-            encoded = self._encoded[requests] = (
+            encoded = self._encoded[(requests, limit.seconds, route_class)] = (
                 body,
                 [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
                 [(b"x-ratelimit-limit", str(requests).encode()), (b"x-ratelimit-remaining", b"0")],
