@@ -101,7 +101,7 @@ def _time_field(self: Any, fld: Any, **kwargs: Any) -> dict[str, Any]:
     ], "description": "integer ms since the epoch, or ISO-8601 with a zone; from 1973 (a smaller"
                       " integer is seconds and is refused) to 3000"
                       + (f"; {fld.metadata['description']}" if "description" in fld.metadata else ""),
-        "example": fld.metadata.get("example", doc.TIME_EXAMPLES.get(fld.name, doc.TIME_EXAMPLES["start"]))}
+        "example": fld.metadata.get("example", doc.TIME_EXAMPLES.get(fld.name or "", doc.TIME_EXAMPLES["start"]))}
 
 
 def _quart_rule(path: str) -> str:
