@@ -124,6 +124,9 @@ class BaseConfig:
     #: (X-Data-Incomplete) when the provider is slower, else 503 provider_unavailable; /symbols
     #: and /ticker too.
     REQUEST_DEADLINE = 10.0
+    #: Seconds /udf/search over every exchange waits for their symbol lists (then answers what is
+    #: known: an exchange that has not answered counts with its last list, if any).
+    UDF_SEARCH_SECONDS = 1.5
     # Operators' side (app_extensions/auth.py, ratelimit.py, cors.py; services/provider_budget.py)
     #: Require an API key (X-API-Key, or the WebSocket handshake's header / api_key parameter).
     AUTH_ENABLED = False
