@@ -66,6 +66,9 @@ class WarmupReport:
     stopped: str = "done"  # done, time, calls, cancelled
     seconds: float = 0.0
     warmed: list[str] = field(default_factory=list)
+    #: Providers a query failed for: the first failure of each is a warning, the rest DEBUG (a
+    #: live channel's snapshot and a recorded range of the same series said it twice).
+    failed_providers: set[str] = field(default_factory=set)
 
 
 def provider_calls_made() -> int:
@@ -207,7 +210,13 @@ class Warmer:
         except AppError as exc:  # one bad range (a provider down, a symbol gone) does not stop it
             report.failed += 1
             WARMUP_QUERIES.labels("failed").inc()
-            log.warning("warm-up of %s failed: %s", name, exc.message)
+            provider = q.series.provider
+            if provider in report.failed_providers:
+                log.debug("warm-up of %s failed: %s", name, exc.message)
+            else:
+                report.failed_providers.add(provider)
+                log.warning("warm-up of %s failed: %s (further failures of %s in this warm-up: "
+                            "DEBUG; the count is in the summary)", name, exc.message, provider)
             return
         report.queries += 1
         report.warmed.append(name)
