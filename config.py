@@ -274,7 +274,8 @@ class BaseConfig:
         if self.BREAKER_FAILURE_THRESHOLD < 1:
             raise ConfigError("BREAKER_FAILURE_THRESHOLD must be at least 1")
         for name in ("BREAKER_OPEN_SECONDS", "BREAKER_PROBE_SECONDS", "STREAM_SILENCE_SECONDS",
-                     "STREAM_VERIFY_SECONDS", "STREAM_RETRY_SECONDS", "STREAM_RETRY_MAX_SECONDS"):
+                     "STREAM_VERIFY_SECONDS", "STREAM_RETRY_SECONDS", "STREAM_RETRY_MAX_SECONDS",
+                     "UDF_SEARCH_SECONDS"):
             if not 0 < float(getattr(self, name)) < math.inf:  # also refuses nan
                 raise ConfigError(f"{name} must be a positive number of seconds")
         for name, scheme in (("PROVIDER_URLS", "http"), ("PROVIDER_WS_URLS", "ws")):

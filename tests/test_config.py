@@ -31,6 +31,7 @@ BAD = [
     ({"CCXT_CREDENTIALS": "[]"}, "CCXT_CREDENTIALS must be a JSON object, got a JSON list"),
     ({"ACCESS_LOG": "maybe"}, "ACCESS_LOG must be true or false"),
     ({"REQUEST_DEADLINE": "soon"}, "REQUEST_DEADLINE must be a number, got 'soon'"),
+    ({"UDF_SEARCH_SECONDS": "nan"}, "UDF_SEARCH_SECONDS must be a positive number of seconds"),
 ]
 
 
