@@ -74,8 +74,8 @@ class RateLimiter:
         self.last_error: str | None = None
         self._scripts: dict[int, Any] = {}
         self._identities: dict[tuple[str | None, str | None], str] = {}
-        #: limit (requests) -> the body of its 429, encoded once
-        self._bodies: dict[int, bytes] = {}
+        #: (route class, limit in requests) -> the body of its 429, encoded once
+        self._bodies: dict[tuple[str, int], bytes] = {}
         #: route class -> its child of the rejections counter
         self._rejections: dict[str, Any] = {}
         if app is not None:
@@ -182,15 +182,14 @@ class RateLimiter:
             g.rate_limit = decision
             self._refuse(decision, route_class)
 
-    @staticmethod
-    def _refuse(decision: Decision, route_class: str) -> None:
+    def _refuse(self, decision: Decision, route_class: str) -> None:
         """Raise 429 unless ``decision`` admits the request."""
         if not decision.allowed:
             RATE_LIMIT_REJECTIONS.labels(route_class).inc()
-            raise RateLimited(
-                f"rate limit of {decision.limit} requests exceeded; retry later",
-                retry_after=max(decision.retry_after, 0.001),
-            )
+            limit = self.limit_for(route_class)
+            raise RateLimited.exceeded(  # the message names the window (docs/api.md, 24.19)
+                decision.limit, limit.seconds if limit is not None else 0.0, route_class,
+                retry_after=max(decision.retry_after, 0.001))
 
     async def guard_auth_failures(self, identity: str, failed: bool) -> None:
         """Brute-force guard (``auth_failures`` class, per client IP): before a key look-up
@@ -239,10 +238,12 @@ class RateLimiter:
         if rejections is None:
             rejections = self._rejections[cls] = RATE_LIMIT_REJECTIONS.labels(cls)
         rejections.inc()
-        body = self._bodies.get(decision.limit)
+        body = self._bodies.get((cls, decision.limit))
         if body is None:
-            exc = RateLimited(f"rate limit of {decision.limit} requests exceeded; retry later")
-            body = self._bodies[decision.limit] = json.dumps(exc.to_dict(), separators=(",", ":")).encode() + b"\n"
+            limit = self.limit_for(cls)
+            exc = RateLimited.exceeded(decision.limit, limit.seconds if limit is not None else 0.0, cls)
+            body = json.dumps(exc.to_dict(), separators=(",", ":")).encode() + b"\n"
+            self._bodies[(cls, decision.limit)] = body
         retry_after = max(1, math.ceil(min(decision.retry_after, MAX_RETRY_AFTER)))
         return Response(body, 429, {"Content-Type": "application/json", "Retry-After": str(retry_after)})
 

@@ -223,7 +223,7 @@ class DataOrchestrator:
             try:
                 return await self._run(self.chain, w)
             except DataSourceError as exc:
-                log.warning("storage unavailable, answering without it: %s", exc.details)
+                log.debug("storage unavailable, answering without it: %s", exc.details)  # Database logs the outage once
         return await self._run(self.fallback, w)
 
     @staticmethod
