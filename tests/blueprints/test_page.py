@@ -203,8 +203,8 @@ async def test_docs_viewer_renders_every_operation_from_our_origin(
         operations = sum(len(ops) for ops in spec["paths"].values())
         await page.wait_for_function(f"document.querySelectorAll('.opblock').length === {operations}",
                                      timeout=30_000)
-        await page.click("#operations-default-get_ohlcv .opblock-summary")  # expand: examples filled in
-        market = page.locator("#operations-default-get_ohlcv input[placeholder='market']")
+        await page.click("#operations-market-get_ohlcv .opblock-summary")  # expand: examples filled in
+        market = page.locator("#operations-market-get_ohlcv input[placeholder='market']")
         await market.wait_for()
         assert await market.input_value() == "sim"
         assert watch.errors == []
