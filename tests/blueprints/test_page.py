@@ -188,7 +188,7 @@ async def test_with_api_keys_on_the_page_asks_for_one_and_then_works(
         await page.fill("#apikey", key)
         await page.click("#auth button")
         await page.wait_for_function("window.chartPage.firstCandlesMs !== null", timeout=30_000)
-        await badge(page, "live")  # the WebSocket handshake carried the key too
+        await badge(page, "live")  # the WebSocket took the key in its first message (not in the URL)
         assert await candle_pixels(page) > 500
 
 

@@ -32,6 +32,7 @@ const page = {
 const stream = new Stream({ frame: onFrame, state: setState, unauthorized: askForKey });
 window.chartPage = page; // read by the browser tests and the bench
 page.chart = chart;
+page.candles = candles;
 page.stream = stream;
 page.redraw = () => drawAll();
 page.drawn = (time) => candles.data().find((item) => item.time === time) || null;
@@ -207,18 +208,21 @@ chart.subscribeCrosshairMove((param) => {
   showLegend(at >= 0 ? store.bars[at] : store.last);
 });
 
-async function load() {
+// `retry`: asking again after a temporary failure; the badge keeps saying `error` meanwhile.
+async function load(retry = false) {
   const generation = ++page.generation;
   const sel = page.selection;
   clearTimeout(page.retryTimer);
   stream.stop(); // the old channel's frames must not land on the new series, nor its state
-  $("message").hidden = true;
+  if (!retry) $("message").hidden = true;
   page.store = null;
   page.lastSeq = null;
   page.exhausted = false;
   page.loadStartedMs = performance.now();
-  setState("loading", `${sel.provider} ${sel.symbol} ${sel.timeframe}`);
-  $("overlay").textContent = `Loading ${sel.symbol} ${sel.timeframe}\u2026`; // the old series stays dimmed
+  if (!retry) {
+    setState("loading", `${sel.provider} ${sel.symbol} ${sel.timeframe}`);
+    $("overlay").textContent = `Loading ${sel.symbol} ${sel.timeframe}\u2026`; // the old series stays dimmed
+  }
   let answer, tf;
   try {
     tf = (await markets()).timeframes[sel.timeframe];
@@ -232,6 +236,7 @@ async function load() {
   }
   if (generation !== page.generation) return;
   page.attempts = 0;
+  $("message").hidden = true;
   priceStep(sel, generation);
   page.store = new BarStore(tf);
   page.store.reset(answer.bars);
@@ -261,7 +266,7 @@ function retryLater(generation, error) {
   page.retryTimer = setTimeout(() => {
     if (generation !== page.generation) return;
     page.retries += 1;
-    load().catch(failed);
+    load(true).catch(failed);
   }, wait);
 }
 
