@@ -6,7 +6,7 @@
 // (retried with backoff when the failure is temporary), a partial answer says `stale`.
 import { CandlestickSeries, HistogramSeries, createChart } from "/assets/vendor/lightweight-charts.mjs";
 import { ApiError, apiKey, getJSON, ohlcv, ohlcvFrom, setApiKey } from "./api.js";
-import { BarStore, backoffDelay } from "./store.js";
+import { BarStore, backoffDelay, formatVolume, retryWait } from "./store.js";
 import { Stream } from "./stream.js";
 
 const PAGE = 500;
@@ -166,13 +166,6 @@ function clearSeries() {
 }
 
 // --- Legend: the bar under the cursor, else the newest ---------------------------------------
-function formatVolume(value) {
-  if (value >= 1e9) return `${(value / 1e9).toFixed(2)}B`;
-  if (value >= 1e6) return `${(value / 1e6).toFixed(2)}M`;
-  if (value >= 1e4) return `${(value / 1e3).toFixed(2)}K`;
-  return value.toLocaleString("en-US", { maximumFractionDigits: 4 });
-}
-
 function showLegend(bar) {
   const legend = $("ohlc");
   if (!bar) {
@@ -260,8 +253,7 @@ async function load(retry = false) {
 // A temporary failure (the exchange or the server is down): ask again with growing waits, at
 // least what Retry-After says.
 function retryLater(generation, error) {
-  const wait = Math.max(backoffDelay(page.attempts++, RETRY_BASE_MS, RETRY_CAP_MS),
-    Math.min(error.retryAfter || 0, RETRY_AFTER_CAP_S) * 1000);
+  const wait = retryWait(page.attempts++, error.retryAfter, RETRY_BASE_MS, RETRY_CAP_MS, RETRY_AFTER_CAP_S);
   $("overlay").textContent = `${error.message} (trying again in ${Math.round(wait / 1000)} s)`;
   page.retryTimer = setTimeout(() => {
     if (generation !== page.generation) return;
