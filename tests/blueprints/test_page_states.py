@@ -109,6 +109,7 @@ async def test_an_unknown_symbol_clears_the_chart_and_says_error(
         assert now["symbol"] == "NOPE/USD" and now["store"] is None and now["drawn"] == 0, now
         assert "unknown_symbol" in (now["message"] or "") and "NOPE/USD" in (now["overlay"] or ""), now
         assert await candle_pixels(page) == 0  # the SIM/USD series is gone, not frozen under NOPE/USD
+        assert not await page.is_visible("#ohlc")  # and its legend with it
         assert "symbol=NOPE%2FUSD" in page.url
         await screenshot(page, tmp_path, "chart-error.png")
         await asyncio.sleep(3)
@@ -164,6 +165,43 @@ async def test_stale_badge_when_the_exchange_fails_under_a_drawn_series(
         assert (await state(page))["stage"] == "stale"
         await page.mouse.move(600, 300)
         await screenshot(page, tmp_path, "chart-stale.png")
+
+
+async def test_a_partial_history_says_stale_not_live_and_is_asked_for_again(
+    browser: Browser, isolated_env: dict[str, str]
+) -> None:
+    """REST answered with X-Data-Incomplete (the deadline cut a cold 1w computation short, or only
+    stored bars answered): the badge says stale even once the stream is live, and the page asks
+    for the history again until it is whole."""
+    async with live_server(isolated_env) as base:
+        page = await browser.new_page()
+        answers: list[bool] = []
+        whole = asyncio.Event()
+
+        async def first_partial(route: Route) -> None:
+            if answers:
+                await whole.wait()  # the second answer waits for the test
+            response = await route.fetch()
+            partial = not answers
+            answers.append(partial)
+            body = await response.json()
+            if partial:
+                body["bars"] = body["bars"][-3:]
+            await route.fulfill(response=response, json=body,
+                                headers={**response.headers, **({"x-data-incomplete": "true"} if partial else {})})
+
+        await page.route("**/api/v1/ohlcv?*limit=500*", first_partial)
+        await page.goto(base + SIM_PAGE)
+        await badge(page, "stale", within_ms=20_000)
+        assert await page.evaluate("window.chartPage.store.bars.length") == 3
+        await page.wait_for_function("window.chartPage.frames > 0")  # the stream's snapshot came...
+        await wait_for(lambda: len(answers) >= 1, within=10)
+        assert await page.get_attribute("#status", "data-state") == "stale"  # ... yet not `live`
+        await page.wait_for_function("window.chartPage.retries === 1", timeout=20_000)
+        whole.set()
+        await badge(page, "live", within_ms=20_000)
+        assert answers[:2] == [True, False]
+        assert await page.evaluate("window.chartPage.store.bars.length") >= 500
 
 
 async def test_the_price_axis_uses_the_symbols_step_and_the_legend_shows_the_bar_under_the_cursor(

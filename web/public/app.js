@@ -82,8 +82,9 @@ function onFrame(frame) {
     frame.bars.forEach((row) => applyRow(row, page.store.closedAt(row)));
     page.lastSeq = typeof frame.seq === "number" ? frame.seq : null;
     // A channel that is stale says so in a status frame right after; a snapshot cut short by the
-    // deadline says `incomplete`.
-    setState(frame.incomplete ? "stale" : "live", frame.incomplete ? "the history is incomplete" : "");
+    // deadline says `incomplete`, and so did REST when the page's history came in part.
+    const partial = frame.incomplete || page.incomplete;
+    setState(partial ? "stale" : "live", partial ? "the history is incomplete" : "");
     $("message").hidden = true;
     // Away longer than a snapshot holds (1000 bars): the bars between come over REST.
     if (page.since !== null && frame.bars.length && frame.bars[0][0] > page.since) refill(page.since, frame.bars[0][0]);
@@ -97,7 +98,8 @@ function onFrame(frame) {
     applyRow(frame.bar, Boolean(frame.closed));
     if (page.cursorTime === null) showLegend(page.store.last);
   } else if (frame.type === "status") {
-    setState(frame.state, frame.reason);
+    const partial = frame.state === "live" && page.incomplete; // live, over a history still in part
+    setState(partial ? "stale" : frame.state, partial ? "the history is incomplete" : frame.reason);
   }
 }
 
@@ -228,7 +230,7 @@ async function load(retry = false) {
     return;
   }
   if (generation !== page.generation) return;
-  page.attempts = 0;
+  if (!answer.incomplete) page.attempts = 0;
   $("message").hidden = true;
   priceStep(sel, generation);
   page.store = new BarStore(tf);
@@ -242,8 +244,19 @@ async function load(retry = false) {
     performance.mark("first-candles");
   }
   page.loadMs = performance.now() - page.loadStartedMs;
-  // Until the stream's snapshot: what REST said (`stale` when only stored bars came).
-  setState(answer.incomplete ? "stale" : "connecting", answer.incomplete ? "the exchange failed: stored bars only" : "");
+  // Until the stream's snapshot: what REST said. `stale` when only part came (the exchange failed
+  // and only stored bars answered, or the deadline cut a long computation short): the history is
+  // asked for again, with backoff, until it is whole.
+  if (answer.incomplete) {
+    setState("stale", "the history is incomplete: asking again");
+    page.retryTimer = setTimeout(() => {
+      if (generation !== page.generation) return;
+      page.retries += 1;
+      load(true).catch(failed);
+    }, retryWait(page.attempts++, null, RETRY_BASE_MS, RETRY_CAP_MS, RETRY_AFTER_CAP_S));
+  } else {
+    setState("connecting");
+  }
   stream.follow(sel, () => {
     page.since = page.store && page.store.last ? page.store.last.time * 1000 : null;
     return page.since;
