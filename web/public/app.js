@@ -145,12 +145,8 @@ function showError(error) {
 // series), the message says why, and the chart's overlay says what is wrong.
 function failed(error) {
   showError(error);
-  const badge = $("status");
-  page.state = "error";
-  badge.dataset.state = "error";
-  badge.textContent = "error";
-  badge.title = error.message;
-  $("stage").dataset.state = "error";
+  setState("error");
+  $("status").title = error.message;
   $("overlay").textContent = error.message;
 }
 
@@ -159,7 +155,7 @@ function askForKey(detail) {
   failed(new ApiError(401, { error: { code: "unauthorized", message: detail } }));
 }
 
-// The bars of the chart go; the legend and the price axis with them.
+// The bars of the chart go, and the legend with them.
 function clearSeries() {
   page.store = null;
   candles.setData([]);
@@ -215,6 +211,7 @@ async function load(retry = false) {
   page.exhausted = false;
   page.loadStartedMs = performance.now();
   if (!retry) {
+    showLegend(null); // the dimmed series under it is not what is coming
     setState("loading", `${sel.provider} ${sel.symbol} ${sel.timeframe}`);
     $("overlay").textContent = `Loading ${sel.symbol} ${sel.timeframe}\u2026`; // the old series stays dimmed
   }
