@@ -279,7 +279,7 @@ async def test_stocks_show_the_servers_answer_and_work_with_the_users_own_alpaca
 async def test_the_api_key_is_sent_in_a_first_auth_message_never_in_the_url_nor_local_storage(
     browser: Browser, isolated_env: dict[str, str]
 ) -> None:
-    """API.md, WebSocket: with auth on the key goes in the X-API-Key header or the first message;
+    """docs/api.md, WebSocket: with auth on the key goes in the X-API-Key header or the first message;
     the page uses the message (the server side of it lands with the WebSocket work)."""
     key = "k" * 32
     env = {**isolated_env, "AUTH_ENABLED": "true", "API_KEYS": hash_key(key), "API_KEYS_FROM_DB": "false"}
