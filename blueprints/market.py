@@ -36,11 +36,21 @@ async def markets() -> Response:
 @market_blueprint.get("/providers")
 async def providers() -> Response:
     q = load_query(SCHEMAS['MarketQuery'])
-    infos = get_services(current_app).markets.providers(q["market"])
-    return jsonify({"market": q["market"], "providers": [
+    markets = get_services(current_app).markets
+    infos = markets.providers(q["market"])
+    credentials = get_credentials(current_app)
+    own = set()  # providers the caller's own stored credentials configure for them
+    if credentials.may_apply():
+        for p in infos:
+            if not p.configured and await credentials.for_request(markets, q["market"], p.provider):
+                own.add(p.provider)
+    response = jsonify({"market": q["market"], "providers": [
         {"provider": p.provider, "requires_credentials": p.requires_credentials,
-         "configured": p.configured, "timeframes": p.timeframes} for p in infos
+         "configured": p.configured or p.provider in own, "timeframes": p.timeframes} for p in infos
     ]})
+    if own:
+        response.headers["Cache-Control"] = "private"
+    return response
 
 
 @market_blueprint.get("/symbols")

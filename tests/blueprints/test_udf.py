@@ -76,7 +76,7 @@ async def test_sim_symbol_info_is_24x7_utc_with_the_sims_precision(client: TestC
     assert info["name"] == "SIM/USD" and info["ticker"] == SIM
     assert info["exchange"] == info["listed_exchange"] == "SIM"
     assert (info["session"], info["timezone"], info["type"]) == ("24x7", "Etc/UTC", "crypto")
-    assert (info["pricescale"], info["minmov"], info["volume_precision"]) == (10**6, 1, 6)  # rounding
+    assert (info["pricescale"], info["minmov"], info["volume_precision"]) == (100, 1, 3)  # its steps
     assert info["has_intraday"] is info["has_daily"] is info["has_weekly_and_monthly"] is True
     assert info["supported_resolutions"] == API_RESOLUTIONS and info["data_status"] == "streaming"
 
