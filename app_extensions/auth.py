@@ -106,8 +106,10 @@ class ApiKeyAuth:
     async def authenticate(self, presented: str | None, client: tuple[Any, str | None] | None = None) -> str:
         """The key id for a presented key; raises ``Unauthorized`` when missing or unknown.
 
-        ``client`` (headers, remote address) lets the rate limiter's ``auth_failures`` class stop a
-        client that keeps sending wrong keys (429) before its keys are looked up in the database.
+        ``client`` (headers, remote address) lets the rate limiter's ``auth_failures`` class count
+        the client's wrong keys: past its limit a wrong key answers 429 instead of 401. The count is
+        taken after the look-up, so a valid key is served whatever other keys its address sent
+        (offices and NAT share one); repeated wrong keys are answered from the look-up cache.
         """
         if not presented:
             AUTH_FAILURES.labels("missing").inc()
@@ -115,16 +117,12 @@ class ApiKeyAuth:
         digest = hash_key(presented)
         if any(hmac.compare_digest(digest, known) for known in self.hashes):
             return digest[:16]
-        limiter: Any = self._app.extensions.get("ratelimit") if self._app is not None else None
-        guarded = limiter is not None and client is not None
-        identity = limiter.client_identity(client[0], client[1]) if client is not None and guarded else ""
-        if guarded:
-            await limiter.guard_auth_failures(identity, failed=False)
         if await self._in_db(digest):
             return digest[:16]
         AUTH_FAILURES.labels("invalid").inc()
-        if guarded:
-            await limiter.guard_auth_failures(identity, failed=True)
+        limiter: Any = self._app.extensions.get("ratelimit") if self._app is not None else None
+        if limiter is not None and client is not None:
+            await limiter.guard_auth_failures(limiter.client_identity(client[0], client[1]))
         raise Unauthorized("the API key is not valid")
 
     async def _in_db(self, digest: str) -> bool:

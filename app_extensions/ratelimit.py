@@ -180,13 +180,13 @@ class RateLimiter:
                 retry_after=max(decision.retry_after, 0.001),
             )
 
-    async def guard_auth_failures(self, identity: str, failed: bool) -> None:
-        """Brute-force guard (``auth_failures`` class, per client IP): before a key look-up
-        (``failed`` False) raise 429 when the client used up its failures; after a failed one, count
-        it. Keeps wrong-key floods from reaching the database."""
+    async def guard_auth_failures(self, identity: str) -> None:
+        """Brute-force guard (``auth_failures`` class, per client IP): count a failed key look-up
+        and raise 429 once the client used up its failures. Called after the look-up, so it never
+        refuses a valid key."""
         if not self.enabled:
             return
-        decision = await self.hit("auth_failures", identity, peek=not failed)
+        decision = await self.hit("auth_failures", identity)
         if decision is not None and not decision.allowed:
             g.rate_limit = decision  # docs/api.md: every 429 carries X-RateLimit-Limit and -Remaining
             RATE_LIMIT_REJECTIONS.labels("auth_failures").inc()
