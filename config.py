@@ -99,7 +99,10 @@ class BaseConfig:
     RATE_LIMIT_ENABLED = True
     #: JSON: route class (default, ohlcv, backfill, ws) to "requests/seconds", per key or client IP.
     RATE_LIMITS: dict[str, str] = {}
-    #: Take the client IP from the last X-Forwarded-For hop (only behind a trusted proxy).
+    #: CIDRs of the reverse proxies whose X-Forwarded-For is believed (comma-separated or a JSON
+    #: list); the client is the last address not in them. Empty: the header is ignored.
+    TRUSTED_PROXIES: str | list[str] = ""
+    #: Replaced by TRUSTED_PROXIES: true is refused at start (it let any peer pick its identity).
     TRUST_FORWARDED_FOR = False
     #: Comma-separated origins allowed by CORS ("*" for any, "http://localhost:*" for any port);
     #: empty: no CORS headers. Development allows localhost and 127.0.0.1 on any port.

@@ -18,9 +18,11 @@ each instance enforces the limit on its own until Redis is back) and readiness r
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import logging
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 from quart import Quart, Request, Response, current_app, g, websocket
@@ -28,8 +30,8 @@ from quart.typing import ResponseTypes
 
 from app_extensions.auth import is_open_path
 from app_extensions.hooks import EARLY_ANSWER, get_hooks
-from app_extensions.ratelimit_buckets import GCRA_LUA, Decision, LeasedBuckets, Limit, LocalGcra
-from app_extensions.ratelimit_early import DECIDED, EarlyRefusals, route_class
+from app_extensions.ratelimit_buckets import GCRA_LUA, Decision, LeasedBuckets, Limit, LocalGcra, route_class
+from app_extensions.ratelimit_early import DECIDED, EarlyRefusals
 from app_extensions.redis_client import RedisClient, get_redis
 from config import ConfigError
 from core.errors import DataSourceError, RateLimited
@@ -45,6 +47,69 @@ DEFAULT_LIMITS = {"default": "600/60", "ohlcv": "300/60", "backfill": "60/60", "
                   "auth_failures": "30/60"}
 _IDENT = re.compile(r"[^0-9A-Za-z.:_-]")
 _IDENTITIES_MAX = 10_000
+#: IPv6 clients are limited per /64 (one host's or one customer's usual allocation), as IPv4
+#: clients are per address: rotating addresses inside one's own /64 buys no more requests.
+IPV6_PREFIX = 64
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_trusted_proxies(raw: str | Iterable[str] | None) -> tuple[Network, ...]:
+    """``TRUSTED_PROXIES`` (CIDRs or addresses, comma-separated or a JSON list) as networks;
+    raises ``ConfigError`` naming a malformed entry."""
+    if not raw:
+        return ()
+    items: Iterable[str] = raw  # type: ignore[assignment]
+    if isinstance(raw, str):
+        text = raw.strip()
+        items = json.loads(text) if text.startswith("[") else text.split(",")
+    networks = []
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError as exc:
+            raise ConfigError(f"TRUSTED_PROXIES: {text!r} is not an address or CIDR") from exc
+    return tuple(networks)
+
+
+def client_address(remote_addr: str | None, forwarded: str | None, trusted: tuple[Network, ...]) -> str:
+    """The client's address: the peer's, unless the peer is a trusted proxy; then, walking
+    ``X-Forwarded-For`` from the right (each proxy appends the peer it saw), the first address not
+    in ``trusted``. A hop a client wrote itself is only reached if every hop right of it is trusted."""
+    addr = remote_addr or "unknown"
+    if not (trusted and forwarded and _in(addr, trusted)):
+        return addr
+    for hop in reversed(forwarded.split(",")):
+        addr = hop.strip()
+        if not _in(addr, trusted):
+            return addr
+    return addr  # every hop is a proxy: the leftmost one
+
+
+def _in(addr: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in networks)
+
+
+def address_bucket(addr: str) -> str:
+    """The limit bucket of an address: IPv4 as is, IPv6 by its /64 (IPv4-mapped ones as IPv4)."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return _IDENT.sub("_", addr)[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False))
+    return str(ip)
 
 
 class RateLimiter:
@@ -53,6 +118,8 @@ class RateLimiter:
     def __init__(self, app: Quart | None = None) -> None:
         self.enabled = False
         self.limits: dict[str, Limit | None] = {}
+        #: Peers whose X-Forwarded-For is believed (``TRUSTED_PROXIES``); read it only then.
+        self.trusted_proxies: tuple[Network, ...] = ()
         self.trust_forwarded = False
         self.auth_enabled = False
         self.redis: RedisClient | None = None
@@ -76,7 +143,11 @@ class RateLimiter:
                               f"one of {', '.join(DEFAULT_LIMITS)}")
         merged = {**DEFAULT_LIMITS, **(cfg["RATE_LIMITS"] or {})}
         self.limits = {cls: Limit.parse(text) for cls, text in merged.items()}
-        self.trust_forwarded = bool(cfg["TRUST_FORWARDED_FOR"])
+        if cfg.get("TRUST_FORWARDED_FOR"):
+            raise ConfigError("TRUST_FORWARDED_FOR is replaced by TRUSTED_PROXIES: name your proxies' "
+                              "addresses or CIDRs (e.g. TRUSTED_PROXIES=172.16.0.0/12)")
+        self.trusted_proxies = parse_trusted_proxies(cfg.get("TRUSTED_PROXIES"))
+        self.trust_forwarded = bool(self.trusted_proxies)
         self.auth_enabled = bool(cfg["AUTH_ENABLED"])
         self.redis = get_redis(app)
         self.mode = "redis" if self.enabled else "off"
@@ -151,17 +222,22 @@ class RateLimiter:
         """Whose bucket a request spends: its API key's, else its IP's."""
         if key_id:
             return f"key:{key_id}"
-        forwarded = headers.get("X-Forwarded-For") if self.trust_forwarded else None
+        forwarded = None
+        if self.trust_forwarded:
+            hops = headers.getlist("X-Forwarded-For") if hasattr(headers, "getlist") else None
+            forwarded = ",".join(hops) if hops else headers.get("X-Forwarded-For")
         return self.ip_identity(remote_addr, forwarded)
 
     def ip_identity(self, remote_addr: str | None, forwarded: str | None) -> str:
+        """``ip:<address>`` (``ip:<prefix>/64`` for IPv6) of the client; ``forwarded`` is believed
+        only from ``TRUSTED_PROXIES`` (see ``client_address``)."""
         known = self._identities.get((remote_addr, forwarded))
         if known is not None:
             return known
-        addr = forwarded.split(",")[-1].strip() if forwarded else remote_addr or "unknown"
+        addr = client_address(remote_addr, forwarded, self.trusted_proxies)
         if len(self._identities) >= _IDENTITIES_MAX:
             self._identities.clear()
-        known = self._identities[(remote_addr, forwarded)] = "ip:" + _IDENT.sub("_", addr)[:64]
+        known = self._identities[(remote_addr, forwarded)] = "ip:" + address_bucket(addr)
         return known
 
     async def _check(self, route_class: str, identity: str) -> None:

@@ -53,6 +53,16 @@ return {granted, math.floor((window - (new_tat - now)) / emission + 1e-6), 0}
 """
 
 
+def route_class(path: str) -> str:
+    """The limit class of a request path (fixed names; never the path itself). ``/udf/history``
+    reads bars as ``/ohlcv`` does, so it spends the same ``ohlcv`` budget."""
+    if path in ("/api/v1/ohlcv", "/udf/history"):
+        return "ohlcv"
+    if path.startswith(("/api/v1/backfill", "/api/v1/gaps")):
+        return "backfill"
+    return "default"
+
+
 @dataclass(frozen=True)
 class Limit:
     """``requests`` per ``seconds``; a burst of up to ``requests`` is allowed."""
