@@ -1,9 +1,15 @@
-"""Liveness, readiness and the Prometheus scrape endpoint."""
+"""Liveness, readiness and the Prometheus scrape endpoint.
+
+Readiness answers are reused for ``READINESS_CACHE_SECONDS`` (probes arriving meanwhile share one
+run), checks leave the dependencies' circuits alone, and their errors are generic (``unavailable``,
+``no answer within N s``): the driver's text is in the log, not in an unauthenticated answer.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import os
 import time
 from collections.abc import Awaitable
@@ -30,14 +36,22 @@ async def health() -> Response:
     return jsonify({"status": "ok"})
 
 
+#: app.extensions key of the readiness answers (``_ReadyAnswers``).
+_READY_CACHE = "health.ready"
+
+
 async def _timed(check: Awaitable[dict[str, Any]], limit: float) -> dict[str, Any]:
-    """Run one check for at most ``limit`` seconds; a timeout reads as not ok with the time it took."""
+    """Run one check for at most ``limit`` seconds; a timeout reads as not ok with the time it took.
+    A failure's error is generic (the check's own text may hold driver details)."""
     start = time.perf_counter()
     try:
-        return await asyncio.wait_for(check, timeout=limit)
+        result = await asyncio.wait_for(check, timeout=limit)
     except TimeoutError:
         return {"ok": False, "latency_ms": round((time.perf_counter() - start) * 1000, 2),
                 "error": f"no answer within {limit:g} s"}
+    if result.get("error"):
+        result["error"] = "unavailable"
+    return result
 
 
 async def _service_statuses() -> dict[str, Any]:
@@ -66,9 +80,42 @@ async def _provider_states(providers: list[str], limit: float) -> dict[str, dict
     return {p: {"state": state} for p, state in states.items()}
 
 
+class _ReadyAnswers:
+    """The last readiness answer and its time, and the run that makes the next one."""
+
+    def __init__(self) -> None:
+        self.at = -math.inf
+        self.answer: tuple[int, dict[str, Any]] = (503, {})
+        self.running: asyncio.Future[tuple[int, dict[str, Any]]] | None = None
+
+    async def get(self, max_age: float) -> tuple[int, dict[str, Any]]:
+        if time.monotonic() - self.at < max_age:
+            return self.answer
+        running = self.running
+        if running is None:  # the probes arriving meanwhile share this run
+            running = self.running = asyncio.ensure_future(_readiness())
+            running.add_done_callback(self._done)
+        return await asyncio.shield(running)
+
+    def _done(self, run: asyncio.Future[tuple[int, dict[str, Any]]]) -> None:
+        self.running = None
+        if not run.cancelled() and run.exception() is None:
+            self.at, self.answer = time.monotonic(), run.result()
+
+
 @health_blueprint.get("/health/ready")
 async def ready() -> Response:
     """Per-check latency and error; 503 ``down`` only when no market can be served at all."""
+    answers = current_app.extensions.get(_READY_CACHE)
+    if answers is None:
+        answers = current_app.extensions[_READY_CACHE] = _ReadyAnswers()
+    status, body = await answers.get(float(current_app.config["READINESS_CACHE_SECONDS"]))
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+async def _readiness() -> tuple[int, dict[str, Any]]:
     db, redis = get_database(current_app), get_redis(current_app)
     timeout = float(current_app.config["READINESS_TIMEOUT"])
     services = current_app.extensions.get("services")
@@ -84,7 +131,9 @@ async def ready() -> Response:
     checks: dict[str, Any] = {"database": db_check, "redis": redis_check}
     limiter = current_app.extensions.get("ratelimit")
     if limiter is not None:
-        checks["rate_limiter"] = limiter.status()
+        checks["rate_limiter"] = limiter_status = limiter.status()
+        if limiter_status.get("error"):
+            limiter_status["error"] = "Redis unavailable: limiting locally"
     # The sim market serves without PostgreSQL or Redis, so their loss alone only degrades the
     # service (answers come from what is left); it is down when it has no market to serve.
     if not markets:
@@ -104,9 +153,7 @@ async def ready() -> Response:
         body["services"] = extra
         if isinstance(extra.get("websocket"), dict):
             body["websocket_mode"] = extra["websocket"].get("mode")
-    response = jsonify(body)
-    response.status_code = 503 if status == "down" else 200
-    return response
+    return (503 if status == "down" else 200), body
 
 
 def update_pool_gauges(db: Database) -> None:
