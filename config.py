@@ -91,6 +91,9 @@ class BaseConfig:
     AUTH_ENABLED = False
     #: Accepted keys as sha256 hex digests: a JSON list or comma-separated (also table api_keys).
     API_KEYS: str | list[str] = ""
+    #: Operators' keys (sha256 hex digests, as API_KEYS; accepted as keys too): they see every
+    #: client's backfill jobs in GET /backfill, where other clients see their own.
+    OPERATOR_KEYS: str | list[str] = ""
     #: Also accept keys from the api_keys table (migration 020); looked-up keys cached this long.
     API_KEYS_FROM_DB = True
     API_KEY_CACHE_TTL = 30.0
@@ -159,6 +162,9 @@ class BaseConfig:
     BACKFILL_PATIENCE = 3600.0
     #: Longest range one backfill job may cover (days).
     BACKFILL_MAX_RANGE_DAYS = 3660
+    #: Queued jobs one client (API key, else IP) may have; one more is 429 too_many_jobs. A
+    #: request overlapping a queued job widens that job instead (up to BACKFILL_MAX_RANGE_DAYS).
+    BACKFILL_MAX_QUEUED_PER_CLIENT = 10
     #: Longest backfill a GET /ohlcv queues by itself (days, the latest part); more: POST /backfill.
     BACKFILL_AUTO_MAX_DAYS = 7
     #: Also put backfilled 1m bars into the Redis 1m cache: those of the latest BACKFILL_CACHE_DAYS.

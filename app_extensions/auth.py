@@ -79,6 +79,8 @@ class ApiKeyAuth:
     def __init__(self, app: Quart | None = None) -> None:
         self.enabled = False
         self.hashes: frozenset[str] = frozenset()
+        #: Key ids (first 16 hex digits of the digest) of OPERATOR_KEYS.
+        self.operator_ids: frozenset[str] = frozenset()
         self.use_db = True
         self.cache_ttl = 30.0
         self.metrics_token = ""
@@ -91,7 +93,9 @@ class ApiKeyAuth:
     def init_app(self, app: Quart) -> None:
         cfg = app.config
         self.enabled = bool(cfg["AUTH_ENABLED"])
-        self.hashes = parse_key_hashes(cfg["API_KEYS"])
+        operators = parse_key_hashes(cfg.get("OPERATOR_KEYS"))
+        self.hashes = parse_key_hashes(cfg["API_KEYS"]) | operators
+        self.operator_ids = frozenset(digest[:16] for digest in operators)
         self.use_db = bool(cfg["API_KEYS_FROM_DB"])
         self.cache_ttl = float(cfg["API_KEY_CACHE_TTL"])
         self.metrics_token = str(cfg["METRICS_TOKEN"] or "")
@@ -140,6 +144,10 @@ class ApiKeyAuth:
             self._cache.clear()
         self._cache[digest] = (found is not None, now + self.cache_ttl)
         return found is not None
+
+    def is_operator(self, key_id: str | None) -> bool:
+        """Whether the authenticated key (its id) is one of ``OPERATOR_KEYS``."""
+        return key_id is not None and key_id in self.operator_ids
 
     def check_metrics_token(self, authorization: str) -> None:
         """Raise ``Unauthorized`` unless ``METRICS_TOKEN`` is unset or presented as a bearer token."""
