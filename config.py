@@ -51,6 +51,9 @@ class BaseConfig:
     CACHE_TTL_CLOSED = 86_400
     CACHE_TTL_FORMING = 5
     CACHE_TTL_SYMBOLS = 3_600
+    #: How far back Redis caches bars and answers (seconds); older history is served from the
+    #: database, so old ranges cannot grow Redis (services/cache_manager.py).
+    CACHE_RECENT_SECONDS = 7 * 86_400
     #: Memory bound (bytes) of the in-process answer bytes (closed-range /ohlcv answers with their
     #: ETag and br/gzip variants, least recently used out first); 0 switches them off.
     ANSWER_BYTES_MAX = 64 * 1024 * 1024
