@@ -75,6 +75,10 @@ class BaseConfig:
     PROVIDER_RETRIES = 3
     PROVIDER_RETRY_MAX_WAIT = 10.0
     PLUGIN_IDLE_TIMEOUT = 600.0
+    #: Exchange-client instances kept open in all, and per user (a user's own credentials get
+    #: their own, one per provider); past either the least recently used one is closed.
+    PLUGIN_MAX_INSTANCES = 256
+    PLUGIN_MAX_INSTANCES_PER_USER = 8
     ALPACA_API_KEY_ID = ""
     ALPACA_API_SECRET_KEY = ""
     ALPACA_FEED = "iex"

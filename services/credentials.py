@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import asyncpg
@@ -47,6 +47,8 @@ class UserCredentials:
     secret: str = field(repr=False)
     password: str | None = field(default=None, repr=False)
     testnet: bool = False
+    #: The user (API key id) whose credentials these are: their plugin instances are theirs.
+    owner: str = ""
 
     def marker(self) -> str:
         """A stable hash of the credentials and testnet flag: the plugin instance's key."""
@@ -180,7 +182,8 @@ class CredentialStore:
         async with self.db.acquire() as conn:
             await upsert_credentials(conn, user_id, creds.provider, token, key_hint(creds.api_key),
                                      creds.testnet)
-        self._cache[(user_id, creds.provider)] = (time.monotonic() + self.cache_ttl, creds)
+        self._cache[(user_id, creds.provider)] = (time.monotonic() + self.cache_ttl,
+                                                  replace(creds, owner=user_id))
 
     async def list(self, user_id: str) -> list[dict[str, Any]]:
         """The user's credentials without secrets (``provider, testnet, key_hint, updated_at``)."""
@@ -211,7 +214,7 @@ class CredentialStore:
         if row is not None:
             secrets = self.vault.decrypt(row[0])
             creds = UserCredentials(provider, str(secrets["api_key"]), str(secrets["secret"]),
-                                    secrets.get("password"), row[1])
+                                    secrets.get("password"), row[1], owner=user_id)
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()
         self._cache[(user_id, provider)] = (now + self.cache_ttl, creds)
