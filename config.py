@@ -120,6 +120,8 @@ class BaseConfig:
     #: Comma-separated origins allowed to open the WebSocket; empty: any (or none sent).
     WS_ALLOWED_ORIGINS = ""
     MAX_BODY_BYTES = 64 * 1024
+    #: Longest a request body may take to arrive in full (seconds; then 408), however it trickles.
+    REQUEST_BODY_TIMEOUT = 10.0
     #: JSON: provider id to "calls/seconds", shared by every instance; merged over the defaults.
     PROVIDER_BUDGETS: dict[str, str] = {}
     #: Longest a call waits for budget before it fails as provider_unavailable (seconds).
