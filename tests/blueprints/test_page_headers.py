@@ -5,7 +5,7 @@ is checked in a real browser by tests/blueprints/test_page.py."""
 from __future__ import annotations
 
 import pytest
-from playwright.async_api import Browser
+from playwright.async_api import Browser, ConsoleMessage
 from quart.typing import TestClientProtocol
 
 from tests.support import browser as kit
@@ -48,8 +48,12 @@ async def test_the_pages_work_under_their_policy(browser: Browser, isolated_env:
             page = await browser.new_page()
             watch = Watch(page)
             violations: list[str] = []
-            page.on("console", lambda m, out=violations: out.append(m.text)
-                    if "Content Security Policy" in m.text else None)
+
+            def csp_report(message: ConsoleMessage, out: list[str] = violations) -> None:
+                if "Content Security Policy" in message.text:
+                    out.append(message.text)
+
+            page.on("console", csp_report)
             await page.goto(base + path)
             await page.wait_for_selector(ready, timeout=30_000)
             await page.wait_for_selector("canvas" if path == SIM_PAGE else ".opblock-summary")
