@@ -151,8 +151,8 @@ class BaseConfig:
     BREAKER_PROBE_SECONDS = 15.0
     #: A call cancelled after running this long (cut off by REQUEST_DEADLINE) counts as a failure.
     BREAKER_SLOW_SECONDS = 5.0
-    #: Timeout of each readiness check (seconds), and how long its answer is reused (concurrent
-    #: probes share one run): a flood of /health/ready costs the dependencies one check a second.
+    #: Timeout of each readiness check (seconds), and how long the dependency checks are reused
+    #: (concurrent probes share one run): a flood of /health/ready costs them one check a second.
     READINESS_TIMEOUT = 0.5
     READINESS_CACHE_SECONDS = 1.0
     # Backfill (services/backfill_manager.py, backfill_runner.py; docs/backfill.md)

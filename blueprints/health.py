@@ -1,8 +1,10 @@
 """Liveness, readiness and the Prometheus scrape endpoint.
 
-Readiness answers are reused for ``READINESS_CACHE_SECONDS`` (probes arriving meanwhile share one
-run), checks leave the dependencies' circuits alone, and their errors are generic (``unavailable``,
-``no answer within N s``): the driver's text is in the log, not in an unauthenticated answer.
+The dependency checks (database, Redis, the providers' breakers in Redis) are reused for
+``READINESS_CACHE_SECONDS`` (probes arriving meanwhile share one run; what the process knows of
+itself is read fresh each time), checks leave the dependencies' circuits alone, and their errors
+are generic (``unavailable``, ``no answer within N s``): the driver's text is in the log, not in an
+unauthenticated answer.
 """
 
 from __future__ import annotations
@@ -80,24 +82,27 @@ async def _provider_states(providers: list[str], limit: float) -> dict[str, dict
     return {p: {"state": state} for p, state in states.items()}
 
 
+Checks = tuple[dict[str, Any], dict[str, Any], dict[str, Any]]
+
+
 class _ReadyAnswers:
-    """The last readiness answer and its time, and the run that makes the next one."""
+    """The last dependency checks and their time, and the run that makes the next ones."""
 
     def __init__(self) -> None:
         self.at = -math.inf
-        self.answer: tuple[int, dict[str, Any]] = (503, {})
-        self.running: asyncio.Future[tuple[int, dict[str, Any]]] | None = None
+        self.answer: Checks = ({}, {}, {})
+        self.running: asyncio.Future[Checks] | None = None
 
-    async def get(self, max_age: float) -> tuple[int, dict[str, Any]]:
+    async def get(self, max_age: float, providers: list[str]) -> Checks:
         if time.monotonic() - self.at < max_age:
             return self.answer
         running = self.running
         if running is None:  # the probes arriving meanwhile share this run
-            running = self.running = asyncio.ensure_future(_readiness())
+            running = self.running = asyncio.ensure_future(_dependency_checks(providers))
             running.add_done_callback(self._done)
         return await asyncio.shield(running)
 
-    def _done(self, run: asyncio.Future[tuple[int, dict[str, Any]]]) -> None:
+    def _done(self, run: asyncio.Future[Checks]) -> None:
         self.running = None
         if not run.cancelled() and run.exception() is None:
             self.at, self.answer = time.monotonic(), run.result()
@@ -106,29 +111,17 @@ class _ReadyAnswers:
 @health_blueprint.get("/health/ready")
 async def ready() -> Response:
     """Per-check latency and error; 503 ``down`` only when no market can be served at all."""
+    db = get_database(current_app)
+    services = current_app.extensions.get("services")
+    markets = services.markets.markets() if services is not None else []
     answers = current_app.extensions.get(_READY_CACHE)
     if answers is None:
         answers = current_app.extensions[_READY_CACHE] = _ReadyAnswers()
-    status, body = await answers.get(float(current_app.config["READINESS_CACHE_SECONDS"]))
-    response = jsonify(body)
-    response.status_code = status
-    return response
-
-
-async def _readiness() -> tuple[int, dict[str, Any]]:
-    db, redis = get_database(current_app), get_redis(current_app)
-    timeout = float(current_app.config["READINESS_TIMEOUT"])
-    services = current_app.extensions.get("services")
-    markets = services.markets.markets() if services is not None else []
-    db_check, redis_check, providers = await asyncio.gather(
-        _timed(db.check(), timeout), _timed(redis.check(), timeout),
-        _provider_states(sorted({p for m in markets for p in m["providers"]}), timeout),
-    )
-    db_check.pop("mode", None)
-    for name, check in (("database", db_check), ("redis", redis_check)):
-        DEPENDENCY_UP.labels(name).set(1 if check["ok"] else 0)
+    db_check, redis_check, providers = await answers.get(
+        float(current_app.config["READINESS_CACHE_SECONDS"]),
+        sorted({p for m in markets for p in m["providers"]}))
     update_pool_gauges(db)
-    checks: dict[str, Any] = {"database": db_check, "redis": redis_check}
+    checks: dict[str, Any] = {"database": dict(db_check), "redis": dict(redis_check)}
     limiter = current_app.extensions.get("ratelimit")
     if limiter is not None:
         checks["rate_limiter"] = limiter_status = limiter.status()
@@ -153,7 +146,22 @@ async def _readiness() -> tuple[int, dict[str, Any]]:
         body["services"] = extra
         if isinstance(extra.get("websocket"), dict):
             body["websocket_mode"] = extra["websocket"].get("mode")
-    return (503 if status == "down" else 200), body
+    response = jsonify(body)
+    response.status_code = 503 if status == "down" else 200
+    return response
+
+
+async def _dependency_checks(providers: list[str]) -> Checks:
+    """The database and Redis checks and the providers' breaker states, each within
+    ``READINESS_TIMEOUT``."""
+    db, redis = get_database(current_app), get_redis(current_app)
+    timeout = float(current_app.config["READINESS_TIMEOUT"])
+    db_check, redis_check, states = await asyncio.gather(
+        _timed(db.check(), timeout), _timed(redis.check(), timeout), _provider_states(providers, timeout))
+    db_check.pop("mode", None)
+    for name, check in (("database", db_check), ("redis", redis_check)):
+        DEPENDENCY_UP.labels(name).set(1 if check["ok"] else 0)
+    return db_check, redis_check, states
 
 
 def update_pool_gauges(db: Database) -> None:
