@@ -6,10 +6,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 
@@ -21,6 +22,32 @@ def _bool(raw: str) -> bool:
     if raw.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
         raise ValueError(f"expected a boolean, got {raw!r}")
     return raw.lower() in ("1", "true", "yes", "on")
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+TRUST_FORWARDED_FOR_GONE = ("TRUST_FORWARDED_FOR is replaced by TRUSTED_PROXIES: name your proxies' "
+                            "addresses or CIDRs (e.g. TRUSTED_PROXIES=172.16.0.0/12)")
+
+
+def parse_trusted_proxies(raw: str | Iterable[str] | None) -> tuple[Network, ...]:
+    """``TRUSTED_PROXIES`` (CIDRs or addresses, comma-separated or a JSON list) as networks;
+    raises ``ConfigError`` naming a malformed entry."""
+    if not raw:
+        return ()
+    items: Any = raw
+    if isinstance(raw, str):
+        text = raw.strip()
+        items = json.loads(text) if text.startswith("[") else text.split(",")
+    networks = []
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError as exc:
+            raise ConfigError(f"TRUSTED_PROXIES: {text!r} is not an address or CIDR") from exc
+    return tuple(networks)
 
 
 class BaseConfig:
@@ -266,8 +293,19 @@ class BaseConfig:
                 raise ConfigError(f"{name} must be {', '.join(allowed[:-1])} or {allowed[-1]}")
         if not 1 <= self.DB_POOL_MIN <= self.DB_POOL_MAX:
             raise ConfigError("DB_POOL_MIN and DB_POOL_MAX must satisfy 1 <= min <= max")
+        if self.TRUST_FORWARDED_FOR:
+            raise ConfigError(TRUST_FORWARDED_FOR_GONE)
+        parse_trusted_proxies(self.TRUSTED_PROXIES)
         if int(self.MAX_BODY_BYTES) < 1:
             raise ConfigError("MAX_BODY_BYTES must be positive")
+        for name in ("BACKFILL_MAX_QUEUED_PER_CLIENT", "PLUGIN_MAX_INSTANCES", "PLUGIN_MAX_INSTANCES_PER_USER"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        if not 0 < float(self.REQUEST_BODY_TIMEOUT) < math.inf:
+            raise ConfigError("REQUEST_BODY_TIMEOUT must be a positive number of seconds")
+        for name in ("CACHE_RECENT_SECONDS", "READINESS_CACHE_SECONDS"):
+            if not 0 <= float(getattr(self, name)) < math.inf:
+                raise ConfigError(f"{name} must be a non-negative number of seconds")
         if not 0 < self.PORT < 65536:
             raise ConfigError("PORT must be between 1 and 65535")
         for name in ("CACHE_TTL_CLOSED", "CACHE_TTL_FORMING", "OHLCV_MAX_LIMIT", "PROVIDER_RETRIES",

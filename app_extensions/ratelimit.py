@@ -19,10 +19,9 @@ each instance enforces the limit on its own until Redis is back) and readiness r
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import re
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable
 from typing import Any
 
 from quart import Quart, Request, Response, current_app, g, websocket
@@ -33,7 +32,7 @@ from app_extensions.hooks import EARLY_ANSWER, get_hooks
 from app_extensions.ratelimit_buckets import GCRA_LUA, Decision, LeasedBuckets, Limit, LocalGcra, route_class
 from app_extensions.ratelimit_early import DECIDED, EarlyRefusals
 from app_extensions.redis_client import RedisClient, get_redis
-from config import ConfigError
+from config import TRUST_FORWARDED_FOR_GONE, ConfigError, Network, parse_trusted_proxies
 from core.errors import DataSourceError, RateLimited
 from core.metrics import RATE_LIMIT_FALLBACKS, RATE_LIMIT_REJECTIONS
 
@@ -50,30 +49,6 @@ _IDENTITIES_MAX = 10_000
 #: IPv6 clients are limited per /64 (one host's or one customer's usual allocation), as IPv4
 #: clients are per address: rotating addresses inside one's own /64 buys no more requests.
 IPV6_PREFIX = 64
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def parse_trusted_proxies(raw: str | Iterable[str] | None) -> tuple[Network, ...]:
-    """``TRUSTED_PROXIES`` (CIDRs or addresses, comma-separated or a JSON list) as networks;
-    raises ``ConfigError`` naming a malformed entry."""
-    if not raw:
-        return ()
-    items: Iterable[str] = raw  # type: ignore[assignment]
-    if isinstance(raw, str):
-        text = raw.strip()
-        items = json.loads(text) if text.startswith("[") else text.split(",")
-    networks = []
-    for item in items:
-        text = str(item).strip()
-        if not text:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(text, strict=False))
-        except ValueError as exc:
-            raise ConfigError(f"TRUSTED_PROXIES: {text!r} is not an address or CIDR") from exc
-    return tuple(networks)
-
 
 def client_address(remote_addr: str | None, forwarded: str | None, trusted: tuple[Network, ...]) -> str:
     """The client's address: the peer's, unless the peer is a trusted proxy; then, walking
@@ -143,9 +118,8 @@ class RateLimiter:
                               f"one of {', '.join(DEFAULT_LIMITS)}")
         merged = {**DEFAULT_LIMITS, **(cfg["RATE_LIMITS"] or {})}
         self.limits = {cls: Limit.parse(text) for cls, text in merged.items()}
-        if cfg.get("TRUST_FORWARDED_FOR"):
-            raise ConfigError("TRUST_FORWARDED_FOR is replaced by TRUSTED_PROXIES: name your proxies' "
-                              "addresses or CIDRs (e.g. TRUSTED_PROXIES=172.16.0.0/12)")
+        if cfg.get("TRUST_FORWARDED_FOR"):  # (config.validate refuses it too)
+            raise ConfigError(TRUST_FORWARDED_FOR_GONE)
         self.trusted_proxies = parse_trusted_proxies(cfg.get("TRUSTED_PROXIES"))
         self.trust_forwarded = bool(self.trusted_proxies)
         self.auth_enabled = bool(cfg["AUTH_ENABLED"])
