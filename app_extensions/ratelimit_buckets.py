@@ -53,16 +53,6 @@ return {granted, math.floor((window - (new_tat - now)) / emission + 1e-6), 0}
 """
 
 
-def route_class(path: str) -> str:
-    """The limit class of a request path (fixed names; never the path itself). ``/udf/history``
-    reads bars as ``/ohlcv`` does, so it spends the same ``ohlcv`` budget."""
-    if path in ("/api/v1/ohlcv", "/udf/history"):
-        return "ohlcv"
-    if path.startswith(("/api/v1/backfill", "/api/v1/gaps")):
-        return "backfill"
-    return "default"
-
-
 @dataclass(frozen=True)
 class Limit:
     """``requests`` per ``seconds``; a burst of up to ``requests`` is allowed."""
@@ -150,17 +140,10 @@ class LeasedBuckets:
         self._leases: OrderedDict[str, Lease] = OrderedDict()
         #: key -> monotonic time before which the key is refused (Redis said so).
         self.refused: dict[str, float] = {}
-        #: key -> resolved when the lease being taken from Redis for key is in.
-        self._pending: dict[str, asyncio.Future[None]] = {}
 
     def clear(self) -> None:
         self._leases.clear()
         self.refused.clear()
-
-    @property
-    def busy(self) -> bool:
-        """Some client is refused, or a lease is being taken: the early path has work."""
-        return bool(self.refused or self._pending)
 
     def refused_for(self, key: str, now: float) -> float | None:
         """Seconds ``key`` stays refused, or None."""
@@ -188,10 +171,6 @@ class LeasedBuckets:
             return Decision(True, limit.requests, lease.remaining + lease.tokens, 0.0)
         return None
 
-    def renewing(self, key: str) -> asyncio.Future[None] | None:
-        """Resolved when the lease of ``key`` being taken from Redis now is in; None when none is."""
-        return self._pending.get(key)
-
     async def hit(self, key: str, limit: Limit) -> Decision:
         """Spend one token of ``key`` (leasing more from Redis when none is left)."""
         while True:
@@ -214,13 +193,11 @@ class LeasedBuckets:
         elapsed = now - lease.leased_at
         rate = (lease.size - lease.tokens) / elapsed if lease.size and elapsed > 0 else 0.0
         wanted = max(1, min(limit.max_lease, int(rate * self.lease_seconds / 2)))
-        lease.pending = self._pending[key] = asyncio.get_running_loop().create_future()
+        lease.pending = asyncio.get_running_loop().create_future()
         try:
             granted, remaining, retry_after = await self._take(key, limit, wanted)
         finally:
             pending, lease.pending = lease.pending, None
-            if self._pending.get(key) is pending:  # (clear() may have let another lease start)
-                del self._pending[key]
             pending.set_result(None)
         now = time.monotonic()
         if granted < 1:

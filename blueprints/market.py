@@ -70,8 +70,7 @@ async def ticker() -> Response:
 
 @market_blueprint.get("/ohlcv")
 async def ohlcv() -> Response:
-    app = current_app._get_current_object()  # type: ignore[attr-defined]  # one proxy look-up each
-    req = request._get_current_object()  # type: ignore[attr-defined]
+    app, req = current_app, request
     services = get_services(app)
     prepared = get_response_cache(app)
     hit = prepared.lookup(req.query_string)  # the same query, validated when it was kept
@@ -112,7 +111,7 @@ async def ohlcv() -> Response:
         # An answer that queued a backfill is not kept: its job header belongs to this answer.
         kept = await _keep(query, payload, generation) if user is None and not answer.backfill_job else None
         if kept is not None:
-            return _answer(request._get_current_object(), kept, source)  # type: ignore[attr-defined]
+            return _answer(request, kept, source)
         etag = etag_of(payload)
         headers["ETag"] = etag
         if etag_matches(request.headers.get("If-None-Match", ""), etag):

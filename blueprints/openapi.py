@@ -16,6 +16,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema
 from quart import Blueprint, Quart, Response, current_app, jsonify
 
+from app_extensions.services import get_services
 from blueprints import backfill_schemas as backfill
 from blueprints import credentials_schemas as credentials
 from blueprints import openapi_examples as examples
@@ -98,7 +99,9 @@ def _time_field(self: Any, fld: Any, **kwargs: Any) -> dict[str, Any]:
         {"type": "integer", "minimum": MIN_MS, "maximum": MAX_MS - 1},
         {"type": "string", "format": "date-time"},
     ], "description": "integer ms since the epoch, or ISO-8601 with a zone; from 1973 (a smaller"
-                      " integer is seconds and is refused) to 3000", "example": 1704067200000}
+                      " integer is seconds and is refused) to 3000"
+                      + (f"; {fld.metadata['description']}" if "description" in fld.metadata else ""),
+        "example": fld.metadata.get("example", doc.TIME_EXAMPLES.get(fld.name or "", doc.TIME_EXAMPLES["start"]))}
 
 
 def _quart_rule(path: str) -> str:
@@ -173,12 +176,15 @@ def build_spec(app: Quart) -> dict[str, Any]:
     for path, operations in by_path.items():
         spec.path(path=path, operations=operations)
     document = spec.to_dict()
+    enums = doc.catalogue_enums(get_services(app).markets.markets())
     for path, operations in document.get("paths", {}).items():
         for operation in operations.values():
             for param in operation.get("parameters", []):
                 example = examples.parameter(path, param["name"])
                 if example is not None:
                     param["example"] = example
+                if param["in"] == "query" and param["name"] in enums:
+                    param["schema"]["enum"] = enums[param["name"]]
     return document
 
 

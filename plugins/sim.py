@@ -188,7 +188,8 @@ class SimPlugin(MarketPlugin):
 
     def _check_symbol(self, symbol: str) -> None:
         if symbol not in SYMBOLS:
-            raise UnknownSymbol(f"unknown symbol {symbol!r} for provider sim")
+            raise UnknownSymbol(f"unknown symbol {symbol!r} for provider sim",
+                                details={"symbol": ["unknown on sim"]})  # as crypto and alpaca say
 
     async def fetch_ohlcv(
         self, symbol: str, timeframe: str, since: int, limit: int, until: int | None = None
