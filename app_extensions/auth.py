@@ -79,6 +79,8 @@ class ApiKeyAuth:
     def __init__(self, app: Quart | None = None) -> None:
         self.enabled = False
         self.hashes: frozenset[str] = frozenset()
+        #: Key ids (first 16 hex digits of the digest) of OPERATOR_KEYS.
+        self.operator_ids: frozenset[str] = frozenset()
         self.use_db = True
         self.cache_ttl = 30.0
         self.metrics_token = ""
@@ -91,7 +93,9 @@ class ApiKeyAuth:
     def init_app(self, app: Quart) -> None:
         cfg = app.config
         self.enabled = bool(cfg["AUTH_ENABLED"])
-        self.hashes = parse_key_hashes(cfg["API_KEYS"])
+        operators = parse_key_hashes(cfg.get("OPERATOR_KEYS"))
+        self.hashes = parse_key_hashes(cfg["API_KEYS"]) | operators
+        self.operator_ids = frozenset(digest[:16] for digest in operators)
         self.use_db = bool(cfg["API_KEYS_FROM_DB"])
         self.cache_ttl = float(cfg["API_KEY_CACHE_TTL"])
         self.metrics_token = str(cfg["METRICS_TOKEN"] or "")
@@ -106,8 +110,10 @@ class ApiKeyAuth:
     async def authenticate(self, presented: str | None, client: tuple[Any, str | None] | None = None) -> str:
         """The key id for a presented key; raises ``Unauthorized`` when missing or unknown.
 
-        ``client`` (headers, remote address) lets the rate limiter's ``auth_failures`` class stop a
-        client that keeps sending wrong keys (429) before its keys are looked up in the database.
+        ``client`` (headers, remote address) lets the rate limiter's ``auth_failures`` class count
+        the client's wrong keys: past its limit a wrong key answers 429 instead of 401. The count is
+        taken after the look-up, so a valid key is served whatever other keys its address sent
+        (offices and NAT share one); repeated wrong keys are answered from the look-up cache.
         """
         if not presented:
             AUTH_FAILURES.labels("missing").inc()
@@ -115,16 +121,12 @@ class ApiKeyAuth:
         digest = hash_key(presented)
         if any(hmac.compare_digest(digest, known) for known in self.hashes):
             return digest[:16]
-        limiter: Any = self._app.extensions.get("ratelimit") if self._app is not None else None
-        guarded = limiter is not None and client is not None
-        identity = limiter.client_identity(client[0], client[1]) if client is not None and guarded else ""
-        if guarded:
-            await limiter.guard_auth_failures(identity, failed=False)
         if await self._in_db(digest):
             return digest[:16]
         AUTH_FAILURES.labels("invalid").inc()
-        if guarded:
-            await limiter.guard_auth_failures(identity, failed=True)
+        limiter: Any = self._app.extensions.get("ratelimit") if self._app is not None else None
+        if limiter is not None and client is not None:
+            await limiter.guard_auth_failures(limiter.client_identity(client[0], client[1]))
         raise Unauthorized("the API key is not valid")
 
     async def _in_db(self, digest: str) -> bool:
@@ -142,6 +144,10 @@ class ApiKeyAuth:
             self._cache.clear()
         self._cache[digest] = (found is not None, now + self.cache_ttl)
         return found is not None
+
+    def is_operator(self, key_id: str | None) -> bool:
+        """Whether the authenticated key (its id) is one of ``OPERATOR_KEYS``."""
+        return key_id is not None and key_id in self.operator_ids
 
     def check_metrics_token(self, authorization: str) -> None:
         """Raise ``Unauthorized`` unless ``METRICS_TOKEN`` is unset or presented as a bearer token."""

@@ -18,6 +18,7 @@ each instance enforces the limit on its own until Redis is back) and readiness r
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import math
@@ -33,7 +34,7 @@ from app_extensions.errors import MAX_RETRY_AFTER
 from app_extensions.hooks import get_hooks
 from app_extensions.ratelimit_buckets import GCRA_LUA, Decision, LeasedBuckets, Limit, LocalGcra
 from app_extensions.redis_client import RedisClient, get_redis
-from config import ConfigError
+from config import TRUST_FORWARDED_FOR_GONE, ConfigError, Network, parse_trusted_proxies
 from core.errors import DataSourceError, RateLimited
 from core.metrics import RATE_LIMIT_FALLBACKS, RATE_LIMIT_REJECTIONS
 
@@ -47,11 +48,52 @@ DEFAULT_LIMITS = {"default": "600/60", "ohlcv": "300/60", "backfill": "60/60", "
                   "auth_failures": "30/60"}
 _IDENT = re.compile(r"[^0-9A-Za-z.:_-]")
 _IDENTITIES_MAX = 10_000
+#: IPv6 clients are limited per /64 (one host's or one customer's usual allocation), as IPv4
+#: clients are per address: rotating addresses inside one's own /64 buys no more requests.
+IPV6_PREFIX = 64
+
+
+def client_address(remote_addr: str | None, forwarded: str | None, trusted: tuple[Network, ...]) -> str:
+    """The client's address: the peer's, unless the peer is a trusted proxy; then, walking
+    ``X-Forwarded-For`` from the right (each proxy appends the peer it saw), the first address not
+    in ``trusted``. A hop a client wrote itself is only reached if every hop right of it is trusted."""
+    addr = remote_addr or "unknown"
+    if not (trusted and forwarded and _in(addr, trusted)):
+        return addr
+    for hop in reversed(forwarded.split(",")):
+        addr = hop.strip()
+        if not _in(addr, trusted):
+            return addr
+    return addr  # every hop is a proxy: the leftmost one
+
+
+def _in(addr: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in networks)
+
+
+def address_bucket(addr: str) -> str:
+    """The limit bucket of an address: IPv4 as is, IPv6 by its /64 (IPv4-mapped ones as IPv4)."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return _IDENT.sub("_", addr)[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False))
+    return str(ip)
 
 
 def route_class(path: str) -> str:
-    """The limit class of a request path (fixed names; never the path itself)."""
-    if path == "/api/v1/ohlcv":
+    """The limit class of a request path (fixed names; never the path itself). ``/udf/history``
+    reads bars as ``/ohlcv`` does, so it spends the same ``ohlcv`` budget."""
+    if path in ("/api/v1/ohlcv", "/udf/history"):
         return "ohlcv"
     if path.startswith(("/api/v1/backfill", "/api/v1/gaps")):
         return "backfill"
@@ -64,6 +106,8 @@ class RateLimiter:
     def __init__(self, app: Quart | None = None) -> None:
         self.enabled = False
         self.limits: dict[str, Limit | None] = {}
+        #: Peers whose X-Forwarded-For is believed (``TRUSTED_PROXIES``); read it only then.
+        self.trusted_proxies: tuple[Network, ...] = ()
         self.trust_forwarded = False
         self.auth_enabled = False
         self.redis: RedisClient | None = None
@@ -90,7 +134,10 @@ class RateLimiter:
                               f"one of {', '.join(DEFAULT_LIMITS)}")
         merged = {**DEFAULT_LIMITS, **(cfg["RATE_LIMITS"] or {})}
         self.limits = {cls: Limit.parse(text) for cls, text in merged.items()}
-        self.trust_forwarded = bool(cfg["TRUST_FORWARDED_FOR"])
+        if cfg.get("TRUST_FORWARDED_FOR"):  # (config.validate refuses it too)
+            raise ConfigError(TRUST_FORWARDED_FOR_GONE)
+        self.trusted_proxies = parse_trusted_proxies(cfg.get("TRUSTED_PROXIES"))
+        self.trust_forwarded = bool(self.trusted_proxies)
         self.auth_enabled = bool(cfg["AUTH_ENABLED"])
         self.redis = get_redis(app)
         self.mode = "redis" if self.enabled else "off"
@@ -163,17 +210,22 @@ class RateLimiter:
         """Whose bucket a request spends: its API key's, else its IP's."""
         if key_id:
             return f"key:{key_id}"
-        forwarded = headers.get("X-Forwarded-For") if self.trust_forwarded else None
+        forwarded = None
+        if self.trust_forwarded:
+            hops = headers.getlist("X-Forwarded-For") if hasattr(headers, "getlist") else None
+            forwarded = ",".join(hops) if hops else headers.get("X-Forwarded-For")
         return self.ip_identity(remote_addr, forwarded)
 
     def ip_identity(self, remote_addr: str | None, forwarded: str | None) -> str:
+        """``ip:<address>`` (``ip:<prefix>/64`` for IPv6) of the client; ``forwarded`` is believed
+        only from ``TRUSTED_PROXIES`` (see ``client_address``)."""
         known = self._identities.get((remote_addr, forwarded))
         if known is not None:
             return known
-        addr = forwarded.split(",")[-1].strip() if forwarded else remote_addr or "unknown"
+        addr = client_address(remote_addr, forwarded, self.trusted_proxies)
         if len(self._identities) >= _IDENTITIES_MAX:
             self._identities.clear()
-        known = self._identities[(remote_addr, forwarded)] = "ip:" + _IDENT.sub("_", addr)[:64]
+        known = self._identities[(remote_addr, forwarded)] = "ip:" + address_bucket(addr)
         return known
 
     async def _check(self, route_class: str, identity: str) -> None:
@@ -191,13 +243,13 @@ class RateLimiter:
                 decision.limit, limit.seconds if limit is not None else 0.0, route_class,
                 retry_after=max(decision.retry_after, 0.001))
 
-    async def guard_auth_failures(self, identity: str, failed: bool) -> None:
-        """Brute-force guard (``auth_failures`` class, per client IP): before a key look-up
-        (``failed`` False) raise 429 when the client used up its failures; after a failed one, count
-        it. Keeps wrong-key floods from reaching the database."""
+    async def guard_auth_failures(self, identity: str) -> None:
+        """Brute-force guard (``auth_failures`` class, per client IP): count a failed key look-up
+        and raise 429 once the client used up its failures. Called after the look-up, so it never
+        refuses a valid key."""
         if not self.enabled:
             return
-        decision = await self.hit("auth_failures", identity, peek=not failed)
+        decision = await self.hit("auth_failures", identity)
         if decision is not None and not decision.allowed:
             g.rate_limit = decision  # docs/api.md: every 429 carries X-RateLimit-Limit and -Remaining
             RATE_LIMIT_REJECTIONS.labels("auth_failures").inc()
