@@ -3,9 +3,9 @@
 Every instance runs the same atomic Lua script against the same keys and Redis's own clock, so N
 instances together enforce one limit. Tokens are taken from Redis in small leases and spent locally
 (``ratelimit_buckets.py``), and a refusal is kept locally until Redis said the next token frees up,
-so most requests, and every refused one, cost no Redis round trip. A refused request goes through
-the same hooks as any other answer; its body is encoded once per limit, so a 429 costs less than a
-cached 200. ``docs/performance.md`` gives the exact guarantee across N instances.
+so most requests, and every refused one, cost no Redis round trip. A refused request raises
+``RateLimited`` and is answered by the error handlers and hooks as any other error is.
+``docs/performance.md`` gives the exact guarantee across N instances.
 
 A limit is ``"requests/seconds"`` per route class (``default``, ``ohlcv``, ``backfill``, ``ws``;
 ``RATE_LIMITS`` overrides ``DEFAULT_LIMITS``, "off" lifts one). Answers carry ``X-RateLimit-Limit``
@@ -19,9 +19,7 @@ each instance enforces the limit on its own until Redis is back) and readiness r
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
-import math
 import re
 from collections.abc import Awaitable
 from typing import Any
@@ -30,7 +28,6 @@ from quart import Quart, Request, Response, current_app, g, websocket
 from quart.typing import ResponseTypes
 
 from app_extensions.auth import is_open_path
-from app_extensions.errors import MAX_RETRY_AFTER
 from app_extensions.hooks import get_hooks
 from app_extensions.ratelimit_buckets import GCRA_LUA, Decision, LeasedBuckets, Limit, LocalGcra
 from app_extensions.redis_client import RedisClient, get_redis
@@ -118,8 +115,6 @@ class RateLimiter:
         self.last_error: str | None = None
         self._scripts: dict[int, Any] = {}
         self._identities: dict[tuple[str | None, str | None], str] = {}
-        #: (route class, limit in requests) -> the body of its 429, encoded once
-        self._bodies: dict[tuple[str, int], bytes] = {}
         #: route class -> its child of the rejections counter
         self._rejections: dict[str, Any] = {}
         if app is not None:
@@ -231,17 +226,7 @@ class RateLimiter:
     async def _check(self, route_class: str, identity: str) -> None:
         decision = await self.hit(route_class, identity)
         if decision is not None:
-            g.rate_limit = decision
-            self._refuse(decision, route_class)
-
-    def _refuse(self, decision: Decision, route_class: str) -> None:
-        """Raise 429 unless ``decision`` admits the request."""
-        if not decision.allowed:
-            RATE_LIMIT_REJECTIONS.labels(route_class).inc()
-            limit = self.limit_for(route_class)
-            raise RateLimited.exceeded(  # the message names the window (docs/api.md, 24.19)
-                decision.limit, limit.seconds if limit is not None else 0.0, route_class,
-                retry_after=max(decision.retry_after, 0.001))
+            self._decide(g, decision, route_class)
 
     async def guard_auth_failures(self, identity: str) -> None:
         """Brute-force guard (``auth_failures`` class, per client IP): count a failed key look-up
@@ -271,33 +256,31 @@ class RateLimiter:
         if decision is None:
             return self._check_request(ctx_g, cls, identity)
         self.mode, self.last_error = "redis", None
-        return self._decide(ctx_g, decision, cls)
+        self._decide(ctx_g, decision, cls)
+        return None
 
-    async def _check_request(self, ctx_g: Any, cls: str, identity: str) -> Response | None:
+    async def _check_request(self, ctx_g: Any, cls: str, identity: str) -> None:
         decision = await self.hit(cls, identity)
-        return None if decision is None else self._decide(ctx_g, decision, cls)
+        if decision is not None:
+            self._decide(ctx_g, decision, cls)
 
-    def _decide(self, ctx_g: Any, decision: Decision, cls: str) -> Response | None:
-        """None to admit the request, else its 429 (``X-RateLimit-*`` are added after it, as on
-        every answer, from ``g.rate_limit``)."""
+    def _decide(self, ctx_g: Any, decision: Decision, cls: str) -> None:
+        """Admit the request, or raise its 429 (``RateLimited``, answered by the error handlers
+        as every error is: UDF's own shape under ``/udf``). ``X-RateLimit-*`` are added after it,
+        as on every answer, from ``g.rate_limit``."""
         ctx_g.rate_limit = decision
-        return None if decision.allowed else self.refusal(decision, cls)
+        if not decision.allowed:
+            raise self.refusal(decision, cls)
 
-    def refusal(self, decision: Decision, cls: str) -> Response:
-        """The 429 of a refused request: what ``RateLimited`` answers through the error handler
-        (``errors.error_response``), with the body encoded once per limit."""
+    def refusal(self, decision: Decision, cls: str) -> RateLimited:
+        """The error of a refused request (counted), its message naming the window."""
         rejections = self._rejections.get(cls)
         if rejections is None:
             rejections = self._rejections[cls] = RATE_LIMIT_REJECTIONS.labels(cls)
         rejections.inc()
-        body = self._bodies.get((cls, decision.limit))
-        if body is None:
-            limit = self.limit_for(cls)
-            exc = RateLimited.exceeded(decision.limit, limit.seconds if limit is not None else 0.0, cls)
-            body = json.dumps(exc.to_dict(), separators=(",", ":")).encode() + b"\n"
-            self._bodies[(cls, decision.limit)] = body
-        retry_after = max(1, math.ceil(min(decision.retry_after, MAX_RETRY_AFTER)))
-        return Response(body, 429, {"Content-Type": "application/json", "Retry-After": str(retry_after)})
+        limit = self.limit_for(cls)
+        return RateLimited.exceeded(decision.limit, limit.seconds if limit is not None else 0.0, cls,
+                                    retry_after=max(decision.retry_after, 0.001))
 
     async def _before_websocket(self) -> None:
         if self.enabled:
