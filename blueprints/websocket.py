@@ -6,9 +6,12 @@ Every client message is validated with a schema from ``ws_schemas``; a bad one i
 (``error_frame``). The handler reads the client's messages (handled in order by a task that lives
 while some wait) until the connection ends or is dropped, then closes with the connection's drop
 code (1013 for a client too slow for its stream or whose writes stall, or that sends faster than
-its messages are handled; 1011 on a bug; 1001 at shutdown). Frames are written to the connection's
-outlet (``ws_outlet``), by the hub's fan-out without a task per client. Dead idle peers are found
-by the server's WebSocket pings: run Hypercorn with ``hypercorn_options(config)`` (see ``app.py``).
+its messages are handled; 1011 on a bug; 1001 at shutdown). Frames go out through Quart's
+``websocket.send`` (the ASGI send; the server frames them, and deflates them when the client
+negotiated permessage-deflate), each connection's in order from a task that lives while some wait,
+so the hub's fan-out never waits on a client. Dead idle peers are found by the server's WebSocket
+pings: serve with ``hypercorn_options(config)`` or ``uvicorn_options(config)``
+(``blueprints/ws_server.py``).
 """
 
 from __future__ import annotations
@@ -23,9 +26,8 @@ from marshmallow import ValidationError
 from quart import Blueprint, current_app, websocket
 
 from app_extensions.services import get_services
-from blueprints.ws_outlet import outlet_for
 from blueprints.ws_schemas import SCHEMAS
-from blueprints.ws_server import hypercorn_options
+from blueprints.ws_server import hypercorn_options, uvicorn_options
 from core.errors import AppError, InvalidParameter
 from services.hub import SubscriptionService
 from services.hub.broadcast import stop_task
@@ -34,11 +36,11 @@ from services.hub.connection import Connection
 log = logging.getLogger(__name__)
 websocket_blueprint = Blueprint("websocket", __name__, url_prefix="/api/v1")
 CLOSE_INTERNAL_ERROR = 1011
-#: After the server's close frame, the client's messages are read and dropped this long at most
-#: (until its close frame or its disconnect): unread, they fill Hypercorn's bounded queue towards
-#: the app, Hypercorn stops reading the socket and never sees the peer go (CLOSE-WAIT).
+#: After the server's close frame, the client's messages are read and dropped this long at most,
+#: until its close frame or its disconnect (the closing handshake: the server closes the TCP
+#: connection once the client has answered, RFC 6455 7.1.1).
 CLOSE_DRAIN_SECONDS = 5.0
-__all__ = ["hypercorn_options", "websocket_blueprint"]
+__all__ = ["hypercorn_options", "uvicorn_options", "websocket_blueprint"]
 
 
 class InvalidMessage(AppError):
@@ -169,7 +171,7 @@ async def ws() -> None:
     cfg = current_app.config
     service = get_services(current_app).subscriptions
     await websocket.accept()
-    conn = service.connect(outlet_for(websocket))
+    conn = service.connect(websocket.send)
     try:
         async with conn.until_dropped():
             await _read_loop(service, conn, int(cfg["WS_MAX_MESSAGE_BYTES"]),

@@ -16,6 +16,7 @@ from core.errors import APIError, AppError, UnknownSymbol
 from core.metrics import WS_CONNECTIONS, WS_SUBSCRIPTIONS
 from core.timeframes import Bar, bucket_start, now_ms, tf_ms
 from core.types import Channel
+from services.hub.broadcast import stop_task
 from services.hub.channels import ChannelsReport
 from services.hub.connection import CLOSE_GOING_AWAY, Connection
 from services.hub.hub import ChannelEntry, Hub
@@ -48,6 +49,8 @@ class SubscriptionService:
         self._closing = False
         #: Set when the last connection has ended (for ``going_away``).
         self._all_gone = asyncio.Event()
+        #: Drops connections whose send has stalled (``Connection.stalled``), about once a second.
+        self._watchdog: asyncio.Task[None] | None = None
 
     # --- Lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -55,10 +58,15 @@ class SubscriptionService:
         self._closing = False
         await self.hub.start()
         await self.report.start()
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._watch_sends(), name="ws-send-watchdog")
 
     async def close(self) -> None:
         """Stop pollers (releasing their leases), then fan-out, then ask clients to go away."""
         self._closing = True
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            await stop_task(watchdog)
         await self.report.close()
         await self.hub.close()
         for conn in list(self.connections):
@@ -102,9 +110,20 @@ class SubscriptionService:
         """The live channels of the whole cluster (``GET /channels``)."""
         return await self.report.channels()
 
+    async def _watch_sends(self) -> None:
+        """Every ``min(1, WS_SEND_TIMEOUT_SECONDS / 4)`` s, drop the connections whose send has
+        stalled: one loop for all of them instead of a timer per message sent."""
+        loop = asyncio.get_running_loop()
+        every = min(1.0, self.settings.send_timeout / 4)
+        while True:
+            await asyncio.sleep(every)
+            now = loop.time()
+            for conn in list(self.connections):
+                conn.stalled(now)
+
     # --- Connections ---------------------------------------------------------------------------
     def connect(self, outlet: Outlet) -> Connection:
-        """Register a new client connection writing its messages to ``outlet``."""
+        """Register a new client connection sending its messages through ``outlet``."""
         conn = Connection(outlet, max_queue=self.settings.send_queue,
                           send_timeout=self.settings.send_timeout)
         self.connections.add(conn)
