@@ -49,6 +49,12 @@ class InvalidMessage(AppError):
     status, code = 400, "invalid_message"
 
 
+class UpgradeRequired(AppError):
+    """A plain HTTP request on the WebSocket endpoint. Open it with a WebSocket client."""
+
+    status, code = 426, "upgrade_required"
+
+
 def error_frame(exc: AppError, req_id: Any) -> dict[str, Any]:
     """The one mapping of service errors to ``error`` frames (codes as in REST)."""
     frame: dict[str, Any] = {"type": "error", "id": req_id, "code": exc.code, "message": exc.message}
@@ -57,10 +63,10 @@ def error_frame(exc: AppError, req_id: Any) -> dict[str, Any]:
     return frame
 
 
-def _parse(raw: str | bytes | Oversized, max_bytes: int) -> dict[str, Any]:
+def _parse(raw: str | bytes | Oversized | None, max_bytes: int) -> dict[str, Any]:
     if isinstance(raw, Oversized):
         raise InvalidMessage(f"message larger than {max_bytes} bytes")
-    if isinstance(raw, bytes):
+    if not isinstance(raw, str):  # bytes, or None: Quart reads an empty binary frame as None
         raise InvalidMessage("binary frames are not supported: send JSON text frames")
     if len(raw) > max_bytes or len(raw.encode()) > max_bytes:
         raise InvalidMessage(f"message larger than {max_bytes} bytes")
@@ -84,7 +90,7 @@ def _echo_id(msg: dict[str, Any]) -> Any:
 
 
 async def handle_message(service: SubscriptionService, conn: Connection,
-                         raw: str | bytes | Oversized, max_bytes: int) -> None:
+                         raw: str | bytes | Oversized | None, max_bytes: int) -> None:
     """Validate one client message and call the service; errors are answered as frames."""
     req_id: Any = None
     try:
@@ -127,7 +133,7 @@ async def _read_loop(service: SubscriptionService, conn: Connection, max_bytes: 
     """Receive at once into a bounded inbox, handle messages in order: a client sending faster
     than its messages are handled is dropped (``flood``, 1013) instead of queueing without end.
     The handling task lives only while messages wait (an idle connection holds none)."""
-    inbox: list[str | bytes | Oversized] = []
+    inbox: list[str | bytes | Oversized | None] = []
     worker: list[asyncio.Task[None]] = []  # the running one (a finished task is let go)
 
     def forget(task: asyncio.Task[None]) -> None:
@@ -136,11 +142,12 @@ async def _read_loop(service: SubscriptionService, conn: Connection, max_bytes: 
 
     try:
         while True:
-            raw = await websocket.receive()
+            # None for an empty binary frame: Quart takes ``event["bytes"] or event["text"]``
+            raw: str | bytes | None = await websocket.receive()
             if len(inbox) >= max_pending:
                 conn.drop("flood")  # interrupts this loop at its next wait
                 continue
-            inbox.append(OVERSIZED if len(raw) > max_bytes else raw)
+            inbox.append(OVERSIZED if raw is not None and len(raw) > max_bytes else raw)
             if not worker or worker[0].done():
                 # (no local name for it: this frame would keep the finished task)
                 worker[:] = [asyncio.create_task(_handle_all(service, conn, inbox, max_bytes),
@@ -152,7 +159,7 @@ async def _read_loop(service: SubscriptionService, conn: Connection, max_bytes: 
 
 
 async def _handle_all(service: SubscriptionService, conn: Connection,
-                      inbox: list[str | bytes | Oversized], max_bytes: int) -> None:
+                      inbox: list[str | bytes | Oversized | None], max_bytes: int) -> None:
     me = asyncio.current_task()
     try:
         while inbox:
@@ -164,6 +171,14 @@ async def _handle_all(service: SubscriptionService, conn: Connection,
     except Exception as exc:  # a bug: end the connection with 1011
         log.error("WebSocket task failed", exc_info=exc)
         conn.drop("internal_error", CLOSE_INTERNAL_ERROR)
+
+
+@websocket_blueprint.route("/ws", methods=["GET"])
+async def ws_without_upgrade() -> Any:
+    """A plain HTTP request on the WebSocket's path: 426 with the upgrade it needs."""
+    error = UpgradeRequired("/api/v1/ws is a WebSocket endpoint: open it with a WebSocket "
+                            "upgrade (Upgrade: websocket), e.g. new WebSocket('ws://host/api/v1/ws')")
+    return error.to_dict(), error.status, {"Upgrade": "websocket"}  # RFC 9110 15.5.22
 
 
 @websocket_blueprint.websocket("/ws")

@@ -168,38 +168,43 @@ class SubscriptionService:
                 sub.scope = scope
             else:
                 entry = self.hub.channels[name]
-            bars = await self._snapshot(channel, req)
+            bars, incomplete = await self._snapshot(channel, req)
             # A poll that started before this moment may have fetched before the snapshot did.
             fetched_at = time.time()
         except BaseException:
             await self._leave(conn, name)
             raise
         conn.send_frame({"type": "subscribed", "channel": name, "id": req.get("id")})
-        conn.send_frame({"type": "snapshot", "channel": name, "bars": bars})
+        snapshot: dict[str, Any] = {"type": "snapshot", "channel": name, "bars": bars}
+        if incomplete:  # REQUEST_DEADLINE cut the history short (REST: X-Data-Incomplete)
+            snapshot["incomplete"] = True
+        conn.send_frame(snapshot)
         if entry.stale is not None:
             conn.deliver(entry.stale)
         conn.ready(name, bars, fetched_at)
         if entry.last_bar is not None:
             conn.deliver(entry.last_bar)
 
-    async def _snapshot(self, channel: Channel, req: dict[str, Any]) -> list[Bar]:
-        """``history`` latest bars, or (``since``) every bar from ``since`` on, at most 1000."""
+    async def _snapshot(self, channel: Channel, req: dict[str, Any]) -> tuple[list[Bar], bool]:
+        """``history`` latest bars, or (``since``) every bar from ``since`` on, at most 1000; and
+        whether the answer is incomplete (the provider missed ``REQUEST_DEADLINE``)."""
         since = req.get("since")
         if since is None:
             if req["history"] <= 0:
-                return []
+                return [], False
             q = BarQuery(channel.series, channel.timeframe, None, None, req["history"])
-            return (await self.orchestrator.get_bars(q)).bars
+            answer = await self.orchestrator.get_bars(q)
+            return answer.bars, answer.incomplete
         size = tf_ms(channel.timeframe)
         newest = bucket_start(now_ms(), channel.timeframe)
         if since > newest:
-            return []
+            return [], False
         if since > newest - MAX_SNAPSHOT_BARS * size:  # one page from since reaches now
             q = BarQuery(channel.series, channel.timeframe, since, None, MAX_SNAPSHOT_BARS)
         else:  # the newest 1000 (a longer absence leaves older ones to REST)
             q = BarQuery(channel.series, channel.timeframe, None, None, MAX_SNAPSHOT_BARS)
-        bars = (await self.orchestrator.get_bars(q)).bars
-        return [b for b in bars if b[0] >= since][-MAX_SNAPSHOT_BARS:]
+        answer = await self.orchestrator.get_bars(q)
+        return [b for b in answer.bars if b[0] >= since][-MAX_SNAPSHOT_BARS:], answer.incomplete
 
     async def unsubscribe(self, conn: Connection, channel_name: str, req_id: Any) -> None:
         """Leave a channel (idempotent) and queue ``unsubscribed``. Raises InvalidParameter."""

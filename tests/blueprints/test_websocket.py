@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ from quart import Quart
 
 from app import create_app
 from app_extensions.services import get_services
-from tests.support.ws import WS_TEST_CONFIG, recv_until
+from tests.support.ws import WS_TEST_CONFIG, http_session, recv_until, serve_app
 
 SUB = {"op": "subscribe", "market": "sim", "provider": "sim", "symbol": "SIM/USD", "timeframe": "1m"}
 CHANNEL = "sim:sim:SIM/USD:1m"
@@ -145,3 +146,61 @@ async def test_since_gives_every_bar_from_it_and_wins_over_history(ws_app: Quart
         assert len(far) == 1000 and far[-1][0] >= newest  # the newest 1000
         await send(ws, {**SUB, "since": newest + 3_600_000, "id": "future"})
         assert (await recv_until(ws, lambda f: f["type"] == "snapshot"))[-1]["bars"] == []
+
+
+async def test_an_empty_binary_frame_gets_invalid_message_and_the_connection_stays(
+    app_config: dict[str, Any]
+) -> None:
+    """Issue 23.10: an empty binary frame crashed the handler (a traceback, close 1000). Over a
+    real server: Quart's test client cannot send one (its event has no "text")."""
+    app = create_app({**app_config, **WS_TEST_CONFIG, "ENABLED_MARKETS": "sim"})
+    async with serve_app(app) as addr, http_session() as session:
+        ws = await session.ws_connect(f"http://{addr}/api/v1/ws")
+        try:
+            for frame in (b"", b"\x00\x01", ""):
+                if isinstance(frame, bytes):
+                    await ws.send_bytes(frame)
+                else:
+                    await ws.send_str(frame)
+                error = await ws.receive_json(timeout=5)
+                assert error["type"] == "error" and error["code"] == "invalid_message", (frame, error)
+            await ws.send_json({"op": "ping", "id": 1})
+            assert await ws.receive_json(timeout=5) == {"type": "pong", "id": 1}
+        finally:
+            await ws.close()
+
+
+async def test_a_plain_get_of_the_websocket_path_is_426_with_a_clear_error(ws_app: Quart) -> None:
+    """Issue 24.20: not Werkzeug's "The browser (or proxy) sent a request..." 400."""
+    r = await ws_app.test_client().get("/api/v1/ws")
+    assert r.status_code == 426 and r.headers["Upgrade"] == "websocket"
+    body = await r.get_json()
+    assert body["error"]["code"] == "upgrade_required"
+    assert "WebSocket" in body["error"]["message"]
+
+
+async def test_a_snapshot_cut_short_by_the_deadline_says_incomplete(ws_app: Quart) -> None:
+    """Issue 24.7: REST says X-Data-Incomplete; the snapshot frame says "incomplete": true."""
+    service = get_services(ws_app).subscriptions
+    real = service.orchestrator
+
+    class Late:
+        """The real orchestrator, its answers marked as REQUEST_DEADLINE marks them."""
+
+        async def get_bars(self, query: Any) -> Any:
+            return dataclasses.replace(await real.get_bars(query), incomplete=True)
+
+    async with ws_app.test_client().websocket("/api/v1/ws") as ws:
+        await send(ws, {**SUB, "history": 5})
+        frames = await recv_until(ws, lambda f: f["type"] == "snapshot")
+        assert "incomplete" not in frames[-1]  # a whole answer says nothing
+        service.orchestrator = Late()  # type: ignore[assignment]
+        try:
+            await send(ws, {**SUB, "history": 5})  # a resync
+            frames = await recv_until(ws, lambda f: f["type"] == "snapshot")
+            assert frames[-1]["incomplete"] is True and len(frames[-1]["bars"]) == 5
+            await send(ws, {**SUB, "since": frames[-1]["bars"][0][0]})
+            frames = await recv_until(ws, lambda f: f["type"] == "snapshot")
+            assert frames[-1]["incomplete"] is True
+        finally:
+            service.orchestrator = real
