@@ -164,6 +164,12 @@ class BaseConfig:
     # Live candles over WebSocket (blueprints/websocket.py, services/subscription_*.py, broadcast.py)
     #: Subscriptions one connection may hold; larger client messages get an invalid_message error.
     WS_MAX_SUBSCRIPTIONS = 50
+    #: Open connections per client identity (API key, else IP) on one instance; one more is
+    #: refused at the handshake with 429 too_many_connections.
+    WS_MAX_CONNECTIONS_PER_CLIENT = 500
+    #: Live channels (each a poller or stream) per instance; a subscribe that would open one more
+    #: gets a too_many_subscriptions error frame.
+    WS_MAX_CHANNELS = 1000
     WS_MAX_MESSAGE_BYTES = 4096
     #: Client messages received but not yet handled; a client sending faster is closed with 1013.
     WS_MAX_PENDING_MESSAGES = 128

@@ -25,6 +25,7 @@ from typing import Any
 from marshmallow import ValidationError
 from quart import Blueprint, current_app, websocket
 
+from app_extensions.ratelimit import get_ratelimiter
 from app_extensions.services import get_services
 from blueprints.ws_schemas import SCHEMAS
 from blueprints.ws_server import hypercorn_options, uvicorn_options
@@ -185,9 +186,11 @@ async def ws_without_upgrade() -> Any:
 async def ws() -> None:
     cfg = current_app.config
     service = get_services(current_app).subscriptions
-    await websocket.accept()
-    conn = service.connect(websocket.send)
+    client = get_ratelimiter(current_app).client_identity(websocket.headers, websocket.remote_addr)
+    # Raises TooManyConnections before the accept: the handshake is answered 429.
+    conn = service.connect(websocket.send, client)
     try:
+        await websocket.accept()
         async with conn.until_dropped():
             await _read_loop(service, conn, int(cfg["WS_MAX_MESSAGE_BYTES"]),
                              int(cfg["WS_MAX_PENDING_MESSAGES"]))

@@ -58,8 +58,11 @@ class Subscription:
 class Connection:
     """A client connection's state; the blueprint runs its reader inside ``until_dropped``."""
 
-    def __init__(self, outlet: Outlet, *, max_queue: int, send_timeout: float) -> None:
+    def __init__(self, outlet: Outlet, *, max_queue: int, send_timeout: float,
+                 client: str = "") -> None:
         self.outlet = outlet
+        #: The client's identity (API key, else IP), for the per-client connection limit.
+        self.client = client
         self.max_queue = max_queue
         self.send_timeout = send_timeout
         self.subs: dict[str, Subscription] = {}

@@ -36,6 +36,12 @@ class TooManySubscriptions(AppError):
     status, code = 429, "too_many_subscriptions"
 
 
+class TooManyConnections(AppError):
+    """The client has ``WS_MAX_CONNECTIONS_PER_CLIENT`` connections open here: close one first."""
+
+    status, code = 429, "too_many_connections"
+
+
 class SubscriptionService:
     """Owner of live subscriptions; reach it as ``get_services(app).subscriptions``."""
 
@@ -44,6 +50,8 @@ class SubscriptionService:
         self.markets, self.orchestrator, self.hub = markets, orchestrator, hub
         self.report, self.settings = report, settings
         self.connections: set[Connection] = set()
+        #: Open connections per client identity (``WS_MAX_CONNECTIONS_PER_CLIENT``).
+        self.per_client: dict[str, int] = {}
         #: Snapshots fetched at once: a reconnect storm must not exhaust the DB or Redis pools.
         self._snapshots = asyncio.Semaphore(settings.snapshot_concurrency)
         self._closing = False
@@ -122,10 +130,17 @@ class SubscriptionService:
                 conn.stalled(now)
 
     # --- Connections ---------------------------------------------------------------------------
-    def connect(self, outlet: Outlet) -> Connection:
-        """Register a new client connection sending its messages through ``outlet``."""
+    def connect(self, outlet: Outlet, client: str = "") -> Connection:
+        """Register a new connection of ``client`` (its identity) sending its messages through
+        ``outlet``. Raises ``TooManyConnections`` when the client has the most open already."""
+        limit = self.settings.max_connections_per_client
+        held = self.per_client.get(client, 0)
+        if held >= limit:
+            raise TooManyConnections(f"at most {limit} open WebSocket connections per client "
+                                     "(WS_MAX_CONNECTIONS_PER_CLIENT)", retry_after=5.0)
+        self.per_client[client] = held + 1
         conn = Connection(outlet, max_queue=self.settings.send_queue,
-                          send_timeout=self.settings.send_timeout)
+                          send_timeout=self.settings.send_timeout, client=client)
         self.connections.add(conn)
         self._all_gone.clear()
         WS_CONNECTIONS.inc()
@@ -136,6 +151,11 @@ class SubscriptionService:
         if conn not in self.connections:
             return
         self.connections.discard(conn)
+        left = self.per_client.get(conn.client, 1) - 1
+        if left > 0:
+            self.per_client[conn.client] = left
+        else:
+            self.per_client.pop(conn.client, None)
         if not self.connections:
             self._all_gone.set()
         WS_CONNECTIONS.dec()

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from quart import Quart
+from quart.testing.connections import WebsocketResponseError
 
 from app import create_app
 from app_extensions.services import get_services
@@ -204,3 +205,43 @@ async def test_a_snapshot_cut_short_by_the_deadline_says_incomplete(ws_app: Quar
             assert frames[-1]["incomplete"] is True
         finally:
             service.orchestrator = real
+
+
+async def test_open_connections_per_client_are_capped_at_the_handshake(app_config: dict[str, Any]) -> None:
+    """Issue 23.4: WS_MAX_CONNECTIONS_PER_CLIENT; one more is refused with 429 too_many_connections."""
+    app = create_app({**app_config, **WS_TEST_CONFIG, "WS_MAX_CONNECTIONS_PER_CLIENT": 2})
+    async with app.test_app():
+        client = app.test_client()
+        async with client.websocket("/api/v1/ws") as one, client.websocket("/api/v1/ws") as two:
+            for ws in (one, two):
+                await send(ws, {"op": "ping", "id": 1})
+                assert json.loads(await asyncio.wait_for(ws.receive(), 5))["type"] == "pong"
+            with pytest.raises(WebsocketResponseError) as refused:
+                async with client.websocket("/api/v1/ws") as three:
+                    await three.receive()
+            response = refused.value.response
+            assert response.status_code == 429 and int(response.headers["Retry-After"]) >= 1
+            assert (await response.get_json())["error"]["code"] == "too_many_connections"
+        service = get_services(app).subscriptions
+        assert service.per_client == {} and not service.connections  # both released
+        async with client.websocket("/api/v1/ws") as again:
+            await send(again, {"op": "ping", "id": 2})
+            assert json.loads(await asyncio.wait_for(again.receive(), 5))["type"] == "pong"
+
+
+async def test_live_channels_per_instance_are_capped(app_config: dict[str, Any]) -> None:
+    """Issue 23.4: WS_MAX_CHANNELS live channels per instance; a subscribe that would open one
+    more gets an error frame; a live channel can still be joined."""
+    app = create_app({**app_config, **WS_TEST_CONFIG, "WS_MAX_CHANNELS": 1})
+    async with app.test_app():
+        client = app.test_client()
+        async with client.websocket("/api/v1/ws") as one, client.websocket("/api/v1/ws") as two:
+            await send(one, {**SUB, "history": 1})
+            await recv_until(one, lambda f: f["type"] == "snapshot")
+            await send(two, {**SUB, "timeframe": "5m", "history": 1, "id": "x"})
+            frames = await recv_until(two, lambda f: f["type"] == "error")
+            assert frames[-1]["code"] == "too_many_subscriptions" and frames[-1]["id"] == "x"
+            assert "WS_MAX_CHANNELS" in frames[-1]["message"]
+            await send(two, {**SUB, "history": 1})  # the live channel: joined
+            await recv_until(two, lambda f: f["type"] == "snapshot")
+            assert list(get_services(app).subscriptions.channels) == [CHANNEL]
