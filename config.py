@@ -170,6 +170,9 @@ class BaseConfig:
     #: Live channels (each a poller or stream) per instance; a subscribe that would open one more
     #: gets a too_many_subscriptions error frame.
     WS_MAX_CHANNELS = 1000
+    #: With auth on, the keys of open connections are re-checked this often; a revoked key's
+    #: connections are closed with 1008.
+    WS_AUTH_RECHECK_SECONDS = 20.0
     WS_MAX_MESSAGE_BYTES = 4096
     #: Client messages received but not yet handled; a client sending faster is closed with 1013.
     WS_MAX_PENDING_MESSAGES = 128

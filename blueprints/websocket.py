@@ -27,6 +27,7 @@ from quart import Blueprint, current_app, websocket
 
 from app_extensions.ratelimit import get_ratelimiter
 from app_extensions.services import get_services
+from blueprints import ws_auth
 from blueprints.ws_schemas import SCHEMAS
 from blueprints.ws_server import hypercorn_options, uvicorn_options
 from core.errors import AppError, InvalidParameter
@@ -43,6 +44,7 @@ CLOSE_INTERNAL_ERROR = 1011
 CLOSE_DRAIN_SECONDS = 5.0
 __all__ = ["hypercorn_options", "uvicorn_options", "websocket_blueprint"]
 
+ws_auth.init_ws_auth(websocket_blueprint)
 
 class InvalidMessage(AppError):
     """The frame is not a JSON object with a known ``op``, or is too large. Fix the client."""
@@ -107,13 +109,19 @@ async def handle_message(service: SubscriptionService, conn: Connection,
             details = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
             summary = "; ".join(f"{k}: {v[0] if isinstance(v, list) else v}" for k, v in details.items())
             raise InvalidParameter(summary, details=details) from exc
-        if data["op"] == "ping":
+        if data["op"] == "auth":
+            await ws_auth.authenticate(conn, data)
+        elif ws_auth.refuse_unauthenticated(conn):
+            return
+        elif data["op"] == "ping":
             conn.send_frame({"type": "pong", "id": req_id})
         elif data["op"] == "subscribe":
             await service.subscribe(conn, data)
         else:
             await service.unsubscribe(conn, data["channel"], req_id)
     except AppError as exc:
+        if ws_auth.refuse_unauthenticated(conn):  # anything but a good auth message first: 1008
+            return
         if exc.status >= 500:
             log.warning("ws %s: %s", exc.code, exc.message)
         conn.send_frame(error_frame(exc, req_id))
@@ -189,12 +197,15 @@ async def ws() -> None:
     client = get_ratelimiter(current_app).client_identity(websocket.headers, websocket.remote_addr)
     # Raises TooManyConnections before the accept: the handshake is answered 429.
     conn = service.connect(websocket.send, client)
+    auth_timer = ws_auth.at_handshake(conn)
     try:
         await websocket.accept()
         async with conn.until_dropped():
             await _read_loop(service, conn, int(cfg["WS_MAX_MESSAGE_BYTES"]),
                              int(cfg["WS_MAX_PENDING_MESSAGES"]))
     finally:
+        if auth_timer is not None:
+            auth_timer.cancel()
         await conn.close()
         await service.disconnect(conn)
     if conn.drop_reason is not None:

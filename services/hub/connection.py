@@ -63,6 +63,10 @@ class Connection:
         self.outlet = outlet
         #: The client's identity (API key, else IP), for the per-client connection limit.
         self.client = client
+        #: With auth on: the digest of the connection's API key (re-checked while it is open), and
+        #: True while it still has to send its ``auth`` message.
+        self.key: str | None = None
+        self.auth_pending = False
         self.max_queue = max_queue
         self.send_timeout = send_timeout
         self.subs: dict[str, Subscription] = {}
