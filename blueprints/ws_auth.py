@@ -16,7 +16,6 @@ connections of a key revoked (or removed) since are closed with 1008 (reason ``k
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -25,6 +24,7 @@ from quart import Blueprint, current_app, g, websocket
 from app_extensions.auth import get_auth, hash_key, websocket_key
 from app_extensions.services import get_services
 from core.errors import Unauthorized
+from services.hub.broadcast import stop_task
 from services.hub.connection import Connection
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 CLOSE_POLICY = 1008
 #: How long a connection without a key in its handshake has to send ``{"op": "auth"}``.
 AUTH_TIMEOUT_SECONDS = 10.0
+#: Key of the re-check task in ``app.extensions``.
+RECHECK_TASK = "ws_key_recheck"
 
 
 def at_handshake(conn: Connection) -> asyncio.TimerHandle | None:
@@ -79,13 +81,10 @@ def refuse_unauthenticated(conn: Connection) -> bool:
 async def recheck_keys() -> None:
     """Background task (``WS_AUTH_RECHECK_SECONDS``): close the connections of keys no longer
     valid. A failed check (the database down) is logged and tried again next time."""
-    app = current_app
-    every = float(app.config["WS_AUTH_RECHECK_SECONDS"])
-    auth, service = get_auth(app), get_services(app).subscriptions
-    while not app.shutdown_event.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(app.shutdown_event.wait(), every)
-            return
+    every = float(current_app.config["WS_AUTH_RECHECK_SECONDS"])
+    auth, service = get_auth(current_app), get_services(current_app).subscriptions
+    while True:
+        await asyncio.sleep(every)
         digests = {conn.key for conn in service.connections if conn.key is not None}
         if not digests:
             continue
@@ -100,11 +99,18 @@ async def recheck_keys() -> None:
 
 
 def init_ws_auth(blueprint: Blueprint) -> None:
-    """Start ``recheck_keys`` with the app when auth is on with keys in the database (keys of
-    ``API_KEYS`` change only with a restart)."""
+    """Run ``recheck_keys`` while the app serves, when auth is on with keys in the database (keys
+    of ``API_KEYS`` change only with a restart)."""
 
     @blueprint.before_app_serving
     async def _start_recheck() -> None:
         auth = get_auth(current_app)
         if auth.enabled and auth.use_db:
-            current_app.add_background_task(recheck_keys)
+            current_app.extensions[RECHECK_TASK] = asyncio.create_task(recheck_keys(),
+                                                                       name="ws-key-recheck")
+
+    @blueprint.after_app_serving
+    async def _stop_recheck() -> None:
+        task = current_app.extensions.pop(RECHECK_TASK, None)
+        if task is not None:
+            await stop_task(task)
