@@ -209,8 +209,10 @@ async def ws() -> None:
         await conn.close()
         await service.disconnect(conn)
     if conn.drop_reason is not None:
-        await websocket.close(conn.close_code, conn.drop_reason)
-        with contextlib.suppress(TimeoutError):
+        # OSError: the peer is gone already (Uvicorn raises ClientDisconnected, an OSError)
+        with contextlib.suppress(OSError):
+            await websocket.close(conn.close_code, conn.drop_reason)
+        with contextlib.suppress(TimeoutError, OSError):
             async with asyncio.timeout(CLOSE_DRAIN_SECONDS):
                 while True:
                     await websocket.receive()
