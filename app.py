@@ -31,6 +31,7 @@ from blueprints.openapi import openapi_blueprint
 from blueprints.page import page_blueprint
 from blueprints.udf import udf_blueprint
 from blueprints.websocket import websocket_blueprint
+from blueprints.ws_asgi import WebsocketReceive
 from config import BaseConfig, load_config
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     app.register_blueprint(market_blueprint)
     app.register_blueprint(backfill_blueprint)
     app.register_blueprint(websocket_blueprint)
+    app.asgi_app = WebsocketReceive(app.asgi_app)  # type: ignore[assignment,method-assign]  # ws_asgi.py
     app.register_blueprint(channels_blueprint)
     app.register_blueprint(openapi_blueprint)
     app.register_blueprint(credentials_blueprint)

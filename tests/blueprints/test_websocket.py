@@ -171,6 +171,17 @@ async def test_an_empty_binary_frame_gets_invalid_message_and_the_connection_sta
             await ws.close()
 
 
+async def test_an_empty_binary_frame_without_a_text_key_gets_invalid_message(ws_app: Quart) -> None:
+    """Uvicorn (and Quart's test client) send a binary frame's event without "text": Quart's own
+    receiver read event["text"] and died with a KeyError (blueprints/ws_asgi.py)."""
+    async with ws_app.test_client().websocket("/api/v1/ws") as ws:
+        await ws.send(b"")
+        error = json.loads(await asyncio.wait_for(ws.receive(), 5))
+        assert error["type"] == "error" and error["code"] == "invalid_message"
+        await send(ws, {"op": "ping", "id": 1})
+        assert json.loads(await asyncio.wait_for(ws.receive(), 5)) == {"type": "pong", "id": 1}
+
+
 async def test_a_plain_get_of_the_websocket_path_is_426_with_a_clear_error(ws_app: Quart) -> None:
     """Issue 24.20: not Werkzeug's "The browser (or proxy) sent a request..." 400."""
     r = await ws_app.test_client().get("/api/v1/ws")
