@@ -59,9 +59,9 @@ class Connection:
     """A client connection's state; the blueprint runs its reader inside ``until_dropped``."""
 
     # Slots: thousands of idle connections each hold one (no instance dict, ~0.3 KiB less).
-    __slots__ = ("_deadline", "_drainer", "_gone", "_queue", "_replies", "auth_pending", "client",
-                 "close_code", "drop_reason", "key", "max_queue", "outlet", "send_timeout",
-                 "sending_since", "subs", "__weakref__")
+    __slots__ = ("__weakref__", "_deadline", "_drainer", "_gone", "_queue", "_replies",
+                 "auth_pending", "client", "close_code", "drop_reason", "key", "max_queue",
+                 "outlet", "send_timeout", "sending_since", "subs")
 
     def __init__(self, outlet: Outlet, *, max_queue: int, send_timeout: float,
                  client: str = "") -> None:
