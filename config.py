@@ -255,13 +255,25 @@ class BaseConfig:
     # Live candles over WebSocket (blueprints/websocket.py, services/subscription_*.py, broadcast.py)
     #: Subscriptions one connection may hold; larger client messages get an invalid_message error.
     WS_MAX_SUBSCRIPTIONS = 50
+    #: Open connections per client identity (API key, else IP) on one instance; one more is
+    #: refused at the handshake with 429 too_many_connections.
+    WS_MAX_CONNECTIONS_PER_CLIENT = 500
+    #: Live channels (each a poller or stream) per instance; a subscribe that would open one more
+    #: gets a too_many_subscriptions error frame.
+    WS_MAX_CHANNELS = 1000
+    #: With auth on, the keys of open connections are re-checked this often; a revoked key's
+    #: connections are closed with 1008.
+    WS_AUTH_RECHECK_SECONDS = 20.0
     WS_MAX_MESSAGE_BYTES = 4096
     #: Client messages received but not yet handled; a client sending faster is closed with 1013.
     WS_MAX_PENDING_MESSAGES = 128
     #: Frames queued per connection; a client this far behind is closed with 1013.
     WS_SEND_QUEUE = 256
-    #: Server WebSocket pings (Hypercorn, see hypercorn_options); a peer silent 3x this is dropped.
+    #: Server WebSocket pings (the server's setting: blueprints/ws_server.py); a dead peer is dropped.
     WS_HEARTBEAT_SECONDS = 20.0
+    #: Accept a client's permessage-deflate offer (Uvicorn's ws_per_message_deflate; Hypercorn
+    #: always accepts it, see blueprints/ws_server.py).
+    WS_PER_MESSAGE_DEFLATE = True
     #: A frame whose write has not completed after this long marks a dead or stalled peer (1013).
     WS_SEND_TIMEOUT_SECONDS = 30.0
     #: A channel's poller keeps running this long after its last local subscriber left.

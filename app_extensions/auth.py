@@ -2,8 +2,9 @@
 
 Keys are stored hashed only: ``API_KEYS`` (sha256 hex digests, a JSON list or comma-separated) and,
 when ``API_KEYS_FROM_DB``, the ``api_keys`` table (migration 020; revoked keys have ``revoked_at``).
-REST clients send ``X-API-Key``; WebSocket clients send the same header or an ``api_key`` query
-parameter in the handshake. A missing or wrong key answers 401 ``unauthorized``.
+REST clients send ``X-API-Key``; WebSocket clients send the same header (or, for old clients, an
+``api_key`` query parameter) in the handshake, or no key there and ``{"op": "auth", "api_key"}`` as
+their first message (``blueprints/ws_auth.py``). A missing or wrong key answers 401 ``unauthorized``.
 
 ``/health``, ``/health/ready``, the OpenAPI document, the docs page and the chart page with its
 files (``/``, ``/assets/``) stay open (the chart page asks for a key when REST answers 401); ``/metrics`` is
@@ -149,6 +150,18 @@ class ApiKeyAuth:
         """Whether the authenticated key (its id) is one of ``OPERATOR_KEYS``."""
         return key_id is not None and key_id in self.operator_ids
 
+    async def valid_digests(self, digests: set[str]) -> set[str]:
+        """Those of ``digests`` that are valid keys now: in ``API_KEYS``, or in the ``api_keys``
+        table and not revoked (read now, not from the cache: open WebSockets are re-checked)."""
+        valid = {d for d in digests if d in self.hashes}
+        rest = sorted(digests - valid)
+        if rest and self.use_db and self._app is not None:
+            async with get_database(self._app).acquire() as conn:
+                rows = await conn.fetch("SELECT key_hash FROM api_keys WHERE key_hash = ANY($1::text[])"
+                                        " AND revoked_at IS NULL", rest)
+            valid.update(str(row["key_hash"]) for row in rows)
+        return valid
+
     def check_metrics_token(self, authorization: str) -> None:
         """Raise ``Unauthorized`` unless ``METRICS_TOKEN`` is unset or presented as a bearer token."""
         if not self.metrics_token:
@@ -173,7 +186,15 @@ class ApiKeyAuth:
         ctx_g.api_key_id = await self.authenticate(req.headers.get("X-API-Key"), (req.headers, req.remote_addr))
 
     async def _before_websocket(self) -> None:
-        await authenticate_websocket()
+        # A handshake without a key is let through: its first message must then be
+        # {"op": "auth", "api_key"} (blueprints/ws_auth.py). A wrong key is refused here (401).
+        if websocket_key() is not None:
+            await authenticate_websocket()
+
+
+def websocket_key() -> str | None:
+    """The key presented in the WebSocket handshake (``X-API-Key``, else ``?api_key=``), if any."""
+    return websocket.headers.get("X-API-Key") or websocket.args.get("api_key") or None
 
 
 async def authenticate_websocket() -> str | None:
@@ -189,7 +210,7 @@ async def authenticate_websocket() -> str | None:
     done: str | None = getattr(g, "api_key_id", None)
     if done is not None:
         return done
-    presented = websocket.headers.get("X-API-Key") or websocket.args.get("api_key")
+    presented = websocket_key()
     g.api_key_id = await auth.authenticate(presented, (websocket.headers, websocket.remote_addr))
     return str(g.api_key_id)
 

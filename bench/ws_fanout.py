@@ -83,6 +83,7 @@ def serve(port: int, samples_path: str, interval: float) -> None:
             "APP_ENV": "production", "LOG_LEVEL": "WARNING", "LOG_FORMAT": "text",
             "DATABASE_SCHEMA": os.environ["BENCH_SCHEMA"], "REDIS_PREFIX": os.environ["BENCH_PREFIX"],
             "ENABLED_MARKETS": "sim", "RATE_LIMIT_ENABLED": False, "WS_SEND_QUEUE": 256,
+            "WS_MAX_CONNECTIONS_PER_CLIENT": 100_000,  # every client comes from this machine
             "POLL_INTERVALS": {}, "POLL_INTERVAL_DEFAULT": interval,
             "POLL_PROVIDER_MIN_INTERVALS": {"sim": interval}, "WS_SNAPSHOT_CONCURRENCY": 16,
         })
