@@ -203,6 +203,8 @@ def route_class(path: str) -> str:
     """The limit class of a request path (fixed names; never the path itself)."""
     if path == "/api/v1/ohlcv":
         return "ohlcv"
+    if path == "/api/v1/export":
+        return "export"
     if path.startswith(("/api/v1/backfill", "/api/v1/gaps")):
         return "backfill"
     return "default"
