@@ -27,7 +27,7 @@ from core.errors import AppError, RangeNotStored
 from core.timeframes import TIMEFRAMES
 from core.types import Series
 from services.backfill_manager import readable
-from services.export import FORMATS, ExportPlan, Exporter, ExportSettings
+from services.export import FORMATS, Exporter, ExportPlan, ExportSettings
 from services.settings import build
 
 
@@ -122,7 +122,7 @@ async def run_export(app: Quart, series: Series, timeframe: str, start: int, end
         stored = await exporter.check(plan)
         path = output or Path(plan.file_name(FORMATS[fmt]))
         progress = ExportProgress(plan, err)
-        with path.open("wb") as f:  # noqa: ASYNC230 (every write below runs in a thread)
+        with path.open("wb") as f:
             async for chunk in exporter.stream(plan, FORMATS[fmt], None, progress.batch):
                 progress.bytes += len(chunk)
                 await asyncio.to_thread(f.write, chunk)

@@ -10,7 +10,7 @@
 """
 
 from services.export.formats import FORMATS, Format, StreamCompressor, encode
-from services.export.service import ExportPlan, Exporter, ExportSettings, RangeNotStored
+from services.export.service import Exporter, ExportPlan, ExportSettings, RangeNotStored
 
 __all__ = ["FORMATS", "ExportPlan", "ExportSettings", "Exporter", "Format", "RangeNotStored",
            "StreamCompressor", "encode"]

@@ -72,8 +72,8 @@ def to_batch(block: bytes | bytearray | memoryview) -> Batch:
                           and all((rows[f]["len"] == 8).all() for f in COLUMNS[1:])):
         raise CopyFormatError("COPY rows are not (timestamptz, 5 x float8) without NULLs")
     ts = rows["ts"].astype(np.int64) // 1000 + _PG_EPOCH_MS
-    cols = [rows[f]["v"].astype(np.float64) for f in COLUMNS[1:]]
-    return Batch(ts, *cols[:4], round_volumes(cols[4]))
+    o, h, lo, c, v = (rows[f]["v"].astype(np.float64) for f in COLUMNS[1:])
+    return Batch(ts, o, h, lo, c, round_volumes(v))
 
 
 class CopyParser:

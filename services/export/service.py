@@ -38,7 +38,7 @@ BatchCallback = Callable[[int, int], None]
 #: Missing ranges listed in a 409's details (``missing_minutes`` counts all of them).
 MISSING_LISTED = 100
 #: COPY chunks read ahead of the encoder (each at most asyncpg's read size).
-QUEUE_CHUNKS = 8
+QUEUE_CHUNKS = 4
 #: Bumped when the bytes of an export change for the same stored rows (the ETag then changes).
 FORMAT_VERSION = 1
 _FINGERPRINT_SQL = (

@@ -81,11 +81,11 @@ async def test_every_format_holds_the_bars_of_ohlcv(client: TestClientProtocol, 
     await seed(pg)
     await client.get("/api/v1/markets")  # the app has started (migrations ran)
     resp = await client.get(f"{BASE}&timeframe=1h&start={T0 + 1}&end={T0 + 3 * DAY_MS}&format={fmt}")
-    assert resp.status_code == 200, await resp.get_data()
+    assert resp.status_code == 200, await resp.get_data(as_text=False)
     assert resp.headers["Content-Type"] == CONTENT[fmt]
     assert resp.headers["Content-Disposition"] == (
         f'attachment; filename="sim_sim_SIM-USD_1h_20240101T0100Z_20240104T0000Z.{fmt}"')
-    got = rows_of(fmt, await resp.get_data())
+    got = rows_of(fmt, await resp.get_data(as_text=False))
     assert len(got) == 71  # buckets that start at or after start: from 01:00
     assert got == await ohlcv_pages(client, "1h", T0 + 1, T0 + 3 * DAY_MS)
 
@@ -96,8 +96,8 @@ async def test_bars_equal_ohlcv_for_every_timeframe(client: TestClientProtocol, 
     await seed(pg, T0, T0 + 22 * DAY_MS)  # the week of the range's end is stored whole
     start, end = T0 + 7 * MINUTE_MS, END - 13 * MINUTE_MS
     resp = await client.get(f"{BASE}&timeframe={timeframe}&start={start}&end={end}&format=parquet")
-    assert resp.status_code == 200, await resp.get_data()
-    got = rows_of("parquet", await resp.get_data())
+    assert resp.status_code == 200, await resp.get_data(as_text=False)
+    got = rows_of("parquet", await resp.get_data(as_text=False))
     # /ohlcv's buckets too: those that start at or after start and before end, each whole.
     assert len(got) == (bucket_ceil(end, timeframe) - bucket_ceil(start, timeframe)) // TIMEFRAMES[timeframe]
     assert got == await ohlcv_pages(client, timeframe, start, end)
@@ -164,7 +164,7 @@ async def test_etag_304_and_a_revision_changes_it(client: TestClientProtocol, pg
     etag = first.headers["ETag"]
     assert first.status_code == 200 and etag.startswith('"')
     again = await client.get(url, headers={"If-None-Match": etag})
-    assert again.status_code == 304 and again.headers["ETag"] == etag and not await again.get_data()
+    assert again.status_code == 304 and again.headers["ETag"] == etag and not await again.get_data(as_text=False)
     other = await client.get(url.replace("parquet", "arrow"), headers={"If-None-Match": etag})
     assert other.status_code == 200 and other.headers["ETag"] != etag
     bar = sim_bar(42, "SIM/USD", T0 + 600 * MINUTE_MS)
@@ -172,8 +172,8 @@ async def test_etag_304_and_a_revision_changes_it(client: TestClientProtocol, pg
     await storage.upsert_1m_bars(pg, SIM, [bar])
     revised = await client.get(url, headers={"If-None-Match": etag})
     assert revised.status_code == 200 and revised.headers["ETag"] != etag
-    rows = rows_of("parquet", await revised.get_data())
-    assert rows[120][5] == round(rows_of("parquet", await first.get_data())[120][5] + 1.5, 8)
+    rows = rows_of("parquet", await revised.get_data(as_text=False))
+    assert rows[120][5] == round(rows_of("parquet", await first.get_data(as_text=False))[120][5] + 1.5, 8)
 
 
 @pytest.mark.parametrize(("accept", "encoding"), [("gzip", "gzip"), ("br, gzip", "br"), ("", None)])
@@ -186,12 +186,12 @@ async def test_csv_and_jsonl_are_compressed_when_accepted(client: TestClientProt
     assert "Content-Encoding" not in plain.headers and plain.headers["Vary"] == "Accept-Encoding"
     resp = await client.get(url, headers={"Accept-Encoding": accept})
     assert resp.headers.get("Content-Encoding") == encoding
-    data = await resp.get_data()
+    data = await resp.get_data(as_text=False)
     if encoding == "gzip":
         data = gzip.decompress(data)
     elif encoding == "br":
         data = brotli.decompress(data)
-    assert data == await plain.get_data() and len(rows_of(fmt, data)) == 1440
+    assert data == await plain.get_data(as_text=False) and len(rows_of(fmt, data)) == 1440
     if encoding:
         assert resp.headers["ETag"] == plain.headers["ETag"][:-1] + f'-{encoding}"'
         again = await client.get(url, headers={"Accept-Encoding": accept, "If-None-Match": resp.headers["ETag"]})
@@ -205,7 +205,7 @@ async def test_parquet_and_arrow_are_never_compressed_on_the_wire(client: TestCl
     resp = await client.get(f"{BASE}&start={T0}&end={T0 + DAY_MS}&format={fmt}",
                             headers={"Accept-Encoding": "br, gzip"})
     assert resp.status_code == 200 and "Content-Encoding" not in resp.headers
-    data = await resp.get_data()
+    data = await resp.get_data(as_text=False)
     assert len(rows_of(fmt, data)) == 1440
     if fmt == "parquet":
         meta = pq.ParquetFile(io.BytesIO(data)).metadata
@@ -221,7 +221,7 @@ async def test_auth(app_config: dict[str, Any], pg: asyncpg.Connection) -> None:
         resp = await client.get(url)
         assert resp.status_code == 401 and (await resp.get_json())["error"]["code"] == "unauthorized"
         resp = await client.get(url, headers={"X-API-Key": "k1"})
-        assert resp.status_code == 200 and len(rows_of("csv", await resp.get_data())) == 1440
+        assert resp.status_code == 200 and len(rows_of("csv", await resp.get_data(as_text=False))) == 1440
 
 
 async def test_the_export_rate_limit_class(app_config: dict[str, Any], pg: asyncpg.Connection) -> None:
