@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
 from core.errors import InvalidParameter, RangeNotStored
@@ -149,7 +149,7 @@ class Exporter:
         return '"' + hashlib.sha256(key.encode()).hexdigest()[:32] + '"'
 
     async def stream(self, plan: ExportPlan, fmt: Format, encoding: str | None,
-                     on_batch: BatchCallback | None = None) -> AsyncIterator[bytes]:
+                     on_batch: BatchCallback | None = None) -> AsyncGenerator[bytes, None]:
         """The answer's bytes: the bars of ``plan`` in ``fmt``, compressed with ``encoding``;
         ``on_batch(bars, last_ts)`` after each batch. Each batch is encoded in a worker thread
         (Arrow, zstd, zlib and brotli release the GIL), so other requests are served meanwhile."""
