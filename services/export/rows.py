@@ -27,9 +27,9 @@ _ROW = np.dtype([("n", ">i2"), ("l0", ">i4"), ("ts", ">i8"),
 ROW_BYTES = _ROW.itemsize  # 74
 #: Binary timestamptz counts microseconds from 2000-01-01 UTC.
 _PG_EPOCH_MS = 946_684_800_000
-#: Below this a float64 has less than 1e-8 between neighbours, so a value that numpy's rounding
-#: (scale, round half to even, unscale) leaves unchanged is also what ``round(v, 8)`` gives.
-_EXACT_BELOW = 2.0 ** 25
+#: Scaled volumes (``v * 10**8``) below this are exact integers when rounded (2**52): numpy's
+#: rounding can be checked against Python's there.
+_EXACT_BELOW = 2.0 ** 52
 
 F64 = npt.NDArray[np.float64]
 
@@ -54,12 +54,20 @@ class CopyFormatError(ValueError):
 
 
 def round_volumes(volume: F64) -> F64:
-    """``round(v, BAR_DECIMALS)`` of each value, exactly as Python rounds (``round_bar``): numpy
-    rounds all at once, and the values where its scale-and-unscale may differ from Python's
-    correctly rounded result (those it changes, and large ones) are rounded by Python."""
-    fast = np.round(volume, BAR_DECIMALS)
-    slow = np.flatnonzero((fast != volume) | ~(np.abs(volume) < _EXACT_BELOW))
-    out = volume.copy()
+    """``round(v, BAR_DECIMALS)`` of each value, exactly as Python rounds (``round_bar``).
+
+    Python rounds the exact binary value of ``v`` to ``k / 10**8`` (half to even) and answers the
+    float nearest to it. numpy scales (``v * 10**8``, rounded once), rounds to an integer ``s``
+    and divides (``s / 10**8``, correctly rounded: the float nearest to it). The two agree
+    whenever ``s == k``, which holds unless the scaled value lies within its own rounding error
+    of a half (the product may then have crossed it); those few values, and values too large to
+    scale exactly, are rounded by Python."""
+    scale = 10.0 ** BAR_DECIMALS
+    scaled = volume * scale
+    out: F64 = np.rint(scaled) / scale
+    with np.errstate(invalid="ignore"):  # inf - inf: caught by the size check below
+        near_half = np.abs(np.abs(scaled - np.floor(scaled)) - 0.5) <= 2 * np.spacing(np.abs(scaled))
+    slow = np.flatnonzero(near_half | ~(np.abs(scaled) < _EXACT_BELOW))
     if len(slow):
         out[slow] = [round(v, BAR_DECIMALS) for v in volume[slow].tolist()]
     return out
