@@ -124,9 +124,12 @@ def bars_query(
             first = f"(array_agg(open ORDER BY {tcol}))[1]"
             last = f"(array_agg(close ORDER BY {tcol} DESC))[1]"
         origin = _MONDAY_ORIGIN if timeframe == "1w" else _EPOCH_ORIGIN
+        # Volumes are summed in time order: a parallel plan (Gather Merge sorted by bucket only)
+        # would otherwise add them in whatever order its workers deliver, and the float sum
+        # would differ in its last digits from one answer (or /export) to the next.
         sql = (
             f"SELECT date_bin($7::interval, {tcol}, $8::timestamptz) AS b, {first}, max(high),"
-            f" min(low), {last}, sum(volume) FROM {relation}"
+            f" min(low), {last}, sum(volume ORDER BY {tcol}) FROM {relation}"
             f" WHERE {_SERIES} AND {tcol} >= $4 AND {tcol} < $5 GROUP BY b ORDER BY b LIMIT $6"
         )
         args += [timedelta(milliseconds=tf_ms(timeframe)), origin]
