@@ -3,6 +3,8 @@ Parquet or Arrow), from storage only; see ``services/export/`` and docs/api.md, 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from quart import Blueprint, Response, current_app, jsonify, request
 
 from app_extensions.export import get_exporter
@@ -43,9 +45,16 @@ async def export() -> Response | tuple[Response, int]:
         headers["Vary"] = "Accept-Encoding"
     if encoding:
         headers["Content-Encoding"] = encoding
-    response = Response(exporter.stream(plan, fmt, encoding), status=200, headers=headers)
+    body = _no_body() if request.method == "HEAD" else exporter.stream(plan, fmt, encoding)
+    response = Response(body, status=200, headers=headers)
     response.timeout = None  # streamed for as long as it takes (EXPORT_TIMEOUT bounds the COPY)
     return response
+
+
+async def _no_body() -> AsyncIterator[bytes]:
+    """A HEAD's body: nothing, and no export run for it (no Content-Length either)."""
+    return
+    yield b""
 
 
 async def _backfill(series: Series, missing: list[tuple[int, int]]) -> tuple[Response, int]:

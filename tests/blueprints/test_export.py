@@ -88,6 +88,9 @@ async def test_every_format_holds_the_bars_of_ohlcv(client: TestClientProtocol, 
     got = rows_of(fmt, await resp.get_data(as_text=False))
     assert len(got) == 71  # buckets that start at or after start: from 01:00
     assert got == await ohlcv_pages(client, "1h", T0 + 1, T0 + 3 * DAY_MS)
+    head = await client.head(f"{BASE}&timeframe=1h&start={T0 + 1}&end={T0 + 3 * DAY_MS}&format={fmt}")
+    assert head.status_code == 200 and head.headers["ETag"] == resp.headers["ETag"]
+    assert not await head.get_data(as_text=False)
 
 
 @pytest.mark.parametrize("timeframe", list(TIMEFRAMES))
