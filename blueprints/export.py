@@ -32,7 +32,7 @@ async def export() -> Response | tuple[Response, int]:
     except RangeNotStored as exc:
         if not q["backfill"]:
             raise
-        return await _backfill(plan.series, exc.missing)  # type: ignore[attr-defined]
+        return await _backfill(plan.series, exc.missing)
     encoding = accepted_encoding(request.headers.get("Accept-Encoding", "")) if fmt.compressible else None
     etag = exporter.etag(plan, stored, fmt)
     if etag_matches(request.headers.get("If-None-Match", ""), etag):

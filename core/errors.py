@@ -100,6 +100,12 @@ class RangeNotStored(AppError):
 
     status, code = 409, "range_not_stored"
 
+    def __init__(self, message: str = "", *, missing: list[tuple[int, int]] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        #: Every missing range (``details`` lists only the first ones).
+        self.missing = missing or []
+
 
 class RateLimited(AppError):
     """Our own rate limit rejected the client; ``retry_after`` says when to come back."""

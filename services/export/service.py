@@ -129,13 +129,11 @@ class Exporter:
                 missing = [r for a, b in missing for r in subtract_ranges(a, b, islands)]
             if missing:
                 minutes = sum(b - a for a, b in missing) // MINUTE_MS
-                exc = RangeNotStored(
+                raise RangeNotStored(
                     f"{minutes:,} minute(s) of {s.key()} in the range are not stored; backfill them"
                     " (POST /backfill, or this request with backfill=true) and ask again",
-                    details={"missing_minutes": minutes,
-                             "missing": [list(r) for r in missing[:MISSING_LISTED]]})
-                exc.missing = missing  # type: ignore[attr-defined]
-                raise exc
+                    missing=missing, details={"missing_minutes": minutes,
+                                              "missing": [list(r) for r in missing[:MISSING_LISTED]]})
             row = await conn.fetchrow(_FINGERPRINT_SQL, s.market, s.provider, s.symbol,
                                       to_dt(plan.start), to_dt(plan.end))
         assert row is not None
