@@ -48,9 +48,8 @@ async def test_export_equals_ohlcv_from_the_aggregates(ts_app: Quart) -> None:
         resp = await client.get(f"/api/v1/export?{SERIES}&timeframe={timeframe}&start={start}&end={end}&format=parquet")
         assert resp.status_code == 200, await resp.get_data(as_text=True)
         table = pq.read_table(io.BytesIO(await resp.get_data(as_text=False)))
-        got = [[t, *v] for t, *v in zip(table.column("ts").cast(pa.int64()).to_pylist(),
-                                         *(table.column(c).to_pylist() for c in ("open", "high", "low", "close", "volume")),
-                                         strict=True)]
+        columns = [table.column(c).to_pylist() for c in ("open", "high", "low", "close", "volume")]
+        got = [[t, *v] for t, *v in zip(table.column("ts").cast(pa.int64()).to_pylist(), *columns, strict=True)]
         want: list[list[float]] = []
         nxt: int | None = start
         while nxt is not None:
