@@ -228,7 +228,7 @@ class BaseConfig:
     #: (concurrent probes share one run): a flood of /health/ready costs them one check a second.
     READINESS_TIMEOUT = 0.5
     READINESS_CACHE_SECONDS = 1.0
-    # Backfill (services/backfill_manager.py, backfill_runner.py; docs/backfill.md)
+    # Backfill (services/backfill/; docs/backfill.md)
     #: Most concurrent upstream calls per provider made by backfills of this instance.
     BACKFILL_CONCURRENCY = 4
     #: Jobs one instance runs at once.

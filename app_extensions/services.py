@@ -13,7 +13,7 @@ from app_extensions.db_pool import get_database
 from app_extensions.redis_client import get_redis
 from plugins.loader import PluginLoader
 from services import hub
-from services.backfill_manager import BackfillManager
+from services.backfill.manager import BackfillManager
 from services.cache_manager import RedisCache
 from services.hub import Broadcast, HubSettings, SubscriptionService
 from services.hub.redis_backend import RedisBackend

@@ -25,7 +25,7 @@ from core.ports import Database
 from core.timeframes import MINUTE_MS, bucket_ceil, bucket_start, now_ms, tf_ms
 from core.types import Series, subtract_ranges, to_dt
 from services import aggregates, storage
-from services.backfill_gaps import bar_islands
+from services.backfill.gaps import bar_islands
 from services.export.formats import Format, encode
 from services.export.rows import CopyParser, to_batch
 from services.settings import setting

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from core.types import merge_ranges
-from services.backfill_gaps import gap_report, split_chunks
+from services.backfill.gaps import gap_report, split_chunks
 
 M = 60_000
 

@@ -3,7 +3,7 @@
 For (market, provider, symbol, [start, end)) the gap ledger says which closed minutes were never
 fetched complete; those ranges (never before the listing the provider states, nor older than it
 still serves) are split into chunks of the provider's ``max_bars_per_call``, run by
-``services.backfill_chunks.ChunkRunner``: at most ``BACKFILL_CONCURRENCY`` calls at a time per
+``services.backfill.chunks.ChunkRunner``: at most ``BACKFILL_CONCURRENCY`` calls at a time per
 provider, each chunk written in one transaction (its bars, its ledger range, also when the
 provider answered it empty: a real exchange hole is then *verified empty* and never fetched again,
 and the job's progress). The last ``LEDGER_SAFETY_MS`` before now are written but never recorded
@@ -13,7 +13,7 @@ the job with a readable error. A job whose provider keeps failing for ``BACKFILL
 seconds (or whose breaker is open) does not hold its runner slot meanwhile: it goes back to the
 queue until its next try (``retry_at``), keeping the failure as its ``error``, and fails once it
 has been failing for ``BACKFILL_PATIENCE``. Provider calls go through ``ProviderCalls``. Jobs
-(``services.backfill_jobs``) are run by :class:`services.backfill_runner.JobRunner`, which gets
+(``services.backfill.jobs``) are run by :class:`services.backfill.runner.JobRunner`, which gets
 ``run_job`` as a callable.
 
 Public names (stable): ``BackfillManager``, ``BackfillSettings``, ``Progress``, ``readable``.
@@ -36,20 +36,20 @@ from core.errors import (
 from core.ports import Database
 from core.timeframes import MINUTE_MS, bucket_ceil, bucket_start, now_ms
 from core.types import Series, to_dt
-from services import backfill_jobs as jobs
 from services import storage
-from services.backfill_chunks import (
+from services.backfill import jobs
+from services.backfill.chunks import (
     BackfillSettings,
     ChunkRunner,
     JobRef,
     LeaseLost,
+    Parked,
     Progress,
     ProgressCallback,
     readable,
 )
-from services.backfill_gaps import Chunk, bar_islands, gap_report, split_chunks
-from services.backfill_model import Parked
-from services.backfill_runner import JobRunner, RunnerSettings
+from services.backfill.gaps import Chunk, bar_islands, gap_report, split_chunks
+from services.backfill.runner import JobRunner, RunnerSettings
 from services.market_service import MarketService
 from services.provider_source import PluginSource
 from services.settings import build

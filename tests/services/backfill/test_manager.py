@@ -131,7 +131,7 @@ async def test_non_retryable_error_fails_the_job_with_a_readable_error(
         emulator.clear_faults()
         queued, _ = await manager(app).submit(BTC, T0, T0 + 10 * MINUTE_MS)
         from core.types import Series
-        from services import backfill_jobs
+        from services.backfill import jobs as backfill_jobs
 
         async with manager(app).db.acquire() as conn:
             gone, _ = await backfill_jobs.enqueue_job(
@@ -218,7 +218,7 @@ async def test_an_unknown_symbol_with_nothing_to_fetch_fails_the_job(
 ) -> None:
     """Issue 24.5: a job queued for a symbol the exchange does not list (the check at POST is
     skipped while the exchange is unreachable) ended "done" when no chunk was left to fetch."""
-    from services import backfill_jobs
+    from services.backfill import jobs as backfill_jobs
 
     async with running_app(emu_config(app_config, emulator)) as app:
         client = app.test_client()

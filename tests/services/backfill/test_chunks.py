@@ -15,9 +15,8 @@ from app_extensions.services import get_services
 from core.timeframes import Bar, now_ms
 from core.types import Series
 from services import storage
-from services.backfill_chunks import BackfillSettings, ChunkRunner, Progress
-from services.backfill_gaps import split_chunks
-from services.backfill_model import CopyTurn
+from services.backfill.chunks import BackfillSettings, ChunkRunner, CopyTurn, Progress
+from services.backfill.gaps import split_chunks
 from services.provider_source import PluginSource
 from services.settings import build
 from services.sources import CacheSource
