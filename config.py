@@ -166,7 +166,7 @@ class BaseConfig:
     #: Seconds /udf/search over every exchange waits for their symbol lists (then answers what is
     #: known: an exchange that has not answered counts with its last list, if any).
     UDF_SEARCH_SECONDS = 1.5
-    # Operators' side (app_extensions/auth.py, ratelimit.py, cors.py; services/provider_budget.py)
+    # Operators' side (app_extensions/auth.py, ratelimit.py, cors.py; services/upstream/budget.py)
     #: Require an API key (X-API-Key, or the WebSocket handshake's header / api_key parameter).
     AUTH_ENABLED = False
     #: Accepted keys as sha256 hex digests: a JSON list or comma-separated (also table api_keys).
@@ -217,7 +217,7 @@ class BaseConfig:
     WARMUP_SNAPSHOT_BARS = 100
     WARMUP_LOOKBACK_SECONDS = 3600.0
     WARMUP_RECORD_SECONDS = 15.0
-    #: Circuit breaker per provider (services/breaker.py): consecutive temporary failures that open
+    #: Circuit breaker per provider (services/upstream/breaker.py): consecutive temporary failures that open
     #: it, seconds it stays open, and the longest a half-open probe call may take.
     BREAKER_FAILURE_THRESHOLD = 5
     BREAKER_OPEN_SECONDS = 30.0

@@ -8,8 +8,8 @@ from quart import Quart
 
 from app_extensions.redis_client import get_redis
 from app_extensions.services import get_services
-from services.breaker import CircuitBreaker
-from services.tickers import TickerService
+from services.upstream.breaker import CircuitBreaker
+from services.upstream.tickers import TickerService
 from services.user_bars import UserBars
 
 

@@ -17,13 +17,13 @@ from services.backfill.manager import BackfillManager
 from services.cache_manager import RedisCache
 from services.hub import Broadcast, HubSettings, SubscriptionService
 from services.hub.redis_backend import RedisBackend
-from services.market_service import MarketService
 from services.orchestrator import DataOrchestrator, OrchestratorSettings
 from services.provider_source import PluginSource, ProviderSource
 from services.revisions import Revisions
 from services.settings import build
 from services.sources import Cache1mSource, CacheSource, DbSource, StorageSource
 from services.stream_registry import StreamRegistry
+from services.upstream.market_service import MarketService
 
 log = logging.getLogger(__name__)
 

@@ -207,7 +207,7 @@ BACKFILL_RUNNER_ERRORS = Counter(
     "backfill_runner_errors_total", "Errors of the backfill job runner loop (it backs off)"
 )
 
-# --- provider circuit breakers (services/breaker.py) -------------------------------------------
+# --- provider circuit breakers (services/upstream/breaker.py) ----------------------------------
 BREAKER_STATE = Gauge(
     "provider_breaker_state", "Circuit breaker of a provider: 0 closed, 1 half-open, 2 open",
     ["provider"], multiprocess_mode="livemax",

@@ -27,10 +27,10 @@ from core.errors import DataSourceError
 from core.timeframes import MINUTE_MS, bucket_ceil, bucket_start, now_ms, resample, round_bar, tf_ms
 from core.types import Series
 from services.bars import BarAnswer, BarQuery
-from services.deadline import DeadlineExceeded, remaining, request_deadline
 from services.provider_source import PluginSource
 from services.settings import setting
 from services.sources import LEDGER_SAFETY_MS, CacheSource, DataSource, Fill, StorageSource, Window
+from services.upstream.deadline import DeadlineExceeded, remaining, request_deadline
 
 __all__ = ["CLOSURE_SLACK_MS", "WIDEN_FACTORS", "BarAnswer", "BarQuery", "DataOrchestrator",
            "OrchestratorSettings", "window"]

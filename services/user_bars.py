@@ -16,9 +16,9 @@ import math
 
 from core.timeframes import MINUTE_MS, now_ms, resample, tf_ms
 from services.bars import BarAnswer, BarQuery
-from services.credentials import UserCredentials
-from services.market_service import MarketService
 from services.orchestrator import CLOSURE_SLACK_MS, WIDEN_FACTORS, window
+from services.upstream.credentials import UserCredentials
+from services.upstream.market_service import MarketService
 
 
 class UserBars:

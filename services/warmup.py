@@ -35,9 +35,9 @@ from core.errors import AppError, DataSourceError
 from core.metrics import PROVIDER_CALLS, WARMUP_QUERIES
 from core.types import Series
 from services.bars import BarQuery
-from services.breaker import RedisRunner
 from services.orchestrator import DataOrchestrator
 from services.settings import build, setting
+from services.upstream.breaker import RedisRunner
 
 log = logging.getLogger(__name__)
 HOUR_S = 3600

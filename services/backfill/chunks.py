@@ -42,10 +42,10 @@ from plugins.retry import RetryPolicy
 from services import aggregates, storage
 from services.backfill import jobs
 from services.backfill.gaps import Chunk
-from services.breaker import ProviderCircuitOpen
 from services.provider_source import PluginSource
 from services.settings import setting
 from services.sources import CacheSource, RevisionSink
+from services.upstream.breaker import ProviderCircuitOpen
 
 __all__ = ["BackfillSettings", "ChunkRunner", "JobRef", "LeaseLost", "Progress", "ProgressCallback",
            "readable"]

@@ -50,10 +50,10 @@ from services.backfill.chunks import (
 )
 from services.backfill.gaps import Chunk, bar_islands, gap_report, split_chunks
 from services.backfill.runner import JobRunner, RunnerSettings
-from services.market_service import MarketService
 from services.provider_source import PluginSource
 from services.settings import build
 from services.sources import LEDGER_SAFETY_MS, CacheSource, RevisionSink
+from services.upstream.market_service import MarketService
 
 __all__ = ["BackfillManager", "BackfillSettings", "Progress", "readable"]
 log = logging.getLogger(__name__)

@@ -20,9 +20,9 @@ from services.hub.service import SubscriptionService
 from services.hub.settings import HubSettings
 from services.hub.state import StateStore
 from services.hub.stream_poller import StreamPoller
-from services.market_service import MarketService
 from services.orchestrator import BarQuery, DataOrchestrator
 from services.stream_registry import StreamRegistry
+from services.upstream.market_service import MarketService
 
 __all__ = ["Broadcast", "Hub", "HubSettings", "SubscriptionService", "build"]
 

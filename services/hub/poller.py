@@ -32,8 +32,8 @@ from services.hub.frames import BarFrame, StatusFrame
 from services.hub.ports import BucketReader, Output, Writer
 from services.hub.settings import PollSettings
 from services.hub.state import PollerState, StateStore
-from services.market_service import MarketService
-from services.provider_budget import MAX_PAUSE_SECONDS
+from services.upstream.budget import MAX_PAUSE_SECONDS
+from services.upstream.market_service import MarketService
 
 log = logging.getLogger(__name__)
 #: Closed 1m bars kept for a retry while storage is down (older ones are left to the REST path).

@@ -22,8 +22,8 @@ from services.hub.connection import CLOSE_GOING_AWAY, Connection
 from services.hub.hub import ChannelEntry, Hub
 from services.hub.ports import Outlet
 from services.hub.settings import HubSettings
-from services.market_service import MarketService
 from services.orchestrator import BarQuery, DataOrchestrator
+from services.upstream.market_service import MarketService
 
 log = logging.getLogger(__name__)
 #: Most bars a snapshot holds (``history`` and ``since`` alike).

@@ -20,7 +20,7 @@ from services.hub.frames import Frame
 from services.hub.poller import Poller
 from services.hub.settings import PollSettings
 from services.hub.state import StateStore
-from services.provider_calls import ProviderCalls
+from services.upstream.calls import ProviderCalls
 
 X = 1_700_000_040_000  # a minute boundary
 M = 60_000
@@ -213,7 +213,7 @@ async def test_a_foreign_state_in_redis_does_not_stop_the_poller(setup: Any, raw
 
 
 async def test_an_infinite_retry_after_backs_off_a_bounded_time(setup: Any) -> None:
-    from services.provider_budget import MAX_PAUSE_SECONDS
+    from services.upstream.budget import MAX_PAUSE_SECONDS
 
     worker = setup[0]
     delay = await worker._failed("provider_unavailable", "rate limited", float("inf"))

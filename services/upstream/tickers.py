@@ -16,9 +16,9 @@ from dataclasses import asdict
 from core.errors import DataSourceError, NetworkPluginError
 from core.metrics import STALE_ANSWERS
 from plugins.base import Ticker
-from services.breaker import RedisRunner
-from services.credentials import UserCredentials
-from services.market_service import MarketService
+from services.upstream.breaker import RedisRunner
+from services.upstream.credentials import UserCredentials
+from services.upstream.market_service import MarketService
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ Public names (stable): ``ProviderCalls`` (``guard``, ``call``, ``pages``, ``fetc
 
 Every upstream call goes through ``ProviderCalls.call``:
 1. ``guard(provider)``: the per-provider gate: the provider's circuit breaker
-   (``services.breaker``, refuses at once while open) and the cluster-wide budget and ban pause
+   (``services.upstream.breaker``, refuses at once while open) and the cluster-wide budget and ban pause
    (``ProviderBudget``), so every path gets both, asked in one Redis script
-   (``services.provider_gate``).
+   (``services.upstream.gate``).
 2. ``observe_call``: the ``provider_calls_total`` / latency metrics.
 3. The plugin method itself. Temporary errors of one upstream request are retried inside the
    plugin with ``plugins.retry.RetryPolicy`` (the one retry policy: backfill retries its chunks
@@ -34,9 +34,9 @@ from core.metrics import observe_call
 from core.timeframes import Bar, now_ms, tf_ms
 from core.types import Series
 from plugins.base import MarketPlugin
-from services.breaker import CircuitBreaker
-from services.provider_budget import ProviderBudget
-from services.provider_gate import ProviderGate
+from services.upstream.breaker import CircuitBreaker
+from services.upstream.budget import ProviderBudget
+from services.upstream.gate import ProviderGate
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

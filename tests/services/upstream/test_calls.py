@@ -11,8 +11,8 @@ from core.timeframes import MINUTE_MS, bucket_start, now_ms
 from core.types import Series
 from plugins.base import Capabilities
 from plugins.sim import HISTORY_START_MS, SimPlugin
-from services.provider_budget import ProviderBudget
-from services.provider_calls import LISTING_GAP_MS, ProviderCalls
+from services.upstream.budget import ProviderBudget
+from services.upstream.calls import LISTING_GAP_MS, ProviderCalls
 
 SERIES = Series("sim", "sim", "SIM/USD")
 T = HISTORY_START_MS + 30 * 24 * 60 * MINUTE_MS

@@ -11,8 +11,8 @@ from core.errors import UnknownMarket, UnknownProvider
 from plugins.base import MarketPlugin
 from plugins.loader import PluginLoader
 from plugins.sim import SimPlugin
-from services.credentials import UserCredentials
-from services.market_service import MarketService, credentials_marker
+from services.upstream.credentials import UserCredentials
+from services.upstream.market_service import MarketService, credentials_marker
 
 
 class KeyedSim(SimPlugin):

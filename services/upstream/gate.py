@@ -2,8 +2,8 @@
 and the budget's slot.
 
 ``ProviderCalls.guard`` puts both gates before an upstream call: the provider's circuit breaker
-(``services.breaker``: refuses at once while open) first, then its budget and ban pause
-(``services.provider_budget``). Run one after the other they cost two scripts a call, and Python's
+(``services.upstream.breaker``: refuses at once while open) first, then its budget and ban pause
+(``services.upstream.budget``). Run one after the other they cost two scripts a call, and Python's
 Redis client spends more CPU on a command than Redis does (~0.3 ms here): ``GATE_LUA`` runs the
 breaker's ``ACQUIRE_LUA`` and, unless it refused, the budget's ``BUDGET_LUA`` in one script, with
 the same keys, arguments and answers, so the decisions are the same, taken atomically. With the
@@ -18,9 +18,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from core.errors import DataSourceError
-from services.breaker import CircuitBreaker
-from services.breaker_lua import ACQUIRE_LUA
-from services.provider_budget import BUDGET_LUA, ProviderBudget
+from services.upstream.breaker import ACQUIRE_LUA, CircuitBreaker
+from services.upstream.budget import BUDGET_LUA, ProviderBudget
 
 #: KEYS: the breaker's hash, the budget's pause and schedule. ARGV: ``ACQUIRE_LUA``'s (probe ms),
 #: then ``BUDGET_LUA``'s (emission ms, burst, longest wait ms, weight). Returns {breaker code,

@@ -1,6 +1,6 @@
 """One circuit breaker's state machine in process memory: closed, open, half-open with one probe.
 
-``services.breaker.CircuitBreaker`` runs the same machine in Redis for the providers (shared by
+``services.upstream.breaker.CircuitBreaker`` runs the same machine in Redis for the providers (shared by
 the cluster) and falls back to this one while Redis is down; the app's PostgreSQL pool and Redis
 client each guard their own dependency with one (``DEPENDENCY_RETRY_AFTER`` as the open time, a
 single failure opens it: a dependency that broke a connection is skipped at once, and after the

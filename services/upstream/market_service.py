@@ -29,12 +29,12 @@ from core.metrics import PLUGIN_INSTANCES
 from core.timeframes import TIMEFRAMES
 from plugins.base import MarketPlugin, ProviderInfo, Ticker
 from plugins.loader import PluginLoader
-from services.breaker import BreakerSettings, CircuitBreaker
-from services.credentials import UserCredentials
-from services.deadline import bounded
-from services.provider_budget import ProviderBudget
-from services.provider_calls import ProviderCalls
 from services.settings import build, setting
+from services.upstream.breaker import BreakerSettings, CircuitBreaker
+from services.upstream.budget import ProviderBudget
+from services.upstream.calls import ProviderCalls
+from services.upstream.credentials import UserCredentials
+from services.upstream.deadline import bounded
 
 log = logging.getLogger(__name__)
 

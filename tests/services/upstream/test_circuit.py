@@ -1,11 +1,11 @@
-"""services/circuit.py: the one in-memory breaker state machine (providers' fallback, and the
+"""services/upstream/circuit.py: the one in-memory breaker state machine (providers' fallback, and the
 PostgreSQL and Redis owners' skip-then-retry)."""
 
 from __future__ import annotations
 
 import time
 
-from services.circuit import ALLOWED, PROBE, REFUSED, Circuit
+from services.upstream.circuit import ALLOWED, PROBE, REFUSED, Circuit
 
 
 def test_opens_refuses_then_one_probe_closes_it() -> None:

@@ -1,4 +1,4 @@
-"""services/breaker.py alone, against the real Redis: states, the shared probe, fallback."""
+"""services/upstream/breaker.py alone, against the real Redis: states, the shared probe, fallback."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from app_extensions.redis_client import RedisClient
 from config import TestingConfig
 from core.errors import NetworkPluginError, RateLimitedPluginError, UnknownSymbol
-from services.breaker import BreakerSettings, CircuitBreaker, ProviderCircuitOpen, outcome_of
+from services.upstream.breaker import BreakerSettings, CircuitBreaker, ProviderCircuitOpen, outcome_of
 from tests.conftest import REDIS_URL
 
 FAST = BreakerSettings(failure_threshold=3, open_seconds=0.3, probe_seconds=0.3)
@@ -194,8 +194,8 @@ async def test_a_call_cut_off_late_is_a_failure(redis: RedisClient, slow_seconds
 async def test_a_testnet_has_a_breaker_of_its_own(redis: RedisClient) -> None:
     """A user's sandbox credentials reach another host: its failures leave the provider's own
     breaker (every other user's) closed."""
-    from services.provider_budget import ProviderBudget
-    from services.provider_calls import ProviderCalls
+    from services.upstream.budget import ProviderBudget
+    from services.upstream.calls import ProviderCalls
 
     breaker = CircuitBreaker(FAST, redis)
     calls = ProviderCalls(ProviderBudget({}), breaker)

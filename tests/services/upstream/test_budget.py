@@ -13,7 +13,7 @@ from quart import Quart
 from app import create_app
 from app_extensions.services import get_services
 from core.errors import RateLimitedPluginError
-from services.provider_budget import ProviderBudget, parse_budget
+from services.upstream.budget import ProviderBudget, parse_budget
 
 TICKER = "/api/v1/ticker?market=sim&provider=sim&symbol=SIM/USD"
 
@@ -134,7 +134,7 @@ def test_bad_budgets_fail_fast(text: str) -> None:
 
 @pytest.mark.parametrize("retry_after", [float("inf"), 1e300])
 async def test_an_absurd_retry_after_pauses_for_at_most_the_cap(retry_after: float) -> None:
-    from services.provider_budget import MAX_PAUSE_SECONDS
+    from services.upstream.budget import MAX_PAUSE_SECONDS
 
     b = ProviderBudget({})
     await b.pause("kraken", retry_after)  # raised OverflowError (inf) before

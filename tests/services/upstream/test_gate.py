@@ -1,4 +1,4 @@
-"""services/provider_gate.py against the real Redis: the breaker's admission and the budget's slot
+"""services/upstream/gate.py against the real Redis: the breaker's admission and the budget's slot
 in one script, the breaker's quiet successes, and the same decisions as the two gates alone."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pytest
 from app_extensions.redis_client import RedisClient
 from config import TestingConfig
 from core.errors import NetworkPluginError, RateLimitedPluginError
-from services.breaker import BreakerSettings, CircuitBreaker, ProviderCircuitOpen
-from services.provider_budget import ProviderBudget
-from services.provider_calls import ProviderCalls
+from services.upstream.breaker import BreakerSettings, CircuitBreaker, ProviderCircuitOpen
+from services.upstream.budget import ProviderBudget
+from services.upstream.calls import ProviderCalls
 from tests.conftest import REDIS_URL
 
 FAST = BreakerSettings(failure_threshold=3, open_seconds=0.3, probe_seconds=0.3)
