@@ -113,7 +113,7 @@ class BaseConfig:
     CACHE_TTL_FORMING = 5
     CACHE_TTL_SYMBOLS = 3_600
     #: How far back Redis caches bars and answers (seconds); older history is served from the
-    #: database, so old ranges cannot grow Redis (services/cache_manager.py).
+    #: database, so old ranges cannot grow Redis (services/bars/cache.py).
     CACHE_RECENT_SECONDS = 7 * 86_400
     #: Memory bound (bytes) of the in-process answer bytes (closed-range /ohlcv answers with their
     #: ETag and br/gzip variants, least recently used out first); 0 switches them off.
@@ -207,7 +207,7 @@ class BaseConfig:
     CREDENTIALS_CACHE_TTL = 5.0
     #: Seconds the last good ticker of a symbol is kept to answer (stale) while its provider fails.
     TICKER_STALE_TTL = 86_400
-    #: Cache warming at start (services/warmup.py): on/off, the time and upstream-call budgets,
+    #: Cache warming at start (services/bars/warmup.py): on/off, the time and upstream-call budgets,
     #: how many of the most requested ranges, the bars of each live channel's snapshot, how far
     #: back "recent" reaches, and how often ranges and live channels are recorded (seconds).
     WARMUP_ENABLED = True

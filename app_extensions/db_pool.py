@@ -24,7 +24,7 @@ from quart import Quart
 from app_extensions.migrations import run_migrations
 from core.errors import DataSourceError
 from core.outage import OutageLog
-from services.aggregates import describe_mode
+from services.bars.aggregates import describe_mode
 from services.upstream.circuit import PROBE, REFUSED, Circuit
 
 log = logging.getLogger(__name__)

@@ -14,14 +14,14 @@ from app_extensions.redis_client import get_redis
 from plugins.loader import PluginLoader
 from services import hub
 from services.backfill.manager import BackfillManager
-from services.cache_manager import RedisCache
+from services.bars.cache import RedisCache
+from services.bars.orchestrator import DataOrchestrator, OrchestratorSettings
+from services.bars.provider_source import PluginSource, ProviderSource
+from services.bars.sources import Cache1mSource, CacheSource, DbSource, StorageSource
 from services.hub import Broadcast, HubSettings, SubscriptionService
 from services.hub.redis_backend import RedisBackend
-from services.orchestrator import DataOrchestrator, OrchestratorSettings
-from services.provider_source import PluginSource, ProviderSource
 from services.revisions import Revisions
 from services.settings import build
-from services.sources import Cache1mSource, CacheSource, DbSource, StorageSource
 from services.stream_registry import StreamRegistry
 from services.upstream.market_service import MarketService
 

@@ -20,7 +20,7 @@ from core.errors import DataSourceError
 from core.metrics import BAR_REVISIONS
 from core.timeframes import Bar, round_bar
 from core.types import Series
-from services.cache_manager import Cache
+from services.bars.cache import Cache
 from services.hub.broadcast import Broadcast
 from services.hub.hub import REVISIONS
 

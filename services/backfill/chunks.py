@@ -39,12 +39,12 @@ from core.ports import Database
 from core.timeframes import DAY_MS, MINUTE_MS, Bar, now_ms
 from core.types import Series, to_dt
 from plugins.retry import RetryPolicy
-from services import aggregates, storage
 from services.backfill import jobs
 from services.backfill.gaps import Chunk
-from services.provider_source import PluginSource
+from services.bars import aggregates, storage
+from services.bars.provider_source import PluginSource
+from services.bars.sources import CacheSource, RevisionSink
 from services.settings import setting
-from services.sources import CacheSource, RevisionSink
 from services.upstream.breaker import ProviderCircuitOpen
 
 __all__ = ["BackfillSettings", "ChunkRunner", "JobRef", "LeaseLost", "Progress", "ProgressCallback",

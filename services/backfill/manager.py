@@ -36,7 +36,6 @@ from core.errors import (
 from core.ports import Database
 from core.timeframes import MINUTE_MS, bucket_ceil, bucket_start, now_ms
 from core.types import Series, to_dt
-from services import storage
 from services.backfill import jobs
 from services.backfill.chunks import (
     BackfillSettings,
@@ -50,9 +49,10 @@ from services.backfill.chunks import (
 )
 from services.backfill.gaps import Chunk, bar_islands, gap_report, split_chunks
 from services.backfill.runner import JobRunner, RunnerSettings
-from services.provider_source import PluginSource
+from services.bars import storage
+from services.bars.provider_source import PluginSource
+from services.bars.sources import LEDGER_SAFETY_MS, CacheSource, RevisionSink
 from services.settings import build
-from services.sources import LEDGER_SAFETY_MS, CacheSource, RevisionSink
 from services.upstream.market_service import MarketService
 
 __all__ = ["BackfillManager", "BackfillSettings", "Progress", "readable"]

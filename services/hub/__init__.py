@@ -10,6 +10,7 @@ import uuid
 
 from core.timeframes import Bar, tf_ms
 from core.types import Channel, Series
+from services.bars.orchestrator import BarQuery, DataOrchestrator
 from services.hub.broadcast import Broadcast
 from services.hub.channels import ChannelsReport
 from services.hub.commits import Commits
@@ -20,7 +21,6 @@ from services.hub.service import SubscriptionService
 from services.hub.settings import HubSettings
 from services.hub.state import StateStore
 from services.hub.stream_poller import StreamPoller
-from services.orchestrator import BarQuery, DataOrchestrator
 from services.stream_registry import StreamRegistry
 from services.upstream.market_service import MarketService
 

@@ -16,13 +16,13 @@ from core.errors import APIError, AppError, UnknownSymbol
 from core.metrics import WS_CONNECTIONS, WS_SUBSCRIPTIONS
 from core.timeframes import Bar, bucket_start, now_ms, tf_ms
 from core.types import Channel
+from services.bars.orchestrator import BarQuery, DataOrchestrator
 from services.hub.broadcast import stop_task
 from services.hub.channels import ChannelsReport
 from services.hub.connection import CLOSE_GOING_AWAY, Connection
 from services.hub.hub import ChannelEntry, Hub
 from services.hub.ports import Outlet
 from services.hub.settings import HubSettings
-from services.orchestrator import BarQuery, DataOrchestrator
 from services.upstream.market_service import MarketService
 
 log = logging.getLogger(__name__)

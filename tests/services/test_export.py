@@ -19,7 +19,7 @@ from app_extensions.export import get_exporter
 from core.timeframes import DAY_MS, MINUTE_MS, round_bar
 from core.types import Series
 from plugins.sim import sim_bar
-from services import storage
+from services.bars import storage
 from services.export import FORMATS, Exporter, ExportSettings
 from services.export.rows import CopyParser, round_volumes, to_batch
 

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHANNEL = "crypto:binance:BTC/USDT:1m"
 SUB = {"op": "subscribe", "market": "crypto", "provider": "binance", "symbol": "BTC/USDT",
        "timeframe": "1m", "history": 3}
-CLOCKED = ("services.orchestrator", "services.hub.poller", "services.hub.service",
+CLOCKED = ("services.bars.orchestrator", "services.hub.poller", "services.hub.service",
            "services.stream_feed", "services.hub.stream_poller")
 
 

@@ -14,12 +14,12 @@ from app_extensions.db_pool import get_database
 from app_extensions.services import get_services
 from core.timeframes import Bar, now_ms
 from core.types import Series
-from services import storage
 from services.backfill.chunks import BackfillSettings, ChunkRunner, CopyTurn, Progress
 from services.backfill.gaps import split_chunks
-from services.provider_source import PluginSource
+from services.bars import storage
+from services.bars.provider_source import PluginSource
+from services.bars.sources import CacheSource
 from services.settings import build
-from services.sources import CacheSource
 from tests.conftest import DATABASE_URL
 from tests.support.backfill import (
     BTC,

@@ -1,4 +1,4 @@
-"""Cache warming at start (services/warmup.py, app_extensions/warmup.py): what was live and most
+"""Cache warming at start (services/bars/warmup.py, app_extensions/warmup.py): what was live and most
 asked is prefetched by a restarted instance within its time and call budgets, and shutdown stops
 it at once."""
 
@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from app import create_app
 from app_extensions.warmup import get_warmup
 from core.types import Series
-from services.bars import BarQuery
+from services.bars.query import BarQuery
 from tests.conftest import REDIS_URL
 from tests.support.exchange_emulator import ExchangeEmulator, fixtures
 from tests.support.helpers import sim_calls

@@ -7,7 +7,7 @@ The path of one query of timeframe T, top to bottom:
 1. ``window``: the buckets [a, b) it covers and the ``next`` page;
 2. the answer cache (closed ranges cached long, ranges with the forming bar briefly), then one
    build per window at a time (concurrent identical queries share it);
-3. the chain (``services.sources``): each source's ``fill`` adds what it has. Storage up:
+3. the chain (``services.bars.sources``): each source's ``fill`` adds what it has. Storage up:
    ``StorageSource`` then ``ProviderSource`` (fetches what the ledger lacks, writes it through,
    reads the window back). Storage down (a ``DataSourceError``): ``Cache1mSource`` then the
    provider without storage;
@@ -26,10 +26,10 @@ from dataclasses import dataclass, replace
 from core.errors import DataSourceError
 from core.timeframes import MINUTE_MS, bucket_ceil, bucket_start, now_ms, resample, round_bar, tf_ms
 from core.types import Series
-from services.bars import BarAnswer, BarQuery
-from services.provider_source import PluginSource
+from services.bars.provider_source import PluginSource
+from services.bars.query import BarAnswer, BarQuery
+from services.bars.sources import LEDGER_SAFETY_MS, CacheSource, DataSource, Fill, StorageSource, Window
 from services.settings import setting
-from services.sources import LEDGER_SAFETY_MS, CacheSource, DataSource, Fill, StorageSource, Window
 from services.upstream.deadline import DeadlineExceeded, remaining, request_deadline
 
 __all__ = ["CLOSURE_SLACK_MS", "WIDEN_FACTORS", "BarAnswer", "BarQuery", "DataOrchestrator",

@@ -34,8 +34,8 @@ from typing import Any
 from core.errors import AppError, DataSourceError
 from core.metrics import PROVIDER_CALLS, WARMUP_QUERIES
 from core.types import Series
-from services.bars import BarQuery
-from services.orchestrator import DataOrchestrator
+from services.bars.orchestrator import DataOrchestrator
+from services.bars.query import BarQuery
 from services.settings import build, setting
 from services.upstream.breaker import RedisRunner
 

@@ -1,4 +1,4 @@
-"""DataOrchestrator (services/orchestrator.py): answer builds in flight are owned (shutdown cancels
+"""DataOrchestrator (services/bars/orchestrator.py): answer builds in flight are owned (shutdown cancels
 them and nothing is left running), and paging with ``start`` never gives an empty page while
 ``next`` is set (a page before the first bar jumps to it). Markets that close:
 test_orchestrator_closed_market.py; REQUEST_DEADLINE: test_orchestrator_deadline.py."""
@@ -19,7 +19,7 @@ from app_extensions.services import get_services
 from core.timeframes import DAY_MS, Bar
 from core.types import Series
 from plugins.sim import HISTORY_START_MS, SimPlugin
-from services.orchestrator import BarQuery
+from services.bars.orchestrator import BarQuery
 from tests.support.backfill import emu_config, running_app
 from tests.support.exchange_emulator import ExchangeEmulator, fixtures
 

@@ -1,7 +1,7 @@
 """The query and answer types of ``GET /ohlcv`` (and WebSocket snapshots).
 
 Public names (stable): ``BarQuery``, ``BarAnswer`` (also importable from
-``services.orchestrator``).
+``services.bars.orchestrator``).
 """
 
 from __future__ import annotations

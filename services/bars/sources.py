@@ -7,7 +7,7 @@ Each ``DataSource`` answers one question, ``fill(window, got)``: given what the 
 found (``got``: the window's bars if some source could answer, the 1m ranges still missing and the
 names of the sources used), what does it add? The orchestrator loops over its chain:
 - storage up: ``StorageSource`` (the gap ledger says which minutes were never fetched; a window
-  with none is answered from storage) then ``ProviderSource`` (``services.provider_source``:
+  with none is answered from storage) then ``ProviderSource`` (``services.bars.provider_source``:
   fetches what is missing, writes it through, reads the window back);
 - storage down: ``Cache1mSource`` (the closed 1m bars of the window, when cached in full) then
   ``ProviderSource`` without storage.
@@ -30,8 +30,8 @@ from core.ports import Database
 from core.timeframes import MINUTE_MS, Bar, resample, tf_ms
 from core.types import Series, merge_ranges
 from plugins.base import Capabilities
-from services import aggregates, storage
-from services.cache_manager import Cache
+from services.bars import aggregates, storage
+from services.bars.cache import Cache
 
 log = logging.getLogger(__name__)
 #: Minutes this close to now are refetched every time, never recorded complete in the ledger.

@@ -25,7 +25,7 @@ from app_extensions.migrations import run_migrations
 from config import TestingConfig
 from core.timeframes import DAY_MS, HOUR_MS, MINUTE_MS, TIMEFRAMES, Bar, bucket_ceil, bucket_start, resample
 from core.types import Series
-from services import aggregates, storage
+from services.bars import aggregates, storage
 from tests.conftest import DATABASE_URL
 from tests.support.pglite.fixtures import timescale_url  # noqa: F401  (session fixture)
 

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import pytest
 from quart import Quart
 
-import services.orchestrator as orchestrator_module
+import services.bars.orchestrator as orchestrator_module
 from app import create_app
 from core.timeframes import DAY_MS, MINUTE_MS, TIMEFRAMES, Bar, now_ms
 from plugins.base import Capabilities

@@ -12,7 +12,7 @@ from app_extensions.migrations import run_migrations
 from config import TestingConfig as _TestingConfig
 from core.timeframes import MINUTE_MS, resample
 from core.types import Series, merge_ranges, subtract_ranges
-from services import aggregates, storage
+from services.bars import aggregates, storage
 from tests.conftest import DATABASE_URL
 from tests.support.helpers import count_1m_bars, select_1m_bars
 

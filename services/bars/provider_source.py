@@ -26,7 +26,7 @@ from core.errors import NetworkPluginError
 from core.timeframes import MINUTE_MS, Bar, bucket_start, resample
 from core.types import Series, subtract_ranges
 from plugins.base import Capabilities, MarketPlugin
-from services.sources import CacheSource, DataSource, Fill, Range, StorageSource, Window
+from services.bars.sources import CacheSource, DataSource, Fill, Range, StorageSource, Window
 from services.upstream.market_service import MarketService
 
 log = logging.getLogger(__name__)

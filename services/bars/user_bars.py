@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 
 from core.timeframes import MINUTE_MS, now_ms, resample, tf_ms
-from services.bars import BarAnswer, BarQuery
-from services.orchestrator import CLOSURE_SLACK_MS, WIDEN_FACTORS, window
+from services.bars.orchestrator import CLOSURE_SLACK_MS, WIDEN_FACTORS, window
+from services.bars.query import BarAnswer, BarQuery
 from services.upstream.credentials import UserCredentials
 from services.upstream.market_service import MarketService
 
