@@ -42,7 +42,7 @@ class Warmup:
             raise ConfigError(str(exc)) from exc
         services = get_services(app)
         subscriptions = services.subscriptions
-        self.warmer = Warmer(services.bars.orchestrator, get_redis(app), settings,
+        self.warmer = Warmer(services.orchestrator, get_redis(app), settings,
                              lambda: list(subscriptions.channels))
         self.step_timeout = float(app.config["SHUTDOWN_TIMEOUT"])
         app.extensions["warmup"] = self

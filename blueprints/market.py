@@ -18,7 +18,7 @@ from core.metrics import DATA_SOURCE_ANSWERS
 from core.timeframes import MINUTE_MS, now_ms
 from core.types import Series
 from services.answer_bytes import Prepared, etag_matches, etag_of
-from services.bars.orchestrator import BarQuery, window
+from services.orchestrator import BarQuery, window
 from services.bars.sources import LEDGER_SAFETY_MS
 from services.bars.warmup import range_key
 
@@ -102,7 +102,7 @@ async def ohlcv() -> Response:
     if user is None:
         get_warmup(current_app).warmer.note(query)  # counted for cache warming (memory only)
     answer = await (get_resilience(current_app).user_bars.get_bars(query, user) if user
-                    else services.bars.orchestrator.get_bars(query))
+                    else services.orchestrator.get_bars(query))
     head = {"market": series.market, "provider": series.provider, "symbol": series.symbol,
             "timeframe": q["timeframe"]}
     tail = {"partial": answer.partial, "next": answer.next}
