@@ -18,7 +18,7 @@ from core.metrics import DATA_SOURCE_ANSWERS
 from core.timeframes import MINUTE_MS, now_ms
 from core.types import Series
 from services.answer_bytes import Prepared, etag_matches, etag_of
-from services.orchestrator import BarQuery, window
+from services.bars.orchestrator import BarQuery, window
 from services.bars.sources import LEDGER_SAFETY_MS
 from services.bars.warmup import range_key
 

@@ -138,7 +138,7 @@ class CacheSource:
 
 
 class RevisionSink(Protocol):
-    """Told about stored bars whose values a write changed (``services.revisions.Revisions``)."""
+    """Told about stored bars whose values a write changed (``services.bus.revisions.Revisions``)."""
 
     async def announce(self, series: Series, bars: Sequence[Bar]) -> None: ...
 

@@ -17,12 +17,12 @@ from core.metrics import WS_CONNECTIONS, WS_SUBSCRIPTIONS
 from core.timeframes import Bar, bucket_start, now_ms, tf_ms
 from core.types import Channel
 from services.bars.orchestrator import BarQuery, DataOrchestrator
-from services.hub.broadcast import stop_task
-from services.hub.channels import ChannelsReport
-from services.hub.connection import CLOSE_GOING_AWAY, Connection
-from services.hub.hub import ChannelEntry, Hub
-from services.hub.ports import Outlet
-from services.hub.settings import HubSettings
+from services.bus.broadcast import stop_task
+from services.live.channels import ChannelsReport
+from services.live.connection import CLOSE_GOING_AWAY, Connection
+from services.live.hub import ChannelEntry, Hub
+from services.live.ports import Outlet
+from services.live.settings import HubSettings
 from services.upstream.market_service import MarketService
 
 log = logging.getLogger(__name__)

@@ -25,9 +25,9 @@ from typing import Any
 
 from core.metrics import WS_CLIENTS_DROPPED, WS_FANOUT_LATENCY, WS_FRAMES_SENT
 from core.timeframes import Bar
-from services.hub.frames import BarFrame, Frame
-from services.hub.ports import Outlet
-from services.hub.wire import Message, Reply
+from services.live.frames import BarFrame, Frame
+from services.live.ports import Outlet
+from services.live.wire import Message, Reply
 
 #: Close codes: 1013 "try again later" for clients too slow for their stream, 1001 at shutdown.
 CLOSE_SLOW = 1013

@@ -12,15 +12,15 @@ import pytest
 
 from app_extensions.redis_client import RedisClient
 from core.types import Channel
-from services.hub.broadcast import Broadcast, Lease
-from services.hub.frames import Frame, StatusFrame
-from services.hub.hub import Hub
-from services.hub.poller import Poller
-from services.hub.redis_backend import RedisBackend
-from services.hub.settings import HubSettings, PollSettings
-from services.hub.state import StateStore
+from services.bus.broadcast import Broadcast, Lease
+from services.bus.redis_backend import RedisBackend
+from services.live.frames import Frame, StatusFrame
+from services.live.hub import Hub
+from services.live.poller import Poller
+from services.live.settings import HubSettings, PollSettings
+from services.live.state import StateStore
 from tests.conftest import REDIS_URL
-from tests.services.hub.test_poller import FakeMarkets, FakePlugin, Out, bar
+from tests.services.live.test_poller import FakeMarkets, FakePlugin, Out, bar
 from tests.support.ws import wait_for
 
 CHANNEL = "sim:sim:SIM/USD:1m"

@@ -1,5 +1,8 @@
-"""The live-candle hub: WebSocket subscriptions over reference-counted channels, one poller per
-channel in the cluster, fan-out through a swappable backend (Redis, or memory while it is down).
+"""Live candles: the WebSocket hub, its pollers and stream feeds.
+
+Subscriptions over reference-counted channels (``service``, ``connection``, ``hub``), one poller
+per channel in the cluster (``poller``, or ``stream_poller`` fed by an exchange's kline stream:
+``streams``), fan-out through the bus (``services.bus``: Redis, or memory while it is down).
 
 ``build`` wires the pieces; see ``hub.py`` for the shape and docs/websocket.md for the protocol.
 """
@@ -11,20 +14,20 @@ import uuid
 from core.timeframes import Bar, tf_ms
 from core.types import Channel, Series
 from services.bars.orchestrator import BarQuery, DataOrchestrator
-from services.hub.broadcast import Broadcast
-from services.hub.channels import ChannelsReport
-from services.hub.commits import Commits
-from services.hub.hub import Hub
-from services.hub.poller import Poller
-from services.hub.ports import Output, Writer
-from services.hub.service import SubscriptionService
-from services.hub.settings import HubSettings
-from services.hub.state import StateStore
-from services.hub.stream_poller import StreamPoller
-from services.stream_registry import StreamRegistry
+from services.bus.broadcast import Broadcast
+from services.live.channels import ChannelsReport
+from services.live.commits import Commits
+from services.live.hub import Hub
+from services.live.poller import Poller
+from services.live.ports import Output, Writer
+from services.live.service import SubscriptionService
+from services.live.settings import HubSettings
+from services.live.state import StateStore
+from services.live.stream_poller import StreamPoller
+from services.live.streams import StreamRegistry
 from services.upstream.market_service import MarketService
 
-__all__ = ["Broadcast", "Hub", "HubSettings", "SubscriptionService", "build"]
+__all__ = ["Hub", "HubSettings", "SubscriptionService", "build"]
 
 
 def build(*, markets: MarketService, orchestrator: DataOrchestrator, broadcast: Broadcast,

@@ -9,8 +9,8 @@ from typing import Protocol
 
 from core.timeframes import Bar
 from core.types import Series
-from services.hub.commits import Commit
-from services.hub.frames import Frame
+from services.live.commits import Commit
+from services.live.frames import Frame
 
 #: The bar of one bucket (series, timeframe, bucket open time), from the data REST serves.
 BucketReader = Callable[[Series, str, int], Awaitable[Bar | None]]
@@ -18,7 +18,7 @@ BucketReader = Callable[[Series, str, int], Awaitable[Bar | None]]
 
 class Output(Protocol):
     """Where a poller's frames go (the hub): status frames one by one, bar frames committed
-    (numbered, published and saved with the poller's state: ``services.hub.commits``)."""
+    (numbered, published and saved with the poller's state: ``services.live.commits``)."""
 
     async def publish(self, frame: Frame) -> None: ...
 

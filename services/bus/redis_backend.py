@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from core.errors import DataSourceError
 from core.ports import RedisClient
-from services.hub.backends import SEQ_TTL_SECONDS, Backend, BackendError, CommitRecord
+from services.bus.backends import SEQ_TTL_SECONDS, Backend, BackendError, CommitRecord
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

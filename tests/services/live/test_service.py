@@ -14,7 +14,7 @@ from quart import Quart
 from app import create_app
 from app_extensions.services import get_services
 from core.timeframes import BAR_DECIMALS
-from tests.services.hub.test_connection import Gate, Recorder
+from tests.services.live.test_connection import Gate, Recorder
 from tests.support.ws import WS_TEST_CONFIG, recv_until, wait_for
 
 SUB = {"op": "subscribe", "market": "sim", "provider": "sim", "symbol": "SIM/USD", "timeframe": "1m"}

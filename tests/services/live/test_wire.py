@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from services.hub.frames import BarFrame, StatusFrame
-from services.hub.wire import Reply
+from services.live.frames import BarFrame, StatusFrame
+from services.live.wire import Reply
 
 
 def test_a_shared_frame_is_encoded_once_as_the_client_frame() -> None:

@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CHANNEL = "crypto:binance:BTC/USDT:1m"
 SUB = {"op": "subscribe", "market": "crypto", "provider": "binance", "symbol": "BTC/USDT",
        "timeframe": "1m", "history": 3}
-CLOCKED = ("services.bars.orchestrator", "services.hub.poller", "services.hub.service",
-           "services.stream_feed", "services.hub.stream_poller")
+CLOCKED = ("services.bars.orchestrator", "services.live.poller", "services.live.service",
+           "services.live.streams", "services.live.stream_poller")
 
 
 @pytest.fixture

@@ -21,17 +21,16 @@ from typing import Any, Protocol
 from core.errors import AppError
 from core.metrics import WS_ACTIVE_CHANNELS, WS_POLLING_CHANNELS, forget_candle_lag
 from core.types import Channel
-from services.hub.broadcast import Broadcast, Lease, stop_task
-from services.hub.commits import BARS, Commit, Commits
-from services.hub.frames import BarFrame, Frame, StatusFrame, decode
-from services.hub.poller import Poller
-from services.hub.ports import Output
-from services.hub.settings import HubSettings
-from services.hub.state import StateStore
+from services.bus.broadcast import Broadcast, Lease, stop_task
+from services.bus.revisions import REVISIONS
+from services.live.commits import BARS, Commit, Commits
+from services.live.frames import BarFrame, Frame, StatusFrame, decode
+from services.live.poller import Poller
+from services.live.ports import Output
+from services.live.settings import HubSettings
+from services.live.state import StateStore
 
 log = logging.getLogger(__name__)
-#: Topic of revised closed 1m bars, ``<REDIS_PREFIX>:revisions`` on Redis (see ``Revisions``).
-REVISIONS = "revisions"
 PollerFactory = Callable[[Channel, Output], Poller]
 
 

@@ -13,15 +13,15 @@ import pytest
 from app_extensions.redis_client import RedisClient
 from core.timeframes import now_ms
 from core.types import Channel
-from services.hub.broadcast import Broadcast, Lease, LeaseLost
-from services.hub.commits import BARS, Commit, Commits
-from services.hub.frames import BarFrame, decode
-from services.hub.hub import Hub
-from services.hub.poller import Poller
-from services.hub.settings import HubSettings, PollSettings
-from services.hub.state import PollerState, StateStore
-from tests.services.hub.test_hub import on_redis, redis  # noqa: F401  (fixture)
-from tests.services.hub.test_poller import FakeMarkets, FakePlugin, bar
+from services.bus.broadcast import Broadcast, Lease, LeaseLost
+from services.live.commits import BARS, Commit, Commits
+from services.live.frames import BarFrame, decode
+from services.live.hub import Hub
+from services.live.poller import Poller
+from services.live.settings import HubSettings, PollSettings
+from services.live.state import PollerState, StateStore
+from tests.services.live.test_hub import on_redis, redis  # noqa: F401  (fixture)
+from tests.services.live.test_poller import FakeMarkets, FakePlugin, bar
 
 N = 50
 T = 1_700_000_040_000

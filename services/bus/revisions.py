@@ -21,10 +21,11 @@ from core.metrics import BAR_REVISIONS
 from core.timeframes import Bar, round_bar
 from core.types import Series
 from services.bars.cache import Cache
-from services.hub.broadcast import Broadcast
-from services.hub.hub import REVISIONS
+from services.bus.broadcast import Broadcast
 
 log = logging.getLogger(__name__)
+#: Topic of revised closed 1m bars, ``<REDIS_PREFIX>:revisions`` on Redis (see ``Revisions``).
+REVISIONS = "revisions"
 
 
 class Revisions:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.timeframes import Bar
-from services.hub.broadcast import Broadcast
+from services.bus.broadcast import Broadcast
 
 log = logging.getLogger(__name__)
 #: Saved states outlive a poller by this much (a channel unused longer starts afresh).

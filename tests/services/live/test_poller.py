@@ -13,13 +13,13 @@ import pytest
 from core.errors import NetworkPluginError
 from core.types import Channel
 from plugins.base import Capabilities
-from services.hub.backends import MemoryBackend
-from services.hub.broadcast import Broadcast
-from services.hub.commits import Commit
-from services.hub.frames import Frame
-from services.hub.poller import Poller
-from services.hub.settings import PollSettings
-from services.hub.state import StateStore
+from services.bus.backends import MemoryBackend
+from services.bus.broadcast import Broadcast
+from services.live.commits import Commit
+from services.live.frames import Frame
+from services.live.poller import Poller
+from services.live.settings import PollSettings
+from services.live.state import StateStore
 from services.upstream.calls import ProviderCalls
 
 X = 1_700_000_040_000  # a minute boundary
@@ -102,7 +102,7 @@ def store(backend: Any = None) -> StateStore:
 def setup(monkeypatch: pytest.MonkeyPatch) -> tuple[Poller, FakePlugin, FakeDb, list[Any], Any]:
     plugin, db, out = FakePlugin(), FakeDb(), Out()
     clock = {"now": X + 30_000}
-    monkeypatch.setattr("services.hub.poller.now_ms", lambda: clock["now"])
+    monkeypatch.setattr("services.live.poller.now_ms", lambda: clock["now"])
     worker = Poller(
         Channel("sim", "sim", "SIM/USD", "1m"), markets=FakeMarkets(plugin),  # type: ignore[arg-type]
         out=out, store=store(), db=db,

@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from core.metrics import WS_CLUSTER_MODE
-from services.hub.backends import Backend, BackendError, MemoryBackend
-from services.hub.batch import Batched
+from services.bus.backends import Backend, BackendError, MemoryBackend
+from services.bus.batch import Batched
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.timeframes import Bar
-from services.hub.wire import Shared
+from services.live.wire import Shared
 
 _COMPACT = (",", ":")
 

@@ -26,12 +26,12 @@ from core.metrics import WS_POLL_ERRORS, WS_POLLS, WS_STORAGE_ERRORS, set_candle
 from core.timeframes import MINUTE_MS, Bar, bucket_start, now_ms, resample, round_bar, tf_ms
 from core.types import Channel
 from plugins.base import MarketPlugin
-from services.hub.broadcast import Lease, LeaseLost
-from services.hub.commits import Commit
-from services.hub.frames import BarFrame, StatusFrame
-from services.hub.ports import BucketReader, Output, Writer
-from services.hub.settings import PollSettings
-from services.hub.state import PollerState, StateStore
+from services.bus.broadcast import Lease, LeaseLost
+from services.live.commits import Commit
+from services.live.frames import BarFrame, StatusFrame
+from services.live.ports import BucketReader, Output, Writer
+from services.live.settings import PollSettings
+from services.live.state import PollerState, StateStore
 from services.upstream.budget import MAX_PAUSE_SECONDS
 from services.upstream.market_service import MarketService
 

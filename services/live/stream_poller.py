@@ -2,7 +2,7 @@
 
 The hub runs it exactly as a ``Poller`` (same lease, state, ``seq``, frames, revisions, storage).
 Its loop asks ``StreamRegistry`` whether the channel's provider can stream; if so a
-``StreamFeed`` (``services.stream_feed``) drives it through the ``PollTarget`` methods below,
+``StreamFeed`` (``services.live.streams``) drives it through the ``PollTarget`` methods below,
 else it polls as any poller does.
 """
 
@@ -16,10 +16,9 @@ from typing import Any
 from core.errors import AppError
 from core.timeframes import Bar, now_ms, round_bar
 from plugins.base import MarketPlugin
-from services.hub.broadcast import LeaseLost
-from services.hub.poller import Poller
-from services.stream_feed import StreamFeed
-from services.stream_registry import StreamRegistry
+from services.bus.broadcast import LeaseLost
+from services.live.poller import Poller
+from services.live.streams import StreamFeed, StreamRegistry
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from services.hub.backends import SEQ_KEY, CommitRecord
-from services.hub.batch import Batched
-from services.hub.broadcast import Lease, LeaseLost
-from services.hub.frames import BarFrame
-from services.hub.state import STATE_TTL_SECONDS, PollerState, StateStore
+from services.bus.backends import SEQ_KEY, CommitRecord
+from services.bus.batch import Batched
+from services.bus.broadcast import Lease, LeaseLost
+from services.live.frames import BarFrame
+from services.live.state import STATE_TTL_SECONDS, PollerState, StateStore
 
 log = logging.getLogger(__name__)
 #: Topic of a channel's frames, ``<prefix>:ws:bars:<channel>`` on Redis.

@@ -13,9 +13,9 @@ import logging
 import time
 from typing import Any
 
-from services.hub.broadcast import stop_task
-from services.hub.hub import Hub
-from services.hub.state import StateStore
+from services.bus.broadcast import stop_task
+from services.live.hub import Hub
+from services.live.state import StateStore
 
 log = logging.getLogger(__name__)
 INSTANCES = "ws:instances"

@@ -7,8 +7,8 @@ import asyncio
 import itertools
 import json
 
-from services.hub.connection import Connection
-from services.hub.frames import BarFrame
+from services.live.connection import Connection
+from services.live.frames import BarFrame
 from tests.support.ws import wait_for
 
 CH = "sim:sim:SIM/USD:1m"
