@@ -1,4 +1,4 @@
-"""services/answer_bytes.py: content codings, and the prepared-answer store (LRU by bytes,
+"""app_extensions/answer_bytes.py: content codings, and the prepared-answer store (LRU by bytes,
 revisions, generations)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import gzip
 import brotli
 import pytest
 
-from services.answer_bytes import (
+from app_extensions.answer_bytes import (
     ENTRY_OVERHEAD,
     AnswerBytes,
     Prepared,

@@ -24,12 +24,14 @@ from typing import Any
 
 import brotli
 
+from services.export.formats import DYNAMIC_LEVEL
+
 #: Answers at most this long are sent as they are (compression would not pay for itself).
 MIN_COMPRESS_BYTES = 1024
 #: Encodings we produce, in order of preference.
 ENCODINGS = ("br", "gzip")
-#: Per-request compression favours speed; prepared answers are compressed once, so hard.
-DYNAMIC_LEVEL = {"br": 4, "gzip": 6}
+#: Prepared answers are compressed once, so hard (per-request compression, ``DYNAMIC_LEVEL``,
+#: favours speed).
 PREPARED_LEVEL = {"br": 11, "gzip": 9}
 #: Bookkeeping per entry (key, dicts, headers) counted against the memory bound.
 ENTRY_OVERHEAD = 1024
