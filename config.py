@@ -217,8 +217,8 @@ class BaseConfig:
     WARMUP_SNAPSHOT_BARS = 100
     WARMUP_LOOKBACK_SECONDS = 3600.0
     WARMUP_RECORD_SECONDS = 15.0
-    #: Circuit breaker per provider (services/upstream/breaker.py): consecutive temporary failures that open
-    #: it, seconds it stays open, and the longest a half-open probe call may take.
+    #: Circuit breaker per provider (services/upstream/breaker.py): consecutive temporary failures
+    #: that open it, seconds it stays open, and the longest a half-open probe call may take.
     BREAKER_FAILURE_THRESHOLD = 5
     BREAKER_OPEN_SECONDS = 30.0
     BREAKER_PROBE_SECONDS = 15.0
@@ -257,7 +257,7 @@ class BaseConfig:
     BACKFILL_CACHE_DAYS = 7.0
     #: Run the job runner in this instance (off: the API still queues jobs for other instances).
     BACKFILL_RUNNER = True
-    # Live candles over WebSocket (blueprints/websocket.py, services/subscription_*.py, broadcast.py)
+    # Live candles over WebSocket (blueprints/websocket.py, services/live/; cluster transport: services/bus/)
     #: Subscriptions one connection may hold; larger client messages get an invalid_message error.
     WS_MAX_SUBSCRIPTIONS = 50
     #: Open connections per client identity (API key, else IP) on one instance; one more is

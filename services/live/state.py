@@ -105,12 +105,3 @@ class StateStore:
         self.remember(channel, state)
         blob = state.dump()
         await self.broadcast.run(lambda b: b.save(self.key(channel), blob, STATE_TTL_SECONDS))
-
-    async def load_many(self, channels: list[str]) -> dict[str, PollerState]:
-        """States of ``channels`` (for ``GET /channels``)."""
-        out = {}
-        for channel in channels:
-            state = await self.load(channel)
-            if state is not None:
-                out[channel] = state
-        return out
