@@ -37,7 +37,7 @@ from tests.support.ws import (
 )
 
 emulator = fixtures.emulator
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CHANNEL = "crypto:binance:BTC/USDT:1m"
 SUB = {"op": "subscribe", "market": "crypto", "provider": "binance", "symbol": "BTC/USDT",
        "timeframe": "1m", "history": 3}
