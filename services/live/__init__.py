@@ -18,8 +18,7 @@ from services.bus.broadcast import Broadcast
 from services.live.channels import ChannelsReport
 from services.live.commits import Commits
 from services.live.hub import Hub
-from services.live.poller import Poller
-from services.live.ports import Output, Writer
+from services.live.poller import Output, Poller, Writer
 from services.live.service import SubscriptionService
 from services.live.settings import HubSettings
 from services.live.state import StateStore

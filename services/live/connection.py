@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,12 +26,14 @@ from typing import Any
 from core.metrics import WS_CLIENTS_DROPPED, WS_FANOUT_LATENCY, WS_FRAMES_SENT
 from core.timeframes import Bar
 from services.live.frames import BarFrame, Frame
-from services.live.ports import Outlet
 from services.live.wire import Message, Reply
 
 #: Close codes: 1013 "try again later" for clients too slow for their stream, 1001 at shutdown.
 CLOSE_SLOW = 1013
 CLOSE_GOING_AWAY = 1001
+#: Where one client connection's messages go: the ASGI ``websocket.send`` of a message's text,
+#: awaited (it returns once the server has taken it, and waits while the peer reads slower).
+Outlet = Callable[[str], Awaitable[None]]
 
 
 @dataclass(slots=True)

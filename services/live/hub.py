@@ -25,8 +25,7 @@ from services.bus.broadcast import Broadcast, Lease, stop_task
 from services.bus.revisions import REVISIONS
 from services.live.commits import BARS, Commit, Commits
 from services.live.frames import BarFrame, Frame, StatusFrame, decode
-from services.live.poller import Poller
-from services.live.ports import Output
+from services.live.poller import Output, Poller
 from services.live.settings import HubSettings
 from services.live.state import StateStore
 

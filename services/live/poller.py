@@ -19,17 +19,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 from core.errors import AppError, DataSourceError
 from core.metrics import WS_POLL_ERRORS, WS_POLLS, WS_STORAGE_ERRORS, set_candle_lag
 from core.timeframes import MINUTE_MS, Bar, bucket_start, now_ms, resample, round_bar, tf_ms
-from core.types import Channel
+from core.types import Channel, Series
 from plugins.base import MarketPlugin
 from services.bus.broadcast import Lease, LeaseLost
 from services.live.commits import Commit
-from services.live.frames import BarFrame, StatusFrame
-from services.live.ports import BucketReader, Output, Writer
+from services.live.frames import BarFrame, Frame, StatusFrame
 from services.live.settings import PollSettings
 from services.live.state import PollerState, StateStore
 from services.upstream.budget import MAX_PAUSE_SECONDS
@@ -38,6 +38,30 @@ from services.upstream.market_service import MarketService
 log = logging.getLogger(__name__)
 #: Closed 1m bars kept for a retry while storage is down (older ones are left to the REST path).
 MAX_PENDING_WRITES = 10_000
+
+# What a poller needs from its surroundings: where its frames go, where closed bars are stored,
+# and how one bucket is read back (for revisions of timeframes other than 1m).
+
+#: The bar of one bucket (series, timeframe, bucket open time), from the data REST serves.
+BucketReader = Callable[[Series, str, int], Awaitable[Bar | None]]
+
+
+class Output(Protocol):
+    """Where a poller's frames go (the hub): status frames one by one, bar frames committed
+    (numbered, published and saved with the poller's state: ``services.live.commits``)."""
+
+    async def publish(self, frame: Frame) -> None: ...
+
+    async def commit(self, item: Commit) -> None: ...
+
+
+class Writer(Protocol):
+    """Storage of closed 1m bars (``DbSource``)."""
+
+    async def write(self, series: Series, bars: Sequence[Sequence[float]],
+                    complete: Sequence[tuple[int, int]]) -> int: ...
+
+
 class Poller:
     """Polls one channel until cancelled; see the module docstring."""
 

@@ -19,9 +19,8 @@ from core.types import Channel
 from services.bars.orchestrator import BarQuery, DataOrchestrator
 from services.bus.broadcast import stop_task
 from services.live.channels import ChannelsReport
-from services.live.connection import CLOSE_GOING_AWAY, Connection
+from services.live.connection import CLOSE_GOING_AWAY, Connection, Outlet
 from services.live.hub import ChannelEntry, Hub
-from services.live.ports import Outlet
 from services.live.settings import HubSettings
 from services.upstream.market_service import MarketService
 
