@@ -1,7 +1,8 @@
 """Inbound rate limits, cluster-wide: one GCRA bucket per (route class, API key or client IP) in Redis.
 
-Every instance runs the same atomic Lua script against the same keys and Redis's own clock, so N
-instances together enforce one limit. Tokens are taken from Redis in small leases and spent locally
+Every instance runs the same atomic Lua script (the GCRA of the limits' store,
+``services.upstream.store``) against the same keys and Redis's own clock, so N instances together
+enforce one limit. Tokens are taken from Redis in small leases and spent locally
 (``ratelimit_buckets.py``), and a refusal is kept locally until Redis said the next token frees up,
 so most requests, and every refused one, cost no Redis round trip. A refused request raises
 ``RateLimited`` and is answered by the error handlers and hooks as any other error is.
@@ -11,8 +12,8 @@ A limit is ``"requests/seconds"`` per route class (``default``, ``ohlcv``, ``exp
 ``RATE_LIMITS`` overrides ``DEFAULT_LIMITS``, "off" lifts one). Answers carry ``X-RateLimit-Limit``
 and ``X-RateLimit-Remaining``; a rejection is 429 ``rate_limited`` with ``Retry-After``.
 
-When Redis is unreachable the limiter fails open to a local in-memory GCRA of the same limits (so
-each instance enforces the limit on its own until Redis is back) and readiness reports
+When Redis is unreachable the limiter fails open to the store's in-memory GCRA with the same limits
+(so each instance enforces the limit on its own until Redis is back) and readiness reports
 ``mode: local``.
 """
 
@@ -29,11 +30,12 @@ from quart.typing import ResponseTypes
 
 from app_extensions.auth import is_open_path
 from app_extensions.hooks import get_hooks
-from app_extensions.ratelimit_buckets import GCRA_LUA, Decision, LeasedBuckets, Limit, LocalGcra
+from app_extensions.ratelimit_buckets import Decision, LeasedBuckets, Limit, LocalGcra
 from app_extensions.redis_client import RedisClient, get_redis
 from config import TRUST_FORWARDED_FOR_GONE, ConfigError, Network, parse_trusted_proxies
 from core.errors import DataSourceError, RateLimited
 from core.metrics import RATE_LIMIT_FALLBACKS, RATE_LIMIT_REJECTIONS
+from services.upstream.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +112,13 @@ class RateLimiter:
         self.trust_forwarded = False
         self.auth_enabled = False
         self.redis: RedisClient | None = None
-        self.local = LocalGcra()
+        #: The buckets: the store's Redis GCRA (leased from), its memory one while Redis fails.
+        self.store = Store()
+        self.local = LocalGcra(self.store.memory)
         self.buckets = LeasedBuckets(self._take)
         #: "redis" while decisions are taken in Redis, "local" after a fallback, "off" if disabled.
         self.mode = "redis"
         self.last_error: str | None = None
-        self._scripts: dict[int, Any] = {}
         self._identities: dict[tuple[str | None, str | None], str] = {}
         #: route class -> its child of the rejections counter
         self._rejections: dict[str, Any] = {}
@@ -137,6 +140,7 @@ class RateLimiter:
         self.trust_forwarded = bool(self.trusted_proxies)
         self.auth_enabled = bool(cfg["AUTH_ENABLED"])
         self.redis = get_redis(app)
+        self.store.attach(self.redis)
         self.mode = "redis" if self.enabled else "off"
         app.extensions["ratelimit"] = self
         hooks = get_hooks(app)
@@ -177,18 +181,10 @@ class RateLimiter:
 
     async def _take(self, key: str, limit: Limit, wanted: int, peek: bool = False) -> tuple[int, int, float]:
         """Up to ``wanted`` tokens from ``key``'s bucket in Redis: (granted, remaining, retry_after s)."""
-        assert self.redis is not None
-        full = self.redis.key("rl", key)
-        args = [limit.emission_ms, limit.requests, int(peek), wanted]
-        granted, remaining, retry_ms = await self.redis.run(
-            lambda r: self._script(r)(keys=[full], args=args))
-        return int(granted), int(remaining), int(retry_ms) / 1000
-
-    def _script(self, client: Any) -> Any:
-        script = self._scripts.get(id(client))
-        if script is None:
-            script = self._scripts[id(client)] = client.register_script(GCRA_LUA)
-        return script
+        assert self.store.shared is not None
+        granted, remaining, retry_ms = await self.store.shared.gcra(
+            ("rl", key), limit.emission_ms, limit.requests, wanted, partial=True, peek=peek)
+        return granted, remaining, retry_ms / 1000
 
     def status(self) -> dict[str, Any]:
         """For readiness (after its Redis check): ``{"ok", "mode", "error"}``. The mode follows

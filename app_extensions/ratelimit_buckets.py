@@ -1,5 +1,6 @@
-"""The rate limiter's buckets: limits, the GCRA in Redis (Lua) and in memory, and the local leases
-that let most requests be decided without a Redis round trip.
+"""The rate limiter's buckets: limits, the store's GCRA in memory (``services.upstream.store``; its
+Redis GCRA is leased from), and the local leases that let most requests be decided without a Redis
+round trip.
 
 A lease is a handful of tokens taken at once from the client's bucket in Redis, spent locally, and
 thrown away unspent after ``LEASE_SECONDS``. Tokens leave Redis before they are spent, so the
@@ -20,38 +21,14 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from config import ConfigError
+from services.upstream.store import LOCAL_MAX_KEYS, MemoryStore
 
 _UNITS = {"s": 1, "second": 1, "m": 60, "minute": 60, "h": 3600, "hour": 3600}
-LOCAL_MAX_KEYS = 50_000
 #: Leased tokens not spent within this many seconds are dropped.
 LEASE_SECONDS = 1.0
 #: A lease holds at most this many tokens, and at most a tenth of the limit (small limits are
 #: therefore enforced one request at a time, exactly).
 MAX_LEASE = 100
-
-#: GCRA. KEYS[1]: the bucket's theoretical arrival time (ms). ARGV: emission interval (ms), limit,
-#: peek (1: only tell whether a request would pass), tokens wanted (default 1). Takes as many of
-#: the wanted tokens as the bucket holds. Returns {granted, remaining, retry_after_ms}; granted 0
-#: is a refusal. Uses Redis's clock so instances agree.
-GCRA_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local emission = tonumber(ARGV[1])
-local window = emission * tonumber(ARGV[2])
-local want = tonumber(ARGV[4] or '1')
-local tat = tonumber(redis.call('GET', KEYS[1]))
-if tat == nil or tat < now then tat = now end
-local free = math.floor((now + window - tat) / emission + 1e-6)
-if free < 1 then
-  return {0, 0, math.ceil(tat + emission - window - now)}
-end
-if ARGV[3] == '1' then return {1, 0, 0} end
-local granted = math.min(want, free)
-local new_tat = tat + granted * emission
-redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1)
-return {granted, math.floor((window - (new_tat - now)) / emission + 1e-6), 0}
-"""
-
 
 @dataclass(frozen=True)
 class Limit:
@@ -93,27 +70,17 @@ class Decision(NamedTuple):  # a tuple: built on every limited request, cheaply
 
 
 class LocalGcra:
-    """The same GCRA in process memory, used while Redis is down (bounded number of keys)."""
+    """The limiter's buckets in process memory, used while Redis is down: the store's memory GCRA
+    (``services.upstream.store.MemoryStore``; bounded number of keys), one token at a time."""
 
-    def __init__(self) -> None:
-        self._tat: OrderedDict[str, float] = OrderedDict()
+    def __init__(self, memory: MemoryStore | None = None) -> None:
+        self.memory = memory if memory is not None else MemoryStore()
 
     def take(self, key: str, limit: Limit, now_ms: float | None = None, peek: bool = False) -> Decision:
-        now = time.monotonic() * 1000 if now_ms is None else now_ms
-        emission, window = limit.emission_ms, limit.emission_ms * limit.requests
-        tat = max(self._tat.get(key, now), now)
-        new_tat = tat + emission
-        allow_at = new_tat - window
-        if allow_at > now:
-            return Decision(False, limit.requests, 0, (allow_at - now) / 1000)
-        if peek:
-            return Decision(True, limit.requests, 0, 0.0)
-        self._tat[key] = new_tat
-        self._tat.move_to_end(key)
-        while len(self._tat) > LOCAL_MAX_KEYS:
-            self._tat.popitem(last=False)
-        remaining = math.floor((window - (new_tat - now)) / emission + 1e-6)
-        return Decision(True, limit.requests, remaining, 0.0)
+        now = self.memory.clock() * 1000 if now_ms is None else now_ms
+        got = self.memory.gcra_at(("rl", key), now, limit.emission_ms, limit.requests, 1,
+                                  partial=True, peek=peek)
+        return Decision(got.granted > 0, limit.requests, got.remaining, got.ms / 1000)
 
 
 @dataclass(slots=True)

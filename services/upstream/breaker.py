@@ -21,9 +21,10 @@ counts as a success. A call cancelled after ``BREAKER_SLOW_SECONDS`` (a request 
 off: the exchange is too slow to use) is a failure; one cancelled sooner counts as neither (a
 probe gives its turn back).
 
-State lives in one Redis hash per provider (``{prefix}:breaker:{provider}``), changed by atomic
-scripts on Redis' own clock. When Redis is down the same state machine runs in process memory
-(each instance then decides alone until Redis is back).
+State lives in the limits' store (``services.upstream.store``): one Redis hash per provider
+(``{prefix}:breaker:{provider}``), changed by atomic scripts on Redis' own clock. When Redis is
+down the store's memory backend runs the same state machine (``Circuit``; each instance then
+decides alone until Redis is back).
 """
 
 from __future__ import annotations
@@ -32,86 +33,18 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from core.errors import AppError, DataSourceError, NetworkPluginError, RateLimitedPluginError
 from core.metrics import BREAKER_REJECTIONS, BREAKER_STATE, BREAKER_TRANSITIONS
 from services.settings import build, setting
-from services.upstream.circuit import Circuit
+from services.upstream.store import Key, RedisRunner, Store
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 STATES = ("closed", "half_open", "open")
-
-# The atomic scripts (Redis runs the same state machine as ``Circuit``): one Redis hash per
-# provider, fields ``state``, ``failures``, ``until`` and ``probe_until`` (ms on Redis' own clock).
-
-#: KEYS[1]: the provider's hash. ARGV[1]: probe ms. Returns {code, n}: 0 allowed (n: failures
-#: counted), 1 allowed as the probe, 2 refused (retry in n ms).
-ACQUIRE_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local st = redis.call('HMGET', KEYS[1], 'state', 'until', 'probe_until', 'failures')
-local state = st[1] or 'closed'
-if state == 'closed' then return {0, tonumber(st[4]) or 0} end
-local open_until = tonumber(st[2]) or 0
-if state == 'open' and now < open_until then return {2, open_until - now} end
-local probe_until = tonumber(st[3]) or 0
-if now < probe_until then return {2, probe_until - now} end
-redis.call('HSET', KEYS[1], 'state', 'half_open', 'probe_until', now + tonumber(ARGV[1]))
-return {1, 0}
-"""
-
-#: KEYS[1]: the provider's hash. ARGV: outcome (ok, fail, neutral), probe (1/0), threshold,
-#: open ms. Returns {state after, 1 when it changed}.
-RECORD_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local st = redis.call('HMGET', KEYS[1], 'state', 'failures')
-local state = st[1] or 'closed'
-local outcome = ARGV[1]
-if outcome == 'neutral' then
-  if ARGV[2] == '1' and state == 'half_open' then redis.call('HSET', KEYS[1], 'probe_until', 0) end
-  return {state, 0}
-end
-if outcome == 'ok' then
-  if state ~= 'closed' then
-    redis.call('HSET', KEYS[1], 'state', 'closed', 'failures', 0, 'until', 0, 'probe_until', 0)
-    return {'closed', 1}
-  end
-  if (tonumber(st[2]) or 0) > 0 then redis.call('HSET', KEYS[1], 'failures', 0) end
-  return {'closed', 0}
-end
-if state == 'half_open' then
-  redis.call('HSET', KEYS[1], 'state', 'open', 'until', now + tonumber(ARGV[4]), 'probe_until', 0)
-  return {'open', 1}
-end
-if state == 'open' then return {'open', 0} end
-local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
-if failures >= tonumber(ARGV[3]) then
-  redis.call('HSET', KEYS[1], 'state', 'open', 'until', now + tonumber(ARGV[4]), 'probe_until', 0)
-  return {'open', 1}
-end
-return {'closed', 0}
-"""
-
-#: KEYS: one hash per provider. Returns each one's state; an open breaker whose time is over
-#: reads as half_open (its next call is the probe).
-READ_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {}
-for i, key in ipairs(KEYS) do
-  local st = redis.call('HMGET', key, 'state', 'until')
-  local state = st[1] or 'closed'
-  if state == 'open' and now >= (tonumber(st[2]) or 0) then state = 'half_open' end
-  out[i] = state
-end
-return out
-"""
 
 @dataclass(frozen=True)
 class Admission:
@@ -129,13 +62,6 @@ class ProviderCircuitOpen(NetworkPluginError):
     """The provider's circuit breaker is open: no call was made. Answer from stored data, else
     503 ``provider_unavailable`` with ``retry_after``; do not retry before it."""
 
-
-class RedisRunner(Protocol):
-    """What the breaker needs from the app's Redis owner (``RedisClient``)."""
-
-    def key(self, *parts: object) -> str: ...
-
-    async def run(self, fn: Callable[[Any], Awaitable[T]]) -> T: ...
 
 
 @dataclass(frozen=True)
@@ -177,13 +103,16 @@ class CircuitBreaker:
 
     def __init__(self, settings: BreakerSettings, redis: RedisRunner | None = None) -> None:
         self.settings = settings
-        self.redis = redis
-        self._local: dict[str, Circuit] = {}
-        self._scripts: dict[tuple[int, str], Any] = {}
+        #: The breakers' state: in Redis once attached, in memory while it fails.
+        self.store = Store(redis)
+
+    @property
+    def redis(self) -> RedisRunner | None:
+        return self.store.redis
 
     def attach(self, redis: RedisRunner) -> None:
         """Share state through ``redis`` (an ``app_extensions.redis_client.RedisClient``)."""
-        self.redis = redis
+        self.store.attach(redis)
 
     @asynccontextmanager
     async def guard(self, provider: str) -> AsyncIterator[None]:
@@ -215,18 +144,23 @@ class CircuitBreaker:
 
     async def admit(self, provider: str) -> Admission:
         """Allow one call or raise ``ProviderCircuitOpen``."""
-        code, value = await self._shared("acquire", ACQUIRE_LUA, provider, self.acquire_args())
-        if code is None:
-            return self.admitted(provider, *self._acquire_local(provider), shared=False)
-        return self.admitted(provider, int(code), int(value))
+        code, value = await self.store.acquire(self.key(provider), *self.acquire_args(),
+                                               on_local=lambda exc: self._local(provider, exc))
+        return self.admitted(provider, code, value)
 
-    def acquire_args(self) -> list[Any]:
-        """``ACQUIRE_LUA``'s ARGV."""
-        return [int(self.settings.probe_seconds * 1000)]
+    @staticmethod
+    def key(provider: str) -> Key:
+        """The store's key of ``provider``'s breaker."""
+        return ("breaker", provider)
+
+    def acquire_args(self) -> tuple[int, int, int]:
+        """The store's ``acquire`` arguments: probe ms, threshold, open ms."""
+        st = self.settings
+        return int(st.probe_seconds * 1000), st.failure_threshold, int(st.open_seconds * 1000)
 
     def admitted(self, provider: str, code: int, value: int, shared: bool = True) -> Admission:
-        """The admission ``ACQUIRE_LUA`` (``shared``) or the local circuit answered ``(code,
-        value)``; raises ``ProviderCircuitOpen`` when it refused."""
+        """The admission the store answered ``(code, value)`` (``Admit``); raises
+        ``ProviderCircuitOpen`` when it refused. ``shared`` False: never quiet."""
         if code == 2:
             BREAKER_REJECTIONS.labels(provider).inc()
             raise ProviderCircuitOpen(f"{provider} is failing: its circuit breaker is open",
@@ -239,13 +173,10 @@ class CircuitBreaker:
 
     async def record(self, provider: str, probe: bool, outcome: str) -> None:
         """Record one call's ``outcome`` (``ok``, ``fail``, ``neutral``)."""
-        args = [outcome, "1" if probe else "0", self.settings.failure_threshold,
-                int(self.settings.open_seconds * 1000)]
-        state, changed = await self._shared("record", RECORD_LUA, provider, args)
-        if state is None:
-            state, changed = self._record_local(provider, probe, outcome)
-        state = state.decode() if isinstance(state, bytes) else str(state)
-        if int(changed):
+        probe_ms, threshold, open_ms = self.acquire_args()
+        state, changed = await self.store.record(self.key(provider), outcome, probe, threshold, open_ms,
+                                                 probe_ms, on_local=lambda exc: self._local(provider, exc))
+        if changed:
             self._changed(provider, state)
             if state == "open":
                 log.warning("%s: circuit breaker opened for %.0f s", provider, self.settings.open_seconds)
@@ -256,65 +187,23 @@ class CircuitBreaker:
         """Each provider's state (``closed``, ``open``, ``half_open``), for readiness."""
         if not providers:
             return {}
-        if self.redis is not None:
-            redis, keys = self.redis, [self.redis.key("breaker", p) for p in providers]
-            try:
-                raw = await redis.run(lambda r: self._script(r, "read", READ_LUA)(keys=keys))
-                found = [s.decode() if isinstance(s, bytes) else str(s) for s in raw]
-                out = dict(zip(providers, found, strict=True))
-            except DataSourceError as exc:
-                log.debug("breaker states read locally: %s", exc.details)
-                out = self.local_states(providers)
-        else:
-            out = self.local_states(providers)
+        found = await self.store.states([self.key(p) for p in providers], on_local=self._read_local)
+        out = dict(zip(providers, found, strict=True))
         for provider, state in out.items():
             BREAKER_STATE.labels(provider).set(STATES.index(state))
         return out
 
     def local_states(self, providers: list[str]) -> dict[str, str]:
         """This process's own view (what it decides by while Redis is down)."""
-        return {p: self._state_local(p) for p in providers}
+        return {p: self.store.memory.circuit_state(self.key(p)) for p in providers}
 
-    # --- Redis ---------------------------------------------------------------------------------
-    async def _shared(self, name: str, lua: str, provider: str, args: list[Any]) -> tuple[Any, Any]:
-        """Run a script on the provider's hash; (None, None) when Redis is unavailable."""
-        if self.redis is None:
-            return None, None
-        redis, key = self.redis, self.redis.key("breaker", provider)
-        try:
-            code, value = await redis.run(lambda r: self._script(r, name, lua)(keys=[key], args=args))
-            return code, value
-        except DataSourceError as exc:
-            log.debug("circuit breaker of %s decided locally: %s", provider, exc.details)
-            return None, None
+    @staticmethod
+    def _local(provider: str, exc: DataSourceError) -> None:
+        log.debug("circuit breaker of %s decided locally: %s", provider, exc.details)
 
-    def _script(self, client: Any, name: str, lua: str) -> Any:
-        script = self._scripts.get((id(client), name))
-        if script is None:
-            script = self._scripts[(id(client), name)] = client.register_script(lua)
-        return script
-
-    # --- In memory (Redis down) ----------------------------------------------------------------
-    def _circuit(self, provider: str) -> Circuit:
-        circuit = self._local.get(provider)
-        if circuit is None:
-            st = self.settings
-            circuit = self._local[provider] = Circuit(st.failure_threshold, st.open_seconds,
-                                                      st.probe_seconds)
-        return circuit
-
-    def _acquire_local(self, provider: str) -> tuple[int, int]:
-        code, seconds = self._circuit(provider).acquire()
-        return code, int(seconds * 1000)
-
-    def _record_local(self, provider: str, probe: bool, outcome: str) -> tuple[str, int]:
-        circuit = self._circuit(provider)
-        changed = circuit.record(probe, outcome)
-        return circuit.state, int(changed)
-
-    def _state_local(self, provider: str) -> str:
-        circuit = self._local.get(provider)
-        return "closed" if circuit is None else circuit.state
+    @staticmethod
+    def _read_local(exc: DataSourceError) -> None:
+        log.debug("breaker states read locally: %s", exc.details)
 
     def _changed(self, provider: str, state: str) -> None:
         BREAKER_TRANSITIONS.labels(provider, state).inc()

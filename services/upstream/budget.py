@@ -7,10 +7,11 @@ declares one (``MarketPlugin.call_weight``: Binance klines weigh 2 of its 6000 p
 takes its weight in units. ``burst`` (default: ``units``) is how far ahead of the steady rate calls
 may run; an exchange that counts weight per clock-aligned window (Binance) needs a small one, or a
 burst at the end of one window and the steady rate into the next pass its limit.
-A call reserves the next free slot of a GCRA schedule in Redis with one
-atomic script and sleeps until it; when the slot is further away than ``PROVIDER_BUDGET_MAX_WAIT``
-the call fails at once with ``RateLimitedPluginError`` (503 ``provider_unavailable``) instead of
-stalling the request. N instances together therefore stay under the exchange's limit.
+A call reserves the next free slot of a GCRA schedule in Redis (the GCRA of the limits' store,
+``services.upstream.store``, as the rate limiter's) with one atomic script and sleeps until it;
+when the slot is further away than ``PROVIDER_BUDGET_MAX_WAIT`` the call fails at once with
+``RateLimitedPluginError`` (503 ``provider_unavailable``) instead of stalling the request. N
+instances together therefore stay under the exchange's limit.
 
 When an exchange rate-limits or bans us (418/429: ``RateLimitedPluginError``), the provider is
 paused cluster-wide for its ``retry_after`` (or ``PROVIDER_BAN_DEFAULT`` seconds): every
@@ -34,6 +35,7 @@ from typing import Any
 from core.errors import DataSourceError, RateLimitedPluginError
 from core.metrics import PROVIDER_BUDGET_EVENTS
 from services.settings import build, setting
+from services.upstream.store import Key, RedisRunner, Store
 
 log = logging.getLogger(__name__)
 
@@ -46,27 +48,6 @@ DEFAULT_BUDGETS = {
 
 #: The longest pause an exchange's Retry-After can impose (Binance's IP bans last up to 3 days).
 MAX_PAUSE_SECONDS = 3 * 24 * 3600.0
-
-#: KEYS[1]: pause key, KEYS[2]: schedule (TAT, ms). ARGV: emission ms (0: no budget), burst,
-#: longest wait ms, weight. Returns {status, ms}: 1 go after ms, 0 over budget (retry in ms), -1 paused.
-BUDGET_LUA = """
-local pause = redis.call('PTTL', KEYS[1])
-if pause > 0 then return {-1, pause} end
-local emission = tonumber(ARGV[1])
-if emission <= 0 then return {1, 0} end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window = emission * tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[2]))
-if tat == nil or tat < now then tat = now end
-local new_tat = tat + emission * tonumber(ARGV[4])
-local wait = new_tat - window - now
-if wait > tonumber(ARGV[3]) then return {0, math.ceil(wait)} end
-redis.call('SET', KEYS[2], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1)
-if wait < 0 then wait = 0 end
-return {1, math.ceil(wait)}
-"""
-
 
 def parse_budget(text: str) -> tuple[int, float] | None:
     """``"calls/seconds"`` (or ``"calls/seconds/burst"``) as (calls, seconds); "off" or "" as None."""
@@ -114,14 +95,16 @@ class ProviderBudget:
         self.bursts = {p: parse_burst(text) for p, text in merged.items()}
         self.max_wait = settings.max_wait
         self.ban_default = settings.ban_default
-        self.redis = redis
-        self._local_tat: dict[str, float] = {}
-        self._local_pause: dict[str, float] = {}
-        self._scripts: dict[int, Any] = {}
+        #: The schedules and pauses: in Redis once attached, in memory while it fails.
+        self.store = Store(redis)
+
+    @property
+    def redis(self) -> RedisRunner | None:
+        return self.store.redis
 
     def attach(self, redis: Any) -> None:
         """Share budgets and pauses through ``redis`` (a ``core.ports.RedisClient``)."""
-        self.redis = redis
+        self.store.attach(redis)
 
     def budget_for(self, provider: str) -> tuple[int, float] | None:
         return self.budgets[provider] if provider in self.budgets else self.budgets.get("*")
@@ -150,18 +133,20 @@ class ProviderBudget:
     async def acquire(self, provider: str, weight: int = 1) -> None:
         """Take one call of ``weight`` units from the budget (sleeping up to ``max_wait``), or raise
         ``RateLimitedPluginError`` while paused or over budget."""
-        await self.taken(provider, *await self._take(provider, self.take_args(provider, weight)))
+        answer = await self.store.budget(*self.keys(provider), *self.take_args(provider, weight),
+                                         on_local=lambda exc: self._local(provider, exc))
+        await self.taken(provider, *answer)
 
-    def take_args(self, provider: str, weight: int = 1) -> list[Any]:
-        """``BUDGET_LUA``'s ARGV for a call of ``weight`` units: emission ms, burst, longest
-        wait ms, weight."""
+    def take_args(self, provider: str, weight: int = 1) -> tuple[float, int, float, int]:
+        """The store's ``budget`` arguments for a call of ``weight`` units: emission ms, burst,
+        longest wait ms, weight."""
         budget = self.budget_for(provider)
         emission, burst = (budget[1] * 1000 / budget[0], budget[0]) if budget else (0.0, 0)
         burst = max(self.burst_for(provider) or burst, weight) if budget else 0
-        return [emission, burst, self.max_wait * 1000, max(1, weight)]
+        return emission, burst, self.max_wait * 1000, max(1, weight)
 
     async def taken(self, provider: str, status: int, ms: int) -> None:
-        """Act on ``BUDGET_LUA``'s answer: raise ``RateLimitedPluginError`` (paused, over
+        """Act on the store's ``budget`` answer: raise ``RateLimitedPluginError`` (paused, over
         budget) or sleep until the call's slot."""
         if status < 0:
             PROVIDER_BUDGET_EVENTS.labels(provider, "paused").inc()
@@ -175,10 +160,10 @@ class ProviderBudget:
             PROVIDER_BUDGET_EVENTS.labels(provider, "waited").inc()
             await asyncio.sleep(ms / 1000)
 
-    def keys(self, provider: str) -> list[str]:
-        """``BUDGET_LUA``'s KEYS: the pause and the schedule (needs ``redis``)."""
-        assert self.redis is not None
-        return [self.redis.key("budget", "pause", provider), self.redis.key("budget", "tat", provider)]
+    @staticmethod
+    def keys(provider: str) -> tuple[Key, Key]:
+        """The store's keys of ``provider``: its pause and its schedule."""
+        return ("budget", "pause", provider), ("budget", "tat", provider)
 
     async def read_back(self, provider: str, used: int, window: float = 60.0) -> None:
         """The exchange said we used ``used`` units in its current clock-aligned ``window``: past
@@ -203,43 +188,13 @@ class ProviderBudget:
         ms = max(1, int(seconds * 1000))
         PROVIDER_BUDGET_EVENTS.labels(provider, "banned").inc()
         log.warning("%s rate-limited us: pausing calls to it for %.1f s", provider, seconds)
-        self._local_pause[provider] = time.monotonic() + seconds
-        if self.redis is not None:
-            key = self.redis.key("budget", "pause", provider)
-            try:
-                await self.redis.run(lambda r: r.set(key, "1", px=ms))
-            except DataSourceError as exc:
-                log.warning("provider pause kept locally only: %s", exc.details)
+        await self.store.pause(self.keys(provider)[0], ms, on_local=self._pause_local)
 
-    async def _take(self, provider: str, args: list[Any]) -> tuple[int, int]:
-        """``BUDGET_LUA`` with ``args`` (``take_args``), or the same schedule in memory."""
-        if self.redis is not None:
-            keys = self.keys(provider)
-            try:
-                status, ms = await self.redis.run(lambda r: self._script(r)(keys=keys, args=args))
-                return int(status), int(ms)
-            except DataSourceError as exc:
-                log.debug("provider budget decided locally: %s", exc.details)
-                PROVIDER_BUDGET_EVENTS.labels(provider, "local").inc()
-        emission, burst, _, weight = args
-        return self._take_local(provider, emission, burst, weight)
+    @staticmethod
+    def _pause_local(exc: DataSourceError) -> None:
+        log.warning("provider pause kept locally only: %s", exc.details)
 
-    def _take_local(self, provider: str, emission: float, burst: int, weight: int = 1) -> tuple[int, int]:
-        now = time.monotonic() * 1000
-        paused_until = self._local_pause.get(provider, 0.0) * 1000
-        if paused_until > now:
-            return -1, int(paused_until - now) + 1
-        if emission <= 0:
-            return 1, 0
-        new_tat = max(self._local_tat.get(provider, now), now) + emission * weight
-        wait = new_tat - emission * burst - now
-        if wait > self.max_wait * 1000:
-            return 0, int(wait) + 1
-        self._local_tat[provider] = new_tat
-        return 1, max(0, int(wait))
-
-    def _script(self, client: Any) -> Any:
-        script = self._scripts.get(id(client))
-        if script is None:
-            script = self._scripts[id(client)] = client.register_script(BUDGET_LUA)
-        return script
+    @staticmethod
+    def _local(provider: str, exc: DataSourceError) -> None:
+        log.debug("provider budget decided locally: %s", exc.details)
+        PROVIDER_BUDGET_EVENTS.labels(provider, "local").inc()

@@ -1,7 +1,9 @@
 """One circuit breaker's state machine in process memory: closed, open, half-open with one probe.
 
-``services.upstream.breaker.CircuitBreaker`` runs the same machine in Redis for the providers (shared by
-the cluster) and falls back to this one while Redis is down; the app's PostgreSQL pool and Redis
+It is the memory backend's breaker (``services.upstream.store.MemoryStore``); the Redis backend runs
+the same machine in Lua (``store.BREAKER_FN``). ``services.upstream.breaker.CircuitBreaker`` decides
+the providers' calls through that store (in Redis, shared by the cluster; in memory while Redis is
+down); the app's PostgreSQL pool and Redis
 client each guard their own dependency with one (``DEPENDENCY_RETRY_AFTER`` as the open time, a
 single failure opens it: a dependency that broke a connection is skipped at once, and after the
 open time one caller tries it again while the others keep degrading).
@@ -58,6 +60,11 @@ class Circuit:
             self._probe_until = 0.0
             return True
         return False
+
+    @property
+    def failures(self) -> int:
+        """Failures counted since the last success (the Redis breaker answers it too)."""
+        return self._failures
 
     @property
     def state(self) -> str:
