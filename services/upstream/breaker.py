@@ -158,9 +158,9 @@ class CircuitBreaker:
         st = self.settings
         return int(st.probe_seconds * 1000), st.failure_threshold, int(st.open_seconds * 1000)
 
-    def admitted(self, provider: str, code: int, value: int, shared: bool = True) -> Admission:
+    def admitted(self, provider: str, code: int, value: int) -> Admission:
         """The admission the store answered ``(code, value)`` (``Admit``); raises
-        ``ProviderCircuitOpen`` when it refused. ``shared`` False: never quiet."""
+        ``ProviderCircuitOpen`` when it refused."""
         if code == 2:
             BREAKER_REJECTIONS.labels(provider).inc()
             raise ProviderCircuitOpen(f"{provider} is failing: its circuit breaker is open",
@@ -169,7 +169,7 @@ class CircuitBreaker:
         if code == 1:
             self._changed(provider, "half_open")
             return _PROBE
-        return _QUIET if shared and value == 0 else _ALLOWED
+        return _QUIET if value == 0 else _ALLOWED
 
     async def record(self, provider: str, probe: bool, outcome: str) -> None:
         """Record one call's ``outcome`` (``ok``, ``fail``, ``neutral``)."""

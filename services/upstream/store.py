@@ -439,13 +439,6 @@ class Store:
     async def states(self, keys: Sequence[Key], on_local: OnLocal | None = None) -> list[str]:
         return await self._either(lambda s: s.states(keys), lambda: self.memory.states(keys), on_local)
 
-    async def gate(self, breaker: Key, pause: Key, schedule: Key, probe_ms: int, emission: float,
-                   burst: int, max_wait: float, weight: int, threshold: int, open_ms: int,
-                   on_local: OnLocal | None = None) -> Gate:
-        args = (breaker, pause, schedule, probe_ms, emission, burst, max_wait, weight)
-        return await self._either(lambda s: s.gate(*args),
-                                  lambda: self.memory.gate(*args, threshold, open_ms), on_local)
-
 
 __all__ = ["Admit", "Budget", "Gate", "Gcra", "MemoryStore", "Recorded", "RedisRunner", "RedisStore",
            "Store"]
