@@ -154,7 +154,7 @@ class CircuitBreaker:
         return ("breaker", provider)
 
     def acquire_args(self) -> tuple[int, int, int]:
-        """The store's ``acquire`` arguments: probe ms, threshold, open ms."""
+        """The breaker's settings as the store takes them: probe ms, threshold, open ms."""
         st = self.settings
         return int(st.probe_seconds * 1000), st.failure_threshold, int(st.open_seconds * 1000)
 
@@ -173,9 +173,8 @@ class CircuitBreaker:
 
     async def record(self, provider: str, probe: bool, outcome: str) -> None:
         """Record one call's ``outcome`` (``ok``, ``fail``, ``neutral``)."""
-        probe_ms, threshold, open_ms = self.acquire_args()
-        state, changed = await self.store.record(self.key(provider), outcome, probe, threshold, open_ms,
-                                                 probe_ms, on_local=lambda exc: self._local(provider, exc))
+        state, changed = await self.store.record(self.key(provider), outcome, probe, *self.acquire_args(),
+                                                 on_local=lambda exc: self._local(provider, exc))
         if changed:
             self._changed(provider, state)
             if state == "open":

@@ -50,9 +50,8 @@ class ProviderGate:
         shared = self.breaker.store.shared
         if shared is None or self.breaker.redis is not self.budget.redis:
             return None
-        probe_ms = self.breaker.acquire_args()[0]
         try:
-            return await shared.gate(self.breaker.key(name), *self.budget.keys(provider), probe_ms,
-                                     *self.budget.take_args(provider, weight))
+            return await shared.gate(self.breaker.key(name), *self.budget.keys(provider),
+                                     *self.breaker.acquire_args(), *self.budget.take_args(provider, weight))
         except DataSourceError:
             return None

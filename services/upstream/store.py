@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple, Protocol, TypeVar
@@ -228,7 +229,47 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class RedisStore:
+class StoreBackend(ABC):
+    """The store's interface; ``RedisStore`` and ``MemoryStore`` implement it. The breaker's
+    settings come with every call (a breaker: probe ms, failure threshold, open ms)."""
+
+    @abstractmethod
+    async def gcra(self, key: Key, emission: float, burst: int, want: int = 1, max_wait: float = 0.0,
+                   partial: bool = False, peek: bool = False) -> Gcra:
+        """Take from ``key``'s bucket of ``burst`` tokens, one per ``emission`` ms (module
+        docstring)."""
+
+    @abstractmethod
+    async def budget(self, pause: Key, schedule: Key, emission: float, burst: int, max_wait: float,
+                     weight: int = 1) -> Budget:
+        """Refuse while ``pause`` is set; else reserve ``weight`` tokens of ``schedule`` (emission
+        0: no budget, go)."""
+
+    @abstractmethod
+    async def pause(self, key: Key, ms: int) -> None:
+        """Set the pause ``key`` for ``ms``."""
+
+    @abstractmethod
+    async def acquire(self, key: Key, probe_ms: int, threshold: int, open_ms: int) -> Admit:
+        """Admit one call through ``key``'s breaker (or refuse it)."""
+
+    @abstractmethod
+    async def record(self, key: Key, outcome: str, probe: bool, probe_ms: int, threshold: int,
+                     open_ms: int) -> Recorded:
+        """Record one call's ``outcome`` (``ok``, ``fail``, ``neutral``) on ``key``'s breaker."""
+
+    @abstractmethod
+    async def states(self, keys: Sequence[Key]) -> list[str]:
+        """Each breaker's state: ``closed``, ``open`` or ``half_open`` (an open one whose time is
+        over reads as half_open: its next call is the probe)."""
+
+    @abstractmethod
+    async def gate(self, breaker: Key, pause: Key, schedule: Key, probe_ms: int, threshold: int,
+                   open_ms: int, emission: float, burst: int, max_wait: float, weight: int = 1) -> Gate:
+        """``acquire`` and, unless it refused, ``budget``, atomically."""
+
+
+class RedisStore(StoreBackend):
     """The state in Redis (shared by every instance); a failure raises ``DataSourceError``."""
 
     def __init__(self, redis: RedisRunner) -> None:
@@ -250,20 +291,21 @@ class RedisStore:
         full = self.redis.key(*key)
         await self.redis.run(lambda r: r.set(full, "1", px=ms))
 
-    async def acquire(self, key: Key, probe_ms: int) -> Admit:
+    async def acquire(self, key: Key, probe_ms: int, threshold: int, open_ms: int) -> Admit:
         code, value = await self._run("acquire", [key], [probe_ms])
         return Admit(int(code), int(value))
 
-    async def record(self, key: Key, outcome: str, probe: bool, threshold: int, open_ms: int) -> Recorded:
+    async def record(self, key: Key, outcome: str, probe: bool, probe_ms: int, threshold: int,
+                     open_ms: int) -> Recorded:
         state, changed = await self._run("record", [key], [outcome, int(probe), threshold, open_ms])
         return Recorded(_text(state), bool(int(changed)))
 
     async def states(self, keys: Sequence[Key]) -> list[str]:
         return [_text(s) for s in await self._run("read", keys, [])]
 
-    async def gate(self, breaker: Key, pause: Key, schedule: Key, probe_ms: int, emission: float,
-                   burst: int, max_wait: float, weight: int = 1) -> Gate:
-        """The breaker's ``acquire`` and, unless it refused, the ``budget``: one script."""
+    async def gate(self, breaker: Key, pause: Key, schedule: Key, probe_ms: int, threshold: int,
+                   open_ms: int, emission: float, burst: int, max_wait: float, weight: int = 1) -> Gate:
+        """One script: the breaker's ``acquire``, then, unless it refused, the ``budget``."""
         code, value, status, ms = await self._run(
             "gate", [breaker, pause, schedule], [probe_ms, emission, burst, max_wait, weight])
         return Gate(Admit(int(code), int(value)), Budget(int(status), int(ms)))
@@ -279,7 +321,7 @@ class RedisStore:
         return script
 
 
-class MemoryStore:
+class MemoryStore(StoreBackend):
     """The same state in process memory (one instance's own), on the monotonic clock."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -334,7 +376,7 @@ class MemoryStore:
     async def pause(self, key: Key, ms: int) -> None:
         self._paused[":".join(key)] = self.clock() * 1000 + ms
 
-    def circuit(self, key: Key, threshold: int = 5, open_ms: int = 30_000, probe_ms: int = 15_000) -> Circuit:
+    def circuit(self, key: Key, probe_ms: int, threshold: int, open_ms: int) -> Circuit:
         """The breaker of ``key`` (made on first use), with these settings."""
         name = ":".join(key)
         circuit = self._circuits.get(name)
@@ -344,14 +386,14 @@ class MemoryStore:
         circuit.probe_seconds = probe_ms / 1000
         return circuit
 
-    async def acquire(self, key: Key, probe_ms: int, threshold: int = 5, open_ms: int = 30_000) -> Admit:
-        circuit = self.circuit(key, threshold, open_ms, probe_ms)
+    async def acquire(self, key: Key, probe_ms: int, threshold: int, open_ms: int) -> Admit:
+        circuit = self.circuit(key, probe_ms, threshold, open_ms)
         code, seconds = circuit.acquire()
         return Admit(code, circuit.failures if code == ALLOWED else int(seconds * 1000))
 
-    async def record(self, key: Key, outcome: str, probe: bool, threshold: int, open_ms: int,
-                     probe_ms: int = 15_000) -> Recorded:
-        circuit = self.circuit(key, threshold, open_ms, probe_ms)
+    async def record(self, key: Key, outcome: str, probe: bool, probe_ms: int, threshold: int,
+                     open_ms: int) -> Recorded:
+        circuit = self.circuit(key, probe_ms, threshold, open_ms)
         changed = circuit.record(probe, outcome)
         return Recorded(circuit.state, changed)
 
@@ -363,16 +405,15 @@ class MemoryStore:
     async def states(self, keys: Sequence[Key]) -> list[str]:
         return [self.circuit_state(key) for key in keys]
 
-    async def gate(self, breaker: Key, pause: Key, schedule: Key, probe_ms: int, emission: float,
-                   burst: int, max_wait: float, weight: int = 1, threshold: int = 5,
-                   open_ms: int = 30_000) -> Gate:
+    async def gate(self, breaker: Key, pause: Key, schedule: Key, probe_ms: int, threshold: int,
+                   open_ms: int, emission: float, burst: int, max_wait: float, weight: int = 1) -> Gate:
         admit = await self.acquire(breaker, probe_ms, threshold, open_ms)
         if admit.code == 2:
             return Gate(admit, Budget(1, 0))
         return Gate(admit, await self.budget(pause, schedule, emission, burst, max_wait, weight))
 
 
-#: Told which operation fell back to memory, and why.
+#: Told why an operation fell back to memory.
 OnLocal = Callable[[DataSourceError], None]
 
 
@@ -394,25 +435,24 @@ class Store:
         """Share the state through ``redis`` (None: memory only)."""
         self.shared = RedisStore(redis) if redis is not None else None
 
-    async def _either(self, shared: Callable[[RedisStore], Awaitable[T]], local: Callable[[], Awaitable[T]],
-                      on_local: OnLocal | None) -> T:
+    async def _either(self, op: Callable[[StoreBackend], Awaitable[T]], on_local: OnLocal | None) -> T:
         if self.shared is not None:
             try:
-                return await shared(self.shared)
+                return await op(self.shared)
             except DataSourceError as exc:
                 if on_local is not None:
                     on_local(exc)
-        return await local()
+        return await op(self.memory)
 
     async def gcra(self, key: Key, emission: float, burst: int, want: int = 1, max_wait: float = 0.0,
                    partial: bool = False, peek: bool = False, on_local: OnLocal | None = None) -> Gcra:
-        args = (key, emission, burst, want, max_wait, partial, peek)
-        return await self._either(lambda s: s.gcra(*args), lambda: self.memory.gcra(*args), on_local)
+        return await self._either(lambda b: b.gcra(key, emission, burst, want, max_wait, partial, peek),
+                                  on_local)
 
     async def budget(self, pause: Key, schedule: Key, emission: float, burst: int, max_wait: float,
                      weight: int = 1, on_local: OnLocal | None = None) -> Budget:
-        args = (pause, schedule, emission, burst, max_wait, weight)
-        return await self._either(lambda s: s.budget(*args), lambda: self.memory.budget(*args), on_local)
+        return await self._either(lambda b: b.budget(pause, schedule, emission, burst, max_wait, weight),
+                                  on_local)
 
     async def pause(self, key: Key, ms: int, on_local: OnLocal | None = None) -> None:
         """Pause in memory always (this instance honours it even if Redis then fails), and in
@@ -427,18 +467,16 @@ class Store:
 
     async def acquire(self, key: Key, probe_ms: int, threshold: int, open_ms: int,
                       on_local: OnLocal | None = None) -> Admit:
-        return await self._either(lambda s: s.acquire(key, probe_ms),
-                                  lambda: self.memory.acquire(key, probe_ms, threshold, open_ms), on_local)
+        return await self._either(lambda b: b.acquire(key, probe_ms, threshold, open_ms), on_local)
 
-    async def record(self, key: Key, outcome: str, probe: bool, threshold: int, open_ms: int,
-                     probe_ms: int, on_local: OnLocal | None = None) -> Recorded:
-        return await self._either(
-            lambda s: s.record(key, outcome, probe, threshold, open_ms),
-            lambda: self.memory.record(key, outcome, probe, threshold, open_ms, probe_ms), on_local)
+    async def record(self, key: Key, outcome: str, probe: bool, probe_ms: int, threshold: int,
+                     open_ms: int, on_local: OnLocal | None = None) -> Recorded:
+        return await self._either(lambda b: b.record(key, outcome, probe, probe_ms, threshold, open_ms),
+                                  on_local)
 
     async def states(self, keys: Sequence[Key], on_local: OnLocal | None = None) -> list[str]:
-        return await self._either(lambda s: s.states(keys), lambda: self.memory.states(keys), on_local)
+        return await self._either(lambda b: b.states(keys), on_local)
 
 
 __all__ = ["Admit", "Budget", "Gate", "Gcra", "MemoryStore", "Recorded", "RedisRunner", "RedisStore",
-           "Store"]
+           "Store", "StoreBackend"]

@@ -11,7 +11,7 @@ import pytest
 
 from app_extensions.redis_client import RedisClient
 from core.errors import DataSourceError
-from services.upstream.store import Admit, Budget, Gate, Gcra, MemoryStore, RedisStore, Store
+from services.upstream.store import Admit, Budget, Gate, Gcra, MemoryStore, RedisStore, Store, StoreBackend
 from tests.services.upstream.test_breaker import redis_client
 
 #: Answers' ms (retry or wait) are on each backend's own clock: equal within this much.
@@ -26,7 +26,7 @@ async def redis(redis_prefix: str) -> AsyncIterator[RedisClient]:
 
 
 @pytest.fixture(params=["memory", "redis"])
-def backend(request: pytest.FixtureRequest, redis: RedisClient) -> MemoryStore | RedisStore:
+def backend(request: pytest.FixtureRequest, redis: RedisClient) -> StoreBackend:
     return MemoryStore() if request.param == "memory" else RedisStore(redis)
 
 
@@ -39,7 +39,7 @@ def close(got: list[Any], expected: list[Any]) -> None:
         assert abs(answer[-1] - want[-1]) <= SLACK_MS, (got, expected)
 
 
-async def test_the_limiters_gcra_answers_the_same(backend: MemoryStore | RedisStore) -> None:
+async def test_the_limiters_gcra_answers_the_same(backend: StoreBackend) -> None:
     key, emission, burst = ("rl", "default:ip:1"), 1000.0, 3  # 3 per 3 s
     got = [await backend.gcra(key, emission, burst, 1, partial=True, peek=True),
            await backend.gcra(key, emission, burst, 2, partial=True),  # a lease of 2
@@ -49,7 +49,7 @@ async def test_the_limiters_gcra_answers_the_same(backend: MemoryStore | RedisSt
     close(got, [Gcra(1, 0, 0), Gcra(2, 1, 0), Gcra(1, 0, 0), Gcra(0, 0, 1000), Gcra(0, 0, 1000)])
 
 
-async def test_the_budgets_gcra_answers_the_same(backend: MemoryStore | RedisStore) -> None:
+async def test_the_budgets_gcra_answers_the_same(backend: StoreBackend) -> None:
     pause, tat = ("budget", "pause", "x"), ("budget", "tat", "x")
     emission, burst, max_wait = 500.0, 2, 700.0  # 2 per s, a burst of 2, wait up to 0.7 s
     got: list[Any] = [await backend.budget(pause, tat, emission, burst, max_wait) for _ in range(4)]
@@ -61,37 +61,38 @@ async def test_the_budgets_gcra_answers_the_same(backend: MemoryStore | RedisSto
                 Budget(1, 0), Budget(-1, 2000)])
 
 
-async def test_the_breaker_answers_the_same(backend: MemoryStore | RedisStore) -> None:
+async def test_the_breaker_answers_the_same(backend: StoreBackend) -> None:
     key, threshold, open_ms, probe_ms = ("breaker", "x"), 2, 200, 200
+    settings = probe_ms, threshold, open_ms
     assert await backend.states([key]) == ["closed"]
-    first = [await backend.acquire(key, probe_ms),
-             await backend.record(key, "fail", False, threshold, open_ms),
-             await backend.acquire(key, probe_ms),  # one failure counted
-             await backend.record(key, "fail", False, threshold, open_ms),  # opens
-             await backend.record(key, "fail", False, threshold, open_ms),  # open: nothing more
-             await backend.acquire(key, probe_ms)]  # refused for the open time
+    first = [await backend.acquire(key, *settings),
+             await backend.record(key, "fail", False, *settings),
+             await backend.acquire(key, *settings),  # one failure counted
+             await backend.record(key, "fail", False, *settings),  # opens
+             await backend.record(key, "fail", False, *settings),  # open: nothing more
+             await backend.acquire(key, *settings)]  # refused for the open time
     close([first[0], first[2], first[5]], [Admit(0, 0), Admit(0, 1), Admit(2, open_ms)])
     assert first[1] == ("closed", False) and first[3] == ("open", True) and first[4] == ("open", False)
     assert await backend.states([key, ("breaker", "other")]) == ["open", "closed"]
     await asyncio.sleep(0.25)
     assert await backend.states([key]) == ["half_open"]
-    assert await backend.acquire(key, probe_ms) == Admit(1, 0)  # the probe
-    close([await backend.acquire(key, probe_ms)], [Admit(2, probe_ms)])  # others wait for it
-    assert await backend.record(key, "neutral", True, threshold, open_ms) == ("half_open", False)
-    assert await backend.acquire(key, probe_ms) == Admit(1, 0)  # the probe's turn given back
-    assert await backend.record(key, "ok", True, threshold, open_ms) == ("closed", True)
-    assert await backend.acquire(key, probe_ms) == Admit(0, 0)
+    assert await backend.acquire(key, *settings) == Admit(1, 0)  # the probe
+    close([await backend.acquire(key, *settings)], [Admit(2, probe_ms)])  # others wait for it
+    assert await backend.record(key, "neutral", True, *settings) == ("half_open", False)
+    assert await backend.acquire(key, *settings) == Admit(1, 0)  # the probe's turn given back
+    assert await backend.record(key, "ok", True, *settings) == ("closed", True)
+    assert await backend.acquire(key, *settings) == Admit(0, 0)
 
 
-async def test_the_gate_answers_as_the_breaker_then_the_budget(backend: MemoryStore | RedisStore) -> None:
+async def test_the_gate_answers_as_the_breaker_then_the_budget(backend: StoreBackend) -> None:
     breaker, pause, tat = ("breaker", "g"), ("budget", "pause", "g"), ("budget", "tat", "g")
 
-    async def gate() -> Gate:  # probe 200 ms; the budget: 1 per s, burst 1, no waiting
-        return await backend.gate(breaker, pause, tat, 200, 1000.0, 1, 0.0, 1)
+    async def gate() -> Gate:  # breaker: probe 200 ms, 5 failures, open 60 s; budget: 1 per s, burst 1
+        return await backend.gate(breaker, pause, tat, 200, 5, 60_000, 1000.0, 1, 0.0, 1)
 
     got = [await gate(), await gate()]
     for _ in range(5):
-        await backend.record(breaker, "fail", False, 5, 60_000)
+        await backend.record(breaker, "fail", False, 200, 5, 60_000)
     got.append(await gate())  # the breaker refuses: the budget is not asked
     assert [g.admit.code for g in got] == [0, 0, 2]
     close([g.budget for g in got], [Budget(1, 0), Budget(0, 1000), Budget(1, 0)])
