@@ -12,7 +12,9 @@ Each algorithm is written once per backend: the GCRA as ``GCRA_FN`` (Lua) and
 ``MemoryStore.gcra_at`` (Python); the breaker's state machine as ``BREAKER_FN`` (Lua) and
 ``services.upstream.circuit.Circuit`` (Python). The rate limiter (``app_extensions.ratelimit``),
 the provider budget and the breaker (``services.upstream.budget``, ``.breaker``) and the gate that
-asks both in one script (``.gate``) all use them.
+asks both in one script (``.gate``) all use them. The rate limiter swaps on its own: its leases
+are taken from ``RedisStore`` only, and while Redis fails it takes one token at a time from
+``MemoryStore`` (and reports ``mode: local``).
 
 A key is a tuple of parts: ``RedisStore`` joins it under the app's key prefix
 (``RedisClient.key``), ``MemoryStore`` joins it with ``:``.
