@@ -169,8 +169,11 @@ class BaseConfig:
     WS_MAX_PENDING_MESSAGES = 128
     #: Frames queued per connection; a client this far behind is closed with 1013.
     WS_SEND_QUEUE = 256
-    #: Server WebSocket pings (Hypercorn, see hypercorn_options); a peer silent 3x this is dropped.
+    #: Server WebSocket pings (each server's own setting, serve.ws_limits); a peer silent 3x this is dropped.
     WS_HEARTBEAT_SECONDS = 20.0
+    #: Accept clients' permessage-deflate offers (Uvicorn; Hypercorn always accepts, Granian never).
+    #: Off: our frames are ~150 bytes, and a deflating connection holds ~100 KiB more (docs/performance.md).
+    WS_DEFLATE = False
     #: A frame whose write has not completed after this long marks a dead or stalled peer (1013).
     WS_SEND_TIMEOUT_SECONDS = 30.0
     #: A channel's poller keeps running this long after its last local subscriber left.
