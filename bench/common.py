@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -92,6 +93,40 @@ def hypercorn_server(app_spec: str, port: int, env: dict[str, str] | None = None
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@contextmanager
+def app_server(app_spec: str, port: int, server: str = "hypercorn", env: dict[str, str] | None = None,
+               start_timeout: float = 60.0) -> Iterator[Server]:
+    """Serve the factory ``app_spec`` (``module:factory``) through the serving entry point,
+    ``python serve.py --server SERVER --app SPEC`` (the same settings, event loop and shutdown as
+    production), in a subprocess on ``port``; stopped with SIGTERM once the caller is done."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(root, "serve.py"), "--server", server, "--app", app_spec],
+        cwd=root, env={**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "LOG_LEVEL": "WARNING",
+                       **(env or {})},
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:  # URLError and refused connections
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{server} serving {app_spec} did not come up") from None
+                time.sleep(0.2)
+        yield Server(base, proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @dataclass
