@@ -30,14 +30,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: ``TEST_SERVER=uvicorn|hypercorn|granian``: ``serving`` uses that server, and
+#: ``hypercorn_server`` with one worker serves through ``python serve.py --server TEST_SERVER``
+#: instead of Hypercorn's CLI (the suite under another server).
+TEST_SERVER = os.environ.get("TEST_SERVER", "")
+
+
 @asynccontextmanager
 async def serving(env: dict[str, str], server: str | None = None, start_timeout: float = 60.0
                   ) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
     """``python serve.py --server SERVER`` (the serving entry point: ``make run``, the image and
     the systemd unit) with ``env`` on top of the test defaults, on a free port, its stderr piped.
     Yields the process and its ``host:port`` once /health answers; killed if still running on
-    exit (a test that stops it reads its stderr with ``communicate()``). ``server`` None: the
-    entry point's default (the production server)."""
+    exit (a test that stops it reads its stderr with ``communicate()``). ``server`` None:
+    ``TEST_SERVER``, else the entry point's default (the production server)."""
+    server = server or TEST_SERVER or None
     port = free_port()
     full_env = {**os.environ, "APP_ENV": "testing", "DATABASE_URL": DATABASE_URL,
                 "REDIS_URL": REDIS_URL, "PORT": str(port), "ENABLED_MARKETS": "sim",
@@ -71,16 +78,20 @@ async def serving(env: dict[str, str], server: str | None = None, start_timeout:
 def hypercorn_server(
     env: dict[str, str], workers: int = 1, start_timeout: float = 30.0, port: int | None = None
 ) -> Iterator[str]:
-    """Yield the base URL of ``hypercorn 'app:create_app()'`` with ``env`` on top of the test defaults
-    (on ``port``, or a free one); the server is stopped with SIGTERM (then killed) on exit."""
+    """Yield the base URL of ``hypercorn 'app:create_app()'`` (or, with ``TEST_SERVER`` set and
+    one worker, of ``python serve.py --server TEST_SERVER``) with ``env`` on top of the test
+    defaults (on ``port``, or a free one); the server is stopped with SIGTERM (then killed) on exit."""
     port = port or free_port()
     full_env = {**os.environ, "APP_ENV": "testing", "DATABASE_URL": DATABASE_URL, "REDIS_URL": REDIS_URL,
-                "PYTHONPATH": str(ROOT), "LOG_LEVEL": "WARNING", **env}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hypercorn", "--workers", str(workers), "--bind", f"127.0.0.1:{port}",
-         "app:create_app()"],
-        cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+                "PYTHONPATH": str(ROOT), "LOG_LEVEL": "WARNING", "HOST": "127.0.0.1", "PORT": str(port),
+                **env}
+    if TEST_SERVER and workers == 1:
+        command = [sys.executable, "serve.py", "--server", TEST_SERVER]
+    else:
+        command = [sys.executable, "-m", "hypercorn", "--workers", str(workers), "--bind",
+                   f"127.0.0.1:{port}", "app:create_app()"]
+    proc = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + start_timeout
@@ -91,7 +102,7 @@ def hypercorn_server(
                         break
             except (urllib.error.URLError, OSError):
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("hypercorn did not come up") from None
+                    raise AssertionError(f"{command[1:]} did not come up") from None
                 time.sleep(0.2)
         yield base
     finally:
