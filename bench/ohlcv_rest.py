@@ -4,8 +4,8 @@ taken within one run. ``bench/servers.py`` runs the same phases on every server 
 
     .venv/bin/python -m bench.ohlcv_rest [--seconds 4] [--rounds 5] [--connections 32] [--server hypercorn]
 
-Load comes from ``wrk -t1 -c32`` (Debian package ``wrk``; without it an aiohttp fallback whose
-client competes with the server for the CPU). One server process serves both routes; a bench-only
+Load comes from ``wrk -t1 -c32`` (Debian package ``wrk``; without it ``bench/loadgen.py``, lighter
+than aiohttp but still sharing the machine's CPU with the server). One server process serves both routes; a bench-only
 route switches the rate limiter between phases, so every phase runs on the same process. Each round
 runs every phase once, in order; the figure of a phase is its best round (highest req/s, least
 server CPU per answer), since a neighbour's load on the machine only ever slows a phase down.
@@ -34,7 +34,7 @@ from quart import Quart, Response, request
 
 from app import create_app
 from app_extensions.ratelimit import Limit, get_ratelimiter
-from bench.common import LoadResult, Server, app_server, drive, free_port, has_wrk
+from bench.common import LoadResult, Server, app_server, drive, free_port, load_tool
 
 PAST = 1_700_006_400_000  # 2023-11-15: closed long ago
 QUERY = f"/api/v1/ohlcv?market=sim&provider=sim&symbol=SIM/USD&timeframe=1m&start={PAST}&limit=500"
@@ -190,7 +190,7 @@ def report(phases: dict[str, list[LoadResult]], sizes: dict[str, tuple[int, str]
         med[name] = {"rps": top.rps, "p50_ms": top.p50_ms, "p99_ms": top.p99_ms,
                      "requests": top.requests, "non_2xx": top.non_2xx, "cpu_us": top.cpu_us}
     bare = med["bare"]
-    tool = "wrk -t1" if has_wrk() else "aiohttp fallback"
+    tool = load_tool()
     print(f"cached /ohlcv: 500 1m bars, {body_len} bytes, X-Data-Source: {source}; {tool} "
           f"-c{connections}, {rounds} rounds x {seconds:g} s per phase (best round)")
     print("x bare: req/s over bare's req/s; cpu x bare: bare's server CPU per answer over the phase's "

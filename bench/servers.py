@@ -13,8 +13,8 @@ settings mapped to each server's own options.
   serving bare Quart at ``/bare`` (the same 33 KB from memory) and the service; every round runs
   each phase on each server in turn (the order rotates), so a neighbour's load hits them alike.
   A phase's figure is its best round: req/s, and the server's CPU per answer (from /proc: the
-  ratio least disturbed by other processes; with the aiohttp fallback, when ``wrk`` is missing,
-  the client shares the CPU and only the CPU ratios are sound). Cached ``/ohlcv`` (500 x 1m) with
+  ratio least disturbed by other processes; without ``wrk``, ``bench/loadgen.py`` loads the
+  servers, and shares the machine's CPU with them). Cached ``/ohlcv`` (500 x 1m) with
   the limiter off and on (a limit never reached), and a refusal (one client over the default
   limit: every answer a 429).
 - **WebSocket** (``bench/ws_fanout.py``'s cases, a fresh server process each): the service with
@@ -36,7 +36,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from bench import ws_fanout
-from bench.common import LoadResult, app_server, drive, free_port, has_wrk
+from bench.common import LoadResult, app_server, drive, free_port, load_tool
 from bench.ohlcv_rest import SERVER_PHASES, best, run_phases, warm
 
 SERVERS = ("hypercorn", "uvicorn", "granian")
@@ -163,15 +163,18 @@ async def main(args: argparse.Namespace) -> None:
     tag = uuid.uuid4().hex[:8]
     os.environ.setdefault("BENCH_SCHEMA", f"bench_ws_{tag}")
     os.environ.setdefault("BENCH_PREFIX", f"bench:ws:{tag}")
-    tool = "wrk -t1" if has_wrk() else "aiohttp fallback (no wrk: only the CPU ratios are sound)"
+    tool = load_tool()
     print(f"REST: {tool} -c{args.connections}, {args.rounds} rounds x {args.seconds:g} s per phase; "
           f"WebSocket: {args.clients} clients, {args.window:g} s window, a frame every {args.interval:g} s",
           flush=True)
-    r = await rest(servers, args.seconds, args.rounds, args.connections)
-    try:
-        w = await websocket(ws_servers, args.clients, args.window, args.interval)
-    finally:
-        await ws_fanout.drop_schema(os.environ["BENCH_SCHEMA"], os.environ["BENCH_PREFIX"])
+    parts = args.parts.split(",")
+    r = await rest(servers, args.seconds, args.rounds, args.connections) if "rest" in parts else {}
+    w: dict[str, dict[str, dict[str, Any]]] = {}
+    if "ws" in parts:
+        try:
+            w = await websocket(ws_servers, args.clients, args.window, args.interval)
+        finally:
+            await ws_fanout.drop_schema(os.environ["BENCH_SCHEMA"], os.environ["BENCH_PREFIX"])
     names = list(dict.fromkeys([*servers, *ws_servers]))
     print()
     print(render(names, table(servers, ws_servers, r, w, args.clients)))
@@ -182,6 +185,7 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="2 rounds x 2 s, a 3 s WebSocket window, no uvicorn+deflate (~6 min)")
     parser.add_argument("--servers", default=",".join(SERVERS))
+    parser.add_argument("--parts", default="rest,ws", help="rest, ws or both (the default)")
     parser.add_argument("--seconds", type=float)
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--connections", type=int, default=32)
