@@ -134,6 +134,9 @@ def uvicorn_config(app: Any, host: str, port: int, ws: WsLimits, graceful: float
     return uvicorn.Config(
         app, host=host, port=port, lifespan="on", log_config=None, access_log=False,
         backlog=2048, http="httptools",
+        # X-Forwarded-For is the app's to read (TRUST_FORWARDED_FOR, the last hop): Uvicorn's
+        # own rewrite of the client address (on by default for 127.0.0.1) would come first.
+        proxy_headers=False,
         # wsproto, not websockets: less memory per connection and a shorter fan-out (the
         # figures in docs/performance.md, "Choosing the server").
         ws="wsproto", ws_ping_interval=ws.ping_interval, ws_ping_timeout=ws.ping_timeout,
