@@ -159,7 +159,8 @@ def render(names: list[str], rows: list[tuple[str, list[str]]]) -> str:
 
 async def main(args: argparse.Namespace) -> None:
     servers = args.servers.split(",")
-    ws_servers = servers + (["uvicorn+deflate"] if not args.quick and "uvicorn" in servers else [])
+    deflate = not args.quick and "uvicorn" in servers and "ws" in args.parts
+    ws_servers = servers + (["uvicorn+deflate"] if deflate else [])
     tag = uuid.uuid4().hex[:8]
     os.environ.setdefault("BENCH_SCHEMA", f"bench_ws_{tag}")
     os.environ.setdefault("BENCH_PREFIX", f"bench:ws:{tag}")
