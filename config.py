@@ -7,20 +7,54 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Callable
 from typing import Any
 
+import click
 
-class ConfigError(ValueError):
-    """A configuration value is missing or wrong; the message names the variable."""
+
+class ConfigError(click.ClickException, ValueError):
+    """A configuration value is missing or wrong; the message names the variable.
+
+    A ``click.ClickException``: a ``quart`` CLI command (``run``, ``migrate``, ``backfill``,
+    ``api-key``) whose app cannot be built prints ``Error: <message>`` and exits 1, without a
+    traceback. Other entry points catch it and print ``str(exc)`` (``app.py``'s ``__main__``).
+    """
 
 
 def _bool(raw: str) -> bool:
     if raw.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
-        raise ValueError(f"expected a boolean, got {raw!r}")
+        raise ValueError(f"must be true or false (also 1/0, yes/no, on/off), got {raw!r}")
     return raw.lower() in ("1", "true", "yes", "on")
+
+
+def _int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"must be an integer, got {raw!r}") from None
+
+
+def _float(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"must be a number, got {raw!r}") from None
+
+
+def _json_object(raw: str) -> dict[str, Any]:
+    """A JSON object; the message never echoes the value (some hold credentials)."""
+    try:
+        value = json.loads(raw or "{}")
+    except ValueError as exc:  # json.JSONDecodeError is one
+        raise ValueError(f"must be a JSON object ({exc.msg} at character {exc.pos})"
+                         if isinstance(exc, json.JSONDecodeError) else "must be a JSON object") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a JSON object, got a JSON {type(value).__name__}")
+    return value
 
 
 class BaseConfig:
@@ -58,6 +92,10 @@ class BaseConfig:
     DEPENDENCY_RETRY_AFTER = 2.0
     LOG_LEVEL = "INFO"
     LOG_FORMAT = "text"  # text | json
+    #: JSON: logger name to level, over the defaults (ccxt INFO: at DEBUG it logs every request).
+    LOG_LEVELS: dict[str, str] = {}
+    #: One INFO line per HTTP request on the "access" logger (client, request, status, ms).
+    ACCESS_LOG = False
     SHUTDOWN_TIMEOUT = 5.0
     # Plugins and providers
     ENABLED_MARKETS = "sim,crypto,stocks"
@@ -86,6 +124,9 @@ class BaseConfig:
     #: (X-Data-Incomplete) when the provider is slower, else 503 provider_unavailable; /symbols
     #: and /ticker too.
     REQUEST_DEADLINE = 10.0
+    #: Seconds /udf/search over every exchange waits for their symbol lists (then answers what is
+    #: known: an exchange that has not answered counts with its last list, if any).
+    UDF_SEARCH_SECONDS = 1.5
     # Operators' side (app_extensions/auth.py, ratelimit.py, cors.py; services/provider_budget.py)
     #: Require an API key (X-API-Key, or the WebSocket handshake's header / api_key parameter).
     AUTH_ENABLED = False
@@ -152,6 +193,9 @@ class BaseConfig:
     BACKFILL_RETRY_MAX_WAIT = 60.0
     #: How long a chunk keeps retrying temporary errors before its job fails (seconds).
     BACKFILL_PATIENCE = 3600.0
+    #: How long a job retries a failing provider in its runner slot before it yields the slot to
+    #: other jobs and waits queued (seconds; at once when the provider's breaker is open).
+    BACKFILL_YIELD_AFTER = 30.0
     #: Longest range one backfill job may cover (days).
     BACKFILL_MAX_RANGE_DAYS = 3660
     #: Longest backfill a GET /ohlcv queues by itself (days, the latest part); more: POST /backfill.
@@ -219,13 +263,13 @@ class BaseConfig:
                 continue
             raw, default = os.environ[name], getattr(self, name)
             parse: Callable[[str], Any] = (
-                _bool if isinstance(default, bool) else int if isinstance(default, int)
-                else float if isinstance(default, float)
-                else (lambda r: json.loads(r or "{}")) if isinstance(default, dict) else str)
+                _bool if isinstance(default, bool) else _int if isinstance(default, int)
+                else _float if isinstance(default, float)
+                else _json_object if isinstance(default, dict) else str)
             try:
                 setattr(self, name, parse(raw))
-            except ValueError as exc:  # json.JSONDecodeError is one
-                raise ConfigError(f"{name}: {exc}") from exc
+            except ValueError as exc:
+                raise ConfigError(f"{name} {exc}") from None
 
     def validate(self) -> None:
         """Fail fast with the variable's name and what is wrong."""
@@ -236,7 +280,8 @@ class BaseConfig:
         if self.BREAKER_FAILURE_THRESHOLD < 1:
             raise ConfigError("BREAKER_FAILURE_THRESHOLD must be at least 1")
         for name in ("BREAKER_OPEN_SECONDS", "BREAKER_PROBE_SECONDS", "STREAM_SILENCE_SECONDS",
-                     "STREAM_VERIFY_SECONDS", "STREAM_RETRY_SECONDS", "STREAM_RETRY_MAX_SECONDS"):
+                     "STREAM_VERIFY_SECONDS", "STREAM_RETRY_SECONDS", "STREAM_RETRY_MAX_SECONDS",
+                     "UDF_SEARCH_SECONDS"):
             if not 0 < float(getattr(self, name)) < math.inf:  # also refuses nan
                 raise ConfigError(f"{name} must be a positive number of seconds")
         for name, scheme in (("PROVIDER_URLS", "http"), ("PROVIDER_WS_URLS", "ws")):
@@ -247,6 +292,12 @@ class BaseConfig:
         for name, allowed in (("STORAGE_MODE", ("auto", "timescale", "plain")), ("LOG_FORMAT", ("text", "json"))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be {', '.join(allowed[:-1])} or {allowed[-1]}")
+        levels = self.LOG_LEVELS
+        if not isinstance(levels, dict) or not all(
+                isinstance(v, str) and isinstance(logging.getLevelName(v.upper()), int) for v in levels.values()):
+            raise ConfigError('LOG_LEVELS must be a JSON object of logger name to level, e.g. {"ccxt": "DEBUG"}')
+        if not isinstance(logging.getLevelName(str(self.LOG_LEVEL).upper()), int):
+            raise ConfigError("LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         if not 1 <= self.DB_POOL_MIN <= self.DB_POOL_MAX:
             raise ConfigError("DB_POOL_MIN and DB_POOL_MAX must satisfy 1 <= min <= max")
         if int(self.MAX_BODY_BYTES) < 1:

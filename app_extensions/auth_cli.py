@@ -25,10 +25,24 @@ from app_extensions.migrations import run_migrations
 T = TypeVar("T")
 #: Serialises ``add`` across concurrent CLI runs (the name check and the insert).
 _ADD_LOCK = 0x4D44_0002
+#: Longest key name ``add`` takes: a name is a label for people (``list``, ``revoke``), not data.
+MAX_NAME_LENGTH = 100
 
 
 class NameTaken(Exception):
     """An active key already has this name."""
+
+
+def check_name(ctx: click.Context | None, param: click.Parameter | None, name: str) -> str:
+    """``add``'s NAME: 1 to ``MAX_NAME_LENGTH`` printable characters, not only spaces (an empty
+    or blank name cannot be told apart in ``list`` nor revoked on purpose)."""
+    if not name.strip():
+        raise click.BadParameter("must not be empty (e.g. api-key add dashboard)")
+    if len(name) > MAX_NAME_LENGTH:
+        raise click.BadParameter(f"must be at most {MAX_NAME_LENGTH} characters, got {len(name)}")
+    if not name.isprintable():
+        raise click.BadParameter("must not hold control characters")
+    return name
 
 
 def init_auth_cli(app: Quart) -> None:
@@ -51,7 +65,7 @@ def init_auth_cli(app: Quart) -> None:
             raise click.ClickException(f"database: {exc}") from exc
 
     @api_key.command("add")
-    @click.argument("name")
+    @click.argument("name", callback=check_name)
     def add(name: str) -> None:
         """Create a key named NAME and print it (shown only this once)."""
         key = "md_" + secrets.token_urlsafe(32)

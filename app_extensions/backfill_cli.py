@@ -4,7 +4,9 @@
 --start 2024-01-01T00:00:00Z --end 2024-02-01T00:00:00Z`` completes the stored 1m history of the
 range in this process, with a progress bar on stderr (bars written, rate, ETA) and a summary on
 stdout; an interrupted run is resumed by running it again (the gap ledger remembers every chunk
-written). ``gaps`` lists missing and verified-empty ranges. Times: integer ms, or ISO-8601 with a
+written). While the provider fails it retries for ``--patience`` seconds (default
+``BACKFILL_PATIENCE``), printing why it waits; then it exits with status 1 and the error.
+``gaps`` lists missing and verified-empty ranges. Times: integer ms, or ISO-8601 with a
 zone (``2024-01-01T00:00:00Z``), as in REST: a time without a zone is refused.
 """
 
@@ -60,6 +62,9 @@ class ProgressBar:
         self.tty = out.isatty()
         self._last_draw = 0.0
         self._last_decile = -1
+        self._last_wait = -float("inf")
+        #: Seconds between two "waiting" lines while the provider keeps failing.
+        self.wait_every = 10.0
 
     def line(self, p: Progress) -> str:
         share = p.chunks_done / p.chunks_total if p.chunks_total else 1.0
@@ -84,6 +89,17 @@ class ProgressBar:
             self.out.write(self.line(p) + "\n")
             self.out.flush()
 
+    def waiting(self, reason: str) -> None:
+        """Say why the backfill is not moving (a chunk waits to retry), at most every
+        ``wait_every`` seconds."""
+        now = time.monotonic()
+        if now - self._last_wait < self.wait_every:
+            return
+        self._last_wait = now
+        self.out.write(("\n" if self.tty and self._last_draw else "") + f"waiting: {reason};"
+                       " Ctrl-C stops (run the same command again to resume)\n")
+        self.out.flush()
+
     def finish(self) -> None:
         if self.tty:
             self.out.write("\n")
@@ -105,14 +121,17 @@ async def _closed(app: Quart) -> None:
     await get_database(app).close()
 
 
-async def run_backfill(app: Quart, series: Series, start: int, end: int, err: TextIO) -> str:
-    """Run one backfill in this process; returns the summary text."""
+async def run_backfill(app: Quart, series: Series, start: int, end: int, err: TextIO,
+                       patience: float | None = None) -> str:
+    """Run one backfill in this process; returns the summary text. ``patience``: seconds a
+    failing provider is retried (default ``BACKFILL_PATIENCE``)."""
     manager = get_services(app).backfill
     await _opened(app)
     bar = ProgressBar(err)
     try:
         await manager.check_series(series)
-        result = await manager.backfill(series, start, end, bar.update)
+        result = await manager.backfill(series, start, end, bar.update, patience=patience,
+                                        on_wait=bar.waiting)
         bar.finish()
         gaps = await manager.gaps(series, start, end)
     finally:
@@ -130,7 +149,9 @@ async def run_backfill(app: Quart, series: Series, start: int, end: int, err: Te
 async def run_gaps(app: Quart, series: Series, start: int, end: int) -> dict[str, list[list[int]]]:
     await _opened(app)
     try:
-        return await get_services(app).backfill.gaps(series, start, end)
+        manager = get_services(app).backfill
+        await manager.check_series(series)  # unknown market, provider or symbol: as /gaps
+        return await manager.gaps(series, start, end)
     finally:
         await _closed(app)
 
@@ -158,12 +179,16 @@ def init_backfill_cli(app: Quart) -> None:
 
     @app.cli.command("backfill")
     @_series_options
-    def backfill(market: str, provider: str, symbol: str, start: int, end: int) -> None:
+    @click.option("--patience", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+                  help="how long to retry a failing provider before giving up (default:"
+                       " BACKFILL_PATIENCE, 3600); 0 fails at the first error")
+    def backfill(market: str, provider: str, symbol: str, start: int, end: int,
+                 patience: float | None) -> None:
         """Complete the stored 1m history of a series over [start, end), with a progress bar."""
         _check(start, end)
         series = Series(market, provider, symbol)
         try:
-            summary = asyncio.run(run_backfill(app, series, start, end, sys.stderr))
+            summary = asyncio.run(run_backfill(app, series, start, end, sys.stderr, patience))
         except AppError as exc:
             raise click.ClickException(readable(exc)) from exc
         except KeyboardInterrupt:

@@ -11,6 +11,7 @@ PostgreSQL is skipped for that time, then one caller tries it while the others k
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from quart import Quart
 
 from app_extensions.migrations import run_migrations
 from core.errors import DataSourceError
+from core.outage import OutageLog
 from services.aggregates import describe_mode
 from services.circuit import PROBE, REFUSED, Circuit
 
@@ -50,6 +52,8 @@ class Database:
         #: it (configured by init_app).
         self.circuit = Circuit(threshold=1, open_seconds=2.0, probe_seconds=13.0)
         self.last_error: str | None = None
+        #: Logs an outage once when it starts and once when it ends (callers log at DEBUG).
+        self.outage = OutageLog(log, "PostgreSQL")
         if app is not None:
             self.init_app(app)
 
@@ -64,10 +68,8 @@ class Database:
 
     async def open(self) -> None:
         """Create the pool and migrate; on failure log and stay down (degraded)."""
-        try:
+        with contextlib.suppress(DataSourceError):  # logged once by self.outage
             await self._connect()
-        except DataSourceError as exc:
-            log.warning("PostgreSQL unavailable at start-up, serving degraded: %s", exc)
 
     async def _connect(self) -> asyncpg.Pool:
         async with self._lock:
@@ -99,6 +101,7 @@ class Database:
             except BaseException as exc:
                 raise self._failed(exc, probe)  # noqa: B904 (_failed sets the cause)
             self.circuit.record(probe, "ok")
+            self.outage.recovered()
             log.info("storage mode: %s (schema %s): %s", self.mode, schema, describe_mode(self.mode))
             self.pool = pool
             self.last_error = None
@@ -107,6 +110,7 @@ class Database:
     def _mark_down(self, exc: BaseException, probe: bool) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}"
         self.circuit.record(probe, "fail")
+        self.outage.failed(self.last_error)
 
     def _failed(self, exc: BaseException, probe: bool) -> BaseException:
         """Record an attempt that raised ``exc`` (a failure when PostgreSQL is unreachable, else
@@ -136,6 +140,8 @@ class Database:
                 if probe:  # a connection answered: PostgreSQL is back
                     self.circuit.record(True, "ok")
                     probe = False
+                if self.outage.down:
+                    self.outage.recovered()
                 yield conn
         except BaseException as exc:
             raise self._failed(exc, probe)  # noqa: B904 (_failed sets the cause)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import math
 
-from quart import Quart, Response, g, jsonify
+from quart import Quart, Response, current_app, g, jsonify
 from werkzeug.exceptions import HTTPException
 
 from core.errors import AppError
 
 log = logging.getLogger(__name__)
 MAX_RETRY_AFTER = 86_400.0
+#: Retry-After (s) of a 503 that names none, when the config has no DEPENDENCY_RETRY_AFTER.
+DEFAULT_RETRY_AFTER = 2.0
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
                400: "invalid_parameter"}
@@ -20,11 +22,21 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_la
 def error_response(exc: AppError) -> Response:
     response = jsonify(exc.to_dict())
     response.status_code = exc.status
-    if exc.retry_after is not None and exc.status in (429, 503):
-        # Whole seconds, at least 1; an absurd (inf/nan) value from upstream is capped at a day.
-        seconds = exc.retry_after if math.isfinite(exc.retry_after) else MAX_RETRY_AFTER
-        response.headers["Retry-After"] = str(max(1, math.ceil(min(seconds, MAX_RETRY_AFTER))))
+    if exc.status in (429, 503):
+        set_retry_after(response, exc.retry_after)
     return response
+
+
+def set_retry_after(response: Response, seconds: float | None) -> None:
+    """``Retry-After`` in whole seconds, at least 1; an absurd (inf/nan) value from upstream is
+    capped at a day. docs/api.md: every 503 carries one, so an error that names no delay (an
+    exchange unreachable before its breaker opens, a framework 503) gets
+    ``DEPENDENCY_RETRY_AFTER``, the pause after which a failed dependency is tried again."""
+    if seconds is None:
+        seconds = float(current_app.config.get("DEPENDENCY_RETRY_AFTER", DEFAULT_RETRY_AFTER))
+    if not math.isfinite(seconds):
+        seconds = MAX_RETRY_AFTER
+    response.headers["Retry-After"] = str(max(1, math.ceil(min(seconds, MAX_RETRY_AFTER))))
 
 
 def _message(app: Quart, exc: HTTPException, status: int) -> str:
@@ -56,6 +68,9 @@ def init_error_handlers(app: Quart) -> None:
         allowed = getattr(exc, "valid_methods", None)
         if status == 405 and allowed:
             response.headers["Allow"] = ", ".join(sorted(allowed))
+        if status in (429, 503):
+            given = getattr(exc, "retry_after", None)  # werkzeug's 429/503 take one (int seconds)
+            set_retry_after(response, float(given) if isinstance(given, int | float) else None)
         return response
 
     @app.errorhandler(Exception)

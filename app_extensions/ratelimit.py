@@ -3,9 +3,9 @@
 Every instance runs the same atomic Lua script against the same keys and Redis's own clock, so N
 instances together enforce one limit. Tokens are taken from Redis in small leases and spent locally
 (``ratelimit_buckets.py``), and a refusal is kept locally until Redis said the next token frees up,
-so most requests, and every refused one, cost no Redis round trip. A refusal known locally is
-answered before the request enters Quart (``ratelimit_early.py``): a 429 costs a fraction of a cached 200.
-``docs/performance.md`` gives the exact guarantee across N instances.
+so most requests, and every refused one, cost no Redis round trip. A refused request goes through
+the same hooks as any other answer; its body is encoded once per limit, so a 429 costs less than a
+cached 200. ``docs/performance.md`` gives the exact guarantee across N instances.
 
 A limit is ``"requests/seconds"`` per route class (``default``, ``ohlcv``, ``backfill``, ``ws``;
 ``RATE_LIMITS`` overrides ``DEFAULT_LIMITS``, "off" lifts one). Answers carry ``X-RateLimit-Limit``
@@ -18,7 +18,9 @@ each instance enforces the limit on its own until Redis is back) and readiness r
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import re
 from collections.abc import Awaitable
 from typing import Any
@@ -27,9 +29,9 @@ from quart import Quart, Request, Response, current_app, g, websocket
 from quart.typing import ResponseTypes
 
 from app_extensions.auth import is_open_path
-from app_extensions.hooks import EARLY_ANSWER, get_hooks
+from app_extensions.errors import MAX_RETRY_AFTER
+from app_extensions.hooks import get_hooks
 from app_extensions.ratelimit_buckets import GCRA_LUA, Decision, LeasedBuckets, Limit, LocalGcra
-from app_extensions.ratelimit_early import DECIDED, EarlyRefusals, route_class
 from app_extensions.redis_client import RedisClient, get_redis
 from config import ConfigError
 from core.errors import DataSourceError, RateLimited
@@ -45,6 +47,15 @@ DEFAULT_LIMITS = {"default": "600/60", "ohlcv": "300/60", "backfill": "60/60", "
                   "auth_failures": "30/60"}
 _IDENT = re.compile(r"[^0-9A-Za-z.:_-]")
 _IDENTITIES_MAX = 10_000
+
+
+def route_class(path: str) -> str:
+    """The limit class of a request path (fixed names; never the path itself)."""
+    if path == "/api/v1/ohlcv":
+        return "ohlcv"
+    if path.startswith(("/api/v1/backfill", "/api/v1/gaps")):
+        return "backfill"
+    return "default"
 
 
 class RateLimiter:
@@ -63,7 +74,10 @@ class RateLimiter:
         self.last_error: str | None = None
         self._scripts: dict[int, Any] = {}
         self._identities: dict[tuple[str | None, str | None], str] = {}
-        self.early = EarlyRefusals(self)
+        #: (route class, limit in requests) -> the body of its 429, encoded once
+        self._bodies: dict[tuple[str, int], bytes] = {}
+        #: route class -> its child of the rejections counter
+        self._rejections: dict[str, Any] = {}
         if app is not None:
             self.init_app(app)
 
@@ -86,8 +100,6 @@ class RateLimiter:
         hooks.after(self._after_request)
         app.before_websocket(self._before_websocket)
         app.after_websocket(self._after_websocket)
-        app.asgi_app = self.early.wrap(app.asgi_app)  # type: ignore[method-assign]
-        app.extensions[EARLY_ANSWER] = self.early.answer  # before Hypercorn's stream, too
 
     def configure(self, enabled: bool, limits: dict[str, Limit | None]) -> None:
         """Switch the limiter and replace some classes' limits at run time (benchmarks, tests)."""
@@ -170,15 +182,14 @@ class RateLimiter:
             g.rate_limit = decision
             self._refuse(decision, route_class)
 
-    @staticmethod
-    def _refuse(decision: Decision, route_class: str) -> None:
+    def _refuse(self, decision: Decision, route_class: str) -> None:
         """Raise 429 unless ``decision`` admits the request."""
         if not decision.allowed:
             RATE_LIMIT_REJECTIONS.labels(route_class).inc()
-            raise RateLimited(
-                f"rate limit of {decision.limit} requests exceeded; retry later",
-                retry_after=max(decision.retry_after, 0.001),
-            )
+            limit = self.limit_for(route_class)
+            raise RateLimited.exceeded(  # the message names the window (docs/api.md, 24.19)
+                decision.limit, limit.seconds if limit is not None else 0.0, route_class,
+                retry_after=max(decision.retry_after, 0.001))
 
     async def guard_auth_failures(self, identity: str, failed: bool) -> None:
         """Brute-force guard (``auth_failures`` class, per client IP): before a key look-up
@@ -193,7 +204,7 @@ class RateLimiter:
             raise RateLimited("too many requests with a wrong API key; retry later",
                               retry_after=max(decision.retry_after, 0.001))
 
-    def _before_request(self, req: Request, ctx_g: Any) -> Awaitable[None] | None:
+    def _before_request(self, req: Request, ctx_g: Any) -> Response | Awaitable[Response | None] | None:
         if not self.enabled:
             return None
         path = req.path
@@ -204,27 +215,37 @@ class RateLimiter:
         if limit is None:
             return None
         identity = self.identity(ctx_g.get("api_key_id"), req.headers, req.remote_addr)
-        decision: Decision | None = req.scope.get(DECIDED)  # type: ignore[assignment]  # decided before Quart
+        decision = self.buckets.spend(f"{cls}:{identity}", limit)  # most requests: no Redis call
         if decision is None:
-            decision = self.buckets.spend(f"{cls}:{identity}", limit)  # most requests: no Redis call
-            if decision is None:
-                return self._check_request(req, ctx_g, cls, identity)
-            self.mode, self.last_error = "redis", None
-        self._decide(req, ctx_g, decision, cls)
-        return None
+            return self._check_request(ctx_g, cls, identity)
+        self.mode, self.last_error = "redis", None
+        return self._decide(ctx_g, decision, cls)
 
-    async def _check_request(self, req: Request, ctx_g: Any, cls: str, identity: str) -> None:
+    async def _check_request(self, ctx_g: Any, cls: str, identity: str) -> Response | None:
         decision = await self.hit(cls, identity)
-        if decision is not None:
-            self._decide(req, ctx_g, decision, cls)
+        return None if decision is None else self._decide(ctx_g, decision, cls)
 
-    def _decide(self, req: Request, ctx_g: Any, decision: Decision, cls: str) -> None:
+    def _decide(self, ctx_g: Any, decision: Decision, cls: str) -> Response | None:
+        """None to admit the request, else its 429 (``X-RateLimit-*`` are added after it, as on
+        every answer, from ``g.rate_limit``)."""
         ctx_g.rate_limit = decision
-        try:
-            self._refuse(decision, cls)
-        except RateLimited:
-            self.early.learn(req)  # the next refusals of this path are answered before Quart
-            raise
+        return None if decision.allowed else self.refusal(decision, cls)
+
+    def refusal(self, decision: Decision, cls: str) -> Response:
+        """The 429 of a refused request: what ``RateLimited`` answers through the error handler
+        (``errors.error_response``), with the body encoded once per limit."""
+        rejections = self._rejections.get(cls)
+        if rejections is None:
+            rejections = self._rejections[cls] = RATE_LIMIT_REJECTIONS.labels(cls)
+        rejections.inc()
+        body = self._bodies.get((cls, decision.limit))
+        if body is None:
+            limit = self.limit_for(cls)
+            exc = RateLimited.exceeded(decision.limit, limit.seconds if limit is not None else 0.0, cls)
+            body = json.dumps(exc.to_dict(), separators=(",", ":")).encode() + b"\n"
+            self._bodies[(cls, decision.limit)] = body
+        retry_after = max(1, math.ceil(min(decision.retry_after, MAX_RETRY_AFTER)))
+        return Response(body, 429, {"Content-Type": "application/json", "Retry-After": str(retry_after)})
 
     async def _before_websocket(self) -> None:
         if self.enabled:
@@ -241,7 +262,7 @@ class RateLimiter:
     async def _after_websocket(self, response: ResponseTypes | None) -> ResponseTypes | None:
         # A refused handshake (401, 429) is an HTTP response: it carries the same headers.
         if isinstance(response, Response):
-            return self._after_request(None, g._get_current_object(), response)  # type: ignore[attr-defined]
+            return self._after_request(None, g, response)
         return response
 
 

@@ -140,17 +140,10 @@ class LeasedBuckets:
         self._leases: OrderedDict[str, Lease] = OrderedDict()
         #: key -> monotonic time before which the key is refused (Redis said so).
         self.refused: dict[str, float] = {}
-        #: key -> resolved when the lease being taken from Redis for key is in.
-        self._pending: dict[str, asyncio.Future[None]] = {}
 
     def clear(self) -> None:
         self._leases.clear()
         self.refused.clear()
-
-    @property
-    def busy(self) -> bool:
-        """Some client is refused, or a lease is being taken: the early path has work."""
-        return bool(self.refused or self._pending)
 
     def refused_for(self, key: str, now: float) -> float | None:
         """Seconds ``key`` stays refused, or None."""
@@ -178,10 +171,6 @@ class LeasedBuckets:
             return Decision(True, limit.requests, lease.remaining + lease.tokens, 0.0)
         return None
 
-    def renewing(self, key: str) -> asyncio.Future[None] | None:
-        """Resolved when the lease of ``key`` being taken from Redis now is in; None when none is."""
-        return self._pending.get(key)
-
     async def hit(self, key: str, limit: Limit) -> Decision:
         """Spend one token of ``key`` (leasing more from Redis when none is left)."""
         while True:
@@ -204,13 +193,11 @@ class LeasedBuckets:
         elapsed = now - lease.leased_at
         rate = (lease.size - lease.tokens) / elapsed if lease.size and elapsed > 0 else 0.0
         wanted = max(1, min(limit.max_lease, int(rate * self.lease_seconds / 2)))
-        lease.pending = self._pending[key] = asyncio.get_running_loop().create_future()
+        lease.pending = asyncio.get_running_loop().create_future()
         try:
             granted, remaining, retry_after = await self._take(key, limit, wanted)
         finally:
             pending, lease.pending = lease.pending, None
-            if self._pending.get(key) is pending:  # (clear() may have let another lease start)
-                del self._pending[key]
             pending.set_result(None)
         now = time.monotonic()
         if granted < 1:

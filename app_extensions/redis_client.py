@@ -9,6 +9,7 @@ breakers' one state machine): recovery needs no restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.errors import DataSourceError
+from core.outage import OutageLog
 from services.circuit import PROBE, REFUSED, Circuit
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ class RedisClient:
         #: (configured by open()).
         self.circuit = Circuit(threshold=1, open_seconds=2.0, probe_seconds=2.0)
         self.last_error: str | None = None
+        #: Logs an outage once when it starts and once when it ends (callers log at DEBUG).
+        self.outage = OutageLog(log, "Redis")
         self._config: dict[str, Any] = {}
         if app is not None:
             self.init_app(app)
@@ -68,10 +72,8 @@ class RedisClient:
             health_check_interval=15,
         )
         self.client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
-        try:
+        with contextlib.suppress(DataSourceError):  # logged once by self.outage
             await self.run(lambda r: r.ping())
-        except DataSourceError as exc:
-            log.warning("Redis unavailable at start-up, serving degraded: %s", exc.details)
 
     def key(self, *parts: object) -> str:
         return ":".join([self.prefix, *map(str, parts)])
@@ -98,11 +100,13 @@ class RedisClient:
         except (RedisError, *TRANSIENT) as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
             self.circuit.record(probe, "fail")
+            self.outage.failed(self.last_error)
             raise DataSourceError("redis unavailable", details={"error": self.last_error}) from exc
         except BaseException:
             self.circuit.record(probe, "neutral")  # cancelled: says nothing about Redis
             raise
         self.circuit.record(probe, "ok")
+        self.outage.recovered()
         return result
 
     async def check(self) -> dict[str, Any]:

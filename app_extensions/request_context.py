@@ -1,7 +1,8 @@
-"""Request ids, access metrics and JSON logging.
+"""Request ids, access metrics, the access log and JSON logging.
 
 Every request gets an id (the client's ``X-Request-ID`` when it is sane, else a new one) that is
-echoed in the response and carried by every log line written while the request is handled.
+echoed in the response and carried by every log line written while the request is handled. With
+``ACCESS_LOG`` on, each HTTP request the app answers logs one INFO line on the ``access`` logger.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import re
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -25,6 +27,12 @@ from core.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: Logger levels set whatever ``LOG_LEVEL`` is; ``LOG_LEVELS`` overrides them. At DEBUG, CCXT logs
+#: every request and response it makes (headers included).
+DEFAULT_LOG_LEVELS = {"ccxt": "INFO", "hypercorn.access": "WARNING", "redis": "INFO"}
+access_log = logging.getLogger("access")
+#: The value of an ``api_key`` query parameter, kept out of the access log.
+_API_KEY_PARAM = re.compile(r"((?:^|&)api_key=)[^&]*", re.IGNORECASE)
 
 
 class RequestIdFilter(logging.Filter):
@@ -36,7 +44,7 @@ class RequestIdFilter(logging.Filter):
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "ts": iso_utc(record.created),
             "level": record.levelname,
             "logger": record.name,
             "request_id": getattr(record, "request_id", "-"),
@@ -45,6 +53,11 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exc_info"] = self.formatException(record.exc_info)
         return json.dumps(entry)
+
+
+def iso_utc(created: float) -> str:
+    """A record's time as ISO 8601 in UTC with milliseconds: ``2024-01-01T00:00:00.123Z``."""
+    return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def configure_logging(config: dict[str, Any]) -> None:
@@ -56,9 +69,11 @@ def configure_logging(config: dict[str, Any]) -> None:
     that serves (``quart run``).
     """
     fmt = config["LOG_FORMAT"]
-    level = config["LOG_LEVEL"]
+    level = str(config["LOG_LEVEL"]).upper()
     if click.get_current_context(silent=True) is not None and "LOG_LEVEL" not in os.environ:
         level = max(logging.getLevelName(level), logging.WARNING)
+    # The access log is written at INFO whatever LOG_LEVEL is (it is switched by ACCESS_LOG).
+    levels = {**DEFAULT_LOG_LEVELS, "access": "INFO", **(config.get("LOG_LEVELS") or {})}
     logging.config.dictConfig({
         "version": 1,
         "disable_existing_loggers": False,
@@ -75,13 +90,13 @@ def configure_logging(config: dict[str, Any]) -> None:
             }
         },
         "root": {"level": level, "handlers": ["default"]},
-        "loggers": {"hypercorn.access": {"level": "WARNING"}, "redis": {"level": "INFO"}},
+        "loggers": {name: {"level": str(lvl).upper()} for name, lvl in levels.items()},
     })
 
 
 def serving_log_level(config: dict[str, Any]) -> None:
     """Serving (also ``quart run``): the configured ``LOG_LEVEL``, whatever the CLI capped."""
-    logging.getLogger().setLevel(config["LOG_LEVEL"])
+    logging.getLogger().setLevel(str(config["LOG_LEVEL"]).upper())
 
 
 #: Methods reported as themselves in metrics; anything else a client sends is ``other``.
@@ -177,13 +192,27 @@ def finish_request(req: Request, ctx_g: Any, response: Response) -> Response:
     return response
 
 
+def finish_request_logged(req: Request, ctx_g: Any, response: Response) -> Response:
+    """``finish_request``, then the access log line: client, method, path and query (an
+    ``api_key`` value blanked), status, bytes (``-`` when streamed) and milliseconds."""
+    finish_request(req, ctx_g, response)
+    started = ctx_g.get("started")
+    query = req.scope.get("query_string", b"").decode("latin-1")
+    target = req.path + ("?" + _API_KEY_PARAM.sub(r"\1***", query) if query else "")
+    client = req.scope.get("client")
+    access_log.info('%s "%s %s" %d %s %.1f ms', client[0] if client else "-", req.method, target,
+                    response.status_code, response.content_length if response.content_length is not None else "-",
+                    0.0 if started is None else (time.perf_counter() - started) * 1000)
+    return response
+
+
 def init_request_context(app: Quart) -> None:
-    """Request ids and access metrics; also creates the app's ``RequestHooks`` (these functions
-    run first before a request and last after it)."""
+    """Request ids, access metrics and (``ACCESS_LOG``) the access log; also creates the app's
+    ``RequestHooks`` (these functions run first before a request and last after it)."""
     @app.before_serving
     async def _serving_log_level() -> None:
         serving_log_level(app.config)
 
     hooks = RequestHooks(app)
     hooks.before(start_request)
-    hooks.after(finish_request)
+    hooks.after(finish_request_logged if app.config.get("ACCESS_LOG") else finish_request)

@@ -11,5 +11,7 @@ from services.udf import UdfService
 def init_udf(app: Quart) -> None:
     """Build the UDF service over the app's services (call after the Services extension exists)."""
     services = get_services(app)
-    app.extensions["udf"] = UdfService(services.markets, services.orchestrator,
-                                       int(app.config["OHLCV_MAX_LIMIT"]))
+    service = app.extensions["udf"] = UdfService(services.markets, services.orchestrator,
+                                                 int(app.config["OHLCV_MAX_LIMIT"]),
+                                                 float(app.config["UDF_SEARCH_SECONDS"]))
+    app.after_serving(service.close)  # symbol-list fetches a search left running

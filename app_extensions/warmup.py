@@ -65,6 +65,8 @@ class Warmup:
         while not self.shutdown.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.shutdown.wait(), timeout=interval)
+            if self.shutdown.is_set():
+                break  # close() writes the last counts, once
             try:
                 await self.warmer.record()
             except (AppError, OSError, RuntimeError) as exc:
@@ -80,9 +82,12 @@ class Warmup:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), self.step_timeout)
         try:
-            await asyncio.wait_for(self.warmer.record(), self.step_timeout)
+            written = await asyncio.wait_for(self.warmer.record(), self.step_timeout)
         except (TimeoutError, AppError, OSError, RuntimeError) as exc:
             log.warning("last warm-up records not written: %s", exc)
+        else:
+            if not written:
+                log.warning("last warm-up records not written: Redis unavailable")
 
 
 def get_warmup(app: Quart) -> Warmup:

@@ -55,6 +55,6 @@ async def gaps() -> Response:
     q = load_query(GapsQuery())
     services = get_services(current_app)
     _check_span(q, services.backfill.max_range_ms)
-    services.markets.check_provider(q["market"], q["provider"])
     series = Series(q["market"], q["provider"], q["symbol"])
+    await services.backfill.check_series(series)  # 404 unknown_* as /ohlcv answers
     return jsonify(await services.backfill.gaps(series, q["start"], q["end"]))

@@ -37,7 +37,8 @@ class GapsQuery(SymbolQuery):
     """``GET /gaps`` query."""
 
     start = TimeField(required=True)
-    end = TimeField(required=True)
+    end = TimeField(required=True, metadata={"description": (
+        "exclusive; after start, at most BACKFILL_MAX_RANGE_DAYS (default 3660) days after it")})
 
     @validates_schema
     def _range(self, data: dict[str, Any], **kwargs: Any) -> None:

@@ -36,11 +36,21 @@ async def markets() -> Response:
 @market_blueprint.get("/providers")
 async def providers() -> Response:
     q = load_query(SCHEMAS['MarketQuery'])
-    infos = get_services(current_app).markets.providers(q["market"])
-    return jsonify({"market": q["market"], "providers": [
+    markets = get_services(current_app).markets
+    infos = markets.providers(q["market"])
+    credentials = get_credentials(current_app)
+    own = set()  # providers the caller's own stored credentials configure for them
+    if credentials.may_apply():
+        for p in infos:
+            if not p.configured and await credentials.for_request(markets, q["market"], p.provider):
+                own.add(p.provider)
+    response = jsonify({"market": q["market"], "providers": [
         {"provider": p.provider, "requires_credentials": p.requires_credentials,
-         "configured": p.configured, "timeframes": p.timeframes} for p in infos
+         "configured": p.configured or p.provider in own, "timeframes": p.timeframes} for p in infos
     ]})
+    if own:
+        response.headers["Cache-Control"] = "private"
+    return response
 
 
 @market_blueprint.get("/symbols")
@@ -70,8 +80,7 @@ async def ticker() -> Response:
 
 @market_blueprint.get("/ohlcv")
 async def ohlcv() -> Response:
-    app = current_app._get_current_object()  # type: ignore[attr-defined]  # one proxy look-up each
-    req = request._get_current_object()  # type: ignore[attr-defined]
+    app, req = current_app, request
     services = get_services(app)
     prepared = get_response_cache(app)
     hit = prepared.lookup(req.query_string)  # the same query, validated when it was kept
@@ -112,7 +121,7 @@ async def ohlcv() -> Response:
         # An answer that queued a backfill is not kept: its job header belongs to this answer.
         kept = await _keep(query, payload, generation) if user is None and not answer.backfill_job else None
         if kept is not None:
-            return _answer(request._get_current_object(), kept, source)  # type: ignore[attr-defined]
+            return _answer(request, kept, source)
         etag = etag_of(payload)
         headers["ETag"] = etag
         if etag_matches(request.headers.get("If-None-Match", ""), etag):

@@ -16,6 +16,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema
 from quart import Blueprint, Quart, Response, current_app, jsonify
 
+from app_extensions.services import get_services
 from blueprints import backfill_schemas as backfill
 from blueprints import credentials_schemas as credentials
 from blueprints import openapi_examples as examples
@@ -90,6 +91,27 @@ OPERATIONS: list[Operation] = [
 ]
 
 
+#: Swagger UI groups operations by tag: a path's first segment names its group.
+TAGS = {
+    "markets": "market", "providers": "market", "symbols": "market", "ohlcv": "market", "ticker": "market",
+    "backfill": "backfill", "gaps": "backfill", "channels": "live", "credentials": "credentials",
+    "openapi.json": "spec",
+}
+TAG_TEXT = {
+    "market": "Markets, providers, symbols, bars and tickers",
+    "backfill": "Backfill jobs and the gaps of stored series",
+    "export": "Bulk history in CSV, JSON lines, Parquet or Arrow",
+    "live": "Live channels (the bars themselves come over WebSocket /api/v1/ws)",
+    "credentials": "Your own exchange credentials (auth on)",
+    "spec": "This document",
+}
+
+
+def _tag(path: str) -> str:
+    first = path.strip("/").split("/")[0]
+    return TAGS.get(first, first)
+
+
 def _time_field(self: Any, fld: Any, **kwargs: Any) -> dict[str, Any]:
     """TimeField: integer ms since the epoch, or ISO-8601 with a zone."""
     if not isinstance(fld, TimeField):
@@ -98,7 +120,9 @@ def _time_field(self: Any, fld: Any, **kwargs: Any) -> dict[str, Any]:
         {"type": "integer", "minimum": MIN_MS, "maximum": MAX_MS - 1},
         {"type": "string", "format": "date-time"},
     ], "description": "integer ms since the epoch, or ISO-8601 with a zone; from 1973 (a smaller"
-                      " integer is seconds and is refused) to 3000", "example": 1704067200000}
+                      " integer is seconds and is refused) to 3000"
+                      + (f"; {fld.metadata['description']}" if "description" in fld.metadata else ""),
+        "example": fld.metadata.get("example", doc.TIME_EXAMPLES.get(fld.name or "", doc.TIME_EXAMPLES["start"]))}
 
 
 def _quart_rule(path: str) -> str:
@@ -137,7 +161,7 @@ def build_spec(app: Quart) -> dict[str, Any]:
         info={"description": "OHLCV bars, tickers and backfills of crypto exchanges, US stocks and the "
                              "built-in sim market. Every error answers {\"error\": {\"code\", \"message\", "
                              "\"details\"}}. Live candles: WebSocket /api/v1/ws (JSON frames); TradingView's "
-                             "UDF: /udf. The full reference is docs/api.md in the project."},
+                             "UDF: /udf. The full reference: [docs/api.md](/api/v1/docs/api.md)."},
         servers=[{"url": "/api/v1"}],
     )
     assert plugin.converter is not None
@@ -160,7 +184,7 @@ def build_spec(app: Quart) -> dict[str, Any]:
         ]
         if op.query is not None:
             params.append({"in": "query", "schema": op.query})
-        operation: dict[str, Any] = {"summary": op.summary, "parameters": params,
+        operation: dict[str, Any] = {"summary": op.summary, "tags": [_tag(op.path)], "parameters": params,
                                      "responses": _responses(op)}
         if app.config.get("AUTH_ENABLED") and op.path != "/openapi.json":
             operation["security"] = [{"ApiKey": []}]
@@ -172,13 +196,19 @@ def build_spec(app: Quart) -> dict[str, Any]:
         by_path.setdefault(op.path, {})[op.method] = operation
     for path, operations in by_path.items():
         spec.path(path=path, operations=operations)
+    used = {_tag(path) for path in by_path}
+    for tag in sorted(used, key=[*TAG_TEXT, *sorted(used)].index):  # in TAG_TEXT's order
+        spec.tag({"name": tag, **({"description": TAG_TEXT[tag]} if tag in TAG_TEXT else {})})
     document = spec.to_dict()
+    enums = doc.catalogue_enums(get_services(app).markets.markets())
     for path, operations in document.get("paths", {}).items():
         for operation in operations.values():
             for param in operation.get("parameters", []):
                 example = examples.parameter(path, param["name"])
                 if example is not None:
                     param["example"] = example
+                if param["in"] == "query" and param["name"] in enums:
+                    param["schema"]["enum"] = enums[param["name"]]
     return document
 
 

@@ -6,9 +6,23 @@ checks answers against it) catches an answer that breaks the contract.
 
 from __future__ import annotations
 
+from typing import Any
+
 from marshmallow import Schema, fields, validate
 
 from core.timeframes import TIMEFRAMES
+
+#: Examples of a time parameter: ``end`` 3 h after ``start``, so an example request is valid (the
+#: same example for both was refused: end must be after start).
+TIME_EXAMPLES = {"start": 1704067200000, "end": 1704078000000}
+
+
+def catalogue_enums(markets: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """The values a ``market`` and a ``provider`` query parameter may take on this server (its
+    ``GET /markets``): anything else is a 404, so the document says so (schemathesis then generates
+    requests that reach the handlers instead of mostly refused ones)."""
+    return {"market": sorted(m["market"] for m in markets),
+            "provider": sorted({p for m in markets for p in m["providers"]})}
 
 
 class MarketEntry(Schema):

@@ -1,4 +1,5 @@
-"""The browser pages: the live chart at ``/`` and the API docs viewer at ``/api/v1/docs``.
+"""The browser pages: the live chart at ``/``, the API docs viewer at ``/api/v1/docs`` and the API
+reference it links to, ``docs/api.md``, at ``/api/v1/docs/api.md`` (open like the viewer when auth is on).
 
 Everything they load comes from this origin (no CDN, so they work offline): the pages' own files
 from ``web/public/``, and a fixed list of files of the npm packages installed from
@@ -17,6 +18,7 @@ from core.errors import APIError, NotFound
 WEB = Path(__file__).resolve().parent.parent / "web"
 PUBLIC = WEB / "public"
 MODULES = WEB / "node_modules"
+DOCS = WEB.parent / "docs"
 #: Served name -> file under web/node_modules (the dist files the pages use, and their licences).
 VENDOR = {
     "lightweight-charts.mjs": "lightweight-charts/dist/lightweight-charts.standalone.production.mjs",
@@ -27,7 +29,7 @@ VENDOR = {
     "swagger-ui.NOTICE.txt": "swagger-ui-dist/NOTICE",
 }
 _TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css", ".txt": "text/plain",
-          ".html": "text/html"}
+          ".html": "text/html", ".md": "text/plain"}
 #: Our own files change with a deploy: revalidate (ETag) each time. Vendor files change only
 #: with the lockfile: cache them for an hour.
 _OWN_CACHE = "no-cache"
@@ -53,6 +55,12 @@ async def chart_page() -> Response:
 @page_blueprint.get("/api/v1/docs")
 async def docs_page() -> Response:
     return _typed(await send_from_directory(PUBLIC, "docs.html"), "docs.html", _OWN_CACHE)
+
+
+@page_blueprint.get("/api/v1/docs/api.md")
+async def api_reference() -> Response:
+    """The project's API reference (docs/api.md), which the docs viewer links to, as plain text."""
+    return _typed(await send_file(DOCS / "api.md"), "api.md", _OWN_CACHE)
 
 
 @page_blueprint.get("/assets/NOTICE.txt")

@@ -6,7 +6,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from services.udf import RESOLUTIONS
+from services.udf import MONTHLY, RESOLUTIONS
 
 #: Seconds since the epoch, up to the year 3000 (a time in ms is refused, not read as year 50000).
 SECONDS = validate.Range(0, 32_503_679_999, error="must be seconds since the epoch (0 to 32503679999)")
@@ -32,7 +32,7 @@ class UdfSearchQuery(_Query):
 class UdfHistoryQuery(_Query):
     symbol = fields.String(required=True, validate=validate.Length(1, 128),
                            metadata={"example": "SIM:SIM/USD"})
-    resolution = fields.String(required=True, validate=validate.OneOf(list(RESOLUTIONS)),
+    resolution = fields.String(required=True, validate=validate.OneOf([*RESOLUTIONS, *MONTHLY]),
                                metadata={"example": "60"})
     start = fields.Integer(data_key="from", load_default=None, validate=SECONDS,
                            metadata={"example": 1704067200, "description": "seconds, inclusive"})

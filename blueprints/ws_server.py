@@ -47,8 +47,6 @@ from wsproto.events import Ping
 from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import LocalProtocolError
 
-from blueprints import http_early
-
 log = logging.getLogger(__name__)
 SUPPORTED = "0.18."
 #: Key of the stream's weak reference in the ASGI scope's ``extensions``.
@@ -229,7 +227,6 @@ def install_hypercorn_patch() -> bool:
     WSStream._send_pings = _send_pings  # type: ignore[method-assign]
     TCPServer._read_data = _read_data  # type: ignore[method-assign]
     TaskGroup.spawn_app = _spawn_app  # type: ignore[method-assign]
-    http_early.install()
     return True
 
 

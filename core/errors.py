@@ -98,6 +98,14 @@ class RateLimited(AppError):
 
     status, code = 429, "rate_limited"
 
+    @classmethod
+    def exceeded(cls, requests: int, seconds: float, route_class: str,
+                 retry_after: float | None = None) -> RateLimited:
+        """The refusal of a ``requests`` per ``seconds`` limit of ``route_class``, its message
+        naming the window: ``rate limit of 300 requests per 60 s (ohlcv) exceeded; ...``."""
+        return cls(f"rate limit of {requests} requests per {seconds:g} s ({route_class}) exceeded; "
+                   "retry after the seconds in Retry-After", retry_after=retry_after)
+
 
 # --- Plugin errors: the upstream exchange failed. ---------------------------------------------
 class PluginError(AppError):

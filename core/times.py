@@ -25,9 +25,13 @@ FORMAT_TEXT = "must be integer milliseconds since the epoch or ISO-8601 with a z
 SECONDS_TEXT = ("looks like seconds since the epoch (before 1973 in milliseconds); "
                 "send milliseconds, i.e. seconds x 1000")
 NO_ZONE_TEXT = "ISO-8601 times must carry a zone (e.g. 2024-01-01T00:00:00Z or +00:00)"
+PLUS_TEXT = ("the zone's '+' arrived as a space: in a URL a '+' means a space, so send it as %2B "
+             "(2024-01-01T00:00:00%2B00:00) or use Z (2024-01-01T00:00:00Z)")
 
 _DIGITS = re.compile(r"[+-]?[0-9]+")
 _NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+#: An ISO-8601 time whose "+hh:mm" zone lost its "+" to URL decoding ("...T00:00:00 00:00").
+_LOST_PLUS = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9:.,]+ [0-9]{2}(:?[0-9]{2})?")
 
 
 class TimeError(ValueError):
@@ -77,7 +81,7 @@ def _from_iso(text: str) -> int:
     try:
         dt = datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
     except ValueError as exc:
-        raise TimeError(FORMAT_TEXT) from exc
+        raise TimeError(PLUS_TEXT if _LOST_PLUS.fullmatch(text) else FORMAT_TEXT) from exc
     if dt.tzinfo is None:
         raise TimeError(NO_ZONE_TEXT)
     try:

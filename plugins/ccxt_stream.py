@@ -3,10 +3,13 @@ live channel of that provider here, so their subscriptions share CCXT Pro's conn
 up to 200 streams on one connection).
 
 ``KlineStreams.watch(symbol, timeframe)`` waits for the next updates of one kline stream and
-returns them as ``KlineUpdate``s (the bar, whether the exchange says it is closed, the exchange's
-event time). Raw frames are checked before CCXT parses them (``ccxt_frames``). Binance's frames
-carry ``x`` (closed) and ``E`` (event time); for other exchanges a bar counts as closed once a
-later one arrives and the event time is unknown. First subscriptions made within
+returns them as ``KlineUpdate``s. Only CCXT's public API is used (the exchange's options and URLs,
+``load_markets``, ``watch_ohlcv``, ``watch_ohlcv_for_symbols``, ``un_watch_ohlcv``, ``close``):
+a bar counts as closed once a later one arrives, its event time is unknown, and candles that do
+not parse are counted and skipped (``ccxt_frames`` says what CCXT does not expose and why). A
+connection that says nothing for a while is closed with the whole exchange object (CCXT has no
+public per-connection health: https://github.com/ccxt/ccxt/issues/25092); the next ``watch``
+dials anew with the markets already loaded. First subscriptions made within
 ``BATCH_SECONDS`` of each other go out as one subscribe message (exchanges pace them: Binance
 takes 5 messages a second per connection, so one by one 100 channels would need 20 s).
 
@@ -29,17 +32,16 @@ from urllib.parse import urlsplit, urlunsplit
 import ccxt.pro as ccxtpro
 
 from core.errors import AppError, NetworkPluginError, PluginFeatureNotSupportedError
+from core.metrics import STREAM_MALFORMED
 from core.timeframes import Bar
 from plugins.ccxt_errors import translate
-from plugins.ccxt_frames import FRAME_READERS, CheckedFrames, KlineUpdate, finite
+from plugins.ccxt_frames import KlineUpdate, checked_row
 from plugins.ccxt_support import rebase_urls
 
 log = logging.getLogger(__name__)
 #: First subscriptions asked within this many seconds go out as one message, at most MAX_BATCH.
 BATCH_SECONDS = 0.05
 MAX_BATCH = 200
-#: Longest wait for the update following a closed bar (``KlineStreams._follow``).
-FOLLOW_SECONDS = 0.02
 
 
 def rebase_ws_urls(urls: Any, base_url: str) -> Any:
@@ -83,26 +85,25 @@ class KlineStreams:
         self.market_types, self.timeout = market_types, timeout
         self._exchange: Any = None
         self._lock = asyncio.Lock()
-        #: Newest bar seen per stream (CCXT-parsed path: a later one closes it).
+        #: Markets (and currencies) of an exchange object that was closed, for its successor.
+        self._markets: tuple[Any, Any] | None = None
+        #: Monotonic time the current exchange object was made or last gave candles.
+        self._heard = 0.0
+        #: Candles skipped because they did not parse.
+        self.malformed = 0
+        #: Newest bar seen per stream (a later one closes it).
         self._last: dict[tuple[str, str], Bar] = {}
         #: (symbol, timeframe) subscribed, waiting for the next batch, and the batch tasks.
         self._subscribed: set[tuple[str, str]] = set()
         self._pending: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    @property
-    def malformed(self) -> int:
-        """Frames skipped because they did not parse."""
-        return int(getattr(self._exchange, "malformed", 0))
-
     def _build(self) -> Any:
-        base = getattr(ccxtpro, self.exchange_id, None)
+        cls = getattr(ccxtpro, self.exchange_id, None)
         if not stream_possible(self.exchange_id, self.rest_base_url, self.ws_base_url):
             raise PluginFeatureNotSupportedError(f"{self.exchange_id} has no usable kline stream")
-        assert isinstance(base, type)
-        cls = type(f"Checked_{self.exchange_id}", (CheckedFrames, base), {})
+        assert isinstance(cls, type)
         exchange = cls({"enableRateLimit": True, "timeout": int(self.timeout * 1000)})
-        exchange.malformed, exchange.updates, exchange.arrivals = 0, {}, {}
         fetch_markets = exchange.options.get("fetchMarkets")
         if isinstance(fetch_markets, dict) and isinstance(fetch_markets.get("types"), list):
             exchange.options["fetchMarkets"] = {**fetch_markets, "types": list(self.market_types)}
@@ -113,6 +114,9 @@ class KlineStreams:
             exchange.urls["api"] = rebase_urls(exchange.urls["api"], self.rest_base_url)
         if self.ws_base_url:
             exchange.urls["api"] = rebase_ws_urls(exchange.urls["api"], self.ws_base_url)
+        if self._markets is not None:
+            exchange.set_markets(*self._markets)
+        self._heard = time.monotonic()
         return exchange
 
     async def _ready(self) -> Any:
@@ -126,26 +130,22 @@ class KlineStreams:
 
     async def watch(self, symbol: str, timeframe: str) -> list[KlineUpdate]:
         """The next updates of ``symbol``'s ``timeframe`` klines (subscribing on first use).
-        Raises ``NetworkPluginError`` when the stream fails (refused, dropped) and the CCXT
-        error's translation otherwise."""
+        Raises ``NetworkPluginError`` when the stream fails (refused, dropped, closed) and the
+        CCXT error's translation otherwise."""
+        key = (symbol, timeframe)
         try:
             exchange = await self._ready()
-            market = exchange.market(symbol)
-            key = (market["id"], exchange.timeframes.get(timeframe, timeframe))
-            if (symbol, timeframe) not in self._subscribed:
-                exchange.updates.pop(key, None)  # left from an earlier subscription
-            await self._batched(exchange, (symbol, timeframe))
-            reader = self.exchange_id in FRAME_READERS
+            exchange.market(symbol)
+            if key not in self._subscribed:
+                self._last.pop(key, None)  # left from an earlier subscription
+            await self._batched(exchange, key)
             while True:
-                queue = exchange.updates.get(key)
-                if reader and queue:  # frames that came while the caller was busy: no wait
-                    if queue[-1].closed:
-                        await self._follow(exchange, key)
-                    updates = list(queue)
-                    queue.clear()
-                    return updates
+                if exchange is not self._exchange:  # closed under us (reset_silent, close)
+                    raise NetworkPluginError(f"{self.exchange_id} stream closed")
                 candles = await exchange.watch_ohlcv(symbol, timeframe)
-                updates = [] if reader else self._inferred(key, candles)
+                if exchange is self._exchange:
+                    self._heard = time.monotonic()
+                updates = self._inferred(key, candles)
                 if updates:
                     return updates
         except AppError:
@@ -164,19 +164,6 @@ class KlineStreams:
         except (OSError, ValueError) as exc:
             self._subscribed.clear()
             raise NetworkPluginError(f"{self.exchange_id} stream failed: {exc}") from exc
-
-    @staticmethod
-    async def _follow(exchange: Any, key: tuple[str, str]) -> None:
-        """Wait up to ``FOLLOW_SECONDS`` for the update after a closed bar: an exchange sends the
-        next bucket's first bar right after the close (Binance: in the same push), often in the
-        next read of the socket; both are then one publish instead of two one after the other."""
-        arrived = asyncio.get_running_loop().create_future()
-        exchange.arrivals[key] = arrived
-        try:
-            await asyncio.wait({arrived}, timeout=FOLLOW_SECONDS)
-        finally:
-            if exchange.arrivals.get(key) is arrived:
-                del exchange.arrivals[key]
 
     async def _batched(self, exchange: Any, key: tuple[str, str]) -> None:
         """Subscribe ``key`` with the others asked within ``BATCH_SECONDS`` (one message)."""
@@ -218,11 +205,18 @@ class KlineStreams:
         if not task.cancelled() and task.exception() is not None:
             log.debug("%s: batched subscribe ended: %s", self.exchange_id, task.exception())
 
-    def _inferred(self, key: tuple[str, str], candles: list[list[Any]]) -> list[KlineUpdate]:
-        """Updates from CCXT's parsed candles: a bar is closed once a later one arrived."""
+    def _inferred(self, key: tuple[str, str], candles: Any) -> list[KlineUpdate]:
+        """Updates from CCXT's parsed candles: a bar is closed once a later one arrived. A candle
+        that does not parse is counted (``malformed``) and skipped."""
         out: list[KlineUpdate] = []
-        for row in candles:
-            bar: Bar = [int(row[0]), *(finite(v) for v in row[1:6])]
+        for row in candles if isinstance(candles, list) else [candles]:
+            try:
+                bar = checked_row(row)
+            except ValueError as exc:
+                self.malformed += 1
+                STREAM_MALFORMED.labels(self.exchange_id).inc()
+                log.warning("%s stream: malformed candle skipped: %s", self.exchange_id, exc)
+                continue
             last = self._last.get(key)
             if last is not None and bar[0] > last[0]:
                 out.append(KlineUpdate(last, True, None))
@@ -236,6 +230,7 @@ class KlineStreams:
         ``wait`` seconds (default: the provider timeout) for the exchange to confirm."""
         exchange = self._exchange
         self._subscribed.discard((symbol, timeframe))
+        self._last.pop((symbol, timeframe), None)
         if exchange is None or not exchange.has.get("unWatchOHLCV"):
             return
         try:
@@ -246,21 +241,35 @@ class KlineStreams:
                      exc)
 
     async def reset_silent(self, silence: float) -> int:
-        """Close the connections that received nothing for ``silence`` seconds (a stalled
-        stream); the next ``watch`` dials again. Returns how many were closed."""
+        """When no stream of this provider gave a candle for ``silence`` seconds, close the
+        provider's connections (the whole CCXT exchange object: CCXT has no public way to see or
+        close one connection); the next ``watch`` dials again, with the markets kept. Returns 1
+        when it closed them, 0 when something was heard (or nothing was open). A provider
+        streaming several market types (one connection each) is reset only when all are
+        silent: one connection's silence is not visible through CCXT's public API."""
         exchange = self._exchange
-        if exchange is None:
+        if exchange is None or time.monotonic() - self._heard < silence:
             return 0
-        now, closed = time.time() * 1000, 0
-        for url, client in list((exchange.clients or {}).items()):
-            last = getattr(client, "last_message_at", None) or getattr(
-                client, "connectionEstablished", None) or 0
-            if now - last > silence * 1000:
-                closed += 1
-                exchange.clients.pop(url, None)
-                client.reject(ccxtpro.NetworkError(f"{url} silent for {silence} s"))
-                await client.close()
-        return closed
+        log.info("%s stream: nothing for %.1f s; its connections are closed", self.exchange_id,
+                 silence)
+        await self._discard(exchange)
+        return 1
+
+    async def _discard(self, exchange: Any) -> None:
+        """Forget ``exchange`` (keeping its markets for the next one) and close it; the watch
+        calls waiting on it end with ``NetworkPluginError``."""
+        if self._exchange is exchange:
+            self._exchange = None
+            self._subscribed.clear()
+            if exchange.markets:
+                self._markets = (exchange.markets, exchange.currencies)
+        await self._close_exchange(exchange)
+
+    async def _close_exchange(self, exchange: Any) -> None:
+        try:
+            await exchange.close()
+        except (ccxtpro.BaseError, OSError) as exc:
+            log.warning("%s stream: close failed: %s", self.exchange_id, exc)
 
     async def close(self) -> None:
         """Close the connections and the exchange's HTTP session (never raises)."""
@@ -273,7 +282,4 @@ class KlineStreams:
             waiter.cancel()
         self._pending, self._subscribed = {}, set()
         if exchange is not None:
-            try:
-                await exchange.close()
-            except (ccxtpro.BaseError, OSError) as exc:
-                log.warning("%s stream: close failed: %s", self.exchange_id, exc)
+            await self._close_exchange(exchange)

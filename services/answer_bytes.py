@@ -38,8 +38,10 @@ _accept_cache: dict[str, str | None] = {}
 
 
 def accepted_encoding(header: str) -> str | None:
-    """The encoding to answer with for an ``Accept-Encoding`` header: ``br`` when accepted, else
-    ``gzip``, else None (identity). Honours ``q=0`` and ``*`` (RFC 9110 12.5.3)."""
+    """The encoding to answer with for an ``Accept-Encoding`` header (RFC 9110 12.5.3): the one of
+    ``ENCODINGS`` with the highest ``q`` (``*`` stands for those not named; ``q=0`` excludes), our
+    order of preference (``br`` first) between equal ones; None (identity) when none is accepted
+    or the client ranks ``identity`` itself above them."""
     if not header:
         return None
     hit = _accept_cache.get(header, "?")
@@ -56,9 +58,12 @@ def accepted_encoding(header: str) -> str | None:
                     q = float(value)
                 except ValueError:
                     q = 0.0
+                if not 0.0 <= q <= 1.0:  # also nan: not a qvalue
+                    q = 0.0
         weights[name.strip().lower()] = q
     star = weights.get("*", 0.0)
-    chosen = next((e for e in ENCODINGS if weights.get(e, star) > 0), None)
+    best_q, _, best = max((weights.get(e, star), -i, e) for i, e in enumerate(ENCODINGS))
+    chosen = best if best_q > 0 and weights.get("identity", 0.0) <= best_q else None
     if len(_accept_cache) >= _ACCEPT_CACHE_MAX:
         _accept_cache.clear()
     _accept_cache[header] = chosen

@@ -9,7 +9,9 @@ aggregates are refreshed once over the batch. Two batches are written at once, e
 transaction: one COPYs while the other makes its round trips, and their COPYs take turns in
 batch order (``CopyTurn``). Their commits may land in either order: each one's ledger merge and
 progress are complete on their own. Fetches and writes retry temporary errors with
-``plugins.retry.RetryPolicy`` for ``BACKFILL_PATIENCE`` seconds.
+``plugins.retry.RetryPolicy`` for ``BACKFILL_PATIENCE`` seconds; a job's fetches only for
+``BACKFILL_YIELD_AFTER`` seconds (not at all while the provider's breaker is open): then the job
+is ``Parked`` and gives its runner slot to other jobs (the manager queues it again).
 
 Public names (stable): ``ChunkRunner``, ``BackfillSettings``, ``Progress``, ``ProgressCallback``,
 ``JobRef``, ``LeaseLost``, ``readable``.
@@ -18,6 +20,8 @@ Public names (stable): ``ChunkRunner``, ``BackfillSettings``, ``Progress``, ``Pr
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,7 +30,7 @@ from typing import Any
 import asyncpg
 from tenacity import RetryCallState
 
-from core.errors import AppError, DataSourceError, RateLimitedPluginError
+from core.errors import AppError, DataSourceError, NetworkPluginError, RateLimitedPluginError
 from core.metrics import BACKFILL_BARS, BACKFILL_CHUNK_FAILURES, BACKFILL_CHUNKS
 from core.ports import Database
 from core.timeframes import DAY_MS, MINUTE_MS, Bar, now_ms
@@ -41,10 +45,12 @@ from services.backfill_model import (
     Fetched,
     JobRef,
     LeaseLost,
+    Parked,
     Progress,
     ProgressCallback,
     readable,
 )
+from services.breaker import ProviderCircuitOpen
 from services.provider_source import PluginSource
 from services.sources import CacheSource, RevisionSink
 
@@ -70,6 +76,19 @@ class ChunkRunner:
         self.concurrency = max(1, settings.concurrency)
         #: Per-provider limit of concurrent upstream calls, shared by every backfill here.
         self._api_semaphore: dict[str, asyncio.Semaphore] = {}
+        #: Told why a chunk waits before each retry (the CLI shows it): see ``for_run``.
+        self.on_wait: Callable[[str], None] | None = None
+
+    def for_run(self, patience: float | None = None,
+                on_wait: Callable[[str], None] | None = None) -> ChunkRunner:
+        """This runner for one run with its own ``BACKFILL_PATIENCE`` and a hook told why a chunk
+        waits before each retry (its retries are then logged at INFO: the hook shows them); the
+        per-provider call limits stay shared."""
+        run = copy.copy(self)
+        if patience is not None:
+            run.settings = dataclasses.replace(self.settings, patience=max(0.0, patience))
+        run.on_wait = on_wait
+        return run
 
     def _semaphore(self, provider: str) -> asyncio.Semaphore:
         sem = self._api_semaphore.get(provider)
@@ -81,8 +100,12 @@ class ChunkRunner:
         self, series: Series, chunks: Sequence[Chunk], progress: Progress,
         job: JobRef | None, on_progress: ProgressCallback | None,
     ) -> None:
-        """Fetch and write ``chunks``; the first error (after retries) cancels the rest."""
+        """Fetch and write ``chunks``; the first error (after retries) cancels the rest. A fetch
+        that is ``Parked`` stops the run more gently: no new chunk is started, the fetches under
+        way end (one may be the breaker's probe, which a cancel would waste) and what they
+        fetched is written; then ``Parked`` is raised."""
         todo = deque(chunks)
+        parked: list[Parked] = []
         # Fetched chunks wait here for the writer; a full queue holds the fetchers back.
         queue: asyncio.Queue[Fetched | None] = asyncio.Queue(
             maxsize=_QUEUE_PER_FETCHER * self.concurrency)
@@ -90,8 +113,13 @@ class ChunkRunner:
 
         async def fetcher() -> None:
             nonlocal fetchers
-            while todo:
-                await queue.put(await self._fetch(series, todo.popleft(), job))
+            while todo and not parked:
+                try:
+                    fetched = await self._fetch(series, todo.popleft(), job)
+                except Parked as exc:
+                    parked.append(exc)
+                    break
+                await queue.put(fetched)
             fetchers -= 1
             if fetchers == 0:
                 await queue.put(None)
@@ -140,11 +168,14 @@ class ChunkRunner:
                 tg.create_task(writer(), name="backfill-writer")
         except ExceptionGroup as group:
             raise group.exceptions[0] from None
+        if parked:
+            raise parked[0]
 
     async def _retrying(self, series: Series, what: str, chunk: Chunk, job: JobRef | None,
-                        fn: Callable[[], Awaitable[Any]]) -> Any:
+                        fn: Callable[[], Awaitable[Any]], park: bool = False) -> Any:
         """``await fn()`` retrying temporary errors for ``BACKFILL_PATIENCE`` seconds; a retrying
-        job shows its last error (docs/api.md)."""
+        job shows its last error (docs/api.md). ``park``: a provider error still failing after
+        ``BACKFILL_YIELD_AFTER`` seconds raises ``Parked`` instead (the job yields its slot)."""
         where = f"chunk starting {to_dt(chunk.start).isoformat()}"
 
         async def before_sleep(state: RetryCallState) -> None:
@@ -152,34 +183,66 @@ class ChunkRunner:
             BACKFILL_CHUNK_FAILURES.labels(series.provider, "temporary").inc()
             # Being paced (our provider budget or the exchange's 429) is routine for big jobs.
             level = logging.INFO if isinstance(exc, RateLimitedPluginError) else logging.WARNING
+            if self.on_wait is not None and exc is not None:
+                sleep = getattr(state.next_action, "sleep", None) or 0.0
+                left = max(0.0, patience - (state.seconds_since_start or 0.0))
+                self.on_wait(f"{readable(exc)} ({where}); retrying in {sleep:.0f} s, for"
+                             f" {left:.0f} s more (patience {patience:g} s)")
+                level = logging.INFO  # the hook shows it
             log.log(level, "backfill %s %s %s: %s; retrying (attempt %d)", series.key(), what,
                     where, exc, state.attempt_number)
             if job is not None and exc is not None:
                 await self._record_error(job, f"{readable(exc)} ({where}; retrying)")
 
+        patience = self.settings.patience
+        if park:
+            patience = min(patience, self.settings.yield_after)
         policy = RetryPolicy(series.provider, max_wait=self.settings.retry_max_wait,
-                             base_wait=self.settings.retry_base, patience=self.settings.patience)
+                             base_wait=self.settings.retry_base, patience=patience)
         try:
             return await policy.call(fn, before_sleep)
+        except NetworkPluginError as exc:
+            if park:
+                raise self._parked(exc, where) from exc
+            BACKFILL_CHUNK_FAILURES.labels(series.provider, "permanent").inc()
+            exc.message = f"{exc.message} ({where})"
+            raise
         except (AppError, asyncpg.PostgresError) as exc:
             BACKFILL_CHUNK_FAILURES.labels(series.provider, "permanent").inc()
             if isinstance(exc, AppError):
                 exc.message = f"{exc.message} ({where})"
             raise
 
+    def _parked(self, exc: NetworkPluginError, where: str) -> Parked:
+        """The job waits queued for the next retry (at least the provider's ``retry_after``)."""
+        retry_after = getattr(exc, "retry_after", None)
+        wait = self.settings.retry_max_wait
+        if isinstance(retry_after, int | float) and retry_after > wait:
+            wait = float(retry_after)
+        exc.message = f"{exc.message} ({where})"
+        return Parked(exc, wait)
+
     async def _fetch(self, series: Series, chunk: Chunk, job: JobRef | None) -> Fetched:
-        """The closed bars of one chunk (the pages keep to [start, end), ascending)."""
+        """The closed bars of one chunk (the pages keep to [start, end), ascending). A job's
+        fetch raises ``Parked`` while its provider keeps failing (see the module)."""
         made = 0
+        where = f"chunk starting {to_dt(chunk.start).isoformat()}"
 
         async def once() -> list[Bar]:
-            async with self._semaphore(series.provider):
-                bars, calls, _ = await self.plugins.fetch(
-                    series, "1m", chunk.start, chunk.end, _CHUNK_CALL_BUDGET)
+            try:
+                async with self._semaphore(series.provider):
+                    bars, calls, _ = await self.plugins.fetch(
+                        series, "1m", chunk.start, chunk.end, _CHUNK_CALL_BUDGET)
+            except ProviderCircuitOpen as exc:
+                if job is None:
+                    raise
+                raise self._parked(exc, where) from exc  # the breaker says: down for a while
             nonlocal made
             made += calls
             return bars
 
-        bars: list[Bar] = await self._retrying(series, "fetch", chunk, job, once)
+        bars: list[Bar] = await self._retrying(series, "fetch", chunk, job, once,
+                                               park=job is not None)
         now = now_ms()
         if bars and bars[-1][0] + MINUTE_MS > now:  # the forming minute is never stored
             bars = [b for b in bars if b[0] + MINUTE_MS <= now]

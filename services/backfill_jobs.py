@@ -1,6 +1,8 @@
 """Backfill job storage: plain async functions, connection first (table ``backfill_jobs``).
 
 A job is one (series, range) to complete. States: ``queued`` -> ``running`` -> ``done`` | ``failed``.
+A running job whose provider keeps failing goes back to ``queued`` until ``retry_at``
+(:func:`park_job`), so it does not hold a runner slot while its provider is down.
 A running job carries a lease (``owner``, ``lease_until``) that its instance's runner renews; when
 the instance dies the lease expires and :func:`claim_next` hands the job to another runner, which
 resumes it from the gap ledger. The unique partial index ``backfill_jobs_active`` keeps at most one
@@ -38,6 +40,10 @@ class Job:
     owner: str | None
     created_at: datetime
     updated_at: datetime
+    #: A parked job is not taken before this time (its provider was failing).
+    retry_at: datetime | None = None
+    #: When its current run of failures began (``BACKFILL_PATIENCE`` counts from it).
+    failing_since: datetime | None = None
 
     @property
     def progress(self) -> float:
@@ -66,6 +72,7 @@ def _job(row: asyncpg.Record) -> Job:
         chunks_total=row["chunks_total"], chunks_done=row["chunks_done"],
         bars_written=row["bars_written"], error=row["error"], attempts=row["attempts"],
         owner=row["owner"], created_at=row["created_at"], updated_at=row["updated_at"],
+        retry_at=row["retry_at"], failing_since=row["failing_since"],
     )
 
 
@@ -115,21 +122,23 @@ async def list_jobs(conn: asyncpg.Connection, status: str | None, limit: int) ->
 async def claim_next(
     conn: asyncpg.Connection, owner: str, lease_s: float, exclude: list[str] | None = None
 ) -> Job | None:
-    """Take the oldest queued job, or a running one whose lease expired (its owner died).
+    """Take the oldest queued job, or a running one whose lease expired (its owner died); jobs
+    that are not failing first, and a parked job not before its ``retry_at``.
     ``exclude``: ids the caller is still running (never claimed twice by one runner). A job
     overlapping a live running job of the same series waits for it, so that the overlap is
     fetched once (it then finds that part in the ledger)."""
     row = await conn.fetchrow(
         "UPDATE backfill_jobs SET status = 'running', owner = $1, attempts = attempts + 1,"
         " lease_until = now() + make_interval(secs => $2), updated_at = now()"
-        " WHERE id = (SELECT j.id FROM backfill_jobs j WHERE (j.status = 'queued'"
+        " WHERE id = (SELECT j.id FROM backfill_jobs j WHERE ((j.status = 'queued'"
+        "     AND (j.retry_at IS NULL OR j.retry_at <= now()))"
         "   OR (j.status = 'running' AND (j.lease_until IS NULL OR j.lease_until < now())))"
         "   AND j.id <> ALL($3::text[])"
         "   AND NOT EXISTS (SELECT 1 FROM backfill_jobs r WHERE r.status = 'running'"
         "     AND r.lease_until >= now() AND r.id <> j.id AND r.market = j.market"
         "     AND r.provider = j.provider AND r.symbol = j.symbol"
         "     AND r.start_ms < j.end_ms AND r.end_ms > j.start_ms)"
-        "   ORDER BY j.created_at FOR UPDATE SKIP LOCKED LIMIT 1)"
+        "   ORDER BY (j.failing_since IS NOT NULL), j.created_at FOR UPDATE SKIP LOCKED LIMIT 1)"
         " RETURNING *",
         owner, float(lease_s), exclude or [],
     )
@@ -167,7 +176,7 @@ async def add_progress(
     """Count a written chunk (call in the chunk's transaction). False when not ours any more."""
     status = await conn.execute(
         "UPDATE backfill_jobs SET chunks_done = LEAST(chunks_total, chunks_done + $3),"
-        " bars_written = bars_written + $4, updated_at = now()"
+        " bars_written = bars_written + $4, failing_since = NULL, updated_at = now()"
         " WHERE id = $1 AND owner = $2 AND status = 'running'",
         job_id, owner, chunks, bars,
     )
@@ -177,7 +186,8 @@ async def add_progress(
 async def record_error(conn: asyncpg.Connection, job_id: str, owner: str, error: str) -> bool:
     """Keep the last failure of our running job while it retries (cleared when it is done)."""
     status = await conn.execute(
-        "UPDATE backfill_jobs SET error = $3, updated_at = now()"
+        "UPDATE backfill_jobs SET error = $3, failing_since = COALESCE(failing_since, now()),"
+        " updated_at = now()"
         " WHERE id = $1 AND owner = $2 AND status = 'running'",
         job_id, owner, error,
     )
@@ -194,6 +204,29 @@ async def finish_job(
         " updated_at = now(), finished_at = now()"
         " WHERE id = $1 AND owner = $2 AND status = 'running'",
         job_id, owner, "failed" if error else "done", error,
+    )
+    return status.endswith(" 1")
+
+
+async def failing_for(conn: asyncpg.Connection, job_id: str) -> float:
+    """Seconds the job's current run of failures has lasted (0 when it is not failing)."""
+    value = await conn.fetchval(
+        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - failing_since), 0)::float8"
+        " FROM backfill_jobs WHERE id = $1", job_id)
+    return float(value or 0.0)
+
+
+async def park_job(
+    conn: asyncpg.Connection, job_id: str, owner: str, error: str, retry_in: float
+) -> bool:
+    """Hand our running job back to the queue until ``retry_in`` seconds from now, keeping
+    ``error`` (its provider keeps failing: its runner slot goes to other jobs meanwhile)."""
+    status = await conn.execute(
+        "UPDATE backfill_jobs SET status = 'queued', owner = NULL, lease_until = NULL,"
+        " retry_at = now() + make_interval(secs => $4), error = $3,"
+        " failing_since = COALESCE(failing_since, now()), updated_at = now()"
+        " WHERE id = $1 AND owner = $2 AND status = 'running'",
+        job_id, owner, error, float(retry_in),
     )
     return status.endswith(" 1")
 

@@ -9,7 +9,10 @@ provider answered it empty: a real exchange hole is then *verified empty* and ne
 and the job's progress). The last ``LEDGER_SAFETY_MS`` before now are written but never recorded
 complete. A chunk failing with a temporary error (network, 429/5xx, a storage outage) is retried
 with ``plugins.retry.RetryPolicy`` for up to ``BACKFILL_PATIENCE`` seconds; any other error fails
-the job with a readable error. Provider calls go through ``ProviderCalls``. Jobs
+the job with a readable error. A job whose provider keeps failing for ``BACKFILL_YIELD_AFTER``
+seconds (or whose breaker is open) does not hold its runner slot meanwhile: it goes back to the
+queue until its next try (``retry_at``), keeping the failure as its ``error``, and fails once it
+has been failing for ``BACKFILL_PATIENCE``. Provider calls go through ``ProviderCalls``. Jobs
 (``services.backfill_jobs``) are run by :class:`services.backfill_runner.JobRunner`, which gets
 ``run_job`` as a callable.
 
@@ -19,12 +22,20 @@ Public names (stable): ``BackfillManager``, ``BackfillSettings``, ``Progress``, 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from core.errors import AppError, DataSourceError, NetworkPluginError, NotFound, UnknownSymbol
+from core.errors import (
+    AppError,
+    DataSourceError,
+    NetworkPluginError,
+    NotFound,
+    PluginFeatureNotSupportedError,
+    UnknownSymbol,
+)
 from core.ports import Database
 from core.timeframes import MINUTE_MS, bucket_ceil, bucket_start, now_ms
-from core.types import Series
+from core.types import Series, to_dt
 from services import backfill_jobs as jobs
 from services import storage
 from services.backfill_chunks import (
@@ -37,6 +48,7 @@ from services.backfill_chunks import (
     readable,
 )
 from services.backfill_gaps import Chunk, bar_islands, gap_report, split_chunks
+from services.backfill_model import Parked
 from services.backfill_runner import JobRunner, RunnerSettings
 from services.market_service import MarketService
 from services.provider_source import PluginSource
@@ -77,25 +89,39 @@ class BackfillManager:
         current_min = bucket_start(now, "1m")
         fetch_end = min(bucket_ceil(end, "1m"), current_min)
         safe_end = current_min - LEDGER_SAFETY_MS
-        # Minutes older than the provider still serves, or before the listing it states, are not
-        # fetched (they stay missing in the ledger).
+        # Minutes before the listing the provider states are known empty (recorded so, as the
+        # request path does); minutes older than the provider still serves are not fetched (they
+        # stay missing, and the job says so: ``unserved``).
         plugin = await self.markets.get_plugin(series.market, series.provider)
         caps, listed = plugin.capabilities, plugin.listing_ms(series.symbol)
-        start = max(start, caps.history_start("1m", now) or start, listed or start)
+        start = bucket_start(start, "1m")
         async with self.db.acquire() as conn:
+            if listed is not None and min(listed, safe_end) > start:
+                await storage.record_complete(conn, series, [(start, min(listed, safe_end))])
+            start = max(start, caps.history_start("1m", now) or start, listed or start)
             missing = await storage.missing_ranges(conn, series, bucket_start(start, "1m"), fetch_end)
         step = caps.max_bars_per_call * MINUTE_MS
         return split_chunks(missing, step, safe_end)
 
     async def backfill(
-        self, series: Series, start: int, end: int, on_progress: ProgressCallback | None = None
+        self, series: Series, start: int, end: int, on_progress: ProgressCallback | None = None,
+        patience: float | None = None, on_wait: Callable[[str], None] | None = None,
     ) -> Progress:
-        """Complete [start, end) of ``series`` now (no job row); the CLI's entry point."""
+        """Complete [start, end) of ``series`` now (no job row); the CLI's entry point.
+        ``patience`` replaces ``BACKFILL_PATIENCE`` for this run; ``on_wait`` is told why a chunk
+        waits before each retry."""
         chunks = await self.plan(series, start, end)
+        if not chunks:  # no call will tell: ask the provider's list
+            await self.check_series(series)
         progress = Progress(len(chunks))
         if on_progress is not None:
             on_progress(progress)
-        await self.chunks.run(series, chunks, progress, None, on_progress)
+        runner = self.chunks.for_run(patience, on_wait)
+        await runner.run(series, chunks, progress, None, on_progress)
+        unserved = await self.unserved(series, start, end)
+        if unserved is not None:
+            unserved.message += f" ({progress.bars_written:,} bars written)"
+            raise unserved
         return progress
 
     async def run_job(self, job: jobs.Job, owner: str) -> None:
@@ -104,14 +130,25 @@ class BackfillManager:
         ref = JobRef(job.id, owner)
         try:
             chunks = await self.plan(job.series, job.start_ms, job.end_ms)
+            if not chunks:  # no call will tell whether the symbol (still) exists: ask its list
+                await self.check_series(job.series)
             async with self.db.acquire() as conn:
                 if not await jobs.set_plan(conn, job.id, owner, len(chunks)):
                     raise LeaseLost(job.id)
             await self.chunks.run(job.series, chunks, Progress(len(chunks)), ref, None)
+            unserved = await self.unserved(job.series, job.start_ms, job.end_ms)
+            if unserved is not None:  # not "done" while /gaps shows the range missing
+                raise unserved
             error = None
         except LeaseLost:
             log.info("backfill job %s: lease lost, another runner has it", job.id)
             return
+        except Parked as parked:
+            if await self._park(job, owner, parked):
+                return
+            error = (f"{readable(parked.cause)}; gave up after BACKFILL_PATIENCE"
+                     f" ({self.settings.patience:g} s) of failures")
+            log.warning("backfill job %s failed: %s", job.id, error)
         except DataSourceError:
             raise
         except AppError as exc:
@@ -122,6 +159,45 @@ class BackfillManager:
             log.error("backfill job %s crashed", job.id, exc_info=exc)
         async with self.db.acquire() as conn:
             await jobs.finish_job(conn, job.id, owner, error)
+
+    async def unserved(self, series: Series, start: int, end: int) -> AppError | None:
+        """After a run: why closed minutes of [start, end) are still missing (the provider no
+        longer serves them), as the error that fails the job; None when nothing is (the last
+        ``LEDGER_SAFETY_MS`` before now are never recorded complete, so they do not count)."""
+        now = now_ms()
+        safe_end = bucket_start(now, "1m") - LEDGER_SAFETY_MS
+        start, end = bucket_start(start, "1m"), min(bucket_ceil(end, "1m"), safe_end)
+        async with self.db.acquire() as conn:
+            missing = await storage.missing_ranges(conn, series, start, end)
+        if not missing:
+            return None
+        minutes = sum(b - a for a, b in missing) // MINUTE_MS
+        first = to_dt(missing[0][0]).isoformat()
+        plugin = await self.markets.get_plugin(series.market, series.provider)
+        caps = plugin.capabilities
+        oldest = caps.history_start("1m", now)
+        if oldest is not None and missing[0][0] < oldest:
+            depth = caps.extra.get("history_bars")
+            reason = (f"{series.provider} serves only its latest {depth} 1m bars (from"
+                      f" {to_dt(oldest).isoformat()}): {minutes:,} minutes from {first} stay"
+                      " missing")
+        else:
+            reason = f"{minutes:,} minutes from {first} stay missing"
+        return PluginFeatureNotSupportedError(reason, details={
+            "missing_minutes": minutes, "missing": [list(r) for r in missing[:10]]})
+
+    async def _park(self, job: jobs.Job, owner: str, parked: Parked) -> bool:
+        """Queue the job again until its next try (its slot goes to other jobs); False when it
+        has been failing for ``BACKFILL_PATIENCE`` already (it is failed instead)."""
+        async with self.db.acquire() as conn:
+            if await jobs.failing_for(conn, job.id) >= self.settings.patience:
+                return False
+            when = to_dt(now_ms() + int(parked.retry_in * 1000)).isoformat(timespec="seconds")
+            error = f"{readable(parked.cause)}; the job waits for the provider, next try at {when}"
+            await jobs.park_job(conn, job.id, owner, error, parked.retry_in)
+        log.info("backfill job %s: %s; parked for %.1f s", job.id, readable(parked.cause),
+                 parked.retry_in)
+        return True
 
     # --- Jobs and reports ------------------------------------------------------------------------
     async def submit(self, series: Series, start: int, end: int) -> tuple[jobs.Job, bool]:
@@ -163,12 +239,14 @@ class BackfillManager:
 
     async def schedule_missing(self, series: Series, ranges: list[tuple[int, int]]) -> str | None:
         """The orchestrator's ``on_missing`` hook: one job over the span of ``ranges``, bounded to
-        its latest ``BACKFILL_AUTO_MAX_DAYS`` (a query never starts a huge backfill by itself);
-        its id, or None when no job could be queued (storage down: the answer stays marked
-        incomplete)."""
+        its latest ``BACKFILL_AUTO_MAX_DAYS`` (a query never starts a huge backfill by itself)
+        and to what the provider still serves (a job over the rest could only fail); its id, or
+        None when no job could be queued (storage down: the answer stays marked incomplete)."""
         end = ranges[-1][1] if ranges else 0
         bound = int(min(self.settings.auto_max_days, self.settings.max_range_days) * 86_400_000)
-        if (start := max(ranges[0][0], end - bound, 0) if ranges else 0) >= end:
+        plugin = await self.markets.get_plugin(series.market, series.provider)
+        oldest = plugin.capabilities.history_start("1m", now_ms()) or 0
+        if (start := max(ranges[0][0], end - bound, oldest, 0) if ranges else 0) >= end:
             return None
         try:
             async with self.db.acquire() as conn:

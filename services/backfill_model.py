@@ -20,6 +20,15 @@ class LeaseLost(Exception):
     """Another runner owns the job now (our lease expired); stop working on it."""
 
 
+class Parked(Exception):
+    """The job's provider keeps failing (for ``BACKFILL_YIELD_AFTER`` seconds, or its breaker is
+    open): the job gives up its runner slot and waits queued for ``retry_in`` seconds."""
+
+    def __init__(self, cause: AppError, retry_in: float) -> None:
+        super().__init__(str(cause))
+        self.cause, self.retry_in = cause, retry_in
+
+
 @dataclass
 class Progress:
     """Running totals of one backfill, passed to the progress callback after every chunk."""
@@ -65,6 +74,7 @@ class BackfillSettings:
 
     concurrency: int = setting("BACKFILL_CONCURRENCY", 4, int)
     patience: float = setting("BACKFILL_PATIENCE", 3600.0, float)
+    yield_after: float = setting("BACKFILL_YIELD_AFTER", 30.0, float)
     retry_base: float = setting("BACKFILL_RETRY_BASE", 1.0, float)
     retry_max_wait: float = setting("BACKFILL_RETRY_MAX_WAIT", 60.0, float)
     write_cache: bool = setting("BACKFILL_WRITE_CACHE", True, bool)

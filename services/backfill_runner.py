@@ -5,7 +5,8 @@ Public names (stable): ``JobRunner``, ``RunnerSettings``, ``RunJob``.
 Every ``min(BACKFILL_POLL_INTERVAL, BACKFILL_LEASE_SECONDS / 3)`` seconds (or at once when woken by
 a new job) the loop renews the leases of the jobs this instance runs, claims queued jobs (and
 running ones whose lease expired: their instance died) with ``FOR UPDATE SKIP LOCKED`` up to
-``BACKFILL_MAX_JOBS``, and refreshes the job gauges. Each job runs as a task owned by the runner.
+``BACKFILL_MAX_JOBS`` (jobs whose provider was failing last, and a parked one not before its
+``retry_at``: ``backfill_jobs.claim_next``), and refreshes the job gauges. Each job runs as a task owned by the runner.
 On shutdown the tasks are cancelled and their jobs handed back to the queue, so a restart (or
 another instance) resumes them; after a crash the same happens once the lease expires.
 """

@@ -164,6 +164,7 @@ class CircuitBreaker:
         if code == 2:
             BREAKER_REJECTIONS.labels(provider).inc()
             raise ProviderCircuitOpen(f"{provider} is failing: its circuit breaker is open",
+                                      details={"provider": provider, "breaker": "open"},  # as CCXT's errors
                                       retry_after=max(1.0, math.ceil(value / 1000)))
         if code == 1:
             self._changed(provider, "half_open")

@@ -180,6 +180,12 @@ class MarketService:
         self._symbols[key] = (time.monotonic(), found)
         return found
 
+    def known_symbols(self, market: str, provider: str) -> list[str] | None:
+        """The last symbol list ``symbols`` fetched for (market, provider) with the server's
+        credentials, however old (None: never fetched); no call. For answers that must not wait."""
+        hit = self._symbols.get((market, provider, ""))
+        return None if hit is None else hit[1]
+
     async def ticker(
         self, market: str, provider: str, symbol: str, user: UserCredentials | None = None
     ) -> Ticker:

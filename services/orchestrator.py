@@ -117,6 +117,8 @@ class DataOrchestrator:
 
     async def _page(self, q: BarQuery) -> BarAnswer:
         answer = await self._get_window(q)
+        if not answer.bars and answer.next is not None and answer.next > now_ms():
+            return replace(answer, next=None)  # no bar opens after now: the exchange is not asked
         if not answer.bars and answer.next is not None:
             try:
                 first = await asyncio.wait_for(self.plugins.first_bar(q.series, answer.next),
@@ -221,7 +223,7 @@ class DataOrchestrator:
             try:
                 return await self._run(self.chain, w)
             except DataSourceError as exc:
-                log.warning("storage unavailable, answering without it: %s", exc.details)
+                log.debug("storage unavailable, answering without it: %s", exc.details)  # Database logs the outage once
         return await self._run(self.fallback, w)
 
     @staticmethod

@@ -108,7 +108,7 @@ class CacheSource:
         try:
             return await self.cache.get_resampled(key)
         except DataSourceError as exc:
-            log.warning("cache read skipped: %s", exc.details)
+            log.debug("cache read skipped: %s", exc.details)  # the outage: RedisClient logs it once
             return None
 
     async def put_answer(self, key: str, answer: dict[str, Any], ttl: int) -> None:
@@ -117,7 +117,7 @@ class CacheSource:
         try:
             await self.cache.set_resampled(key, answer, ttl)
         except DataSourceError as exc:
-            log.warning("cache write skipped: %s", exc.details)
+            log.debug("cache write skipped: %s", exc.details)
 
     async def get_1m(self, series: Series, start: int, end: int) -> list[Bar]:
         if self.cache is None:
@@ -125,7 +125,7 @@ class CacheSource:
         try:
             return await self.cache.get_1m_bars(series, start, end)
         except DataSourceError as exc:
-            log.warning("1m cache read skipped: %s", exc.details)
+            log.debug("1m cache read skipped: %s", exc.details)
             return []
 
     async def put_1m(self, series: Series, bars: Sequence[Sequence[float]]) -> None:
@@ -134,7 +134,7 @@ class CacheSource:
         try:
             await self.cache.store_1m_bars(series, bars)
         except DataSourceError as exc:
-            log.warning("1m cache write skipped: %s", exc.details)
+            log.debug("1m cache write skipped: %s", exc.details)
 
 
 class RevisionSink(Protocol):

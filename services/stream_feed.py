@@ -7,14 +7,14 @@ revisions and storage writes; the feed decides where bars come from.
 - **Stream.** It subscribes through the provider's ``KlineStreams`` (one ``ccxt.pro`` exchange per
   provider on this instance, so channels share its connections), then fetches over REST the bars
   missed while it was not streaming (one poll), and from then on publishes each stream update as
-  it arrives: the forming bar when it changed, a bar the exchange says is closed as closed.
+  it arrives: the forming bar when it changed, a bar followed by a later one as closed.
 - **Reconciliation.** Closed stream bars are not written to storage; once the oldest unchecked one
   closed ``verify`` seconds ago, one REST poll covering all of them fetches the exchange's values:
   those are written, and a bar whose REST values differ from what the stream said is published
   again with ``revised: true`` (counted in ``stream_rest_disagreements_total``). A stream update
   that skips a bucket is not published: a REST poll fills the hole first.
 - **Fallback.** A stream that fails (refused, dropped, silent for ``silence`` seconds, only
-  malformed frames) makes the channel poll over REST: the channel goes ``stale`` (status frame),
+  malformed candles) makes the channel poll over REST: the channel goes ``stale`` (status frame),
   and the REST refill makes it ``live`` again. After ``retry`` seconds of polling the stream is
   tried again, the wait doubling per failure up to ``retry_max`` (reset after a long healthy run).
   ``/channels`` shows ``feed: stream`` or ``poll``.

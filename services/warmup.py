@@ -66,6 +66,9 @@ class WarmupReport:
     stopped: str = "done"  # done, time, calls, cancelled
     seconds: float = 0.0
     warmed: list[str] = field(default_factory=list)
+    #: Providers a query failed for: the first failure of each is a warning, the rest DEBUG (a
+    #: live channel's snapshot and a recorded range of the same series said it twice).
+    failed_providers: set[str] = field(default_factory=set)
 
 
 def provider_calls_made() -> int:
@@ -108,11 +111,11 @@ class Warmer:
         """``note`` for a query whose ``range_key`` is known (a prepared answer keeps it)."""
         self._counts[key] += 1
 
-    async def record(self) -> None:
-        """Flush the counted ranges and the live channels to Redis (logs and keeps the counts
-        when Redis is down)."""
+    async def record(self) -> bool:
+        """Flush the counted ranges and the live channels to Redis; False when Redis is down
+        (the counts are kept for the next flush; the outage itself is logged by Redis' owner)."""
         if self.redis is None:
-            return
+            return True
         counts, self._counts = self._counts, Counter()
         channels = sorted(set(self.live_channels()))
         now = time.time()
@@ -134,7 +137,9 @@ class Warmer:
             await self.redis.run(write)
         except DataSourceError as exc:
             self._counts.update(counts)  # kept for the next flush
-            log.warning("warm-up records not written: %s", exc.details)
+            log.debug("warm-up records not written: %s", exc.details)
+            return False
+        return True
 
     async def plan(self) -> list[BarQuery]:
         """The queries to warm: recent live channels' snapshots, then the most asked ranges."""
@@ -205,7 +210,13 @@ class Warmer:
         except AppError as exc:  # one bad range (a provider down, a symbol gone) does not stop it
             report.failed += 1
             WARMUP_QUERIES.labels("failed").inc()
-            log.warning("warm-up of %s failed: %s", name, exc.message)
+            provider = q.series.provider
+            if provider in report.failed_providers:
+                log.debug("warm-up of %s failed: %s", name, exc.message)
+            else:
+                report.failed_providers.add(provider)
+                log.warning("warm-up of %s failed: %s (further failures of %s in this warm-up: "
+                            "DEBUG; the count is in the summary)", name, exc.message, provider)
             return
         report.queries += 1
         report.warmed.append(name)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from app import create_app
@@ -21,6 +26,12 @@ BAD = [
     ({"OHLCV_DEFAULT_LIMIT": "9000"}, "OHLCV_DEFAULT_LIMIT"),
     ({"OHLCV_MAX_LIMIT": "9000"}, "OHLCV_MAX_LIMIT"),
     ({"MAX_BODY_BYTES": "0"}, "MAX_BODY_BYTES"),
+    ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+    ({"LOG_LEVELS": '{"ccxt": "LOUD"}'}, "LOG_LEVELS"),
+    ({"CCXT_CREDENTIALS": "[]"}, "CCXT_CREDENTIALS must be a JSON object, got a JSON list"),
+    ({"ACCESS_LOG": "maybe"}, "ACCESS_LOG must be true or false"),
+    ({"REQUEST_DEADLINE": "soon"}, "REQUEST_DEADLINE must be a number, got 'soon'"),
+    ({"UDF_SEARCH_SECONDS": "nan"}, "UDF_SEARCH_SECONDS must be a positive number of seconds"),
 ]
 
 
@@ -69,3 +80,20 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     missing = [n for n in dir(BaseConfig) if n.isupper() and f"`{n}`" not in section]
     assert not missing, f"settings missing from README's configuration table: {missing}"
 
+
+
+@pytest.mark.parametrize(("env", "says"), [
+    ({"PORT": "abc"}, "Error: PORT must be an integer, got 'abc'"),
+    ({"CREDENTIALS_KEYS": "garbage"}, "Error: CREDENTIALS_KEYS"),
+    ({"CCXT_CREDENTIALS": '{"binance": {"secret": "s3cret"'}, "Error: CCXT_CREDENTIALS must be a JSON object"),
+])
+def test_a_bad_setting_is_one_line_from_the_cli_not_a_traceback(env: dict[str, str], says: str) -> None:
+    """``quart --app app:create_app <command>`` with a bad setting: one line naming it, exit 1."""
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-m", "quart", "--app", "app:create_app", "api-key", "list"],
+                         cwd=root, env={**os.environ, "APP_ENV": "testing", **env},
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.strip() == says or run.stderr.strip().startswith(says), run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
+    assert "s3cret" not in run.stderr

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from app import create_app
+from tests.support.ws import free_port
 
 SERIES = ["--market", "sim", "--provider", "sim", "--symbol", "SIM/USD"]
 T0 = 1_704_067_200_000
@@ -50,3 +52,42 @@ def test_backfill_command_errors(app_config: dict[str, Any]) -> None:
     bad = runner.invoke(args=["gaps", *SERIES, "--start", "2024-01-02T00:00Z",
                               "--end", "2024-01-01T00:00Z"])
     assert bad.exit_code == 2 and "--end must be after --start" in bad.output
+
+
+def test_gaps_command_refuses_unknown_markets_providers_and_symbols(
+    app_config: dict[str, Any],
+) -> None:
+    """Like ``/ohlcv`` (issue 24.10): not a whole range reported "missing"."""
+    runner = create_app(app_config).test_cli_runner()
+    span = ["--start", "2024-01-01T00:00Z", "--end", "2024-01-02T00:00Z"]
+    for args, code in ((["--market", "nope", "--provider", "sim", "--symbol", "SIM/USD"],
+                        "unknown_market"),
+                       (["--market", "sim", "--provider", "nope", "--symbol", "SIM/USD"],
+                        "unknown_provider"),
+                       ([*SERIES[:4], "--symbol", "NOPE/USD"], "unknown_symbol")):
+        bad = runner.invoke(args=["gaps", *args, *span])
+        assert bad.exit_code == 1 and f"Error: {code}" in bad.output, bad.output
+
+
+def test_backfill_against_a_down_exchange_says_why_it_waits_and_gives_up_after_patience(
+    app_config: dict[str, Any],
+) -> None:
+    """Issue 24.9: it waited up to an hour at 0 % with a warning every few seconds."""
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    app = create_app({**app_config, "CCXT_EXCHANGES": "binance", "PROVIDER_URLS": {"binance": down},
+                      "PROVIDER_RETRIES": 0, "BACKFILL_RETRY_BASE": 0.05,
+                      "BACKFILL_RETRY_MAX_WAIT": 0.2})
+    runner = app.test_cli_runner()
+    began = time.monotonic()
+    result = runner.invoke(args=["backfill", "--market", "crypto", "--provider", "binance",
+                                 "--symbol", "BTC/USDT", "--start", "2024-01-01T00:00Z",
+                                 "--end", "2024-01-01T12:00Z", "--patience", "1"])
+    assert result.exit_code == 1, result.output
+    assert time.monotonic() - began < 20
+    assert "Error: provider_unavailable: " in result.stderr, result.stderr
+    waiting = [line for line in result.stderr.splitlines() if line.startswith("waiting: ")]
+    assert waiting and waiting[0].startswith("waiting: provider_unavailable: "), result.stderr
+    assert "(patience 1 s)" in waiting[0] and "Ctrl-C stops" in waiting[0]
+    bad = runner.invoke(args=["backfill", *SERIES, "--start", str(T0), "--end", str(T0 + 60_000),
+                              "--patience", "-1"])
+    assert bad.exit_code == 2

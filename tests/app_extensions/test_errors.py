@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Iterator
 
 import pytest
 from quart import Quart
+from werkzeug.exceptions import ServiceUnavailable
 
 from core import errors
 from core.metrics import HTTP_LATENCY, HTTP_REQUESTS
@@ -107,3 +109,26 @@ async def test_unknown_http_methods_share_one_metrics_label(failing_app: Quart) 
     labels = {s.labels.get("method") for fam in REGISTRY.collect() if fam.name == "http_requests"
               for s in fam.samples}
     assert "XYZZY123" not in labels and "other" in labels
+
+
+@pytest.mark.parametrize("exc", [errors.NetworkPluginError("unreachable"), errors.DataSourceError("db down"),
+                                 errors.APIError(503, "dependency_unavailable", "shutting down")])
+async def test_every_503_has_retry_after_even_when_the_error_names_none(
+    failing_app: Quart, exc: errors.AppError
+) -> None:
+    """docs/api.md: every 503 carries Retry-After; one raised before the breaker opens names none."""
+    assert exc.retry_after is None
+    failing_app.config["_boom"]["exc"] = exc
+    r = await failing_app.test_client().get("/boom")
+    assert r.status_code == 503
+    assert int(r.headers["Retry-After"]) == max(1, math.ceil(failing_app.config["DEPENDENCY_RETRY_AFTER"]))
+
+
+async def test_a_framework_503_has_retry_after(failing_app: Quart) -> None:
+    failing_app.config["_boom"]["exc"] = ServiceUnavailable()
+    r = await failing_app.test_client().get("/boom")
+    assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1
+    assert (await r.get_json())["error"]["code"] == "internal_error"
+    failing_app.config["_boom"]["exc"] = ServiceUnavailable(retry_after=7)
+    r = await failing_app.test_client().get("/boom")
+    assert r.headers["Retry-After"] == "7"

@@ -1,4 +1,5 @@
-"""The service's request hooks: one Quart hook each way, calling plain functions in Quart's order."""
+"""The service's request hooks: plain functions, each registered as Quart's own hook and run by
+Quart's dispatch, in Quart's order."""
 
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ def hooked_app() -> tuple[Quart, list[str]]:
         return jsonify({"early": True})
 
     def maybe_answers(req: Request, g: Any) -> Any:
+        if req.args.get("now"):
+            return Response(b'{"now":true}', 200, {"Content-Type": "application/json"})
         return answers_early() if req.args.get("early") else None
 
     async def rewrites(response: Response) -> Response:
@@ -47,6 +50,11 @@ def hooked_app() -> tuple[Quart, list[str]]:
         return response
 
     hooks.before(before("a"))
+
+    @app.before_request
+    async def quarts_own() -> None:  # a hook registered with Quart directly keeps its place
+        ran.append("before quart")
+
     hooks.before(waits)
     hooks.before(maybe_answers)
     hooks.before(before("b"))
@@ -64,11 +72,11 @@ def hooked_app() -> tuple[Quart, list[str]]:
 
 async def test_functions_run_in_quarts_order_with_awaitables_awaited() -> None:
     app, ran = hooked_app()
-    assert len(app.before_request_funcs[None]) == 1 and len(app.after_request_funcs[None]) == 1
+    assert len(app.before_request_funcs[None]) == 5 and len(app.after_request_funcs[None]) == 3
     r = await app.test_client().get("/x")
     assert r.status_code == 200 and await r.get_json() == {"ok": True}
     # before: in the order added; after: the last added first (as Quart runs after_request hooks)
-    assert ran == ["before a", "before waits", "before b", "view", "after b", "after a"]
+    assert ran == ["before a", "before quart", "before waits", "before b", "view", "after b", "after a"]
     assert r.headers["X-a"] == r.headers["X-b"] == "a,b" and r.headers["X-Rewritten"] == "yes"
 
 
@@ -76,14 +84,23 @@ async def test_a_before_coroutine_may_answer_the_request() -> None:
     app, ran = hooked_app()
     r = await app.test_client().get("/x?early=1")
     assert await r.get_json() == {"early": True}
-    assert ran == ["before a", "before waits", "after b", "after a"]  # no view, no later before
+    # no view, no later before; the after functions see the answer
+    assert ran == ["before a", "before quart", "before waits", "after b", "after a"]
+    assert r.headers["X-a"] == "a" and r.headers["X-Rewritten"] == "yes"
 
 
-async def test_the_service_registers_one_quart_hook_each_way(app: Quart) -> None:
-    assert len(app.before_request_funcs[None]) == 1 and len(app.after_request_funcs[None]) == 1
+async def test_a_before_function_may_answer_without_waiting() -> None:
+    app, ran = hooked_app()
+    r = await app.test_client().get("/x?now=1")
+    assert await r.get_json() == {"now": True}
+    assert ran == ["before a", "before quart", "before waits", "after b", "after a"]
+
+
+async def test_the_service_registers_app_level_hooks_only(app: Quart) -> None:
+    assert app.request_class is HookedRequest and get_hooks(app) is app.extensions["hooks"]
+    assert app.before_request_funcs[None] and app.after_request_funcs[None]
     assert all(not funcs for name, funcs in app.before_request_funcs.items() if name is not None)
     assert all(not funcs for name, funcs in app.after_request_funcs.items() if name is not None)
-    assert app.request_class is HookedRequest and get_hooks(app) is app.extensions["hooks"]
 
 
 async def test_hooked_requests_know_their_blueprints_as_quarts_do(app: Quart) -> None:

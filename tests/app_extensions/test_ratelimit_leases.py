@@ -1,9 +1,10 @@
 """Rate-limit leases: tokens taken from Redis in batches, refusals kept locally and answered
-before Quart, and the cluster-wide bound across instances (real Redis)."""
+through the usual hooks, and the cluster-wide bound across instances (real Redis)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,13 +12,15 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 from quart import Quart
-from quart.signals import request_started
 
 from app import create_app
+from app_extensions.errors import error_response
 from app_extensions.ratelimit import get_ratelimiter
 from app_extensions.ratelimit_buckets import LeasedBuckets, Limit, LocalGcra
+from core.errors import RateLimited
 
 MARKETS = "/api/v1/markets"
+ORIGIN = "https://dash.example.com"
 
 
 class InMemoryTake:
@@ -90,69 +93,69 @@ async def test_two_instances_never_admit_more_than_the_limit(app_config: dict[st
 
 
 @asynccontextmanager
-async def counting(app_config: dict[str, Any], limit: str) -> AsyncIterator[tuple[Quart, Any, list[str]]]:
-    """A started app whose default class allows ``limit``: yields it, its test client, and the
-    requests that entered Quart (one entry each)."""
-    app = create_app({**app_config, "RATE_LIMITS": {"default": limit}})
-    entered: list[str] = []
-
-    async def _count(sender: Any, **extra: Any) -> None:
-        entered.append("x")
-
-    request_started.connect(_count, app)
+async def limited(app_config: dict[str, Any], limit: str) -> AsyncIterator[tuple[Quart, Any]]:
+    """A started app whose default class allows ``limit`` (CORS for one origin): yields it and
+    its test client."""
+    app = create_app({**app_config, "RATE_LIMITS": {"default": limit}, "CORS_ORIGINS": ORIGIN})
     async with app.test_app():
-        yield app, app.test_client(), entered
+        yield app, app.test_client()
 
 
-async def test_a_known_refusal_is_answered_before_quart(app_config: dict[str, Any]) -> None:
-    async with counting(app_config, "2/60") as (app, client, entered):
-        codes = [(await client.get(MARKETS)).status_code for _ in range(3)]
-        assert codes == [200, 200, 429] and len(entered) == 3
+async def test_a_known_refusal_is_answered_as_every_answer_is(app_config: dict[str, Any]) -> None:
+    async with limited(app_config, "2/60") as (app, client):
+        answers = [await client.get(MARKETS) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200, 200, 429]
+        said = "rate limit of 2 requests per 60 s (default) exceeded; retry after the seconds in Retry-After"
+        assert (await answers[2].get_json())["error"]["message"] == said  # names the window
+        limiter = get_ratelimiter(app)
+        assert limiter.buckets.refused  # known locally: no Redis round trip from here on
         labels = {"method": "GET", "route": "/api/v1/markets", "status": "429"}
         counted = REGISTRY.get_sample_value("http_requests_total", labels) or 0.0
+        rejected = REGISTRY.get_sample_value("rate_limit_rejections_total", {"route_class": "default"})
         r = await client.get(MARKETS, headers={"X-Request-ID": "mine-123"})
-        assert r.status_code == 429 and len(entered) == 3  # Quart never saw it
-        body = await r.get_json()
-        assert body == {"error": {"code": "rate_limited",
-                                  "message": "rate limit of 2 requests exceeded; retry later"}}
+        assert r.status_code == 429
+        body = await r.get_data(as_text=False)
+        assert json.loads(body) == {"error": {"code": "rate_limited", "message": said}}
+        async with app.app_context():  # the bytes the error handler answers RateLimited with
+            handled = error_response(RateLimited(said))
+            assert body == await handled.get_data(as_text=False)
+        assert r.headers["Content-Type"] == "application/json"
         assert r.headers["X-Request-ID"] == "mine-123"
         assert r.headers["X-RateLimit-Limit"] == "2" and r.headers["X-RateLimit-Remaining"] == "0"
         assert 1 <= int(r.headers["Retry-After"]) <= 31
         assert REGISTRY.get_sample_value("http_requests_total", labels) == counted + 1
-        # A browser's request (Origin) and another client are still Quart's to answer.
-        assert (await client.get(MARKETS, headers={"Origin": "https://x.example"})).status_code == 429
-        assert len(entered) == 4
-        assert get_ratelimiter(app).buckets.refused
+        assert REGISTRY.get_sample_value(
+            "rate_limit_rejections_total", {"route_class": "default"}) == (rejected or 0) + 1
+        # A browser's refusal carries the CORS headers, as any answer does.
+        browser = await client.get(MARKETS, headers={"Origin": ORIGIN})
+        assert browser.status_code == 429 and browser.headers["Access-Control-Allow-Origin"] == ORIGIN
+        assert "Retry-After" in browser.headers["Access-Control-Expose-Headers"]
 
 
 @asynccontextmanager
-async def past_a_refusal(app_config: dict[str, Any]) -> AsyncIterator[tuple[Any, list[str]]]:
-    """An app allowing one request a second: a client served once, refused through Quart, then
-    refused before Quart, and its refusal waited out. Yields the test client and the requests
-    that entered Quart (two so far)."""
-    async with counting(app_config, "1/1") as (_, client, entered):
+async def past_a_refusal(app_config: dict[str, Any]) -> AsyncIterator[Any]:
+    """An app allowing one request a second: a client served once, refused twice, and its
+    refusal waited out. Yields the test client."""
+    async with limited(app_config, "1/1") as (_, client):
         assert [(await client.get(MARKETS)).status_code for _ in range(2)] == [200, 429]
-        refused = await client.get(MARKETS)  # answered before Quart
-        assert refused.status_code == 429 and len(entered) == 2
+        refused = await client.get(MARKETS)  # known locally now
+        assert refused.status_code == 429
         await asyncio.sleep(float(refused.headers["Retry-After"]))  # the next token frees up
-        yield client, entered
+        yield client
 
 
-async def test_a_client_past_its_refusal_is_decided_before_quart_and_spends_one_token(
-        app_config: dict[str, Any]) -> None:
-    async with past_a_refusal(app_config) as (client, entered):
-        # Decided before Quart (Redis grants the token), then served by Quart, which uses that
-        # decision: had it spent a token of its own, Redis (0 left) would have refused it.
+async def test_a_client_past_its_refusal_spends_one_token(app_config: dict[str, Any]) -> None:
+    async with past_a_refusal(app_config) as client:
         r = await client.get(MARKETS)
-        assert r.status_code == 200 and len(entered) == 3
+        assert r.status_code == 200
         assert r.headers["X-RateLimit-Limit"] == "1" and r.headers["X-RateLimit-Remaining"] == "0"
+        assert (await client.get(MARKETS)).status_code == 429
 
 
 async def test_requests_arriving_while_a_refused_clients_lease_is_taken_wait_for_it(
         app_config: dict[str, Any]) -> None:
-    async with past_a_refusal(app_config) as (client, entered):
+    async with past_a_refusal(app_config) as client:
         codes = [r.status_code for r in await asyncio.gather(*(client.get(MARKETS) for _ in range(8)))]
-        # One token freed up: one request is admitted; the others waited for the lease in front of
-        # Quart and were refused there (none of them entered Quart).
+        # One token freed up: one request is admitted; the others waited for the leases taken
+        # meanwhile (not a Redis round trip each) and were refused.
         assert sorted(codes) == [200] + [429] * 7
-        assert len(entered) == 3

@@ -79,3 +79,20 @@ async def test_list_jobs_bad_parameters(client: Any, query: str) -> None:
     assert resp.status_code == 400
     error = (await resp.get_json())["error"]
     assert error["code"] == "invalid_parameter" and error["details"]
+
+
+@pytest.mark.parametrize(("query", "code"), [
+    ("market=nope&provider=sim&symbol=SIM/USD", "unknown_market"),
+    ("market=sim&provider=nope&symbol=SIM/USD", "unknown_provider"),
+    ("market=sim&provider=sim&symbol=NOPE/USD", "unknown_symbol"),
+])
+async def test_gaps_refuses_unknown_markets_providers_and_symbols(
+    client: Any, query: str, code: str
+) -> None:
+    """As ``/ohlcv`` does (issue 24.10), instead of the whole range reported missing."""
+    resp = await client.get(f"/api/v1/gaps?{query}&start={T0}&end={T0 + DAY_MS}")
+    assert resp.status_code == 404, await resp.get_data(as_text=True)
+    assert (await resp.get_json())["error"]["code"] == code
+    ok = await client.get(f"/api/v1/gaps?market=sim&provider=sim&symbol=SIM/USD&start={T0}"
+                          f"&end={T0 + DAY_MS}")
+    assert ok.status_code == 200 and (await ok.get_json())["missing"] == [[T0, T0 + DAY_MS]]

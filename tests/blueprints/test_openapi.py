@@ -13,7 +13,7 @@ from app_extensions.auth import hash_key
 from blueprints.openapi import OPERATIONS
 
 #: Registered routes that are not REST operations of the contract.
-NOT_REST = {"/api/v1/docs", "/api/v1/ws"}
+NOT_REST = {"/api/v1/docs", "/api/v1/docs/api.md", "/api/v1/ws"}
 
 
 async def get_doc(app: Quart) -> dict[str, Any]:
@@ -95,6 +95,25 @@ async def test_docs_page_is_served_locally_without_a_cdn(app: Quart) -> None:
     init = await (await client.get("/assets/docs.js")).get_data(as_text=True)
     assert "/api/v1/openapi.json" in init and not re.search(r"https?://", init)
     assert "validatorUrl: null" in init  # the validator badge would call out to swagger.io
+
+
+async def test_operations_are_grouped_by_tag_and_the_reference_they_name_is_served(app: Quart) -> None:
+    doc = await get_doc(app)
+    tags = {op["tags"][0] for ops in doc["paths"].values() for op in ops.values()}
+    assert all(len(op.get("tags", [])) == 1 for ops in doc["paths"].values() for op in ops.values())
+    assert {"market", "backfill", "credentials", "spec"} <= tags and "default" not in tags
+    assert [t["name"] for t in doc["tags"]][:2] == ["market", "backfill"] and {t["name"] for t in doc["tags"]} == tags
+    assert doc["paths"]["/ohlcv"]["get"]["tags"] == ["market"]
+    assert doc["paths"]["/gaps"]["get"]["tags"] == ["backfill"]
+    # The description links the reference, and the link works (from the docs viewer's origin).
+    link = re.search(r"\[docs/api.md\]\(([^)]+)\)", doc["info"]["description"])
+    assert link and link.group(1) == "/api/v1/docs/api.md"
+    client = app.test_client()
+    viewer = await (await client.get("/api/v1/docs")).get_data(as_text=True)
+    assert 'href="/api/v1/docs/api.md"' in viewer
+    reference = await client.get(link.group(1))
+    assert reference.status_code == 200 and reference.mimetype == "text/plain"
+    assert (await reference.get_data(as_text=True)).startswith("# ")
 
 
 async def test_every_operation_carries_examples_that_its_schemas_accept(app: Quart) -> None:

@@ -188,7 +188,7 @@ async def test_with_api_keys_on_the_page_asks_for_one_and_then_works(
         await page.fill("#apikey", key)
         await page.click("#auth button")
         await page.wait_for_function("window.chartPage.firstCandlesMs !== null", timeout=30_000)
-        await badge(page, "live")  # the WebSocket handshake carried the key too
+        await badge(page, "live")  # the WebSocket took the key in its first message (not in the URL)
         assert await candle_pixels(page) > 500
 
 
@@ -203,8 +203,8 @@ async def test_docs_viewer_renders_every_operation_from_our_origin(
         operations = sum(len(ops) for ops in spec["paths"].values())
         await page.wait_for_function(f"document.querySelectorAll('.opblock').length === {operations}",
                                      timeout=30_000)
-        await page.click("#operations-default-get_ohlcv .opblock-summary")  # expand: examples filled in
-        market = page.locator("#operations-default-get_ohlcv input[placeholder='market']")
+        await page.click("#operations-market-get_ohlcv .opblock-summary")  # expand: examples filled in
+        market = page.locator("#operations-market-get_ohlcv input[placeholder='market']")
         await market.wait_for()
         assert await market.input_value() == "sim"
         assert watch.errors == []

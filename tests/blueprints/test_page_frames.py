@@ -154,10 +154,11 @@ async def test_a_refused_subscription_is_shown_and_retried_when_temporary(
 
 
 def test_the_bar_store_unit_tests_pass_under_node() -> None:
-    """web/public/store.js (bar merging, backoff) under node's test runner: tests/js/store.test.mjs."""
+    """web/public/store.js (bar merging, backoff, retry waits, legend volumes) under node's test
+    runner: tests/js/store.test.mjs."""
     node = shutil.which("node")
     assert node, "needs Node.js (make run and make test need it for web/ too)"
     done = subprocess.run([node, "--test", str(ROOT / "tests" / "js" / "store.test.mjs")],
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "# pass 5" in done.stdout and "# fail 0" in done.stdout, done.stdout
+    assert "# pass 7" in done.stdout and "# fail 0" in done.stdout, done.stdout

@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import ccxt.async_support as ccxt
@@ -13,13 +15,14 @@ from quart import Quart
 from quart.typing import TestClientProtocol
 
 from app_extensions.services import get_services
+from plugins.base import ProviderInfo
 from plugins.crypto import precision_step
-from services.udf import RESOLUTIONS, price_scale, step_decimals
+from services.udf import RESOLUTIONS, UdfService, price_scale, step_decimals
 from tests.support.backfill import emu_config, running_app
 from tests.support.exchange_emulator import ExchangeEmulator
 from tests.support.exchange_emulator.fixtures import emulator  # noqa: F401
 
-API_RESOLUTIONS = ["1", "3", "5", "15", "30", "60", "120", "240", "360", "720", "1D", "1W"]
+API_RESOLUTIONS = ["1", "3", "5", "15", "30", "60", "120", "240", "360", "720", "1D", "1W", "1M"]
 #: Every field docs/api.md names for /udf/symbols (TradingView's SymbolInfo).
 SYMBOL_FIELDS = {"name", "ticker", "description", "type", "exchange", "listed_exchange", "session",
                  "timezone", "minmov", "pricescale", "has_intraday", "has_daily",
@@ -73,7 +76,7 @@ async def test_sim_symbol_info_is_24x7_utc_with_the_sims_precision(client: TestC
     assert info["name"] == "SIM/USD" and info["ticker"] == SIM
     assert info["exchange"] == info["listed_exchange"] == "SIM"
     assert (info["session"], info["timezone"], info["type"]) == ("24x7", "Etc/UTC", "crypto")
-    assert (info["pricescale"], info["minmov"], info["volume_precision"]) == (10**6, 1, 6)  # rounding
+    assert (info["pricescale"], info["minmov"], info["volume_precision"]) == (100, 1, 3)  # its steps
     assert info["has_intraday"] is info["has_daily"] is info["has_weekly_and_monthly"] is True
     assert info["supported_resolutions"] == API_RESOLUTIONS and info["data_status"] == "streaming"
 
@@ -225,3 +228,98 @@ async def test_symbols_errors_answer_s_error(client: TestClientProtocol) -> None
         assert got == status and body["s"] == "error" and body["errmsg"], (symbol, body)
     got, body = await udf(client, "symbols")
     assert got == 400 and body["s"] == "error" and "symbol" in body["errmsg"]
+
+
+# --- months (24.8: has_weekly_and_monthly is true, so 1M must be served) ------------------------
+def month_bars(days: list[list[float]]) -> list[list[float]]:
+    """1d bars aggregated by UTC calendar month, written out plainly for the comparison."""
+    out: dict[tuple[int, int], list[float]] = {}
+    for b in days:
+        when = datetime.fromtimestamp(b[0] / 1000, UTC)
+        key = (when.year, when.month)
+        if key not in out:
+            start = datetime(when.year, when.month, 1, tzinfo=UTC).timestamp() * 1000
+            out[key] = [start, b[1], b[2], b[3], b[4], b[5]]
+        else:
+            m = out[key]
+            m[2], m[3], m[4], m[5] = max(m[2], b[2]), min(m[3], b[3]), b[4], m[5] + b[5]
+    return list(out.values())
+
+
+async def test_monthly_history_aggregates_the_daily_bars_by_calendar_month(client: TestClientProtocol) -> None:
+    jan_2023, jan_2024 = 1_672_531_200, T2024
+    status, body = await udf(client, "history", symbol=SIM, resolution="1M", to=jan_2024 + 86_400,
+                             **{"from": jan_2023 + 3600})  # from mid-day: January 2023 is not in
+    feb_2023, feb_2024 = jan_2023 + 86_400 * 31, jan_2024 + 86_400 * 31
+    days = await ohlcv(client, timeframe="1d", start=feb_2023 * 1000, end=feb_2024 * 1000, limit=5000)
+    expected = month_bars(days)
+    assert status == 200 and body["s"] == "ok"
+    assert body["t"][0] == 1_675_209_600 and body["t"][-1] == jan_2024  # Feb 2023 .. Jan 2024
+    assert len(body["t"]) == 12 and {k: body[k] for k in "tohlcv"} == columns(expected)
+    status, back = await udf(client, "history", symbol=SIM, resolution="M", to=jan_2024, countback=3,
+                             **{"from": jan_2024 - 86_400})
+    assert status == 200 and back["t"] == [1_696_118_400, 1_698_796_800, 1_701_388_800]  # Oct-Dec 2023
+    assert {k: back[k] for k in "tohlcv"} == {k: body[k][8:11] for k in "tohlcv"}
+
+
+async def test_monthly_no_data_points_to_the_month_before(client: TestClientProtocol) -> None:
+    status, body = await udf(client, "history", symbol=SIM, resolution="1M", to=1_000_000_000,
+                             **{"from": 990_000_000})
+    assert status == 200 and body == {"s": "no_data"}
+
+
+async def test_symbol_info_lists_months(client: TestClientProtocol) -> None:
+    _, info = await udf(client, "symbols", symbol=SIM)
+    assert info["has_weekly_and_monthly"] is True and "1M" in info["supported_resolutions"]
+
+
+# --- search across every exchange is bounded (24.8) -----------------------------------------------
+async def test_search_of_every_exchange_answers_within_its_bound_while_one_hangs(
+    emulator: ExchangeEmulator, app_config: dict[str, Any]  # noqa: F811
+) -> None:
+    config = emu_config(app_config, emulator, UDF_SEARCH_SECONDS=0.3, RATE_LIMITS={"default": "off"})
+    emulator.inject("/api/v3/exchangeInfo", delay=1.5, times=1)  # binance slow to load its markets
+    async with running_app(config) as app:
+        client = app.test_client()
+        started = time.perf_counter()
+        status, found = await udf(client, "search", query="US")
+        took = time.perf_counter() - started
+        assert status == 200 and took < 1.2, took  # was the slowest exchange's time, one after another
+        assert {i["exchange"] for i in found} == {"SIM"}  # binance has not answered yet
+        await asyncio.sleep(1.6)  # its fetch went on and filled the cache
+        status, found = await udf(client, "search", query="US")
+        assert status == 200 and {"SIM", "BINANCE"} <= {i["exchange"] for i in found}
+
+
+class HangingMarkets:
+    """MarketService's catalogue side: sim answers at once, binance never (a dead network)."""
+
+    def __init__(self, known: list[str] | None) -> None:
+        self.known = known
+
+    def markets(self) -> list[dict[str, Any]]:
+        return [{"market": "crypto", "providers": ["binance"]}, {"market": "sim", "providers": ["sim"]}]
+
+    def providers(self, market: str) -> list[Any]:
+        return [ProviderInfo("binance" if market == "crypto" else "sim", False, True, [])]
+
+    async def symbols(self, market: str, provider: str) -> list[str]:
+        if provider == "binance":
+            await asyncio.sleep(3600)
+        return ["SIM/USD"]
+
+    def known_symbols(self, market: str, provider: str) -> list[str] | None:
+        return self.known if provider == "binance" else None
+
+
+@pytest.mark.parametrize(("known", "exchanges"), [(None, {"SIM"}), (["BTC/USD"], {"SIM", "BINANCE"})])
+async def test_search_uses_the_last_list_of_an_exchange_that_does_not_answer(
+    known: list[str] | None, exchanges: set[str]
+) -> None:
+    service = UdfService(HangingMarkets(known), None, 5000, 0.1)  # type: ignore[arg-type]
+    try:
+        found = await asyncio.wait_for(service.search("USD", "", "", 30), 1.0)
+        assert {i["exchange"] for i in found} == exchanges
+    finally:
+        await service.close()
+    assert not service._fetching  # the hanging fetch was cancelled at close

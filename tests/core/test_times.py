@@ -11,6 +11,7 @@ from core.times import (
     MAX_MS,
     MIN_MS,
     NO_ZONE_TEXT,
+    PLUS_TEXT,
     RANGE_TEXT,
     SECONDS_TEXT,
     TimeError,
@@ -18,7 +19,7 @@ from core.times import (
 )
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
-MESSAGES = {FORMAT_TEXT, SECONDS_TEXT, NO_ZONE_TEXT, f"out of range: must be {RANGE_TEXT}",
+MESSAGES = {FORMAT_TEXT, SECONDS_TEXT, NO_ZONE_TEXT, PLUS_TEXT, f"out of range: must be {RANGE_TEXT}",
             "must be whole milliseconds (no fraction)", "must be a finite number of milliseconds"}
 
 
@@ -42,6 +43,9 @@ def test_times_that_are_taken(value: object, ms: int) -> None:
     ("2024-01-01", "must carry a zone"), ("2024-01-01T00:00", "must carry a zone"),
     ("soon", "integer milliseconds"), ("²", "integer milliseconds"), ("١٧٠٤٠٦٧٢٠٠٠٠٠", "integer milliseconds"),
     (True, "integer milliseconds"), (None, "integer milliseconds"), ([T0], "integer milliseconds"),
+    # "+00:00" sent unencoded in a URL: the "+" arrives as a space (24.18)
+    ("2024-01-01T00:00:00 00:00", "send it as %2B"), ("2024-01-01T00:00 01:00", "or use Z"),
+    ("2024-01-01T00:00:00.5 0000", "%2B"), ("2024-01-01 00:00:00 05:30", "%2B"),
 ])
 def test_times_that_are_refused_say_why(value: object, said: str) -> None:
     with pytest.raises(TimeError, match=said):

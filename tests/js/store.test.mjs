@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { BarStore, backoffDelay } from "../../web/public/store.js";
+import { BarStore, backoffDelay, formatVolume, retryWait } from "../../web/public/store.js";
 
 const MIN = 60000;
 const row = (minute, close, volume = 1) => [minute * MIN, 10, 12, 9, close, volume];
@@ -56,4 +56,16 @@ test("backoff doubles to its cap, half of each wait random", () => {
   assert.deepEqual([0, 1, 2, 5, 20].map((n) => backoffDelay(n, 500, 15000, () => 1)), [500, 1000, 2000, 15000, 15000]);
   const spread = new Set(Array.from({ length: 50 }, () => backoffDelay(3)));
   assert.ok(spread.size > 10, "jitter spreads the clients");
+});
+
+test("a retry waits the backoff, or longer when the server's Retry-After says so (capped)", () => {
+  const none = () => 0;
+  assert.deepEqual([0, 1, 2, 10].map((n) => retryWait(n, null, 1000, 30000, 300, none)), [500, 1000, 2000, 15000]);
+  assert.equal(retryWait(0, 7, 1000, 30000, 300, none), 7000);
+  assert.equal(retryWait(4, 7, 1000, 30000, 300, none), 8000);
+  assert.equal(retryWait(0, 3600, 1000, 30000, 300, none), 300000, "an hour's Retry-After is capped");
+});
+
+test("the legend's volumes: digits, then K, M and B", () => {
+  assert.deepEqual([12.345678, 9999, 12345, 2.5e6, 3.25e9].map(formatVolume), ["12.3457", "9,999", "12.35K", "2.50M", "3.25B"]);
 });

@@ -1,6 +1,9 @@
-"""The sim market: deterministic, gap-free, and its coarse pages equal the aggregation of minutes."""
+"""The sim market: deterministic, gap-free, market-like (trends, volatility regimes, volume that
+follows volatility), and its coarse pages equal the aggregation of minutes."""
 
 from __future__ import annotations
+
+import statistics
 
 import pytest
 from hypothesis import example, given
@@ -8,7 +11,7 @@ from hypothesis import strategies as st
 
 from core.errors import UnknownSymbol
 from core.timeframes import DAY_MS, HOUR_MS, MINUTE_MS, resample
-from plugins.sim import HISTORY_START_MS, SYMBOLS, SimPlugin, closed_bars, round6, sim_bar
+from plugins.sim import DECIMALS, HISTORY_START_MS, SYMBOLS, SimPlugin, _price, closed_bars, round6, sim_bar
 
 T0 = 1_700_006_400_000  # a day boundary
 
@@ -21,8 +24,32 @@ def test_closed_bars_equal_sim_bar_minute_by_minute() -> None:
     assert all(b[3] <= min(b[1], b[4]) <= max(b[1], b[4]) <= b[2] for b in bars)
 
 
+def test_prices_and_volumes_sit_on_the_symbols_steps() -> None:
+    for symbol, (price_decimals, volume_decimals) in DECIMALS.items():
+        for bar in closed_bars(42, symbol, T0, T0 + 300 * MINUTE_MS):
+            assert all(round(p, price_decimals) == p for p in bar[1:5]), (symbol, bar)
+            assert round(bar[5], volume_decimals) == bar[5] and bar[5] > 0, (symbol, bar)
+
+
+async def test_daily_and_weekly_candles_look_like_a_market() -> None:
+    """Not ~94-106 for four years with near-identical volume: the price trends far from its base,
+    daily ranges change with volatility regimes, and volume follows the range."""
+    hourly = [_price(42, "SIM/USD", m) for m in range(HISTORY_START_MS // MINUTE_MS, T0 // MINUTE_MS + 365 * 1440, 60)]
+    assert max(hourly) / min(hourly) > 1.4  # trends over months
+    weekly = [hourly[i + 168] / hourly[i] - 1 for i in range(0, len(hourly) - 168, 168)]
+    assert max(weekly) > 0.05 and min(weekly) < -0.05 and statistics.pstdev(weekly) > 0.02
+    plugin = SimPlugin("sim")
+    days = await plugin.fetch_ohlcv("SIM/USD", "1d", T0, 120)
+    assert len(days) == 120
+    ranges = [(b[2] - b[3]) / b[1] for b in days]
+    deciles = statistics.quantiles(ranges, n=10)
+    assert deciles[-1] / deciles[0] > 2  # calm and busy regimes
+    assert statistics.correlation(ranges, [b[5] for b in days]) > 0.3  # volume follows volatility
+    assert days == await SimPlugin("sim").fetch_ohlcv("SIM/USD", "1d", T0, 120)  # deterministic
+
+
 def test_closed_bars_keep_the_values_of_sim_bar_over_a_long_page() -> None:
-    """closed_bars inlines round6 four times a minute: a day of every symbol, bar for bar."""
+    """closed_bars inlines the price model and the rounding: a day of every symbol, bar for bar."""
     for symbol in SYMBOLS:
         bars = closed_bars(7, symbol, T0, T0 + DAY_MS)
         assert bars[::37] == [sim_bar(7, symbol, T0 + i * MINUTE_MS) for i in range(0, 1440, 37)]

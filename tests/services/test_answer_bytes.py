@@ -22,8 +22,13 @@ BODY = b'{"bars": [' + b",".join(b"[%d,1.5,2.5,0.5,2.0,10.0]" % i for i in range
 
 @pytest.mark.parametrize(("header", "expected"), [
     ("gzip, deflate, br, zstd", "br"), ("gzip", "gzip"), ("br;q=0, gzip", "gzip"),
-    ("br;q=0.5, gzip;q=1", "br"), ("identity", None), ("", None), ("*", "br"), ("*;q=0", None),
+    ("identity", None), ("", None), ("*", "br"), ("*;q=0", None),
     ("gzip;q=0, *", "br"), ("deflate", None), ("GZIP", "gzip"), ("br;q=bad", None),
+    # q-values rank (24.17): the client's preference first, ours (br) between equals.
+    ("br;q=0.5, gzip;q=1.0", "gzip"), ("br;q=0.5, gzip;q=1", "gzip"), ("gzip;q=0.8, br;q=0.9", "br"),
+    ("gzip;q=0.5, br;q=0.5", "br"), ("gzip, br;q=0.1", "gzip"), ("*;q=0.3, gzip;q=0.2", "br"),
+    ("br;q=0, gzip;q=0", None), ("gzip;q=0.5, identity;q=1", None), ("gzip, identity;q=0.5", "gzip"),
+    ("br;q=2, gzip", "gzip"), ("br;q=nan, gzip;q=0.1", "gzip"), ("br; q=0.5 , gzip ; q=0.6", "gzip"),
 ])
 def test_accepted_encoding(header: str, expected: str | None) -> None:
     assert accepted_encoding(header) == expected
@@ -100,3 +105,11 @@ def test_entries_expire() -> None:
     old = Prepared("a", 0, 1, '"e"', {"": (b"x", {})}, expires=0.0, size=2_000)
     store.put(b"k", old, store.generation("a"))
     assert store.get(b"k") is None and store.bytes_used == 0
+
+
+def test_a_prepared_answer_follows_the_clients_q_values() -> None:
+    entry = prepare_sync("sim:sim:SIM/USD", 0, 60_000, BODY, "cache", ttl=60)
+    body, headers = pick(entry, "br;q=0.5, gzip;q=1.0")
+    assert headers["Content-Encoding"] == "gzip" and gzip.decompress(body) == BODY
+    body, headers = pick(entry, "gzip;q=0.5, br")
+    assert headers["Content-Encoding"] == "br" and brotli.decompress(body) == BODY

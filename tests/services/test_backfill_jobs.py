@@ -273,3 +273,63 @@ async def test_jobs_the_orchestrator_schedules_keep_to_the_epoch_and_the_range_l
         job = await backfill.get_job(job_id)
         assert (job.start_ms, job.end_ms) == (0, DAY_MS)
         assert await backfill.schedule_missing(series, [(-2 * DAY_MS, -DAY_MS)]) is None
+
+
+async def _sim_job(client: TestClientProtocol, day: int) -> str:
+    resp = await client.post("/api/v1/backfill", json={
+        "market": "sim", "provider": "sim", "symbol": "SIM/USD",
+        "start": T0 + day * DAY_MS, "end": T0 + (day + 1) * DAY_MS})
+    assert resp.status_code == 202
+    job_id: str = (await resp.get_json())["job_id"]
+    return job_id
+
+
+async def test_jobs_of_an_unreachable_provider_yield_their_slots_also_after_a_restart(
+    emulator: ExchangeEmulator, app_config: dict[str, Any], pg: asyncpg.Connection
+) -> None:
+    """Issue 24.1: two jobs against a dead exchange held both runner slots for BACKFILL_PATIENCE
+    (30 s here) and a sim job waited behind them; after a restart they were taken again first."""
+    emulator.inject(KLINES, status=503, times=None)
+    config = emu_config(app_config, emulator, BACKFILL_MAX_JOBS=2, BACKFILL_YIELD_AFTER=0.5,
+                        BREAKER_OPEN_SECONDS=0.5, BREAKER_PROBE_SECONDS=0.5,
+                        BACKFILL_RETRY_MAX_WAIT=0.3)
+    async with running_app(config) as app:
+        client = app.test_client()
+        dead = [(await post_backfill(client, T0 + d * DAY_MS, T0 + (d + 1) * DAY_MS))[1]["job_id"]
+                for d in range(2)]
+        await asyncio.sleep(0.3)  # both are running (and failing) before the sim job comes
+        sim = await _sim_job(client, 0)
+        assert (await wait_job(client, sim, seconds=10))["status"] == "done"
+        for job_id in dead:
+            job = await get_job(client, job_id)
+            assert job["status"] in ("queued", "running") and job["bars_written"] == 0, job
+        parked = await wait_job(client, dead[0], seconds=10, until=("queued",))
+        assert parked["error"].startswith("provider_unavailable: ") and "next try at" in \
+            parked["error"], parked
+        assert (await _job_row(pg, dead[0]))["failing_since"] is not None
+    # A restart: the failing jobs are queued again, but a new sim job does not wait behind them.
+    async with running_app(config) as app:
+        client = app.test_client()
+        sim = await _sim_job(client, 1)
+        assert (await wait_job(client, sim, seconds=10))["status"] == "done"
+        emulator.clear_faults()  # the exchange is back: the parked jobs end well
+        for job_id in dead:
+            done = await wait_job(client, job_id, seconds=20)
+            assert done["status"] == "done" and done["error"] is None, done
+            assert done["bars_written"] == 1440
+        assert (await _job_row(pg, dead[0]))["failing_since"] is None
+
+
+async def test_a_job_failing_longer_than_its_patience_fails(
+    emulator: ExchangeEmulator, app_config: dict[str, Any]
+) -> None:
+    emulator.inject(KLINES, status=503, times=None)
+    config = emu_config(app_config, emulator, BACKFILL_YIELD_AFTER=0.2, BACKFILL_PATIENCE=1.0,
+                        BREAKER_OPEN_SECONDS=0.5,
+                        BACKFILL_RETRY_MAX_WAIT=0.2)
+    async with running_app(config) as app:
+        client = app.test_client()
+        _, body = await post_backfill(client, T0, T0 + DAY_MS)
+        job = await wait_job(client, body["job_id"], seconds=15)
+    assert job["status"] == "failed", job
+    assert job["error"].startswith("provider_unavailable: ") and "BACKFILL_PATIENCE" in job["error"]

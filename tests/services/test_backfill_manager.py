@@ -4,11 +4,14 @@ faults, non-retryable errors. Upstream calls are counted in the emulator's reque
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import asyncpg
+import pytest
 
 from core.metrics import BACKFILL_CHUNK_FAILURES
+from core.types import Series
 from tests.support.backfill import (
     BTC,
     DAY_MS,
@@ -171,3 +174,74 @@ async def test_stock_week_records_closed_market_hours_as_verified_empty(
         assert emulator.calls(bars_path) == calls
     stocks = Series("stocks", "alpaca", "AAPL")
     assert await table_stats(pg, stocks) == (1950, 1950)
+
+
+@pytest.fixture
+def short_history(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The emulator's binance serves only its latest 720 1m bars, as Kraken does."""
+    from dataclasses import replace
+
+    from plugins.ccxt_support import CAPABILITIES
+
+    caps = CAPABILITIES["binance"]
+    monkeypatch.setitem(CAPABILITIES, "binance",
+                        replace(caps, extra={**caps.extra, "history_bars": 720}))
+
+
+async def test_a_range_older_than_the_provider_serves_fails_the_job_honestly(
+    emulator: ExchangeEmulator, app_config: dict[str, Any], short_history: None
+) -> None:
+    """Issue 24.5: it ended "done" with 0 bars and no error while /gaps showed it all missing."""
+    async with running_app(emu_config(app_config, emulator)) as app:
+        client = app.test_client()
+        _, body = await post_backfill(client, T0, T0 + DAY_MS)
+        job = await wait_job(client, body["job_id"])
+        assert job["status"] == "failed" and job["bars_written"] == 0, job
+        assert job["error"].startswith(
+            "invalid_parameter: binance serves only its latest 720 1m bars (from "), job
+        assert "1,440 minutes from 2024-01-01T00:00:00+00:00 stay missing" in job["error"]
+        assert emulator.calls(KLINES) == 0
+        gaps = await (await client.get(
+            "/api/v1/gaps?market=crypto&provider=binance&symbol=BTC/USDT"
+            f"&start={T0}&end={T0 + DAY_MS}")).get_json()
+        assert gaps["missing"] == [[T0, T0 + DAY_MS]]
+        # Partly served: the served part is written, the job still says what stays missing.
+        now = int(time.time() * 1000) // MINUTE_MS * MINUTE_MS
+        _, body = await post_backfill(client, now - 1440 * MINUTE_MS, now - 60 * MINUTE_MS)
+        job = await wait_job(client, body["job_id"])
+        assert job["status"] == "failed" and 600 <= job["bars_written"] <= 660, job
+        assert "serves only its latest 720 1m bars" in job["error"], job
+
+
+async def test_an_unknown_symbol_with_nothing_to_fetch_fails_the_job(
+    emulator: ExchangeEmulator, app_config: dict[str, Any], short_history: None
+) -> None:
+    """Issue 24.5: a job queued for a symbol the exchange does not list (the check at POST is
+    skipped while the exchange is unreachable) ended "done" when no chunk was left to fetch."""
+    from services import backfill_jobs
+
+    async with running_app(emu_config(app_config, emulator)) as app:
+        client = app.test_client()
+        async with manager(app).db.acquire() as conn:
+            job, _ = await backfill_jobs.enqueue_job(
+                conn, Series("crypto", "binance", "NOPE/USDT"), T0, T0 + DAY_MS)
+        manager(app).runner.wake()
+        failed = await wait_job(client, job.id)
+    assert failed["status"] == "failed" and failed["error"].startswith("unknown_symbol: "), failed
+
+
+async def test_queries_do_not_queue_jobs_for_minutes_the_provider_no_longer_serves(
+    app_config: dict[str, Any], short_history: None
+) -> None:
+    """Such a job could only fail (see above): /ohlcv's automatic backfills keep to the served
+    part of what they miss."""
+    config = {**app_config, "CCXT_EXCHANGES": "binance", "BACKFILL_RUNNER": False}
+    async with running_app(config) as app:
+        backfill = manager(app)
+        assert await backfill.schedule_missing(BTC, [(T0, T0 + DAY_MS)]) is None
+        now = int(time.time() * 1000) // MINUTE_MS * MINUTE_MS
+        job_id = await backfill.schedule_missing(BTC, [(now - DAY_MS, now - 60 * MINUTE_MS)])
+        assert job_id is not None
+        job = await backfill.get_job(job_id)
+        assert now - 720 * MINUTE_MS < job.start_ms <= now - 700 * MINUTE_MS
+        assert job.end_ms == now - 60 * MINUTE_MS

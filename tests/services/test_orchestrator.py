@@ -6,6 +6,7 @@ test_orchestrator_closed_market.py; REQUEST_DEADLINE: test_orchestrator_deadline
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -19,6 +20,10 @@ from core.timeframes import DAY_MS, Bar
 from core.types import Series
 from plugins.sim import HISTORY_START_MS, SimPlugin
 from services.orchestrator import BarQuery
+from tests.support.backfill import emu_config, running_app
+from tests.support.exchange_emulator import ExchangeEmulator, fixtures
+
+emulator = fixtures.emulator
 
 STARTED = asyncio.Event()
 
@@ -77,3 +82,22 @@ async def test_a_range_that_ends_before_the_first_bar_is_empty_and_done(app: Qua
     body = await r.get_json()
     assert r.status_code == 200, body
     assert body["bars"] == [] and body["next"] is None
+
+
+@pytest.mark.parametrize("limit", [5, 5000])
+async def test_a_range_wholly_in_the_future_is_empty_without_calling_the_exchange(
+    emulator: ExchangeEmulator, app_config: dict[str, Any], limit: int
+) -> None:
+    """As the sim answers it (issue 24.25): no bar can open after now."""
+    now = int(time.time() * 1000)
+    async with running_app(emu_config(app_config, emulator)) as app:
+        client = app.test_client()
+        calls = emulator.calls()
+        for tf in ("1m", "1h"):
+            r = await client.get(
+                f"/api/v1/ohlcv?market=crypto&provider=binance&symbol=BTC/USDT&timeframe={tf}"
+                f"&start={now + DAY_MS}&end={now + 3 * DAY_MS}&limit={limit}")
+            body = await r.get_json()
+            assert r.status_code == 200, body
+            assert body["bars"] == [] and body["next"] is None and not body["partial"]
+        assert emulator.calls() == calls, [r.path for r in emulator.requests()][calls:]

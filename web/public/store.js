@@ -82,3 +82,18 @@ export function backoffDelay(attempt, baseMs = 500, capMs = 15000, random = Math
   const window = Math.min(capMs, baseMs * 2 ** attempt);
   return Math.round(window / 2 + random() * window / 2);
 }
+
+// The wait before asking again after a temporary failure: the backoff, or at least what the
+// server's Retry-After said (seconds, capped so that a long one does not leave the page idle).
+export function retryWait(attempt, retryAfterS = null, baseMs = 1000, capMs = 30000, afterCapS = 300, random = Math.random) {
+  const after = Math.min(retryAfterS || 0, afterCapS) * 1000;
+  return Math.max(backoffDelay(attempt, baseMs, capMs, random), after);
+}
+
+// A volume for the legend: grouped digits below 10,000, then K, M and B.
+export function formatVolume(value) {
+  if (value >= 1e9) return `${(value / 1e9).toFixed(2)}B`;
+  if (value >= 1e6) return `${(value / 1e6).toFixed(2)}M`;
+  if (value >= 1e4) return `${(value / 1e3).toFixed(2)}K`;
+  return value.toLocaleString("en-US", { maximumFractionDigits: 4 });
+}
