@@ -32,8 +32,7 @@ from blueprints.openapi import openapi_blueprint
 from blueprints.page import page_blueprint
 from blueprints.udf import udf_blueprint
 from blueprints.websocket import websocket_blueprint
-from blueprints.ws_asgi import LeanWebsocketConnection
-from blueprints.ws_server import install_hypercorn_patch
+from blueprints.ws_asgi import WebsocketReceive
 from config import BaseConfig, load_config
 
 log = logging.getLogger(__name__)
@@ -77,8 +76,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     app.register_blueprint(market_blueprint)
     app.register_blueprint(backfill_blueprint)
     app.register_blueprint(websocket_blueprint)
-    install_hypercorn_patch()  # WebSocket fan-out without a task per client (blueprints/ws_server.py)
-    app.asgi_websocket_class = LeanWebsocketConnection  # no receiver task per WebSocket (ws_asgi.py)
+    app.asgi_app = WebsocketReceive(app.asgi_app)  # type: ignore[assignment,method-assign]  # ws_asgi.py
     app.register_blueprint(channels_blueprint)
     app.register_blueprint(openapi_blueprint)
     app.register_blueprint(credentials_blueprint)

@@ -6,11 +6,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import click
@@ -57,6 +58,32 @@ def _json_object(raw: str) -> dict[str, Any]:
     return value
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+TRUST_FORWARDED_FOR_GONE = ("TRUST_FORWARDED_FOR is replaced by TRUSTED_PROXIES: name your proxies' "
+                            "addresses or CIDRs (e.g. TRUSTED_PROXIES=172.16.0.0/12)")
+
+
+def parse_trusted_proxies(raw: str | Iterable[str] | None) -> tuple[Network, ...]:
+    """``TRUSTED_PROXIES`` (CIDRs or addresses, comma-separated or a JSON list) as networks;
+    raises ``ConfigError`` naming a malformed entry."""
+    if not raw:
+        return ()
+    items: Any = raw
+    if isinstance(raw, str):
+        text = raw.strip()
+        items = json.loads(text) if text.startswith("[") else text.split(",")
+    networks = []
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError as exc:
+            raise ConfigError(f"TRUSTED_PROXIES: {text!r} is not an address or CIDR") from exc
+    return tuple(networks)
+
+
 class BaseConfig:
     APP_ENV = "development"
     HOST = "127.0.0.1"
@@ -85,6 +112,9 @@ class BaseConfig:
     CACHE_TTL_CLOSED = 86_400
     CACHE_TTL_FORMING = 5
     CACHE_TTL_SYMBOLS = 3_600
+    #: How far back Redis caches bars and answers (seconds); older history is served from the
+    #: database, so old ranges cannot grow Redis (services/cache_manager.py).
+    CACHE_RECENT_SECONDS = 7 * 86_400
     #: Memory bound (bytes) of the in-process answer bytes (closed-range /ohlcv answers with their
     #: ETag and br/gzip variants, least recently used out first); 0 switches them off.
     ANSWER_BYTES_MAX = 64 * 1024 * 1024
@@ -110,6 +140,10 @@ class BaseConfig:
     PROVIDER_RETRIES = 3
     PROVIDER_RETRY_MAX_WAIT = 10.0
     PLUGIN_IDLE_TIMEOUT = 600.0
+    #: Exchange-client instances kept open in all, and per user (a user's own credentials get
+    #: their own, one per provider); past either the least recently used one is closed.
+    PLUGIN_MAX_INSTANCES = 256
+    PLUGIN_MAX_INSTANCES_PER_USER = 8
     ALPACA_API_KEY_ID = ""
     ALPACA_API_SECRET_KEY = ""
     ALPACA_FEED = "iex"
@@ -132,6 +166,9 @@ class BaseConfig:
     AUTH_ENABLED = False
     #: Accepted keys as sha256 hex digests: a JSON list or comma-separated (also table api_keys).
     API_KEYS: str | list[str] = ""
+    #: Operators' keys (sha256 hex digests, as API_KEYS; accepted as keys too): they see every
+    #: client's backfill jobs in GET /backfill, where other clients see their own.
+    OPERATOR_KEYS: str | list[str] = ""
     #: Also accept keys from the api_keys table (migration 020); looked-up keys cached this long.
     API_KEYS_FROM_DB = True
     API_KEY_CACHE_TTL = 30.0
@@ -140,7 +177,10 @@ class BaseConfig:
     RATE_LIMIT_ENABLED = True
     #: JSON: route class (default, ohlcv, backfill, ws) to "requests/seconds", per key or client IP.
     RATE_LIMITS: dict[str, str] = {}
-    #: Take the client IP from the last X-Forwarded-For hop (only behind a trusted proxy).
+    #: CIDRs of the reverse proxies whose X-Forwarded-For is believed (comma-separated or a JSON
+    #: list); the client is the last address not in them. Empty: the header is ignored.
+    TRUSTED_PROXIES: str | list[str] = ""
+    #: Replaced by TRUSTED_PROXIES: true is refused at start (it let any peer pick its identity).
     TRUST_FORWARDED_FOR = False
     #: Comma-separated origins allowed by CORS ("*" for any, "http://localhost:*" for any port);
     #: empty: no CORS headers. Development allows localhost and 127.0.0.1 on any port.
@@ -148,6 +188,8 @@ class BaseConfig:
     #: Comma-separated origins allowed to open the WebSocket; empty: any (or none sent).
     WS_ALLOWED_ORIGINS = ""
     MAX_BODY_BYTES = 64 * 1024
+    #: Longest a request body may take to arrive in full (seconds; then 408), however it trickles.
+    REQUEST_BODY_TIMEOUT = 10.0
     #: JSON: provider id to "calls/seconds", shared by every instance; merged over the defaults.
     PROVIDER_BUDGETS: dict[str, str] = {}
     #: Longest a call waits for budget before it fails as provider_unavailable (seconds).
@@ -177,8 +219,10 @@ class BaseConfig:
     BREAKER_PROBE_SECONDS = 15.0
     #: A call cancelled after running this long (cut off by REQUEST_DEADLINE) counts as a failure.
     BREAKER_SLOW_SECONDS = 5.0
-    #: Timeout of each readiness check (seconds).
+    #: Timeout of each readiness check (seconds), and how long the dependency checks are reused
+    #: (concurrent probes share one run): a flood of /health/ready costs them one check a second.
     READINESS_TIMEOUT = 0.5
+    READINESS_CACHE_SECONDS = 1.0
     # Backfill (services/backfill_manager.py, backfill_runner.py; docs/backfill.md)
     #: Most concurrent upstream calls per provider made by backfills of this instance.
     BACKFILL_CONCURRENCY = 4
@@ -198,6 +242,9 @@ class BaseConfig:
     BACKFILL_YIELD_AFTER = 30.0
     #: Longest range one backfill job may cover (days).
     BACKFILL_MAX_RANGE_DAYS = 3660
+    #: Queued jobs one client (API key, else IP) may have; one more is 429 too_many_jobs. A
+    #: request overlapping a queued job widens that job instead (up to BACKFILL_MAX_RANGE_DAYS).
+    BACKFILL_MAX_QUEUED_PER_CLIENT = 10
     #: Longest backfill a GET /ohlcv queues by itself (days, the latest part); more: POST /backfill.
     BACKFILL_AUTO_MAX_DAYS = 7
     #: Also put backfilled 1m bars into the Redis 1m cache: those of the latest BACKFILL_CACHE_DAYS.
@@ -208,16 +255,26 @@ class BaseConfig:
     # Live candles over WebSocket (blueprints/websocket.py, services/subscription_*.py, broadcast.py)
     #: Subscriptions one connection may hold; larger client messages get an invalid_message error.
     WS_MAX_SUBSCRIPTIONS = 50
+    #: Open connections per client identity (API key, else IP) on one instance; one more is
+    #: refused at the handshake with 429 too_many_connections.
+    WS_MAX_CONNECTIONS_PER_CLIENT = 500
+    #: Live channels (each a poller or stream) per instance; a subscribe that would open one more
+    #: gets a too_many_subscriptions error frame.
+    WS_MAX_CHANNELS = 1000
+    #: With auth on, the keys of open connections are re-checked this often; a revoked key's
+    #: connections are closed with 1008.
+    WS_AUTH_RECHECK_SECONDS = 20.0
     WS_MAX_MESSAGE_BYTES = 4096
     #: Client messages received but not yet handled; a client sending faster is closed with 1013.
     WS_MAX_PENDING_MESSAGES = 128
     #: Frames queued per connection; a client this far behind is closed with 1013.
     WS_SEND_QUEUE = 256
-    #: Server WebSocket pings (each server's own setting, serve.ws_limits); a peer silent 3x this is dropped.
+    #: Server WebSocket pings (the server's setting: blueprints/ws_server.py); a dead peer is dropped.
     WS_HEARTBEAT_SECONDS = 20.0
-    #: Accept clients' permessage-deflate offers (Uvicorn; Hypercorn always accepts, Granian never).
-    #: Off: our frames are ~150 bytes, and a deflating connection holds ~100 KiB more (docs/performance.md).
-    WS_DEFLATE = False
+    #: Accept a client's permessage-deflate offer (Uvicorn's ws_per_message_deflate; Hypercorn
+    #: always accepts it, see blueprints/ws_server.py). Off: our frames are ~150 bytes, and under
+    #: Uvicorn a deflating connection holds ~156 KiB against ~35 (docs/performance.md).
+    WS_PER_MESSAGE_DEFLATE = False
     #: A frame whose write has not completed after this long marks a dead or stalled peer (1013).
     WS_SEND_TIMEOUT_SECONDS = 30.0
     #: A channel's poller keeps running this long after its last local subscriber left.
@@ -300,8 +357,19 @@ class BaseConfig:
             raise ConfigError("LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         if not 1 <= self.DB_POOL_MIN <= self.DB_POOL_MAX:
             raise ConfigError("DB_POOL_MIN and DB_POOL_MAX must satisfy 1 <= min <= max")
+        if self.TRUST_FORWARDED_FOR:
+            raise ConfigError(TRUST_FORWARDED_FOR_GONE)
+        parse_trusted_proxies(self.TRUSTED_PROXIES)
         if int(self.MAX_BODY_BYTES) < 1:
             raise ConfigError("MAX_BODY_BYTES must be positive")
+        for name in ("BACKFILL_MAX_QUEUED_PER_CLIENT", "PLUGIN_MAX_INSTANCES", "PLUGIN_MAX_INSTANCES_PER_USER"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        if not 0 < float(self.REQUEST_BODY_TIMEOUT) < math.inf:
+            raise ConfigError("REQUEST_BODY_TIMEOUT must be a positive number of seconds")
+        for name in ("CACHE_RECENT_SECONDS", "READINESS_CACHE_SECONDS"):
+            if not 0 <= float(getattr(self, name)) < math.inf:
+                raise ConfigError(f"{name} must be a non-negative number of seconds")
         if not 0 < self.PORT < 65536:
             raise ConfigError("PORT must be between 1 and 65535")
         for name in ("CACHE_TTL_CLOSED", "CACHE_TTL_FORMING", "OHLCV_MAX_LIMIT", "PROVIDER_RETRIES",

@@ -21,8 +21,9 @@ an app, so tests, the CLI and other servers get an untouched interpreter):
   the app's shutdown (the extensions close in reverse order). A second SIGINT under Uvicorn skips
   the wait (its own force-exit).
 
-The WebSocket heartbeat and frame-size settings (``WS_HEARTBEAT_SECONDS``,
-``WS_MAX_MESSAGE_BYTES``) map to each server's own options in :func:`ws_limits`.
+The WebSocket heartbeat, frame-size and permessage-deflate settings (``WS_HEARTBEAT_SECONDS``,
+``WS_MAX_MESSAGE_BYTES``, ``WS_PER_MESSAGE_DEFLATE``) map to each server's own options
+(``blueprints/ws_server.py``: ``hypercorn_options``, ``uvicorn_options``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("serve")
@@ -87,31 +87,10 @@ def ignore_cancelled_connections(loop: asyncio.AbstractEventLoop, context: dict[
         loop.default_exception_handler(context)
 
 
-@dataclass(frozen=True)
-class WsLimits:
-    """The WebSocket settings every server gets, from the app's config."""
-
-    #: A server ping every this many seconds (``WS_HEARTBEAT_SECONDS``).
-    ping_interval: float
-    #: A peer silent (not even a pong) this long after a ping is disconnected.
-    ping_timeout: float
-    #: Frames over this are refused with 1009 before being buffered.
-    max_message: int
-    #: Whether permessage-deflate offers are accepted (Uvicorn; ``WS_DEFLATE``).
-    deflate: bool
-
-
-def ws_limits(config: Mapping[str, Any]) -> WsLimits:
-    """A ping every ``WS_HEARTBEAT_SECONDS``; a peer that sends nothing for two more is dropped
-    (three in all, Hypercorn's ``read_timeout``); frames far over ``WS_MAX_MESSAGE_BYTES`` (16x,
-    at least 64 KiB) are refused with 1009: the protocol's own checks give the precise errors."""
-    beat = float(config["WS_HEARTBEAT_SECONDS"])
-    largest = max(65536, 16 * int(config["WS_MAX_MESSAGE_BYTES"]))
-    return WsLimits(beat, 2 * beat, largest, bool(config.get("WS_DEFLATE", False)))
-
-
-def hypercorn_config(host: str, port: int, ws: WsLimits, graceful: float) -> Any:
+def hypercorn_config(host: str, port: int, config: Mapping[str, Any], graceful: float) -> Any:
     from hypercorn.config import Config
+
+    from blueprints.websocket import hypercorn_options
 
     hc = Config()
     hc.bind = [f"{host}:{port}"]
@@ -121,15 +100,15 @@ def hypercorn_config(host: str, port: int, ws: WsLimits, graceful: float) -> Any
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.backlog = 2048
     hc.graceful_timeout = graceful
-    hc.websocket_ping_interval = ws.ping_interval
-    hc.read_timeout = int(ws.ping_interval + ws.ping_timeout)  # any bytes, a pong included
-    hc.websocket_max_message_size = ws.max_message
-    # Hypercorn always accepts permessage-deflate (no setting declines it).
+    for option, value in hypercorn_options(config).items():  # heartbeat and frame size
+        setattr(hc, option, value)
     return hc
 
 
-def uvicorn_config(app: Any, host: str, port: int, ws: WsLimits, graceful: float) -> Any:
+def uvicorn_config(app: Any, host: str, port: int, config: Mapping[str, Any], graceful: float) -> Any:
     import uvicorn
+
+    from blueprints.websocket import uvicorn_options
 
     return uvicorn.Config(
         app, host=host, port=port, lifespan="on", log_config=None, access_log=False,
@@ -137,18 +116,19 @@ def uvicorn_config(app: Any, host: str, port: int, ws: WsLimits, graceful: float
         # X-Forwarded-For is the app's to read (TRUST_FORWARDED_FOR, the last hop): Uvicorn's
         # own rewrite of the client address (on by default for 127.0.0.1) would come first.
         proxy_headers=False,
-        # wsproto, not websockets: less memory per connection and a shorter fan-out (the
-        # figures in docs/performance.md, "Choosing the server").
-        ws="wsproto", ws_ping_interval=ws.ping_interval, ws_ping_timeout=ws.ping_timeout,
-        ws_max_size=ws.max_message, ws_per_message_deflate=ws.deflate,
+        # wsproto (pinned), not websockets: less memory per connection and a shorter fan-out
+        # (docs/performance.md, "Choosing the server").
+        ws="wsproto", **uvicorn_options(config),  # heartbeat, frame size, permessage-deflate
         timeout_graceful_shutdown=max(1, round(graceful)),
     )
 
 
-async def serve(app: Any, server: str, host: str, port: int, ws: WsLimits, *,
+async def serve(app: Any, server: str, host: str, port: int, config: Mapping[str, Any], *,
                 graceful: float = 5.0, going_away: GoingAway | None = None) -> None:
     """Serve the ASGI ``app`` under ``server`` until SIGINT or SIGTERM; then ``going_away``
-    (when given) runs before the server stops. Installs the loop's exception handler."""
+    (when given) runs before the server stops. ``config`` holds the WebSocket settings
+    (``WS_HEARTBEAT_SECONDS``, ``WS_MAX_MESSAGE_BYTES``, ``WS_PER_MESSAGE_DEFLATE``). Installs
+    the loop's exception handler."""
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(ignore_cancelled_connections)
     stop = asyncio.Event()
@@ -159,7 +139,7 @@ async def serve(app: Any, server: str, host: str, port: int, ws: WsLimits, *,
             await going_away()
 
     if server == "uvicorn":
-        await uvicorn_serve(app, uvicorn_config(app, host, port, ws, graceful), stop, shutdown_trigger)
+        await uvicorn_serve(app, uvicorn_config(app, host, port, config, graceful), stop, shutdown_trigger)
         return
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -167,7 +147,7 @@ async def serve(app: Any, server: str, host: str, port: int, ws: WsLimits, *,
         if server == "hypercorn":
             from hypercorn.asyncio import serve as hypercorn_serve
 
-            await hypercorn_serve(app, hypercorn_config(host, port, ws, graceful),
+            await hypercorn_serve(app, hypercorn_config(host, port, config, graceful),
                                   shutdown_trigger=shutdown_trigger)
         elif server == "granian":
             await granian_serve(app, host, port, shutdown_trigger)
@@ -253,7 +233,7 @@ async def serve_app(app: Any, server: str) -> None:
     async def going_away() -> None:
         await app.extensions["services"].subscriptions.going_away(drain_seconds=drain)
 
-    await serve(app, server, app.config["HOST"], int(app.config["PORT"]), ws_limits(app.config),
+    await serve(app, server, app.config["HOST"], int(app.config["PORT"]), app.config,
                 graceful=drain, going_away=going_away)
 
 

@@ -2,8 +2,9 @@
 
 Keys are stored hashed only: ``API_KEYS`` (sha256 hex digests, a JSON list or comma-separated) and,
 when ``API_KEYS_FROM_DB``, the ``api_keys`` table (migration 020; revoked keys have ``revoked_at``).
-REST clients send ``X-API-Key``; WebSocket clients send the same header or an ``api_key`` query
-parameter in the handshake. A missing or wrong key answers 401 ``unauthorized``.
+REST clients send ``X-API-Key``; WebSocket clients send the same header (or, for old clients, an
+``api_key`` query parameter) in the handshake, or no key there and ``{"op": "auth", "api_key"}`` as
+their first message (``blueprints/ws_auth.py``). A missing or wrong key answers 401 ``unauthorized``.
 
 ``/health``, ``/health/ready``, the OpenAPI document, the docs page and the chart page with its
 files (``/``, ``/assets/``) stay open (the chart page asks for a key when REST answers 401); ``/metrics`` is
@@ -79,6 +80,8 @@ class ApiKeyAuth:
     def __init__(self, app: Quart | None = None) -> None:
         self.enabled = False
         self.hashes: frozenset[str] = frozenset()
+        #: Key ids (first 16 hex digits of the digest) of OPERATOR_KEYS.
+        self.operator_ids: frozenset[str] = frozenset()
         self.use_db = True
         self.cache_ttl = 30.0
         self.metrics_token = ""
@@ -91,7 +94,9 @@ class ApiKeyAuth:
     def init_app(self, app: Quart) -> None:
         cfg = app.config
         self.enabled = bool(cfg["AUTH_ENABLED"])
-        self.hashes = parse_key_hashes(cfg["API_KEYS"])
+        operators = parse_key_hashes(cfg.get("OPERATOR_KEYS"))
+        self.hashes = parse_key_hashes(cfg["API_KEYS"]) | operators
+        self.operator_ids = frozenset(digest[:16] for digest in operators)
         self.use_db = bool(cfg["API_KEYS_FROM_DB"])
         self.cache_ttl = float(cfg["API_KEY_CACHE_TTL"])
         self.metrics_token = str(cfg["METRICS_TOKEN"] or "")
@@ -106,8 +111,10 @@ class ApiKeyAuth:
     async def authenticate(self, presented: str | None, client: tuple[Any, str | None] | None = None) -> str:
         """The key id for a presented key; raises ``Unauthorized`` when missing or unknown.
 
-        ``client`` (headers, remote address) lets the rate limiter's ``auth_failures`` class stop a
-        client that keeps sending wrong keys (429) before its keys are looked up in the database.
+        ``client`` (headers, remote address) lets the rate limiter's ``auth_failures`` class count
+        the client's wrong keys: past its limit a wrong key answers 429 instead of 401. The count is
+        taken after the look-up, so a valid key is served whatever other keys its address sent
+        (offices and NAT share one); repeated wrong keys are answered from the look-up cache.
         """
         if not presented:
             AUTH_FAILURES.labels("missing").inc()
@@ -115,16 +122,12 @@ class ApiKeyAuth:
         digest = hash_key(presented)
         if any(hmac.compare_digest(digest, known) for known in self.hashes):
             return digest[:16]
-        limiter: Any = self._app.extensions.get("ratelimit") if self._app is not None else None
-        guarded = limiter is not None and client is not None
-        identity = limiter.client_identity(client[0], client[1]) if client is not None and guarded else ""
-        if guarded:
-            await limiter.guard_auth_failures(identity, failed=False)
         if await self._in_db(digest):
             return digest[:16]
         AUTH_FAILURES.labels("invalid").inc()
-        if guarded:
-            await limiter.guard_auth_failures(identity, failed=True)
+        limiter: Any = self._app.extensions.get("ratelimit") if self._app is not None else None
+        if limiter is not None and client is not None:
+            await limiter.guard_auth_failures(limiter.client_identity(client[0], client[1]))
         raise Unauthorized("the API key is not valid")
 
     async def _in_db(self, digest: str) -> bool:
@@ -142,6 +145,22 @@ class ApiKeyAuth:
             self._cache.clear()
         self._cache[digest] = (found is not None, now + self.cache_ttl)
         return found is not None
+
+    def is_operator(self, key_id: str | None) -> bool:
+        """Whether the authenticated key (its id) is one of ``OPERATOR_KEYS``."""
+        return key_id is not None and key_id in self.operator_ids
+
+    async def valid_digests(self, digests: set[str]) -> set[str]:
+        """Those of ``digests`` that are valid keys now: in ``API_KEYS``, or in the ``api_keys``
+        table and not revoked (read now, not from the cache: open WebSockets are re-checked)."""
+        valid = {d for d in digests if d in self.hashes}
+        rest = sorted(digests - valid)
+        if rest and self.use_db and self._app is not None:
+            async with get_database(self._app).acquire() as conn:
+                rows = await conn.fetch("SELECT key_hash FROM api_keys WHERE key_hash = ANY($1::text[])"
+                                        " AND revoked_at IS NULL", rest)
+            valid.update(str(row["key_hash"]) for row in rows)
+        return valid
 
     def check_metrics_token(self, authorization: str) -> None:
         """Raise ``Unauthorized`` unless ``METRICS_TOKEN`` is unset or presented as a bearer token."""
@@ -167,7 +186,15 @@ class ApiKeyAuth:
         ctx_g.api_key_id = await self.authenticate(req.headers.get("X-API-Key"), (req.headers, req.remote_addr))
 
     async def _before_websocket(self) -> None:
-        await authenticate_websocket()
+        # A handshake without a key is let through: its first message must then be
+        # {"op": "auth", "api_key"} (blueprints/ws_auth.py). A wrong key is refused here (401).
+        if websocket_key() is not None:
+            await authenticate_websocket()
+
+
+def websocket_key() -> str | None:
+    """The key presented in the WebSocket handshake (``X-API-Key``, else ``?api_key=``), if any."""
+    return websocket.headers.get("X-API-Key") or websocket.args.get("api_key") or None
 
 
 async def authenticate_websocket() -> str | None:
@@ -183,7 +210,7 @@ async def authenticate_websocket() -> str | None:
     done: str | None = getattr(g, "api_key_id", None)
     if done is not None:
         return done
-    presented = websocket.headers.get("X-API-Key") or websocket.args.get("api_key")
+    presented = websocket_key()
     g.api_key_id = await auth.authenticate(presented, (websocket.headers, websocket.remote_addr))
     return str(g.api_key_id)
 

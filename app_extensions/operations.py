@@ -1,5 +1,6 @@
-"""Wires the operators' side into the app: CORS, API keys, rate limits, the shared
-provider budget and Prometheus multiprocess clean-up. (Blueprints are registered in create_app.)
+"""Wires the operators' side into the app: CORS, API keys, rate limits, the request guard
+(ambiguous framing, body deadline), the shared provider budget and Prometheus multiprocess
+clean-up. (Blueprints are registered in create_app.)
 
 Hook order matters: CORS and the Origin check first, then auth (sets ``g.api_key_id``), then the
 rate limiter (limits per key, else per client IP).
@@ -18,6 +19,7 @@ from app_extensions.auth_cli import init_auth_cli
 from app_extensions.cors import Cors
 from app_extensions.ratelimit import RateLimiter
 from app_extensions.redis_client import get_redis
+from app_extensions.request_guard import RequestGuard
 from app_extensions.services import get_services
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,7 @@ def init_operations(app: Quart) -> None:
     Cors(app)
     ApiKeyAuth(app)
     RateLimiter(app)
+    RequestGuard(app)  # ambiguous framing refused, body deadline (outermost ASGI wrapper)
     get_services(app).markets.budget.attach(get_redis(app))
     init_auth_cli(app)
 

@@ -3,9 +3,9 @@
 Every instance runs the same atomic Lua script against the same keys and Redis's own clock, so N
 instances together enforce one limit. Tokens are taken from Redis in small leases and spent locally
 (``ratelimit_buckets.py``), and a refusal is kept locally until Redis said the next token frees up,
-so most requests, and every refused one, cost no Redis round trip. A refused request goes through
-the same hooks as any other answer; its body is encoded once per limit, so a 429 costs less than a
-cached 200. ``docs/performance.md`` gives the exact guarantee across N instances.
+so most requests, and every refused one, cost no Redis round trip. A refused request raises
+``RateLimited`` and is answered by the error handlers and hooks as any other error is.
+``docs/performance.md`` gives the exact guarantee across N instances.
 
 A limit is ``"requests/seconds"`` per route class (``default``, ``ohlcv``, ``backfill``, ``ws``;
 ``RATE_LIMITS`` overrides ``DEFAULT_LIMITS``, "off" lifts one). Answers carry ``X-RateLimit-Limit``
@@ -18,9 +18,8 @@ each instance enforces the limit on its own until Redis is back) and readiness r
 
 from __future__ import annotations
 
-import json
+import ipaddress
 import logging
-import math
 import re
 from collections.abc import Awaitable
 from typing import Any
@@ -29,11 +28,10 @@ from quart import Quart, Request, Response, current_app, g, websocket
 from quart.typing import ResponseTypes
 
 from app_extensions.auth import is_open_path
-from app_extensions.errors import MAX_RETRY_AFTER
 from app_extensions.hooks import get_hooks
 from app_extensions.ratelimit_buckets import GCRA_LUA, Decision, LeasedBuckets, Limit, LocalGcra
 from app_extensions.redis_client import RedisClient, get_redis
-from config import ConfigError
+from config import TRUST_FORWARDED_FOR_GONE, ConfigError, Network, parse_trusted_proxies
 from core.errors import DataSourceError, RateLimited
 from core.metrics import RATE_LIMIT_FALLBACKS, RATE_LIMIT_REJECTIONS
 
@@ -47,11 +45,52 @@ DEFAULT_LIMITS = {"default": "600/60", "ohlcv": "300/60", "backfill": "60/60", "
                   "auth_failures": "30/60"}
 _IDENT = re.compile(r"[^0-9A-Za-z.:_-]")
 _IDENTITIES_MAX = 10_000
+#: IPv6 clients are limited per /64 (one host's or one customer's usual allocation), as IPv4
+#: clients are per address: rotating addresses inside one's own /64 buys no more requests.
+IPV6_PREFIX = 64
+
+
+def client_address(remote_addr: str | None, forwarded: str | None, trusted: tuple[Network, ...]) -> str:
+    """The client's address: the peer's, unless the peer is a trusted proxy; then, walking
+    ``X-Forwarded-For`` from the right (each proxy appends the peer it saw), the first address not
+    in ``trusted``. A hop a client wrote itself is only reached if every hop right of it is trusted."""
+    addr = remote_addr or "unknown"
+    if not (trusted and forwarded and _in(addr, trusted)):
+        return addr
+    for hop in reversed(forwarded.split(",")):
+        addr = hop.strip()
+        if not _in(addr, trusted):
+            return addr
+    return addr  # every hop is a proxy: the leftmost one
+
+
+def _in(addr: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in networks)
+
+
+def address_bucket(addr: str) -> str:
+    """The limit bucket of an address: IPv4 as is, IPv6 by its /64 (IPv4-mapped ones as IPv4)."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return _IDENT.sub("_", addr)[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False))
+    return str(ip)
 
 
 def route_class(path: str) -> str:
-    """The limit class of a request path (fixed names; never the path itself)."""
-    if path == "/api/v1/ohlcv":
+    """The limit class of a request path (fixed names; never the path itself). ``/udf/history``
+    reads bars as ``/ohlcv`` does, so it spends the same ``ohlcv`` budget."""
+    if path in ("/api/v1/ohlcv", "/udf/history"):
         return "ohlcv"
     if path.startswith(("/api/v1/backfill", "/api/v1/gaps")):
         return "backfill"
@@ -64,6 +103,8 @@ class RateLimiter:
     def __init__(self, app: Quart | None = None) -> None:
         self.enabled = False
         self.limits: dict[str, Limit | None] = {}
+        #: Peers whose X-Forwarded-For is believed (``TRUSTED_PROXIES``); read it only then.
+        self.trusted_proxies: tuple[Network, ...] = ()
         self.trust_forwarded = False
         self.auth_enabled = False
         self.redis: RedisClient | None = None
@@ -74,8 +115,6 @@ class RateLimiter:
         self.last_error: str | None = None
         self._scripts: dict[int, Any] = {}
         self._identities: dict[tuple[str | None, str | None], str] = {}
-        #: (route class, limit in requests) -> the body of its 429, encoded once
-        self._bodies: dict[tuple[str, int], bytes] = {}
         #: route class -> its child of the rejections counter
         self._rejections: dict[str, Any] = {}
         if app is not None:
@@ -90,7 +129,10 @@ class RateLimiter:
                               f"one of {', '.join(DEFAULT_LIMITS)}")
         merged = {**DEFAULT_LIMITS, **(cfg["RATE_LIMITS"] or {})}
         self.limits = {cls: Limit.parse(text) for cls, text in merged.items()}
-        self.trust_forwarded = bool(cfg["TRUST_FORWARDED_FOR"])
+        if cfg.get("TRUST_FORWARDED_FOR"):  # (config.validate refuses it too)
+            raise ConfigError(TRUST_FORWARDED_FOR_GONE)
+        self.trusted_proxies = parse_trusted_proxies(cfg.get("TRUSTED_PROXIES"))
+        self.trust_forwarded = bool(self.trusted_proxies)
         self.auth_enabled = bool(cfg["AUTH_ENABLED"])
         self.redis = get_redis(app)
         self.mode = "redis" if self.enabled else "off"
@@ -163,41 +205,36 @@ class RateLimiter:
         """Whose bucket a request spends: its API key's, else its IP's."""
         if key_id:
             return f"key:{key_id}"
-        forwarded = headers.get("X-Forwarded-For") if self.trust_forwarded else None
+        forwarded = None
+        if self.trust_forwarded:
+            hops = headers.getlist("X-Forwarded-For") if hasattr(headers, "getlist") else None
+            forwarded = ",".join(hops) if hops else headers.get("X-Forwarded-For")
         return self.ip_identity(remote_addr, forwarded)
 
     def ip_identity(self, remote_addr: str | None, forwarded: str | None) -> str:
+        """``ip:<address>`` (``ip:<prefix>/64`` for IPv6) of the client; ``forwarded`` is believed
+        only from ``TRUSTED_PROXIES`` (see ``client_address``)."""
         known = self._identities.get((remote_addr, forwarded))
         if known is not None:
             return known
-        addr = forwarded.split(",")[-1].strip() if forwarded else remote_addr or "unknown"
+        addr = client_address(remote_addr, forwarded, self.trusted_proxies)
         if len(self._identities) >= _IDENTITIES_MAX:
             self._identities.clear()
-        known = self._identities[(remote_addr, forwarded)] = "ip:" + _IDENT.sub("_", addr)[:64]
+        known = self._identities[(remote_addr, forwarded)] = "ip:" + address_bucket(addr)
         return known
 
     async def _check(self, route_class: str, identity: str) -> None:
         decision = await self.hit(route_class, identity)
         if decision is not None:
-            g.rate_limit = decision
-            self._refuse(decision, route_class)
+            self._decide(g, decision, route_class)
 
-    def _refuse(self, decision: Decision, route_class: str) -> None:
-        """Raise 429 unless ``decision`` admits the request."""
-        if not decision.allowed:
-            RATE_LIMIT_REJECTIONS.labels(route_class).inc()
-            limit = self.limit_for(route_class)
-            raise RateLimited.exceeded(  # the message names the window (docs/api.md, 24.19)
-                decision.limit, limit.seconds if limit is not None else 0.0, route_class,
-                retry_after=max(decision.retry_after, 0.001))
-
-    async def guard_auth_failures(self, identity: str, failed: bool) -> None:
-        """Brute-force guard (``auth_failures`` class, per client IP): before a key look-up
-        (``failed`` False) raise 429 when the client used up its failures; after a failed one, count
-        it. Keeps wrong-key floods from reaching the database."""
+    async def guard_auth_failures(self, identity: str) -> None:
+        """Brute-force guard (``auth_failures`` class, per client IP): count a failed key look-up
+        and raise 429 once the client used up its failures. Called after the look-up, so it never
+        refuses a valid key."""
         if not self.enabled:
             return
-        decision = await self.hit("auth_failures", identity, peek=not failed)
+        decision = await self.hit("auth_failures", identity)
         if decision is not None and not decision.allowed:
             g.rate_limit = decision  # docs/api.md: every 429 carries X-RateLimit-Limit and -Remaining
             RATE_LIMIT_REJECTIONS.labels("auth_failures").inc()
@@ -219,33 +256,31 @@ class RateLimiter:
         if decision is None:
             return self._check_request(ctx_g, cls, identity)
         self.mode, self.last_error = "redis", None
-        return self._decide(ctx_g, decision, cls)
+        self._decide(ctx_g, decision, cls)
+        return None
 
-    async def _check_request(self, ctx_g: Any, cls: str, identity: str) -> Response | None:
+    async def _check_request(self, ctx_g: Any, cls: str, identity: str) -> None:
         decision = await self.hit(cls, identity)
-        return None if decision is None else self._decide(ctx_g, decision, cls)
+        if decision is not None:
+            self._decide(ctx_g, decision, cls)
 
-    def _decide(self, ctx_g: Any, decision: Decision, cls: str) -> Response | None:
-        """None to admit the request, else its 429 (``X-RateLimit-*`` are added after it, as on
-        every answer, from ``g.rate_limit``)."""
+    def _decide(self, ctx_g: Any, decision: Decision, cls: str) -> None:
+        """Admit the request, or raise its 429 (``RateLimited``, answered by the error handlers
+        as every error is: UDF's own shape under ``/udf``). ``X-RateLimit-*`` are added after it,
+        as on every answer, from ``g.rate_limit``."""
         ctx_g.rate_limit = decision
-        return None if decision.allowed else self.refusal(decision, cls)
+        if not decision.allowed:
+            raise self.refusal(decision, cls)
 
-    def refusal(self, decision: Decision, cls: str) -> Response:
-        """The 429 of a refused request: what ``RateLimited`` answers through the error handler
-        (``errors.error_response``), with the body encoded once per limit."""
+    def refusal(self, decision: Decision, cls: str) -> RateLimited:
+        """The error of a refused request (counted), its message naming the window."""
         rejections = self._rejections.get(cls)
         if rejections is None:
             rejections = self._rejections[cls] = RATE_LIMIT_REJECTIONS.labels(cls)
         rejections.inc()
-        body = self._bodies.get((cls, decision.limit))
-        if body is None:
-            limit = self.limit_for(cls)
-            exc = RateLimited.exceeded(decision.limit, limit.seconds if limit is not None else 0.0, cls)
-            body = json.dumps(exc.to_dict(), separators=(",", ":")).encode() + b"\n"
-            self._bodies[(cls, decision.limit)] = body
-        retry_after = max(1, math.ceil(min(decision.retry_after, MAX_RETRY_AFTER)))
-        return Response(body, 429, {"Content-Type": "application/json", "Retry-After": str(retry_after)})
+        limit = self.limit_for(cls)
+        return RateLimited.exceeded(decision.limit, limit.seconds if limit is not None else 0.0, cls,
+                                    retry_after=max(decision.retry_after, 0.001))
 
     async def _before_websocket(self) -> None:
         if self.enabled:

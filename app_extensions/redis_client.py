@@ -111,8 +111,8 @@ class RedisClient:
 
     async def check(self) -> dict[str, Any]:
         start = time.perf_counter()
-        if self.client is not None:
-            self.circuit.reset()  # readiness always tries Redis itself
+        # The circuit is left alone: while it is open this answers at once, so a flood of
+        # readiness probes during an outage cannot defeat DEPENDENCY_RETRY_AFTER.
         try:
             await asyncio.wait_for(self.run(lambda r: r.ping()), timeout=1.0)
             ok, error = True, None

@@ -51,7 +51,8 @@ class Services:
         loader.load()
         self.markets = MarketService(loader, dict(config))
         db, redis = get_database(app), get_redis(app)
-        redis_cache = RedisCache(redis, int(config["CACHE_TTL_CLOSED"]))
+        redis_cache = RedisCache(redis, int(config["CACHE_TTL_CLOSED"]),
+                                 int(float(config["CACHE_RECENT_SECONDS"]) * 1000))
         cache = CacheSource(redis_cache)
         # The hub's cluster transport also carries revisions of stored bars (services.revisions).
         broadcast = Broadcast(RedisBackend(redis), retry_after=float(config["DEPENDENCY_RETRY_AFTER"]))

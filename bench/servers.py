@@ -22,7 +22,7 @@ settings mapped to each server's own options.
   the clients), skew p50/p99 (poll result to the frame written, every sample of the window), CPU
   per broadcast, and KiB per idle connection for clients that offer permessage-deflate (as
   browsers do) and clients that do not; the same for a bare Quart app sending one 150-byte frame
-  to each client per interval. ``uvicorn+deflate`` (full runs) is Uvicorn with ``WS_DEFLATE=true``.
+  to each client per interval. ``uvicorn+deflate`` (full runs) is Uvicorn with ``WS_PER_MESSAGE_DEFLATE=true``.
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ BASELINE = "hypercorn"  # "x bare on Hypercorn": the design's server
 
 
 def server_env(name: str) -> tuple[str, dict[str, str]]:
-    """``uvicorn+deflate``: Uvicorn accepting permessage-deflate (``WS_DEFLATE=true``)."""
+    """``uvicorn+deflate``: Uvicorn accepting permessage-deflate (``WS_PER_MESSAGE_DEFLATE=true``)."""
     if name.endswith("+deflate"):
-        return name.removesuffix("+deflate"), {"WS_DEFLATE": "true"}
-    return name, {"WS_DEFLATE": "false"}
+        return name.removesuffix("+deflate"), {"WS_PER_MESSAGE_DEFLATE": "true"}
+    return name, {"WS_PER_MESSAGE_DEFLATE": "false"}
 
 
 async def rest(servers: list[str], seconds: float, rounds: int, connections: int

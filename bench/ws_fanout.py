@@ -69,7 +69,8 @@ def bare_app(interval: float, samples: list[tuple[float, float]]) -> Any:
 
     app = Quart("bare_ws")
     app.config.update({"HOST": "127.0.0.1", "SHUTDOWN_TIMEOUT": 2.0, "WS_HEARTBEAT_SECONDS": 20.0,
-                       "WS_MAX_MESSAGE_BYTES": 4096})
+                       "WS_MAX_MESSAGE_BYTES": 4096,
+                       "WS_PER_MESSAGE_DEFLATE": os.environ.get("WS_PER_MESSAGE_DEFLATE") == "true"})
     ticks: list[asyncio.Future[float]] = []
 
     @app.get("/health")
@@ -130,6 +131,7 @@ def serve(port: int, samples_path: str, interval: float, server: str, kind: str)
                 "APP_ENV": "production", "LOG_LEVEL": "WARNING", "LOG_FORMAT": "text",
                 "DATABASE_SCHEMA": os.environ["BENCH_SCHEMA"], "REDIS_PREFIX": os.environ["BENCH_PREFIX"],
                 "ENABLED_MARKETS": "sim", "RATE_LIMIT_ENABLED": False, "WS_SEND_QUEUE": 256,
+                "WS_MAX_CONNECTIONS_PER_CLIENT": 100_000,  # every client comes from this machine
                 "POLL_INTERVALS": {}, "POLL_INTERVAL_DEFAULT": interval,
                 "POLL_PROVIDER_MIN_INTERVALS": {"sim": interval}, "WS_SNAPSHOT_CONCURRENCY": 16,
                 "HOST": "127.0.0.1", "PORT": port,
@@ -141,8 +143,7 @@ def serve(port: int, samples_path: str, interval: float, server: str, kind: str)
 
         entry.prepare(app)
         if kind == "bare":
-            await entry.serve(app, server, "127.0.0.1", port, entry.ws_limits(
-                {**app.config, "WS_DEFLATE": os.environ.get("WS_DEFLATE") == "true"}), graceful=2.0)
+            await entry.serve(app, server, "127.0.0.1", port, app.config, graceful=2.0)
         else:
             await entry.serve_app(app, server)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from marshmallow import ValidationError
-from quart import Blueprint, Response, current_app, jsonify
+from quart import Blueprint, Response, current_app, g, jsonify, request
 
+from app_extensions.auth import get_auth
+from app_extensions.ratelimit import get_ratelimiter
 from app_extensions.services import get_services
 from blueprints.backfill_schemas import BackfillBody, GapsQuery, JobIdPath, JobListQuery
 from blueprints.common import load_body, load_query
@@ -14,6 +16,11 @@ from core.errors import InvalidParameter, NotFound
 from core.types import Series
 
 backfill_blueprint = Blueprint("backfill", __name__, url_prefix="/api/v1")
+
+
+def _client() -> str:
+    """Whose jobs these are: the caller's API key, else its IP (as the rate limits see it)."""
+    return get_ratelimiter(current_app).client_identity(request.headers, request.remote_addr)
 
 
 def _check_span(data: dict[str, Any], max_range_ms: int) -> None:
@@ -29,14 +36,16 @@ async def create_backfill() -> tuple[Response, int]:
     manager = get_services(current_app).backfill
     _check_span(body, manager.max_range_ms)
     series = Series(body["market"], body["provider"], body["symbol"])
-    job, _ = await manager.submit(series, body["start"], body["end"])
+    job, _ = await manager.submit(series, body["start"], body["end"], _client())
     return jsonify({"job_id": job.id, "status": job.status}), 202
 
 
 @backfill_blueprint.get("/backfill")
 async def list_backfills() -> Response:
     q = load_query(JobListQuery())
-    found = await get_services(current_app).backfill.list_jobs(q["status"], q["limit"])
+    operator = get_auth(current_app).is_operator(g.get("api_key_id"))
+    found = await get_services(current_app).backfill.list_jobs(
+        q["status"], q["limit"], None if operator else _client())
     return jsonify({"jobs": [job.to_api() for job in found]})
 
 

@@ -23,6 +23,7 @@ async def put_credentials(provider: str) -> Response:
     body = await load_body(BODY)
     await owner.store.put(user, UserCredentials(provider, body["api_key"], body["secret"],
                                                 body["password"], body["testnet"]))
+    await get_services(current_app).markets.forget_user(user, provider)  # closes the old instance
     return Response("", status=204)
 
 
@@ -35,6 +36,8 @@ async def list_credentials() -> Response:
 @credentials_blueprint.delete("/credentials/<provider>")
 async def delete_credentials(provider: str) -> Response:
     owner = get_credentials(current_app)
-    if not await owner.store.delete(owner.require_user(), provider):
+    user = owner.require_user()
+    if not await owner.store.delete(user, provider):
         raise NotFound(f"no credentials stored for {provider!r}")
+    await get_services(current_app).markets.forget_user(user, provider)
     return Response("", status=204)

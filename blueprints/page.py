@@ -5,13 +5,19 @@ Everything they load comes from this origin (no CDN, so they work offline): the 
 from ``web/public/``, and a fixed list of files of the npm packages installed from
 ``web/package-lock.json`` (``npm ci --prefix web``, which ``make run`` and ``make test`` do) under
 ``/assets/vendor/``. Nothing else of ``node_modules`` is reachable.
+
+The pages carry a Content-Security-Policy that allows only that: scripts, styles, images and
+connections (REST and the WebSocket) of this origin, and no framing (``frame-ancestors 'none'``,
+with ``X-Frame-Options: DENY`` for older browsers), so an injected script or a hostile site that
+frames the page gets nowhere.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from quart import Blueprint, Response, send_file, send_from_directory
+from quart import Blueprint, Response, request, send_file, send_from_directory
 
 from core.errors import APIError, NotFound
 
@@ -35,6 +41,13 @@ _TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css
 _OWN_CACHE = "no-cache"
 _VENDOR_CACHE = "public, max-age=3600"
 
+#: The pages' policy; ``{ws}`` is this origin's WebSocket (CSP 'self' matches ws: only in CSP 3
+#: browsers). Inline styles: the docs page's own ``<style>`` and Swagger UI's (no inline scripts).
+_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+        "font-src 'self' data:; connect-src 'self'{ws}; object-src 'none'; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'")
+_HOST = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+
 page_blueprint = Blueprint("page", __name__)
 
 
@@ -47,14 +60,24 @@ def _typed(response: Response, name: str, cache: str) -> Response:
     return response
 
 
+def _page(response: Response, name: str) -> Response:
+    """A page's answer: typed, revalidated, with its CSP and no framing."""
+    host = request.host
+    ws = f" ws://{host} wss://{host}" if _HOST.match(host) else ""
+    response.headers["Content-Security-Policy"] = _CSP.format(ws=ws)
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "same-origin"
+    return _typed(response, name, _OWN_CACHE)
+
+
 @page_blueprint.get("/")
 async def chart_page() -> Response:
-    return _typed(await send_from_directory(PUBLIC, "index.html"), "index.html", _OWN_CACHE)
+    return _page(await send_from_directory(PUBLIC, "index.html"), "index.html")
 
 
 @page_blueprint.get("/api/v1/docs")
 async def docs_page() -> Response:
-    return _typed(await send_from_directory(PUBLIC, "docs.html"), "docs.html", _OWN_CACHE)
+    return _page(await send_from_directory(PUBLIC, "docs.html"), "docs.html")
 
 
 @page_blueprint.get("/api/v1/docs/api.md")

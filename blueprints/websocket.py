@@ -6,9 +6,12 @@ Every client message is validated with a schema from ``ws_schemas``; a bad one i
 (``error_frame``). The handler reads the client's messages (handled in order by a task that lives
 while some wait) until the connection ends or is dropped, then closes with the connection's drop
 code (1013 for a client too slow for its stream or whose writes stall, or that sends faster than
-its messages are handled; 1011 on a bug; 1001 at shutdown). Frames are written to the connection's
-outlet (``ws_outlet``), by the hub's fan-out without a task per client. Dead idle peers are found
-by the server's WebSocket pings: run Hypercorn with ``hypercorn_options(config)`` (see ``app.py``).
+its messages are handled; 1011 on a bug; 1001 at shutdown). Frames go out through Quart's
+``websocket.send`` (the ASGI send; the server frames them, and deflates them when the client
+negotiated permessage-deflate), each connection's in order from a task that lives while some wait,
+so the hub's fan-out never waits on a client. Dead idle peers are found by the server's WebSocket
+pings: serve with ``hypercorn_options(config)`` or ``uvicorn_options(config)``
+(``blueprints/ws_server.py``).
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from typing import Any
 from marshmallow import ValidationError
 from quart import Blueprint, current_app, websocket
 
+from app_extensions.ratelimit import get_ratelimiter
 from app_extensions.services import get_services
-from blueprints.ws_outlet import outlet_for
+from blueprints import ws_auth
 from blueprints.ws_schemas import SCHEMAS
-from blueprints.ws_server import hypercorn_options
+from blueprints.ws_server import hypercorn_options, uvicorn_options
 from core.errors import AppError, InvalidParameter
 from services.hub import SubscriptionService
 from services.hub.broadcast import stop_task
@@ -34,17 +38,24 @@ from services.hub.connection import Connection
 log = logging.getLogger(__name__)
 websocket_blueprint = Blueprint("websocket", __name__, url_prefix="/api/v1")
 CLOSE_INTERNAL_ERROR = 1011
-#: After the server's close frame, the client's messages are read and dropped this long at most
-#: (until its close frame or its disconnect): unread, they fill Hypercorn's bounded queue towards
-#: the app, Hypercorn stops reading the socket and never sees the peer go (CLOSE-WAIT).
+#: After the server's close frame, the client's messages are read and dropped this long at most,
+#: until its close frame or its disconnect (the closing handshake: the server closes the TCP
+#: connection once the client has answered, RFC 6455 7.1.1).
 CLOSE_DRAIN_SECONDS = 5.0
-__all__ = ["hypercorn_options", "websocket_blueprint"]
+__all__ = ["hypercorn_options", "uvicorn_options", "websocket_blueprint"]
 
+ws_auth.init_ws_auth(websocket_blueprint)
 
 class InvalidMessage(AppError):
     """The frame is not a JSON object with a known ``op``, or is too large. Fix the client."""
 
     status, code = 400, "invalid_message"
+
+
+class UpgradeRequired(AppError):
+    """A plain HTTP request on the WebSocket endpoint. Open it with a WebSocket client."""
+
+    status, code = 426, "upgrade_required"
 
 
 def error_frame(exc: AppError, req_id: Any) -> dict[str, Any]:
@@ -55,10 +66,10 @@ def error_frame(exc: AppError, req_id: Any) -> dict[str, Any]:
     return frame
 
 
-def _parse(raw: str | bytes | Oversized, max_bytes: int) -> dict[str, Any]:
+def _parse(raw: str | bytes | Oversized | None, max_bytes: int) -> dict[str, Any]:
     if isinstance(raw, Oversized):
         raise InvalidMessage(f"message larger than {max_bytes} bytes")
-    if isinstance(raw, bytes):
+    if not isinstance(raw, str):  # bytes, or None: Quart reads an empty binary frame as None
         raise InvalidMessage("binary frames are not supported: send JSON text frames")
     if len(raw) > max_bytes or len(raw.encode()) > max_bytes:
         raise InvalidMessage(f"message larger than {max_bytes} bytes")
@@ -82,7 +93,7 @@ def _echo_id(msg: dict[str, Any]) -> Any:
 
 
 async def handle_message(service: SubscriptionService, conn: Connection,
-                         raw: str | bytes | Oversized, max_bytes: int) -> None:
+                         raw: str | bytes | Oversized | None, max_bytes: int) -> None:
     """Validate one client message and call the service; errors are answered as frames."""
     req_id: Any = None
     try:
@@ -98,13 +109,19 @@ async def handle_message(service: SubscriptionService, conn: Connection,
             details = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
             summary = "; ".join(f"{k}: {v[0] if isinstance(v, list) else v}" for k, v in details.items())
             raise InvalidParameter(summary, details=details) from exc
-        if data["op"] == "ping":
+        if data["op"] == "auth":
+            await ws_auth.authenticate(conn, data)
+        elif ws_auth.refuse_unauthenticated(conn):
+            return
+        elif data["op"] == "ping":
             conn.send_frame({"type": "pong", "id": req_id})
         elif data["op"] == "subscribe":
             await service.subscribe(conn, data)
         else:
             await service.unsubscribe(conn, data["channel"], req_id)
     except AppError as exc:
+        if ws_auth.refuse_unauthenticated(conn):  # anything but a good auth message first: 1008
+            return
         if exc.status >= 500:
             log.warning("ws %s: %s", exc.code, exc.message)
         conn.send_frame(error_frame(exc, req_id))
@@ -125,7 +142,7 @@ async def _read_loop(service: SubscriptionService, conn: Connection, max_bytes: 
     """Receive at once into a bounded inbox, handle messages in order: a client sending faster
     than its messages are handled is dropped (``flood``, 1013) instead of queueing without end.
     The handling task lives only while messages wait (an idle connection holds none)."""
-    inbox: list[str | bytes | Oversized] = []
+    inbox: list[str | bytes | Oversized | None] = []
     worker: list[asyncio.Task[None]] = []  # the running one (a finished task is let go)
 
     def forget(task: asyncio.Task[None]) -> None:
@@ -134,11 +151,12 @@ async def _read_loop(service: SubscriptionService, conn: Connection, max_bytes: 
 
     try:
         while True:
-            raw = await websocket.receive()
+            # None for an empty binary frame: Quart takes ``event["bytes"] or event["text"]``
+            raw: str | bytes | None = await websocket.receive()
             if len(inbox) >= max_pending:
                 conn.drop("flood")  # interrupts this loop at its next wait
                 continue
-            inbox.append(OVERSIZED if len(raw) > max_bytes else raw)
+            inbox.append(OVERSIZED if raw is not None and len(raw) > max_bytes else raw)
             if not worker or worker[0].done():
                 # (no local name for it: this frame would keep the finished task)
                 worker[:] = [asyncio.create_task(_handle_all(service, conn, inbox, max_bytes),
@@ -150,7 +168,7 @@ async def _read_loop(service: SubscriptionService, conn: Connection, max_bytes: 
 
 
 async def _handle_all(service: SubscriptionService, conn: Connection,
-                      inbox: list[str | bytes | Oversized], max_bytes: int) -> None:
+                      inbox: list[str | bytes | Oversized | None], max_bytes: int) -> None:
     me = asyncio.current_task()
     try:
         while inbox:
@@ -164,22 +182,37 @@ async def _handle_all(service: SubscriptionService, conn: Connection,
         conn.drop("internal_error", CLOSE_INTERNAL_ERROR)
 
 
+@websocket_blueprint.route("/ws", methods=["GET"])
+async def ws_without_upgrade() -> Any:
+    """A plain HTTP request on the WebSocket's path: 426 with the upgrade it needs."""
+    error = UpgradeRequired("/api/v1/ws is a WebSocket endpoint: open it with a WebSocket "
+                            "upgrade (Upgrade: websocket), e.g. new WebSocket('ws://host/api/v1/ws')")
+    return error.to_dict(), error.status, {"Upgrade": "websocket"}  # RFC 9110 15.5.22
+
+
 @websocket_blueprint.websocket("/ws")
 async def ws() -> None:
     cfg = current_app.config
     service = get_services(current_app).subscriptions
-    await websocket.accept()
-    conn = service.connect(outlet_for(websocket))
+    client = get_ratelimiter(current_app).client_identity(websocket.headers, websocket.remote_addr)
+    # Raises TooManyConnections before the accept: the handshake is answered 429.
+    conn = service.connect(websocket.send, client)
+    auth_timer = ws_auth.at_handshake(conn)
     try:
+        await websocket.accept()
         async with conn.until_dropped():
             await _read_loop(service, conn, int(cfg["WS_MAX_MESSAGE_BYTES"]),
                              int(cfg["WS_MAX_PENDING_MESSAGES"]))
     finally:
+        if auth_timer is not None:
+            auth_timer.cancel()
         await conn.close()
         await service.disconnect(conn)
     if conn.drop_reason is not None:
-        await websocket.close(conn.close_code, conn.drop_reason)
-        with contextlib.suppress(TimeoutError):
+        # OSError: the peer is gone already (Uvicorn raises ClientDisconnected, an OSError)
+        with contextlib.suppress(OSError):
+            await websocket.close(conn.close_code, conn.drop_reason)
+        with contextlib.suppress(TimeoutError, OSError):
             async with asyncio.timeout(CLOSE_DRAIN_SECONDS):
                 while True:
                     await websocket.receive()

@@ -1,72 +1,44 @@
-"""Quart's ASGI WebSocket handling without a receiver task and queue per connection.
+"""``WebsocketReceive``: a pure ASGI middleware (Starlette's ``middleware/`` shape) that gives every
+``websocket.receive`` event both of its keys, ``bytes`` and ``text``.
 
-Quart (0.22, ``quart.asgi.ASGIWebsocketConnection``) runs two tasks per WebSocket: one moves
-every ASGI event into an unbounded ``asyncio.Queue`` that the handler reads, the other runs the
-handler, and it waits on both; a disconnect cancels the handler. For thousands of idle
-connections that is 2 tasks, a queue and a wait each (about 7 KiB). ``LeanWebsocketConnection``
-(set as ``app.asgi_websocket_class``, Quart's documented hook) runs the handler in the
-connection's own ASGI task and lets ``websocket.receive()`` read the ASGI events itself (Hypercorn
-already queues them, bounded); the disconnect still ends the handler with a cancellation, raised
-at its ``receive()`` (the only place our handler waits on the client; others wait on the
-services, and a disconnect is seen at the next receive).
+The ASGI spec lets a server send one or both ("Exactly one of bytes or text must be non-None. One
+or both keys may be present"): Hypercorn sends both, Uvicorn only the one it has. Quart 0.22's
+``ASGIWebsocketConnection.handle_messages`` reads ``event.get("bytes") or event["text"]``, which
+for a binary frame without a ``text`` key (an empty one: ``b""`` is falsy) raises ``KeyError``
+in Quart's receiver task and ends the connection with a traceback (issue 23.10). With both keys
+the handler receives ``None`` for an empty binary frame and answers ``invalid_message``. No Quart
+issue was found for this; the middleware is installed as Quart documents, ``app.asgi_app =
+WebsocketReceive(app.asgi_app)``.
 """
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from quart import Quart
-from quart.asgi import ASGIWebsocketConnection
-from quart.signals import websocket_received
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+#: An ASGI application (typed loosely: Quart types its own scopes and events more narrowly).
+ASGIApp = Callable[..., Awaitable[None]]
 
 
-class _Events:
-    """Stands for Quart's queue: ``get`` reads the next message from the ASGI receive."""
+class WebsocketReceive:
+    """See the module docstring; any other scope passes through untouched."""
 
-    __slots__ = ("get",)
-
-    def __init__(self, get: Any) -> None:
-        self.get = get
-
-
-class LeanWebsocketConnection(ASGIWebsocketConnection):
-    """See the module docstring."""
-
-    def __init__(self, app: Quart, scope: Any) -> None:  # no Queue: Quart's __init__ makes one
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.scope = scope
-        self.queue = _Events(self._next_message)  # type: ignore[assignment]
-        self._accepted = False
-        self._closed = False
-        self._receive: Any = None
-        self._gone = False
-        self._cancelled = False
 
-    async def __call__(self, receive: Any, send: Any) -> None:
-        self._receive = receive
-        websocket = self._create_websocket_from_scope(send)
-        try:
-            await self.handle_websocket(websocket, send)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if not self._cancelled or task is None or task.uncancel() > 0:
-                raise  # a cancellation from outside (the server's shutdown), not the disconnect
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
 
-    async def _next_message(self) -> str | bytes:
-        if not self._gone:
-            event = await self._receive()
+        async def receive_both() -> Message:
+            event = await receive()
             if event["type"] == "websocket.receive":
-                message: str | bytes = event.get("bytes") or event["text"]
-                await websocket_received.send_async(message)
-                return message
-            self._gone = event["type"] == "websocket.disconnect"
-            if not self._gone:
-                return await self._next_message()
-        # As under Quart, the client's disconnect ends the handler with a cancellation.
-        task = asyncio.current_task()
-        if task is not None and not self._cancelled:
-            self._cancelled = True
-            task.cancel()
-            await asyncio.sleep(0)  # raises it
-        raise asyncio.CancelledError
+                event.setdefault("bytes", None)
+                event.setdefault("text", None)
+            return event
+
+        await self.app(scope, receive_both, send)

@@ -9,7 +9,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 from blueprints.schemas import SYMBOL_RULES, TimeField
 from core.timeframes import TIMEFRAMES
 
-OPS = ("subscribe", "unsubscribe", "ping")
+OPS = ("subscribe", "unsubscribe", "ping", "auth")
 
 
 class MessageId(fields.Field):
@@ -49,10 +49,17 @@ class PingMessage(_Message):
     pass
 
 
+class AuthMessage(_Message):
+    """The API key, as the first message of a connection whose handshake carried none."""
+
+    api_key = fields.String(required=True, validate=validate.Length(1, 512))
+
+
 #: One instance each, made once: a schema instance is reusable, and making one per message cost
 #: its deep copy of the fields and left ~40 objects of cyclic garbage per subscribe.
 SCHEMAS: dict[str, _Message] = {
     "subscribe": SubscribeMessage(),
     "unsubscribe": UnsubscribeMessage(),
     "ping": PingMessage(),
+    "auth": AuthMessage(),
 }

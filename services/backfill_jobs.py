@@ -7,6 +7,10 @@ A running job carries a lease (``owner``, ``lease_until``) that its instance's r
 the instance dies the lease expires and :func:`claim_next` hands the job to another runner, which
 resumes it from the gap ledger. The unique partial index ``backfill_jobs_active`` keeps at most one
 active job per series and range across instances.
+
+Jobs asked for over REST carry the identities of the clients that asked (``clients``): a client
+has at most ``max_queued`` queued jobs, a request overlapping a queued job of its series widens
+that job instead of adding one, and a client lists only its own jobs.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 import asyncpg
 
+from core.errors import APIError
 from core.types import Series
 
 STATES = ("queued", "running", "done", "failed")
@@ -76,6 +81,71 @@ def _job(row: asyncpg.Record) -> Job:
     )
 
 
+class TooManyJobs(APIError):
+    """The client has its quota of queued jobs: retry once some have run (429 ``too_many_jobs``)."""
+
+    def __init__(self, limit: int, retry_after: float = 60.0) -> None:
+        super().__init__(429, "too_many_jobs", f"at most {limit} queued backfill jobs per client; "
+                         "retry when some have run", retry_after=retry_after)
+
+
+async def submit_job(
+    conn: asyncpg.Connection, series: Series, start_ms: int, end_ms: int, client: str,
+    max_queued: int, max_range_ms: int,
+) -> tuple[Job, bool]:
+    """A client's request for [start_ms, end_ms): the active job covering it (the client is added
+    to its ``clients``), else a queued job of the series it overlaps, widened to cover
+    both when the union spans at most ``max_range_ms``, else a new job unless the client already
+    has ``max_queued`` queued jobs (``TooManyJobs``). Returns (job, created)."""
+    key = (series.market, series.provider, series.symbol)
+    async with conn.transaction():
+        # One request of a client at a time, across instances: the quota is exact.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('backfill_jobs'), hashtext($1))", client)
+        covering = await conn.fetchrow(
+            "UPDATE backfill_jobs SET clients = CASE WHEN $6 = ANY(clients) THEN clients"
+            " ELSE array_append(clients, $6) END"
+            " WHERE id = (SELECT id FROM backfill_jobs WHERE market = $1 AND provider = $2 AND symbol = $3"
+            "   AND status IN ('queued', 'running') AND start_ms <= $4 AND end_ms >= $5"
+            "   ORDER BY (end_ms - start_ms), created_at LIMIT 1) RETURNING *",
+            *key, start_ms, end_ms, client,
+        )
+        if covering is not None:
+            return _job(covering), False
+        widened = await conn.fetchrow(
+            "UPDATE backfill_jobs SET start_ms = LEAST(start_ms, $4), end_ms = GREATEST(end_ms, $5),"
+            " clients = CASE WHEN $6 = ANY(clients) THEN clients ELSE array_append(clients, $6) END,"
+            " updated_at = now()"
+            " WHERE id = (SELECT j.id FROM backfill_jobs j WHERE j.market = $1 AND j.provider = $2"
+            "   AND j.symbol = $3 AND j.status = 'queued' AND j.start_ms < $5 AND j.end_ms > $4"
+            "   AND GREATEST(j.end_ms, $5) - LEAST(j.start_ms, $4) <= $7"
+            "   AND NOT EXISTS (SELECT 1 FROM backfill_jobs o WHERE o.market = j.market"
+            "     AND o.provider = j.provider AND o.symbol = j.symbol AND o.id <> j.id"
+            "     AND o.status IN ('queued', 'running')"
+            "     AND o.start_ms = LEAST(j.start_ms, $4) AND o.end_ms = GREATEST(j.end_ms, $5))"
+            "   ORDER BY j.created_at LIMIT 1 FOR UPDATE SKIP LOCKED)"
+            " AND status = 'queued' RETURNING *",
+            *key, start_ms, end_ms, client, max_range_ms,
+        )
+        if widened is not None:
+            return _job(widened), False
+        queued = await conn.fetchval(
+            "SELECT count(*) FROM backfill_jobs WHERE status = 'queued' AND clients @> ARRAY[$1]::text[]",
+            client)
+        if queued >= max_queued:
+            raise TooManyJobs(max_queued)
+        row = await conn.fetchrow(
+            "INSERT INTO backfill_jobs (id, market, provider, symbol, start_ms, end_ms, clients)"
+            " VALUES ($1, $2, $3, $4, $5, $6, ARRAY[$7]::text[])"
+            " ON CONFLICT (market, provider, symbol, start_ms, end_ms)"
+            " WHERE status IN ('queued', 'running') DO NOTHING RETURNING *",
+            uuid.uuid4().hex, *key, start_ms, end_ms, client,
+        )
+    if row is not None:
+        return _job(row), True
+    # Lost a race with another client's identical request: that job covers this one now.
+    return await enqueue_job(conn, series, start_ms, end_ms)
+
+
 async def enqueue_job(
     conn: asyncpg.Connection, series: Series, start_ms: int, end_ms: int
 ) -> tuple[Job, bool]:
@@ -109,12 +179,16 @@ async def get_job(conn: asyncpg.Connection, job_id: str) -> Job | None:
     return _job(row) if row is not None else None
 
 
-async def list_jobs(conn: asyncpg.Connection, status: str | None, limit: int) -> list[Job]:
-    """Up to ``limit`` jobs, newest first, of one ``status`` (None: any)."""
+async def list_jobs(
+    conn: asyncpg.Connection, status: str | None, limit: int, client: str | None = None
+) -> list[Job]:
+    """Up to ``limit`` jobs, newest first, of one ``status`` (None: any); with ``client``, only
+    the jobs that client asked for."""
     rows = await conn.fetch(
-        "SELECT * FROM backfill_jobs WHERE $1::text IS NULL OR status = $1"
+        "SELECT * FROM backfill_jobs WHERE ($1::text IS NULL OR status = $1)"
+        " AND ($3::text IS NULL OR clients @> ARRAY[$3::text])"
         " ORDER BY created_at DESC, id DESC LIMIT $2",
-        status, limit,
+        status, limit, client,
     )
     return [_job(r) for r in rows]
 

@@ -200,13 +200,21 @@ class BackfillManager:
         return True
 
     # --- Jobs and reports ------------------------------------------------------------------------
-    async def submit(self, series: Series, start: int, end: int) -> tuple[jobs.Job, bool]:
+    async def submit(self, series: Series, start: int, end: int, client: str | None = None
+                     ) -> tuple[jobs.Job, bool]:
         """Queue a job for [start, end) (minute aligned), or answer the active one covering it.
+        For a ``client`` (an API key's or an IP's identity) a queued job it overlaps is widened
+        instead, and past ``BACKFILL_MAX_QUEUED_PER_CLIENT`` queued jobs it raises ``TooManyJobs``.
         Raises UnknownMarket / UnknownProvider / UnknownSymbol."""
         await self.check_series(series)
+        start, end = bucket_start(start, "1m"), bucket_ceil(end, "1m")
         async with self.db.acquire() as conn:
-            job, created = await jobs.enqueue_job(
-                conn, series, bucket_start(start, "1m"), bucket_ceil(end, "1m"))
+            if client is None:
+                job, created = await jobs.enqueue_job(conn, series, start, end)
+            else:
+                job, created = await jobs.submit_job(
+                    conn, series, start, end, client, self.settings.max_queued_per_client,
+                    self.max_range_ms)
         if created:
             self.runner.wake()
         return job, created
@@ -232,10 +240,11 @@ class BackfillManager:
             raise NotFound(f"no backfill job {job_id!r}")
         return job
 
-    async def list_jobs(self, status: str | None, limit: int) -> list[jobs.Job]:
-        """Up to ``limit`` jobs, newest first, of one ``status`` (None: any)."""
+    async def list_jobs(self, status: str | None, limit: int, client: str | None = None) -> list[jobs.Job]:
+        """Up to ``limit`` jobs, newest first, of one ``status`` (None: any); with ``client``,
+        only those that client asked for (None: every job, for operators)."""
         async with self.db.acquire() as conn:
-            return await jobs.list_jobs(conn, status, limit)
+            return await jobs.list_jobs(conn, status, limit, client)
 
     async def schedule_missing(self, series: Series, ranges: list[tuple[int, int]]) -> str | None:
         """The orchestrator's ``on_missing`` hook: one job over the span of ``ranges``, bounded to

@@ -81,6 +81,7 @@ class BackfillSettings:
     cache_days: float = setting("BACKFILL_CACHE_DAYS", 7.0, float)
     max_range_days: float = setting("BACKFILL_MAX_RANGE_DAYS", 3660.0, float)
     auto_max_days: float = setting("BACKFILL_AUTO_MAX_DAYS", 7.0, float)
+    max_queued_per_client: int = setting("BACKFILL_MAX_QUEUED_PER_CLIENT", 10, int)
 
     @property
     def max_range_ms(self) -> int:

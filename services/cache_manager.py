@@ -5,11 +5,18 @@ Two kinds of entry, both namespaced by the configured prefix:
   bars only;
 - resampled answers keyed by (series, timeframe, range, limit), stored with a TTL that is long for
   closed ranges and short when the range holds the forming bar.
+
+Redis holds recent data only (``CACHE_RECENT_SECONDS``, default 7 days, as backfills cache): 1m
+bars older than that are not written (and are trimmed from a series' set on each write), and an
+answer whose range ended before it is not cached (it expires when its range leaves the window).
+Old history is served from the database (and the in-process answer bytes), so whatever old ranges
+clients ask for, Redis does not grow with them; reads never extend an entry's expiry.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -18,11 +25,22 @@ from typing import Any
 from core.errors import DataSourceError
 from core.metrics import CACHE_REQUESTS
 from core.ports import RedisClient
-from core.timeframes import Bar
+from core.timeframes import Bar, now_ms
 from core.types import Series
 
 #: Namespace of answer entries; bump it when their format changes.
 ANSWER_NS = "ans2"
+RECENT_DEFAULT_MS = 7 * 86_400_000
+
+
+def answer_range(key: str) -> tuple[int, int] | None:
+    """``(start, end)`` of an answer key, which ends with ``:<timeframe>:<start>:<end>`` (the
+    orchestrator's answer keys); None for another key."""
+    try:
+        start, end = (int(x) for x in key.rsplit(":", 2)[1:])
+    except ValueError:
+        return None
+    return start, end
 
 
 class Cache(ABC):
@@ -51,9 +69,16 @@ class Cache(ABC):
 
 
 class RedisCache(Cache):
-    def __init__(self, redis: RedisClient, ttl_1m: int) -> None:
+    """The cache in Redis, holding the last ``recent_ms`` only (see the module docstring)."""
+
+    def __init__(self, redis: RedisClient, ttl_1m: int, recent_ms: int = RECENT_DEFAULT_MS) -> None:
         self.redis = redis
         self.ttl_1m = ttl_1m
+        self.recent_ms = recent_ms
+
+    def recent_from(self) -> int:
+        """The oldest ts (ms) Redis keeps."""
+        return now_ms() - self.recent_ms
 
     async def get_1m_bars(self, series: Series, start_ms: int, end_ms: int) -> list[Bar]:
         key = self.redis.key("1m", series.key())
@@ -68,6 +93,8 @@ class RedisCache(Cache):
         return [json.loads(m) for m in raw]  # type: ignore[arg-type]
 
     async def store_1m_bars(self, series: Series, bars: Sequence[Sequence[float]]) -> None:
+        oldest = self.recent_from()
+        bars = [b for b in bars if b[0] >= oldest]  # old history stays in the database
         if not bars:
             return
         key = self.redis.key("1m", series.key())
@@ -76,6 +103,7 @@ class RedisCache(Cache):
 
         async def write(r: Any) -> None:
             async with r.pipeline(transaction=True) as pipe:
+                pipe.zremrangebyscore(key, "-inf", f"({oldest}")  # minutes that left the window
                 pipe.zremrangebyscore(key, lo, hi)
                 pipe.zadd(key, members)
                 pipe.expire(key, self.ttl_1m)
@@ -100,6 +128,9 @@ class RedisCache(Cache):
         return {"partial": text[0] == "1", "bars_json": text[1:]}
 
     async def set_resampled(self, key: str, answer: dict[str, Any], ttl: int) -> None:
+        span = answer_range(key)
+        if span is not None:  # kept only while its range holds recent minutes
+            ttl = min(ttl, math.ceil((span[1] - self.recent_from()) / 1000))
         if ttl <= 0:
             return
         full = self.redis.key(ANSWER_NS, key)
@@ -116,10 +147,10 @@ class RedisCache(Cache):
             doomed = []
             async for raw in r.scan_iter(match=pattern, count=500):
                 key = raw.decode() if isinstance(raw, bytes) else str(raw)
-                try:
-                    start, end = (int(x) for x in key.rsplit(":", 2)[1:])
-                except ValueError:
+                span = answer_range(key)
+                if span is None:
                     continue
+                start, end = span
                 if any(start <= t < end for t in wanted):
                     doomed.append(key)
             return int(await r.delete(*doomed)) if doomed else 0

@@ -6,6 +6,11 @@ over ``CREDENTIALS_KEYS``, newest key first: new tokens use the newest key, ever
 still decrypts, ``rotate_all`` re-encrypts every row under the newest). Secrets never appear in
 logs, reprs, errors or answers: only ``key_hint`` (the last four characters of the API key).
 
+A token is bound to its row: the encrypted JSON holds the user and the provider, and a look-up
+refuses a token whose binding is not the row's (a token copied to another user's or provider's
+row in the database does not open there). Tokens written before the binding (no ``user`` inside)
+stay readable; ``credentials rotate-keys`` re-encrypts them bound.
+
 A user is an API key's id (``g.api_key_id``). Lookups of a user's credentials for a provider are
 kept in memory for ``CREDENTIALS_CACHE_TTL`` seconds (a change made through another instance
 applies within that time; one made through this instance at once).
@@ -19,7 +24,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import asyncpg
@@ -47,6 +52,8 @@ class UserCredentials:
     secret: str = field(repr=False)
     password: str | None = field(default=None, repr=False)
     testnet: bool = False
+    #: The user (API key id) whose credentials these are: their plugin instances are theirs.
+    owner: str = ""
 
     def marker(self) -> str:
         """A stable hash of the credentials and testnet flag: the plugin instance's key."""
@@ -80,8 +87,19 @@ class Vault:
             raise ValueError("a Vault needs at least one key")
         self._fernet = MultiFernet([Fernet(k) for k in keys])
 
-    def encrypt(self, secrets: dict[str, str | None]) -> bytes:
-        return self._fernet.encrypt(json.dumps(secrets).encode())
+    def encrypt(self, secrets: dict[str, str | None], user_id: str | None = None,
+                provider: str | None = None) -> bytes:
+        """A token of ``secrets``, bound to ``user_id`` and ``provider`` when given."""
+        bound = secrets if user_id is None else {**secrets, "user": user_id, "provider": provider}
+        return self._fernet.encrypt(json.dumps(bound).encode())
+
+    def open(self, token: bytes, user_id: str, provider: str) -> dict[str, Any]:
+        """The secrets of the token stored for (``user_id``, ``provider``); raises
+        ``DataSourceError`` when no key opens it or it is bound to another user or provider."""
+        secrets = self.decrypt(token)
+        if "user" in secrets and (secrets.get("user"), secrets.get("provider")) != (user_id, provider):
+            raise DataSourceError("stored credentials are bound to another user or provider")
+        return secrets
 
     def decrypt(self, token: bytes) -> dict[str, Any]:
         """The secrets of ``token``; raises ``DataSourceError`` when no configured key opens it."""
@@ -140,13 +158,23 @@ async def delete_credentials(conn: asyncpg.Connection, user_id: str, provider: s
     return bool(status.endswith(" 1"))
 
 
+def _rotated(vault: Vault, token: bytes, user_id: str, provider: str) -> bytes:
+    """``token`` under the newest key; a token from before the binding comes out bound to its row."""
+    secrets = vault.decrypt(token)
+    if "user" in secrets:
+        return vault.rotate(token)
+    return vault.encrypt(secrets, user_id, provider)
+
+
 async def rotate_all(conn: asyncpg.Connection, vault: Vault, batch: int = 500) -> int:
-    """Re-encrypt every stored token under the newest key, in one transaction; returns rows."""
+    """Re-encrypt every stored token under the newest key (binding the ones written before tokens
+    carried their user and provider), in one transaction; returns rows."""
     done = 0
     async with conn.transaction():
         cursor: AsyncIterator[asyncpg.Record] = conn.cursor(
             "SELECT user_id, provider, token FROM exchange_credentials FOR UPDATE", prefetch=batch)
-        updates = [(vault.rotate(bytes(r["token"])), r["user_id"], r["provider"]) async for r in cursor]
+        updates = [(_rotated(vault, bytes(r["token"]), r["user_id"], r["provider"]), r["user_id"],
+                    r["provider"]) async for r in cursor]
         await conn.executemany("UPDATE exchange_credentials SET token = $1"
                                " WHERE user_id = $2 AND provider = $3", updates)
         done = len(updates)
@@ -176,11 +204,12 @@ class CredentialStore:
     async def put(self, user_id: str, creds: UserCredentials) -> None:
         """Store ``creds`` for the user, encrypted; replaces earlier ones for that provider."""
         token = self._vault().encrypt({"api_key": creds.api_key, "secret": creds.secret,
-                                       "password": creds.password})
+                                       "password": creds.password}, user_id, creds.provider)
         async with self.db.acquire() as conn:
             await upsert_credentials(conn, user_id, creds.provider, token, key_hint(creds.api_key),
                                      creds.testnet)
-        self._cache[(user_id, creds.provider)] = (time.monotonic() + self.cache_ttl, creds)
+        self._cache[(user_id, creds.provider)] = (time.monotonic() + self.cache_ttl,
+                                                  replace(creds, owner=user_id))
 
     async def list(self, user_id: str) -> list[dict[str, Any]]:
         """The user's credentials without secrets (``provider, testnet, key_hint, updated_at``)."""
@@ -209,9 +238,9 @@ class CredentialStore:
             row = await select_token(conn, user_id, provider)
         creds = None
         if row is not None:
-            secrets = self.vault.decrypt(row[0])
+            secrets = self.vault.open(row[0], user_id, provider)
             creds = UserCredentials(provider, str(secrets["api_key"]), str(secrets["secret"]),
-                                    secrets.get("password"), row[1])
+                                    secrets.get("password"), row[1], owner=user_id)
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()
         self._cache[(user_id, provider)] = (now + self.cache_ttl, creds)

@@ -1,8 +1,8 @@
 """Frames of the live stream: typed in process, encoded once at the boundary.
 
 A frame is made once by the channel's poller and shared by every client of the channel: its
-client text (``text``) and its WebSocket bytes (``encoded``, plain or deflated, see ``wire``) are
-made on first use and cached, so fan-out to N clients costs one encoding per instance. Between
+client text (``text``, see ``wire``) is made on first use and cached, so fan-out to N clients
+costs one JSON encoding per instance. Between
 instances a frame travels as ``wire()`` text: the client frame plus the two times the receivers
 need (when its poll started and when its result arrived).
 """

@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from core.errors import AppError
 from core.metrics import WS_ACTIVE_CHANNELS, WS_POLLING_CHANNELS, forget_candle_lag
 from core.types import Channel
 from services.hub.broadcast import Broadcast, Lease, stop_task
@@ -32,6 +33,13 @@ log = logging.getLogger(__name__)
 #: Topic of revised closed 1m bars, ``<REDIS_PREFIX>:revisions`` on Redis (see ``Revisions``).
 REVISIONS = "revisions"
 PollerFactory = Callable[[Channel, Output], Poller]
+
+
+class TooManyChannels(AppError):
+    """This instance runs ``WS_MAX_CHANNELS`` live channels already: subscribe to a channel that
+    is live, or retry later (or on another instance)."""
+
+    status, code = 429, "too_many_subscriptions"
 
 
 class Listener(Protocol):
@@ -114,6 +122,10 @@ class Hub:
         async with self._lock:
             entry = self.channels.get(channel.name)
             if entry is None:
+                limit = self.settings.max_channels
+                if len(self.channels) >= limit:
+                    raise TooManyChannels(f"this instance serves at most {limit} live channels "
+                                          "(WS_MAX_CHANNELS); retry later", retry_after=5.0)
                 entry = ChannelEntry(channel)
                 await self._open(entry)
             if entry.grace is not None:

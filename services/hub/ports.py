@@ -11,7 +11,6 @@ from core.timeframes import Bar
 from core.types import Series
 from services.hub.commits import Commit
 from services.hub.frames import Frame
-from services.hub.wire import Message
 
 #: The bar of one bucket (series, timeframe, bucket open time), from the data REST serves.
 BucketReader = Callable[[Series, str, int], Awaitable[Bar | None]]
@@ -33,17 +32,6 @@ class Writer(Protocol):
                     complete: Sequence[tuple[int, int]]) -> int: ...
 
 
-class Outlet(Protocol):
-    """Where one client connection's messages are written (``blueprints/ws_outlet.py``)."""
-
-    def ready(self) -> bool:
-        """True when ``write`` may be called now: the socket takes more without waiting."""
-        ...
-
-    def write(self, message: Message) -> None:
-        """Write ``message`` at once (only when ``ready``); nothing once the socket is closed."""
-        ...
-
-    async def send(self, message: Message) -> None:
-        """Write ``message`` once the peer has taken enough of what waits (backpressure)."""
-        ...
+#: Where one client connection's messages go: the ASGI ``websocket.send`` of a message's text,
+#: awaited (it returns once the server has taken it, and waits while the peer reads slower).
+Outlet = Callable[[str], Awaitable[None]]

@@ -16,6 +16,7 @@ from core.errors import APIError, AppError, UnknownSymbol
 from core.metrics import WS_CONNECTIONS, WS_SUBSCRIPTIONS
 from core.timeframes import Bar, bucket_start, now_ms, tf_ms
 from core.types import Channel
+from services.hub.broadcast import stop_task
 from services.hub.channels import ChannelsReport
 from services.hub.connection import CLOSE_GOING_AWAY, Connection
 from services.hub.hub import ChannelEntry, Hub
@@ -35,6 +36,12 @@ class TooManySubscriptions(AppError):
     status, code = 429, "too_many_subscriptions"
 
 
+class TooManyConnections(AppError):
+    """The client has ``WS_MAX_CONNECTIONS_PER_CLIENT`` connections open here: close one first."""
+
+    status, code = 429, "too_many_connections"
+
+
 class SubscriptionService:
     """Owner of live subscriptions; reach it as ``get_services(app).subscriptions``."""
 
@@ -43,11 +50,15 @@ class SubscriptionService:
         self.markets, self.orchestrator, self.hub = markets, orchestrator, hub
         self.report, self.settings = report, settings
         self.connections: set[Connection] = set()
+        #: Open connections per client identity (``WS_MAX_CONNECTIONS_PER_CLIENT``).
+        self.per_client: dict[str, int] = {}
         #: Snapshots fetched at once: a reconnect storm must not exhaust the DB or Redis pools.
         self._snapshots = asyncio.Semaphore(settings.snapshot_concurrency)
         self._closing = False
         #: Set when the last connection has ended (for ``going_away``).
         self._all_gone = asyncio.Event()
+        #: Drops connections whose send has stalled (``Connection.stalled``), about once a second.
+        self._watchdog: asyncio.Task[None] | None = None
 
     # --- Lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -55,10 +66,15 @@ class SubscriptionService:
         self._closing = False
         await self.hub.start()
         await self.report.start()
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._watch_sends(), name="ws-send-watchdog")
 
     async def close(self) -> None:
         """Stop pollers (releasing their leases), then fan-out, then ask clients to go away."""
         self._closing = True
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            await stop_task(watchdog)
         await self.report.close()
         await self.hub.close()
         for conn in list(self.connections):
@@ -102,11 +118,29 @@ class SubscriptionService:
         """The live channels of the whole cluster (``GET /channels``)."""
         return await self.report.channels()
 
+    async def _watch_sends(self) -> None:
+        """Every ``min(1, WS_SEND_TIMEOUT_SECONDS / 4)`` s, drop the connections whose send has
+        stalled: one loop for all of them instead of a timer per message sent."""
+        loop = asyncio.get_running_loop()
+        every = min(1.0, self.settings.send_timeout / 4)
+        while True:
+            await asyncio.sleep(every)
+            now = loop.time()
+            for conn in list(self.connections):
+                conn.stalled(now)
+
     # --- Connections ---------------------------------------------------------------------------
-    def connect(self, outlet: Outlet) -> Connection:
-        """Register a new client connection writing its messages to ``outlet``."""
+    def connect(self, outlet: Outlet, client: str = "") -> Connection:
+        """Register a new connection of ``client`` (its identity) sending its messages through
+        ``outlet``. Raises ``TooManyConnections`` when the client has the most open already."""
+        limit = self.settings.max_connections_per_client
+        held = self.per_client.get(client, 0)
+        if held >= limit:
+            raise TooManyConnections(f"at most {limit} open WebSocket connections per client "
+                                     "(WS_MAX_CONNECTIONS_PER_CLIENT)", retry_after=5.0)
+        self.per_client[client] = held + 1
         conn = Connection(outlet, max_queue=self.settings.send_queue,
-                          send_timeout=self.settings.send_timeout)
+                          send_timeout=self.settings.send_timeout, client=client)
         self.connections.add(conn)
         self._all_gone.clear()
         WS_CONNECTIONS.inc()
@@ -117,6 +151,11 @@ class SubscriptionService:
         if conn not in self.connections:
             return
         self.connections.discard(conn)
+        left = self.per_client.get(conn.client, 1) - 1
+        if left > 0:
+            self.per_client[conn.client] = left
+        else:
+            self.per_client.pop(conn.client, None)
         if not self.connections:
             self._all_gone.set()
         WS_CONNECTIONS.dec()
@@ -149,38 +188,43 @@ class SubscriptionService:
                 sub.scope = scope
             else:
                 entry = self.hub.channels[name]
-            bars = await self._snapshot(channel, req)
+            bars, incomplete = await self._snapshot(channel, req)
             # A poll that started before this moment may have fetched before the snapshot did.
             fetched_at = time.time()
         except BaseException:
             await self._leave(conn, name)
             raise
         conn.send_frame({"type": "subscribed", "channel": name, "id": req.get("id")})
-        conn.send_frame({"type": "snapshot", "channel": name, "bars": bars})
+        snapshot: dict[str, Any] = {"type": "snapshot", "channel": name, "bars": bars}
+        if incomplete:  # REQUEST_DEADLINE cut the history short (REST: X-Data-Incomplete)
+            snapshot["incomplete"] = True
+        conn.send_frame(snapshot)
         if entry.stale is not None:
             conn.deliver(entry.stale)
         conn.ready(name, bars, fetched_at)
         if entry.last_bar is not None:
             conn.deliver(entry.last_bar)
 
-    async def _snapshot(self, channel: Channel, req: dict[str, Any]) -> list[Bar]:
-        """``history`` latest bars, or (``since``) every bar from ``since`` on, at most 1000."""
+    async def _snapshot(self, channel: Channel, req: dict[str, Any]) -> tuple[list[Bar], bool]:
+        """``history`` latest bars, or (``since``) every bar from ``since`` on, at most 1000; and
+        whether the answer is incomplete (the provider missed ``REQUEST_DEADLINE``)."""
         since = req.get("since")
         if since is None:
             if req["history"] <= 0:
-                return []
+                return [], False
             q = BarQuery(channel.series, channel.timeframe, None, None, req["history"])
-            return (await self.orchestrator.get_bars(q)).bars
+            answer = await self.orchestrator.get_bars(q)
+            return answer.bars, answer.incomplete
         size = tf_ms(channel.timeframe)
         newest = bucket_start(now_ms(), channel.timeframe)
         if since > newest:
-            return []
+            return [], False
         if since > newest - MAX_SNAPSHOT_BARS * size:  # one page from since reaches now
             q = BarQuery(channel.series, channel.timeframe, since, None, MAX_SNAPSHOT_BARS)
         else:  # the newest 1000 (a longer absence leaves older ones to REST)
             q = BarQuery(channel.series, channel.timeframe, None, None, MAX_SNAPSHOT_BARS)
-        bars = (await self.orchestrator.get_bars(q)).bars
-        return [b for b in bars if b[0] >= since][-MAX_SNAPSHOT_BARS:]
+        answer = await self.orchestrator.get_bars(q)
+        return [b for b in answer.bars if b[0] >= since][-MAX_SNAPSHOT_BARS:], answer.incomplete
 
     async def unsubscribe(self, conn: Connection, channel_name: str, req_id: Any) -> None:
         """Leave a channel (idempotent) and queue ``unsubscribed``. Raises InvalidParameter."""

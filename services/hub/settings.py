@@ -35,6 +35,8 @@ class HubSettings:
     """Limits of connections and channels (``WS_*``, ``LEASE_TTL_SECONDS``) and the poll timing."""
 
     max_subscriptions: int = 50
+    max_connections_per_client: int = 500
+    max_channels: int = 1000
     send_queue: int = 256
     send_timeout: float = 30.0
     grace: float = 10.0
@@ -46,7 +48,8 @@ class HubSettings:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> HubSettings:
         """Read and check the values once; raises ``ConfigError`` naming the bad variable."""
-        for name in ("WS_MAX_SUBSCRIPTIONS", "WS_SEND_QUEUE", "WS_MAX_MESSAGE_BYTES",
+        for name in ("WS_MAX_SUBSCRIPTIONS", "WS_MAX_CONNECTIONS_PER_CLIENT", "WS_MAX_CHANNELS",
+                     "WS_SEND_QUEUE", "WS_MAX_MESSAGE_BYTES",
                      "WS_SNAPSHOT_CONCURRENCY", "POLL_MAX_CATCHUP_BARS"):
             if int(config[name]) < 1:
                 raise ConfigError(f"{name} must be at least 1")
@@ -71,6 +74,8 @@ class HubSettings:
         )
         return cls(
             max_subscriptions=int(config["WS_MAX_SUBSCRIPTIONS"]),
+            max_connections_per_client=int(config["WS_MAX_CONNECTIONS_PER_CLIENT"]),
+            max_channels=int(config["WS_MAX_CHANNELS"]),
             send_queue=queue,
             send_timeout=float(config["WS_SEND_TIMEOUT_SECONDS"]),
             grace=float(config["WS_UNSUBSCRIBE_GRACE_SECONDS"]),

@@ -120,21 +120,52 @@ def test_bad_limits_fail_fast(text: str) -> None:
 
 
 @pytest.mark.parametrize(("path", "cls"), [
-    ("/api/v1/ohlcv", "ohlcv"), ("/api/v1/backfill/abc", "backfill"), ("/api/v1/gaps", "backfill"),
+    ("/api/v1/ohlcv", "ohlcv"), ("/udf/history", "ohlcv"), ("/api/v1/backfill/abc", "backfill"),
+    ("/api/v1/gaps", "backfill"),
     ("/api/v1/markets", "default"), ("/api/v1/anything/else", "default"),
 ])
 def test_route_classes_are_fixed_names(path: str, cls: str) -> None:
     assert route_class(path) == cls
 
 
-@pytest.mark.parametrize(("trust", "expected"), [(False, "ip:10.0.0.9"), (True, "ip:203.0.113.7")])
-async def test_client_ip_from_forwarded_for_only_when_trusted(
-    app_config: dict[str, Any], trust: bool, expected: str
+@pytest.mark.parametrize(("proxies", "peer", "forwarded", "expected"), [
+    ("", "10.0.0.9", "198.51.100.1, 203.0.113.7", "ip:10.0.0.9"),  # no proxy trusted: the header is ignored
+    ("10.0.0.0/8", "10.0.0.9", "198.51.100.1, 203.0.113.7", "ip:203.0.113.7"),
+    # A peer that is not a trusted proxy cannot pick its identity (issue 23, 1).
+    ("10.0.0.0/8", "198.51.100.50", "203.0.113.7", "ip:198.51.100.50"),
+    # Chained proxies: the last address not in the list; what the client wrote left of it is ignored.
+    ("10.0.0.0/8,192.0.2.1", "10.0.0.9", "1.2.3.4, 203.0.113.7, 192.0.2.1", "ip:203.0.113.7"),
+    ('["10.0.0.0/8"]', "10.0.0.9", "10.1.1.1, 10.2.2.2", "ip:10.1.1.1"),  # all proxies: the leftmost
+    # IPv6 clients are limited per /64 (issue 23, 13); IPv4-mapped addresses as IPv4.
+    ("", "2001:db8:1:2:aaaa::1", None, "ip:2001:db8:1:2::/64"),
+    ("", "2001:db8:1:2:bbbb::9", None, "ip:2001:db8:1:2::/64"),
+    ("", "::ffff:203.0.113.7", None, "ip:203.0.113.7"),
+])
+async def test_client_ip_from_forwarded_for_only_from_trusted_proxies(
+    app_config: dict[str, Any], proxies: str, peer: str, forwarded: str | None, expected: str
 ) -> None:
-    app = create_app({**app_config, "TRUST_FORWARDED_FOR": trust})
+    app = create_app({**app_config, "TRUSTED_PROXIES": proxies})
     async with app.test_request_context("/api/v1/markets"):
-        headers = {"X-Forwarded-For": "198.51.100.1, 203.0.113.7"}
-        assert get_ratelimiter(app).client_identity(headers, "10.0.0.9") == expected
+        headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+        assert get_ratelimiter(app).client_identity(headers, peer) == expected
+
+
+@pytest.mark.parametrize("overrides", [{"TRUST_FORWARDED_FOR": True}, {"TRUSTED_PROXIES": "10.0.0.0/33"},
+                                       {"TRUSTED_PROXIES": "proxy.example"}])
+def test_proxy_trust_misconfiguration_fails_fast(app_config: dict[str, Any], overrides: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="TRUST"):
+        create_app({**app_config, **overrides})
+
+
+async def test_rotating_ipv6_addresses_in_one_64_share_a_limit(app_config: dict[str, Any]) -> None:
+    app = create_app({**app_config, "RATE_LIMITS": {"default": "3/60"}})
+    async with app.test_app():
+        client = app.test_client()
+        codes = [(await client.get("/api/v1/markets", scope_base={"client": (f"2001:db8::{i:x}", 1234)})).status_code
+                 for i in range(1, 6)]
+        assert codes == [200, 200, 200, 429, 429]
+        other = await client.get("/api/v1/markets", scope_base={"client": ("2001:db8:0:1::1", 1234)})
+        assert other.status_code == 200  # the next /64 is another client
 
 
 def test_unknown_route_classes_fail_fast(app_config: dict[str, Any]) -> None:

@@ -81,6 +81,68 @@ async def test_list_jobs_bad_parameters(client: Any, query: str) -> None:
     assert error["code"] == "invalid_parameter" and error["details"]
 
 
+async def test_queued_jobs_are_capped_per_client_and_overlaps_merge(
+    emulator: ExchangeEmulator, app_config: dict[str, Any]
+) -> None:
+    """Issue 23 (9): shifted ranges each made a new job of up to 10 years. Now a range overlapping a
+    queued job widens it, and a client's distinct ranges stop at BACKFILL_MAX_QUEUED_PER_CLIENT."""
+    cfg = emu_config(app_config, emulator, BACKFILL_RUNNER=False, BACKFILL_MAX_QUEUED_PER_CLIENT=3)
+    async with running_app(cfg) as app:
+        client = app.test_client()
+        ids = set()
+        for shift in range(20):  # shifted by a minute each: all one job
+            status, body = await post_backfill(client, T0 + shift * 60_000, T0 + DAY_MS + shift * 60_000)
+            assert status == 202
+            ids.add(body["job_id"])
+        assert len(ids) == 1
+        job = await get_job(client, ids.pop())
+        assert (job["start"], job["end"]) == (T0, T0 + DAY_MS + 19 * 60_000)
+        for day in (2, 4):
+            assert (await post_backfill(client, T0 + day * DAY_MS, T0 + (day + 1) * DAY_MS))[0] == 202
+        r = await client.post("/api/v1/backfill", json={
+            "market": "crypto", "provider": "binance", "symbol": "BTC/USDT",
+            "start": T0 + 6 * DAY_MS, "end": T0 + 7 * DAY_MS})
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+        assert (await r.get_json())["error"]["code"] == "too_many_jobs"
+        # Another client has its own quota, and sees only its own jobs.
+        other = {"scope_base": {"client": ("192.0.2.9", 1)}}
+        r = await client.post("/api/v1/backfill", json={
+            "market": "crypto", "provider": "binance", "symbol": "BTC/USDT",
+            "start": T0 + 6 * DAY_MS, "end": T0 + 7 * DAY_MS}, **other)
+        assert r.status_code == 202
+        mine = (await (await client.get("/api/v1/backfill")).get_json())["jobs"]
+        theirs = (await (await client.get("/api/v1/backfill", **other)).get_json())["jobs"]
+        assert len(mine) == 3 and [j["job_id"] for j in theirs] == [(await r.get_json())["job_id"]]
+
+
+async def test_users_list_their_own_jobs_and_operators_all(
+    emulator: ExchangeEmulator, app_config: dict[str, Any]
+) -> None:
+    """Issue 23 (9): GET /backfill listed every user's jobs."""
+    from app_extensions.auth import hash_key
+
+    cfg = emu_config(app_config, emulator, BACKFILL_RUNNER=False, AUTH_ENABLED=True,
+                     API_KEYS=[hash_key("alice-key-0123"), hash_key("bob-key-0123")],
+                     OPERATOR_KEYS=[hash_key("ops-key-0123")])
+    async with running_app(cfg) as app:
+        client = app.test_client()
+        made = {}
+        for who, day in (("alice", 0), ("bob", 2)):
+            r = await client.post("/api/v1/backfill", headers={"X-API-Key": f"{who}-key-0123"}, json={
+                "market": "crypto", "provider": "binance", "symbol": "BTC/USDT",
+                "start": T0 + day * DAY_MS, "end": T0 + (day + 1) * DAY_MS})
+            assert r.status_code == 202
+            made[who] = (await r.get_json())["job_id"]
+
+        async def listed(key: str) -> list[str]:
+            r = await client.get("/api/v1/backfill", headers={"X-API-Key": key})
+            return [j["job_id"] for j in (await r.get_json())["jobs"]]
+
+        assert await listed("alice-key-0123") == [made["alice"]]
+        assert await listed("bob-key-0123") == [made["bob"]]
+        assert await listed("ops-key-0123") == [made["bob"], made["alice"]]
+
+
 @pytest.mark.parametrize(("query", "code"), [
     ("market=nope&provider=sim&symbol=SIM/USD", "unknown_market"),
     ("market=sim&provider=nope&symbol=SIM/USD", "unknown_provider"),

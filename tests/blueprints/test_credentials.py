@@ -145,3 +145,52 @@ def test_keys_are_parsed_and_checked(key1: str) -> None:
 def test_a_bad_key_stops_the_start(app_config: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match="CREDENTIALS_KEYS"):
         create_app({**app_config, "CREDENTIALS_KEYS": "short"})
+
+
+async def test_a_token_opens_only_in_its_own_row(app: Quart, app_config: dict[str, Any], key1: str) -> None:
+    """Issue 23 (13): the ciphertext carries its user and provider. A token copied (by someone
+    with write access to the table) to another user's row no longer gives that user its secrets:
+    the look-up refuses it and the user's requests use the shared instance."""
+    from app_extensions.credentials import get_credentials
+
+    client = app.test_client()
+    for user in (ALICE, BOB):
+        r = await client.put("/api/v1/credentials/binance", json={**BODY, "secret": f"{user}-secret"},
+                             headers={"X-API-Key": user})
+        assert r.status_code == 204
+    schema = app_config["DATABASE_SCHEMA"]
+    alice, bob = hash_key(ALICE)[:16], hash_key(BOB)[:16]
+    conn = await asyncpg.connect(app_config["DATABASE_URL"])
+    try:
+        await conn.execute(f'UPDATE "{schema}".exchange_credentials SET token ='
+                           f' (SELECT token FROM "{schema}".exchange_credentials WHERE user_id = $1)'
+                           " WHERE user_id = $2", alice, bob)
+    finally:
+        await conn.close()
+    store = get_credentials(app).store
+    store._cache.clear()
+    assert (await store.for_user(alice, "binance")).secret == f"{ALICE}-secret"  # type: ignore[union-attr]
+    with pytest.raises(DataSourceError, match="bound to another user"):
+        await store.for_user(bob, "binance")
+
+
+async def test_tokens_from_before_the_binding_stay_readable_until_rotated(
+        app: Quart, app_config: dict[str, Any], key1: str) -> None:
+    from app_extensions.credentials import get_credentials
+    from services.credentials import rotate_all
+
+    alice = hash_key(ALICE)[:16]
+    legacy = Vault([key1]).encrypt({"api_key": API_KEY, "secret": SECRET, "password": None})
+    conn = await asyncpg.connect(app_config["DATABASE_URL"])
+    try:
+        await conn.execute(f'SET search_path TO "{app_config["DATABASE_SCHEMA"]}"')
+        await conn.execute("INSERT INTO exchange_credentials (user_id, provider, token, key_hint, testnet)"
+                           " VALUES ($1, 'binance', $2, '****WXYZ', false)", alice, legacy)
+        store = get_credentials(app).store
+        assert (await store.for_user(alice, "binance")).secret == SECRET  # type: ignore[union-attr]
+        assert await rotate_all(conn, Vault([key1])) == 1
+        token = bytes(await conn.fetchval("SELECT token FROM exchange_credentials"))
+    finally:
+        await conn.close()
+    assert Vault([key1]).decrypt(token) == {"api_key": API_KEY, "secret": SECRET, "password": None,
+                                            "user": alice, "provider": "binance"}

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
 from typing import Any
@@ -89,3 +90,52 @@ async def test_websocket_service_status_is_reported_when_present(app: Quart) -> 
     assert code == 200
     assert body["services"]["websocket"]["mode"] in ("redis", "memory")
     assert body["websocket_mode"] == body["services"]["websocket"]["mode"]
+
+
+async def test_ready_answers_are_reused_for_a_second(app_config: dict[str, Any]) -> None:
+    """Issue 23 (11): a flood of probes costs the dependencies one check per READINESS_CACHE_SECONDS,
+    and concurrent probes share one run."""
+    from app import create_app
+    from app_extensions.redis_client import get_redis
+
+    app = create_app({**app_config, "READINESS_CACHE_SECONDS": 0.5})
+    async with app.test_app():
+        redis, runs = get_redis(app), 0
+        real_check = redis.check
+
+        async def counted() -> dict[str, Any]:
+            nonlocal runs
+            runs += 1
+            await asyncio.sleep(0.05)
+            return await real_check()
+
+        redis.check = counted  # type: ignore[method-assign]
+        answers = await asyncio.gather(*(timed_get(app, "/health/ready") for _ in range(20)))
+        answers += [await timed_get(app, "/health/ready") for _ in range(10)]
+        assert {code for _, code, _ in answers} == {200} and runs == 1
+        await asyncio.sleep(0.55)
+        await timed_get(app, "/health/ready")
+        assert runs == 2
+
+
+async def test_ready_leaves_the_redis_circuit_alone_and_hides_driver_errors(app_config: dict[str, Any]) -> None:
+    """Issue 23 (11): readiness used to reset the Redis circuit on every call (defeating
+    DEPENDENCY_RETRY_AFTER during an outage) and showed the drivers' error text."""
+    from app import create_app
+    from app_extensions.redis_client import get_redis
+
+    app = create_app({**app_config, "REDIS_URL": "redis://127.0.0.1:1/0", "REDIS_TIMEOUT": 0.2,
+                      "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/test", "DB_CONNECT_TIMEOUT": 0.2,
+                      "DEPENDENCY_RETRY_AFTER": 30.0, "READINESS_CACHE_SECONDS": 0.0})
+    async with app.test_app():
+        redis = get_redis(app)
+        assert redis.circuit.state == "open"  # the ping at start failed
+        for _ in range(5):
+            took, code, body = await timed_get(app, "/health/ready")
+            assert code == 200 and body["status"] == "degraded" and took < 0.5
+            assert redis.circuit.state == "open"
+        for name in ("database", "redis"):
+            assert body["checks"][name] == {**body["checks"][name], "ok": False, "error": "unavailable"}
+        text = json.dumps(body)
+        for leak in ("Error", "refused", "127.0.0.1", "errno", "Connect"):
+            assert leak not in text, (leak, text)

@@ -181,7 +181,7 @@ async def test_with_api_keys_on_the_page_asks_for_one_and_then_works(
     key = "k" * 32
     env = {**isolated_env, "AUTH_ENABLED": "true", "API_KEYS": hash_key(key), "API_KEYS_FROM_DB": "false"}
     async with live_server(env) as base:
-        page = await browser.new_page()
+        page = await browser.new_page(bypass_csp=True)  # see open_page
         await page.goto(base + SIM_PAGE)  # the page and its files are open; the API is not
         await page.wait_for_selector("#auth:not([hidden])", timeout=20_000)
         assert "unauthorized" in await page.inner_text("#message")
@@ -196,7 +196,7 @@ async def test_docs_viewer_renders_every_operation_from_our_origin(
     browser: Browser, isolated_env: dict[str, str]
 ) -> None:
     async with live_server(isolated_env) as base:
-        page = await browser.new_page()
+        page = await browser.new_page(bypass_csp=True)  # see open_page
         watch = Watch(page)
         await page.goto(base + "/api/v1/docs")
         spec = await page.evaluate("fetch('/api/v1/openapi.json').then((r) => r.json())")

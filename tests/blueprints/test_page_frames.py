@@ -37,7 +37,7 @@ async def test_frames_update_in_place_revisions_land_where_they_belong_and_a_seq
 ) -> None:
     fake = FakeStream()
     async with live_server(isolated_env) as base:
-        page = await browser.new_page()
+        page = await browser.new_page(bypass_csp=True)  # see open_page
         watch = Watch(page)
         await page.route_web_socket("**/api/v1/ws", fake.attach)
         await page.goto(base + SIM_PAGE)
@@ -81,7 +81,7 @@ async def test_a_snapshot_that_starts_after_since_is_joined_over_rest(
     """Away longer than a snapshot holds (1000 bars): the bars between come from /ohlcv."""
     fake = FakeStream()
     async with live_server(isolated_env) as base:
-        page = await browser.new_page()
+        page = await browser.new_page(bypass_csp=True)  # see open_page
         watch = Watch(page)
         await page.route_web_socket("**/api/v1/ws", fake.attach)
         await page.goto(base + SIM_PAGE)
@@ -114,7 +114,7 @@ async def test_a_silent_connection_is_replaced_and_resumed_with_since(
     after 25 s the page drops the socket, reconnects and resubscribes from its newest bar."""
     fake = FakeStream()  # it never answers a ping
     async with live_server(isolated_env) as base:
-        page = await browser.new_page()
+        page = await browser.new_page(bypass_csp=True)  # see open_page
         watch = Watch(page)
         await page.route_web_socket("**/api/v1/ws", fake.attach)
         await page.goto(base + SIM_PAGE)
@@ -136,7 +136,7 @@ async def test_a_refused_subscription_is_shown_and_retried_when_temporary(
     fake = FakeStream()
     fake.refuse = ("provider_unavailable", "sim: unreachable (try again)")
     async with live_server(isolated_env) as base:
-        page = await browser.new_page()
+        page = await browser.new_page(bypass_csp=True)  # see open_page
         await page.route_web_socket("**/api/v1/ws", fake.attach)
         await page.goto(base + SIM_PAGE)
         await badge(page, "error")

@@ -230,6 +230,24 @@ async def test_symbols_errors_answer_s_error(client: TestClientProtocol) -> None
     assert got == 400 and body["s"] == "error" and "symbol" in body["errmsg"]
 
 
+async def test_history_spends_the_ohlcv_budget(app_config: dict[str, Any]) -> None:
+    """Issue 23 (8): /udf/history is limited in the ``ohlcv`` class, not ``default``, so it adds
+    nothing to a client's /ohlcv budget."""
+    from app import create_app
+
+    app = create_app({**app_config, "RATE_LIMITS": {"ohlcv": "2/60", "default": "100/60"}})
+    async with app.test_app():
+        client = app.test_client()
+        await ohlcv(client, timeframe="1m", limit=5)
+        status, _ = await udf(client, "history", symbol=SIM, resolution="1", to=int(time.time()), countback=5)
+        assert status == 200
+        status, _ = await udf(client, "history", symbol=SIM, resolution="1", to=int(time.time()), countback=5)
+        assert status == 429
+        assert (await client.get("/api/v1/ohlcv", query_string={
+            "market": "sim", "provider": "sim", "symbol": "SIM/USD"})).status_code == 429
+        assert (await client.get("/api/v1/markets")).status_code == 200
+
+
 # --- months (24.8: has_weekly_and_monthly is true, so 1M must be served) ------------------------
 def month_bars(days: list[list[float]]) -> list[list[float]]:
     """1d bars aggregated by UTC calendar month, written out plainly for the comparison."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 from collections.abc import AsyncIterator
@@ -10,10 +11,11 @@ from typing import Any
 
 import pytest
 from quart import Quart
+from quart.testing.connections import WebsocketResponseError
 
 from app import create_app
 from app_extensions.services import get_services
-from tests.support.ws import WS_TEST_CONFIG, recv_until
+from tests.support.ws import WS_TEST_CONFIG, http_session, recv_until, serve_app
 
 SUB = {"op": "subscribe", "market": "sim", "provider": "sim", "symbol": "SIM/USD", "timeframe": "1m"}
 CHANNEL = "sim:sim:SIM/USD:1m"
@@ -145,3 +147,112 @@ async def test_since_gives_every_bar_from_it_and_wins_over_history(ws_app: Quart
         assert len(far) == 1000 and far[-1][0] >= newest  # the newest 1000
         await send(ws, {**SUB, "since": newest + 3_600_000, "id": "future"})
         assert (await recv_until(ws, lambda f: f["type"] == "snapshot"))[-1]["bars"] == []
+
+
+async def test_an_empty_binary_frame_gets_invalid_message_and_the_connection_stays(
+    app_config: dict[str, Any]
+) -> None:
+    """Issue 23.10: an empty binary frame crashed the handler (a traceback, close 1000). Over a
+    real server: Quart's test client cannot send one (its event has no "text")."""
+    app = create_app({**app_config, **WS_TEST_CONFIG, "ENABLED_MARKETS": "sim"})
+    async with serve_app(app) as addr, http_session() as session:
+        ws = await session.ws_connect(f"http://{addr}/api/v1/ws")
+        try:
+            for frame in (b"", b"\x00\x01", ""):
+                if isinstance(frame, bytes):
+                    await ws.send_bytes(frame)
+                else:
+                    await ws.send_str(frame)
+                error = await ws.receive_json(timeout=5)
+                assert error["type"] == "error" and error["code"] == "invalid_message", (frame, error)
+            await ws.send_json({"op": "ping", "id": 1})
+            assert await ws.receive_json(timeout=5) == {"type": "pong", "id": 1}
+        finally:
+            await ws.close()
+
+
+async def test_an_empty_binary_frame_without_a_text_key_gets_invalid_message(ws_app: Quart) -> None:
+    """Uvicorn (and Quart's test client) send a binary frame's event without "text": Quart's own
+    receiver read event["text"] and died with a KeyError (blueprints/ws_asgi.py)."""
+    async with ws_app.test_client().websocket("/api/v1/ws") as ws:
+        await ws.send(b"")
+        error = json.loads(await asyncio.wait_for(ws.receive(), 5))
+        assert error["type"] == "error" and error["code"] == "invalid_message"
+        await send(ws, {"op": "ping", "id": 1})
+        assert json.loads(await asyncio.wait_for(ws.receive(), 5)) == {"type": "pong", "id": 1}
+
+
+async def test_a_plain_get_of_the_websocket_path_is_426_with_a_clear_error(ws_app: Quart) -> None:
+    """Issue 24.20: not Werkzeug's "The browser (or proxy) sent a request..." 400."""
+    r = await ws_app.test_client().get("/api/v1/ws")
+    assert r.status_code == 426 and r.headers["Upgrade"] == "websocket"
+    body = await r.get_json()
+    assert body["error"]["code"] == "upgrade_required"
+    assert "WebSocket" in body["error"]["message"]
+
+
+async def test_a_snapshot_cut_short_by_the_deadline_says_incomplete(ws_app: Quart) -> None:
+    """Issue 24.7: REST says X-Data-Incomplete; the snapshot frame says "incomplete": true."""
+    service = get_services(ws_app).subscriptions
+    real = service.orchestrator
+
+    class Late:
+        """The real orchestrator, its answers marked as REQUEST_DEADLINE marks them."""
+
+        async def get_bars(self, query: Any) -> Any:
+            return dataclasses.replace(await real.get_bars(query), incomplete=True)
+
+    async with ws_app.test_client().websocket("/api/v1/ws") as ws:
+        await send(ws, {**SUB, "history": 5})
+        frames = await recv_until(ws, lambda f: f["type"] == "snapshot")
+        assert "incomplete" not in frames[-1]  # a whole answer says nothing
+        service.orchestrator = Late()  # type: ignore[assignment]
+        try:
+            await send(ws, {**SUB, "history": 5})  # a resync
+            frames = await recv_until(ws, lambda f: f["type"] == "snapshot")
+            assert frames[-1]["incomplete"] is True and len(frames[-1]["bars"]) == 5
+            await send(ws, {**SUB, "since": frames[-1]["bars"][0][0]})
+            frames = await recv_until(ws, lambda f: f["type"] == "snapshot")
+            assert frames[-1]["incomplete"] is True
+        finally:
+            service.orchestrator = real
+
+
+async def test_open_connections_per_client_are_capped_at_the_handshake(app_config: dict[str, Any]) -> None:
+    """Issue 23.4: WS_MAX_CONNECTIONS_PER_CLIENT; one more is refused with 429 too_many_connections."""
+    app = create_app({**app_config, **WS_TEST_CONFIG, "WS_MAX_CONNECTIONS_PER_CLIENT": 2})
+    async with app.test_app():
+        client = app.test_client()
+        async with client.websocket("/api/v1/ws") as one, client.websocket("/api/v1/ws") as two:
+            for ws in (one, two):
+                await send(ws, {"op": "ping", "id": 1})
+                assert json.loads(await asyncio.wait_for(ws.receive(), 5))["type"] == "pong"
+            with pytest.raises(WebsocketResponseError) as refused:
+                async with client.websocket("/api/v1/ws") as three:
+                    await three.receive()
+            response = refused.value.response
+            assert response.status_code == 429 and int(response.headers["Retry-After"]) >= 1
+            assert (await response.get_json())["error"]["code"] == "too_many_connections"
+        service = get_services(app).subscriptions
+        assert service.per_client == {} and not service.connections  # both released
+        async with client.websocket("/api/v1/ws") as again:
+            await send(again, {"op": "ping", "id": 2})
+            assert json.loads(await asyncio.wait_for(again.receive(), 5))["type"] == "pong"
+
+
+async def test_live_channels_per_instance_are_capped(app_config: dict[str, Any]) -> None:
+    """Issue 23.4: WS_MAX_CHANNELS live channels per instance; a subscribe that would open one
+    more gets an error frame; a live channel can still be joined."""
+    app = create_app({**app_config, **WS_TEST_CONFIG, "WS_MAX_CHANNELS": 1})
+    async with app.test_app():
+        client = app.test_client()
+        async with client.websocket("/api/v1/ws") as one, client.websocket("/api/v1/ws") as two:
+            await send(one, {**SUB, "history": 1})
+            await recv_until(one, lambda f: f["type"] == "snapshot")
+            await send(two, {**SUB, "timeframe": "5m", "history": 1, "id": "x"})
+            frames = await recv_until(two, lambda f: f["type"] == "error")
+            assert frames[-1]["code"] == "too_many_subscriptions" and frames[-1]["id"] == "x"
+            assert "WS_MAX_CHANNELS" in frames[-1]["message"]
+            await send(two, {**SUB, "history": 1})  # the live channel: joined
+            await recv_until(two, lambda f: f["type"] == "snapshot")
+            assert list(get_services(app).subscriptions.channels) == [CHANNEL]

@@ -28,7 +28,8 @@ OLD = BASE + "&start=2024-01-02T00:00:00Z&limit=30"  # nothing stored there
 async def app(app_config: dict[str, Any], emulator: ExchangeEmulator) -> AsyncIterator[Quart]:
     cfg = {**app_config, "PROVIDER_URLS": {"binance": emulator.url}, "ENABLED_MARKETS": "sim,crypto",
            "CCXT_EXCHANGES": "binance", "RATE_LIMIT_ENABLED": False, "PROVIDER_TIMEOUT": 0.5,
-           "PROVIDER_RETRIES": 0, "BREAKER_FAILURE_THRESHOLD": 2, "BREAKER_OPEN_SECONDS": 1.0}
+           "PROVIDER_RETRIES": 0, "BREAKER_FAILURE_THRESHOLD": 2, "BREAKER_OPEN_SECONDS": 1.0,
+           "READINESS_CACHE_SECONDS": 0.0}  # each look at /health/ready sees the state of now
     application = create_app(cfg)
     async with application.test_app():
         yield application

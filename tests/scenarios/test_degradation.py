@@ -17,7 +17,9 @@ from quart import Quart
 from app import create_app
 from tests.support.tcp_proxy import TcpProxy
 
-PAST = 1_700_006_400_000
+#: A day boundary four days ago: closed, and recent enough for Redis to cache (it caches the last
+#: CACHE_RECENT_SECONDS only; older history is answered from the database).
+PAST = (int(time.time()) // 86_400 - 4) * 86_400_000
 Q = "/api/v1/ohlcv?market=sim&provider=sim&symbol=SIM/USD&timeframe=1h"
 
 

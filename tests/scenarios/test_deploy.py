@@ -1,11 +1,13 @@
-"""deploy/: the compose file is valid (when docker-compose is installed), and the same nginx
-config in front of three real instances on loopback carries REST and live WebSocket bars and
-lets the rate limits see each client's own address."""
+"""deploy/: the compose file is valid (when docker-compose is installed) and safe by default, and
+the same nginx config in front of three real instances on loopback carries REST and live WebSocket
+bars, lets the rate limits see each client's own address, and lets no client tunnel past it
+(issue 23, 1 and 12)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import string
 import subprocess
@@ -34,8 +36,14 @@ NGINX = shutil.which("nginx") or next(
 @pytest.mark.skipif(shutil.which("docker-compose") is None,
                     reason="docker-compose is not installed (.ci/run installs Debian's package)")
 def test_compose_file_is_valid() -> None:
+    passwords = {"POSTGRES_PASSWORD": "pg-s3cret", "GRAFANA_PASSWORD": "gf-s3cret"}
+    for missing in passwords:  # no fallback password: compose refuses to start without each
+        env = {k: v for k, v in {**os.environ, **passwords}.items() if k != missing}
+        refused = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config"], capture_output=True,
+                                 text=True, timeout=60, check=False, env=env)
+        assert refused.returncode != 0 and missing in refused.stderr, refused.stderr
     done = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config"], capture_output=True,
-                          text=True, timeout=60, check=False)
+                          text=True, timeout=60, check=False, env={**os.environ, **passwords})
     assert done.returncode == 0, done.stderr
     config = yaml.safe_load(done.stdout)
     services = config["services"]
@@ -43,7 +51,7 @@ def test_compose_file_is_valid() -> None:
                              "prometheus", "grafana"}
     assert services["timescaledb"]["image"].startswith("timescale/timescaledb:")
     for app in ("app1", "app2", "app3"):
-        assert services[app]["environment"]["TRUST_FORWARDED_FOR"] == "true"
+        assert services[app]["environment"]["TRUSTED_PROXIES"]
     assert services["app3"]["environment"]["BACKFILL_RUNNER"] == "false"
     nginx_env = services["nginx"]["environment"]
     assert [nginx_env[f"APP_UPSTREAM_{i}"] for i in (1, 2, 3)] == ["app1:8000", "app2:8000", "app3:8000"]
@@ -52,6 +60,25 @@ def test_compose_file_is_valid() -> None:
         "app1:8000", "app2:8000", "app3:8000"]
     mounts = " ".join(str(v) for v in services["grafana"]["volumes"])
     assert "grafana-dashboard.json" in mounts and "provisioning" in mounts
+
+
+def test_compose_defaults_are_safe() -> None:
+    """No fallback passwords (compose refuses to start without them), dashboards on loopback only,
+    and the instances believe X-Forwarded-For only from the compose network (nginx)."""
+    text = COMPOSE.read_text()
+    compose = yaml.safe_load(text)
+    services = compose["services"]
+    for var in ("POSTGRES_PASSWORD", "GRAFANA_PASSWORD"):
+        assert f"${{{var}:?" in text and f"${{{var}:-" not in text, var
+    assert "POSTGRES_PASSWORD:?" in services["timescaledb"]["environment"]["POSTGRES_PASSWORD"]
+    assert "POSTGRES_PASSWORD:?" in compose["x-app"]["environment"]["DATABASE_URL"]
+    assert "GRAFANA_PASSWORD:?" in services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    for name in ("prometheus", "grafana"):
+        assert all(str(p).startswith("127.0.0.1:") for p in services[name]["ports"]), services[name]["ports"]
+    env = compose["x-app"]["environment"]
+    assert "TRUST_FORWARDED_FOR" not in env and env["TRUSTED_PROXIES"]
+    template = TEMPLATE.read_text()
+    assert "limit_req " in template and "limit_conn " in template and "ssl_certificate" in template
 
 
 def render_nginx(workdir: Path, listen: int, upstreams: list[str]) -> Path:
@@ -111,7 +138,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.skip("nginx is not installed (.ci/run installs Debian's package)")
     uid = uuid.uuid4().hex[:10]
     schema, prefix = f"t_deploy_{uid}", f"t:deploy:{uid}"
-    env = {"DATABASE_SCHEMA": schema, "REDIS_PREFIX": prefix, "TRUST_FORWARDED_FOR": "true",
+    env = {"DATABASE_SCHEMA": schema, "REDIS_PREFIX": prefix, "TRUSTED_PROXIES": "127.0.0.1",
            "RATE_LIMITS": json.dumps({"default": "5/60"}), "ENABLED_MARKETS": "sim"}
     workdir = tmp_path_factory.mktemp("nginx")
     workdir.chmod(0o755)
@@ -179,3 +206,51 @@ async def test_rate_limits_see_the_real_client_ip(cluster: str) -> None:
         assert statuses == [200] * 5 + [429]
         async with b.get(markets) as r:
             assert r.status == 200 and r.headers["X-RateLimit-Remaining"] == "4"
+
+
+async def raw_exchange(base: str, request: bytes, source: str) -> bytes:
+    """Send ``request`` on a fresh connection from ``source`` and read what comes back within 3 s."""
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port), local_addr=(source, 0))
+    try:
+        writer.write(request)
+        await writer.drain()
+        got = b""
+        try:
+            async with asyncio.timeout(3):
+                while chunk := await reader.read(65536):
+                    got += chunk
+                    if b"\r\n\r\n" in got and not got.startswith(b"HTTP/1.1 101"):
+                        break
+        except TimeoutError:
+            pass
+        return got
+    finally:
+        writer.close()
+
+
+H2C = (b"Host: md\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+       b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+
+
+@pytest.mark.parametrize("path", ["/api/v1/markets", "/api/v1/ws"])
+async def test_no_h2c_tunnel_through_nginx(cluster: str, path: str) -> None:
+    """Issue 23 (1): "Upgrade: h2c" used to get 101 and an HTTP/2 connection to an instance, on
+    which the client picked its own X-Forwarded-For and escaped the rate limits. nginx now forwards
+    Upgrade only for WebSocket handshakes on /api/v1/ws."""
+    answer = await raw_exchange(cluster, b"GET " + path.encode() + b" HTTP/1.1\r\n" + H2C, "127.0.0.6")
+    status = answer.split(b"\r\n", 1)[0]
+    assert status.startswith(b"HTTP/1.1 ") and not status.startswith(b"HTTP/1.1 101"), status
+    if path == "/api/v1/markets":
+        assert status.startswith(b"HTTP/1.1 200")
+
+
+async def test_nginx_denies_metrics_and_ambiguous_bodies(cluster: str) -> None:
+    async with session_from("127.0.0.7") as http, http.get(cluster + "/metrics") as r:
+        assert r.status == 403
+    # Content-Length and Transfer-Encoding together (request smuggling): refused, connection closed.
+    smuggle = (b"POST /api/v1/backfill HTTP/1.1\r\nHost: md\r\nContent-Type: application/json\r\n"
+               b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    answer = await raw_exchange(cluster, smuggle, "127.0.0.7")
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:80]
+    assert b"connection: close" in answer.lower()

@@ -184,3 +184,21 @@ async def test_stale_tickers_and_idle_instances_are_per_user(
     assert any(k[2].startswith("user:") for k in markets._instances)
     closed = await markets.close_idle(time.monotonic() + 10_000)  # as the idle reaper does
     assert closed >= 2 and not markets._instances
+
+
+async def test_replacing_credentials_keeps_one_instance_per_user_and_provider(
+    app: Quart, emulator: ExchangeEmulator
+) -> None:
+    """Issue 23 (3): 60 credential PUTs, each used, made 60 live instances (+13 MB). Now each PUT
+    retires the user's instance made from the credentials it replaces."""
+    client = app.test_client()
+    markets = get_services(app).markets
+    for n in range(60):
+        await store(client, CAROL, f"carol-alpaca-{n}", "carol-secret")
+        status, _ = await ticker(client, CAROL)  # an unknown account: that user's 502
+        assert status in (200, 502)
+        mine = [k for k in markets._instances if k[2].startswith("user:")]
+        assert len(mine) <= 1, mine
+    r = await client.delete("/api/v1/credentials/alpaca", headers={"X-API-Key": CAROL})
+    assert r.status_code == 204
+    assert not [k for k in markets._instances if k[2].startswith("user:")]

@@ -1,6 +1,7 @@
-"""permessage-deflate under Hypercorn (issue 15): the server answers every offer without context
-takeover, so a channel's frame is deflated once and the same bytes go to every client; a browser-
-like client inflates every frame right, next to a client that offered nothing."""
+"""permessage-deflate under Hypercorn: the server negotiates it (issue 21: no patch, so with
+wsproto's defaults, context takeover included); a browser-like client inflates every frame right,
+next to a client that offered nothing, a small window is honoured, and a deflating client that
+does not read is still closed with 1013."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ CHANNEL = "sim:sim:SIM/USD:1m"
 SUB = {"op": "subscribe", "market": "sim", "provider": "sim", "symbol": "SIM/USD", "history": 50}
 
 
-async def test_a_client_offering_deflate_gets_it_without_context_takeover_and_reads_every_frame(
+async def test_a_client_offering_deflate_gets_it_and_reads_every_frame(
     app_config: dict[str, Any]
 ) -> None:
     app = create_app({**app_config, **WS_TEST_CONFIG, "ENABLED_MARKETS": "sim"})
@@ -39,16 +40,14 @@ async def test_a_client_offering_deflate_gets_it_without_context_takeover_and_re
         plain = await session.ws_connect(url)
         try:
             assert deflating.compress == 15 and not plain.compress
-            extensions = deflating._response.headers["Sec-WebSocket-Extensions"]
-            assert "server_no_context_takeover" in extensions
-            assert "client_no_context_takeover" in extensions
             got: dict[str, list[dict[str, Any]]] = {"deflating": [], "plain": []}
             for name, ws in (("deflating", deflating), ("plain", plain)):
                 await ws.send_json(SUB)
                 while not any(f["type"] == "snapshot" for f in got[name]):
                     got[name].append(await ws.receive_json(timeout=10))
             await wait_for(lambda: len(service.channels[CHANNEL].subscribers) == 2)
-            # a frame long enough to be deflated, twice (no context: the second is not shorter)
+            # a frame long enough to be deflated, twice (with context takeover the second
+            # refers back to the first: the client must inflate both right)
             big = StatusFrame(CHANNEL, "live", "repeated reason " * 200)
             await service.hub.publish(big)
             await service.hub.publish(big)
@@ -57,11 +56,9 @@ async def test_a_client_offering_deflate_gets_it_without_context_takeover_and_re
                         f["type"] == "bar" for f in got[name]):
                     got[name].append(await ws.receive_json(timeout=10))
                 snapshot = next(f for f in got[name] if f["type"] == "snapshot")
-                assert len(snapshot["bars"]) == 50  # a reply over 512 bytes: deflated alone
+                assert len(snapshot["bars"]) == 50
                 assert [f for f in got[name] if f["type"] == "status"] == [big.client()] * 2
                 assert_ts_monotonic(got[name])
-            # the compressed message is made once per frame, shared by every deflating client
-            assert big.encoded(15) is big.encoded(15) and len(big.encoded(15)) < len(big.text) // 10
         finally:
             await deflating.close()
             await plain.close()
@@ -115,8 +112,10 @@ async def test_a_deflating_client_that_does_not_read_is_closed_with_1013(
                 await service.hub.publish(StatusFrame(CHANNEL, "live", os.urandom(8000).hex()))
                 sent += 1
                 await asyncio.sleep(0)
-            read, code = await slow.read_to_close()
-            assert code == 1013 and read < sent
+            _, code = await slow.read_to_close()
+            # it missed the frames queued when it was dropped (bar frames of the poller are
+            # counted apart: the sim's forming bar changes at every poll)
+            assert code == 1013 and slow.kinds["status"] < sent
             assert metric("ws_clients_dropped_total", {"reason": "slow"}) == dropped + 1
         finally:
             slow.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, ClassVar
 
 import pytest
@@ -10,6 +11,7 @@ from core.errors import UnknownMarket, UnknownProvider
 from plugins.base import MarketPlugin
 from plugins.loader import PluginLoader
 from plugins.sim import SimPlugin
+from services.credentials import UserCredentials
 from services.market_service import MarketService, credentials_marker
 
 
@@ -62,6 +64,52 @@ async def test_idle_instances_are_closed_and_reopened() -> None:
     assert KeyedSim.closed == ["sim"] and len(ms._instances) == 0
     second = await ms.get_plugin("keyed", "sim")
     assert second is not first and len(ms._instances) == 1
+    await ms.close()
+
+
+def creds(owner: str, n: int) -> UserCredentials:
+    return UserCredentials("sim", f"key-{n}", f"secret-{n}", owner=owner)
+
+
+async def test_a_users_new_credentials_close_the_old_instance() -> None:
+    """Issue 23 (3): 60 credential PUTs made 60 live instances. A user now has one per provider;
+    the replaced one is closed once calls running on it had REQUEST_DEADLINE to end."""
+    KeyedSim.closed.clear()
+    ms = service({"REQUEST_DEADLINE": 0.05})
+    for n in range(60):
+        await ms.get_plugin("keyed", "sim", creds("alice", n))
+    assert len(ms._instances) == 1
+    await asyncio.sleep(0.2)
+    assert len(KeyedSim.closed) == 59
+    # Replacing (PUT) or deleting credentials retires the instance at once.
+    await ms.forget_user("alice", "sim")
+    assert not ms._instances
+    await ms.close()
+    assert len(KeyedSim.closed) == 60
+
+
+async def test_instances_are_bounded_in_all_and_per_user_least_recently_used_first() -> None:
+    KeyedSim.closed.clear()
+    ms = service({"REQUEST_DEADLINE": 0.01, "PLUGIN_MAX_INSTANCES": 4, "PLUGIN_MAX_INSTANCES_PER_USER": 2})
+    shared = await ms.get_plugin("keyed", "sim")
+    users = [await ms.get_plugin("keyed", "sim", creds(f"u{n}", n)) for n in range(6)]
+    assert len(ms._instances) == 4
+    assert await ms.get_plugin("keyed", "sim", creds("u5", 5)) is users[5]  # recent ones stay
+    assert shared not in [e.plugin for e in ms._instances.values()]  # least recently used: closed
+    # Per user: a third provider instance of one user closes that user's oldest.
+    bob = [await ms.get_plugin(market, "sim", UserCredentials("sim", "k", "s", owner="bob"))
+           for market in ("keyed", "sim")]
+    assert len([k for k in ms._instances if ":bob:" in k[2]]) <= 2 and bob
+    await asyncio.sleep(0.1)
+    assert len(KeyedSim.closed) >= 3
+    await ms.close()
+
+
+async def test_symbol_lists_go_with_their_instance_and_are_bounded() -> None:
+    ms = service({"REQUEST_DEADLINE": 0.01})
+    for n in range(5):
+        await ms.symbols("keyed", "sim", creds("alice", n))
+    assert len(ms._symbols) == 1  # each new credential retired the last one's list
     await ms.close()
 
 

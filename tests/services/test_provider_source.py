@@ -17,10 +17,10 @@ SIM = "/api/v1/ohlcv?market=sim&provider=sim&symbol=SIMC/USD"
 
 
 async def job_of(app: Quart, headers: Any) -> dict[str, Any]:
-    job_id = headers["X-Backfill-Job"]
-    r = await app.test_client().get("/api/v1/backfill?limit=10")
-    jobs = (await r.get_json())["jobs"]
-    (job,) = [j for j in jobs if j["job_id"] == job_id]
+    # By its id: GET /backfill lists a client's own jobs, and this one the service queued itself.
+    r = await app.test_client().get(f"/api/v1/backfill/{headers['X-Backfill-Job']}")
+    assert r.status_code == 200
+    job: dict[str, Any] = await r.get_json()
     return job
 
 

@@ -21,7 +21,11 @@ from tests.support.exchange_emulator import ExchangeEmulator, fixtures
 from tests.support.helpers import sim_calls
 
 emulator = fixtures.emulator
-T0 = 1_704_067_200_000  # 2024-01-01
+#: Two days ago at 00:00 UTC: recent, as the dashboards warmed are (Redis caches only the last
+#: CACHE_RECENT_SECONDS; older history is answered from the database).
+T0 = (int(time.time()) // 86_400 - 2) * 86_400_000
+#: Days of past ranges for the budget tests (no cache involved).
+OLD = 1_704_067_200_000  # 2024-01-01
 SIM = "/api/v1/ohlcv?market=sim&provider=sim&timeframe=1h&limit=24&start="
 R1 = SIM + str(T0) + "&symbol=SIM/USD"
 R2 = SIM + str(T0 + 86_400_000) + "&symbol=SIMA/USD"
@@ -79,7 +83,7 @@ async def seed(cfg: dict[str, Any], queries: list[BarQuery]) -> None:
 
 
 def days(symbol: str, n: int, provider: str = "sim", market: str = "sim") -> list[BarQuery]:
-    return [BarQuery(Series(market, provider, symbol), "1h", T0 + i * 86_400_000, None, 24)
+    return [BarQuery(Series(market, provider, symbol), "1h", OLD + i * 86_400_000, None, 24)
             for i in range(n)]
 
 

@@ -1,5 +1,5 @@
 """Connection: per channel, what a client is sent of the broadcast frames; a peer behind, a full
-queue, a stalled socket."""
+queue, a stalled send."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import json
 
 from services.hub.connection import Connection
 from services.hub.frames import BarFrame
-from services.hub.wire import Message
 from tests.support.ws import wait_for
 
 CH = "sim:sim:SIM/USD:1m"
@@ -22,19 +21,13 @@ def frame(ts: int, close: float, closed: bool) -> BarFrame:
 
 
 class Recorder:
-    """An outlet whose socket always takes more: messages are written at once, in order."""
+    """An outlet (an ASGI send) that takes every message at once, in order."""
 
     def __init__(self) -> None:
         self.texts: list[str] = []
 
-    def ready(self) -> bool:
-        return True
-
-    def write(self, message: Message) -> None:
-        self.texts.append(message.text)
-
-    async def send(self, message: Message) -> None:
-        self.write(message)
+    async def __call__(self, text: str) -> None:
+        self.texts.append(text)
 
     @classmethod
     def of(cls, texts: list[str]) -> Recorder:
@@ -63,22 +56,21 @@ async def test_a_bucket_is_sent_closed_once_even_when_a_second_worker_sends_it_a
     conn.deliver(frame(X, 1.2, True))
     conn.deliver(frame(X, 1.3, False))
     conn.deliver(frame(X + 60_000, 2.0, False))
+    assert conn.queued == 3
+    await wait_for(lambda: conn.queued == 0 and conn.sending_since is None)
     assert sent(outlet) == [(X, 1.0, False), (X, 1.1, True), (X + 60_000, 2.0, False)]
 
 
 class Gate(Recorder):
-    """An outlet whose socket takes nothing until ``open``: what is sent waits on it."""
+    """An outlet whose sends wait until ``open`` (a peer that does not read)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.opened = asyncio.Event()
 
-    def ready(self) -> bool:
-        return self.opened.is_set()
-
-    async def send(self, message: Message) -> None:
+    async def __call__(self, text: str) -> None:
         await self.opened.wait()
-        self.write(message)
+        self.texts.append(text)
 
 
 def live(conn: Connection) -> Connection:
@@ -93,14 +85,18 @@ async def test_a_peer_behind_gets_its_frames_in_order_once_it_reads_and_no_task_
     conn.send_frame({"type": "pong", "id": 1})
     for i in range(5):
         conn.deliver(frame(X + i * 60_000, 1.0, False))
-    assert conn.queued == 6 and outlet.texts == []  # until the socket takes more
+    assert conn.queued == 6 and outlet.texts == []
+    await wait_for(lambda: conn.sending_since is not None)  # the first send waits on the peer
+    assert conn.queued == 5 and outlet.texts == []
     outlet.opened.set()
     await wait_for(lambda: len(outlet.texts) == 6)
     assert json.loads(outlet.texts[0]) == {"type": "pong", "id": 1}
     assert [t for t, _c, _x in sent(Recorder.of(outlet.texts[1:]))] == [X + i * 60_000 for i in range(5)]
+    await wait_for(lambda: conn._drainer is None)  # nothing waits: no task is left
+    conn.deliver(frame(X + 5 * 60_000, 1.0, False))
+    await wait_for(lambda: len(outlet.texts) == 7)
     await wait_for(lambda: conn._drainer is None)
-    conn.deliver(frame(X + 5 * 60_000, 1.0, False))  # the socket takes it: written at once
-    assert len(outlet.texts) == 7 and conn._drainer is None
+    assert conn.sending_since is None
 
 
 async def test_a_full_queue_drops_the_client_as_slow_or_as_a_flood_of_its_own_replies() -> None:
@@ -116,9 +112,14 @@ async def test_a_full_queue_drops_the_client_as_slow_or_as_a_flood_of_its_own_re
     await flood.close()
 
 
-async def test_a_message_the_socket_does_not_take_in_send_timeout_drops_the_client() -> None:
+async def test_a_send_not_taken_in_send_timeout_drops_the_client() -> None:
     conn = live(Connection(Gate(), max_queue=10, send_timeout=0.2))
     conn.deliver(frame(X, 1.0, False))
+    await wait_for(lambda: conn.sending_since is not None)
+    now = asyncio.get_running_loop().time()
+    assert not conn.stalled(now) and conn.drop_reason is None  # not yet
     async with conn.until_dropped():
-        await asyncio.sleep(5)  # interrupted by the drop
-    assert conn.drop_reason == "send_timeout"
+        assert conn.stalled(now + 0.2)  # the drop interrupts the block
+        await asyncio.sleep(5)
+    assert conn.drop_reason == "send_timeout" and conn.close_code == 1013
+    await wait_for(lambda: conn._drainer is None)  # the waiting send was cancelled

@@ -1,17 +1,21 @@
 """What follows a snapshot (issue 14): a bar frame is never older than the snapshot it follows,
-and bar values are rounded as REST rounds them (no float noise such as 6.5481430000000005)."""
+and bar values are rounded as REST rounds them (no float noise such as 6.5481430000000005); a
+connection whose send stalls is dropped."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 from quart import Quart
 
 from app import create_app
+from app_extensions.services import get_services
 from core.timeframes import BAR_DECIMALS
-from tests.support.ws import WS_TEST_CONFIG, recv_until
+from tests.services.hub.test_connection import Gate, Recorder
+from tests.support.ws import WS_TEST_CONFIG, recv_until, wait_for
 
 SUB = {"op": "subscribe", "market": "sim", "provider": "sim", "symbol": "SIM/USD", "timeframe": "1m"}
 
@@ -52,3 +56,25 @@ async def test_bar_frames_carry_no_float_noise(app_config: dict[str, Any]) -> No
         noisy = [b for b in bars if any(v != round(v, BAR_DECIMALS) for v in b[1:])]
         assert noisy == []
         assert all(isinstance(f["seq"], int) for f in frames if f["type"] == "bar")
+
+
+async def test_a_connection_whose_send_stalls_is_dropped_by_the_service(app_config: dict[str, Any]) -> None:
+    """One watchdog for every connection drops those whose send the server has not taken for
+    WS_SEND_TIMEOUT_SECONDS (no timer per message)."""
+    app = create_app({**app_config, **WS_TEST_CONFIG, "ENABLED_MARKETS": "sim",
+                      "WS_SEND_TIMEOUT_SECONDS": 0.4})
+    async with app.test_app():
+        service = get_services(app).subscriptions
+        stalled, fine = Gate(), Recorder()
+        stuck, ok = service.connect(stalled), service.connect(fine)
+        try:
+            stuck.send_frame({"type": "pong", "id": 1})
+            ok.send_frame({"type": "pong", "id": 2})
+            started = time.monotonic()
+            await wait_for(lambda: stuck.drop_reason is not None, within=5)
+            assert stuck.drop_reason == "send_timeout" and time.monotonic() - started >= 0.4
+            assert ok.drop_reason is None and fine.texts == ['{"type":"pong","id":2}']
+        finally:
+            for conn in (stuck, ok):
+                await conn.close()
+                await service.disconnect(conn)
