@@ -61,6 +61,7 @@ bench: dev pglite web
 	$(BIN)/python -m bench.gateway
 	$(BIN)/python -m bench.provider_path
 	$(BIN)/python -m bench.aggregates
+	$(BIN)/python -m bench.export
 	$(BIN)/python -m bench.backfill
 	$(BIN)/python -m bench.ws_fanout
 	$(BIN)/python -m bench.chart_page

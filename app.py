@@ -15,6 +15,7 @@ from app_extensions.cli import init_cli
 from app_extensions.credentials import Credentials
 from app_extensions.db_pool import Database
 from app_extensions.errors import init_error_handlers
+from app_extensions.export import init_export
 from app_extensions.operations import init_operations
 from app_extensions.redis_client import RedisClient
 from app_extensions.request_context import configure_logging, init_request_context
@@ -26,6 +27,7 @@ from app_extensions.warmup import Warmup
 from blueprints.backfill import backfill_blueprint
 from blueprints.channels import channels_blueprint
 from blueprints.credentials import credentials_blueprint
+from blueprints.export import export_blueprint
 from blueprints.health import health_blueprint
 from blueprints.market import market_blueprint
 from blueprints.openapi import openapi_blueprint
@@ -75,6 +77,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     app.register_blueprint(health_blueprint)
     app.register_blueprint(market_blueprint)
     app.register_blueprint(backfill_blueprint)
+    app.register_blueprint(export_blueprint)  # bulk history (services/export/)
     app.register_blueprint(websocket_blueprint)
     app.asgi_app = WebsocketReceive(app.asgi_app)  # type: ignore[assignment,method-assign]  # ws_asgi.py
     app.register_blueprint(channels_blueprint)
@@ -88,6 +91,7 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     init_operations(app)  # CORS, API keys, rate limits, provider budget
     init_cli(app)
     init_backfill_cli(app)
+    init_export(app)  # the Exporter and the export command (after the Database)
     return app
 
 

@@ -154,6 +154,11 @@ class BaseConfig:
     OHLCV_MAX_LIMIT = 5000
     #: Most upstream calls one /ohlcv request may make before the rest is left to a backfill job.
     OHLCV_MAX_PROVIDER_CALLS = 10
+    #: GET /export (services/export/): most bars one export may span (400 beyond), bars per
+    #: batch (a Parquet row group, an Arrow record batch), and the longest one export may stream.
+    EXPORT_MAX_BARS = 10_000_000
+    EXPORT_BATCH_ROWS = 65_536
+    EXPORT_TIMEOUT = 3600.0
     #: Seconds within which every /ohlcv answer and WebSocket snapshot comes: from stored data
     #: (X-Data-Incomplete) when the provider is slower, else 503 provider_unavailable; /symbols
     #: and /ticker too.
@@ -175,7 +180,7 @@ class BaseConfig:
     #: When set, GET /metrics needs "Authorization: Bearer <token>" (else it is open).
     METRICS_TOKEN = ""
     RATE_LIMIT_ENABLED = True
-    #: JSON: route class (default, ohlcv, backfill, ws) to "requests/seconds", per key or client IP.
+    #: JSON: route class (default, ohlcv, export, backfill, ws) to "requests/seconds", per key or client IP.
     RATE_LIMITS: dict[str, str] = {}
     #: CIDRs of the reverse proxies whose X-Forwarded-For is believed (comma-separated or a JSON
     #: list); the client is the last address not in them. Empty: the header is ignored.
@@ -380,6 +385,9 @@ class BaseConfig:
             raise ConfigError("OHLCV_MAX_LIMIT must not exceed 5000 (the maximum in docs/api.md)")
         if not 1 <= self.OHLCV_DEFAULT_LIMIT <= self.OHLCV_MAX_LIMIT:
             raise ConfigError("OHLCV_DEFAULT_LIMIT must be between 1 and OHLCV_MAX_LIMIT")
+        for name in ("EXPORT_MAX_BARS", "EXPORT_BATCH_ROWS", "EXPORT_TIMEOUT"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ConfigError(f"{name} must be positive")
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in dir(self) if name.isupper()}

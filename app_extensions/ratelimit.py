@@ -7,7 +7,7 @@ so most requests, and every refused one, cost no Redis round trip. A refused req
 ``RateLimited`` and is answered by the error handlers and hooks as any other error is.
 ``docs/performance.md`` gives the exact guarantee across N instances.
 
-A limit is ``"requests/seconds"`` per route class (``default``, ``ohlcv``, ``backfill``, ``ws``;
+A limit is ``"requests/seconds"`` per route class (``default``, ``ohlcv``, ``export``, ``backfill``, ``ws``;
 ``RATE_LIMITS`` overrides ``DEFAULT_LIMITS``, "off" lifts one). Answers carry ``X-RateLimit-Limit``
 and ``X-RateLimit-Remaining``; a rejection is 429 ``rate_limited`` with ``Retry-After``.
 
@@ -41,7 +41,7 @@ __all__ = ["DEFAULT_LIMITS", "Decision", "Limit", "LocalGcra", "RateLimiter", "g
 
 #: ``ws``: handshakes per client IP (or key) allow bursts as Binance does (300 per 5 minutes), so
 #: dashboards opening at once behind one NAT or proxy are not refused.
-DEFAULT_LIMITS = {"default": "600/60", "ohlcv": "300/60", "backfill": "60/60", "ws": "300/300",
+DEFAULT_LIMITS = {"default": "600/60", "ohlcv": "300/60", "export": "30/60", "backfill": "60/60", "ws": "300/300",
                   "auth_failures": "30/60"}
 _IDENT = re.compile(r"[^0-9A-Za-z.:_-]")
 _IDENTITIES_MAX = 10_000
@@ -92,6 +92,8 @@ def route_class(path: str) -> str:
     reads bars as ``/ohlcv`` does, so it spends the same ``ohlcv`` budget."""
     if path in ("/api/v1/ohlcv", "/udf/history"):
         return "ohlcv"
+    if path == "/api/v1/export":
+        return "export"
     if path.startswith(("/api/v1/backfill", "/api/v1/gaps")):
         return "backfill"
     return "default"

@@ -19,10 +19,12 @@ from quart import Blueprint, Quart, Response, current_app, jsonify
 from app_extensions.services import get_services
 from blueprints import backfill_schemas as backfill
 from blueprints import credentials_schemas as credentials
+from blueprints import export_schemas as export
 from blueprints import openapi_examples as examples
 from blueprints import openapi_schemas as doc
 from blueprints.schemas import MarketQuery, OhlcvQuery, ProviderQuery, SymbolQuery, TimeField
 from core.times import MAX_MS, MIN_MS
+from services.export import FORMATS
 
 openapi_blueprint = Blueprint("openapi", __name__, url_prefix="/api/v1")
 
@@ -32,6 +34,8 @@ _ERROR_TEXT = {
     401: "unauthorized: auth is on and the API key is missing or wrong",
     403: "forbidden: the endpoint needs a user (auth is off)",
     404: "unknown_market, unknown_provider, unknown_symbol or not_found",
+    409: "range_not_stored: the 1m series has minutes in the range that are neither stored nor"
+         " verified empty; details: missing_minutes and the first missing ranges",
     413: "payload_too_large: the request body is larger than MAX_BODY_BYTES",
     429: "rate_limited: see Retry-After",
     502: "provider_error: the exchange answered with an error",
@@ -55,6 +59,10 @@ class Operation:
     errors: tuple[int, ...] = ()
     path_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     headers: tuple[str, ...] = ()
+    #: Content types of a non-JSON answer (a file: ``/export``), in place of ``answer``'s JSON.
+    media_types: tuple[str, ...] = ()
+    #: A 202 answer besides the usual one (``/export?backfill=true`` queues a backfill).
+    accepted: type[Schema] | None = None
 
 
 OPERATIONS: list[Operation] = [
@@ -79,6 +87,11 @@ OPERATIONS: list[Operation] = [
               path_params={"job_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}),
     Operation("/channels", "get", "The live WebSocket channels of the whole cluster",
               doc.ChannelsDoc, errors=(503,)),
+    Operation("/export", "get", "Every closed bar of [start, end) in one streamed file (CSV, JSON lines,"
+              " Parquet, Arrow), from storage only", None, query=export.ExportQuery,
+              errors=(304, 400, 404, 409, 503), media_types=tuple(f.media_type for f in FORMATS.values()),
+              accepted=backfill.BackfillAccepted,
+              headers=("ETag", "Content-Disposition", "Content-Encoding", "Vary")),
     Operation("/gaps", "get", "Missing and verified-empty ranges of the 1m series",
               backfill.GapsAnswer, query=backfill.GapsQuery, errors=(400, 404, 503)),
     Operation("/credentials/{provider}", "put", "Store your own credentials for a provider (encrypted)",
@@ -134,11 +147,16 @@ def _responses(op: Operation) -> dict[str, Any]:
     limits = {h: {"$ref": f"#/components/headers/{h}"} for h in ("X-RateLimit-Limit", "X-RateLimit-Remaining")}
     ok_headers = {**rid, **limits, **{h: {"schema": {"type": "string"}} for h in op.headers}}
     ok: dict[str, Any] = {"description": "OK", "headers": ok_headers}
-    if op.status != 204:
+    if op.media_types:
+        ok["content"] = {t: {"schema": {"type": "string", "format": "binary"}} for t in op.media_types}
+    elif op.status != 204:
         ok["content"] = {"application/json": {"schema": op.answer if op.answer else {"type": "object"}}}
         if (op.path, op.method) in examples.ANSWERS:
             ok["content"]["application/json"]["example"] = examples.ANSWERS[(op.path, op.method)]
     out: dict[str, Any] = {str(op.status): ok}
+    if op.accepted is not None:
+        out["202"] = {"description": "Accepted: a backfill job was queued", "headers": rid,
+                      "content": {"application/json": {"schema": op.accepted}}}
     for status in sorted({*op.errors, *_COMMON}):
         if status == 304:
             out["304"] = {"description": _ERROR_TEXT[304], "headers": {**rid, "ETag": {"schema": {"type": "string"}}}}

@@ -20,6 +20,7 @@ PARAMETERS: dict[str, Any] = {
 PARAMETER_OVERRIDES: dict[tuple[str, str], Any] = {
     ("/credentials/{provider}", "provider"): "binance",
     ("/backfill", "limit"): 10,
+    ("/export", "format"): "csv",
     ("/backfill/{job_id}", "job_id"): "3f1c8e0a9b2d4c6e8f0a1b2c3d4e5f60",
 }
 _SIM_1H = [[1704067200000, 99.702899, 100.539322, 96.579314, 96.867506, 3277.315585],

@@ -93,6 +93,20 @@ class NotFound(AppError):
     status, code = 404, "not_found"
 
 
+class RangeNotStored(AppError):
+    """``/export`` of a range whose 1m series has minutes neither stored nor verified empty;
+    ``details``: ``missing_minutes`` and the first ``missing`` ranges. Backfill them (or ask with
+    ``backfill=true``), then ask again."""
+
+    status, code = 409, "range_not_stored"
+
+    def __init__(self, message: str = "", *, missing: list[tuple[int, int]] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        #: Every missing range (``details`` lists only the first ones).
+        self.missing = missing or []
+
+
 class RateLimited(AppError):
     """Our own rate limit rejected the client; ``retry_after`` says when to come back."""
 

@@ -91,8 +91,7 @@ def describe_mode(mode: str) -> str:
     return f"{mode}: storage mode not determined"
 
 
-async def select_bars(
-    conn: asyncpg.Connection,
+def bars_query(
     mode: str,
     market: str,
     provider: str,
@@ -101,14 +100,16 @@ async def select_bars(
     start_ms: int,
     end_ms: int,
     limit: int,
-) -> list[Bar]:
-    """Bars ``[ts_ms, o, h, l, c, v]`` of ``timeframe`` with ``start_ms <= ts < end_ms``,
-    ascending, at most ``limit`` (the first ones from ``start_ms``)."""
+) -> tuple[str, list[object]] | None:
+    """The SQL (and its arguments) ``select_bars`` runs: rows ``(ts timestamptz, open, high, low,
+    close, volume)`` of the bars of ``timeframe`` with ``start_ms <= ts < end_ms``, ascending, at
+    most ``limit``; None when the range holds no bucket. Bulk export runs the very same query
+    through ``COPY``, so both give the same values."""
     relation, grouped = source_of(mode, timeframe)
     lo = bucket_ceil(start_ms, timeframe)  # the first bucket that starts at or after start_ms
     hi = bucket_ceil(end_ms, timeframe)  # past the last bucket that starts before end_ms
     if limit <= 0 or hi <= lo:
-        return []
+        return None
     tcol = "ts" if relation == "ohlcv_1m" else "bucket"
     args: list[object] = [market, provider, symbol, _dt(lo), _dt(hi), limit]
     if not grouped:
@@ -123,13 +124,35 @@ async def select_bars(
             first = f"(array_agg(open ORDER BY {tcol}))[1]"
             last = f"(array_agg(close ORDER BY {tcol} DESC))[1]"
         origin = _MONDAY_ORIGIN if timeframe == "1w" else _EPOCH_ORIGIN
+        # Volumes are summed in time order: a parallel plan (Gather Merge sorted by bucket only)
+        # would otherwise add them in whatever order its workers deliver, and the float sum
+        # would differ in its last digits from one answer (or /export) to the next.
         sql = (
             f"SELECT date_bin($7::interval, {tcol}, $8::timestamptz) AS b, {first}, max(high),"
-            f" min(low), {last}, sum(volume) FROM {relation}"
+            f" min(low), {last}, sum(volume ORDER BY {tcol}) FROM {relation}"
             f" WHERE {_SERIES} AND {tcol} >= $4 AND {tcol} < $5 GROUP BY b ORDER BY b LIMIT $6"
         )
         args += [timedelta(milliseconds=tf_ms(timeframe)), origin]
-    rows = await conn.fetch(sql, *args)
+    return sql, args
+
+
+async def select_bars(
+    conn: asyncpg.Connection,
+    mode: str,
+    market: str,
+    provider: str,
+    symbol: str,
+    timeframe: str,
+    start_ms: int,
+    end_ms: int,
+    limit: int,
+) -> list[Bar]:
+    """Bars ``[ts_ms, o, h, l, c, v]`` of ``timeframe`` with ``start_ms <= ts < end_ms``,
+    ascending, at most ``limit`` (the first ones from ``start_ms``)."""
+    query = bars_query(mode, market, provider, symbol, timeframe, start_ms, end_ms, limit)
+    if query is None:
+        return []
+    rows = await conn.fetch(query[0], *query[1])
     return [[_ms(r[0]), r[1], r[2], r[3], r[4], r[5]] for r in rows]
 
 

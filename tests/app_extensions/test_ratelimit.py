@@ -120,7 +120,8 @@ def test_bad_limits_fail_fast(text: str) -> None:
 
 
 @pytest.mark.parametrize(("path", "cls"), [
-    ("/api/v1/ohlcv", "ohlcv"), ("/udf/history", "ohlcv"), ("/api/v1/backfill/abc", "backfill"),
+    ("/api/v1/ohlcv", "ohlcv"), ("/udf/history", "ohlcv"), ("/api/v1/export", "export"),
+    ("/api/v1/backfill/abc", "backfill"),
     ("/api/v1/gaps", "backfill"),
     ("/api/v1/markets", "default"), ("/api/v1/anything/else", "default"),
 ])

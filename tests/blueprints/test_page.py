@@ -204,7 +204,8 @@ async def test_docs_viewer_renders_every_operation_from_our_origin(
         await page.wait_for_function(f"document.querySelectorAll('.opblock').length === {operations}",
                                      timeout=30_000)
         await page.click("#operations-market-get_ohlcv .opblock-summary")  # expand: examples filled in
-        market = page.locator("#operations-market-get_ohlcv input[placeholder='market']")
+        # market lists the values this server serves (an enum): Swagger UI draws it as a select
+        market = page.locator("#operations-market-get_ohlcv tr[data-param-name='market'] select")
         await market.wait_for()
         assert await market.input_value() == "sim"
         assert watch.errors == []

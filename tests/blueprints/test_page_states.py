@@ -143,7 +143,7 @@ async def test_opening_a_down_exchange_keeps_the_symbol_says_error_and_retries_u
 ) -> None:
     emulator.inject("/api/v3/*", status=503, times=None)
     async with live_server(emulator_env(isolated_env, emulator)) as base:
-        page = await browser.new_page(viewport={"width": 1200, "height": 640})
+        page = await browser.new_page(viewport={"width": 1200, "height": 640}, bypass_csp=True)  # see open_page
         await page.goto(base + BTC_PAGE)
         await badge(page, "error", within_ms=20_000)
         now = await state(page)
@@ -177,7 +177,7 @@ async def test_a_partial_history_says_stale_not_live_and_is_asked_for_again(
     stored bars answered): the badge says stale even once the stream is live, and the page asks
     for the history again until it is whole."""
     async with live_server(isolated_env) as base:
-        page = await browser.new_page()
+        page = await browser.new_page(bypass_csp=True)  # see open_page
         answers: list[bool] = []
         whole = asyncio.Event()
 
@@ -242,7 +242,7 @@ async def test_stocks_show_the_servers_answer_and_work_with_the_users_own_alpaca
            "CREDENTIALS_KEYS": Fernet.generate_key().decode(), "ENABLED_MARKETS": "sim,stocks",
            "PROVIDER_URLS": json.dumps({"alpaca": emulator.url}), "PROVIDER_TIMEOUT": "2"}
     async with live_server(env) as base:
-        page = await browser.new_page(viewport={"width": 1200, "height": 640})
+        page = await browser.new_page(viewport={"width": 1200, "height": 640}, bypass_csp=True)  # see open_page
         await page.goto(base + SIM_PAGE)
         await page.wait_for_selector("#auth:not([hidden])", timeout=20_000)
         await page.fill("#apikey", key)
@@ -284,7 +284,7 @@ async def test_the_api_key_is_sent_in_a_first_auth_message_never_in_the_url_nor_
     key = "k" * 32
     env = {**isolated_env, "AUTH_ENABLED": "true", "API_KEYS": hash_key(key), "API_KEYS_FROM_DB": "false"}
     async with live_server(env) as base:
-        page = await browser.new_page()
+        page = await browser.new_page(bypass_csp=True)  # see open_page
         watch = Watch(page)
         sockets: list[str] = []
         page.on("websocket", lambda ws: sockets.append(ws.url))
