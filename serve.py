@@ -113,8 +113,8 @@ def uvicorn_config(app: Any, host: str, port: int, config: Mapping[str, Any], gr
     return uvicorn.Config(
         app, host=host, port=port, lifespan="on", log_config=None, access_log=False,
         backlog=2048, http="httptools",
-        # X-Forwarded-For is the app's to read (TRUST_FORWARDED_FOR, the last hop): Uvicorn's
-        # own rewrite of the client address (on by default for 127.0.0.1) would come first.
+        # X-Forwarded-For is the app's to read (TRUSTED_PROXIES): Uvicorn's own rewrite of the
+        # client address (on by default for 127.0.0.1) would come first.
         proxy_headers=False,
         # wsproto (pinned), not websockets: less memory per connection and a shorter fan-out
         # (docs/performance.md, "Choosing the server").
@@ -169,8 +169,9 @@ async def uvicorn_serve(app: Any, config: Any, stop: asyncio.Event,
 
     class GoingAwayServer(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
-            if stop.is_set():
-                self.force_exit = self.force_exit or sig == signal.SIGINT
+            if stop.is_set():  # a second signal: a second Ctrl-C skips the drain and the waits
+                if sig == signal.SIGINT:
+                    self.force_exit = self.should_exit = True
                 return
             loop.call_soon_threadsafe(stop.set)  # from a signal handler: thread-safe
 
