@@ -113,7 +113,7 @@ class BaseConfig:
     CACHE_TTL_FORMING = 5
     CACHE_TTL_SYMBOLS = 3_600
     #: How far back Redis caches bars and answers (seconds); older history is served from the
-    #: database, so old ranges cannot grow Redis (services/cache_manager.py).
+    #: database, so old ranges cannot grow Redis (services/bars/cache.py).
     CACHE_RECENT_SECONDS = 7 * 86_400
     #: Memory bound (bytes) of the in-process answer bytes (closed-range /ohlcv answers with their
     #: ETag and br/gzip variants, least recently used out first); 0 switches them off.
@@ -166,7 +166,7 @@ class BaseConfig:
     #: Seconds /udf/search over every exchange waits for their symbol lists (then answers what is
     #: known: an exchange that has not answered counts with its last list, if any).
     UDF_SEARCH_SECONDS = 1.5
-    # Operators' side (app_extensions/auth.py, ratelimit.py, cors.py; services/provider_budget.py)
+    # Operators' side (app_extensions/auth.py, ratelimit.py, cors.py; services/upstream/budget.py)
     #: Require an API key (X-API-Key, or the WebSocket handshake's header / api_key parameter).
     AUTH_ENABLED = False
     #: Accepted keys as sha256 hex digests: a JSON list or comma-separated (also table api_keys).
@@ -207,7 +207,7 @@ class BaseConfig:
     CREDENTIALS_CACHE_TTL = 5.0
     #: Seconds the last good ticker of a symbol is kept to answer (stale) while its provider fails.
     TICKER_STALE_TTL = 86_400
-    #: Cache warming at start (services/warmup.py): on/off, the time and upstream-call budgets,
+    #: Cache warming at start (services/bars/warmup.py): on/off, the time and upstream-call budgets,
     #: how many of the most requested ranges, the bars of each live channel's snapshot, how far
     #: back "recent" reaches, and how often ranges and live channels are recorded (seconds).
     WARMUP_ENABLED = True
@@ -217,8 +217,8 @@ class BaseConfig:
     WARMUP_SNAPSHOT_BARS = 100
     WARMUP_LOOKBACK_SECONDS = 3600.0
     WARMUP_RECORD_SECONDS = 15.0
-    #: Circuit breaker per provider (services/breaker.py): consecutive temporary failures that open
-    #: it, seconds it stays open, and the longest a half-open probe call may take.
+    #: Circuit breaker per provider (services/upstream/breaker.py): consecutive temporary failures
+    #: that open it, seconds it stays open, and the longest a half-open probe call may take.
     BREAKER_FAILURE_THRESHOLD = 5
     BREAKER_OPEN_SECONDS = 30.0
     BREAKER_PROBE_SECONDS = 15.0
@@ -228,7 +228,7 @@ class BaseConfig:
     #: (concurrent probes share one run): a flood of /health/ready costs them one check a second.
     READINESS_TIMEOUT = 0.5
     READINESS_CACHE_SECONDS = 1.0
-    # Backfill (services/backfill_manager.py, backfill_runner.py; docs/backfill.md)
+    # Backfill (services/backfill/; docs/backfill.md)
     #: Most concurrent upstream calls per provider made by backfills of this instance.
     BACKFILL_CONCURRENCY = 4
     #: Jobs one instance runs at once.
@@ -257,7 +257,7 @@ class BaseConfig:
     BACKFILL_CACHE_DAYS = 7.0
     #: Run the job runner in this instance (off: the API still queues jobs for other instances).
     BACKFILL_RUNNER = True
-    # Live candles over WebSocket (blueprints/websocket.py, services/subscription_*.py, broadcast.py)
+    # Live candles over WebSocket (blueprints/websocket.py, services/live/; cluster transport: services/bus/)
     #: Subscriptions one connection may hold; larger client messages get an invalid_message error.
     WS_MAX_SUBSCRIPTIONS = 50
     #: Open connections per client identity (API key, else IP) on one instance; one more is

@@ -28,7 +28,7 @@ from core.errors import AppError
 from core.timeframes import MINUTE_MS
 from core.times import FORMAT_TEXT, TimeError, parse_time
 from core.types import Series, to_dt
-from services.backfill_manager import Progress, readable
+from services.backfill.manager import Progress, readable
 
 
 class TimeParam(click.ParamType):

@@ -23,8 +23,8 @@ from app_extensions.migrations import run_migrations
 from config import ConfigError
 from core.errors import DataSourceError, Forbidden, PluginFeatureNotSupportedError, UnknownProvider
 from core.metrics import CREDENTIAL_LOOKUP_FAILURES
-from services.credentials import CredentialStore, UserCredentials, Vault, parse_keys, rotate_all
-from services.market_service import MarketService
+from services.upstream.credentials import CredentialStore, UserCredentials, Vault, parse_keys, rotate_all
+from services.upstream.market_service import MarketService
 
 log = logging.getLogger(__name__)
 

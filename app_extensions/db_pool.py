@@ -4,7 +4,7 @@
 ``before_serving``/``after_serving`` hooks. When PostgreSQL cannot be reached the service still
 starts; ``acquire()`` raises ``DataSourceError`` and the pool is created (and migrations applied)
 by the first ``acquire()`` after ``DEPENDENCY_RETRY_AFTER`` seconds once PostgreSQL is back. The
-skip-then-retry is ``services.circuit``'s state machine (the breakers' one): after a failure
+skip-then-retry is ``services.upstream.circuit``'s state machine (the breakers' one): after a failure
 PostgreSQL is skipped for that time, then one caller tries it while the others keep degrading.
 """
 
@@ -24,8 +24,8 @@ from quart import Quart
 from app_extensions.migrations import run_migrations
 from core.errors import DataSourceError
 from core.outage import OutageLog
-from services.aggregates import describe_mode
-from services.circuit import PROBE, REFUSED, Circuit
+from services.bars.aggregates import describe_mode
+from services.upstream.circuit import PROBE, REFUSED, Circuit
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from app_extensions.services import get_services
 from core.errors import AppError, RangeNotStored
 from core.timeframes import TIMEFRAMES
 from core.types import Series
-from services.backfill_manager import readable
+from services.backfill.manager import readable
 from services.export import FORMATS, Exporter, ExportPlan, ExportSettings
 from services.settings import build
 

@@ -2,7 +2,7 @@
 
 ``run(fn)`` executes a Redis coroutine factory retrying a transient error once (after 50 ms)
 and translates redis errors to ``DataSourceError``. After a failure Redis is skipped for
-``DEPENDENCY_RETRY_AFTER`` seconds, then one caller tries it again (``services.circuit``, the
+``DEPENDENCY_RETRY_AFTER`` seconds, then one caller tries it again (``services.upstream.circuit``, the
 breakers' one state machine): recovery needs no restart.
 """
 
@@ -23,7 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.errors import DataSourceError
 from core.outage import OutageLog
-from services.circuit import PROBE, REFUSED, Circuit
+from services.upstream.circuit import PROBE, REFUSED, Circuit
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

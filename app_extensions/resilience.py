@@ -1,6 +1,6 @@
 """Wires failure handling and users' own answers into the app: the providers' circuit breaker
 (shared through Redis), stale-while-error tickers, and OHLCV answers from a user's own plugin
-instance (``services.user_bars``). Reach it with ``get_resilience(app)``."""
+instance (``services.bars.user_bars``). Reach it with ``get_resilience(app)``."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from quart import Quart
 
 from app_extensions.redis_client import get_redis
 from app_extensions.services import get_services
-from services.breaker import CircuitBreaker
-from services.tickers import TickerService
-from services.user_bars import UserBars
+from services.bars.user_bars import UserBars
+from services.upstream.breaker import CircuitBreaker
+from services.upstream.tickers import TickerService
 
 
 class Resilience:

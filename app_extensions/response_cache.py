@@ -1,6 +1,6 @@
 """Prepared answers in process memory, dropped on revision, and compression of JSON answers.
 
-``ResponseCache`` owns an ``AnswerBytes`` store (``services/answer_bytes.py``): closed-range
+``ResponseCache`` owns an ``AnswerBytes`` store (``app_extensions/answer_bytes.py``): closed-range
 ``/ohlcv`` answers prepared once (body, ETag, ``br`` and ``gzip`` variants) under the memory bound
 ``ANSWER_BYTES_MAX``. A task it owns listens on the Redis pub/sub channel
 ``<REDIS_PREFIX>:revisions`` for revision events ``{"series": "market:provider:symbol", "ts": <1m
@@ -27,12 +27,12 @@ from quart.wrappers.response import DataBody
 from redis.exceptions import RedisError
 from werkzeug.datastructures import Headers
 
+from app_extensions.answer_bytes import MIN_COMPRESS_BYTES, AnswerBytes, Prepared, accepted_encoding, compress
 from app_extensions.hooks import get_hooks
 from app_extensions.redis_client import RedisClient, get_redis
 from app_extensions.request_context import scope_header
 from core.errors import DataSourceError
 from core.metrics import ANSWER_BYTES_REVISIONS, ANSWER_BYTES_USED
-from services.answer_bytes import MIN_COMPRESS_BYTES, AnswerBytes, Prepared, accepted_encoding, compress
 
 log = logging.getLogger(__name__)
 REDIS_ERRORS = (RedisError, OSError, TimeoutError, DataSourceError)

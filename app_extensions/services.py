@@ -12,18 +12,19 @@ from quart import Quart
 from app_extensions.db_pool import get_database
 from app_extensions.redis_client import get_redis
 from plugins.loader import PluginLoader
-from services import hub
-from services.backfill_manager import BackfillManager
-from services.cache_manager import RedisCache
-from services.hub import Broadcast, HubSettings, SubscriptionService
-from services.hub.redis_backend import RedisBackend
-from services.market_service import MarketService
-from services.orchestrator import DataOrchestrator, OrchestratorSettings
-from services.provider_source import PluginSource, ProviderSource
-from services.revisions import Revisions
+from services import live
+from services.backfill.manager import BackfillManager
+from services.bars.cache import RedisCache
+from services.bars.orchestrator import DataOrchestrator, OrchestratorSettings
+from services.bars.provider_source import PluginSource, ProviderSource
+from services.bars.sources import Cache1mSource, CacheSource, DbSource, StorageSource
+from services.bus.broadcast import Broadcast
+from services.bus.redis_backend import RedisBackend
+from services.bus.revisions import Revisions
+from services.live import HubSettings, SubscriptionService
+from services.live.streams import StreamRegistry
 from services.settings import build
-from services.sources import Cache1mSource, CacheSource, DbSource, StorageSource
-from services.stream_registry import StreamRegistry
+from services.upstream.market_service import MarketService
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class Services:
         redis_cache = RedisCache(redis, int(config["CACHE_TTL_CLOSED"]),
                                  int(float(config["CACHE_RECENT_SECONDS"]) * 1000))
         cache = CacheSource(redis_cache)
-        # The hub's cluster transport also carries revisions of stored bars (services.revisions).
+        # The hub's cluster transport also carries revisions of stored bars (services.bus.revisions).
         broadcast = Broadcast(RedisBackend(redis), retry_after=float(config["DEPENDENCY_RETRY_AFTER"]))
         revisions = Revisions(broadcast, redis_cache)
         self.backfill = BackfillManager(self.markets, db, cache, dict(config), revisions)
@@ -71,7 +72,7 @@ class Services:
             on_missing=self.backfill.schedule_missing,
             store=storage,
         )
-        self.subscriptions = hub.build(
+        self.subscriptions = live.build(
             markets=self.markets, orchestrator=self.orchestrator, broadcast=broadcast,
             db=DbSource(db, revisions), settings=HubSettings.from_config(config),
             streams=StreamRegistry(config),

@@ -1,4 +1,4 @@
-"""Owner of cache warming (``services/warmup.py``): at start a background task prefetches what
+"""Owner of cache warming (``services/bars/warmup.py``): at start a background task prefetches what
 was live and most asked recently; another records both every ``WARMUP_RECORD_SECONDS``. Both are
 tasks of this object, stopped (and the last counts flushed) by ``close()``, which ``create_app``
 calls before the services, Redis and the pool close. Reach it with ``get_warmup(app)``."""
@@ -17,7 +17,7 @@ from app_extensions.redis_client import get_redis
 from app_extensions.services import get_services
 from config import ConfigError
 from core.errors import AppError
-from services.warmup import Warmer, WarmupReport, warmup_settings
+from services.bars.warmup import Warmer, WarmupReport, warmup_settings
 
 log = logging.getLogger(__name__)
 

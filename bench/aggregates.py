@@ -30,7 +30,7 @@ import asyncpg
 from app_extensions.migrations import run_migrations
 from config import TestingConfig
 from core.timeframes import DAY_MS, HOUR_MS, MINUTE_MS
-from services import aggregates
+from services.bars import aggregates
 from tests.support.pglite.fixtures import run_pglite_server, unavailable_reason
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")

@@ -9,7 +9,7 @@ from app_extensions.services import get_services
 from blueprints.common import load_body
 from blueprints.credentials_schemas import CredentialsBody
 from core.errors import NotFound
-from services.credentials import UserCredentials
+from services.upstream.credentials import UserCredentials
 
 credentials_blueprint = Blueprint("credentials", __name__, url_prefix="/api/v1")
 BODY = CredentialsBody()

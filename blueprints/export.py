@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator
 
 from quart import Blueprint, Response, current_app, jsonify, request
 
+from app_extensions.answer_bytes import accepted_encoding, etag_matches
 from app_extensions.export import get_exporter
 from app_extensions.services import get_services
 from blueprints.common import load_query
 from blueprints.export_schemas import ExportQuery
 from core.errors import InvalidParameter, RangeNotStored
 from core.types import Series
-from services.answer_bytes import accepted_encoding, etag_matches
 from services.export import FORMATS
 
 export_blueprint = Blueprint("export", __name__, url_prefix="/api/v1")

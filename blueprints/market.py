@@ -6,6 +6,7 @@ import json
 
 from quart import Blueprint, Request, Response, current_app, jsonify, request
 
+from app_extensions.answer_bytes import Prepared, etag_matches, etag_of
 from app_extensions.credentials import get_credentials
 from app_extensions.resilience import get_resilience
 from app_extensions.response_cache import PreparedResponse, get_response_cache
@@ -17,10 +18,9 @@ from core.errors import InvalidParameter
 from core.metrics import DATA_SOURCE_ANSWERS
 from core.timeframes import MINUTE_MS, now_ms
 from core.types import Series
-from services.answer_bytes import Prepared, etag_matches, etag_of
-from services.orchestrator import BarQuery, window
-from services.sources import LEDGER_SAFETY_MS
-from services.warmup import range_key
+from services.bars.orchestrator import BarQuery, window
+from services.bars.sources import LEDGER_SAFETY_MS
+from services.bars.warmup import range_key
 
 market_blueprint = Blueprint("market", __name__, url_prefix="/api/v1")
 #: Schema instances are stateless; build them once rather than per request.

@@ -49,8 +49,3 @@ class UdfHistoryQuery(_Query):
             raise ValidationError("from is required unless countback is given", "from")
         if data["to"] <= data["start"]:
             raise ValidationError("to must be after from", "to")
-
-
-class UdfErrorDoc(Schema):
-    s = fields.String(required=True, validate=validate.Equal("error"))
-    errmsg = fields.String(required=True)

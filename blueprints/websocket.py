@@ -31,9 +31,9 @@ from blueprints import ws_auth
 from blueprints.ws_schemas import SCHEMAS
 from blueprints.ws_server import hypercorn_options, uvicorn_options
 from core.errors import AppError, InvalidParameter
-from services.hub import SubscriptionService
-from services.hub.broadcast import stop_task
-from services.hub.connection import Connection
+from services.bus.broadcast import stop_task
+from services.live import SubscriptionService
+from services.live.connection import Connection
 
 log = logging.getLogger(__name__)
 websocket_blueprint = Blueprint("websocket", __name__, url_prefix="/api/v1")

@@ -24,8 +24,8 @@ from quart import Blueprint, current_app, g, websocket
 from app_extensions.auth import get_auth, hash_key, websocket_key
 from app_extensions.services import get_services
 from core.errors import Unauthorized
-from services.hub.broadcast import stop_task
-from services.hub.connection import Connection
+from services.bus.broadcast import stop_task
+from services.live.connection import Connection
 
 log = logging.getLogger(__name__)
 #: Close code of a connection whose key is missing, wrong, or revoked (RFC 6455: policy violation).

@@ -163,7 +163,7 @@ WS_FANOUT_LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 
-# --- stream feed metrics (services.stream_feed) -----------------------------------------------
+# --- stream feed metrics (services.live.streams) -----------------------------------------------
 STREAM_RECONNECTS = Counter(
     "stream_reconnects_total",
     "Kline streams that failed and fell back to polling, by reason (refused, dropped, malformed,"
@@ -207,7 +207,7 @@ BACKFILL_RUNNER_ERRORS = Counter(
     "backfill_runner_errors_total", "Errors of the backfill job runner loop (it backs off)"
 )
 
-# --- provider circuit breakers (services/breaker.py) -------------------------------------------
+# --- provider circuit breakers (services/upstream/breaker.py) ----------------------------------
 BREAKER_STATE = Gauge(
     "provider_breaker_state", "Circuit breaker of a provider: 0 closed, 1 half-open, 2 open",
     ["provider"], multiprocess_mode="livemax",

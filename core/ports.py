@@ -21,7 +21,7 @@ T = TypeVar("T")
 class Database(Protocol):
     """A pooled PostgreSQL connection source."""
 
-    #: Storage mode chosen by the migrations (``services.aggregates.MODES``), or ``"unknown"``.
+    #: Storage mode chosen by the migrations (``services.bars.aggregates.MODES``), or ``"unknown"``.
     mode: str
 
     @property

@@ -8,7 +8,7 @@
 -- 7x), as TimescaleDB requires of a continuous aggregate built on another one. time_bucket's
 -- default origin is Monday 2000-01-03, so 1w buckets start Monday 00:00 UTC and every other bucket
 -- is aligned to the UNIX epoch. Timeframes without an aggregate (3m, 30m, 2h, 6h, 12h) are
--- aggregated at query time from the nearest one (services/aggregates.py).
+-- aggregated at query time from the nearest one (services/bars/aggregates.py).
 --
 -- Placeholders (config, see docs/timescaledb.md): TIMESCALE_CHUNK_INTERVAL,
 -- TIMESCALE_REFRESH_LOOKBACK, TIMESCALE_REFRESH_SCHEDULE, TIMESCALE_COMPRESSION_AFTER and
@@ -78,7 +78,7 @@ WITH NO DATA;
 -- Refresh policies. end_offset is one bucket, so a policy never materializes a forming bucket (the
 -- newest buckets come from real-time aggregation); start_offset is the configured look-back, but
 -- at least three buckets (TimescaleDB wants the window to cover two buckets or more). Writes older
--- than the look-back are refreshed explicitly by services.aggregates.refresh_window.
+-- than the look-back are refreshed explicitly by services.bars.aggregates.refresh_window.
 SELECT add_continuous_aggregate_policy(
     view_name, start_offset => greatest(INTERVAL '{{TIMESCALE_REFRESH_LOOKBACK}}', 3 * width),
     end_offset => width, schedule_interval => INTERVAL '{{TIMESCALE_REFRESH_SCHEDULE}}',

@@ -20,8 +20,8 @@ from typing import Any
 from core.errors import InvalidParameter, UnknownProvider, UnknownSymbol
 from core.timeframes import Bar, tf_ms
 from core.types import Series
-from services.market_service import MarketService
-from services.orchestrator import BarQuery, DataOrchestrator
+from services.bars.orchestrator import BarQuery, DataOrchestrator
+from services.upstream.market_service import MarketService
 
 log = logging.getLogger(__name__)
 

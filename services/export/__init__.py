@@ -2,7 +2,7 @@
 
 - ``service``: the plan of one export (its buckets, the bar bound), the storage check (missing
   minutes, a fingerprint for the ETag) and the rows, read with the query ``/ohlcv`` runs
-  (``services.aggregates.bars_query``) through a binary ``COPY``;
+  (``services.bars.aggregates.bars_query``) through a binary ``COPY``;
 - ``rows``: binary ``COPY`` data parsed into column batches (numpy), volumes rounded as
   ``/ohlcv`` rounds them;
 - ``formats``: the batches as CSV, JSON lines, Parquet or an Arrow IPC stream, written out as

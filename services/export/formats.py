@@ -25,9 +25,11 @@ import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from services.answer_bytes import DYNAMIC_LEVEL
 from services.export.rows import COLUMNS, Batch
 
+#: Compression levels of answers compressed as they are sent (streamed exports, and any answer
+#: compressed per request): favour speed.
+DYNAMIC_LEVEL = {"br": 4, "gzip": 6}
 #: Parquet's compression codec (inside the file; the answer is not compressed again).
 PARQUET_COMPRESSION = "zstd"
 

@@ -1,6 +1,6 @@
 """Bar rows of a binary ``COPY ... TO STDOUT`` as column batches (numpy, no object per row).
 
-The rows are those of ``services.aggregates.bars_query``: ``ts timestamptz`` and five ``float8``
+The rows are those of ``services.bars.aggregates.bars_query``: ``ts timestamptz`` and five ``float8``
 (open, high, low, close, volume), none NULL. In PostgreSQL's binary COPY format each is a fixed
 74-byte record (a field count, then a length and 8 bytes per field, big-endian), so a block of
 rows is read as one numpy structured array. Volumes are rounded as ``/ohlcv`` rounds them

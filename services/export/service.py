@@ -6,7 +6,7 @@ start at or after ``start`` and before ``end``), never the forming one, and refu
 must each be stored or verified empty (the gap ledger, then stored bars where it has holes), else
 ``RangeNotStored``; it also fingerprints the stored 1m rows (count and a hash of their values), so
 an ETag changes when a stored bar is revised. ``stream`` runs the query ``/ohlcv`` runs
-(``services.aggregates.bars_query``) as a binary ``COPY`` on its own pooled connection, in a task
+(``services.bars.aggregates.bars_query``) as a binary ``COPY`` on its own pooled connection, in a task
 that can be at most ``QUEUE_CHUNKS`` chunks ahead of the client (asyncpg stops reading while its
 output waits, so PostgreSQL waits too): memory does not grow with the range.
 """
@@ -24,8 +24,8 @@ from core.errors import InvalidParameter, RangeNotStored
 from core.ports import Database
 from core.timeframes import MINUTE_MS, bucket_ceil, bucket_start, now_ms, tf_ms
 from core.types import Series, subtract_ranges, to_dt
-from services import aggregates, storage
-from services.backfill_gaps import bar_islands
+from services.backfill.gaps import bar_islands
+from services.bars import aggregates, storage
 from services.export.formats import Format, encode
 from services.export.rows import CopyParser, to_batch
 from services.settings import setting

@@ -12,7 +12,7 @@ import pytest
 
 from app_extensions.migrations import ADVISORY_LOCK_ID, SCHEMA_LOCK, SCHEMA_UNLOCK, run_migrations
 from config import TestingConfig
-from services import aggregates
+from services.bars import aggregates
 from tests.conftest import DATABASE_URL
 from tests.support.helpers import drop_schema
 from tests.support.pglite.fixtures import timescale_url  # noqa: F401  (session fixture)

@@ -11,7 +11,7 @@ from redis.exceptions import ResponseError
 
 from app_extensions.redis_client import RedisClient
 from core.errors import DataSourceError
-from tests.services.test_breaker import redis_client
+from tests.services.upstream.test_breaker import redis_client
 
 
 @pytest.fixture

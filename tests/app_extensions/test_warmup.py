@@ -1,4 +1,4 @@
-"""Cache warming's logs (app_extensions/warmup.py, services/warmup.py): with Redis down the records
+"""Cache warming's logs (app_extensions/warmup.py, services/bars/warmup.py): with Redis down the records
 not written are said once at shutdown, not at every interval nor twice when closing; a provider
 down during warm-up is one warning, not one per planned query of its series."""
 
@@ -16,8 +16,8 @@ from app_extensions.warmup import get_warmup
 from config import BaseConfig
 from core.errors import NetworkPluginError
 from core.types import Series
-from services.bars import BarQuery
-from services.warmup import Warmer, warmup_settings
+from services.bars.query import BarQuery
+from services.bars.warmup import Warmer, warmup_settings
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def redis_down_app(app_config: dict[str, Any]) -> Quart:
 
 
 async def test_unwritten_records_are_logged_once(redis_down_app: Quart, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.DEBUG, logger="services.warmup"):
+    with caplog.at_level(logging.DEBUG, logger="services.bars.warmup"):
         async with redis_down_app.test_app():
             warmer = get_warmup(redis_down_app).warmer
             warmer.note(BarQuery(Series("sim", "sim", "SIM/USD"), "1h", 0, 3_600_000, 1))
@@ -63,7 +63,7 @@ class Planned(Warmer):
 async def test_a_provider_down_during_warm_up_is_one_warning(caplog: pytest.LogCaptureFixture) -> None:
     warmer = Planned(DownOrchestrator(), None, warmup_settings(BaseConfig().as_dict()),  # type: ignore[arg-type]
                      lambda: [])
-    with caplog.at_level(logging.DEBUG, logger="services.warmup"):
+    with caplog.at_level(logging.DEBUG, logger="services.bars.warmup"):
         report = await warmer.run()
     assert report.failed == 3 and report.queries == 1
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

@@ -12,7 +12,7 @@ from quart.typing import TestClientProtocol
 from app_extensions.services import get_services
 from core.timeframes import MINUTE_MS, bucket_ceil, bucket_start, now_ms
 from core.types import Series
-from services import storage
+from services.bars import storage
 from tests.support.backfill import T0, candles
 
 SIM = Series("sim", "sim", "SIM/USD")

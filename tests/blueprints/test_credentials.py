@@ -16,7 +16,7 @@ from app import create_app
 from app_extensions.auth import hash_key
 from config import ConfigError
 from core.errors import DataSourceError
-from services.credentials import Vault, parse_keys
+from services.upstream.credentials import Vault, parse_keys
 
 ALICE, BOB = "alice-api-key-0001", "bob-api-key-00002"
 SECRET = "s3cret-never-shown-anywhere"
@@ -177,7 +177,7 @@ async def test_a_token_opens_only_in_its_own_row(app: Quart, app_config: dict[st
 async def test_tokens_from_before_the_binding_stay_readable_until_rotated(
         app: Quart, app_config: dict[str, Any], key1: str) -> None:
     from app_extensions.credentials import get_credentials
-    from services.credentials import rotate_all
+    from services.upstream.credentials import rotate_all
 
     alice = hash_key(ALICE)[:16]
     legacy = Vault([key1]).encrypt({"api_key": API_KEY, "secret": SECRET, "password": None})

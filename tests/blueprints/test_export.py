@@ -23,7 +23,7 @@ from app_extensions.auth import hash_key
 from core.timeframes import DAY_MS, MINUTE_MS, TIMEFRAMES, bucket_ceil
 from core.types import Series
 from plugins.sim import sim_bar
-from services import storage
+from services.bars import storage
 
 SIM = Series("sim", "sim", "SIM/USD")
 T0 = 1_704_067_200_000  # 2024-01-01 00:00 UTC, a Monday

@@ -13,7 +13,7 @@ from plugins.base import ProviderInfo
 from plugins.ccxt_support import CAPABILITIES, rebase_urls
 from plugins.crypto import CryptoPlugin
 from plugins.loader import PluginLoader
-from services.market_service import MarketService
+from services.upstream.market_service import MarketService
 from tests.support.exchange_emulator import ExchangeEmulator, fixtures
 from tests.support.exchange_emulator.checks import NO_LEAKS
 from tests.support.helpers import clear_shared_markets

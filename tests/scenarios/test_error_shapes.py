@@ -9,7 +9,7 @@ from quart.typing import TestClientProtocol
 
 from app import create_app
 from core.errors import NetworkPluginError
-from services.breaker import BreakerSettings, CircuitBreaker, ProviderCircuitOpen
+from services.upstream.breaker import BreakerSettings, CircuitBreaker, ProviderCircuitOpen
 
 T0 = 1_704_067_200_000
 

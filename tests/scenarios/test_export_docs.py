@@ -19,7 +19,7 @@ import pytest
 from core.timeframes import DAY_MS, MINUTE_MS
 from core.types import Series
 from plugins.sim import sim_bar
-from services import storage
+from services.bars import storage
 from tests.conftest import DATABASE_URL
 from tests.support.helpers import delete_prefix
 from tests.support.live_server import hypercorn_server

@@ -14,7 +14,7 @@ from quart import Quart
 
 from app import create_app
 from core.timeframes import DAY_MS, TIMEFRAMES
-from services import aggregates
+from services.bars import aggregates
 from tests.support.backfill import wait_job
 from tests.support.helpers import drop_schema
 from tests.support.pglite.fixtures import timescale_url  # noqa: F401  (session fixture)

@@ -13,7 +13,7 @@ from quart.typing import TestClientProtocol
 from app import create_app
 from core.timeframes import DAY_MS, MINUTE_MS, resample, tf_ms
 from plugins.sim import sim_bar
-from services import aggregates
+from services.bars import aggregates
 from tests.blueprints.test_market import BASE, flush_prefix
 from tests.support.helpers import drop_schema
 from tests.support.pglite.fixtures import timescale_url  # noqa: F401  (session fixture)

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from core.timeframes import DAY_MS
-from tests.services.test_aggregates import SERIES, WED, Store, close_store, make_bars, open_store, reference
+from tests.services.bars.test_aggregates import SERIES, WED, Store, close_store, make_bars, open_store, reference
 from tests.support.helpers import count_1m_bars
 from tests.support.pglite.fixtures import timescale_url  # noqa: F401  (session fixture)
 

@@ -19,7 +19,7 @@ import pytest
 from app import create_app
 from app_extensions.services import get_services
 from blueprints.websocket import hypercorn_options
-from services.hub.frames import StatusFrame
+from services.live.frames import StatusFrame
 from tests.support.ws import WS_TEST_CONFIG, Client, assert_ts_monotonic, http_session, metric, serve_app, wait_for
 
 CHANNEL = "sim:sim:SIM/USD:1m"

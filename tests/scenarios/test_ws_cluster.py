@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from app import create_app
 from app_extensions.services import get_services
-from services.hub import SubscriptionService
+from services.live import SubscriptionService
 from tests.conftest import REDIS_URL
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.ws import (

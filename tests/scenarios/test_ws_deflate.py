@@ -14,7 +14,7 @@ import aiohttp
 from app import create_app
 from app_extensions.services import get_services
 from blueprints.websocket import hypercorn_options
-from services.hub.frames import StatusFrame
+from services.live.frames import StatusFrame
 from tests.scenarios.test_ws_backpressure import RawClient
 from tests.support.ws import (
     WS_TEST_CONFIG,

@@ -35,8 +35,8 @@ def fast_clock(monkeypatch: pytest.MonkeyPatch, emulator: ExchangeEmulator) -> C
     def now() -> int:
         return int((real0 + (time.time() - real0) * SPEED) * 1000)
 
-    for module in ("services.orchestrator", "services.hub.poller", "services.hub.service",
-                   "services.provider_calls"):
+    for module in ("services.bars.orchestrator", "services.live.poller", "services.live.service",
+                   "services.upstream.calls"):
         monkeypatch.setattr(f"{module}.now_ms", now)
     monkeypatch.setattr(emulator.book, "now", now)
     return now

@@ -15,7 +15,7 @@ import pytest
 from app import create_app
 from app_extensions.services import get_services
 from blueprints.websocket import CLOSE_DRAIN_SECONDS, hypercorn_options
-from services.hub.frames import StatusFrame
+from services.live.frames import StatusFrame
 from tests.scenarios.test_ws_backpressure import RawClient
 from tests.support.ws import WS_TEST_CONFIG, metric, serve_app, wait_for
 

@@ -38,7 +38,7 @@ def fast_clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
     def now() -> int:
         return int((real0 + (time.time() - real0) * SPEED) * 1000)
 
-    for module in ("plugins.sim", "services.orchestrator", "services.hub.poller", "services.hub.service"):
+    for module in ("plugins.sim", "services.bars.orchestrator", "services.live.poller", "services.live.service"):
         monkeypatch.setattr(f"{module}.now_ms", now)
     return now
 
@@ -121,7 +121,7 @@ async def test_a_5m_channel_closes_its_bucket_with_the_aggregate_of_its_minutes(
     def now() -> int:  # 300x: a 5m bucket a second
         return int((real0 + (time.time() - real0) * 300) * 1000)
 
-    for module in ("plugins.sim", "services.orchestrator", "services.hub.poller", "services.hub.service"):
+    for module in ("plugins.sim", "services.bars.orchestrator", "services.live.poller", "services.live.service"):
         monkeypatch.setattr(f"{module}.now_ms", now)
     app = create_app({**app_config, **WS_TEST_CONFIG, "ENABLED_MARKETS": "sim"})
     async with app.test_app(), collecting(app, {**SUB, "timeframe": "5m"}) as frames:

@@ -15,8 +15,8 @@ from app import create_app
 from app_extensions.services import get_services
 from core.timeframes import DAY_MS, MINUTE_MS
 from core.types import Series
-from services import storage
-from services.backfill_manager import BackfillManager
+from services.backfill.manager import BackfillManager
+from services.bars import storage
 from tests.support.exchange_emulator import ExchangeEmulator
 from tests.support.exchange_emulator.candles import minute_candle
 from tests.support.helpers import select_1m_bars

@@ -1,0 +1,236 @@
+"""DataOrchestrator: answers OHLCV queries from the answer cache, else over a chain of sources.
+
+Public names (stable): ``DataOrchestrator``, ``OrchestratorSettings``, ``BarQuery``,
+``BarAnswer``, ``window``, ``WIDEN_FACTORS``, ``CLOSURE_SLACK_MS``.
+
+The path of one query of timeframe T, top to bottom:
+1. ``window``: the buckets [a, b) it covers and the ``next`` page;
+2. the answer cache (closed ranges cached long, ranges with the forming bar briefly), then one
+   build per window at a time (concurrent identical queries share it);
+3. the chain (``services.bars.sources``): each source's ``fill`` adds what it has. Storage up:
+   ``StorageSource`` then ``ProviderSource`` (fetches what the ledger lacks, writes it through,
+   reads the window back). Storage down (a ``DataSourceError``): ``Cache1mSource`` then the
+   provider without storage;
+4. the backfill hook for closed minutes left missing, and the answer cached unless incomplete.
+Markets that close (stocks) widen latest-bars windows until they hold ``limit`` bars.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+
+from core.errors import DataSourceError
+from core.timeframes import MINUTE_MS, bucket_ceil, bucket_start, now_ms, resample, round_bar, tf_ms
+from core.types import Series
+from services.bars.provider_source import PluginSource
+from services.bars.query import BarAnswer, BarQuery
+from services.bars.sources import LEDGER_SAFETY_MS, CacheSource, DataSource, Fill, StorageSource, Window
+from services.settings import setting
+from services.upstream.deadline import DeadlineExceeded, remaining, request_deadline
+
+__all__ = ["CLOSURE_SLACK_MS", "WIDEN_FACTORS", "BarAnswer", "BarQuery", "DataOrchestrator",
+           "OrchestratorSettings", "window"]
+log = logging.getLogger(__name__)
+
+#: How far back (in multiples of ``limit`` buckets) a latest-bars query looks in markets that close.
+WIDEN_FACTORS = (1, 2, 4, 8)
+#: ... plus this much clock time: a long weekend (Friday close to Tuesday open).
+CLOSURE_SLACK_MS = 4 * 24 * 60 * MINUTE_MS
+
+MissingHook = Callable[[Series, list[tuple[int, int]]], Awaitable[str | None]]
+
+
+@dataclass(frozen=True)
+class OrchestratorSettings:
+    """``build(OrchestratorSettings, config)``."""
+
+    ttl_closed: int = setting("CACHE_TTL_CLOSED", 86_400, int)
+    ttl_forming: int = setting("CACHE_TTL_FORMING", 5, int)
+    #: Most upstream calls one query may make before the rest is left to a backfill job.
+    max_provider_calls: int = setting("OHLCV_MAX_PROVIDER_CALLS", 10, int)
+    #: Seconds within which every answer comes (from stored data when the provider is slower).
+    deadline: float = setting("REQUEST_DEADLINE", 10.0, float)
+
+
+def window(q: BarQuery, now: int) -> tuple[int, int, int | None]:
+    """The buckets [a, b) a query covers, and the ``next`` page start (None when done)."""
+    size = tf_ms(q.timeframe)
+    if q.start is None:  # the latest bars up to ``end``: an ``end`` past now means up to now
+        b = bucket_ceil(min(q.end, now + 1) if q.end is not None else now + 1, q.timeframe)
+        return b - q.limit * size, b, None
+    a = bucket_ceil(q.start, q.timeframe)
+    req_end = bucket_ceil(q.end if q.end is not None else now + 1, q.timeframe)
+    b = min(req_end, a + q.limit * size)
+    return a, max(a, b), (b if b < req_end else None)
+
+
+class DataOrchestrator:
+    """Answers ``BarQuery``s; collaborators (the chains, the hook) come in the constructor."""
+
+    def __init__(
+        self,
+        cache: CacheSource,
+        chain: Sequence[DataSource],
+        fallback: Sequence[DataSource],
+        plugins: PluginSource,
+        settings: OrchestratorSettings,
+        on_missing: MissingHook | None = None,
+        store: StorageSource | None = None,
+    ) -> None:
+        self.cache, self.plugins, self.settings = cache, plugins, settings
+        #: What answers a window when the provider misses the deadline (else the 1m cache).
+        self.store = store
+        #: The chain with storage, and the one without it (run when storage fails).
+        self.chain, self.fallback = list(chain), list(fallback)
+        #: Called with closed ranges left unfetched; returns a backfill job id.
+        self.on_missing = on_missing
+        #: Answers being built, by cache key: concurrent identical queries share one build
+        #: (one upstream fetch) instead of stampeding the provider.
+        self._inflight: dict[str, asyncio.Task[BarAnswer]] = {}
+
+    async def get_bars(self, q: BarQuery) -> BarAnswer:
+        """Bars for ``q``: strictly ascending, no duplicates, the forming bar flagged ``partial``.
+
+        ``limit`` counts bars, not buckets: a window of ``limit`` buckets may hold fewer bars
+        (nights, weekends, halts), so it is widened (up to ``WIDEN_FACTORS``) until it holds
+        ``limit`` bars: the latest ones without ``start`` (in markets that close), the first ones
+        of a page from ``start``. A page before the symbol's first bar jumps to it, so a page is
+        never empty while ``next`` is set. Answers come within ``REQUEST_DEADLINE``: from stored
+        data, marked incomplete, when the provider is slower (its fetch goes on in the
+        background), else ``DeadlineExceeded`` (503)."""
+        async with request_deadline(self.settings.deadline):
+            return await self._get_bars(q)
+
+    async def _get_bars(self, q: BarQuery) -> BarAnswer:
+        if q.start is None:
+            answer = await self._get_window(q)
+            if len(answer.bars) >= q.limit or (await self.plugins.capabilities(q.series)).continuous:
+                return answer
+            answer = await self._widen(q, answer)
+            answer.bars = answer.bars[-q.limit:]
+            return answer
+        return await self._page(q)
+
+    async def _page(self, q: BarQuery) -> BarAnswer:
+        answer = await self._get_window(q)
+        if not answer.bars and answer.next is not None and answer.next > now_ms():
+            return replace(answer, next=None)  # no bar opens after now: the exchange is not asked
+        if not answer.bars and answer.next is not None:
+            try:
+                first = await asyncio.wait_for(self.plugins.first_bar(q.series, answer.next),
+                                               remaining())
+            except TimeoutError:
+                raise self._late(q.series) from None
+            if first is None or (q.end is not None and first >= q.end):
+                return replace(answer, next=None)  # nothing more up to the range's end
+            q = replace(q, start=max(int(q.start or 0), bucket_start(first, q.timeframe)))
+            answer = await self._get_window(q)
+        if answer.next is None or len(answer.bars) >= q.limit:
+            return answer
+        answer = await self._widen(q, answer)
+        if len(answer.bars) > q.limit:
+            answer.bars = answer.bars[:q.limit]
+            answer.partial, answer.next = False, int(answer.bars[-1][0]) + tf_ms(q.timeframe)
+        return answer
+
+    async def _widen(self, q: BarQuery, answer: BarAnswer) -> BarAnswer:
+        """Wider windows until one holds ``limit`` bars (or the range ends)."""
+        slack = -(-CLOSURE_SLACK_MS // tf_ms(q.timeframe))  # buckets of the longest closure
+        for factor in WIDEN_FACTORS:
+            answer = await self._get_window(replace(q, limit=q.limit * factor + slack))
+            if len(answer.bars) >= q.limit or (q.start is not None and answer.next is None):
+                break
+        return answer
+
+    async def _get_window(self, q: BarQuery) -> BarAnswer:
+        now = now_ms()
+        a, b, nxt = window(q, now)
+        closed = b <= now // MINUTE_MS * MINUTE_MS
+        if a >= b:
+            return BarAnswer([], False, nxt, ["database"], closed)
+        key = f"{q.series.key()}:{q.timeframe}:{a}:{b}"
+        cached = await self.cache.get_answer(key)
+        if cached is not None:
+            return BarAnswer(None, bool(cached["partial"]), nxt, ["cache"], closed, raw_json=cached["bars_json"])
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._build(key, Window(q.series, q.timeframe, a, b, now)))
+            self._inflight[key] = task
+            task.add_done_callback(lambda t: self._forget(key, t))
+        # shield: neither a client that disconnects nor the deadline cancels the build (others
+        # may wait for it; it fills storage and the cache for the next request).
+        try:
+            answer = await asyncio.wait_for(asyncio.shield(task), remaining())
+        except TimeoutError:
+            answer = await self._stored(Window(q.series, q.timeframe, a, b, now))
+        return replace(answer, next=nxt, closed=closed)
+
+    async def _stored(self, w: Window) -> BarAnswer:
+        """The window from storage (else the 1m cache), marked incomplete: the provider missed
+        the deadline. Nothing stored: ``DeadlineExceeded``."""
+        bars, names = [], ["cache"]
+        if self.store is not None:
+            with contextlib.suppress(DataSourceError):
+                bars, names = await self.store.read(w), [self.store.name(w)]
+        if not bars:
+            bars = resample(await self.cache.get_1m(w.series, w.a, w.closed_end), w.timeframe)
+        if not bars:
+            raise self._late(w.series)
+        partial = bars[-1][0] + tf_ms(w.timeframe) > w.now
+        return BarAnswer(bars, partial, None, names, incomplete=True)
+
+    def _late(self, series: Series) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"{series.provider} did not answer within REQUEST_DEADLINE ({self.settings.deadline:g} s)"
+            " and no stored bar can answer", retry_after=max(1.0, self.settings.deadline))
+
+    async def close(self) -> None:
+        """Cancel answer builds still in flight (at shutdown) and wait for them to end."""
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _forget(self, key: str, task: asyncio.Task[BarAnswer]) -> None:
+        self._inflight.pop(key, None)
+        if not task.cancelled() and task.exception() is not None:
+            # Every waiter got the exception already; this only marks it retrieved.
+            log.debug("answer build for %s failed: %r", key, task.exception())
+
+    async def _build(self, key: str, w: Window) -> BarAnswer:
+        fill = await self._fill(w)
+        job = await self.on_missing(w.series, fill.backfill) if fill.backfill and self.on_missing else None
+        # Sums of float volumes carry binary noise (3009.2870660000012); 8 decimals is exact enough.
+        bars = [round_bar(x) for x in fill.bars or []]  # as WebSocket frames are
+        partial = bool(bars) and bars[-1][0] + tf_ms(w.timeframe) > w.now
+        answer = BarAnswer(bars, partial, None, fill.names, incomplete=fill.incomplete,
+                           backfill_job=job)
+        if not answer.incomplete:
+            # The last LEDGER_SAFETY_MS of closed minutes may still be corrected by the exchange
+            # (they are refetched every time): an answer holding them is cached briefly too.
+            settled = w.b <= w.current_min - LEDGER_SAFETY_MS
+            ttl = self.settings.ttl_closed if settled else self.settings.ttl_forming
+            await self.cache.put_answer(key, {"bars_json": answer.bars_json(), "partial": partial}, ttl)
+        return answer
+
+    async def _fill(self, w: Window) -> Fill:
+        """The loop over the chain; the chain without storage when storage fails."""
+        if self.chain:
+            try:
+                return await self._run(self.chain, w)
+            except DataSourceError as exc:
+                log.debug("storage unavailable, answering without it: %s", exc.details)  # Database logs the outage once
+        return await self._run(self.fallback, w)
+
+    @staticmethod
+    async def _run(chain: Sequence[DataSource], w: Window) -> Fill:
+        got = Fill(None, [(w.a, w.fetch_end)])
+        for source in chain:
+            got = await source.fill(w, got)
+            if not got.missing and got.bars is not None:
+                break
+        return got

@@ -1,0 +1,243 @@
+"""The data sources the orchestrator chains, and the types of the chain.
+
+Public names (stable): ``Window``, ``Fill``, ``DataSource``, ``StorageSource``, ``Cache1mSource``,
+``CacheSource``, ``DbSource``, ``Range``, ``LEDGER_SAFETY_MS``.
+
+Each ``DataSource`` answers one question, ``fill(window, got)``: given what the sources before it
+found (``got``: the window's bars if some source could answer, the 1m ranges still missing and the
+names of the sources used), what does it add? The orchestrator loops over its chain:
+- storage up: ``StorageSource`` (the gap ledger says which minutes were never fetched; a window
+  with none is answered from storage) then ``ProviderSource`` (``services.bars.provider_source``:
+  fetches what is missing, writes it through, reads the window back);
+- storage down: ``Cache1mSource`` (the closed 1m bars of the window, when cached in full) then
+  ``ProviderSource`` without storage.
+
+Cache and database failures surface as ``DataSourceError`` (the orchestrator then runs the chain
+without storage); provider failures are the plugins' own ``PluginError`` classes.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from core.errors import DataSourceError
+from core.metrics import observe_query
+from core.ports import Database
+from core.timeframes import MINUTE_MS, Bar, resample, tf_ms
+from core.types import Series, merge_ranges
+from plugins.base import Capabilities
+from services.bars import aggregates, storage
+from services.bars.cache import Cache
+
+log = logging.getLogger(__name__)
+#: Minutes this close to now are refetched every time, never recorded complete in the ledger.
+LEDGER_SAFETY_MS = 2 * MINUTE_MS
+Range = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Window:
+    """The buckets [a, b) of one query of ``timeframe``, seen at ``now`` (ms)."""
+
+    series: Series
+    timeframe: str
+    a: int
+    b: int
+    now: int
+
+    @property
+    def current_min(self) -> int:
+        """Open time of the forming minute."""
+        return self.now // MINUTE_MS * MINUTE_MS
+
+    @property
+    def closed_end(self) -> int:
+        """End of the window's closed minutes."""
+        return min(self.b, self.current_min)
+
+    @property
+    def fetch_end(self) -> int:
+        """End of what a provider is asked for: the forming minute included."""
+        return min(self.b, self.current_min + MINUTE_MS)
+
+    @property
+    def safe_end(self) -> int:
+        """End of the minutes settled enough to be recorded complete in the ledger."""
+        return max(self.a, min(self.closed_end, self.current_min - LEDGER_SAFETY_MS))
+
+
+@dataclass
+class Fill:
+    """What the chain has found so far for a window."""
+
+    #: The window's bars (of its timeframe), once a source can answer; None before.
+    bars: list[Bar] | None
+    #: 1m ranges still missing (to be fetched by the next source).
+    missing: list[Range]
+    #: Names of the sources used, for ``X-Data-Source``.
+    names: list[str] = field(default_factory=list)
+    #: True when some of the window could not be fetched (budget, history depth or outage).
+    incomplete: bool = False
+    #: Closed 1m ranges left to a backfill job (the orchestrator's ``on_missing`` hook).
+    backfill: list[Range] = field(default_factory=list)
+
+
+class DataSource(ABC):
+    """One link of the orchestrator's chain."""
+
+    @abstractmethod
+    async def fill(self, w: Window, got: Fill) -> Fill:
+        """``got`` completed with what this source has: found bars, still missing, its name."""
+
+
+class CacheSource:
+    """Answer and 1m-bar cache; every failure is logged and reads as a miss."""
+
+    name = "cache"
+
+    def __init__(self, cache: Cache | None) -> None:
+        self.cache = cache
+
+    async def get_answer(self, key: str) -> dict[str, Any] | None:
+        if self.cache is None:
+            return None
+        try:
+            return await self.cache.get_resampled(key)
+        except DataSourceError as exc:
+            log.debug("cache read skipped: %s", exc.details)  # the outage: RedisClient logs it once
+            return None
+
+    async def put_answer(self, key: str, answer: dict[str, Any], ttl: int) -> None:
+        if self.cache is None:
+            return
+        try:
+            await self.cache.set_resampled(key, answer, ttl)
+        except DataSourceError as exc:
+            log.debug("cache write skipped: %s", exc.details)
+
+    async def get_1m(self, series: Series, start: int, end: int) -> list[Bar]:
+        if self.cache is None:
+            return []
+        try:
+            return await self.cache.get_1m_bars(series, start, end)
+        except DataSourceError as exc:
+            log.debug("1m cache read skipped: %s", exc.details)
+            return []
+
+    async def put_1m(self, series: Series, bars: Sequence[Sequence[float]]) -> None:
+        if self.cache is None or not bars:
+            return
+        try:
+            await self.cache.store_1m_bars(series, bars)
+        except DataSourceError as exc:
+            log.debug("1m cache write skipped: %s", exc.details)
+
+
+class RevisionSink(Protocol):
+    """Told about stored bars whose values a write changed (``services.bus.revisions.Revisions``)."""
+
+    async def announce(self, series: Series, bars: Sequence[Bar]) -> None: ...
+
+
+async def _write(conn: Any, mode: str, series: Series, bars: Sequence[Sequence[float]],
+                 complete: Sequence[Range], revisions: RevisionSink | None = None) -> int:
+    """Closed 1m bars and the ranges now known complete in one transaction, then a refresh of
+    the aggregates they touch; stored bars whose values changed go to ``revisions``."""
+    if not bars and not complete:
+        return 0
+    revised: list[Bar] | None = [] if revisions is not None else None
+    with observe_query("upsert_1m_bars"):
+        n = await storage.upsert_1m_bars(conn, series, bars, complete, revised)
+    if bars:
+        with observe_query("refresh_aggregates"):
+            await aggregates.refresh_window(conn, mode, int(bars[0][0]), int(bars[-1][0]) + MINUTE_MS)
+    if revised and revisions is not None:
+        await revisions.announce(series, revised)
+    return n
+
+
+class DbSource:
+    """Writes fetched closed 1m bars (and the ranges now known complete) atomically."""
+
+    def __init__(self, db: Database, revisions: RevisionSink | None = None) -> None:
+        self.db, self.revisions = db, revisions
+
+    async def write(
+        self, series: Series, bars: Sequence[Sequence[float]], complete: Sequence[tuple[int, int]]
+    ) -> int:
+        """Write ``bars`` and record ``complete``; returns the rows written."""
+        if not bars and not complete:
+            return 0
+        async with self.db.acquire() as conn:
+            return await _write(conn, self.db.mode, series, bars, complete, self.revisions)
+
+
+class StorageSource(DataSource):
+    """Stored bars and the gap ledger; the write-through target of ``ProviderSource``. Each
+    method uses one pooled connection (one acquire, one reset)."""
+
+    def __init__(self, db: Database, revisions: RevisionSink | None = None) -> None:
+        self.db, self.revisions = db, revisions
+
+    async def fill(self, w: Window, got: Fill) -> Fill:
+        """The window from storage when the ledger lacks nothing; else the missing minutes (and
+        always the last ``LEDGER_SAFETY_MS``, which are never recorded complete)."""
+        recent = [(w.safe_end, w.fetch_end)] if w.fetch_end > w.safe_end else []
+        async with self.db.acquire() as conn:
+            with observe_query("missing_ranges"):
+                missing = await storage.missing_ranges(conn, w.series, w.a, w.safe_end)
+            names = [] if missing == [(w.a, w.safe_end)] and w.safe_end > w.a else [self.name(w)]
+            to_fetch = merge_ranges(missing + recent)
+            if to_fetch:
+                return replace(got, missing=to_fetch, names=names)
+            return replace(got, bars=await self._read(conn, w), missing=[], names=names)
+
+    def name(self, w: Window) -> str:
+        """``aggregate`` when a continuous aggregate answers (directly or regrouped), else
+        ``database`` (the 1m table)."""
+        if self.db.mode not in aggregates.MODES:
+            return "database"
+        relation, _ = aggregates.source_of(self.db.mode, w.timeframe)
+        return "database" if relation == "ohlcv_1m" else "aggregate"
+
+    async def write_and_read(self, w: Window, bars: Sequence[Sequence[float]],
+                             complete: Sequence[Range]) -> list[Bar]:
+        """Write closed 1m bars (and the ranges now complete), then read the window back."""
+        async with self.db.acquire() as conn:
+            await _write(conn, self.db.mode, w.series, bars, complete, self.revisions)
+            return await self._read(conn, w)
+
+    async def read(self, w: Window) -> list[Bar]:
+        """The window's closed bars as stored (no provider)."""
+        async with self.db.acquire() as conn:
+            return await self._read(conn, w)
+
+    async def _read(self, conn: Any, w: Window) -> list[Bar]:
+        if w.closed_end <= w.a:
+            return []
+        with observe_query("select_bars"):
+            return await aggregates.select_bars(
+                conn, self.db.mode, w.series.market, w.series.provider, w.series.symbol,
+                w.timeframe, w.a, w.closed_end, (w.b - w.a) // tf_ms(w.timeframe))
+
+
+class Cache1mSource(DataSource):
+    """Without storage: the window's closed minutes from the 1m cache when it holds all of them
+    (in a market that trades around the clock, where a missing minute is a hole)."""
+
+    def __init__(self, cache: CacheSource, capabilities: Callable[[Series], Awaitable[Capabilities]]):
+        self.cache, self.capabilities = cache, capabilities
+
+    async def fill(self, w: Window, got: Fill) -> Fill:
+        """Cached closed minutes resampled, with only the forming minute left to fetch."""
+        cached = await self.cache.get_1m(w.series, w.a, w.closed_end)
+        if not cached or len(cached) != (w.closed_end - w.a) // MINUTE_MS:
+            return got
+        if not (await self.capabilities(w.series)).continuous:
+            return got
+        recent = [(w.closed_end, w.fetch_end)] if w.fetch_end > w.closed_end else []
+        return replace(got, bars=resample(cached, w.timeframe), missing=recent, names=["cache"])
