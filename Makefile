@@ -31,10 +31,11 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 migrate: venv
 	$(BIN)/quart --app app:create_app migrate
 
-# app.py's __main__ serves app:create_app() under Hypercorn with the WebSocket heartbeat and
-# frame-size settings (README, "Running several instances", has the equivalent hypercorn.toml).
+# serve.py serves app:create_app() under Uvicorn, the production server (SERVER=hypercorn or
+# SERVER=granian for the others), with uvloop, the WebSocket heartbeat and frame-size settings
+# and a 1001 close to WebSocket clients at Ctrl-C (docs/performance.md, "Choosing the server").
 run: venv web migrate
-	$(BIN)/python app.py
+	$(BIN)/python serve.py
 
 lint: dev
 	$(BIN)/ruff check .
@@ -55,6 +56,7 @@ test: dev lint pglite web
 	APP_ENV=testing REQUIRE_TIMESCALE=1 $(BIN)/pytest -q -p no:cacheprovider
 
 bench: dev pglite web
+	$(BIN)/python -m bench.servers
 	$(BIN)/python -m bench.ohlcv_rest
 	$(BIN)/python -m bench.gateway
 	$(BIN)/python -m bench.provider_path

@@ -1,9 +1,10 @@
-"""Application factory. Nothing is created at import time: ``create_app()`` builds everything."""
+"""Application factory. Nothing is created at import time: ``create_app()`` builds everything, and
+changes nothing else in the process (the event loop, the garbage collector and signals are the
+serving entry point's: ``serve.py``)."""
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from typing import Any
 
@@ -37,30 +38,6 @@ from blueprints.ws_asgi import WebsocketReceive
 from config import BaseConfig, load_config
 
 log = logging.getLogger(__name__)
-_frozen = False
-#: Net new tracked objects that start a collection of the youngest generation (Python's: 700).
-GC_YOUNG_THRESHOLD = 50_000
-
-
-async def freeze_startup_objects() -> None:
-    """Once per process, after start-up: move every object alive now (modules, CCXT's exchange
-    classes, the plugins, the app) out of the cyclic collector's reach (``gc.freeze``). Start-up
-    leaves about 250,000 long-lived objects, most from loading CCXT, and each full collection
-    walked them all (about 0.1 s, a pause in whatever the loop was doing: a fan-out, a backfill
-    batch). Frozen objects are still freed by reference counting; only cycles among them stay."""
-    global _frozen
-    if _frozen:
-        return
-    _frozen = True
-    gc.collect()
-    gc.freeze()
-    # A young generation of 700 (Python's default) fills within one broadcast to 1000 clients or
-    # one backfill page: what is alive mid-way (its temporaries) is collected, survives, and is
-    # promoted until full collections come every few seconds, each walking every connection's
-    # objects (~100 ms here, a stall in the middle of a broadcast). At this size a broadcast's or
-    # a page's temporaries are freed by reference counting before a collection comes.
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-    log.debug("gc: %d start-up objects frozen", gc.get_freeze_count())
 
 
 def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
@@ -115,57 +92,10 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     init_cli(app)
     init_backfill_cli(app)
     init_export(app)  # the Exporter and the export command (after the Database)
-    app.before_serving(freeze_startup_objects)  # last: after every extension has opened
     return app
 
 
-def ignore_cancelled_connections(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """The loop's exception handler under ``serve_app``: drops the report of a cancelled
-    connection task, passes every other to the default handler.
+if __name__ == "__main__":  # the same as `python serve.py`: serving, and its process-wide tuning
+    import serve
 
-    At shutdown Hypercorn cancels the connections still open after its ``graceful_timeout``
-    (``hypercorn/asyncio/run.py``, ``worker_serve``: ``asyncio.wait_for(gathered_server_tasks,
-    config.graceful_timeout)``), e.g. WebSocket clients that never answered our close frame
-    (1001, 1009, 1013). Python 3.11's ``asyncio.streams`` (``StreamReaderProtocol.connection_made``,
-    its done callback calls ``task.exception()``) then raises ``CancelledError`` inside a callback,
-    which the loop logged as an ERROR with a traceback per connection (CPython gh-113538, fixed
-    in 3.12). A cancellation is not an error."""
-    if not isinstance(context.get("exception"), asyncio.CancelledError):
-        loop.default_exception_handler(context)
-
-
-async def serve_app(application: Quart) -> None:
-    """Serve under Hypercorn with the WebSocket settings; on SIGINT/SIGTERM, WebSocket clients are
-    first told to reconnect elsewhere (close 1001), then Hypercorn and the extensions shut down."""
-    import signal
-
-    from hypercorn.asyncio import serve
-    from hypercorn.config import Config as HypercornConfig
-
-    from app_extensions.services import get_services
-    from blueprints.websocket import hypercorn_options
-
-    hc = HypercornConfig()
-    hc.bind = [f"{application.config['HOST']}:{application.config['PORT']}"]
-    hc.accesslog = None
-    # Our logging set-up (request ids, JSON in production) writes Hypercorn's lines, once: a
-    # logger object is used as is, where "-" would add a second handler of Hypercorn's own.
-    hc.errorlog = logging.getLogger("hypercorn.error")
-    for option, value in hypercorn_options(application.config).items():  # WebSocket heartbeat
-        setattr(hc, option, value)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.set_exception_handler(ignore_cancelled_connections)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-
-    async def shutdown_trigger() -> None:
-        await stop.wait()
-        drain = float(application.config["SHUTDOWN_TIMEOUT"])
-        await get_services(application).subscriptions.going_away(drain_seconds=drain)
-
-    await serve(application, hc, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
-
-
-if __name__ == "__main__":  # `make run`
-    asyncio.run(serve_app(create_app()))
+    serve.main()

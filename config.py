@@ -277,8 +277,9 @@ class BaseConfig:
     #: Server WebSocket pings (the server's setting: blueprints/ws_server.py); a dead peer is dropped.
     WS_HEARTBEAT_SECONDS = 20.0
     #: Accept a client's permessage-deflate offer (Uvicorn's ws_per_message_deflate; Hypercorn
-    #: always accepts it, see blueprints/ws_server.py).
-    WS_PER_MESSAGE_DEFLATE = True
+    #: always accepts it, see blueprints/ws_server.py). Off: our frames are ~150 bytes, and under
+    #: Uvicorn a deflating connection holds ~156 KiB against ~35 (docs/performance.md).
+    WS_PER_MESSAGE_DEFLATE = False
     #: A frame whose write has not completed after this long marks a dead or stalled peer (1013).
     WS_SEND_TIMEOUT_SECONDS = 30.0
     #: A channel's poller keeps running this long after its last local subscriber left.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +22,9 @@ from dataclasses import dataclass
 import aiohttp
 import asyncpg
 import redis.asyncio as aioredis
+
+#: The repository (the servers and the load generator run from it).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def free_port() -> int:
@@ -92,6 +97,39 @@ def hypercorn_server(app_spec: str, port: int, env: dict[str, str] | None = None
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@contextmanager
+def app_server(app_spec: str, port: int, server: str = "hypercorn", env: dict[str, str] | None = None,
+               start_timeout: float = 60.0) -> Iterator[Server]:
+    """Serve the factory ``app_spec`` (``module:factory``) through the serving entry point,
+    ``python serve.py --server SERVER --app SPEC`` (the same settings, event loop and shutdown as
+    production), in a subprocess on ``port``; stopped with SIGTERM once the caller is done."""
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "serve.py"), "--server", server, "--app", app_spec],
+        cwd=ROOT, env={**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "LOG_LEVEL": "WARNING",
+                       **(env or {})},
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:  # URLError and refused connections
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{server} serving {app_spec} did not come up") from None
+                time.sleep(0.2)
+        yield Server(base, proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @dataclass
@@ -181,13 +219,37 @@ async def load(url: str, requests: int, concurrency: int,
     )
 
 
+async def loadgen(url: str, seconds: float, connections: int, headers: dict[str, str] | None = None,
+                  body: bytes | None = None) -> LoadResult:
+    """``bench/loadgen.py`` in a process of its own: the fallback without wrk (raw keep-alive
+    HTTP/1.1 on uvloop, far lighter than aiohttp's client)."""
+    cmd = [sys.executable, "-m", "bench.loadgen", url, str(seconds), str(connections)]
+    for name, value in (headers or {}).items():
+        cmd += ["--header", f"{name}: {value}"]
+    with tempfile.NamedTemporaryFile("wb", suffix=".body") as file:
+        if body is not None:
+            file.write(body)
+            file.flush()
+            cmd += ["--body", file.name]
+        proc = await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, stdout=subprocess.PIPE)
+        out, _ = await proc.communicate()
+    fig = json.loads(out)
+    return LoadResult(rps=fig["rps"], p50_ms=fig["p50_ms"], p99_ms=fig["p99_ms"],
+                      requests=int(fig["requests"]), non_2xx=int(fig["non_2xx"]),
+                      bytes_per_s=fig["bytes_per_s"])
+
+
+def load_tool() -> str:
+    return "wrk -t1" if has_wrk() else "bench/loadgen.py (no wrk)"
+
+
 async def drive(url: str, seconds: float, connections: int,
                 headers: dict[str, str] | None = None, body: bytes | None = None) -> LoadResult:
-    """wrk when installed (``apt-get install -y wrk``), else the aiohttp fallback; GETs, or POSTs
+    """wrk when installed (``apt-get install -y wrk``), else ``bench/loadgen.py``; GETs, or POSTs
     of ``body`` when given."""
     if has_wrk():
         return await asyncio.to_thread(wrk, url, seconds, connections, headers, body)
-    return await load(url, max(int(seconds * 300), 300), connections, headers, body)
+    return await loadgen(url, seconds, connections, headers, body)
 
 
 async def drop_bench_data(database_url: str, schema: str, redis_url: str, prefix: str) -> None:

@@ -45,7 +45,7 @@ from quart import Quart
 
 from app import create_app
 from bench.backfill import DATABASE_URL, REDIS_URL, T0, start_emulator
-from bench.common import LoadResult, cpu_seconds, drive, drop_bench_data, free_port, has_wrk, hypercorn_server
+from bench.common import LoadResult, cpu_seconds, drive, drop_bench_data, free_port, hypercorn_server, load_tool
 from bench.gateway_venv import DEFAULT_VENV, URL_ENV, GatewayUnavailable, ensure_gateway
 
 SCHEMA = PREFIX = "bench_gateway"
@@ -172,7 +172,7 @@ async def run(phases: dict[str, list[tuple[LoadResult, float]]], name: str, url:
 def report(phases: dict[str, list[tuple[LoadResult, float]]], sizes: tuple[int, int, str],
            args: argparse.Namespace) -> None:
     ours_len, gateway_len, source = sizes
-    tool = "wrk -t1" if has_wrk() else "aiohttp fallback"
+    tool = load_tool()
     print(f"500 1m bars of BTC/USDT from the exchange emulator: ours {ours_len} bytes (X-Data-Source: "
           f"{source}), ccxt-gateway {gateway_len} bytes; {tool} -c{args.connections}, {args.rounds} rounds "
           f"x {args.seconds:g} s per phase (best round)")

@@ -1,10 +1,11 @@
 """Cached 500 x 1m /ohlcv answers (about 30 KB) against a bare Quart route serving the same bytes
-on the same Hypercorn (``--workers 1``), every ratio taken within one run.
+on the same server (one process, through ``serve.py``: Hypercorn unless ``--server``), every ratio
+taken within one run. ``bench/servers.py`` runs the same phases on every server at once.
 
-    .venv/bin/python -m bench.ohlcv_rest [--seconds 4] [--rounds 5] [--connections 32]
+    .venv/bin/python -m bench.ohlcv_rest [--seconds 4] [--rounds 5] [--connections 32] [--server hypercorn]
 
-Load comes from ``wrk -t1 -c32`` (Debian package ``wrk``; without it an aiohttp fallback whose
-client competes with the server for the CPU). One server process serves both routes; a bench-only
+Load comes from ``wrk -t1 -c32`` (Debian package ``wrk``; without it ``bench/loadgen.py``, lighter
+than aiohttp but still sharing the machine's CPU with the server). One server process serves both routes; a bench-only
 route switches the rate limiter between phases, so every phase runs on the same process. Each round
 runs every phase once, in order; the figure of a phase is its best round (highest req/s, least
 server CPU per answer), since a neighbour's load on the machine only ever slows a phase down.
@@ -12,12 +13,12 @@ Beside req/s each phase shows the server's CPU time per answer (from /proc): the
 bare, less disturbed by other processes. Lines printed:
 
 - ``bare``: the ceiling: a separate Quart app (none of the service's hooks) mounted at ``/bare`` on
-  the same Hypercorn, returning the body from memory;
+  the same server, returning the body from memory;
 - ``cached, limiter off`` and ``cached, limiter on`` (a limit the load never reaches: every answer a
   200, the limiter's own cost);
 - ``limiter on, default config``: one client over the default ``ohlcv`` limit (300/60), so almost
   every answer is a 429: the 429 path, and its cost against a cached 200;
-- ``floor``: Hypercorn answering a raw ASGI 429 (no Quart, no app): what any answer costs at least;
+- ``floor``: the server answering a raw ASGI 429 (no Quart, no app): what any answer costs at least;
 - compression: bytes per answer and req/s for identity, gzip and br.
 """
 
@@ -33,7 +34,7 @@ from quart import Quart, Response, request
 
 from app import create_app
 from app_extensions.ratelimit import Limit, get_ratelimiter
-from bench.common import LoadResult, drive, free_port, has_wrk, hypercorn_server
+from bench.common import LoadResult, Server, app_server, drive, free_port, load_tool
 
 PAST = 1_700_006_400_000  # 2023-11-15: closed long ago
 QUERY = f"/api/v1/ohlcv?market=sim&provider=sim&symbol=SIM/USD&timeframe=1m&start={PAST}&limit=500"
@@ -75,17 +76,19 @@ def service_app() -> Quart:
 
 
 class Both:
-    """Both apps on one Hypercorn: ``/bare`` goes to the bare app, the rest (lifespan included)
-    to the service."""
+    """Both apps on one server: ``/bare`` goes to the bare app, the rest (lifespan included) to
+    the service, whose settings, start-up hooks and extensions ``serve.py`` uses."""
 
     def __init__(self) -> None:
         self.bare, self.service = bare_app(), service_app()
-        self.extensions = self.service.extensions  # its early answers (blueprints/http_early.py)
+        self.extensions = self.service.extensions
+        self.config = self.service.config
+        self.before_serving = self.service.before_serving
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == "/bare":
             await self.bare(scope, receive, send)
-        elif scope["type"] == "http" and scope["path"] == "/floor":  # Hypercorn alone: a raw 429
+        elif scope["type"] == "http" and scope["path"] == "/floor":  # the server alone: a raw 429
             await send({"type": "http.response.start", "status": 429, "headers": FLOOR_HEADERS})
             await send({"type": "http.response.body", "body": FLOOR_BODY})
         else:
@@ -94,6 +97,15 @@ class Both:
 
 def bench_app() -> Both:
     return Both()
+
+
+def best(runs: list[LoadResult]) -> LoadResult:
+    """A phase's figure: its best round by req/s, with the least server CPU per answer of any
+    round (a neighbour's load on the machine only ever slows a phase down)."""
+    top = max(runs, key=lambda r: r.rps)
+    return LoadResult(rps=top.rps, p50_ms=top.p50_ms, p99_ms=top.p99_ms, requests=top.requests,
+                      non_2xx=top.non_2xx, bytes_per_s=top.bytes_per_s,
+                      cpu_us=min(r.cpu_us for r in runs))
 
 
 async def _limiter(base: str, enabled: bool, ohlcv: str = "300/60") -> None:
@@ -111,41 +123,62 @@ async def _size(base: str, encoding: str | None) -> tuple[int, str]:
         return len(await r.read()), r.headers.get("Content-Encoding", "identity")
 
 
-async def main(seconds: float, rounds: int, connections: int) -> None:
-    port = free_port()
-    phases: dict[str, list[LoadResult]] = {}
+#: The phases of a round, in order: (name, limiter state, path or query, request headers).
+PHASES: list[tuple[str, tuple[bool, str], str, dict[str, str] | None]] = [
+    ("bare", (False, "300/60"), "/bare", None),
+    ("cached, limiter off", (False, "300/60"), QUERY, None),
+    ("  ... Accept-Encoding: gzip", (False, "300/60"), QUERY, {"Accept-Encoding": "gzip"}),
+    ("  ... Accept-Encoding: br", (False, "300/60"), QUERY, {"Accept-Encoding": "br, gzip"}),
+    ("cached, limiter on (not reached)", (True, NO_LIMIT), QUERY, None),
+    ("limiter on, default config", (True, "300/60"), QUERY, None),
+    ("floor: raw ASGI 429, no Quart", (True, "300/60"), "/floor", None),
+]
+#: The phases ``bench/servers.py`` runs (the comparison between servers).
+SERVER_PHASES = ("bare", "cached, limiter off", "cached, limiter on (not reached)", "limiter on, default config")
 
-    async def run(name: str, url: str, headers: dict[str, str] | None = None) -> None:
+
+async def warm(base: str) -> tuple[bytes, str]:
+    """Fetch, store and cache the answer, and give the bare route the same bytes; returns them
+    and the cached answer's ``X-Data-Source``."""
+    await _limiter(base, False)
+    async with aiohttp.ClientSession() as s:
+        async with s.get(base + QUERY, headers={"Accept-Encoding": "identity"}) as r:
+            body = await r.read()  # warm: fetch, store, cache
+            assert r.status == 200 and len(json.loads(body)["bars"]) == 500, r.status
+        async with s.get(base + QUERY, headers={"Accept-Encoding": "identity"}) as r:
+            source = r.headers["X-Data-Source"]
+        async with s.post(base + "/bare", data=body) as r:
+            assert r.status == 204
+    return body, source
+
+
+async def run_phases(server: Server, phases: dict[str, list[LoadResult]], seconds: float,
+                     connections: int, names: tuple[str, ...] | None = None) -> None:
+    """One round: every phase (of ``names``, or all) once, in order, its result (with the
+    server's CPU per answer) appended to ``phases[name]``."""
+    state: tuple[bool, str] | None = None
+    for name, limiter, path, headers in PHASES:
+        if names is not None and name not in names:
+            continue
+        if limiter != state:
+            await _limiter(server.base, *limiter)
+            state = limiter
         before = server.cpu_seconds()
-        result = await drive(url, seconds, connections, headers)
+        result = await drive(server.base + path, seconds, connections, headers)
         result.cpu_us = (server.cpu_seconds() - before) / max(result.requests, 1) * 1e6
         phases.setdefault(name, []).append(result)
+    await _limiter(server.base, False)
 
-    with hypercorn_server("bench.ohlcv_rest:bench_app()", port) as server:
-        base = server.base
-        await _limiter(base, False)
-        async with aiohttp.ClientSession() as s:
-            async with s.get(base + QUERY, headers={"Accept-Encoding": "identity"}) as r:
-                body = await r.read()  # warm: fetch, store, cache
-                assert r.status == 200 and len(json.loads(body)["bars"]) == 500, r.status
-            async with s.get(base + QUERY, headers={"Accept-Encoding": "identity"}) as r:
-                source = r.headers["X-Data-Source"]
-            async with s.post(base + "/bare", data=body) as r:
-                assert r.status == 204
-        sizes = {enc or "identity": await _size(base, enc) for enc in (None, "gzip", "br")}
-        await drive(base + "/bare", 2, connections)  # warm-up
+
+async def main(seconds: float, rounds: int, connections: int, server_name: str) -> None:
+    phases: dict[str, list[LoadResult]] = {}
+    with app_server("bench.ohlcv_rest:bench_app", free_port(), server_name) as server:
+        body, source = await warm(server.base)
+        sizes = {enc or "identity": await _size(server.base, enc) for enc in (None, "gzip", "br")}
+        await drive(server.base + "/bare", 2, connections)  # warm-up
         for _ in range(rounds):
-            await _limiter(base, False)
-            await run("bare", base + "/bare")
-            await run("cached, limiter off", base + QUERY)
-            await run("  ... Accept-Encoding: gzip", base + QUERY, {"Accept-Encoding": "gzip"})
-            await run("  ... Accept-Encoding: br", base + QUERY, {"Accept-Encoding": "br, gzip"})
-            await _limiter(base, True, NO_LIMIT)
-            await run("cached, limiter on (not reached)", base + QUERY)
-            await _limiter(base, True)
-            await run("limiter on, default config", base + QUERY)
-            await run("floor: raw ASGI 429, no Quart", base + "/floor")
-        await _limiter(base, False)
+            await run_phases(server, phases, seconds, connections)
+    print(f"server: {server_name}")
     report(phases, sizes, source, seconds, rounds, connections, len(body))
 
 
@@ -153,12 +186,11 @@ def report(phases: dict[str, list[LoadResult]], sizes: dict[str, tuple[int, str]
            seconds: float, rounds: int, connections: int, body_len: int) -> None:
     med: dict[str, Any] = {}
     for name, runs in phases.items():
-        best = max(runs, key=lambda r: r.rps)
-        med[name] = {"rps": best.rps, "p50_ms": best.p50_ms, "p99_ms": best.p99_ms,
-                     "requests": best.requests, "non_2xx": best.non_2xx,
-                     "cpu_us": min(r.cpu_us for r in runs)}
+        top = best(runs)
+        med[name] = {"rps": top.rps, "p50_ms": top.p50_ms, "p99_ms": top.p99_ms,
+                     "requests": top.requests, "non_2xx": top.non_2xx, "cpu_us": top.cpu_us}
     bare = med["bare"]
-    tool = "wrk -t1" if has_wrk() else "aiohttp fallback"
+    tool = load_tool()
     print(f"cached /ohlcv: 500 1m bars, {body_len} bytes, X-Data-Source: {source}; {tool} "
           f"-c{connections}, {rounds} rounds x {seconds:g} s per phase (best round)")
     print("x bare: req/s over bare's req/s; cpu x bare: bare's server CPU per answer over the phase's "
@@ -172,7 +204,7 @@ def report(phases: dict[str, list[LoadResult]], sizes: dict[str, tuple[int, str]
     on, refused = med["cached, limiter on (not reached)"], med["limiter on, default config"]
     floor = med["floor: raw ASGI 429, no Quart"]
     print(f"cost of a 429 / cost of a cached 200 (limiter on): {on['rps'] / refused['rps']:.2f} by req/s, "
-          f"{refused['cpu_us'] / on['cpu_us']:.2f} by CPU (goal <= 0.5); Hypercorn's own floor for "
+          f"{refused['cpu_us'] / on['cpu_us']:.2f} by CPU (goal <= 0.5); the server's own floor for "
           f"any answer / cached 200: {floor['cpu_us'] / on['cpu_us']:.2f} by CPU")
     line = ", ".join(f"{enc} {n} B ({got})" for enc, (n, got) in sizes.items())
     print(f"compression: bytes per answer: {line}; req/s identity "
@@ -185,5 +217,6 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=4)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--server", default="hypercorn", help="uvicorn, hypercorn or granian")
     args = parser.parse_args()
-    asyncio.run(main(args.seconds, args.rounds, args.connections))
+    asyncio.run(main(args.seconds, args.rounds, args.connections, args.server))

@@ -1,10 +1,11 @@
 """Fan-out bench: 1, 100 and 1000 WebSocket clients on one channel of one instance.
 
 Usage: ``.venv/bin/python bench/ws_fanout.py [--clients 1,100,1000] [--modes plain,deflate]
-[--window 5] [--interval 0.5]``
+[--window 5] [--interval 0.5] [--server hypercorn] [--app service]``
 
-For each mode and client count a fresh server process (the app under Hypercorn with
-``hypercorn_options``, sim market, real PostgreSQL and Redis) is started; this process opens the
+For each mode and client count a fresh server process (the app through ``serve.py``'s API under
+``--server``, Hypercorn by default, sim market, real PostgreSQL and Redis; or with ``--app bare`` a
+bare Quart app sending one frame to every client each interval) is started; this process opens the
 clients, all subscribed to ``sim:sim:SIM/USD:1m``, and prints:
 - the mode: ``plain`` clients offer no extension, ``deflate`` clients offer permessage-deflate
   (``permessage-deflate; client_max_window_bits``, as browsers do), and the share that got it;
@@ -54,49 +55,99 @@ def clients_priority(nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, 0, nice)
 
 
-def serve(port: int, samples_path: str, interval: float) -> None:
-    """Child mode: serve the app; record every fan-out latency sample; dump them at SIGTERM."""
-    from hypercorn.asyncio import serve as hypercorn_serve
-    from hypercorn.config import Config as HypercornConfig
+#: The bare app's broadcast frame: about the size of a candle update (150 bytes).
+BARE_FRAME = json.dumps({"type": "bar", "channel": "sim:sim:SIM/USD:1m", "bar": {
+    "t": 1_700_000_000_000, "o": 100.0, "h": 101.25, "l": 99.5, "c": 100.75, "v": 1234.5678},
+    "closed": False, "seq": 123456, "pad": "x" * 12})
 
+
+def bare_app(interval: float, samples: list[tuple[float, float]]) -> Any:
+    """The ceiling: a Quart app whose WebSocket route answers a subscribe with a snapshot, then
+    sends every client the same frame every ``interval`` (one ``websocket.send`` per client, from
+    its own handler); a sample is the time from the tick to one client's send returning."""
+    from quart import Quart, websocket
+
+    app = Quart("bare_ws")
+    app.config.update({"HOST": "127.0.0.1", "SHUTDOWN_TIMEOUT": 2.0, "WS_HEARTBEAT_SECONDS": 20.0,
+                       "WS_MAX_MESSAGE_BYTES": 4096,
+                       "WS_PER_MESSAGE_DEFLATE": os.environ.get("WS_PER_MESSAGE_DEFLATE") == "true"})
+    ticks: list[asyncio.Future[float]] = []
+
+    @app.get("/health")
+    async def health() -> str:
+        return "ok"
+
+    @app.websocket("/api/v1/ws")
+    async def ws() -> None:
+        await websocket.receive()
+        await websocket.send(json.dumps({"type": "snapshot", "bars": []}))
+        while True:
+            t0 = await asyncio.shield(ticks[-1])
+            await websocket.send(BARE_FRAME)
+            samples.append((time.time(), time.perf_counter() - t0))
+
+    @app.before_serving
+    async def start() -> None:
+        loop = asyncio.get_running_loop()
+        ticks.append(loop.create_future())
+
+        async def ticker() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                ticks.append(loop.create_future())
+                ticks[-2].set_result(time.perf_counter())
+                del ticks[:-1]
+
+        app.extensions["ticker"] = asyncio.create_task(ticker())
+
+    return app
+
+
+def serve(port: int, samples_path: str, interval: float, server: str, kind: str) -> None:
+    """Child mode: serve the app (``kind``: ``service`` or ``bare``) under ``server`` through
+    ``serve.py``'s API (its settings, event loop and shutdown); record every fan-out latency
+    sample; dump them when the server has stopped (SIGTERM)."""
+    import serve as entry
     from app import create_app
-    from blueprints.websocket import hypercorn_options
     from core.metrics import WS_FANOUT_LATENCY
 
     samples: list[tuple[float, float]] = []
-    observe = WS_FANOUT_LATENCY.observe
-
-    def record(value: float, exemplar: Any = None) -> None:
-        samples.append((time.time(), value))
-        observe(value)
-
-    WS_FANOUT_LATENCY.observe = record  # type: ignore[method-assign,assignment]
 
     def count_tasks() -> None:  # SIGUSR1: what the connections hold
         Path(samples_path + ".tasks").write_text(str(len(asyncio.all_tasks())))
 
     async def main() -> None:
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, count_tasks)
-        app = create_app({
-            "APP_ENV": "production", "LOG_LEVEL": "WARNING", "LOG_FORMAT": "text",
-            "DATABASE_SCHEMA": os.environ["BENCH_SCHEMA"], "REDIS_PREFIX": os.environ["BENCH_PREFIX"],
-            "ENABLED_MARKETS": "sim", "RATE_LIMIT_ENABLED": False, "WS_SEND_QUEUE": 256,
-            "WS_MAX_CONNECTIONS_PER_CLIENT": 100_000,  # every client comes from this machine
-            "POLL_INTERVALS": {}, "POLL_INTERVAL_DEFAULT": interval,
-            "POLL_PROVIDER_MIN_INTERVALS": {"sim": interval}, "WS_SNAPSHOT_CONCURRENCY": 16,
-        })
-        hc = HypercornConfig()
-        hc.bind = [f"127.0.0.1:{port}"]
-        hc.accesslog = None
-        hc.loglevel = "WARNING"
-        hc.backlog = 2048
-        for option, value in hypercorn_options(app.config).items():
-            setattr(hc, option, value)
-        await hypercorn_serve(app, hc, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        if kind == "bare":
+            app = bare_app(interval, samples)
+        else:
+            observe = WS_FANOUT_LATENCY.observe
 
-    asyncio.run(main())
+            def record(value: float, exemplar: Any = None) -> None:
+                samples.append((time.time(), value))
+                observe(value)
+
+            WS_FANOUT_LATENCY.observe = record  # type: ignore[method-assign,assignment]
+            app = create_app({
+                "APP_ENV": "production", "LOG_LEVEL": "WARNING", "LOG_FORMAT": "text",
+                "DATABASE_SCHEMA": os.environ["BENCH_SCHEMA"], "REDIS_PREFIX": os.environ["BENCH_PREFIX"],
+                "ENABLED_MARKETS": "sim", "RATE_LIMIT_ENABLED": False, "WS_SEND_QUEUE": 256,
+                "WS_MAX_CONNECTIONS_PER_CLIENT": 100_000,  # every client comes from this machine
+                "POLL_INTERVALS": {}, "POLL_INTERVAL_DEFAULT": interval,
+                "POLL_PROVIDER_MIN_INTERVALS": {"sim": interval}, "WS_SNAPSHOT_CONCURRENCY": 16,
+                "HOST": "127.0.0.1", "PORT": port,
+            })
+
+        @app.before_serving
+        async def usr1() -> None:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, count_tasks)
+
+        entry.prepare(app)
+        if kind == "bare":
+            await entry.serve(app, server, "127.0.0.1", port, app.config, graceful=2.0)
+        else:
+            await entry.serve_app(app, server)
+
+    entry.run(main(), "uvloop")
     Path(samples_path).write_text(json.dumps(samples))
 
 
@@ -117,6 +168,8 @@ async def polls(http: Any, base: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
     async with http.get(base + "/metrics") as r:
+        if r.status == 404:  # the bare app: no poller
+            return float("nan")
         text = await r.text()
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
                if s.name == "ws_polls_total" and s.labels.get("provider") == "sim")
@@ -140,7 +193,8 @@ async def tasks(pid: int, samples_path: str) -> int:
     raise RuntimeError("the server did not count its tasks")
 
 
-async def run_case(n: int, mode: str, window: float, interval: float) -> dict[str, Any]:
+async def run_case(n: int, mode: str, window: float, interval: float, server_name: str = "hypercorn",
+                   kind: str = "service", env: dict[str, str] | None = None) -> dict[str, Any]:
     import aiohttp
 
     with socket.socket() as s:
@@ -149,7 +203,8 @@ async def run_case(n: int, mode: str, window: float, interval: float) -> dict[st
     fd, samples_path = tempfile.mkstemp(suffix=".json")
     os.close(fd)
     server = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--serve", str(port), samples_path, "--interval", str(interval), cwd=ROOT)
+        sys.executable, __file__, "--serve", str(port), samples_path, "--interval", str(interval),
+        "--server", server_name, "--app", kind, cwd=ROOT, env={**os.environ, **(env or {})})
     clients_priority(CLIENTS_NICE)
     base, frames, deflated = f"http://127.0.0.1:{port}", [0], [0]
     compress = 15 if mode == "deflate" else 0
@@ -232,15 +287,16 @@ async def drop_schema(schema: str, prefix: str) -> None:
     await drop_bench_data(cfg.DATABASE_URL, schema, cfg.REDIS_URL, prefix)
 
 
-async def main(counts: list[int], modes: list[str], window: float, interval: float) -> None:
-    print(f"one channel, one instance; poll interval {interval}s, window {window}s")
+async def main(counts: list[int], modes: list[str], window: float, interval: float, server: str,
+               kind: str) -> None:
+    print(f"{kind} under {server}: one channel, one instance; poll interval {interval}s, window {window}s")
     print(f"{'mode':>7} {'deflated':>8} {'clients':>7} {'polls/interval':>14} {'frames':>8} "
           f"{'p50 ms':>8} {'p99 ms':>8} {'samples':>8} {'CPU ms/frame':>12} {'KiB/conn':>9} "
           f"{'tasks/conn':>10} "
           f"{'RSS MiB':>8}")
     for mode in modes:
         for n in counts:
-            r = await run_case(n, mode, window, interval)
+            r = await run_case(n, mode, window, interval, server, kind)
             print(f"{mode:>7} {r['deflated']:>8.0%} {r['clients']:>7} {r['polls_per_interval']:>14.2f} "
                   f"{r['frames_received']:>8} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
                   f"{r['samples']:>8} {r['cpu_ms_per_frame']:>12.2f} {r['rss_per_conn_kib']:>9.1f} "
@@ -256,12 +312,14 @@ if __name__ == "__main__":
     parser.add_argument("--modes", default="plain,deflate")
     parser.add_argument("--window", type=float, default=5.0)
     parser.add_argument("--interval", type=float, default=0.5)
+    parser.add_argument("--server", default="hypercorn", help="uvicorn, hypercorn or granian")
+    parser.add_argument("--app", default="service", help="service or bare (a bare Quart fan-out)")
     args = parser.parse_args()
     if args.serve:
-        serve(int(args.serve[0]), args.serve[1], args.interval)
+        serve(int(args.serve[0]), args.serve[1], args.interval, args.server, args.app)
     else:
         tag = uuid.uuid4().hex[:8]
         os.environ.setdefault("BENCH_SCHEMA", f"bench_ws_{tag}")
         os.environ.setdefault("BENCH_PREFIX", f"bench:ws:{tag}")
         asyncio.run(main([int(c) for c in args.clients.split(",")], args.modes.split(","),
-                         args.window, args.interval))
+                         args.window, args.interval, args.server, args.app))

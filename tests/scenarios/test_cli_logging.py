@@ -1,5 +1,6 @@
-"""Logs of the development CLI and of ``python app.py``: a command's output is not buried under
-DEBUG lines, and Hypercorn's "Running on" is logged once."""
+"""Logs of the development CLI and of ``python serve.py`` (``make run``): a command's output is
+not buried under DEBUG lines, and the server's "running on" line is logged once, under Uvicorn
+and Hypercorn."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import subprocess
 import sys
 import time
 from typing import Any
+
+import pytest
 
 from tests.support.live_server import ROOT, free_port
 
@@ -32,9 +35,16 @@ def test_development_cli_help_prints_no_debug_lines(app_config: dict[str, Any]) 
     assert " DEBUG " in loud.stderr
 
 
-def test_running_on_is_logged_once_and_the_server_logs_at_its_level(app_config: dict[str, Any]) -> None:
+#: The server's own "listening" line, through our logging (once, in our format).
+RUNNING_ON = {"uvicorn": "INFO uvicorn.error [-] Uvicorn running on http://127.0.0.1:{port}",
+              "hypercorn": "INFO hypercorn.error [-] Running on http://127.0.0.1:{port}"}
+
+
+@pytest.mark.parametrize("server", RUNNING_ON)
+def test_running_on_is_logged_once_and_the_server_logs_at_its_level(
+        app_config: dict[str, Any], server: str) -> None:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, text=True,
+    proc = subprocess.Popen([sys.executable, "serve.py", "--server", server], cwd=ROOT, text=True,
                             env=_env(app_config, PORT=str(port)),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines: list[str] = []
@@ -46,13 +56,13 @@ def test_running_on_is_logged_once_and_the_server_logs_at_its_level(app_config: 
             if not line:
                 break
             lines.append(line)
-            if "Running on" in line:
+            if "unning on" in line:
                 break
-        time.sleep(0.5)  # a second "Running on" line would follow at once
+        time.sleep(0.5)  # a second "running on" line would follow at once
     finally:
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=30)
     log = "".join(lines) + rest
-    assert log.count("Running on") == 1, log
-    assert f"INFO hypercorn.error [-] Running on http://127.0.0.1:{port}" in log
+    assert log.count("unning on") == 1, log
+    assert RUNNING_ON[server].format(port=port) in log, log
     assert " DEBUG " in log  # development serves at DEBUG: only the CLI is quieter

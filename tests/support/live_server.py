@@ -1,7 +1,10 @@
-"""Run the app under Hypercorn in a subprocess on an ephemeral port (for multiprocess and fuzz tests)."""
+"""Run the app in a subprocess on an ephemeral port: ``serving`` runs the serving entry point
+(``python serve.py``, under any server it knows); ``hypercorn_server`` runs Hypercorn's own CLI
+(several workers, for multiprocess, fuzz and browser tests)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -10,9 +13,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+
+import aiohttp
 
 from tests.conftest import DATABASE_URL, REDIS_URL
 
@@ -25,20 +30,68 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: ``TEST_SERVER=uvicorn|hypercorn|granian``: ``serving`` uses that server, and
+#: ``hypercorn_server`` with one worker serves through ``python serve.py --server TEST_SERVER``
+#: instead of Hypercorn's CLI (the suite under another server).
+TEST_SERVER = os.environ.get("TEST_SERVER", "")
+
+
+@asynccontextmanager
+async def serving(env: dict[str, str], server: str | None = None, start_timeout: float = 60.0
+                  ) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """``python serve.py --server SERVER`` (the serving entry point: ``make run``, the image and
+    the systemd unit) with ``env`` on top of the test defaults, on a free port, its stderr piped.
+    Yields the process and its ``host:port`` once /health answers; killed if still running on
+    exit (a test that stops it reads its stderr with ``communicate()``). ``server`` None:
+    ``TEST_SERVER``, else the entry point's default (the production server)."""
+    server = server or TEST_SERVER or None
+    port = free_port()
+    full_env = {**os.environ, "APP_ENV": "testing", "DATABASE_URL": DATABASE_URL,
+                "REDIS_URL": REDIS_URL, "PORT": str(port), "ENABLED_MARKETS": "sim",
+                "SHUTDOWN_TIMEOUT": "3", "RATE_LIMIT_ENABLED": "false", "LOG_LEVEL": "WARNING",
+                **env}
+    full_env.pop("SERVER", None)
+    args = ["--server", server] if server else []
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "serve.py", *args, cwd=ROOT, env=full_env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + start_timeout
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
+            while True:
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/health") as r:
+                        if r.status == 200:
+                            break
+                except (aiohttp.ClientError, TimeoutError):
+                    assert proc.returncode is None, f"serve.py {args} exited at start-up"
+                    assert time.monotonic() < deadline, f"serve.py {args} did not come up"
+                    await asyncio.sleep(0.2)
+        yield proc, f"127.0.0.1:{port}"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.communicate()
+
+
 @contextmanager
 def hypercorn_server(
     env: dict[str, str], workers: int = 1, start_timeout: float = 30.0, port: int | None = None
 ) -> Iterator[str]:
-    """Yield the base URL of ``hypercorn 'app:create_app()'`` with ``env`` on top of the test defaults
-    (on ``port``, or a free one); the server is stopped with SIGTERM (then killed) on exit."""
+    """Yield the base URL of ``hypercorn 'app:create_app()'`` (or, with ``TEST_SERVER`` set and
+    one worker, of ``python serve.py --server TEST_SERVER``) with ``env`` on top of the test
+    defaults (on ``port``, or a free one); the server is stopped with SIGTERM (then killed) on exit."""
     port = port or free_port()
     full_env = {**os.environ, "APP_ENV": "testing", "DATABASE_URL": DATABASE_URL, "REDIS_URL": REDIS_URL,
-                "PYTHONPATH": str(ROOT), "LOG_LEVEL": "WARNING", **env}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hypercorn", "--workers", str(workers), "--bind", f"127.0.0.1:{port}",
-         "app:create_app()"],
-        cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+                "PYTHONPATH": str(ROOT), "LOG_LEVEL": "WARNING", "HOST": "127.0.0.1", "PORT": str(port),
+                **env}
+    if TEST_SERVER and workers == 1:
+        command = [sys.executable, "serve.py", "--server", TEST_SERVER]
+    else:
+        command = [sys.executable, "-m", "hypercorn", "--workers", str(workers), "--bind",
+                   f"127.0.0.1:{port}", "app:create_app()"]
+    proc = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + start_timeout
@@ -49,7 +102,7 @@ def hypercorn_server(
                         break
             except (urllib.error.URLError, OSError):
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("hypercorn did not come up") from None
+                    raise AssertionError(f"{command[1:]} did not come up") from None
                 time.sleep(0.2)
         yield base
     finally:
