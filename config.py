@@ -22,7 +22,7 @@ class ConfigError(click.ClickException, ValueError):
 
     A ``click.ClickException``: a ``quart`` CLI command (``run``, ``migrate``, ``backfill``,
     ``api-key``) whose app cannot be built prints ``Error: <message>`` and exits 1, without a
-    traceback. Other entry points catch it and print ``str(exc)`` (``app.py``'s ``__main__``).
+    traceback. Other entry points catch it and print the message (``serve.py``'s ``main``).
     """
 
 

@@ -39,6 +39,8 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from config import ConfigError
+
 log = logging.getLogger("serve")
 
 SERVERS = ("uvicorn", "hypercorn", "granian")
@@ -271,7 +273,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     server = choice("SERVER", args.server, SERVERS)
     loop = choice("LOOP", args.loop, LOOPS)
-    run(serve_app(load(args.app), server), loop)
+    try:
+        app = load(args.app)
+    except ConfigError as exc:  # a bad setting: one line naming it, no traceback
+        sys.exit(f"configuration error: {exc.message}")
+    run(serve_app(app, server), loop)
 
 
 if __name__ == "__main__":

@@ -103,3 +103,17 @@ def test_a_bad_setting_is_one_line_from_the_cli_not_a_traceback(env: dict[str, s
     assert run.stderr.strip() == says or run.stderr.strip().startswith(says), run.stderr
     assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
     assert "s3cret" not in run.stderr
+
+
+@pytest.mark.parametrize(("env", "said"), [
+    ({"PORT": "abc"}, "configuration error: PORT must be an integer, got 'abc'"),
+    ({"CREDENTIALS_KEYS": "garbage"}, "configuration error: CREDENTIALS_KEYS: entry 1 is not a Fernet key"),
+])
+def test_serve_names_a_bad_setting_in_one_line(env: dict[str, str], said: str) -> None:
+    """``python serve.py`` (``make run``, the image, the unit) with a bad setting: exit 1 and the
+    message, not a traceback."""
+    run = subprocess.run([sys.executable, "serve.py"], cwd=Path(__file__).parent.parent, capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "APP_ENV": "testing", "LOG_LEVEL": "WARNING", **env})
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1] == said
+    assert "Traceback" not in run.stderr
