@@ -1,7 +1,7 @@
 """DataOrchestrator: answers OHLCV queries from the answer cache, else over a chain of sources.
 
 Public names (stable): ``DataOrchestrator``, ``OrchestratorSettings``, ``BarQuery``,
-``BarAnswer``, ``window``, ``WIDEN_FACTORS``, ``CLOSURE_SLACK_MS``.
+``BarAnswer``, ``window``, ``widened``, ``WIDEN_FACTORS``, ``CLOSURE_SLACK_MS``.
 
 The path of one query of timeframe T, top to bottom:
 1. ``window``: the buckets [a, b) it covers and the ``next`` page;
@@ -35,7 +35,7 @@ from services.settings import setting
 from services.upstream.deadline import DeadlineExceeded, remaining, request_deadline
 
 __all__ = ["CLOSURE_SLACK_MS", "WIDEN_FACTORS", "BarAnswer", "BarQuery", "DataOrchestrator",
-           "OrchestratorSettings", "window"]
+           "OrchestratorSettings", "widened", "window"]
 log = logging.getLogger(__name__)
 
 #: How far back (in multiples of ``limit`` buckets) a latest-bars query looks in markets that close.
@@ -68,6 +68,13 @@ def window(q: BarQuery, now: int) -> tuple[int, int, int | None]:
     req_end = bucket_ceil(q.end if q.end is not None else now + 1, q.timeframe)
     b = min(req_end, a + q.limit * size)
     return a, max(a, b), (b if b < req_end else None)
+
+
+def widened(q: BarQuery, factor: int) -> BarQuery:
+    """``q`` (latest bars, or a page) over ``factor`` times its ``limit`` buckets plus those of
+    the longest closure: the window of a market that closes that should hold ``limit`` bars."""
+    slack = -(-CLOSURE_SLACK_MS // tf_ms(q.timeframe))  # buckets of the longest closure
+    return replace(q, limit=q.limit * factor + slack)
 
 
 class DataOrchestrator:
@@ -142,9 +149,8 @@ class DataOrchestrator:
 
     async def _widen(self, q: BarQuery, answer: BarAnswer) -> BarAnswer:
         """Wider windows until one holds ``limit`` bars (or the range ends)."""
-        slack = -(-CLOSURE_SLACK_MS // tf_ms(q.timeframe))  # buckets of the longest closure
         for factor in WIDEN_FACTORS:
-            answer = await self._get_window(replace(q, limit=q.limit * factor + slack))
+            answer = await self._get_window(widened(q, factor))
             if len(answer.bars) >= q.limit or (q.start is not None and answer.next is None):
                 break
         return answer
@@ -152,7 +158,8 @@ class DataOrchestrator:
     async def _get_window(self, q: BarQuery) -> BarAnswer:
         now = now_ms()
         a, b, nxt = window(q, now)
-        closed = b <= now // MINUTE_MS * MINUTE_MS
+        w = Window(q.series, q.timeframe, a, b, now)
+        closed = w.closed
         if a >= b:
             return BarAnswer([], False, nxt, ["database"], closed)
         key = f"{q.series.key()}:{q.timeframe}:{a}:{b}"
@@ -161,7 +168,7 @@ class DataOrchestrator:
             return BarAnswer(None, bool(cached["partial"]), nxt, ["cache"], closed, raw_json=cached["bars_json"])
         task = self._inflight.get(key)
         if task is None:
-            task = asyncio.ensure_future(self._build(key, Window(q.series, q.timeframe, a, b, now)))
+            task = asyncio.ensure_future(self._build(key, w))
             self._inflight[key] = task
             task.add_done_callback(lambda t: self._forget(key, t))
         # shield: neither a client that disconnects nor the deadline cancels the build (others
@@ -169,7 +176,7 @@ class DataOrchestrator:
         try:
             answer = await asyncio.wait_for(asyncio.shield(task), remaining())
         except TimeoutError:
-            answer = await self._stored(Window(q.series, q.timeframe, a, b, now))
+            answer = await self._stored(w)
         return replace(answer, next=nxt, closed=closed)
 
     async def _stored(self, w: Window) -> BarAnswer:
@@ -183,8 +190,7 @@ class DataOrchestrator:
             bars = resample(await self.cache.get_1m(w.series, w.start, w.closed_end), w.timeframe)
         if not bars:
             raise self._late(w.series)
-        partial = bars[-1][0] + tf_ms(w.timeframe) > w.now
-        return BarAnswer(bars, partial, None, names, incomplete=True)
+        return BarAnswer(bars, w.partial(bars), None, names, incomplete=True)
 
     def _late(self, series: Series) -> DeadlineExceeded:
         return DeadlineExceeded(
@@ -209,7 +215,7 @@ class DataOrchestrator:
         job = await self.on_missing(w.series, fill.backfill) if fill.backfill and self.on_missing else None
         # Sums of float volumes carry binary noise (3009.2870660000012); 8 decimals is exact enough.
         bars = [round_bar(x) for x in fill.bars or []]  # as WebSocket frames are
-        partial = bool(bars) and bars[-1][0] + tf_ms(w.timeframe) > w.now
+        partial = w.partial(bars)
         answer = BarAnswer(bars, partial, None, fill.names, incomplete=fill.incomplete,
                            backfill_job=job)
         if not answer.incomplete:

@@ -52,6 +52,15 @@ class Window:
     now: int
 
     @property
+    def closed(self) -> bool:
+        """Every bucket of the window has closed (an answer of it can carry an ETag)."""
+        return self.end <= self.current_min
+
+    def partial(self, bars: Sequence[Bar]) -> bool:
+        """Whether the last of ``bars`` (the window's) is still forming."""
+        return bool(bars) and bars[-1][0] + tf_ms(self.timeframe) > self.now
+
+    @property
     def current_min(self) -> int:
         """Open time of the forming minute."""
         return self.now // MINUTE_MS * MINUTE_MS
