@@ -253,14 +253,14 @@ class DataOrchestrator:
         runs = got.fetched or []
         closed = [bar for run in runs for bar in run if bar[0] + MINUTE_MS <= w.now]
         forming = [bar for run in runs for bar in run if bar[0] + MINUTE_MS > w.now]
+        names = got.names or ([store.name(w)] if store is not None else ["provider"])
         if store is not None:
             bars = await store.write_and_read(w, closed, got.complete)
         else:
             bars = got.bars if got.bars is not None else resample(closed, w.timeframe)
+        bars = add_forming(bars, forming, w.timeframe)
         for run in runs:
             await self.cache.put_1m(w.series, [bar for bar in run if bar[0] + MINUTE_MS <= w.now])
-        bars = add_forming(bars, forming, w.timeframe)
-        names = got.names or ([store.name(w)] if store is not None else ["provider"])
         if got.outage is not None and not bars:
             raise got.outage  # no stored bar can answer: 503, not an empty answer
         return replace(got, bars=bars, names=names, fetched=None, complete=[])
