@@ -8,6 +8,8 @@ from quart import Quart
 
 from app_extensions.redis_client import get_redis
 from app_extensions.services import get_services
+from app_extensions.warmup import get_warmup
+from services.bars.ohlcv import OhlcvService
 from services.bars.user_bars import UserBars
 from services.upstream.breaker import CircuitBreaker
 from services.upstream.tickers import TickerService
@@ -20,6 +22,7 @@ class Resilience:
         self.breaker: CircuitBreaker
         self.tickers: TickerService
         self.user_bars: UserBars
+        self.ohlcv: OhlcvService
         if app is not None:
             self.init_app(app)
 
@@ -30,6 +33,9 @@ class Resilience:
         self.breaker.attach(redis)
         self.tickers = TickerService(markets, redis, int(app.config["TICKER_STALE_TTL"]))
         self.user_bars = UserBars(markets, int(app.config["OHLCV_MAX_PROVIDER_CALLS"]))
+        # What GET /ohlcv calls: the shared chain or the user's own answers (after Warmup).
+        self.ohlcv = OhlcvService(get_services(app).orchestrator, self.user_bars,
+                                  get_warmup(app).warmer)
         app.extensions["resilience"] = self
 
 

@@ -14,10 +14,10 @@ from app_extensions.redis_client import get_redis
 from plugins.loader import PluginLoader
 from services import live
 from services.backfill.manager import BackfillManager
-from services.bars.cache import RedisCache
+from services.bars.cache import BestEffortCache, RedisCache
 from services.bars.orchestrator import DataOrchestrator, OrchestratorSettings
-from services.bars.provider_source import PluginSource, ProviderSource
-from services.bars.sources import Cache1mSource, CacheSource, DbSource, StorageSource
+from services.bars.provider_source import ProviderClient, ProviderSource
+from services.bars.sources import BarWriter, Cache1mSource, StorageSource
 from services.bus.broadcast import Broadcast
 from services.bus.redis_backend import RedisBackend
 from services.bus.revisions import Revisions
@@ -54,27 +54,26 @@ class Services:
         db, redis = get_database(app), get_redis(app)
         redis_cache = RedisCache(redis, int(config["CACHE_TTL_CLOSED"]),
                                  int(float(config["CACHE_RECENT_SECONDS"]) * 1000))
-        cache = CacheSource(redis_cache)
+        cache = BestEffortCache(redis_cache)
         # The hub's cluster transport also carries revisions of stored bars (services.bus.revisions).
         broadcast = Broadcast(RedisBackend(redis), retry_after=float(config["DEPENDENCY_RETRY_AFTER"]))
         revisions = Revisions(broadcast, redis_cache)
         self.backfill = BackfillManager(self.markets, db, cache, dict(config), revisions)
         settings = build(OrchestratorSettings, config)
-        storage, plugins = StorageSource(db, revisions), PluginSource(self.markets)
+        storage, provider = StorageSource(db, revisions), ProviderClient(self.markets)
         self.orchestrator = DataOrchestrator(
             cache=cache,
-            chain=[storage, ProviderSource(self.markets, cache, storage,
-                                           settings.max_provider_calls)],
-            fallback=[Cache1mSource(cache, plugins.capabilities),
-                      ProviderSource(self.markets, cache, None, settings.max_provider_calls)],
-            plugins=plugins,
+            chain=[storage, ProviderSource(self.markets, settings.max_provider_calls, stored=True)],
+            fallback=[Cache1mSource(cache, provider.capabilities),
+                      ProviderSource(self.markets, settings.max_provider_calls, stored=False)],
+            provider=provider,
             settings=settings,
             on_missing=self.backfill.schedule_missing,
             store=storage,
         )
         self.subscriptions = live.build(
             markets=self.markets, orchestrator=self.orchestrator, broadcast=broadcast,
-            db=DbSource(db, revisions), settings=HubSettings.from_config(config),
+            db=BarWriter(db, revisions), settings=HubSettings.from_config(config),
             streams=StreamRegistry(config),
         )
         app.before_serving(self.start)

@@ -11,16 +11,13 @@ from app_extensions.credentials import get_credentials
 from app_extensions.resilience import get_resilience
 from app_extensions.response_cache import PreparedResponse, get_response_cache
 from app_extensions.services import get_services
-from app_extensions.warmup import get_warmup
 from blueprints.common import load_query
 from blueprints.schemas import MarketQuery, OhlcvQuery, ProviderQuery, SymbolQuery
 from core.errors import InvalidParameter
 from core.metrics import DATA_SOURCE_ANSWERS
-from core.timeframes import MINUTE_MS, now_ms
 from core.types import Series
-from services.bars.orchestrator import BarQuery, window
-from services.bars.sources import LEDGER_SAFETY_MS
-from services.bars.warmup import range_key
+from services.bars.query import BarAnswer, BarQuery
+from services.upstream.credentials import UserCredentials
 
 market_blueprint = Blueprint("market", __name__, url_prefix="/api/v1")
 #: Schema instances are stateless; build them once rather than per request.
@@ -80,67 +77,65 @@ async def ticker() -> Response:
 
 @market_blueprint.get("/ohlcv")
 async def ohlcv() -> Response:
-    app, req = current_app, request
-    services = get_services(app)
-    prepared = get_response_cache(app)
-    hit = prepared.lookup(req.query_string)  # the same query, validated when it was kept
+    app, cache = current_app, get_response_cache(current_app)
+    bars = get_resilience(app).ohlcv
+    hit = cache.lookup(request.query_string)  # the same query, validated when it was kept
     if hit is not None:
         query, warm_key = hit.meta
-        credentials = get_credentials(app)
-        user = await credentials.for_request(services.markets, query.series.market, query.series.provider
-                                             ) if credentials.may_apply() else None
-        if user is None:  # only the shared path's answers are kept: a user's own key misses
-            get_warmup(app).warmer.note_key(warm_key)
+        if await _user(query.series) is None:  # only the shared path's answers are kept
+            bars.count_hit(warm_key)
             CACHE_ANSWERS.inc()
-            return _answer(req, hit, "cache")
+            return _answer(request, hit, "cache")
     q = load_query(SCHEMAS['OhlcvQuery'])
-    services.markets.check_provider(q["market"], q["provider"])
+    get_services(app).markets.check_provider(q["market"], q["provider"])
     series = Series(q["market"], q["provider"], q["symbol"])
     query = BarQuery(series, q["timeframe"], q["start"], q["end"], _limit(q["limit"]))
-    generation = prepared.store.generation(series.key())
-    user = await get_credentials(current_app).for_request(services.markets, series.market, series.provider)
-    if user is None:
-        get_warmup(current_app).warmer.note(query)  # counted for cache warming (memory only)
-    answer = await (get_resilience(current_app).user_bars.get_bars(query, user) if user
-                    else services.orchestrator.get_bars(query))
-    head = {"market": series.market, "provider": series.provider, "symbol": series.symbol,
-            "timeframe": q["timeframe"]}
-    tail = {"partial": answer.partial, "next": answer.next}
-    # Spliced rather than re-encoded: cached bars arrive as JSON already.
-    payload = f'{json.dumps(head)[:-1]}, "bars": {answer.bars_json()}, {json.dumps(tail)[1:]}'.encode()
-    source = ",".join(answer.sources)
+    generation = cache.store.generation(series.key())
+    user = await _user(series)
+    got = await bars.answer(query, user)
+    answer, source = got.answer, ",".join(got.answer.sources)
+    payload = _payload(query, answer)
     DATA_SOURCE_ANSWERS.labels(source).inc()  # a mix of four fixed names: bounded
+    if got.settled is not None:
+        kept = await cache.keep(request.query_string, series.key(), *got.settled, payload, "cache",
+                                generation, meta=(query, got.warm_key))
+        if kept is not None:
+            return _answer(request, kept, source)
+    return _fresh(payload, answer, source, private=user is not None)
+
+
+async def _user(series: Series) -> UserCredentials | None:
+    """The caller's own credentials for the series' provider, or None (the shared path)."""
+    credentials = get_credentials(current_app)
+    if not credentials.may_apply():  # an anonymous request skips the look-up's coroutine
+        return None
+    return await credentials.for_request(get_services(current_app).markets, series.market,
+                                         series.provider)
+
+
+def _payload(query: BarQuery, answer: BarAnswer) -> bytes:
+    """The answer's JSON, spliced rather than re-encoded: cached bars arrive as JSON already."""
+    s = query.series
+    head = {"market": s.market, "provider": s.provider, "symbol": s.symbol, "timeframe": query.timeframe}
+    tail = {"partial": answer.partial, "next": answer.next}
+    return f'{json.dumps(head)[:-1]}, "bars": {answer.bars_json()}, {json.dumps(tail)[1:]}'.encode()
+
+
+def _fresh(payload: bytes, answer: BarAnswer, source: str, private: bool) -> Response:
+    """An answer not kept by the response cache; a closed complete one carries an ETag (304)."""
     headers = {"X-Data-Source": source, "Content-Type": "application/json"}
-    if user is not None:  # what the user's own key sees: never stored by a shared HTTP cache
+    if private:  # what the user's own key sees: never stored by a shared HTTP cache
         headers["Cache-Control"] = "private"
     if answer.incomplete:
         headers["X-Data-Incomplete"] = "true"
     if answer.backfill_job:
         headers["X-Backfill-Job"] = answer.backfill_job
     if answer.closed and not answer.incomplete:
-        # An answer that queued a backfill is not kept: its job header belongs to this answer.
-        kept = await _keep(query, payload, generation) if user is None and not answer.backfill_job else None
-        if kept is not None:
-            return _answer(request, kept, source)
         etag = etag_of(payload)
         headers["ETag"] = etag
         if etag_matches(request.headers.get("If-None-Match", ""), etag):
             return _not_modified(etag)
     return Response(payload, status=200, headers=headers)
-
-
-async def _keep(query: BarQuery, body: bytes, generation: tuple[int, int]) -> Prepared | None:
-    """Keep a closed answer's bytes in process when its range is settled (older than the minutes
-    an exchange may still correct). A latest-bars query may look back past closures: any revision
-    before its end drops it."""
-    now = now_ms()
-    a, b, _ = window(query, now)
-    if b > now // MINUTE_MS * MINUTE_MS - LEDGER_SAFETY_MS:
-        return None
-    start = a if query.start is not None else 0
-    return await get_response_cache(current_app).keep(
-        request.query_string, query.series.key(), start, b, body, "cache", generation,
-        meta=(query, range_key(query)))
 
 
 def _answer(req: Request, entry: Prepared, source: str) -> Response:

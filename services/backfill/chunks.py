@@ -42,8 +42,9 @@ from plugins.retry import RetryPolicy
 from services.backfill import jobs
 from services.backfill.gaps import Chunk
 from services.bars import aggregates, storage
-from services.bars.provider_source import PluginSource
-from services.bars.sources import CacheSource, RevisionSink
+from services.bars.cache import BestEffortCache
+from services.bars.provider_source import ProviderClient
+from services.bars.sources import RevisionSink
 from services.settings import setting
 from services.upstream.breaker import ProviderCircuitOpen
 
@@ -164,7 +165,7 @@ class CopyTurn:
 class ChunkRunner:
     """Runs chunks of one backfill, ``BACKFILL_CONCURRENCY`` calls at a time per provider."""
 
-    def __init__(self, plugins: PluginSource, db: Database, cache: CacheSource,
+    def __init__(self, plugins: ProviderClient, db: Database, cache: BestEffortCache,
                  settings: BackfillSettings, revisions: RevisionSink | None = None) -> None:
         self.plugins, self.db, self.cache, self.settings = plugins, db, cache, settings
         self.revisions = revisions

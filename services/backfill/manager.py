@@ -50,8 +50,9 @@ from services.backfill.chunks import (
 from services.backfill.gaps import Chunk, bar_islands, gap_report, split_chunks
 from services.backfill.runner import JobRunner, RunnerSettings
 from services.bars import storage
-from services.bars.provider_source import PluginSource
-from services.bars.sources import LEDGER_SAFETY_MS, CacheSource, RevisionSink
+from services.bars.cache import BestEffortCache
+from services.bars.provider_source import ProviderClient
+from services.bars.sources import LEDGER_SAFETY_MS, RevisionSink
 from services.settings import build
 from services.upstream.market_service import MarketService
 
@@ -63,11 +64,11 @@ class BackfillManager:
     """Owner of backfills and their job runner. Collaborators come in through the constructor."""
 
     def __init__(
-        self, markets: MarketService, db: Database, cache: CacheSource, config: dict[str, Any],
+        self, markets: MarketService, db: Database, cache: BestEffortCache, config: dict[str, Any],
         revisions: RevisionSink | None = None,
     ) -> None:
         self.markets, self.db, self.cache, self.revisions = markets, db, cache, revisions
-        self.plugins = PluginSource(markets)
+        self.plugins = ProviderClient(markets)
         self.settings = build(BackfillSettings, config)
         self.max_range_ms = self.settings.max_range_ms
         self.chunks = ChunkRunner(self.plugins, db, cache, self.settings, revisions)

@@ -16,6 +16,7 @@ clients ask for, Redis does not grow with them; reads never extend an entry's ex
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from abc import ABC, abstractmethod
@@ -28,6 +29,7 @@ from core.ports import RedisClient
 from core.timeframes import Bar, now_ms
 from core.types import Series
 
+log = logging.getLogger(__name__)
 #: Namespace of answer entries; bump it when their format changes.
 ANSWER_NS = "ans2"
 RECENT_DEFAULT_MS = 7 * 86_400_000
@@ -156,3 +158,46 @@ class RedisCache(Cache):
             return int(await r.delete(*doomed)) if doomed else 0
 
         return await self.redis.run(drop)
+
+
+class BestEffortCache:
+    """The answer and 1m-bar cache as the bars path uses it: a cache that is absent (None) or
+    failing reads as a miss and skips writes (each failure logged), so Redis is never needed to
+    answer."""
+
+    def __init__(self, cache: Cache | None) -> None:
+        self.cache = cache
+
+    async def get_answer(self, key: str) -> dict[str, Any] | None:
+        if self.cache is None:
+            return None
+        try:
+            return await self.cache.get_resampled(key)
+        except DataSourceError as exc:
+            log.debug("cache read skipped: %s", exc.details)  # the outage: RedisClient logs it once
+            return None
+
+    async def put_answer(self, key: str, answer: dict[str, Any], ttl: int) -> None:
+        if self.cache is None:
+            return
+        try:
+            await self.cache.set_resampled(key, answer, ttl)
+        except DataSourceError as exc:
+            log.debug("cache write skipped: %s", exc.details)
+
+    async def get_1m(self, series: Series, start: int, end: int) -> list[Bar]:
+        if self.cache is None:
+            return []
+        try:
+            return await self.cache.get_1m_bars(series, start, end)
+        except DataSourceError as exc:
+            log.debug("1m cache read skipped: %s", exc.details)
+            return []
+
+    async def put_1m(self, series: Series, bars: Sequence[Sequence[float]]) -> None:
+        if self.cache is None or not bars:
+            return
+        try:
+            await self.cache.store_1m_bars(series, bars)
+        except DataSourceError as exc:
+            log.debug("1m cache write skipped: %s", exc.details)

@@ -1,17 +1,18 @@
 """DataOrchestrator: answers OHLCV queries from the answer cache, else over a chain of sources.
 
 Public names (stable): ``DataOrchestrator``, ``OrchestratorSettings``, ``BarQuery``,
-``BarAnswer``, ``window``, ``WIDEN_FACTORS``, ``CLOSURE_SLACK_MS``.
+``BarAnswer``, ``window``, ``widened``, ``WIDEN_FACTORS``, ``CLOSURE_SLACK_MS``.
 
 The path of one query of timeframe T, top to bottom:
 1. ``window``: the buckets [a, b) it covers and the ``next`` page;
 2. the answer cache (closed ranges cached long, ranges with the forming bar briefly), then one
    build per window at a time (concurrent identical queries share it);
-3. the chain (``services.bars.sources``): each source's ``fill`` adds what it has. Storage up:
-   ``StorageSource`` then ``ProviderSource`` (fetches what the ledger lacks, writes it through,
-   reads the window back). Storage down (a ``DataSourceError``): ``Cache1mSource`` then the
-   provider without storage;
-4. the backfill hook for closed minutes left missing, and the answer cached unless incomplete.
+3. the chain (``services.bars.sources``): each source's ``fill`` adds what it has and returns.
+   Storage up: ``StorageSource`` then ``ProviderSource`` (fetches what the ledger lacks). Storage
+   down (a ``DataSourceError``): ``Cache1mSource`` then the provider without storage;
+4. the write-through, here only: what the provider fetched goes to storage (the window is read
+   back from it) and to the 1m cache, and the forming minute is folded into the last bar;
+5. the backfill hook for closed minutes left missing, and the answer cached unless incomplete.
 Markets that close (stocks) widen latest-bars windows until they hold ``limit`` bars.
 """
 
@@ -24,16 +25,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 from core.errors import DataSourceError
-from core.timeframes import MINUTE_MS, bucket_ceil, bucket_start, now_ms, resample, round_bar, tf_ms
+from core.timeframes import MINUTE_MS, Bar, bucket_ceil, bucket_start, now_ms, resample, round_bar, tf_ms
 from core.types import Series
-from services.bars.provider_source import PluginSource
+from services.bars.cache import BestEffortCache
+from services.bars.provider_source import ProviderClient
 from services.bars.query import BarAnswer, BarQuery
-from services.bars.sources import LEDGER_SAFETY_MS, CacheSource, DataSource, Fill, StorageSource, Window
+from services.bars.sources import LEDGER_SAFETY_MS, DataSource, Fill, StorageSource, Window
 from services.settings import setting
 from services.upstream.deadline import DeadlineExceeded, remaining, request_deadline
 
 __all__ = ["CLOSURE_SLACK_MS", "WIDEN_FACTORS", "BarAnswer", "BarQuery", "DataOrchestrator",
-           "OrchestratorSettings", "window"]
+           "OrchestratorSettings", "widened", "window"]
 log = logging.getLogger(__name__)
 
 #: How far back (in multiples of ``limit`` buckets) a latest-bars query looks in markets that close.
@@ -68,21 +70,29 @@ def window(q: BarQuery, now: int) -> tuple[int, int, int | None]:
     return a, max(a, b), (b if b < req_end else None)
 
 
+def widened(q: BarQuery, factor: int) -> BarQuery:
+    """``q`` (latest bars, or a page) over ``factor`` times its ``limit`` buckets plus those of
+    the longest closure: the window of a market that closes that should hold ``limit`` bars."""
+    slack = -(-CLOSURE_SLACK_MS // tf_ms(q.timeframe))  # buckets of the longest closure
+    return replace(q, limit=q.limit * factor + slack)
+
+
 class DataOrchestrator:
     """Answers ``BarQuery``s; collaborators (the chains, the hook) come in the constructor."""
 
     def __init__(
         self,
-        cache: CacheSource,
+        cache: BestEffortCache,
         chain: Sequence[DataSource],
         fallback: Sequence[DataSource],
-        plugins: PluginSource,
+        provider: ProviderClient,
         settings: OrchestratorSettings,
         on_missing: MissingHook | None = None,
         store: StorageSource | None = None,
     ) -> None:
-        self.cache, self.plugins, self.settings = cache, plugins, settings
-        #: What answers a window when the provider misses the deadline (else the 1m cache).
+        self.cache, self.provider, self.settings = cache, provider, settings
+        #: Where ``chain``'s fetches are written through (and the window read back), and what
+        #: answers a window when the provider misses the deadline (else the 1m cache).
         self.store = store
         #: The chain with storage, and the one without it (run when storage fails).
         self.chain, self.fallback = list(chain), list(fallback)
@@ -108,7 +118,7 @@ class DataOrchestrator:
     async def _get_bars(self, q: BarQuery) -> BarAnswer:
         if q.start is None:
             answer = await self._get_window(q)
-            if len(answer.bars) >= q.limit or (await self.plugins.capabilities(q.series)).continuous:
+            if len(answer.bars) >= q.limit or (await self.provider.capabilities(q.series)).continuous:
                 return answer
             answer = await self._widen(q, answer)
             answer.bars = answer.bars[-q.limit:]
@@ -121,7 +131,7 @@ class DataOrchestrator:
             return replace(answer, next=None)  # no bar opens after now: the exchange is not asked
         if not answer.bars and answer.next is not None:
             try:
-                first = await asyncio.wait_for(self.plugins.first_bar(q.series, answer.next),
+                first = await asyncio.wait_for(self.provider.first_bar(q.series, answer.next),
                                                remaining())
             except TimeoutError:
                 raise self._late(q.series) from None
@@ -139,9 +149,8 @@ class DataOrchestrator:
 
     async def _widen(self, q: BarQuery, answer: BarAnswer) -> BarAnswer:
         """Wider windows until one holds ``limit`` bars (or the range ends)."""
-        slack = -(-CLOSURE_SLACK_MS // tf_ms(q.timeframe))  # buckets of the longest closure
         for factor in WIDEN_FACTORS:
-            answer = await self._get_window(replace(q, limit=q.limit * factor + slack))
+            answer = await self._get_window(widened(q, factor))
             if len(answer.bars) >= q.limit or (q.start is not None and answer.next is None):
                 break
         return answer
@@ -149,7 +158,8 @@ class DataOrchestrator:
     async def _get_window(self, q: BarQuery) -> BarAnswer:
         now = now_ms()
         a, b, nxt = window(q, now)
-        closed = b <= now // MINUTE_MS * MINUTE_MS
+        w = Window(q.series, q.timeframe, a, b, now)
+        closed = w.closed
         if a >= b:
             return BarAnswer([], False, nxt, ["database"], closed)
         key = f"{q.series.key()}:{q.timeframe}:{a}:{b}"
@@ -158,7 +168,7 @@ class DataOrchestrator:
             return BarAnswer(None, bool(cached["partial"]), nxt, ["cache"], closed, raw_json=cached["bars_json"])
         task = self._inflight.get(key)
         if task is None:
-            task = asyncio.ensure_future(self._build(key, Window(q.series, q.timeframe, a, b, now)))
+            task = asyncio.ensure_future(self._build(key, w))
             self._inflight[key] = task
             task.add_done_callback(lambda t: self._forget(key, t))
         # shield: neither a client that disconnects nor the deadline cancels the build (others
@@ -166,7 +176,7 @@ class DataOrchestrator:
         try:
             answer = await asyncio.wait_for(asyncio.shield(task), remaining())
         except TimeoutError:
-            answer = await self._stored(Window(q.series, q.timeframe, a, b, now))
+            answer = await self._stored(w)
         return replace(answer, next=nxt, closed=closed)
 
     async def _stored(self, w: Window) -> BarAnswer:
@@ -177,11 +187,10 @@ class DataOrchestrator:
             with contextlib.suppress(DataSourceError):
                 bars, names = await self.store.read(w), [self.store.name(w)]
         if not bars:
-            bars = resample(await self.cache.get_1m(w.series, w.a, w.closed_end), w.timeframe)
+            bars = resample(await self.cache.get_1m(w.series, w.start, w.closed_end), w.timeframe)
         if not bars:
             raise self._late(w.series)
-        partial = bars[-1][0] + tf_ms(w.timeframe) > w.now
-        return BarAnswer(bars, partial, None, names, incomplete=True)
+        return BarAnswer(bars, w.partial(bars), None, names, incomplete=True)
 
     def _late(self, series: Series) -> DeadlineExceeded:
         return DeadlineExceeded(
@@ -206,13 +215,13 @@ class DataOrchestrator:
         job = await self.on_missing(w.series, fill.backfill) if fill.backfill and self.on_missing else None
         # Sums of float volumes carry binary noise (3009.2870660000012); 8 decimals is exact enough.
         bars = [round_bar(x) for x in fill.bars or []]  # as WebSocket frames are
-        partial = bool(bars) and bars[-1][0] + tf_ms(w.timeframe) > w.now
+        partial = w.partial(bars)
         answer = BarAnswer(bars, partial, None, fill.names, incomplete=fill.incomplete,
                            backfill_job=job)
         if not answer.incomplete:
             # The last LEDGER_SAFETY_MS of closed minutes may still be corrected by the exchange
             # (they are refetched every time): an answer holding them is cached briefly too.
-            settled = w.b <= w.current_min - LEDGER_SAFETY_MS
+            settled = w.end <= w.current_min - LEDGER_SAFETY_MS
             ttl = self.settings.ttl_closed if settled else self.settings.ttl_forming
             await self.cache.put_answer(key, {"bars_json": answer.bars_json(), "partial": partial}, ttl)
         return answer
@@ -221,16 +230,49 @@ class DataOrchestrator:
         """The loop over the chain; the chain without storage when storage fails."""
         if self.chain:
             try:
-                return await self._run(self.chain, w)
+                return await self._run(self.chain, w, self.store)
             except DataSourceError as exc:
                 log.debug("storage unavailable, answering without it: %s", exc.details)  # Database logs the outage once
-        return await self._run(self.fallback, w)
+        return await self._run(self.fallback, w, None)
 
-    @staticmethod
-    async def _run(chain: Sequence[DataSource], w: Window) -> Fill:
-        got = Fill(None, [(w.a, w.fetch_end)])
+    async def _run(self, chain: Sequence[DataSource], w: Window, store: StorageSource | None) -> Fill:
+        got = Fill(None, [(w.start, w.fetch_end)])
         for source in chain:
             got = await source.fill(w, got)
             if not got.missing and got.bars is not None:
                 break
-        return got
+        if got.fetched is None:  # answered without a provider's 1m fetch: nothing to write
+            return got
+        return await self._write_through(w, got, store)
+
+    async def _write_through(self, w: Window, got: Fill, store: StorageSource | None) -> Fill:
+        """Closed fetched 1m bars to ``store`` (with the ledger ranges now complete, the window
+        then read back from it) and to the 1m cache; the forming minute is never written, only
+        folded into the last bar. Without ``store`` the window is what an earlier source found,
+        else the fetched minutes resampled. A kept outage is raised when no bar can answer."""
+        runs = got.fetched or []
+        closed = [bar for run in runs for bar in run if bar[0] + MINUTE_MS <= w.now]
+        forming = [bar for run in runs for bar in run if bar[0] + MINUTE_MS > w.now]
+        names = got.names or ([store.name(w)] if store is not None else ["provider"])
+        if store is not None:
+            bars = await store.write_and_read(w, closed, got.complete)
+        else:
+            bars = got.bars if got.bars is not None else resample(closed, w.timeframe)
+        bars = add_forming(bars, forming, w.timeframe)
+        for run in runs:
+            await self.cache.put_1m(w.series, [bar for bar in run if bar[0] + MINUTE_MS <= w.now])
+        if got.outage is not None and not bars:
+            raise got.outage  # no stored bar can answer: 503, not an empty answer
+        return replace(got, bars=bars, names=names, fetched=None, complete=[])
+
+
+def add_forming(bars: list[Bar], forming: list[Bar], timeframe: str) -> list[Bar]:
+    """Fold the forming 1m bar(s) into the last bucket (or start a new one)."""
+    for f in forming:
+        start = bucket_start(int(f[0]), timeframe)
+        if bars and bars[-1][0] == start:
+            last = bars[-1]
+            bars[-1] = [start, last[1], max(last[2], f[2]), min(last[3], f[3]), f[4], last[5] + f[5]]
+        elif not bars or bars[-1][0] < start:
+            bars.append([start, *map(float, f[1:6])])
+    return bars

@@ -1,6 +1,6 @@
 """The provider's link of the orchestrator's chain, where every provider rule lives.
 
-Public names (stable): ``ProviderSource``, ``PluginSource``, ``add_forming``.
+Public names (stable): ``ProviderSource``, ``ProviderClient``.
 
 ``ProviderSource.fill`` fetches the 1m ranges the sources before it left missing:
 - within the call budget (``OHLCV_MAX_PROVIDER_CALLS``), paging within ``max_bars_per_call``
@@ -10,10 +10,10 @@ Public names (stable): ``ProviderSource``, ``PluginSource``, ``add_forming``.
   natively; the 1m history is then left to a backfill job;
 - minutes older than the provider serves, beyond the budget or lost to an outage stay missing:
   the answer is marked incomplete (an outage with nothing else to answer from is raised);
-- closed 1m bars are written through, in this one place, to storage (with the ledger ranges now
-  complete and the aggregates they touch) and to the 1m cache; the forming minute never is.
-With storage, the window is then read back from it (aggregated by the database); without, the
-fetched minutes (or the cached ones before them) are resampled here.
+- what it fetched goes back in the ``Fill`` (``fetched``, and the ledger ranges now ``complete``):
+  the orchestrator writes it through, in one place, and reads the window back.
+``ProviderClient`` is the provider as the orchestrator and backfill jobs ask it directly:
+capabilities, ranges of bars, the first bar.
 """
 
 from __future__ import annotations
@@ -23,35 +23,22 @@ import math
 from collections.abc import Sequence
 
 from core.errors import NetworkPluginError
-from core.timeframes import MINUTE_MS, Bar, bucket_start, resample
+from core.timeframes import MINUTE_MS, Bar
 from core.types import Series, subtract_ranges
 from plugins.base import Capabilities, MarketPlugin
-from services.bars.sources import CacheSource, DataSource, Fill, Range, StorageSource, Window
+from services.bars.sources import DataSource, Fill, Range, Window
 from services.upstream.market_service import MarketService
 
 log = logging.getLogger(__name__)
-
-
-def add_forming(bars: list[Bar], forming: list[Bar], timeframe: str) -> list[Bar]:
-    """Fold the forming 1m bar(s) into the last bucket (or start a new one)."""
-    for f in forming:
-        start = bucket_start(int(f[0]), timeframe)
-        if bars and bars[-1][0] == start:
-            last = bars[-1]
-            bars[-1] = [start, last[1], max(last[2], f[2]), min(last[3], f[3]), f[4], last[5] + f[5]]
-        elif not bars or bars[-1][0] < start:
-            bars.append([start, *map(float, f[1:6])])
-    return bars
 
 
 def _clip(ranges: Sequence[Range], a: int, b: int) -> list[Range]:
     return [(max(x, a), min(y, b)) for x, y in ranges if min(y, b) > max(x, a)]
 
 
-class PluginSource:
-    """A provider's capabilities, and ranges of bars fetched through ``ProviderCalls``."""
-
-    name = "provider"
+class ProviderClient:
+    """A provider reached through ``MarketService``: its capabilities, ranges of bars fetched
+    through ``ProviderCalls`` and the first bar of a symbol (no chain, no storage)."""
 
     def __init__(self, markets: MarketService) -> None:
         self.markets = markets
@@ -78,22 +65,21 @@ class PluginSource:
         return await self.markets.calls.first_bar(plugin, series, since)
 
 
-class ProviderSource(PluginSource, DataSource):
-    """The last link: see the module docstring. ``store`` None: the chain without storage."""
+class ProviderSource(DataSource):
+    """The last link: see the module docstring. ``stored`` False: the chain without storage (no
+    partial pages kept for a ledger, nothing left to a backfill job)."""
 
-    def __init__(self, markets: MarketService, cache: CacheSource, store: StorageSource | None,
-                 budget: int) -> None:
-        super().__init__(markets)
-        self.cache, self.store, self.budget = cache, store, budget
+    def __init__(self, markets: MarketService, budget: int, stored: bool) -> None:
+        self.markets, self.budget, self.stored = markets, budget, stored
 
     async def fill(self, w: Window, got: Fill) -> Fill:
-        """The missing minutes fetched and written through; the window's bars."""
+        """The missing minutes fetched (for the orchestrator to write through)."""
         plugin = await self.markets.get_plugin(w.series.market, w.series.provider)
         caps, ranges = plugin.capabilities, got.missing
         # Before the symbol's listing there is nothing to fetch: those minutes are known empty.
         listed = plugin.listing_ms(w.series.symbol)
         before = _clip(ranges, 0, listed) if listed is not None else []
-        ranges = _clip(ranges, listed, w.b) if listed is not None else ranges
+        ranges = _clip(ranges, listed, w.end) if listed is not None else ranges
         oldest = caps.history_start("1m", w.now)
         too_old = bool(ranges) and oldest is not None and ranges[0][0] < oldest
         reachable = ranges if not too_old else [(max(x, oldest or x), y) for x, y in ranges
@@ -106,50 +92,36 @@ class ProviderSource(PluginSource, DataSource):
                 native, reachable, outage = None, [], self._outage(exc, got)
             if native is not None:
                 return native
-        fetched, runs, covered, fetch_outage = await self._fetch(plugin, w, reachable, got)
+        runs, covered, fetch_outage = await self._fetch(plugin, w, reachable, got)
         outage, covered = outage or fetch_outage, before + covered
         still = [r for x, y in got.missing for r in subtract_ranges(x, y, covered)]
         incomplete = bool(still) or got.incomplete
-        closed = [bar for bar in fetched if bar[0] + MINUTE_MS <= w.now]
-        forming = [bar for bar in fetched if bar[0] + MINUTE_MS > w.now]
-        if self.store is not None:
-            complete = [(x, min(y, w.safe_end)) for x, y in covered if min(y, w.safe_end) > x]
-            bars = await self.store.write_and_read(w, closed, complete)
-        else:
-            bars = got.bars if got.bars is not None else resample(closed, w.timeframe)
-        for run in runs:
-            await self.cache.put_1m(w.series, [bar for bar in run if bar[0] + MINUTE_MS <= w.now])
-        bars = add_forming(bars, forming, w.timeframe)
-        names = got.names + (["provider"] if fetched or (not incomplete and got.bars is None) else [])
-        if not names:
-            names = [self.store.name(w)] if self.store is not None else ["provider"]
+        complete = [(x, min(y, w.safe_end)) for x, y in covered if min(y, w.safe_end) > x]
+        names = got.names + (["provider"] if any(runs) or (not incomplete and got.bars is None) else [])
         backfill = self._backfill(plugin, w, still) if incomplete else []
-        if outage is not None and not bars:
-            raise outage  # no stored bar can answer: 503, not an empty answer
-        return Fill(bars, still, names, incomplete, backfill)
+        return Fill(got.bars, still, names, incomplete, backfill, runs,
+                    complete if self.stored else [], outage)
 
     async def _fetch(
         self, plugin: MarketPlugin, w: Window, ranges: list[Range], got: Fill
-    ) -> tuple[list[Bar], list[list[Bar]], list[Range], NetworkPluginError | None]:
-        """(bars, one run per range fetched, the ranges covered, the outage). An outage is kept
+    ) -> tuple[list[list[Bar]], list[Range], NetworkPluginError | None]:
+        """(one run of bars per range fetched, the ranges covered, the outage). An outage is kept
         (its ranges stay missing) when something else can answer (``got.names``), else raised."""
-        fetched: list[Bar] = []
         runs: list[list[Bar]] = []  # one per range: the 1m cache replaces each fetch's own span
         covered: list[Range] = []
         budget, outage = self.budget, None
         try:
             for x, y in ranges:
                 page = await self.markets.calls.fetch_range(
-                    plugin, w.series, "1m", x, y, budget, keep_partial=self.store is not None)
+                    plugin, w.series, "1m", x, y, budget, keep_partial=self.stored)
                 budget -= page.calls
-                fetched.extend(page.bars)
                 runs.append(page.bars)
                 covered.append((x, page.until))
                 if page.until < y:
                     break
         except NetworkPluginError as exc:
             outage = self._outage(exc, got)
-        return fetched, runs, covered, outage
+        return runs, covered, outage
 
     @staticmethod
     def _outage(exc: NetworkPluginError, got: Fill) -> NetworkPluginError:
@@ -167,14 +139,14 @@ class ProviderSource(PluginSource, DataSource):
         (1m paging would need too many calls or older history than the provider keeps)."""
         if w.timeframe == "1m" or w.timeframe not in plugin.capabilities.timeframes:
             return None
-        page = await self.markets.calls.fetch_range(plugin, w.series, w.timeframe, w.a, w.b,
+        page = await self.markets.calls.fetch_range(plugin, w.series, w.timeframe, w.start, w.end,
                                                     self.budget)
-        return Fill(page.bars, [], ["provider"], page.until < w.b,
+        return Fill(page.bars, [], ["provider"], page.until < w.end,
                     self._backfill(plugin, w, got.missing))
 
     def _backfill(self, plugin: MarketPlugin, w: Window, missing: Sequence[Range]) -> list[Range]:
         """Closed minutes left to a backfill job (with storage): none before the listing."""
-        if self.store is None:
+        if not self.stored:
             return []
         listing = self.markets.calls.listing(plugin, w.series)
-        return _clip(missing, max(w.a, listing or w.a), w.safe_end)
+        return _clip(missing, max(w.start, listing or w.start), w.safe_end)

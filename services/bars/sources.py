@@ -1,14 +1,15 @@
 """The data sources the orchestrator chains, and the types of the chain.
 
 Public names (stable): ``Window``, ``Fill``, ``DataSource``, ``StorageSource``, ``Cache1mSource``,
-``CacheSource``, ``DbSource``, ``Range``, ``LEDGER_SAFETY_MS``.
+``BarWriter``, ``RevisionSink``, ``Range``, ``LEDGER_SAFETY_MS``.
 
 Each ``DataSource`` answers one question, ``fill(window, got)``: given what the sources before it
 found (``got``: the window's bars if some source could answer, the 1m ranges still missing and the
-names of the sources used), what does it add? The orchestrator loops over its chain:
+names of the sources used), what does it add? It returns; no source calls another. The
+orchestrator loops over its chain and writes what was fetched through (``Fill.fetched``):
 - storage up: ``StorageSource`` (the gap ledger says which minutes were never fetched; a window
   with none is answered from storage) then ``ProviderSource`` (``services.bars.provider_source``:
-  fetches what is missing, writes it through, reads the window back);
+  fetches what is missing);
 - storage down: ``Cache1mSource`` (the closed 1m bars of the window, when cached in full) then
   ``ProviderSource`` without storage.
 
@@ -24,14 +25,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from core.errors import DataSourceError
 from core.metrics import observe_query
 from core.ports import Database
 from core.timeframes import MINUTE_MS, Bar, resample, tf_ms
 from core.types import Series, merge_ranges
 from plugins.base import Capabilities
 from services.bars import aggregates, storage
-from services.bars.cache import Cache
+from services.bars.cache import BestEffortCache
 
 log = logging.getLogger(__name__)
 #: Minutes this close to now are refetched every time, never recorded complete in the ledger.
@@ -41,13 +41,24 @@ Range = tuple[int, int]
 
 @dataclass(frozen=True)
 class Window:
-    """The buckets [a, b) of one query of ``timeframe``, seen at ``now`` (ms)."""
+    """The buckets [start, end) of one query of ``timeframe``, seen at ``now`` (ms)."""
 
     series: Series
     timeframe: str
-    a: int
-    b: int
+    #: Open time of the window's first bucket (ms).
+    start: int
+    #: End of the window's last bucket (ms, exclusive): it may lie past ``now``.
+    end: int
     now: int
+
+    @property
+    def closed(self) -> bool:
+        """Every bucket of the window has closed (an answer of it can carry an ETag)."""
+        return self.end <= self.current_min
+
+    def partial(self, bars: Sequence[Bar]) -> bool:
+        """Whether the last of ``bars`` (the window's) is still forming."""
+        return bool(bars) and bars[-1][0] + tf_ms(self.timeframe) > self.now
 
     @property
     def current_min(self) -> int:
@@ -57,17 +68,17 @@ class Window:
     @property
     def closed_end(self) -> int:
         """End of the window's closed minutes."""
-        return min(self.b, self.current_min)
+        return min(self.end, self.current_min)
 
     @property
     def fetch_end(self) -> int:
         """End of what a provider is asked for: the forming minute included."""
-        return min(self.b, self.current_min + MINUTE_MS)
+        return min(self.end, self.current_min + MINUTE_MS)
 
     @property
     def safe_end(self) -> int:
         """End of the minutes settled enough to be recorded complete in the ledger."""
-        return max(self.a, min(self.closed_end, self.current_min - LEDGER_SAFETY_MS))
+        return max(self.start, min(self.closed_end, self.current_min - LEDGER_SAFETY_MS))
 
 
 @dataclass
@@ -84,6 +95,13 @@ class Fill:
     incomplete: bool = False
     #: Closed 1m ranges left to a backfill job (the orchestrator's ``on_missing`` hook).
     backfill: list[Range] = field(default_factory=list)
+    #: 1m bars a provider fetched, one run per range (the forming minute included), for the
+    #: orchestrator to write through; None when no source fetched 1m bars.
+    fetched: list[list[Bar]] | None = None
+    #: 1m ranges the fetch covered that are settled enough to record complete in the ledger.
+    complete: list[Range] = field(default_factory=list)
+    #: A provider outage kept while something else may answer; raised when nothing does.
+    outage: Exception | None = None
 
 
 class DataSource(ABC):
@@ -92,49 +110,6 @@ class DataSource(ABC):
     @abstractmethod
     async def fill(self, w: Window, got: Fill) -> Fill:
         """``got`` completed with what this source has: found bars, still missing, its name."""
-
-
-class CacheSource:
-    """Answer and 1m-bar cache; every failure is logged and reads as a miss."""
-
-    name = "cache"
-
-    def __init__(self, cache: Cache | None) -> None:
-        self.cache = cache
-
-    async def get_answer(self, key: str) -> dict[str, Any] | None:
-        if self.cache is None:
-            return None
-        try:
-            return await self.cache.get_resampled(key)
-        except DataSourceError as exc:
-            log.debug("cache read skipped: %s", exc.details)  # the outage: RedisClient logs it once
-            return None
-
-    async def put_answer(self, key: str, answer: dict[str, Any], ttl: int) -> None:
-        if self.cache is None:
-            return
-        try:
-            await self.cache.set_resampled(key, answer, ttl)
-        except DataSourceError as exc:
-            log.debug("cache write skipped: %s", exc.details)
-
-    async def get_1m(self, series: Series, start: int, end: int) -> list[Bar]:
-        if self.cache is None:
-            return []
-        try:
-            return await self.cache.get_1m_bars(series, start, end)
-        except DataSourceError as exc:
-            log.debug("1m cache read skipped: %s", exc.details)
-            return []
-
-    async def put_1m(self, series: Series, bars: Sequence[Sequence[float]]) -> None:
-        if self.cache is None or not bars:
-            return
-        try:
-            await self.cache.store_1m_bars(series, bars)
-        except DataSourceError as exc:
-            log.debug("1m cache write skipped: %s", exc.details)
 
 
 class RevisionSink(Protocol):
@@ -160,8 +135,9 @@ async def _write(conn: Any, mode: str, series: Series, bars: Sequence[Sequence[f
     return n
 
 
-class DbSource:
-    """Writes fetched closed 1m bars (and the ranges now known complete) atomically."""
+class BarWriter:
+    """Writes fetched closed 1m bars (and the ranges now known complete) atomically (the live
+    pollers' storage)."""
 
     def __init__(self, db: Database, revisions: RevisionSink | None = None) -> None:
         self.db, self.revisions = db, revisions
@@ -177,7 +153,7 @@ class DbSource:
 
 
 class StorageSource(DataSource):
-    """Stored bars and the gap ledger; the write-through target of ``ProviderSource``. Each
+    """Stored bars and the gap ledger; the target of the orchestrator's write-through. Each
     method uses one pooled connection (one acquire, one reset)."""
 
     def __init__(self, db: Database, revisions: RevisionSink | None = None) -> None:
@@ -189,8 +165,8 @@ class StorageSource(DataSource):
         recent = [(w.safe_end, w.fetch_end)] if w.fetch_end > w.safe_end else []
         async with self.db.acquire() as conn:
             with observe_query("missing_ranges"):
-                missing = await storage.missing_ranges(conn, w.series, w.a, w.safe_end)
-            names = [] if missing == [(w.a, w.safe_end)] and w.safe_end > w.a else [self.name(w)]
+                missing = await storage.missing_ranges(conn, w.series, w.start, w.safe_end)
+            names = [] if missing == [(w.start, w.safe_end)] and w.safe_end > w.start else [self.name(w)]
             to_fetch = merge_ranges(missing + recent)
             if to_fetch:
                 return replace(got, missing=to_fetch, names=names)
@@ -217,25 +193,26 @@ class StorageSource(DataSource):
             return await self._read(conn, w)
 
     async def _read(self, conn: Any, w: Window) -> list[Bar]:
-        if w.closed_end <= w.a:
+        if w.closed_end <= w.start:
             return []
         with observe_query("select_bars"):
             return await aggregates.select_bars(
                 conn, self.db.mode, w.series.market, w.series.provider, w.series.symbol,
-                w.timeframe, w.a, w.closed_end, (w.b - w.a) // tf_ms(w.timeframe))
+                w.timeframe, w.start, w.closed_end, (w.end - w.start) // tf_ms(w.timeframe))
 
 
 class Cache1mSource(DataSource):
     """Without storage: the window's closed minutes from the 1m cache when it holds all of them
     (in a market that trades around the clock, where a missing minute is a hole)."""
 
-    def __init__(self, cache: CacheSource, capabilities: Callable[[Series], Awaitable[Capabilities]]):
+    def __init__(self, cache: BestEffortCache,
+                 capabilities: Callable[[Series], Awaitable[Capabilities]]) -> None:
         self.cache, self.capabilities = cache, capabilities
 
     async def fill(self, w: Window, got: Fill) -> Fill:
         """Cached closed minutes resampled, with only the forming minute left to fetch."""
-        cached = await self.cache.get_1m(w.series, w.a, w.closed_end)
-        if not cached or len(cached) != (w.closed_end - w.a) // MINUTE_MS:
+        cached = await self.cache.get_1m(w.series, w.start, w.closed_end)
+        if not cached or len(cached) != (w.closed_end - w.start) // MINUTE_MS:
             return got
         if not (await self.capabilities(w.series)).continuous:
             return got

@@ -56,7 +56,7 @@ class Output(Protocol):
 
 
 class Writer(Protocol):
-    """Storage of closed 1m bars (``DbSource``)."""
+    """Storage of closed 1m bars (``BarWriter``)."""
 
     async def write(self, series: Series, bars: Sequence[Sequence[float]],
                     complete: Sequence[tuple[int, int]]) -> int: ...

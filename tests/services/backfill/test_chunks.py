@@ -17,8 +17,8 @@ from core.types import Series
 from services.backfill.chunks import BackfillSettings, ChunkRunner, CopyTurn, Progress
 from services.backfill.gaps import split_chunks
 from services.bars import storage
-from services.bars.provider_source import PluginSource
-from services.bars.sources import CacheSource
+from services.bars.cache import BestEffortCache
+from services.bars.provider_source import ProviderClient
 from services.settings import build
 from tests.conftest import DATABASE_URL
 from tests.support.backfill import (
@@ -51,7 +51,7 @@ class Announced:
 
 def runner(app: Any, sink: Announced, concurrency: int) -> ChunkRunner:
     settings = build(BackfillSettings, {"BACKFILL_CONCURRENCY": concurrency})
-    return ChunkRunner(PluginSource(get_services(app).markets), get_database(app), CacheSource(None),
+    return ChunkRunner(ProviderClient(get_services(app).markets), get_database(app), BestEffortCache(None),
                        settings, sink)
 
 
