@@ -135,14 +135,16 @@ async def test_fetching_two_ranges_around_a_stored_one_keeps_its_minutes_in_the_
     client: TestClientProtocol, redis_prefix: str
 ) -> None:
     """The 1m cache replaces the span of each fetch: fetching [P-10m, P) and [P+10m, P+20m) in
-    one request must not drop the cached minutes of [P, P+10m) between them."""
+    one request must not drop the cached minutes of [P, P+10m) between them. P is two days ago:
+    only recent 1m bars are cached (``CACHE_RECENT_SECONDS``, a week)."""
     m = MINUTE_MS
-    assert (await get(client, f"&timeframe=1m&start={PAST}&end={PAST + 10 * m}"))[0] == 200
-    status, body, _ = await get(client, f"&timeframe=1m&start={PAST - 10 * m}&end={PAST + 20 * m}")
+    recent = now_ms() // DAY * DAY - 2 * DAY
+    assert (await get(client, f"&timeframe=1m&start={recent}&end={recent + 10 * m}"))[0] == 200
+    status, body, _ = await get(client, f"&timeframe=1m&start={recent - 10 * m}&end={recent + 20 * m}")
     assert status == 200 and len(body["bars"]) == 30
     r = aioredis.from_url(REDIS_URL)
     try:
-        cached = await r.zcount(f"{redis_prefix}:1m:sim:sim:SIM/USD", PAST - 10 * m, PAST + 19 * m)
+        cached = await r.zcount(f"{redis_prefix}:1m:sim:sim:SIM/USD", recent - 10 * m, recent + 19 * m)
     finally:
         await r.aclose()
     assert cached == 30
