@@ -23,9 +23,9 @@ PARAMETER_OVERRIDES: dict[tuple[str, str], Any] = {
     ("/export", "format"): "csv",
     ("/backfill/{job_id}", "job_id"): "3f1c8e0a9b2d4c6e8f0a1b2c3d4e5f60",
 }
-_SIM_1H = [[1704067200000, 99.702899, 100.539322, 96.579314, 96.867506, 3277.315585],
-           [1704070800000, 96.867506, 99.050174, 96.206267, 98.644719, 3039.052534],
-           [1704074400000, 98.644719, 98.853205, 94.863129, 95.847185, 3050.882438]]
+_SIM_1H = [[1704067200000, 115.9, 116.03, 115.63, 115.9, 2071.428],
+           [1704070800000, 115.9, 116.11, 115.66, 115.96, 1885.592],
+           [1704074400000, 115.96, 116.24, 115.83, 116.17, 1892.548]]
 _JOB = {"job_id": "3f1c8e0a9b2d4c6e8f0a1b2c3d4e5f60", "status": "running", "progress": 0.25,
         "bars_written": 360, "error": None, "market": "sim", "provider": "sim", "symbol": "SIM/USD",
         "start": 1704067200000, "end": 1704153600000, "chunks_total": 4, "chunks_done": 1}
@@ -39,7 +39,7 @@ ANSWERS: dict[tuple[str, str], Any] = {
     ("/ohlcv", "get"): {"market": "sim", "provider": "sim", "symbol": "SIM/USD", "timeframe": "1h",
                         "bars": _SIM_1H, "partial": False, "next": None},
     ("/ticker", "get"): {"market": "sim", "provider": "sim", "symbol": "SIM/USD", "ts": 1704067200000,
-                         "last": 99.702899, "bid": 99.692929, "ask": 99.712869, "stale": False},
+                         "last": 116.17, "bid": 116.16, "ask": 116.18, "stale": False},
     ("/backfill", "post"): {"job_id": _JOB["job_id"], "status": "queued"},
     ("/backfill", "get"): {"jobs": [_JOB]},
     ("/backfill/{job_id}", "get"): _JOB,
