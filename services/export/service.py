@@ -114,22 +114,22 @@ class ExportSlot:
             self._exporter.running -= 1
             self._exporter = None
 
-    def hold(self, body: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+    def hold(self, body: AsyncGenerator[bytes, None]) -> HeldStream:
         """``body``, with this slot given back when it ends, fails or is closed (the client left)."""
-        return _Held(body, self)
+        return HeldStream(body, self)
 
     def __del__(self) -> None:  # a stream never started (its response never sent) leaks no slot
         self.release()
 
 
-class _Held:
+class HeldStream:
     """An export's bytes holding its slot: released on the end, an error, a cancellation or
     ``aclose`` (which Quart calls when the answer ends or the client leaves)."""
 
     def __init__(self, body: AsyncGenerator[bytes, None], slot: ExportSlot) -> None:
         self.body, self.slot = body, slot
 
-    def __aiter__(self) -> _Held:
+    def __aiter__(self) -> HeldStream:
         return self
 
     async def __anext__(self) -> bytes:
