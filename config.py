@@ -157,6 +157,9 @@ class BaseConfig:
     #: GET /export (services/export/): most bars one export may span (400 beyond), bars per
     #: batch (a Parquet row group, an Arrow record batch), and the longest one export may stream.
     EXPORT_MAX_BARS = 10_000_000
+    #: Most exports one instance streams at once (each holds a pool connection throughout, so
+    #: keep it below DB_POOL_MAX); one more is refused with 503 dependency_unavailable.
+    EXPORT_MAX_CONCURRENT = 4
     EXPORT_BATCH_ROWS = 65_536
     EXPORT_TIMEOUT = 3600.0
     #: Seconds within which every /ohlcv answer and WebSocket snapshot comes: from stored data
@@ -385,7 +388,7 @@ class BaseConfig:
             raise ConfigError("OHLCV_MAX_LIMIT must not exceed 5000 (the maximum in docs/api.md)")
         if not 1 <= self.OHLCV_DEFAULT_LIMIT <= self.OHLCV_MAX_LIMIT:
             raise ConfigError("OHLCV_DEFAULT_LIMIT must be between 1 and OHLCV_MAX_LIMIT")
-        for name in ("EXPORT_MAX_BARS", "EXPORT_BATCH_ROWS", "EXPORT_TIMEOUT"):
+        for name in ("EXPORT_MAX_BARS", "EXPORT_MAX_CONCURRENT", "EXPORT_BATCH_ROWS", "EXPORT_TIMEOUT"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ConfigError(f"{name} must be positive")
 

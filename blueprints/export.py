@@ -9,6 +9,7 @@ from quart import Blueprint, Response, current_app, jsonify, request
 
 from app_extensions.answer_bytes import accepted_encoding, etag_matches
 from app_extensions.export import get_exporter
+from app_extensions.ratelimit import get_ratelimiter
 from app_extensions.services import get_services
 from blueprints.common import load_query
 from blueprints.export_schemas import ExportQuery
@@ -45,7 +46,8 @@ async def export() -> Response | tuple[Response, int]:
         headers["Vary"] = "Accept-Encoding"
     if encoding:
         headers["Content-Encoding"] = encoding
-    body = _no_body() if request.method == "HEAD" else exporter.stream(plan, fmt, encoding)
+    # A GET takes an export slot (503 when EXPORT_MAX_CONCURRENT run already) until its stream ends.
+    body = _no_body() if request.method == "HEAD" else exporter.reserve().hold(exporter.stream(plan, fmt, encoding))
     response = Response(body, status=200, headers=headers)
     response.timeout = None  # streamed for as long as it takes (EXPORT_TIMEOUT bounds the COPY)
     return response
@@ -58,7 +60,8 @@ async def _no_body() -> AsyncIterator[bytes]:
 
 
 async def _backfill(series: Series, missing: list[tuple[int, int]]) -> tuple[Response, int]:
-    """202 with a backfill job over the span of the missing minutes."""
+    """202 with a backfill job over the span of the missing minutes, the caller's as POST /backfill's
+    (BACKFILL_MAX_QUEUED_PER_CLIENT, overlapping ranges merged)."""
     manager = get_services(current_app).backfill
     start, end = missing[0][0], missing[-1][1]
     if end - start > manager.max_range_ms:
@@ -66,5 +69,6 @@ async def _backfill(series: Series, missing: list[tuple[int, int]]) -> tuple[Res
         raise InvalidParameter(f"the missing minutes span more than {days} days (BACKFILL_MAX_RANGE_DAYS):"
                                " backfill them in parts with POST /backfill",
                                details={"backfill": [f"missing minutes span more than {days} days"]})
-    job, _ = await manager.submit(series, start, end)
+    client = get_ratelimiter(current_app).client_identity(request.headers, request.remote_addr)
+    job, _ = await manager.submit(series, start, end, client)
     return jsonify({"job_id": job.id, "status": job.status}), 202

@@ -8,7 +8,9 @@ must each be stored or verified empty (the gap ledger, then stored bars where it
 an ETag changes when a stored bar is revised. ``stream`` runs the query ``/ohlcv`` runs
 (``services.bars.aggregates.bars_query``) as a binary ``COPY`` on its own pooled connection, in a task
 that can be at most ``QUEUE_CHUNKS`` chunks ahead of the client (asyncpg stops reading while its
-output waits, so PostgreSQL waits too): memory does not grow with the range.
+output waits, so PostgreSQL waits too): memory does not grow with the range. ``reserve`` takes one
+of ``EXPORT_MAX_CONCURRENT`` slots (503 ``dependency_unavailable`` when none is free), so running
+exports cannot hold every pool connection; ``ExportSlot.hold`` keeps it for as long as a stream runs.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
-from core.errors import InvalidParameter, RangeNotStored
+from core.errors import DataSourceError, InvalidParameter, RangeNotStored
 from core.ports import Database
 from core.timeframes import MINUTE_MS, bucket_ceil, bucket_start, now_ms, tf_ms
 from core.types import Series, subtract_ranges, to_dt
@@ -31,7 +33,7 @@ from services.export.rows import CopyParser, to_batch
 from services.settings import setting
 
 log = logging.getLogger(__name__)
-__all__ = ["QUEUE_CHUNKS", "ExportPlan", "ExportSettings", "Exporter", "RangeNotStored", "Stored"]
+__all__ = ["QUEUE_CHUNKS", "ExportPlan", "ExportSettings", "ExportSlot", "Exporter", "RangeNotStored", "Stored"]
 
 #: Told ``(bars, last bar's ts)`` after each batch (the CLI's progress bar).
 BatchCallback = Callable[[int, int], None]
@@ -59,6 +61,8 @@ class ExportSettings:
     batch_rows: int = setting("EXPORT_BATCH_ROWS", 65_536, int)
     #: Longest one export's COPY may take, slow clients included (seconds).
     timeout: float = setting("EXPORT_TIMEOUT", 3600.0, float)
+    #: Most exports this instance streams at once (each holds a pool connection); 503 beyond.
+    max_concurrent: int = setting("EXPORT_MAX_CONCURRENT", 4, int)
 
 
 @dataclass(frozen=True)
@@ -98,11 +102,67 @@ class Stored:
     digest: str
 
 
+class ExportSlot:
+    """One of the exporter's ``max_concurrent`` slots, taken by ``Exporter.reserve``; given back
+    once (``release``, or when the stream it holds ends, fails or is closed)."""
+
+    def __init__(self, exporter: Exporter) -> None:
+        self._exporter: Exporter | None = exporter
+
+    def release(self) -> None:
+        if self._exporter is not None:
+            self._exporter.running -= 1
+            self._exporter = None
+
+    def hold(self, body: AsyncGenerator[bytes, None]) -> HeldStream:
+        """``body``, with this slot given back when it ends, fails or is closed (the client left)."""
+        return HeldStream(body, self)
+
+    def __del__(self) -> None:  # a stream never started (its response never sent) leaks no slot
+        self.release()
+
+
+class HeldStream:
+    """An export's bytes holding its slot: released on the end, an error, a cancellation or
+    ``aclose`` (which Quart calls when the answer ends or the client leaves)."""
+
+    def __init__(self, body: AsyncGenerator[bytes, None], slot: ExportSlot) -> None:
+        self.body, self.slot = body, slot
+
+    def __aiter__(self) -> HeldStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await anext(self.body)
+        except BaseException:  # StopAsyncIteration, the COPY's error, the client's disconnect
+            self.slot.release()
+            raise
+
+    async def aclose(self) -> None:
+        try:
+            await self.body.aclose()
+        finally:
+            self.slot.release()
+
+
 class Exporter:
     """Plans, checks and streams exports. Collaborators come in through the constructor."""
 
     def __init__(self, db: Database, settings: ExportSettings) -> None:
         self.db, self.settings = db, settings
+        #: Slots taken (``reserve``) and not yet given back.
+        self.running = 0
+
+    def reserve(self) -> ExportSlot:
+        """A slot for one export's stream; ``DataSourceError`` (503) when all
+        ``max_concurrent`` are taken, before anything is streamed."""
+        if self.running >= self.settings.max_concurrent:
+            raise DataSourceError(
+                f"all {self.settings.max_concurrent} export slots of this instance are busy"
+                " (EXPORT_MAX_CONCURRENT); retry after the seconds in Retry-After")
+        self.running += 1
+        return ExportSlot(self)
 
     def plan(self, series: Series, timeframe: str, start: int, end: int, now: int | None = None) -> ExportPlan:
         """The closed buckets of ``[start, end)``; ``InvalidParameter`` beyond ``max_bars``."""

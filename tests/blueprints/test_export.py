@@ -4,10 +4,12 @@ auth and the export rate-limit class."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import io
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import brotli
@@ -20,6 +22,7 @@ from quart.typing import TestClientProtocol
 
 from app import create_app
 from app_extensions.auth import hash_key
+from app_extensions.export import get_exporter
 from core.timeframes import DAY_MS, MINUTE_MS, TIMEFRAMES, bucket_ceil
 from core.types import Series
 from plugins.sim import sim_bar
@@ -125,6 +128,101 @@ async def test_missing_minutes_answer_409_and_backfill_true_queues_them(
     # A minute stored by someone else (a live poller) is stored even where the ledger has a hole.
     await storage.upsert_1m_bars(pg, SIM, [sim_bar(42, "SIM/USD", t) for t in range(*hole, MINUTE_MS)])
     assert (await client.get(url)).status_code == 200
+
+
+class HeldExport:
+    """An export served through the app's ASGI interface whose client stops reading after the first
+    body chunk (``started`` is set then) until ``go`` is set; ``leave()`` disconnects instead."""
+
+    def __init__(self, app: Quart, url: str) -> None:
+        parts = urlsplit(url)
+        self.scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+                      "scheme": "http", "path": parts.path, "raw_path": parts.path.encode(),
+                      "query_string": parts.query.encode(), "root_path": "", "headers": [(b"host", b"localhost")],
+                      "client": ("127.0.0.1", 1), "server": ("localhost", 80), "extensions": {}}
+        self.started, self.go, self.gone = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        self.status: int | None = None
+        self.body = bytearray()
+        self.task = asyncio.create_task(app(self.scope, self.receive, self.send))  # type: ignore[arg-type]
+        self._request_sent = False
+
+    async def receive(self) -> dict[str, Any]:
+        if not self._request_sent:
+            self._request_sent = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        elif message["type"] == "http.response.body":
+            self.body += message.get("body", b"")
+            if not self.started.is_set():
+                self.started.set()
+                await self.go.wait()  # a slow client: the stream waits here, its slot held
+
+    async def leave(self) -> None:
+        """The client disconnects mid-stream."""
+        self.gone.set()
+        await self.task
+
+
+async def test_export_max_concurrent_refuses_one_more_with_503_until_a_stream_ends(
+        app_config: dict[str, Any], pg: asyncpg.Connection) -> None:
+    app = create_app({**app_config, "EXPORT_MAX_CONCURRENT": 1})
+    async with app.test_app():
+        client = app.test_client()
+        await seed(pg, T0, T0 + DAY_MS)
+        url = f"{BASE}&start={T0}&end={T0 + DAY_MS}&format=csv"
+        first = HeldExport(app, url)
+        await first.started.wait()
+        assert first.status == 200 and get_exporter(app).running == 1
+        refused = await client.get(url)
+        assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1
+        error = (await refused.get_json())["error"]
+        assert error["code"] == "dependency_unavailable" and "EXPORT_MAX_CONCURRENT" in error["message"]
+        # HEAD and 304 stream nothing, so they take no slot.
+        head = await client.head(url)
+        assert head.status_code == 200
+        assert (await client.get(url, headers={"If-None-Match": head.headers["ETag"]})).status_code == 304
+        first.go.set()  # the client reads on: the stream ends and gives its slot back
+        await first.task
+        assert first.status == 200 and len(rows_of("csv", bytes(first.body))) == 1440
+        assert get_exporter(app).running == 0
+        ok = await client.get(url)
+        assert ok.status_code == 200 and len(rows_of("csv", await ok.get_data(as_text=False))) == 1440
+        # A client that leaves mid-stream gives its slot back too.
+        second = HeldExport(app, url)
+        await second.started.wait()
+        assert (await client.get(url)).status_code == 503
+        await second.leave()
+        assert get_exporter(app).running == 0
+        again = await client.get(url)
+        assert again.status_code == 200 and len(rows_of("csv", await again.get_data(as_text=False))) == 1440
+
+
+async def test_backfill_true_counts_against_the_callers_queued_jobs(
+        app_config: dict[str, Any], pg: asyncpg.Connection) -> None:
+    """export?backfill=true queues as POST /backfill does: as the caller, so
+    BACKFILL_MAX_QUEUED_PER_CLIENT applies and an overlapping range joins the queued job."""
+    app = create_app({**app_config, "BACKFILL_RUNNER": False, "BACKFILL_MAX_QUEUED_PER_CLIENT": 1})
+    async with app.test_app():
+        client = app.test_client()
+        first = f"{BASE}&timeframe=1h&start={T0}&end={T0 + DAY_MS}&format=csv&backfill=true"
+        resp = await client.get(first)
+        assert resp.status_code == 202
+        job = await resp.get_json()
+        same = await client.get(f"{BASE}&timeframe=1h&start={T0 + 3600_000}&end={T0 + DAY_MS}&format=csv"
+                                "&backfill=true")
+        assert same.status_code == 202 and (await same.get_json())["job_id"] == job["job_id"]
+        other = f"{BASE}&timeframe=1h&start={T0 + 5 * DAY_MS}&end={T0 + 6 * DAY_MS}&format=csv&backfill=true"
+        refused = await client.get(other)
+        assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+        assert (await refused.get_json())["error"]["code"] == "too_many_jobs"
+        # Another client has its own quota.
+        theirs = await client.get(other, scope_base={"client": ("192.0.2.9", 1)})
+        assert theirs.status_code == 202 and (await theirs.get_json())["job_id"] != job["job_id"]
 
 
 async def test_more_bars_than_export_max_bars_is_a_400(app_config: dict[str, Any], pg: asyncpg.Connection) -> None:

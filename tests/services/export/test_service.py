@@ -6,16 +6,19 @@ from __future__ import annotations
 import io
 import random
 import tracemalloc
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import asyncpg
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from quart import Quart
 
 from app_extensions.export import get_exporter
+from core.errors import DataSourceError
 from core.timeframes import DAY_MS, MINUTE_MS, round_bar
 from core.types import Series
 from plugins.sim import sim_bar
@@ -125,3 +128,30 @@ async def test_closing_the_stream_early_stops_the_copy(app: Quart, pg: asyncpg.C
     assert copies == 0
     # The connection went back to the pool: a full export still runs.
     assert len(b"".join([c async for c in exporter.stream(plan, FORMATS["csv"], None)]).splitlines()) == 4321
+
+
+async def test_a_slot_is_held_by_its_stream_until_it_ends_fails_or_is_closed(app: Quart,
+                                                                             pg: asyncpg.Connection) -> None:
+    await seed(pg, 1)
+    real = get_exporter(app)
+    exporter = Exporter(real.db, ExportSettings(batch_rows=200, max_concurrent=1))
+    plan = exporter.plan(SIM, "1m", T0, T0 + DAY_MS)
+    held = exporter.reserve().hold(exporter.stream(plan, FORMATS["csv"], None))
+    assert await anext(held)
+    with pytest.raises(DataSourceError, match="EXPORT_MAX_CONCURRENT"):
+        exporter.reserve()
+    await held.aclose()  # closed early: the client left
+    assert exporter.running == 0
+    held = exporter.reserve().hold(exporter.stream(plan, FORMATS["csv"], None))
+    assert len(b"".join([c async for c in held]).splitlines()) == 1441  # read to the end
+    assert exporter.running == 0
+
+    async def failing() -> AsyncGenerator[bytes, None]:  # a stream whose COPY fails midway
+        yield b"ts,open,high,low,close,volume\n"
+        raise RuntimeError("the COPY failed")
+
+    held = exporter.reserve().hold(failing())
+    assert await anext(held)
+    with pytest.raises(RuntimeError, match="COPY failed"):
+        await anext(held)
+    assert exporter.running == 0
