@@ -20,7 +20,7 @@ KEY = "metrics-test-key-0123"
 SECRET_PATH_TOKEN = "zq9xraw4path"
 PAST = 1_700_006_400_000
 
-#: Families documented in README.md's metrics table (counters without the _total suffix).
+#: Families documented in docs/metrics.md's table (counters without the _total suffix).
 DOCUMENTED = {name.removesuffix("_total") for name in documented_metrics()}
 #: Families that must carry samples after the requests below.
 MUST_HAVE_SAMPLES = {
