@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,14 +22,11 @@ import aiohttp
 import asyncpg
 import redis.asyncio as aioredis
 
+from tests.support.live_server import free_port as free_port  # re-exported for bench modules
+from tests.support.live_server import launched
+
 #: The repository (the servers and the load generator run from it).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -105,31 +101,10 @@ def app_server(app_spec: str, port: int, server: str = "hypercorn", env: dict[st
     """Serve the factory ``app_spec`` (``module:factory``) through the serving entry point,
     ``python serve.py --server SERVER --app SPEC`` (the same settings, event loop and shutdown as
     production), in a subprocess on ``port``; stopped with SIGTERM once the caller is done."""
-    proc = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "serve.py"), "--server", server, "--app", app_spec],
-        cwd=ROOT, env={**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "LOG_LEVEL": "WARNING",
-                       **(env or {})},
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + start_timeout
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:  # URLError and refused connections
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{server} serving {app_spec} did not come up") from None
-                time.sleep(0.2)
-        yield Server(base, proc.pid)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    command = [sys.executable, os.path.join(ROOT, "serve.py"), "--server", server, "--app", app_spec]
+    env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "LOG_LEVEL": "WARNING", **(env or {})}
+    with launched(command, env, port, start_timeout=start_timeout, stop_timeout=30.0) as proc:
+        yield Server(f"http://127.0.0.1:{port}", proc.pid)
 
 
 @dataclass

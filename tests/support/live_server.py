@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -74,6 +73,43 @@ async def serving(env: dict[str, str], server: str | None = None, start_timeout:
             await proc.communicate()
 
 
+class Launched(subprocess.Popen[bytes]):
+    """A server process started by ``launched``, with the port it serves on."""
+
+    port: int
+
+
+@contextmanager
+def launched(command: list[str], env: dict[str, str], port: int, *, start_timeout: float,
+             stop_timeout: float, stdout: int | None = None, stderr: int | None = None
+             ) -> Iterator[Launched]:
+    """The one server launcher (tests and ``bench/``): run ``command`` from the repository with
+    exactly ``env``, wait until ``http://127.0.0.1:PORT/health`` answers 200 (``RuntimeError``
+    if the process exits or ``start_timeout`` passes first), yield the process; on exit stop it
+    with SIGTERM, and kill it if it is still running ``stop_timeout`` seconds later."""
+    proc = Launched(command, cwd=ROOT, env=env, stdout=stdout, stderr=stderr)
+    proc.port = port
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:  # URLError and refused connections
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{command[1:]} did not come up") from None
+                time.sleep(0.2)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=stop_timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
 @contextmanager
 def hypercorn_server(
     env: dict[str, str], workers: int = 1, start_timeout: float = 30.0, port: int | None = None
@@ -90,25 +126,6 @@ def hypercorn_server(
     else:
         command = [sys.executable, "-m", "hypercorn", "--workers", str(workers), "--bind",
                    f"127.0.0.1:{port}", "app:create_app()"]
-    proc = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + start_timeout
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"{command[1:]} did not come up") from None
-                time.sleep(0.2)
-        yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+    with launched(command, full_env, port, start_timeout=start_timeout, stop_timeout=15.0,
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        yield f"http://127.0.0.1:{proc.port}"
