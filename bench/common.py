@@ -19,9 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import aiohttp
-import asyncpg
-import redis.asyncio as aioredis
 
+from tests.support.helpers import delete_prefix, drop_schema
 from tests.support.live_server import free_port as free_port  # re-exported for bench modules
 from tests.support.live_server import launched
 
@@ -229,15 +228,5 @@ async def drive(url: str, seconds: float, connections: int,
 
 async def drop_bench_data(database_url: str, schema: str, redis_url: str, prefix: str) -> None:
     """Drop a bench's PostgreSQL schema and its Redis keys."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
-    client = aioredis.from_url(redis_url)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+    await drop_schema(database_url, schema)
+    await delete_prefix(redis_url, prefix)

@@ -69,6 +69,13 @@ async def seed(pg: asyncpg.Connection, ranges: list[tuple[int, int]], series: Se
     await storage.upsert_1m_bars(pg, series, bars, ranges)
 
 
+async def job_row(pg: asyncpg.Connection, job_id: str) -> asyncpg.Record:
+    """The ``backfill_jobs`` row of ``job_id`` (asserted to exist)."""
+    row = await pg.fetchrow("SELECT * FROM backfill_jobs WHERE id = $1", job_id)
+    assert row is not None
+    return row
+
+
 async def stored(pg: asyncpg.Connection, start: int, end: int, series: Series = BTC) -> list[list[float]]:
     return await select_1m_bars(pg, series, start, end)
 

@@ -36,6 +36,43 @@ TEST_SERVER = os.environ.get("TEST_SERVER", "")
 
 
 @asynccontextmanager
+async def launched_async(command: list[str], env: dict[str, str], port: int, *, start_timeout: float,
+                         stop_timeout: float | None, stderr: int = asyncio.subprocess.DEVNULL
+                         ) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``launched`` for a test whose event loop must keep running while the server starts (it
+    serves an emulator, or reads the server's stderr): the same readiness wait on /health,
+    then, if the process still runs on exit, SIGTERM and a kill ``stop_timeout`` seconds later
+    (``None``: killed at once, its stderr drained)."""
+    proc = await asyncio.create_subprocess_exec(
+        *command, cwd=ROOT, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + start_timeout
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
+            while True:
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/health") as r:
+                        if r.status == 200:
+                            break
+                except (aiohttp.ClientError, TimeoutError):
+                    if proc.returncode is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"{command[1:]} did not come up") from None
+                    await asyncio.sleep(0.2)
+        yield proc
+    finally:
+        if proc.returncode is None:
+            if stop_timeout is not None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    async with asyncio.timeout(stop_timeout):
+                        await proc.wait()
+                except TimeoutError:
+                    pass
+            if proc.returncode is None:
+                proc.kill()
+            await proc.communicate()
+
+
+@asynccontextmanager
 async def serving(env: dict[str, str], server: str | None = None, start_timeout: float = 60.0
                   ) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
     """``python serve.py --server SERVER`` (the serving entry point: ``make run``, the image and
@@ -51,26 +88,10 @@ async def serving(env: dict[str, str], server: str | None = None, start_timeout:
                 **env}
     full_env.pop("SERVER", None)
     args = ["--server", server] if server else []
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "serve.py", *args, cwd=ROOT, env=full_env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + start_timeout
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
-            while True:
-                try:
-                    async with session.get(f"http://127.0.0.1:{port}/health") as r:
-                        if r.status == 200:
-                            break
-                except (aiohttp.ClientError, TimeoutError):
-                    assert proc.returncode is None, f"serve.py {args} exited at start-up"
-                    assert time.monotonic() < deadline, f"serve.py {args} did not come up"
-                    await asyncio.sleep(0.2)
+    async with launched_async([sys.executable, "serve.py", *args], full_env, port,
+                              start_timeout=start_timeout, stop_timeout=None,
+                              stderr=asyncio.subprocess.PIPE) as proc:
         yield proc, f"127.0.0.1:{port}"
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.communicate()
 
 
 class Launched(subprocess.Popen[bytes]):
