@@ -14,12 +14,12 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from tests.support.backfill import DAY_MS, KLINES, T0, candles, job_row, stored, table_stats
+from tests.support.backfill import KLINES, T0, TEN_DAYS_END, candles, job_row, stored, table_stats
 from tests.support.exchange_emulator import ExchangeEmulator, fixtures
 from tests.support.live_server import ROOT, free_port, launched_async
 
 emulator = fixtures.emulator
-END = T0 + 10 * DAY_MS  # 14,400 minutes: 15 chunks
+END = TEN_DAYS_END
 
 
 @asynccontextmanager

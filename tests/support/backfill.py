@@ -24,6 +24,7 @@ from tests.support.helpers import select_1m_bars
 T0 = 1_704_067_200_000  # 2024-01-01 00:00 UTC, the emulator's first candle
 KLINES = "/api/v3/klines"
 BTC = Series("crypto", "binance", "BTC/USDT")
+TEN_DAYS_END = T0 + 10 * DAY_MS  # 14,400 minutes: 15 chunks (the job and restart tests)
 
 
 def emu_config(app_config: dict[str, Any], emu: ExchangeEmulator, **over: Any) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from tests.support.backfill import (
     KLINES,
     MINUTE_MS,
     T0,
+    TEN_DAYS_END,
     candles,
     emu_config,
     get_job,
@@ -28,7 +29,7 @@ from tests.support.backfill import (
 from tests.support.exchange_emulator import ExchangeEmulator, fixtures
 
 emulator = fixtures.emulator
-END = T0 + 10 * DAY_MS  # 14,400 minutes: 15 chunks
+END = TEN_DAYS_END
 
 
 async def test_job_killed_mid_way_resumes_after_restart_without_duplicates(
