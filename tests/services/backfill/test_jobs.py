@@ -27,6 +27,7 @@ from tests.support.backfill import (
     wait_job,
 )
 from tests.support.exchange_emulator import ExchangeEmulator, fixtures
+from tests.support.ws import wait_for
 
 emulator = fixtures.emulator
 END = TEN_DAYS_END
@@ -191,10 +192,7 @@ async def test_metrics_count_bars_chunks_and_jobs(client: TestClientProtocol) ->
     assert BACKFILL_BARS.labels("sim")._value.get() == bars_before + 1440
     assert BACKFILL_CHUNKS.labels("sim")._value.get() == chunks_before + 2
     # The runner refreshes the job gauges right after the job ends (its end wakes the runner).
-    for _ in range(100):
-        if BACKFILL_JOBS.labels("done")._value.get() == 1:
-            break
-        await asyncio.sleep(0.02)
+    await wait_for(lambda: BACKFILL_JOBS.labels("done")._value.get() == 1, within=5)
     assert BACKFILL_JOBS.labels("done")._value.get() == 1
     assert BACKFILL_JOBS.labels("running")._value.get() == 0
     assert BACKFILL_LAG._value.get() == 0.0
@@ -213,10 +211,7 @@ async def test_a_runner_that_lost_its_lease_stops_and_the_job_finishes_once(
         await pg.execute("UPDATE backfill_jobs SET owner = 'elsewhere', lease_until = now() +"
                          " interval '1 hour' WHERE id = $1", body["job_id"])
         taken = (await job_row(pg, body["job_id"]))["chunks_done"]
-        for _ in range(100):
-            if not manager(app).runner._running:
-                break
-            await asyncio.sleep(0.02)
+        await wait_for(lambda: not manager(app).runner._running, within=5)
         assert manager(app).runner._running == {}  # our runner let go of it
         row = await job_row(pg, body["job_id"])
         assert row["owner"] == "elsewhere" and row["chunks_done"] == taken
@@ -280,6 +275,10 @@ async def _sim_job(client: TestClientProtocol, day: int) -> str:
     return job_id
 
 
+async def jobs_running(client: TestClientProtocol, job_ids: list[str]) -> bool:
+    return all([(await get_job(client, job_id))["status"] == "running" for job_id in job_ids])
+
+
 async def test_jobs_of_an_unreachable_provider_yield_their_slots_also_after_a_restart(
     emulator: ExchangeEmulator, app_config: dict[str, Any], pg: asyncpg.Connection
 ) -> None:
@@ -293,7 +292,9 @@ async def test_jobs_of_an_unreachable_provider_yield_their_slots_also_after_a_re
         client = app.test_client()
         dead = [(await post_backfill(client, T0 + d * DAY_MS, T0 + (d + 1) * DAY_MS))[1]["job_id"]
                 for d in range(2)]
-        await asyncio.sleep(0.3)  # both are running (and failing) before the sim job comes
+        # both are running (and failing) before the sim job comes
+        await wait_for(lambda: jobs_running(client, dead))
+        await wait_for(lambda: emulator.calls(KLINES) >= 2)
         sim = await _sim_job(client, 0)
         assert (await wait_job(client, sim, seconds=10))["status"] == "done"
         for job_id in dead:
