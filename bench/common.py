@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -70,28 +69,12 @@ def hypercorn(app_spec: str, port: int, env: dict[str, str] | None = None) -> It
 
 @contextmanager
 def hypercorn_server(app_spec: str, port: int, env: dict[str, str] | None = None) -> Iterator[Server]:
-    """Serve ``app_spec`` under Hypercorn (one worker) in a subprocess."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hypercorn", "--workers", "1", "--bind", f"127.0.0.1:{port}",
-         "--log-level", "warning", app_spec],
-        env={**os.environ, **(env or {})},
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                time.sleep(0.1)
-        yield Server(base, proc.pid)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    """Serve ``app_spec`` (an app with /health) under Hypercorn (one worker) in a subprocess."""
+    command = [sys.executable, "-m", "hypercorn", "--workers", "1", "--bind", f"127.0.0.1:{port}",
+               "--log-level", "warning", app_spec]
+    with launched(command, {**os.environ, **(env or {})}, port, start_timeout=30.0, stop_timeout=10.0,
+                  stop_signal=signal.SIGINT) as proc:
+        yield Server(f"http://127.0.0.1:{port}", proc.pid)
 
 
 @contextmanager

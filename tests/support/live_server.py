@@ -102,12 +102,12 @@ class Launched(subprocess.Popen[bytes]):
 
 @contextmanager
 def launched(command: list[str], env: dict[str, str], port: int, *, start_timeout: float,
-             stop_timeout: float, stdout: int | None = None, stderr: int | None = None
-             ) -> Iterator[Launched]:
+             stop_timeout: float, stdout: int | None = None, stderr: int | None = None,
+             stop_signal: int = signal.SIGTERM) -> Iterator[Launched]:
     """The one server launcher (tests and ``bench/``): run ``command`` from the repository with
     exactly ``env``, wait until ``http://127.0.0.1:PORT/health`` answers 200 (``RuntimeError``
     if the process exits or ``start_timeout`` passes first), yield the process; on exit stop it
-    with SIGTERM, and kill it if it is still running ``stop_timeout`` seconds later."""
+    with ``stop_signal``, and kill it if it is still running ``stop_timeout`` seconds later."""
     proc = Launched(command, cwd=ROOT, env=env, stdout=stdout, stderr=stderr)
     proc.port = port
     try:
@@ -123,7 +123,7 @@ def launched(command: list[str], env: dict[str, str], port: int, *, start_timeou
                 time.sleep(0.2)
         yield proc
     finally:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(stop_signal)
         try:
             proc.wait(timeout=stop_timeout)
         except subprocess.TimeoutExpired:
