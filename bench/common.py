@@ -8,29 +8,23 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import aiohttp
-import asyncpg
-import redis.asyncio as aioredis
+
+from tests.support.helpers import delete_prefix, drop_schema
+from tests.support.live_server import free_port as free_port  # re-exported for bench modules
+from tests.support.live_server import launched
 
 #: The repository (the servers and the load generator run from it).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -75,28 +69,12 @@ def hypercorn(app_spec: str, port: int, env: dict[str, str] | None = None) -> It
 
 @contextmanager
 def hypercorn_server(app_spec: str, port: int, env: dict[str, str] | None = None) -> Iterator[Server]:
-    """Serve ``app_spec`` under Hypercorn (one worker) in a subprocess."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hypercorn", "--workers", "1", "--bind", f"127.0.0.1:{port}",
-         "--log-level", "warning", app_spec],
-        env={**os.environ, **(env or {})},
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                time.sleep(0.1)
-        yield Server(base, proc.pid)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    """Serve ``app_spec`` (an app with /health) under Hypercorn (one worker) in a subprocess."""
+    command = [sys.executable, "-m", "hypercorn", "--workers", "1", "--bind", f"127.0.0.1:{port}",
+               "--log-level", "warning", app_spec]
+    with launched(command, {**os.environ, **(env or {})}, port, start_timeout=30.0, stop_timeout=10.0,
+                  stop_signal=signal.SIGINT) as proc:
+        yield Server(f"http://127.0.0.1:{port}", proc.pid)
 
 
 @contextmanager
@@ -105,31 +83,10 @@ def app_server(app_spec: str, port: int, server: str = "hypercorn", env: dict[st
     """Serve the factory ``app_spec`` (``module:factory``) through the serving entry point,
     ``python serve.py --server SERVER --app SPEC`` (the same settings, event loop and shutdown as
     production), in a subprocess on ``port``; stopped with SIGTERM once the caller is done."""
-    proc = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "serve.py"), "--server", server, "--app", app_spec],
-        cwd=ROOT, env={**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "LOG_LEVEL": "WARNING",
-                       **(env or {})},
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + start_timeout
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:  # URLError and refused connections
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{server} serving {app_spec} did not come up") from None
-                time.sleep(0.2)
-        yield Server(base, proc.pid)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    command = [sys.executable, os.path.join(ROOT, "serve.py"), "--server", server, "--app", app_spec]
+    env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "LOG_LEVEL": "WARNING", **(env or {})}
+    with launched(command, env, port, start_timeout=start_timeout, stop_timeout=30.0) as proc:
+        yield Server(f"http://127.0.0.1:{port}", proc.pid)
 
 
 @dataclass
@@ -254,15 +211,5 @@ async def drive(url: str, seconds: float, connections: int,
 
 async def drop_bench_data(database_url: str, schema: str, redis_url: str, prefix: str) -> None:
     """Drop a bench's PostgreSQL schema and its Redis keys."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
-    client = aioredis.from_url(redis_url)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+    await drop_schema(database_url, schema)
+    await delete_prefix(redis_url, prefix)

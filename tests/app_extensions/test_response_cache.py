@@ -3,7 +3,6 @@ compression of JSON answers, through the app with the real PostgreSQL and Redis.
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 from typing import Any
@@ -18,17 +17,10 @@ from app_extensions.services import get_services
 from core.types import Series
 from tests.conftest import REDIS_URL
 from tests.support.helpers import sim_calls
+from tests.support.ws import wait_for
 
 PAST = 1_700_006_400_000
 QUERY = f"/api/v1/ohlcv?market=sim&provider=sim&symbol=SIM/USD&timeframe=1m&start={PAST}&limit=500"
-
-
-async def until(check: Any, seconds: float = 5.0) -> None:
-    for _ in range(int(seconds / 0.02)):
-        if check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 async def publish(prefix: str, message: str) -> None:
@@ -41,7 +33,7 @@ async def publish(prefix: str, message: str) -> None:
 
 async def test_a_closed_answer_is_prepared_once_and_served_in_every_encoding(app: Quart) -> None:
     cache = get_response_cache(app)
-    await until(lambda: cache.live)
+    await wait_for(lambda: cache.live)
     client = app.test_client()
     first = await client.get(QUERY)
     body = await first.get_data(as_text=False)
@@ -62,7 +54,7 @@ async def test_a_closed_answer_is_prepared_once_and_served_in_every_encoding(app
 
 async def test_a_hit_is_the_response_the_constructor_builds_from_the_same_headers(app: Quart) -> None:
     cache = get_response_cache(app)
-    await until(lambda: cache.live)
+    await wait_for(lambda: cache.live)
     client = app.test_client()
     await client.get(QUERY)
     entry = next(iter(cache.store._entries.values()))
@@ -83,7 +75,7 @@ async def test_a_hit_is_the_response_the_constructor_builds_from_the_same_header
 
 async def test_a_revision_event_drops_the_answers_holding_its_bar(app: Quart, redis_prefix: str) -> None:
     cache = get_response_cache(app)
-    await until(lambda: cache.live)
+    await wait_for(lambda: cache.live)
     client = app.test_client()
     assert (await client.get(QUERY)).status_code == 200
     assert len(cache.store) == 1
@@ -92,7 +84,7 @@ async def test_a_revision_event_drops_the_answers_holding_its_bar(app: Quart, re
     await publish(redis_prefix, json.dumps({"series": "sim:sim:OTHER/USD", "ts": PAST, "bar": []}))
     await publish(redis_prefix, json.dumps({"series": "sim:sim:SIM/USD", "ts": PAST + 500 * 60_000, "bar": []}))
     await publish(redis_prefix, json.dumps({"series": "sim:sim:SIM/USD", "ts": PAST + 60_000, "bar": []}))
-    await until(lambda: len(cache.store) == 0)
+    await wait_for(lambda: len(cache.store) == 0)
     assert cache.live  # a malformed message did not end the listener
     r = await client.get(QUERY)
     assert r.status_code == 200 and len(cache.store) == 1
@@ -127,13 +119,13 @@ async def test_every_json_answer_over_1_kib_is_compressed(app: Quart) -> None:
 
 async def test_a_revision_announced_by_the_writers_drops_the_prepared_answer(app: Quart) -> None:
     cache = get_response_cache(app)
-    await until(lambda: cache.live)
+    await wait_for(lambda: cache.live)
     client = app.test_client()
     first = await client.get(QUERY)
     assert first.status_code == 200 and len(cache.store) == 1
     revisions = get_services(app).backfill.revisions
     assert revisions is not None
     await revisions.announce(Series("sim", "sim", "SIM/USD"), [[PAST + 120_000, 1.0, 2.0, 0.5, 1.5, 10.0]])
-    await until(lambda: len(cache.store) == 0)
+    await wait_for(lambda: len(cache.store) == 0)
     second = await client.get(QUERY)  # prepared again from the revised data
     assert second.status_code == 200 and len(cache.store) == 1

@@ -4,7 +4,6 @@ down during warm-up is one warning, not one per planned query of its series."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -18,6 +17,7 @@ from core.errors import NetworkPluginError
 from core.types import Series
 from services.bars.query import BarQuery
 from services.bars.warmup import Warmer, warmup_settings
+from tests.support.ws import wait_for
 
 
 @pytest.fixture
@@ -32,7 +32,9 @@ async def test_unwritten_records_are_logged_once(redis_down_app: Quart, caplog: 
         async with redis_down_app.test_app():
             warmer = get_warmup(redis_down_app).warmer
             warmer.note(BarQuery(Series("sim", "sim", "SIM/USD"), "1h", 0, 3_600_000, 1))
-            await asyncio.sleep(0.5)  # several recording intervals, each failing
+            # several recording intervals, each failing (each logged at DEBUG)
+            await wait_for(lambda: sum("warm-up records not written" in r.getMessage()
+                                       for r in caplog.records if r.levelno == logging.DEBUG) >= 3)
     warned = [r.getMessage() for r in caplog.records
               if r.levelno >= logging.WARNING and "warm-up records" in r.getMessage()]
     assert warned == ["last warm-up records not written: Redis unavailable"]

@@ -62,7 +62,10 @@ async def test_page_draws_candles_without_console_errors_and_a_live_bar_arrives(
         frame = watch.bar_frames()[-1]
         assert frame["channel"] == "sim:sim:SIM/USD:1m" and isinstance(frame["seq"], int)
         assert await page.evaluate("window.chartPage.gaps") == 0  # seq went up one at a time
-        await asyncio.sleep(0.2)
+
+        async def applied() -> bool:
+            return bool((await page_bars(page))[-1]["time"] * 1000 >= frame["bar"][0])
+        await wait_for(applied, within=5)
         last = (await page_bars(page))[-1]
         assert last["time"] * 1000 >= frame["bar"][0]  # applied in place or followed by a newer one
         # The pickers come from /markets, /providers and /symbols.

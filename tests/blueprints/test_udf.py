@@ -21,6 +21,7 @@ from services.udf import RESOLUTIONS, UdfService, price_scale, step_decimals
 from tests.support.backfill import emu_config, running_app
 from tests.support.exchange_emulator import ExchangeEmulator
 from tests.support.exchange_emulator.fixtures import emulator  # noqa: F401
+from tests.support.ws import wait_for
 
 API_RESOLUTIONS = ["1", "3", "5", "15", "30", "60", "120", "240", "360", "720", "1D", "1W", "1M"]
 #: Every field docs/api.md names for /udf/symbols (TradingView's SymbolInfo).
@@ -292,6 +293,12 @@ async def test_symbol_info_lists_months(client: TestClientProtocol) -> None:
 
 
 # --- search across every exchange is bounded (24.8) -----------------------------------------------
+def exchange_info_answered(emu: ExchangeEmulator) -> bool:
+    """The emulator has answered every markets request it was sent (at least one)."""
+    asked = emu.requests("/api/v3/exchangeInfo")
+    return bool(asked) and all(r.status for r in asked)
+
+
 async def test_search_of_every_exchange_answers_within_its_bound_while_one_hangs(
     emulator: ExchangeEmulator, app_config: dict[str, Any]  # noqa: F811
 ) -> None:
@@ -304,7 +311,7 @@ async def test_search_of_every_exchange_answers_within_its_bound_while_one_hangs
         took = time.perf_counter() - started
         assert status == 200 and took < 1.2, took  # was the slowest exchange's time, one after another
         assert {i["exchange"] for i in found} == {"SIM"}  # binance has not answered yet
-        await asyncio.sleep(1.6)  # its fetch went on and filled the cache
+        await wait_for(lambda: exchange_info_answered(emulator), within=10)  # its fetch went on
         status, found = await udf(client, "search", query="US")
         assert status == 200 and {"SIM", "BINANCE"} <= {i["exchange"] for i in found}
 

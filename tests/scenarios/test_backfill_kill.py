@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,12 +14,12 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from tests.support.backfill import DAY_MS, KLINES, T0, candles, stored, table_stats
+from tests.support.backfill import KLINES, T0, TEN_DAYS_END, candles, job_row, stored, table_stats
 from tests.support.exchange_emulator import ExchangeEmulator, fixtures
-from tests.support.live_server import ROOT, free_port
+from tests.support.live_server import ROOT, free_port, launched_async
 
 emulator = fixtures.emulator
-END = T0 + 10 * DAY_MS  # 14,400 minutes: 15 chunks
+END = TEN_DAYS_END
 
 
 @asynccontextmanager
@@ -40,36 +39,10 @@ async def server(app_config: dict[str, Any], emu: ExchangeEmulator) -> AsyncIter
         "BACKFILL_CONCURRENCY": "1", "BACKFILL_LEASE_SECONDS": "1.0",
         "BACKFILL_POLL_INTERVAL": "0.2",
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hypercorn", "--workers", "0", "--bind", f"127.0.0.1:{port}", "app:create_app()",
-        cwd=ROOT, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession() as http, asyncio.timeout(30):
-            while True:
-                try:
-                    async with http.get(base + "/health") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    assert proc.returncode is None, "hypercorn exited"
-                    await asyncio.sleep(0.2)
-        yield proc, base
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(15):
-                    await proc.wait()
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-
-
-async def job_row(pg: asyncpg.Connection, job_id: str) -> asyncpg.Record:
-    row = await pg.fetchrow("SELECT * FROM backfill_jobs WHERE id = $1", job_id)
-    assert row is not None
-    return row
+    command = [sys.executable, "-m", "hypercorn", "--workers", "0", "--bind", f"127.0.0.1:{port}",
+               "app:create_app()"]
+    async with launched_async(command, env, port, start_timeout=30.0, stop_timeout=15.0) as proc:
+        yield proc, f"http://127.0.0.1:{port}"
 
 
 async def test_sigkilled_server_job_resumes_in_the_next_process(

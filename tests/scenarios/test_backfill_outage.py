@@ -10,8 +10,8 @@ import asyncpg
 import pytest_asyncio
 
 from tests.support.backfill import (
-    DAY_MS,
     T0,
+    TEN_DAYS_END,
     candles,
     emu_config,
     post_backfill,
@@ -24,7 +24,7 @@ from tests.support.exchange_emulator import ExchangeEmulator, fixtures
 from tests.support.tcp_proxy import TcpProxy
 
 emulator = fixtures.emulator
-END = T0 + 10 * DAY_MS
+END = TEN_DAYS_END
 
 
 @pytest_asyncio.fixture

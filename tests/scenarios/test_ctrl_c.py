@@ -8,9 +8,21 @@ import asyncio
 import json
 import signal
 
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.scenarios.test_ws_backpressure import RawClient
 from tests.scenarios.test_ws_sockets import SUB, raw_frame
 from tests.support.live_server import serving
+from tests.support.ws import wait_for
+
+
+async def only_open_subscribed(addr: str) -> bool:
+    """The server's /metrics count one WebSocket connection, and it holds its subscription."""
+    async with aiohttp.ClientSession() as http, http.get(f"http://{addr}/metrics") as resp:
+        text = await resp.text()
+    values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    return values.get("ws_connections") == 1 and values.get("ws_subscriptions") == 1
 
 
 async def test_ctrl_c_after_server_side_closes_logs_no_traceback(db_schema: str, redis_prefix: str) -> None:
@@ -28,7 +40,7 @@ async def test_ctrl_c_after_server_side_closes_logs_no_traceback(db_schema: str,
         assert (await big.read_to_close())[1] == 1009
         open_ = await RawClient().open(addr)  # still subscribed at Ctrl-C
         open_.send(SUB)
-        await asyncio.sleep(0.5)
+        await wait_for(lambda: only_open_subscribed(addr))
         proc.send_signal(signal.SIGINT)
         assert (await open_.read_to_close())[1] == 1001
         # None of them answers its close frame: Hypercorn cancels their connections at shutdown.

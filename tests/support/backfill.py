@@ -24,6 +24,7 @@ from tests.support.helpers import select_1m_bars
 T0 = 1_704_067_200_000  # 2024-01-01 00:00 UTC, the emulator's first candle
 KLINES = "/api/v3/klines"
 BTC = Series("crypto", "binance", "BTC/USDT")
+TEN_DAYS_END = T0 + 10 * DAY_MS  # 14,400 minutes: 15 chunks (the job and restart tests)
 
 
 def emu_config(app_config: dict[str, Any], emu: ExchangeEmulator, **over: Any) -> dict[str, Any]:
@@ -67,6 +68,13 @@ async def seed(pg: asyncpg.Connection, ranges: list[tuple[int, int]], series: Se
     """Store the emulator's candles of ``ranges`` and record them complete, as a backfill would."""
     bars = [b for a, e in ranges for b in candles(a, e)]
     await storage.upsert_1m_bars(pg, series, bars, ranges)
+
+
+async def job_row(pg: asyncpg.Connection, job_id: str) -> asyncpg.Record:
+    """The ``backfill_jobs`` row of ``job_id`` (asserted to exist)."""
+    row = await pg.fetchrow("SELECT * FROM backfill_jobs WHERE id = $1", job_id)
+    assert row is not None
+    return row
 
 
 async def stored(pg: asyncpg.Connection, start: int, end: int, series: Series = BTC) -> list[list[float]]:

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -37,6 +36,43 @@ TEST_SERVER = os.environ.get("TEST_SERVER", "")
 
 
 @asynccontextmanager
+async def launched_async(command: list[str], env: dict[str, str], port: int, *, start_timeout: float,
+                         stop_timeout: float | None, stderr: int = asyncio.subprocess.DEVNULL
+                         ) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``launched`` for a test whose event loop must keep running while the server starts (it
+    serves an emulator, or reads the server's stderr): the same readiness wait on /health,
+    then, if the process still runs on exit, SIGTERM and a kill ``stop_timeout`` seconds later
+    (``None``: killed at once, its stderr drained)."""
+    proc = await asyncio.create_subprocess_exec(
+        *command, cwd=ROOT, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + start_timeout
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
+            while True:
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/health") as r:
+                        if r.status == 200:
+                            break
+                except (aiohttp.ClientError, TimeoutError):
+                    if proc.returncode is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"{command[1:]} did not come up") from None
+                    await asyncio.sleep(0.2)
+        yield proc
+    finally:
+        if proc.returncode is None:
+            if stop_timeout is not None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    async with asyncio.timeout(stop_timeout):
+                        await proc.wait()
+                except TimeoutError:
+                    pass
+            if proc.returncode is None:
+                proc.kill()
+            await proc.communicate()
+
+
+@asynccontextmanager
 async def serving(env: dict[str, str], server: str | None = None, start_timeout: float = 60.0
                   ) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
     """``python serve.py --server SERVER`` (the serving entry point: ``make run``, the image and
@@ -52,26 +88,47 @@ async def serving(env: dict[str, str], server: str | None = None, start_timeout:
                 **env}
     full_env.pop("SERVER", None)
     args = ["--server", server] if server else []
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "serve.py", *args, cwd=ROOT, env=full_env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    async with launched_async([sys.executable, "serve.py", *args], full_env, port,
+                              start_timeout=start_timeout, stop_timeout=None,
+                              stderr=asyncio.subprocess.PIPE) as proc:
+        yield proc, f"127.0.0.1:{port}"
+
+
+class Launched(subprocess.Popen[bytes]):
+    """A server process started by ``launched``, with the port it serves on."""
+
+    port: int
+
+
+@contextmanager
+def launched(command: list[str], env: dict[str, str], port: int, *, start_timeout: float,
+             stop_timeout: float, stdout: int | None = None, stderr: int | None = None,
+             stop_signal: int = signal.SIGTERM) -> Iterator[Launched]:
+    """The one server launcher (tests and ``bench/``): run ``command`` from the repository with
+    exactly ``env``, wait until ``http://127.0.0.1:PORT/health`` answers 200 (``RuntimeError``
+    if the process exits or ``start_timeout`` passes first), yield the process; on exit stop it
+    with ``stop_signal``, and kill it if it is still running ``stop_timeout`` seconds later."""
+    proc = Launched(command, cwd=ROOT, env=env, stdout=stdout, stderr=stderr)
+    proc.port = port
     try:
         deadline = time.monotonic() + start_timeout
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
-            while True:
-                try:
-                    async with session.get(f"http://127.0.0.1:{port}/health") as r:
-                        if r.status == 200:
-                            break
-                except (aiohttp.ClientError, TimeoutError):
-                    assert proc.returncode is None, f"serve.py {args} exited at start-up"
-                    assert time.monotonic() < deadline, f"serve.py {args} did not come up"
-                    await asyncio.sleep(0.2)
-        yield proc, f"127.0.0.1:{port}"
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:  # URLError and refused connections
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{command[1:]} did not come up") from None
+                time.sleep(0.2)
+        yield proc
     finally:
-        if proc.returncode is None:
+        proc.send_signal(stop_signal)
+        try:
+            proc.wait(timeout=stop_timeout)
+        except subprocess.TimeoutExpired:
             proc.kill()
-            await proc.communicate()
+            proc.wait(timeout=5)
 
 
 @contextmanager
@@ -90,25 +147,6 @@ def hypercorn_server(
     else:
         command = [sys.executable, "-m", "hypercorn", "--workers", str(workers), "--bind",
                    f"127.0.0.1:{port}", "app:create_app()"]
-    proc = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + start_timeout
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"{command[1:]} did not come up") from None
-                time.sleep(0.2)
-        yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+    with launched(command, full_env, port, start_timeout=start_timeout, stop_timeout=15.0,
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        yield f"http://127.0.0.1:{proc.port}"

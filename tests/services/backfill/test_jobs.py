@@ -14,9 +14,11 @@ from tests.support.backfill import (
     KLINES,
     MINUTE_MS,
     T0,
+    TEN_DAYS_END,
     candles,
     emu_config,
     get_job,
+    job_row,
     manager,
     post_backfill,
     running_app,
@@ -25,15 +27,10 @@ from tests.support.backfill import (
     wait_job,
 )
 from tests.support.exchange_emulator import ExchangeEmulator, fixtures
+from tests.support.ws import wait_for
 
 emulator = fixtures.emulator
-END = T0 + 10 * DAY_MS  # 14,400 minutes: 15 chunks
-
-
-async def _job_row(pg: asyncpg.Connection, job_id: str) -> asyncpg.Record:
-    row = await pg.fetchrow("SELECT * FROM backfill_jobs WHERE id = $1", job_id)
-    assert row is not None
-    return row
+END = TEN_DAYS_END
 
 
 async def test_job_killed_mid_way_resumes_after_restart_without_duplicates(
@@ -48,7 +45,7 @@ async def test_job_killed_mid_way_resumes_after_restart_without_duplicates(
         assert job["status"] == "running" and 4 <= job["chunks_done"] < 15
         # The process dies: its tasks stop where they are, nothing hands the job back.
         await manager(first).close(release=False)
-    row = await _job_row(pg, body["job_id"])
+    row = await job_row(pg, body["job_id"])
     assert row["status"] == "running" and row["owner"] is not None and row["chunks_done"] < 15
     written_before = row["bars_written"]
     assert await table_stats(pg) == (written_before, written_before)
@@ -58,7 +55,7 @@ async def test_job_killed_mid_way_resumes_after_restart_without_duplicates(
         job = await wait_job(client, body["job_id"])
     assert job["status"] == "done" and job["progress"] == 1.0 and job["chunks_done"] == 15
     assert job["bars_written"] == 14_400  # each chunk counted once: written and counted together
-    row = await _job_row(pg, body["job_id"])
+    row = await job_row(pg, body["job_id"])
     assert row["attempts"] == 2 and row["owner"] is None
     assert await table_stats(pg) == (14_400, 14_400)
     assert await stored(pg, T0, END) == candles(T0, END)
@@ -76,7 +73,7 @@ async def test_graceful_stop_hands_the_job_back_and_the_next_start_resumes_it(
         client = first.test_client()
         _, body = await post_backfill(client, T0, END)
         await wait_job(client, body["job_id"], until=("done",), min_chunks=3)
-    row = await _job_row(pg, body["job_id"])
+    row = await job_row(pg, body["job_id"])
     assert row["status"] == "queued" and row["owner"] is None and 3 <= row["chunks_done"] < 15
     emulator.latency = 0.0
     async with running_app(config) as second:  # no lease to wait for (60 s here)
@@ -195,10 +192,7 @@ async def test_metrics_count_bars_chunks_and_jobs(client: TestClientProtocol) ->
     assert BACKFILL_BARS.labels("sim")._value.get() == bars_before + 1440
     assert BACKFILL_CHUNKS.labels("sim")._value.get() == chunks_before + 2
     # The runner refreshes the job gauges right after the job ends (its end wakes the runner).
-    for _ in range(100):
-        if BACKFILL_JOBS.labels("done")._value.get() == 1:
-            break
-        await asyncio.sleep(0.02)
+    await wait_for(lambda: BACKFILL_JOBS.labels("done")._value.get() == 1, within=5)
     assert BACKFILL_JOBS.labels("done")._value.get() == 1
     assert BACKFILL_JOBS.labels("running")._value.get() == 0
     assert BACKFILL_LAG._value.get() == 0.0
@@ -216,13 +210,10 @@ async def test_a_runner_that_lost_its_lease_stops_and_the_job_finishes_once(
         # Another instance took the job over (as after a network partition outlasting the lease).
         await pg.execute("UPDATE backfill_jobs SET owner = 'elsewhere', lease_until = now() +"
                          " interval '1 hour' WHERE id = $1", body["job_id"])
-        taken = (await _job_row(pg, body["job_id"]))["chunks_done"]
-        for _ in range(100):
-            if not manager(app).runner._running:
-                break
-            await asyncio.sleep(0.02)
+        taken = (await job_row(pg, body["job_id"]))["chunks_done"]
+        await wait_for(lambda: not manager(app).runner._running, within=5)
         assert manager(app).runner._running == {}  # our runner let go of it
-        row = await _job_row(pg, body["job_id"])
+        row = await job_row(pg, body["job_id"])
         assert row["owner"] == "elsewhere" and row["chunks_done"] == taken
         # "elsewhere" dies: its lease ends and our runner resumes and finishes the job.
         emulator.latency = 0.0
@@ -284,6 +275,10 @@ async def _sim_job(client: TestClientProtocol, day: int) -> str:
     return job_id
 
 
+async def jobs_running(client: TestClientProtocol, job_ids: list[str]) -> bool:
+    return all([(await get_job(client, job_id))["status"] == "running" for job_id in job_ids])
+
+
 async def test_jobs_of_an_unreachable_provider_yield_their_slots_also_after_a_restart(
     emulator: ExchangeEmulator, app_config: dict[str, Any], pg: asyncpg.Connection
 ) -> None:
@@ -297,7 +292,9 @@ async def test_jobs_of_an_unreachable_provider_yield_their_slots_also_after_a_re
         client = app.test_client()
         dead = [(await post_backfill(client, T0 + d * DAY_MS, T0 + (d + 1) * DAY_MS))[1]["job_id"]
                 for d in range(2)]
-        await asyncio.sleep(0.3)  # both are running (and failing) before the sim job comes
+        # both are running (and failing) before the sim job comes
+        await wait_for(lambda: jobs_running(client, dead))
+        await wait_for(lambda: emulator.calls(KLINES) >= 2)
         sim = await _sim_job(client, 0)
         assert (await wait_job(client, sim, seconds=10))["status"] == "done"
         for job_id in dead:
@@ -306,7 +303,7 @@ async def test_jobs_of_an_unreachable_provider_yield_their_slots_also_after_a_re
         parked = await wait_job(client, dead[0], seconds=10, until=("queued",))
         assert parked["error"].startswith("provider_unavailable: ") and "next try at" in \
             parked["error"], parked
-        assert (await _job_row(pg, dead[0]))["failing_since"] is not None
+        assert (await job_row(pg, dead[0]))["failing_since"] is not None
     # A restart: the failing jobs are queued again, but a new sim job does not wait behind them.
     async with running_app(config) as app:
         client = app.test_client()
@@ -317,7 +314,7 @@ async def test_jobs_of_an_unreachable_provider_yield_their_slots_also_after_a_re
             done = await wait_job(client, job_id, seconds=20)
             assert done["status"] == "done" and done["error"] is None, done
             assert done["bars_written"] == 1440
-        assert (await _job_row(pg, dead[0]))["failing_since"] is None
+        assert (await job_row(pg, dead[0]))["failing_since"] is None
 
 
 async def test_a_job_failing_longer_than_its_patience_fails(

@@ -4,26 +4,34 @@ stored the answer is 503 provider_unavailable with Retry-After."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
+import asyncpg
+
 from app_extensions.services import get_services
 from core.timeframes import MINUTE_MS
-from tests.support.backfill import KLINES, T0, emu_config, running_app
+from tests.support.backfill import KLINES, T0, emu_config, running_app, table_stats
 from tests.support.exchange_emulator import ExchangeEmulator
 from tests.support.exchange_emulator.fixtures import emulator  # noqa: F401
+from tests.support.ws import wait_for
 
 URL = "/api/v1/ohlcv?market=crypto&provider=binance&symbol=BTC/USDT&timeframe=1m"
 PATHS = ("/api/v1/symbols?market=crypto&provider=binance",
          "/api/v1/ticker?market=crypto&provider=binance&symbol=BTC/USDT")
 DEADLINE, SLACK = 1.0, 0.5
+
 #: The exchange's delay under a fault: far beyond any bound the tests accept.
 SLOW = 10.0
 
 
+async def hour_stored(pg: asyncpg.Connection) -> bool:
+    """The background fetch stored the whole hour (its first 30 bars were stored before)."""
+    return (await table_stats(pg))[0] >= 60
+
+
 async def test_a_slow_exchange_is_answered_from_storage_within_the_deadline(
-    emulator: ExchangeEmulator, app_config: dict[str, Any]  # noqa: F811
+    emulator: ExchangeEmulator, app_config: dict[str, Any], pg: asyncpg.Connection  # noqa: F811
 ) -> None:
     config = emu_config(app_config, emulator, REQUEST_DEADLINE=1.0, BACKFILL_RUNNER=False)
     async with running_app(config) as app:
@@ -40,7 +48,7 @@ async def test_a_slow_exchange_is_answered_from_storage_within_the_deadline(
         assert len(body["bars"]) == 30 and r.headers["X-Data-Incomplete"] == "true"
         assert "ETag" not in r.headers
         # The fetch went on in the background: the whole hour is stored, then answered.
-        await asyncio.sleep(3.5)
+        await wait_for(lambda: hour_stored(pg), within=15, step=0.1)
         emulator.clear_faults()
         calls = emulator.calls(KLINES)
         again = await client.get(f"{URL}&start={T0}&end={T0 + 60 * MINUTE_MS}&limit=60")

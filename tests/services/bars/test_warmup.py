@@ -19,6 +19,7 @@ from services.bars.query import BarQuery
 from tests.conftest import REDIS_URL
 from tests.support.exchange_emulator import ExchangeEmulator, fixtures
 from tests.support.helpers import sim_calls
+from tests.support.ws import wait_for
 
 emulator = fixtures.emulator
 #: Two days ago at 00:00 UTC: recent, as the dashboards warmed are (Redis caches only the last
@@ -112,11 +113,11 @@ async def test_the_time_budget_stops_it(slow_config: dict[str, Any]) -> None:
         assert report.stopped == "time" and report.queries == 0 and report.seconds < 1.5
 
 
-async def test_shutdown_stops_warming_at_once(slow_config: dict[str, Any]) -> None:
+async def test_shutdown_stops_warming_at_once(slow_config: dict[str, Any], emulator: ExchangeEmulator) -> None:
     await seed(slow_config, days("BTC/USDT", 3, "binance", "crypto"))
     app = create_app(slow_config)
     async with app.test_app():
-        await asyncio.sleep(0.3)  # warming waits on the slow exchange
+        await wait_for(lambda: emulator.calls() >= 1)  # warming waits on the slow exchange
         warming = get_warmup(app).warming
         assert warming is not None and not warming.done()
         started = time.perf_counter()

@@ -22,6 +22,7 @@ from services.live.settings import HubSettings, PollSettings
 from services.live.state import PollerState, StateStore
 from tests.services.live.test_hub import on_redis, redis  # noqa: F401  (fixture)
 from tests.services.live.test_poller import FakeMarkets, FakePlugin, bar
+from tests.support.ws import wait_for
 
 N = 50
 T = 1_700_000_040_000
@@ -157,7 +158,7 @@ async def test_a_poller_whose_commit_meets_another_holder_stops(redis: RedisClie
     assert await lease.acquire()
     task = asyncio.create_task(poller.run(lease))
     try:
-        await asyncio.sleep(0.3)
+        await wait_for(lambda: task.done() or poller.state.seq >= 1)  # the first poll published
         assert not task.done() and poller.state.seq == 1
         await redis.run(lambda r: r.set(redis.key("ws", "lease", channel.name), "other", px=60_000))
         plugin.answer = [bar(now, 1.5)]  # a change to publish: its commit meets the fence

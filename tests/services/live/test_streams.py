@@ -98,10 +98,13 @@ async def test_stream_bars_and_closed_bars_equal_rest(
     async with stream_app.test_app(), collecting(stream_app, SUB) as frames:
         await wait_for(lambda: streaming(stream_app))
         polls = emulator.calls("/api/v3/klines")
-        for _ in range(3):
+
+        async def closed(n: int) -> None:
+            await wait_for(lambda: len(bars(frames, closed=True)) >= n)
+        for n in range(1, 4):  # one minute at a time: each closes a bar before the next moves on
             clock(1)
-            await asyncio.sleep(0.3)
-        await wait_for(lambda: len(bars(frames, closed=True)) >= 3)
+            await closed(n)
+        await closed(3)
         assert emulator.streams.subscriptions() == ["btcusdt@kline_1m"]
         # stream bars are pushed, not polled: only the REST checks of closed bars call klines
         assert emulator.calls("/api/v3/klines") - polls <= 3

@@ -13,6 +13,7 @@ from plugins.loader import PluginLoader
 from plugins.sim import SimPlugin
 from services.upstream.credentials import UserCredentials
 from services.upstream.market_service import MarketService, credentials_marker
+from tests.support.ws import wait_for
 
 
 class KeyedSim(SimPlugin):
@@ -79,7 +80,7 @@ async def test_a_users_new_credentials_close_the_old_instance() -> None:
     for n in range(60):
         await ms.get_plugin("keyed", "sim", creds("alice", n))
     assert len(ms._instances) == 1
-    await asyncio.sleep(0.2)
+    await wait_for(lambda: len(KeyedSim.closed) >= 59)  # closed once REQUEST_DEADLINE passed
     assert len(KeyedSim.closed) == 59
     # Replacing (PUT) or deleting credentials retires the instance at once.
     await ms.forget_user("alice", "sim")
@@ -100,7 +101,7 @@ async def test_instances_are_bounded_in_all_and_per_user_least_recently_used_fir
     bob = [await ms.get_plugin(market, "sim", UserCredentials("sim", "k", "s", owner="bob"))
            for market in ("keyed", "sim")]
     assert len([k for k in ms._instances if ":bob:" in k[2]]) <= 2 and bob
-    await asyncio.sleep(0.1)
+    await wait_for(lambda: len(KeyedSim.closed) >= 3)
     assert len(KeyedSim.closed) >= 3
     await ms.close()
 
@@ -145,7 +146,6 @@ def test_sim_closed_bars_equal_sim_bar_minute_by_minute() -> None:
 async def test_sim_history_starts_at_its_opening_and_coarse_pages_leave_the_loop_free() -> None:
     """A 1d page from the epoch starts at the sim's opening (not 1970: decades of minutes would
     block the event loop for minutes) and is computed while the loop keeps running."""
-    import asyncio
     import time
 
     from core.timeframes import DAY_MS, bucket_start, resample
