@@ -19,7 +19,6 @@ from app_extensions.export import init_export
 from app_extensions.operations import init_operations
 from app_extensions.redis_client import RedisClient
 from app_extensions.request_context import configure_logging, init_request_context
-from app_extensions.resilience import Resilience
 from app_extensions.response_cache import ResponseCache
 from app_extensions.services import Services
 from app_extensions.udf import init_udf
@@ -86,7 +85,6 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     app.register_blueprint(page_blueprint)  # the chart page at / and the docs viewer
     app.register_blueprint(udf_blueprint)  # TradingView's UDF under /udf
     Credentials(app)  # users' exchange credentials (after the Database)
-    Resilience(app)  # circuit breaker, stale-while-error (after Redis and Services)
     init_udf(app)  # the UDF service (after Services)
     init_operations(app)  # CORS, API keys, rate limits, provider budget
     init_cli(app)
