@@ -13,8 +13,8 @@ from typing import Any
 
 from quart import Quart
 
-from app_extensions.db_pool import get_database
-from app_extensions.redis_client import get_redis
+from app_extensions.db_pool import Database
+from app_extensions.redis_client import RedisClient
 from config import ConfigError
 from plugins.loader import PluginLoader
 from services import live
@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 class Services:
     """Owner of the service layer. Reach it with ``get_services(app)``."""
 
-    def __init__(self, app: Quart | None = None) -> None:
+    def __init__(self, database: Database, redis: RedisClient, app: Quart | None = None) -> None:
+        self.database, self.redis = database, redis
         self.budget: ProviderBudget
         self.breaker: CircuitBreaker
         self.calls: ProviderCalls
@@ -64,7 +65,7 @@ class Services:
             self.init_app(app)
 
     def init_app(self, app: Quart) -> None:
-        """Call after the Database and RedisClient extensions exist."""
+        """Build the service layer over the database and Redis (neither is connected yet)."""
         app.extensions["services"] = self
         config = app.config
         self.step_timeout = float(config["SHUTDOWN_TIMEOUT"])
@@ -72,7 +73,7 @@ class Services:
             warming = warmup_settings(config)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
-        db, redis = get_database(app), get_redis(app)
+        db, redis = self.database, self.redis
         markets = [m.strip() for m in config["ENABLED_MARKETS"].split(",") if m.strip()]
         loader = PluginLoader(markets)
         loader.load()

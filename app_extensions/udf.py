@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from quart import Quart
 
-from app_extensions.services import get_services
+from app_extensions.services import Services
 from services.udf import UdfService
 
 
-def init_udf(app: Quart) -> None:
-    """Build the UDF service over the app's services (call after the Services extension exists)."""
-    services = get_services(app)
+def init_udf(app: Quart, services: Services) -> None:
+    """Build the UDF service over the app's ``services``."""
     service = app.extensions["udf"] = UdfService(services.markets, services.orchestrator,
                                                  int(app.config["OHLCV_MAX_LIMIT"]),
                                                  float(app.config["UDF_SEARCH_SECONDS"]))

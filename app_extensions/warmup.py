@@ -14,7 +14,7 @@ from typing import Any
 
 from quart import Quart
 
-from app_extensions.services import get_services
+from app_extensions.services import Services
 from core.errors import AppError
 from services.bars.warmup import Warmer, WarmupReport
 
@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 class Warmup:
     """Cache warming at start and the records it works from."""
 
-    def __init__(self, app: Quart | None = None) -> None:
-        self.warmer: Warmer
+    def __init__(self, services: Services, app: Quart | None = None) -> None:
+        #: Built with the other services (``app_extensions.services``).
+        self.warmer: Warmer = services.warmer
         self.shutdown = asyncio.Event()
         self.step_timeout = 5.0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -34,8 +35,6 @@ class Warmup:
             self.init_app(app)
 
     def init_app(self, app: Quart) -> None:
-        """Call after the Services extension exists (it builds the warmer)."""
-        self.warmer = get_services(app).warmer
         self.step_timeout = float(app.config["SHUTDOWN_TIMEOUT"])
         app.extensions["warmup"] = self
         app.before_serving(self.start)
