@@ -21,7 +21,6 @@ from app_extensions.redis_client import RedisClient
 from app_extensions.request_context import configure_logging, init_request_context
 from app_extensions.response_cache import ResponseCache
 from app_extensions.services import Services
-from app_extensions.udf import init_udf
 from app_extensions.warmup import Warmup
 from blueprints.backfill import backfill_blueprint
 from blueprints.channels import channels_blueprint
@@ -90,7 +89,6 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     app.register_blueprint(page_blueprint)  # the chart page at / and the docs viewer
     app.register_blueprint(udf_blueprint)  # TradingView's UDF under /udf
     Credentials(database, app)  # users' exchange credentials
-    init_udf(app, services)  # the UDF service
     init_operations(app)  # CORS, API keys, rate limits, the request guard
     init_cli(app)
     init_backfill_cli(app)

@@ -1,7 +1,7 @@
 """Wires the service layer into the app, in one place: ``Services.init_app`` builds every
 collaborator in order (the provider budget, breaker and call path, the markets, the bars chain,
-backfill, the live hub, cache warming, tickers, users' own bars and the ``/ohlcv`` service), each
-receiving what it uses in its constructor. The Redis client is handed in before it connects
+backfill, the live hub, cache warming, tickers, users' own bars, the ``/ohlcv`` service and the
+UDF service), each receiving what it uses in its constructor. The Redis client is handed in before it connects
 (``before_serving``): until then, and whenever it fails, the budget and breaker decide in memory."""
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from services.bus.revisions import Revisions
 from services.live import HubSettings, SubscriptionService
 from services.live.streams import StreamRegistry
 from services.settings import build
+from services.udf import UdfService
 from services.upstream.breaker import BreakerSettings, CircuitBreaker
 from services.upstream.budget import ProviderBudget
 from services.upstream.calls import ProviderCalls
@@ -58,6 +59,8 @@ class Services:
         self.user_bars: UserBars
         #: What GET /ohlcv calls: the shared chain or the user's own answers.
         self.ohlcv: OhlcvService
+        #: TradingView's UDF (``blueprints/udf.py`` serves it).
+        self.udf: UdfService
         self.shutdown = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.step_timeout = 5.0
@@ -112,6 +115,8 @@ class Services:
         self.tickers = TickerService(self.markets, redis, int(config["TICKER_STALE_TTL"]))
         self.user_bars = UserBars(self.markets, int(config["OHLCV_MAX_PROVIDER_CALLS"]))
         self.ohlcv = OhlcvService(self.orchestrator, self.user_bars, self.warmer)
+        self.udf = UdfService(self.markets, self.orchestrator, int(config["OHLCV_MAX_LIMIT"]),
+                              float(config["UDF_SEARCH_SECONDS"]))
         app.before_serving(self.start)
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
@@ -128,13 +133,14 @@ class Services:
         await self.subscriptions.start()
 
     async def close(self) -> None:
-        """Stop in order (live workers, backfill, owned tasks, plugins), each step bounded by
-        ``SHUTDOWN_TIMEOUT``; plugins are closed even when an earlier step fails or times out."""
+        """Stop in order (live workers, backfill, answer builds, UDF searches, owned tasks, plugins),
+        each step bounded by ``SHUTDOWN_TIMEOUT``; plugins are closed even when an earlier step fails or times out."""
         self.shutdown.set()
         try:
             await self._step(self.subscriptions.close(), "subscriptions")  # live workers first
             await self._step(self.backfill.close(), "backfill")
             await self._step(self.orchestrator.close(), "answer builds")
+            await self._step(self.udf.close(), "UDF symbol-list fetches")
             for task in list(self._tasks):
                 task.cancel()
             for task in list(self._tasks):
