@@ -19,10 +19,8 @@ from app_extensions.export import init_export
 from app_extensions.operations import init_operations
 from app_extensions.redis_client import RedisClient
 from app_extensions.request_context import configure_logging, init_request_context
-from app_extensions.resilience import Resilience
 from app_extensions.response_cache import ResponseCache
 from app_extensions.services import Services
-from app_extensions.udf import init_udf
 from app_extensions.warmup import Warmup
 from blueprints.backfill import backfill_blueprint
 from blueprints.channels import channels_blueprint
@@ -56,12 +54,17 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     configure_logging(app.config)
     init_request_context(app)
     init_error_handlers(app)
-    # Extensions open in this order (before_serving) and close in reverse: workers and plugins,
-    # then Redis, then the pool. Each bounds its own steps by SHUTDOWN_TIMEOUT; the outer limit
-    # is only a safety net, and one extension failing to close does not keep the next open.
+    # Each owner is built from the ones it uses (nothing connects before before_serving).
+    database, redis = Database(app), RedisClient(app)
+    services = Services(database, redis, app)  # every service object, built in order
+    response_cache = ResponseCache(app)
+    warmup = Warmup(services, app)  # cache warming's tasks
+    # Extensions open in this order (before_serving) and close in reverse: warm-up tasks first
+    # (they use the services), workers and plugins, then Redis, then the pool. Each bounds its own
+    # steps by SHUTDOWN_TIMEOUT; the outer limit is only a safety net, and one extension failing
+    # to close does not keep the next open.
     extensions: list[Database | RedisClient | Services | ResponseCache | Warmup] = [
-        Database(app), RedisClient(app), Services(app), ResponseCache(app)]
-    extensions.append(Warmup(app))  # cache warming: closed first, its tasks use the services
+        database, redis, services, response_cache, warmup]
 
     @app.after_serving
     async def _shutdown() -> None:
@@ -85,13 +88,11 @@ def create_app(config: BaseConfig | dict[str, Any] | None = None) -> Quart:
     app.register_blueprint(credentials_blueprint)
     app.register_blueprint(page_blueprint)  # the chart page at / and the docs viewer
     app.register_blueprint(udf_blueprint)  # TradingView's UDF under /udf
-    Credentials(app)  # users' exchange credentials (after the Database)
-    Resilience(app)  # circuit breaker, stale-while-error (after Redis and Services)
-    init_udf(app)  # the UDF service (after Services)
-    init_operations(app)  # CORS, API keys, rate limits, provider budget
+    Credentials(database, app)  # users' exchange credentials
+    init_operations(app)  # CORS, API keys, rate limits, the request guard
     init_cli(app)
     init_backfill_cli(app)
-    init_export(app)  # the Exporter and the export command (after the Database)
+    init_export(app, database)  # the Exporter and the export command
     return app
 
 

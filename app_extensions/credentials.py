@@ -18,7 +18,7 @@ import asyncpg
 import click
 from quart import Quart, current_app, g
 
-from app_extensions.db_pool import get_database
+from app_extensions.db_pool import Database
 from app_extensions.migrations import run_migrations
 from config import ConfigError
 from core.errors import DataSourceError, Forbidden, PluginFeatureNotSupportedError, UnknownProvider
@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 class Credentials:
     """Owner of the credential store. Reach it with ``get_credentials(app)``."""
 
-    def __init__(self, app: Quart | None = None) -> None:
+    def __init__(self, database: Database, app: Quart | None = None) -> None:
+        self.database = database
         self.store: CredentialStore
         self.keys: list[str] = []
         if app is not None:
@@ -44,7 +45,7 @@ class Credentials:
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
         vault = Vault(self.keys) if self.keys else None
-        self.store = CredentialStore(get_database(app), vault, float(app.config["CREDENTIALS_CACHE_TTL"]))
+        self.store = CredentialStore(self.database, vault, float(app.config["CREDENTIALS_CACHE_TTL"]))
         app.extensions["credentials"] = self
         _init_cli(app, self)
 

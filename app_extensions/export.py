@@ -20,7 +20,7 @@ import click
 from quart import Quart
 
 from app_extensions.backfill_cli import TimeParam, iso
-from app_extensions.db_pool import get_database
+from app_extensions.db_pool import Database, get_database
 from app_extensions.redis_client import get_redis
 from app_extensions.services import get_services
 from core.errors import AppError, RangeNotStored
@@ -31,9 +31,9 @@ from services.export import FORMATS, Exporter, ExportPlan, ExportSettings
 from services.settings import build
 
 
-def init_export(app: Quart) -> None:
-    """Put the ``Exporter`` in ``app.extensions`` (after the Database) and register ``export``."""
-    app.extensions["export"] = Exporter(get_database(app), build(ExportSettings, app.config))
+def init_export(app: Quart, database: Database) -> None:
+    """Put the ``Exporter`` over ``database`` in ``app.extensions`` and register ``export``."""
+    app.extensions["export"] = Exporter(database, build(ExportSettings, app.config))
 
     @app.cli.command("export")
     @click.option("--market", required=True, help="crypto, stocks or sim")

@@ -1,6 +1,5 @@
 """Wires the operators' side into the app: CORS, API keys, rate limits, the request guard
-(ambiguous framing, body deadline), the shared provider budget and Prometheus multiprocess
-clean-up. (Blueprints are registered in create_app.)
+(ambiguous framing, body deadline) and Prometheus multiprocess clean-up. (Blueprints are registered in create_app.)
 
 Hook order matters: CORS and the Origin check first, then auth (sets ``g.api_key_id``), then the
 rate limiter (limits per key, else per client IP).
@@ -18,20 +17,17 @@ from app_extensions.auth import ApiKeyAuth
 from app_extensions.auth_cli import init_auth_cli
 from app_extensions.cors import Cors
 from app_extensions.ratelimit import RateLimiter
-from app_extensions.redis_client import get_redis
 from app_extensions.request_guard import RequestGuard
-from app_extensions.services import get_services
 
 log = logging.getLogger(__name__)
 
 
 def init_operations(app: Quart) -> None:
-    """Call after the Database, RedisClient and Services extensions exist."""
+    """Call after the Database and RedisClient extensions exist."""
     Cors(app)
     ApiKeyAuth(app)
     RateLimiter(app)
     RequestGuard(app)  # ambiguous framing refused, body deadline (outermost ASGI wrapper)
-    get_services(app).markets.budget.attach(get_redis(app))
     init_auth_cli(app)
 
     @app.after_serving

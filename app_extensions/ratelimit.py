@@ -140,7 +140,7 @@ class RateLimiter:
         self.trust_forwarded = bool(self.trusted_proxies)
         self.auth_enabled = bool(cfg["AUTH_ENABLED"])
         self.redis = get_redis(app)
-        self.store.attach(self.redis)
+        self.store = Store(self.redis, self.store.memory)  # the memory LocalGcra decides in
         self.mode = "redis" if self.enabled else "off"
         app.extensions["ratelimit"] = self
         hooks = get_hooks(app)

@@ -1,4 +1,8 @@
-"""Wires the service objects (plugins, MarketService, DataOrchestrator) into the app."""
+"""Wires the service layer into the app, in one place: ``Services.init_app`` builds every
+collaborator in order (the provider budget, breaker and call path, the markets, the bars chain,
+backfill, the live hub, cache warming, tickers, users' own bars, the ``/ohlcv`` service and the
+UDF service), each receiving what it uses in its constructor. The Redis client is handed in before it connects
+(``before_serving``): until then, and whenever it fails, the budget and breaker decide in memory."""
 
 from __future__ import annotations
 
@@ -9,22 +13,31 @@ from typing import Any
 
 from quart import Quart
 
-from app_extensions.db_pool import get_database
-from app_extensions.redis_client import get_redis
+from app_extensions.db_pool import Database
+from app_extensions.redis_client import RedisClient
+from config import ConfigError
 from plugins.loader import PluginLoader
 from services import live
 from services.backfill.manager import BackfillManager
 from services.bars.cache import BestEffortCache, RedisCache
+from services.bars.ohlcv import OhlcvService
 from services.bars.orchestrator import DataOrchestrator, OrchestratorSettings
 from services.bars.provider_source import ProviderClient, ProviderSource
 from services.bars.sources import BarWriter, Cache1mSource, StorageSource
+from services.bars.user_bars import UserBars
+from services.bars.warmup import Warmer, warmup_settings
 from services.bus.broadcast import Broadcast
 from services.bus.redis_backend import RedisBackend
 from services.bus.revisions import Revisions
 from services.live import HubSettings, SubscriptionService
 from services.live.streams import StreamRegistry
 from services.settings import build
+from services.udf import UdfService
+from services.upstream.breaker import BreakerSettings, CircuitBreaker
+from services.upstream.budget import ProviderBudget
+from services.upstream.calls import ProviderCalls
 from services.upstream.market_service import MarketService
+from services.upstream.tickers import TickerService
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +45,22 @@ log = logging.getLogger(__name__)
 class Services:
     """Owner of the service layer. Reach it with ``get_services(app)``."""
 
-    def __init__(self, app: Quart | None = None) -> None:
+    def __init__(self, database: Database, redis: RedisClient, app: Quart | None = None) -> None:
+        self.database, self.redis = database, redis
+        self.budget: ProviderBudget
+        self.breaker: CircuitBreaker
+        self.calls: ProviderCalls
         self.markets: MarketService
         self.orchestrator: DataOrchestrator
         self.backfill: BackfillManager
         self.subscriptions: SubscriptionService
+        self.warmer: Warmer
+        self.tickers: TickerService
+        self.user_bars: UserBars
+        #: What GET /ohlcv calls: the shared chain or the user's own answers.
+        self.ohlcv: OhlcvService
+        #: TradingView's UDF (``blueprints/udf.py`` serves it).
+        self.udf: UdfService
         self.shutdown = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.step_timeout = 5.0
@@ -44,14 +68,24 @@ class Services:
             self.init_app(app)
 
     def init_app(self, app: Quart) -> None:
+        """Build the service layer over the database and Redis (neither is connected yet)."""
         app.extensions["services"] = self
         config = app.config
         self.step_timeout = float(config["SHUTDOWN_TIMEOUT"])
+        try:
+            warming = warmup_settings(config)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        db, redis = self.database, self.redis
         markets = [m.strip() for m in config["ENABLED_MARKETS"].split(",") if m.strip()]
         loader = PluginLoader(markets)
         loader.load()
-        self.markets = MarketService(loader, dict(config))
-        db, redis = get_database(app), get_redis(app)
+        # The one provider-call path: the breaker first, then the budget and ban pause, both
+        # shared through Redis.
+        self.budget = ProviderBudget(config, redis)
+        self.breaker = CircuitBreaker(BreakerSettings.from_config(config), redis)
+        self.calls = ProviderCalls(self.budget, self.breaker)
+        self.markets = MarketService(loader, dict(config), self.calls)
         redis_cache = RedisCache(redis, int(config["CACHE_TTL_CLOSED"]),
                                  int(float(config["CACHE_RECENT_SECONDS"]) * 1000))
         cache = BestEffortCache(redis_cache)
@@ -76,6 +110,13 @@ class Services:
             db=BarWriter(db, revisions), settings=HubSettings.from_config(config),
             streams=StreamRegistry(config),
         )
+        subscriptions = self.subscriptions
+        self.warmer = Warmer(self.orchestrator, redis, warming, lambda: list(subscriptions.channels))
+        self.tickers = TickerService(self.markets, redis, int(config["TICKER_STALE_TTL"]))
+        self.user_bars = UserBars(self.markets, int(config["OHLCV_MAX_PROVIDER_CALLS"]))
+        self.ohlcv = OhlcvService(self.orchestrator, self.user_bars, self.warmer)
+        self.udf = UdfService(self.markets, self.orchestrator, int(config["OHLCV_MAX_LIMIT"]),
+                              float(config["UDF_SEARCH_SECONDS"]))
         app.before_serving(self.start)
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
@@ -92,13 +133,14 @@ class Services:
         await self.subscriptions.start()
 
     async def close(self) -> None:
-        """Stop in order (live workers, backfill, owned tasks, plugins), each step bounded by
-        ``SHUTDOWN_TIMEOUT``; plugins are closed even when an earlier step fails or times out."""
+        """Stop in order (live workers, backfill, answer builds, UDF searches, owned tasks, plugins),
+        each step bounded by ``SHUTDOWN_TIMEOUT``; plugins are closed even when an earlier step fails or times out."""
         self.shutdown.set()
         try:
             await self._step(self.subscriptions.close(), "subscriptions")  # live workers first
             await self._step(self.backfill.close(), "backfill")
             await self._step(self.orchestrator.close(), "answer builds")
+            await self._step(self.udf.close(), "UDF symbol-list fetches")
             for task in list(self._tasks):
                 task.cancel()
             for task in list(self._tasks):

@@ -1,4 +1,5 @@
-"""Owner of cache warming (``services/bars/warmup.py``): at start a background task prefetches what
+"""Owner of cache warming's tasks (the ``Warmer`` of ``services/bars/warmup.py``, built by
+``app_extensions.services``): at start a background task prefetches what
 was live and most asked recently; another records both every ``WARMUP_RECORD_SECONDS``. Both are
 tasks of this object, stopped (and the last counts flushed) by ``close()``, which ``create_app``
 calls before the services, Redis and the pool close. Reach it with ``get_warmup(app)``."""
@@ -13,11 +14,9 @@ from typing import Any
 
 from quart import Quart
 
-from app_extensions.redis_client import get_redis
-from app_extensions.services import get_services
-from config import ConfigError
+from app_extensions.services import Services
 from core.errors import AppError
-from services.bars.warmup import Warmer, WarmupReport, warmup_settings
+from services.bars.warmup import Warmer, WarmupReport
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +24,9 @@ log = logging.getLogger(__name__)
 class Warmup:
     """Cache warming at start and the records it works from."""
 
-    def __init__(self, app: Quart | None = None) -> None:
-        self.warmer: Warmer
+    def __init__(self, services: Services, app: Quart | None = None) -> None:
+        #: Built with the other services (``app_extensions.services``).
+        self.warmer: Warmer = services.warmer
         self.shutdown = asyncio.Event()
         self.step_timeout = 5.0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -35,15 +35,6 @@ class Warmup:
             self.init_app(app)
 
     def init_app(self, app: Quart) -> None:
-        """Call after the RedisClient and Services extensions exist."""
-        try:
-            settings = warmup_settings(app.config)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
-        services = get_services(app)
-        subscriptions = services.subscriptions
-        self.warmer = Warmer(services.orchestrator, get_redis(app), settings,
-                             lambda: list(subscriptions.channels))
         self.step_timeout = float(app.config["SHUTDOWN_TIMEOUT"])
         app.extensions["warmup"] = self
         app.before_serving(self.start)

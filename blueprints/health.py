@@ -72,7 +72,7 @@ async def _provider_states(providers: list[str], limit: float) -> dict[str, dict
     """Each provider's circuit breaker (``closed``, ``open``, ``half_open``): from Redis, or this
     instance's own view when Redis is down or slower than ``limit``. An open breaker does not
     change ``status``: the instance still answers from stored data, and no other would do better."""
-    owner = current_app.extensions.get("resilience")
+    owner = current_app.extensions.get("services")
     if owner is None:
         return {}
     try:

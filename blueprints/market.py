@@ -8,7 +8,6 @@ from quart import Blueprint, Request, Response, current_app, jsonify, request
 
 from app_extensions.answer_bytes import Prepared, etag_matches, etag_of
 from app_extensions.credentials import get_credentials
-from app_extensions.resilience import get_resilience
 from app_extensions.response_cache import PreparedResponse, get_response_cache
 from app_extensions.services import get_services
 from blueprints.common import load_query
@@ -64,7 +63,7 @@ async def ticker() -> Response:
     q = load_query(SCHEMAS['SymbolQuery'])
     markets = get_services(current_app).markets
     user = await get_credentials(current_app).for_request(markets, q["market"], q["provider"])
-    t, stale = await get_resilience(current_app).tickers.get(
+    t, stale = await get_services(current_app).tickers.get(
         q["market"], q["provider"], q["symbol"], user)
     response = jsonify({"market": q["market"], "provider": q["provider"], "symbol": q["symbol"],
                         "ts": t.ts, "last": t.last, "bid": t.bid, "ask": t.ask, "stale": stale})
@@ -78,7 +77,7 @@ async def ticker() -> Response:
 @market_blueprint.get("/ohlcv")
 async def ohlcv() -> Response:
     app, cache = current_app, get_response_cache(current_app)
-    bars = get_resilience(app).ohlcv
+    bars = get_services(app).ohlcv
     hit = cache.lookup(request.query_string)  # the same query, validated when it was kept
     if hit is not None:
         query, warm_key = hit.meta

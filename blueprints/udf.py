@@ -11,6 +11,7 @@ import json
 from quart import Blueprint, Response, current_app, jsonify
 
 from app_extensions.errors import error_response
+from app_extensions.services import get_services
 from blueprints.common import load_query
 from blueprints.udf_schemas import UdfHistoryQuery, UdfSearchQuery, UdfSymbolQuery
 from core.errors import AppError
@@ -21,8 +22,7 @@ SCHEMAS = {"symbol": UdfSymbolQuery(), "search": UdfSearchQuery(), "history": Ud
 
 
 def _udf() -> UdfService:
-    service: UdfService = current_app.extensions["udf"]
-    return service
+    return get_services(current_app).udf
 
 
 @udf_blueprint.errorhandler(AppError)

@@ -99,20 +99,17 @@ def outcome_of(exc: BaseException | None) -> str:
 
 
 class CircuitBreaker:
-    """Per-provider breakers. ``attach(redis)`` shares them across instances."""
+    """Per-provider breakers, shared across instances through ``redis`` (None: this instance
+    only)."""
 
     def __init__(self, settings: BreakerSettings, redis: RedisRunner | None = None) -> None:
         self.settings = settings
-        #: The breakers' state: in Redis once attached, in memory while it fails.
+        #: The breakers' state: in Redis, in memory while it fails.
         self.store = Store(redis)
 
     @property
     def redis(self) -> RedisRunner | None:
         return self.store.redis
-
-    def attach(self, redis: RedisRunner) -> None:
-        """Share state through ``redis`` (an ``app_extensions.redis_client.RedisClient``)."""
-        self.store.attach(redis)
 
     @asynccontextmanager
     async def guard(self, provider: str) -> AsyncIterator[None]:

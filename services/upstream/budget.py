@@ -86,7 +86,8 @@ class BudgetSettings:
 
 
 class ProviderBudget:
-    """Cluster-wide outbound budget and ban pauses. ``attach(redis)`` shares it through Redis."""
+    """Cluster-wide outbound budget and ban pauses, shared through ``redis`` (a
+    ``core.ports.RedisClient``; None: this instance only)."""
 
     def __init__(self, config: Mapping[str, Any], redis: Any = None) -> None:
         settings = build(BudgetSettings, config)
@@ -95,16 +96,12 @@ class ProviderBudget:
         self.bursts = {p: parse_burst(text) for p, text in merged.items()}
         self.max_wait = settings.max_wait
         self.ban_default = settings.ban_default
-        #: The schedules and pauses: in Redis once attached, in memory while it fails.
+        #: The schedules and pauses: in Redis, in memory while it fails.
         self.store = Store(redis)
 
     @property
     def redis(self) -> RedisRunner | None:
         return self.store.redis
-
-    def attach(self, redis: Any) -> None:
-        """Share budgets and pauses through ``redis`` (a ``core.ports.RedisClient``)."""
-        self.store.attach(redis)
 
     def budget_for(self, provider: str) -> tuple[int, float] | None:
         return self.budgets[provider] if provider in self.budgets else self.budgets.get("*")

@@ -30,8 +30,6 @@ from core.timeframes import TIMEFRAMES
 from plugins.base import MarketPlugin, ProviderInfo, Ticker
 from plugins.loader import PluginLoader
 from services.settings import build, setting
-from services.upstream.breaker import BreakerSettings, CircuitBreaker
-from services.upstream.budget import ProviderBudget
 from services.upstream.calls import ProviderCalls
 from services.upstream.credentials import UserCredentials
 from services.upstream.deadline import bounded
@@ -89,7 +87,10 @@ class MarketSettings:
 
 
 class MarketService:
-    def __init__(self, loader: PluginLoader, config: dict[str, Any]) -> None:
+    """The plugin instances of every (market, provider), and their symbols and tickers, called
+    through ``calls`` (the one guarded provider-call path, with its budget and breaker)."""
+
+    def __init__(self, loader: PluginLoader, config: dict[str, Any], calls: ProviderCalls) -> None:
         self.loader = loader
         #: The app config, handed to plugin classes (they read their own settings from it).
         self.config = config
@@ -104,12 +105,8 @@ class MarketService:
         #: Retired instances not closed yet (each waits REQUEST_DEADLINE first), by id.
         self._retiring: dict[int, MarketPlugin] = {}
         self._closing: set[asyncio.Task[None]] = set()
-        #: Outbound budget and ban pauses per provider (shared in Redis once the app attaches it).
-        self.budget = ProviderBudget(config)
-        #: The one provider-call path (guard, metrics, paging) every caller uses.
-        #: The providers' circuit breakers (shared in Redis once the app attaches it).
-        self.breaker = CircuitBreaker(BreakerSettings.from_config(config))
-        self.calls = ProviderCalls(self.budget, self.breaker)
+        #: The one provider-call path (breaker, budget, metrics, paging) every caller uses.
+        self.calls = calls
 
     # --- Catalogue ---------------------------------------------------------------------------
     def markets(self) -> list[dict[str, Any]]:

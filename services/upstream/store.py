@@ -420,22 +420,18 @@ OnLocal = Callable[[DataSourceError], None]
 
 
 class Store:
-    """Redis while it answers (``attach``), else memory: each call asks Redis first and, when it
-    fails (``DataSourceError``), decides in memory, so the store swaps back by itself."""
+    """``redis`` while it answers, else ``memory``: each call asks Redis first and, when it
+    fails (``DataSourceError``), decides in memory, so the store swaps back by itself. Without
+    ``redis`` the state is this instance's own. The Redis client may be handed in before it
+    connects: until then every call is decided in memory."""
 
-    def __init__(self, redis: RedisRunner | None = None) -> None:
-        self.memory = MemoryStore()
-        self.shared: RedisStore | None = None
-        if redis is not None:
-            self.attach(redis)
+    def __init__(self, redis: RedisRunner | None = None, memory: MemoryStore | None = None) -> None:
+        self.memory = memory if memory is not None else MemoryStore()
+        self.shared = RedisStore(redis) if redis is not None else None
 
     @property
     def redis(self) -> RedisRunner | None:
         return self.shared.redis if self.shared is not None else None
-
-    def attach(self, redis: RedisRunner | None) -> None:
-        """Share the state through ``redis`` (None: memory only)."""
-        self.shared = RedisStore(redis) if redis is not None else None
 
     async def _either(self, op: Callable[[StoreBackend], Awaitable[T]], on_local: OnLocal | None) -> T:
         if self.shared is not None:

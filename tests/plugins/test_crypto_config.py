@@ -13,6 +13,9 @@ from plugins.base import ProviderInfo
 from plugins.ccxt_support import CAPABILITIES, rebase_urls
 from plugins.crypto import CryptoPlugin
 from plugins.loader import PluginLoader
+from services.upstream.breaker import BreakerSettings, CircuitBreaker
+from services.upstream.budget import ProviderBudget
+from services.upstream.calls import ProviderCalls
 from services.upstream.market_service import MarketService
 from tests.support.exchange_emulator import ExchangeEmulator, fixtures
 from tests.support.exchange_emulator.checks import NO_LEAKS
@@ -65,7 +68,9 @@ async def test_market_service_instances_with_the_real_plugin(emulator: ExchangeE
     keyed = {**base, "CCXT_CREDENTIALS": {"binance": {"apiKey": "k", "secret": "s"}}}
     testnet = {**base, "CCXT_CREDENTIALS": {"binance": {"apiKey": "k", "secret": "s",
                                                        "testnet": True}}}
-    services = [MarketService(loader, cfg) for cfg in (base, keyed, testnet)]
+    services = [MarketService(loader, cfg, ProviderCalls(ProviderBudget(cfg),
+                                                         CircuitBreaker(BreakerSettings.from_config(cfg))))
+                for cfg in (base, keyed, testnet)]
     try:
         first = await services[0].get_plugin("crypto", "binance")
         assert isinstance(first, CryptoPlugin)

@@ -14,7 +14,6 @@ from quart.typing import TestClientProtocol
 
 from app import create_app
 from app_extensions.auth import hash_key
-from app_extensions.resilience import get_resilience
 from app_extensions.services import get_services
 from tests.support.exchange_emulator import ExchangeEmulator, fixtures
 from tests.support.exchange_emulator.checks import NO_LEAKS
@@ -93,7 +92,7 @@ async def test_a_wrong_key_is_a_502_for_that_user_only(app: Quart, emulator: Exc
     status, body = await ticker(client, ALICE)
     assert status == 200 and body["stale"] is False
     assert (await ticker(client, DAN))[0] == 200
-    states = await get_resilience(app).breaker.states(["alpaca"])
+    states = await get_services(app).breaker.states(["alpaca"])
     assert states == {"alpaca": "closed"}
     # Carol fixes her key: her next request uses a new instance with it.
     await store(client, CAROL, "bob-alpaca", "bob-secret")

@@ -28,7 +28,7 @@ async def two_apps(app_config: dict[str, Any]) -> AsyncIterator[list[Quart]]:
 
 
 def budget(app: Quart) -> ProviderBudget:
-    return get_services(app).markets.budget
+    return get_services(app).budget
 
 
 async def test_instances_share_one_budget(two_apps: list[Quart]) -> None:

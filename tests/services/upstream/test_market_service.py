@@ -11,6 +11,9 @@ from core.errors import UnknownMarket, UnknownProvider
 from plugins.base import MarketPlugin
 from plugins.loader import PluginLoader
 from plugins.sim import SimPlugin
+from services.upstream.breaker import BreakerSettings, CircuitBreaker
+from services.upstream.budget import ProviderBudget
+from services.upstream.calls import ProviderCalls
 from services.upstream.credentials import UserCredentials
 from services.upstream.market_service import MarketService, credentials_marker
 from tests.support.ws import wait_for
@@ -34,7 +37,9 @@ class KeyedSim(SimPlugin):
 def service(config: dict[str, Any]) -> MarketService:
     loader = PluginLoader(["sim", "keyed"])
     loader.load()
-    return MarketService(loader, {"PLUGIN_IDLE_TIMEOUT": 10, **config})
+    config = {"PLUGIN_IDLE_TIMEOUT": 10, **config}
+    calls = ProviderCalls(ProviderBudget(config), CircuitBreaker(BreakerSettings.from_config(config)))
+    return MarketService(loader, config, calls)
 
 
 async def test_same_provider_reuses_one_instance() -> None:

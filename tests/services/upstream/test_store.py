@@ -107,12 +107,12 @@ async def test_the_store_asks_redis_and_falls_back_to_memory(redis: RedisClient,
         got = [await store.gcra(key, 1000.0, 2, partial=True, on_local=fallbacks.append) for _ in range(3)]
         assert [g.granted for g in got] == [1, 1, 0]  # decided in memory
         assert len(fallbacks) == 3 and all(isinstance(e, DataSourceError) for e in fallbacks)
-        store.attach(redis)  # Redis answers again: its bucket (still full) decides
+        store = Store(redis, store.memory)  # Redis answers again: its bucket (still full) decides
         assert (await store.gcra(key, 1000.0, 2, partial=True, on_local=fallbacks.append)).granted == 1
         assert len(fallbacks) == 3
         assert await redis.run(lambda r: r.exists(redis.key("rl", "k"))) == 1
         await store.pause(("budget", "pause", "p"), 5000)  # paused in memory as well as in Redis
-        store.attach(dead)
+        store = Store(dead, store.memory)
         answer = await store.budget(("budget", "pause", "p"), ("budget", "tat", "p"), 0.0, 0, 0.0,
                                     on_local=fallbacks.append)
         assert answer.status == -1 and 4000 < answer.ms <= 5000 and len(fallbacks) == 4
