@@ -98,11 +98,11 @@ class RequestHooks:
                 answer = fn(req, ctx_g)
                 if answer is None:
                     continue
-                if not isinstance(answer, Response):
-                    answer = await answer
-                    if answer is None:
-                        continue
-                return answer
+                if isinstance(answer, Response):
+                    return answer
+                result = await answer
+                if result is not None:
+                    return result
             return None
 
         return before_request
