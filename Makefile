@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export HOST PORT
 
-.PHONY: run test migrate lint venv dev pglite web bench clean
+.PHONY: run test migrate lint venv dev pglite web bench clean docs
 
 # PGlite (PostgreSQL 17 + TimescaleDB in WebAssembly) for the TimescaleDB half of the storage tests.
 PGLITE := tests/support/pglite/node_modules/.package-lock.json
@@ -36,6 +36,9 @@ migrate: venv
 # and a 1001 close to WebSocket clients at Ctrl-C (docs/performance.md, "Choosing the server").
 run: venv web migrate
 	$(BIN)/python serve.py
+
+docs: $(VENV)/.installed  # the settings table of docs/configuration.md, from config.py's declarations
+	$(BIN)/python config.py docs/configuration.md
 
 lint: dev
 	$(BIN)/ruff check .

@@ -39,12 +39,13 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from config import ConfigError
+from config import ConfigError, declared
 
 log = logging.getLogger("serve")
 
 SERVERS = ("uvicorn", "hypercorn", "granian")
-DEFAULT_SERVER = "uvicorn"
+DEFAULT_SERVER: str = declared("SERVER").default
+DEFAULT_LOOP: str = declared("LOOP").default
 LOOPS = ("uvloop", "asyncio")
 #: Net new tracked objects that start a collection of the youngest generation (Python's: 700).
 GC_YOUNG_THRESHOLD = 50_000
@@ -264,10 +265,10 @@ def choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--server", default=os.environ.get("SERVER", DEFAULT_SERVER),
+    parser.add_argument("--server", default=os.environ.get("SERVER") or DEFAULT_SERVER,
                         help=f"one of {', '.join(SERVERS)} (env SERVER; default {DEFAULT_SERVER})")
-    parser.add_argument("--loop", default=os.environ.get("LOOP", "uvloop"),
-                        help="uvloop or asyncio (env LOOP; default uvloop)")
+    parser.add_argument("--loop", default=os.environ.get("LOOP") or DEFAULT_LOOP,
+                        help=f"one of {', '.join(LOOPS)} (env LOOP; default {DEFAULT_LOOP})")
     parser.add_argument("--app", default="app:create_app",
                         help="module:factory of the app (default app:create_app; the benches serve others)")
     args = parser.parse_args(argv)

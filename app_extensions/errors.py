@@ -8,12 +8,11 @@ import math
 from quart import Quart, Response, current_app, g, jsonify
 from werkzeug.exceptions import HTTPException
 
+from config import declared
 from core.errors import AppError
 
 log = logging.getLogger(__name__)
 MAX_RETRY_AFTER = 86_400.0
-#: Retry-After (s) of a 503 that names none, when the config has no DEPENDENCY_RETRY_AFTER.
-DEFAULT_RETRY_AFTER = 2.0
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
                400: "invalid_parameter"}
@@ -33,7 +32,7 @@ def set_retry_after(response: Response, seconds: float | None) -> None:
     exchange unreachable before its breaker opens, a framework 503) gets
     ``DEPENDENCY_RETRY_AFTER``, the pause after which a failed dependency is tried again."""
     if seconds is None:
-        seconds = float(current_app.config.get("DEPENDENCY_RETRY_AFTER", DEFAULT_RETRY_AFTER))
+        seconds = float(current_app.config.get("DEPENDENCY_RETRY_AFTER") or declared("DEPENDENCY_RETRY_AFTER").default)
     if not math.isfinite(seconds):
         seconds = MAX_RETRY_AFTER
     response.headers["Retry-After"] = str(max(1, math.ceil(min(seconds, MAX_RETRY_AFTER))))

@@ -9,7 +9,7 @@ so most requests, and every refused one, cost no Redis round trip. A refused req
 ``docs/performance.md`` gives the exact guarantee across N instances.
 
 A limit is ``"requests/seconds"`` per route class (``default``, ``ohlcv``, ``export``, ``backfill``, ``ws``;
-``RATE_LIMITS`` overrides ``DEFAULT_LIMITS``, "off" lifts one). Answers carry ``X-RateLimit-Limit``
+``RATE_LIMITS`` is merged over its declared default, "off" lifts one). Answers carry ``X-RateLimit-Limit``
 and ``X-RateLimit-Remaining``; a rejection is 429 ``rate_limited`` with ``Retry-After``.
 
 When Redis is unreachable the limiter fails open to the store's in-memory GCRA with the same limits
@@ -32,19 +32,15 @@ from app_extensions.auth import is_open_path
 from app_extensions.hooks import get_hooks
 from app_extensions.ratelimit_buckets import Decision, LeasedBuckets, Limit, LocalGcra
 from app_extensions.redis_client import RedisClient, get_redis
-from config import TRUST_FORWARDED_FOR_GONE, ConfigError, Network, parse_trusted_proxies
+from config import ConfigError, Network, declared, parse_trusted_proxies
 from core.errors import DataSourceError, RateLimited
 from core.metrics import RATE_LIMIT_FALLBACKS, RATE_LIMIT_REJECTIONS
 from services.upstream.store import Store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_LIMITS", "Decision", "Limit", "LocalGcra", "RateLimiter", "get_ratelimiter", "route_class"]
+__all__ = ["Decision", "Limit", "LocalGcra", "RateLimiter", "get_ratelimiter", "route_class"]
 
-#: ``ws``: handshakes per client IP (or key) allow bursts as Binance does (300 per 5 minutes), so
-#: dashboards opening at once behind one NAT or proxy are not refused.
-DEFAULT_LIMITS = {"default": "600/60", "ohlcv": "300/60", "export": "30/60", "backfill": "60/60", "ws": "300/300",
-                  "auth_failures": "30/60"}
 _IDENT = re.compile(r"[^0-9A-Za-z.:_-]")
 _IDENTITIES_MAX = 10_000
 #: IPv6 clients are limited per /64 (one host's or one customer's usual allocation), as IPv4
@@ -128,15 +124,14 @@ class RateLimiter:
     def init_app(self, app: Quart) -> None:
         cfg = app.config
         self.enabled = bool(cfg["RATE_LIMIT_ENABLED"])
-        unknown = set(cfg["RATE_LIMITS"] or {}) - set(DEFAULT_LIMITS)
+        defaults = declared("RATE_LIMITS").default
+        unknown = set(cfg["RATE_LIMITS"] or {}) - set(defaults)
         if unknown:
             raise ConfigError(f"RATE_LIMITS: unknown route class(es) {sorted(unknown)}; "
-                              f"one of {', '.join(DEFAULT_LIMITS)}")
-        merged = {**DEFAULT_LIMITS, **(cfg["RATE_LIMITS"] or {})}
+                              f"one of {', '.join(defaults)}")
+        merged = {**defaults, **(cfg["RATE_LIMITS"] or {})}
         self.limits = {cls: Limit.parse(text) for cls, text in merged.items()}
-        if cfg.get("TRUST_FORWARDED_FOR"):  # (config.validate refuses it too)
-            raise ConfigError(TRUST_FORWARDED_FOR_GONE)
-        self.trusted_proxies = parse_trusted_proxies(cfg.get("TRUSTED_PROXIES"))
+        self.trusted_proxies = parse_trusted_proxies(cfg["TRUSTED_PROXIES"])
         self.trust_forwarded = bool(self.trusted_proxies)
         self.auth_enabled = bool(cfg["AUTH_ENABLED"])
         self.redis = get_redis(app)

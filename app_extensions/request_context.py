@@ -23,13 +23,11 @@ import click
 from quart import Quart, Request, Response, request
 
 from app_extensions.hooks import RequestHooks
+from config import declared
 from core.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-#: Logger levels set whatever ``LOG_LEVEL`` is; ``LOG_LEVELS`` overrides them. At DEBUG, CCXT logs
-#: every request and response it makes (headers included).
-DEFAULT_LOG_LEVELS = {"ccxt": "INFO", "hypercorn.access": "WARNING", "redis": "INFO"}
 access_log = logging.getLogger("access")
 #: The value of an ``api_key`` query parameter, kept out of the access log.
 _API_KEY_PARAM = re.compile(r"((?:^|&)api_key=)[^&]*", re.IGNORECASE)
@@ -72,8 +70,9 @@ def configure_logging(config: dict[str, Any]) -> None:
     level = str(config["LOG_LEVEL"]).upper()
     if click.get_current_context(silent=True) is not None and "LOG_LEVEL" not in os.environ:
         level = max(logging.getLevelName(level), logging.WARNING)
-    # The access log is written at INFO whatever LOG_LEVEL is (it is switched by ACCESS_LOG).
-    levels = {**DEFAULT_LOG_LEVELS, "access": "INFO", **(config.get("LOG_LEVELS") or {})}
+    # Logger levels set whatever LOG_LEVEL is (the access log at INFO: ACCESS_LOG switches it);
+    # LOG_LEVELS is merged over its declared default.
+    levels = {**declared("LOG_LEVELS").default, **(config.get("LOG_LEVELS") or {})}
     logging.config.dictConfig({
         "version": 1,
         "disable_existing_loggers": False,

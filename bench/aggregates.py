@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import statistics
 import time
@@ -28,12 +27,12 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from app_extensions.migrations import run_migrations
-from config import TestingConfig
+from config import TestingConfig, from_environ
 from core.timeframes import DAY_MS, HOUR_MS, MINUTE_MS
 from services.bars import aggregates
 from tests.support.pglite.fixtures import run_pglite_server, unavailable_reason
 
-DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+DATABASE_URL = from_environ("DATABASE_URL")
 SCHEMA = "bench_aggregates"
 T0 = 1_704_067_200_000  # 2024-01-01 00:00 UTC, a Monday
 SERIES = ("crypto", "binance", "BTC/USDT")

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import subprocess
 import sys
@@ -45,11 +44,12 @@ import asyncpg
 from app import create_app
 from app_extensions.services import get_services
 from bench.common import drop_bench_data, free_port
+from config import from_environ
 from core.timeframes import DAY_MS
 from core.types import Series
 
-DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+DATABASE_URL = from_environ("DATABASE_URL")
+REDIS_URL = from_environ("REDIS_URL")
 SCHEMA, PREFIX = "bench_backfill", "bench_backfill"
 T0 = 1_704_067_200_000  # 2024-01-01, the emulator's first candle
 SERIES = Series("crypto", "binance", "BTC/USDT")

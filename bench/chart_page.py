@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import threading
@@ -39,14 +38,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import drop_bench_data, free_port, hypercorn  # noqa: E402
+from config import from_environ  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update"]
 PAGE = "/?market=sim&provider=sim&symbol=SIM%2FUSD&timeframe=1m"
 CHANNEL = "sim:sim:SIM/USD:1m"
-DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+DATABASE_URL = from_environ("DATABASE_URL")
+REDIS_URL = from_environ("REDIS_URL")
 
 
 def measure_load(page: Page, base: str) -> tuple[float, int, int]:

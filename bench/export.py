@@ -42,10 +42,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.common import drop_bench_data, free_port, hypercorn_server
+from config import from_environ
 from core.timeframes import DAY_MS, MINUTE_MS, TIMEFRAMES
 
-DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+DATABASE_URL = from_environ("DATABASE_URL")
+REDIS_URL = from_environ("REDIS_URL")
 SCHEMA, PREFIX = "bench_export", "bench_export"
 T0 = 1_420_070_400_000  # 2015-01-01 00:00 UTC
 SERIES = "market=sim&provider=sim&symbol=SIM/USD"

@@ -87,6 +87,32 @@ def test_every_setting_is_documented_in_the_configuration_reference() -> None:
     assert not missing, f"settings missing from docs/configuration.md's table: {missing}"
 
 
+def test_the_settings_table_is_the_declaration() -> None:
+    """docs/configuration.md's table is exactly what config.py declares, defaults (and each
+    APP_ENV's) included: a setting whose default or doc changes without `make docs` fails here."""
+    from pathlib import Path
+
+    from config import TABLE_END, TABLE_START, settings_table
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    documented = TABLE_START + text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0] + TABLE_END
+    assert documented == settings_table(), "run `make docs` after changing a declaration in config.py"
+
+
+def test_a_setting_default_comes_from_its_declaration() -> None:
+    """The services' frozen settings take their defaults from config.py's declarations."""
+    from config import SETTINGS, TestingConfig
+    from services.live.settings import HubSettings, PollSettings
+    from services.upstream.breaker import BreakerSettings
+
+    assert HubSettings().max_subscriptions == SETTINGS["WS_MAX_SUBSCRIPTIONS"].default == 50
+    assert PollSettings().intervals == SETTINGS["POLL_INTERVALS"].default
+    assert BreakerSettings().open_seconds == SETTINGS["BREAKER_OPEN_SECONDS"].default == 30.0
+    assert TestingConfig().BREAKER_OPEN_SECONDS == 1.0  # the testing default, declared beside it
+    with pytest.raises(ConfigError, match="BREAKER_FAILURE_THRESHOLD must be at least 1"):
+        BreakerSettings.from_config({"BREAKER_FAILURE_THRESHOLD": 0})
+
+
 
 @pytest.mark.parametrize(("env", "says"), [
     ({"PORT": "abc"}, "Error: PORT must be an integer, got 'abc'"),

@@ -116,16 +116,16 @@ class JobRef:
 class BackfillSettings:
     """Backfill settings (``build(BackfillSettings, config)``; see config.py ``BACKFILL_*``)."""
 
-    concurrency: int = setting("BACKFILL_CONCURRENCY", 4, int)
-    patience: float = setting("BACKFILL_PATIENCE", 3600.0, float)
-    yield_after: float = setting("BACKFILL_YIELD_AFTER", 30.0, float)
-    retry_base: float = setting("BACKFILL_RETRY_BASE", 1.0, float)
-    retry_max_wait: float = setting("BACKFILL_RETRY_MAX_WAIT", 60.0, float)
-    write_cache: bool = setting("BACKFILL_WRITE_CACHE", True, bool)
-    cache_days: float = setting("BACKFILL_CACHE_DAYS", 7.0, float)
-    max_range_days: float = setting("BACKFILL_MAX_RANGE_DAYS", 3660.0, float)
-    auto_max_days: float = setting("BACKFILL_AUTO_MAX_DAYS", 7.0, float)
-    max_queued_per_client: int = setting("BACKFILL_MAX_QUEUED_PER_CLIENT", 10, int)
+    concurrency: int = setting("BACKFILL_CONCURRENCY")
+    patience: float = setting("BACKFILL_PATIENCE")
+    yield_after: float = setting("BACKFILL_YIELD_AFTER")
+    retry_base: float = setting("BACKFILL_RETRY_BASE")
+    retry_max_wait: float = setting("BACKFILL_RETRY_MAX_WAIT")
+    write_cache: bool = setting("BACKFILL_WRITE_CACHE")
+    cache_days: float = setting("BACKFILL_CACHE_DAYS")
+    max_range_days: float = setting("BACKFILL_MAX_RANGE_DAYS", float)
+    auto_max_days: float = setting("BACKFILL_AUTO_MAX_DAYS", float)
+    max_queued_per_client: int = setting("BACKFILL_MAX_QUEUED_PER_CLIENT")
 
     @property
     def max_range_ms(self) -> int:

@@ -37,10 +37,10 @@ RunJob = Callable[[jobs.Job, str], Awaitable[None]]
 class RunnerSettings:
     """The job runner's settings (``build(RunnerSettings, config)``)."""
 
-    enabled: bool = setting("BACKFILL_RUNNER", True, bool)
-    max_jobs: int = setting("BACKFILL_MAX_JOBS", 2, int)
-    lease: float = setting("BACKFILL_LEASE_SECONDS", 30.0, float)
-    poll_interval: float = setting("BACKFILL_POLL_INTERVAL", 2.0, float)
+    enabled: bool = setting("BACKFILL_RUNNER")
+    max_jobs: int = setting("BACKFILL_MAX_JOBS")
+    lease: float = setting("BACKFILL_LEASE_SECONDS")
+    poll_interval: float = setting("BACKFILL_POLL_INTERVAL")
 
 
 class JobRunner:

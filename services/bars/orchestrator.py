@@ -50,12 +50,12 @@ MissingHook = Callable[[Series, list[tuple[int, int]]], Awaitable[str | None]]
 class OrchestratorSettings:
     """``build(OrchestratorSettings, config)``."""
 
-    ttl_closed: int = setting("CACHE_TTL_CLOSED", 86_400, int)
-    ttl_forming: int = setting("CACHE_TTL_FORMING", 5, int)
+    ttl_closed: int = setting("CACHE_TTL_CLOSED")
+    ttl_forming: int = setting("CACHE_TTL_FORMING")
     #: Most upstream calls one query may make before the rest is left to a backfill job.
-    max_provider_calls: int = setting("OHLCV_MAX_PROVIDER_CALLS", 10, int)
+    max_provider_calls: int = setting("OHLCV_MAX_PROVIDER_CALLS")
     #: Seconds within which every answer comes (from stored data when the provider is slower).
-    deadline: float = setting("REQUEST_DEADLINE", 10.0, float)
+    deadline: float = setting("REQUEST_DEADLINE")
 
 
 def window(q: BarQuery, now: int) -> tuple[int, int, int | None]:

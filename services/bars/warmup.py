@@ -47,13 +47,13 @@ HOUR_S = 3600
 class WarmupSettings:
     """``WARMUP_*`` settings (``build(WarmupSettings, config)``)."""
 
-    enabled: bool = setting("WARMUP_ENABLED", True, bool)
-    max_seconds: float = setting("WARMUP_MAX_SECONDS", 20.0, float)
-    max_calls: int = setting("WARMUP_MAX_CALLS", 50, int)
-    top_ranges: int = setting("WARMUP_TOP_RANGES", 20, int)
-    snapshot_bars: int = setting("WARMUP_SNAPSHOT_BARS", 100, int)
-    lookback_seconds: float = setting("WARMUP_LOOKBACK_SECONDS", 3600.0, float)
-    record_seconds: float = setting("WARMUP_RECORD_SECONDS", 15.0, float)
+    enabled: bool = setting("WARMUP_ENABLED")
+    max_seconds: float = setting("WARMUP_MAX_SECONDS")
+    max_calls: int = setting("WARMUP_MAX_CALLS")
+    top_ranges: int = setting("WARMUP_TOP_RANGES")
+    snapshot_bars: int = setting("WARMUP_SNAPSHOT_BARS")
+    lookback_seconds: float = setting("WARMUP_LOOKBACK_SECONDS")
+    record_seconds: float = setting("WARMUP_RECORD_SECONDS")
 
 
 @dataclass

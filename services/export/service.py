@@ -56,13 +56,13 @@ class ExportSettings:
     """``build(ExportSettings, config)``."""
 
     #: Most buckets one export may span (400 beyond).
-    max_bars: int = setting("EXPORT_MAX_BARS", 10_000_000, int)
+    max_bars: int = setting("EXPORT_MAX_BARS")
     #: Bars per batch: a Parquet row group, an Arrow record batch, a chunk of CSV.
-    batch_rows: int = setting("EXPORT_BATCH_ROWS", 65_536, int)
+    batch_rows: int = setting("EXPORT_BATCH_ROWS")
     #: Longest one export's COPY may take, slow clients included (seconds).
-    timeout: float = setting("EXPORT_TIMEOUT", 3600.0, float)
+    timeout: float = setting("EXPORT_TIMEOUT")
     #: Most exports this instance streams at once (each holds a pool connection); 503 beyond.
-    max_concurrent: int = setting("EXPORT_MAX_CONCURRENT", 4, int)
+    max_concurrent: int = setting("EXPORT_MAX_CONCURRENT")
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from core.timeframes import Bar, now_ms
 from plugins.base import MarketPlugin
 from plugins.ccxt_stream import KlineStreams, KlineUpdate, stream_possible
 from plugins.crypto import CryptoPlugin
+from services.settings import build, setting
 
 log = logging.getLogger(__name__)
 #: Longest a stopping feed waits for the exchange to confirm its unsubscribe (seconds).
@@ -53,17 +54,15 @@ SUBSCRIBE_WAIT = 60.0
 class StreamSettings:
     """``STREAM_*`` settings, read once."""
 
-    enabled: bool = True
-    silence: float = 10.0
-    verify: float = 90.0
-    retry: float = 5.0
-    retry_max: float = 300.0
+    enabled: bool = setting("STREAM_FEEDS")
+    silence: float = setting("STREAM_SILENCE_SECONDS")
+    verify: float = setting("STREAM_VERIFY_SECONDS")
+    retry: float = setting("STREAM_RETRY_SECONDS")
+    retry_max: float = setting("STREAM_RETRY_MAX_SECONDS")
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> StreamSettings:
-        return cls(bool(config["STREAM_FEEDS"]), float(config["STREAM_SILENCE_SECONDS"]),
-                   float(config["STREAM_VERIFY_SECONDS"]), float(config["STREAM_RETRY_SECONDS"]),
-                   float(config["STREAM_RETRY_MAX_SECONDS"]))
+        return build(cls, config)
 
 
 class StreamRegistry:

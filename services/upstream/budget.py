@@ -1,7 +1,7 @@
 """Outbound request budgets per provider, shared by every instance through Redis.
 
-Each provider has a budget of ``units/seconds[/burst]`` (``DEFAULT_BUDGETS`` merged with the
-``PROVIDER_BUDGETS`` config; ``"*"`` sets one for providers not named; unnamed providers such as
+Each provider has a budget of ``units/seconds[/burst]`` (``PROVIDER_BUDGETS``, whose value is
+merged over its declared default in config.py; ``"*"`` sets one for providers not named; unnamed providers such as
 ``sim`` are unlimited). A unit is one call, or the exchange's own request weight where the plugin
 declares one (``MarketPlugin.call_weight``: Binance klines weigh 2 of its 6000 per minute): a call
 takes its weight in units. ``burst`` (default: ``units``) is how far ahead of the steady rate calls
@@ -32,6 +32,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from config import declared
 from core.errors import DataSourceError, RateLimitedPluginError
 from core.metrics import PROVIDER_BUDGET_EVENTS
 from services.settings import build, setting
@@ -39,12 +40,6 @@ from services.upstream.store import Key, RedisRunner, Store
 
 log = logging.getLogger(__name__)
 
-#: Conservative shares of each exchange's published public limit (calls per seconds).
-DEFAULT_BUDGETS = {
-    "binance": "5700/60/60",  # request weight: 0.95 x 6000 per minute, klines weigh 2
-    "kraken": "60/60", "coinbase": "600/60", "bybit": "600/60",
-    "okx": "600/60", "alpaca": "200/60",
-}
 
 #: The longest pause an exchange's Retry-After can impose (Binance's IP bans last up to 3 days).
 MAX_PAUSE_SECONDS = 3 * 24 * 3600.0
@@ -77,12 +72,12 @@ def parse_burst(text: str) -> int | None:
 
 @dataclass(frozen=True)
 class BudgetSettings:
-    """``PROVIDER_BUDGETS`` (over ``DEFAULT_BUDGETS``), ``PROVIDER_BUDGET_MAX_WAIT``,
+    """``PROVIDER_BUDGETS`` (merged over its declared default), ``PROVIDER_BUDGET_MAX_WAIT``,
     ``PROVIDER_BAN_DEFAULT``."""
 
-    budgets: Mapping[str, str] | None = setting("PROVIDER_BUDGETS", None, dict)
-    max_wait: float = setting("PROVIDER_BUDGET_MAX_WAIT", 2.0, float)
-    ban_default: float = setting("PROVIDER_BAN_DEFAULT", 10.0, float)
+    budgets: Mapping[str, str] | None = setting("PROVIDER_BUDGETS")
+    max_wait: float = setting("PROVIDER_BUDGET_MAX_WAIT")
+    ban_default: float = setting("PROVIDER_BAN_DEFAULT")
 
 
 class ProviderBudget:
@@ -91,7 +86,7 @@ class ProviderBudget:
 
     def __init__(self, config: Mapping[str, Any], redis: Any = None) -> None:
         settings = build(BudgetSettings, config)
-        merged = {**DEFAULT_BUDGETS, **(settings.budgets or {})}
+        merged = {**declared("PROVIDER_BUDGETS").default, **(settings.budgets or {})}
         self.budgets = {p: parse_budget(text) for p, text in merged.items()}
         self.bursts = {p: parse_burst(text) for p, text in merged.items()}
         self.max_wait = settings.max_wait

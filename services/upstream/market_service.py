@@ -77,13 +77,13 @@ def user_marker(user: UserCredentials) -> str:
 class MarketSettings:
     """MarketService's settings (``build(MarketSettings, config)``)."""
 
-    idle_timeout: float = setting("PLUGIN_IDLE_TIMEOUT", 600.0, float)
-    symbols_ttl: float = setting("CACHE_TTL_SYMBOLS", 3600.0, float)
+    idle_timeout: float = setting("PLUGIN_IDLE_TIMEOUT")
+    symbols_ttl: float = setting("CACHE_TTL_SYMBOLS", float)
     #: Seconds within which a symbols or ticker answer comes (else 503 provider_unavailable).
-    deadline: float = setting("REQUEST_DEADLINE", 10.0, float)
-    provider_urls: Mapping[str, str] | None = setting("PROVIDER_URLS", None, dict)
-    max_instances: int = setting("PLUGIN_MAX_INSTANCES", 256, int)
-    max_instances_per_user: int = setting("PLUGIN_MAX_INSTANCES_PER_USER", 8, int)
+    deadline: float = setting("REQUEST_DEADLINE")
+    provider_urls: Mapping[str, str] | None = setting("PROVIDER_URLS")
+    max_instances: int = setting("PLUGIN_MAX_INSTANCES")
+    max_instances_per_user: int = setting("PLUGIN_MAX_INSTANCES_PER_USER")
 
 
 class MarketService:

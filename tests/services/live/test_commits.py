@@ -153,7 +153,7 @@ async def test_a_poller_whose_commit_meets_another_holder_stops(redis: RedisClie
     channel = Channel.parse("sim:sim:SIM/USD:1m")
     poller = Poller(channel, markets=FakeMarkets(plugin),  # type: ignore[arg-type]
                     out=hub, store=StateStore(broadcast), db=None,
-                    settings=PollSettings(default_interval=0.05))
+                    settings=PollSettings(intervals={}, default_interval=0.05, revision_seconds=0.0))
     lease = Lease(broadcast, channel.name, "me", 60.0)  # renewed every 20 s: only the fence sees it
     assert await lease.acquire()
     task = asyncio.create_task(poller.run(lease))

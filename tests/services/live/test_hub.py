@@ -74,7 +74,7 @@ async def test_a_poller_renews_its_own_lease_and_stops_when_it_loses_it(redis: R
     plugin.answer = [bar(1_700_000_040_000, 1.0)]
     poller = Poller(Channel.parse(CHANNEL), markets=FakeMarkets(plugin),  # type: ignore[arg-type]
                     out=Out(), store=StateStore(broadcast), db=None,
-                    settings=PollSettings(default_interval=0.05))
+                    settings=PollSettings(intervals={}, default_interval=0.05, revision_seconds=0.0))
     lease = Lease(broadcast, CHANNEL, "a", TTL)
     assert await lease.acquire()
     task = asyncio.create_task(poller.run(lease))

@@ -106,7 +106,7 @@ def setup(monkeypatch: pytest.MonkeyPatch) -> tuple[Poller, FakePlugin, FakeDb, 
     worker = Poller(
         Channel("sim", "sim", "SIM/USD", "1m"), markets=FakeMarkets(plugin),  # type: ignore[arg-type]
         out=out, store=store(), db=db,
-        settings=PollSettings(default_interval=1.0, close_delay=0.5, revision_seconds=120.0),
+        settings=PollSettings(intervals={}, default_interval=1.0, close_delay=0.5, revision_seconds=120.0),
     )
     return worker, plugin, db, out.frames, clock
 
