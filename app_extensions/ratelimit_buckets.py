@@ -84,7 +84,9 @@ class LocalGcra:
 
 
 @dataclass(slots=True)
-class Lease:
+class TokenLease:
+    """Tokens taken at once from one client's Redis bucket, spent here until ``expires``."""
+
     tokens: int = 0
     expires: float = 0.0
     #: Redis's remaining count right after this lease was taken.
@@ -104,7 +106,7 @@ class LeasedBuckets:
     def __init__(self, take: TakeFn, lease_seconds: float = LEASE_SECONDS) -> None:
         self._take = take
         self.lease_seconds = lease_seconds
-        self._leases: OrderedDict[str, Lease] = OrderedDict()
+        self._leases: OrderedDict[str, TokenLease] = OrderedDict()
         #: key -> monotonic time before which the key is refused (Redis said so).
         self.refused: dict[str, float] = {}
 
@@ -146,7 +148,7 @@ class LeasedBuckets:
                 return decision
             lease = self._leases.get(key)
             if lease is None:
-                lease = self._leases[key] = Lease()
+                lease = self._leases[key] = TokenLease()
                 while len(self._leases) > LOCAL_MAX_KEYS:
                     self._leases.popitem(last=False)
             if lease.pending is not None:  # another request of this client is leasing: share it
@@ -154,7 +156,7 @@ class LeasedBuckets:
                 continue
             await self._renew(key, limit, lease, time.monotonic())
 
-    async def _renew(self, key: str, limit: Limit, lease: Lease, now: float) -> None:
+    async def _renew(self, key: str, limit: Limit, lease: TokenLease, now: float) -> None:
         # Size the lease for what this client spent per second since the last one, so that it
         # lasts about half the lease time: a slow client leases one token at a time.
         elapsed = now - lease.leased_at

@@ -15,7 +15,7 @@ is ``Parked`` and gives its runner slot to other jobs (the manager queues it aga
 also holds what the runner passes around: settings, progress, fetched chunks, the writers' turns.
 
 Public names (stable): ``ChunkRunner``, ``BackfillSettings``, ``Progress``, ``ProgressCallback``,
-``JobRef``, ``LeaseLost``, ``readable``.
+``JobRef``, ``JobLeaseLost``, ``readable``.
 """
 
 from __future__ import annotations
@@ -48,8 +48,15 @@ from services.bars.sources import RevisionSink
 from services.settings import setting
 from services.upstream.breaker import ProviderCircuitOpen
 
-__all__ = ["BackfillSettings", "ChunkRunner", "JobRef", "LeaseLost", "Progress", "ProgressCallback",
-           "readable"]
+__all__ = [
+    "BackfillSettings",
+    "ChunkRunner",
+    "JobLeaseLost",
+    "JobRef",
+    "Progress",
+    "ProgressCallback",
+    "readable",
+]
 log = logging.getLogger(__name__)
 #: Calls one chunk may make while paging (a chunk normally needs one).
 _CHUNK_CALL_BUDGET = 1_000
@@ -60,7 +67,7 @@ _QUEUE_PER_FETCHER = 4
 _WRITES_IN_FLIGHT = 2
 
 
-class LeaseLost(Exception):
+class JobLeaseLost(Exception):
     """Another runner owns the job now (our lease expired); stop working on it."""
 
 
@@ -422,4 +429,4 @@ class ChunkRunner:
             if complete:
                 await storage.record_complete(conn, series, complete)
             if job is not None and not await jobs.add_progress(conn, job.id, job.owner, *progress):
-                raise LeaseLost(job.id)
+                raise JobLeaseLost(job.id)

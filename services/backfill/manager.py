@@ -40,8 +40,8 @@ from services.backfill import jobs
 from services.backfill.chunks import (
     BackfillSettings,
     ChunkRunner,
+    JobLeaseLost,
     JobRef,
-    LeaseLost,
     Parked,
     Progress,
     ProgressCallback,
@@ -135,13 +135,13 @@ class BackfillManager:
                 await self.check_series(job.series)
             async with self.db.acquire() as conn:
                 if not await jobs.set_plan(conn, job.id, owner, len(chunks)):
-                    raise LeaseLost(job.id)
+                    raise JobLeaseLost(job.id)
             await self.chunks.run(job.series, chunks, Progress(len(chunks)), ref, None)
             unserved = await self.unserved(job.series, job.start_ms, job.end_ms)
             if unserved is not None:  # not "done" while /gaps shows the range missing
                 raise unserved
             error = None
-        except LeaseLost:
+        except JobLeaseLost:
             log.info("backfill job %s: lease lost, another runner has it", job.id)
             return
         except Parked as parked:
