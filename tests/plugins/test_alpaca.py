@@ -10,7 +10,6 @@ import pytest
 import pytest_asyncio
 from prometheus_client import REGISTRY
 
-from config import TestingConfig
 from core.errors import (
     AppError,
     AuthenticationPluginError,
@@ -22,11 +21,11 @@ from core.errors import (
     UnknownSymbol,
 )
 from core.timeframes import DAY_MS, HOUR_MS, MINUTE_MS, WEEK_MS, resample
-from plugins.alpaca import AlpacaPlugin
-from plugins.alpaca_wire import parse_ts, rfc3339
+from plugins.alpaca import AlpacaPlugin, parse_ts, rfc3339
 from tests.support.exchange_emulator import ExchangeEmulator, fixtures
 from tests.support.exchange_emulator.candles import in_session
 from tests.support.exchange_emulator.checks import NO_LEAKS, assert_same_bars
+from tests.support.plugin_settings import EMULATOR, plugin_settings
 
 pytestmark = NO_LEAKS
 emulator = fixtures.emulator
@@ -35,19 +34,12 @@ BARS = "/v2/stocks/AAPL/bars"
 ALPACA_TF = {"1m": "1Min", "5m": "5Min", "1h": "1Hour", "1d": "1Day", "1w": "1Week"}
 
 
-def options(**overrides: Any) -> dict[str, Any]:
-    cfg = TestingConfig().as_dict()
-    cfg.update(PROVIDER_TIMEOUT=2.0, PROVIDER_RETRIES=2, PROVIDER_RETRY_MAX_WAIT=0.05,
-               ALPACA_API_KEY_ID="key", ALPACA_API_SECRET_KEY="secret")
-    cfg.update(overrides)
-    return cfg
-
 
 @pytest_asyncio.fixture
 async def plugin(emulator: ExchangeEmulator) -> AsyncIterator[AlpacaPlugin]:
-    creds, testnet = AlpacaPlugin.settings_from_config("alpaca", options())
+    creds, testnet = AlpacaPlugin.settings_from_config("alpaca", plugin_settings(EMULATOR))
     p = AlpacaPlugin("alpaca", credentials=creds, testnet=testnet, base_url=emulator.url,
-                     options=options())
+                     settings=plugin_settings(EMULATOR))
     try:
         yield p
     finally:
@@ -195,11 +187,11 @@ async def test_close_is_idempotent_and_reopens(plugin: AlpacaPlugin) -> None:
 
 
 def test_configuration_and_time_helpers() -> None:
-    (info,) = AlpacaPlugin.list_configurable_providers(options())
+    (info,) = AlpacaPlugin.list_configurable_providers(plugin_settings(EMULATOR))
     assert (info.provider, info.requires_credentials, info.configured) == ("alpaca", True, True)
-    (bare,) = AlpacaPlugin.list_configurable_providers(options(ALPACA_API_KEY_ID=""))
+    (bare,) = AlpacaPlugin.list_configurable_providers(plugin_settings(EMULATOR, ALPACA_API_KEY_ID=""))
     assert not bare.configured
-    assert AlpacaPlugin.settings_from_config("alpaca", options()) == (
+    assert AlpacaPlugin.settings_from_config("alpaca", plugin_settings(EMULATOR)) == (
         {"key_id": "key", "secret_key": "secret"}, False)
     assert parse_ts("2024-01-01T14:30:00.123456789Z") == T0 + 14 * HOUR_MS + 30 * MINUTE_MS + 123
     assert parse_ts("2024-01-01T09:30:00-05:00") == T0 + 14 * HOUR_MS + 30 * MINUTE_MS

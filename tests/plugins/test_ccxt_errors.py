@@ -18,7 +18,9 @@ from core.errors import (
 )
 from plugins.ccxt_errors import TRANSLATIONS, retry_after_of, translate
 from plugins.retry import RetryPolicy, parse_retry_after
+from plugins.sim import SimPlugin
 from tests.support.exchange_emulator.checks import NO_LEAKS
+from tests.support.plugin_settings import plugin_settings
 
 pytestmark = NO_LEAKS
 RETRIES = 3
@@ -121,10 +123,10 @@ async def test_retry_after_is_honoured_and_capped() -> None:
 
 
 def test_retry_policy_from_config() -> None:
-    policy = RetryPolicy.from_config("binance", {"PROVIDER_RETRIES": 5,
-                                                 "PROVIDER_RETRY_MAX_WAIT": 2.5})
+    policy = SimPlugin("sim", settings=plugin_settings(PROVIDER_RETRIES=5,
+                                                       PROVIDER_RETRY_MAX_WAIT=2.5)).retry
     assert (policy.retries, policy.max_wait) == (5, 2.5)
-    assert RetryPolicy.from_config("binance", {}).retries == 3
+    assert SimPlugin("sim", settings=plugin_settings()).retry.retries == 3
 
 
 @pytest.mark.parametrize("raw", ["inf", "-inf", "nan", "Infinity"])
