@@ -94,12 +94,9 @@ class AlpacaPlugin(MarketPlugin):
 
     def __init__(self, provider_id: str, **kwargs: Any) -> None:
         super().__init__(provider_id, **kwargs)
-        self.timeout = self.settings.timeout
         # A user's own key: no feed is sent, so Alpaca answers from the best feed that account's
         # subscription allows (sip with a paid plan, else iex), as its API documents.
         self.feed = None if self.user_instance else self.settings.alpaca_feed
-        self.adjustment = self.settings.alpaca_adjustment
-        self.symbols_ttl = self.settings.symbols_ttl
         base = self.base_url.rstrip("/") if self.base_url else None
         self.data_url = base or DATA_URL
         self.trading_url = base or (PAPER_TRADING_URL if self.testnet else TRADING_URL)
@@ -147,7 +144,8 @@ class AlpacaPlugin(MarketPlugin):
         return {"feed": self.feed} if self.feed else {}
 
     def _adjustment(self) -> dict[str, str]:
-        return {"adjustment": self.adjustment} if self.adjustment else {}
+        adjustment = self.settings.alpaca_adjustment
+        return {"adjustment": adjustment} if adjustment else {}
 
     # --- HTTP ----------------------------------------------------------------------------------
     async def _session_ready(self) -> aiohttp.ClientSession:
@@ -158,7 +156,7 @@ class AlpacaPlugin(MarketPlugin):
                     headers["APCA-API-KEY-ID"] = self.credentials.get("key_id", "")
                     headers["APCA-API-SECRET-KEY"] = self.credentials.get("secret_key", "")
                 self._session = aiohttp.ClientSession(
-                    headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout))
+                    headers=headers, timeout=aiohttp.ClientTimeout(total=self.settings.timeout))
             return self._session
 
     async def close(self) -> None:
@@ -179,7 +177,7 @@ class AlpacaPlugin(MarketPlugin):
                 status, headers = resp.status, dict(resp.headers)
                 text = await resp.text(errors="replace")
         except TimeoutError as exc:
-            raise NetworkPluginError(f"alpaca: timed out after {self.timeout}s") from exc
+            raise NetworkPluginError(f"alpaca: timed out after {self.settings.timeout}s") from exc
         except aiohttp.ClientError as exc:
             raise NetworkPluginError(f"alpaca: unreachable ({type(exc).__name__})") from exc
         if status >= 400:
@@ -217,7 +215,7 @@ class AlpacaPlugin(MarketPlugin):
     # --- Data ----------------------------------------------------------------------------------
     async def _known_symbols(self) -> frozenset[str]:
         cached = self._symbols
-        if cached is not None and time.monotonic() - cached[0] <= self.symbols_ttl:
+        if cached is not None and time.monotonic() - cached[0] <= self.settings.symbols_ttl:
             return cached[1]
         symbols = await self.retry.call(self._fetch_assets)
         self._symbols = (time.monotonic(), symbols)

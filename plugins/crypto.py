@@ -47,9 +47,8 @@ class CryptoPlugin(MarketPlugin):
 
     def __init__(self, provider_id: str, **kwargs: Any) -> None:
         super().__init__(provider_id, **kwargs)
-        self.timeout = self.settings.timeout
+        #: CCXT market types loaded (``CCXT_MARKET_TYPES``); the first is CCXT's default type.
         self.market_types = self.settings.market_types
-        self.markets_ttl = self.settings.symbols_ttl
         self._exchange: Any = None
         self._markets_at = 0.0
         self._lock = asyncio.Lock()
@@ -84,7 +83,7 @@ class CryptoPlugin(MarketPlugin):
         if cls is None:
             raise UnknownProvider(f"{self.provider_id!r} is not a CCXT exchange id")
         throttle = not self.capabilities.extra.get("weights")
-        exchange = cls({"enableRateLimit": throttle, "timeout": int(self.timeout * 1000),
+        exchange = cls({"enableRateLimit": throttle, "timeout": int(self.settings.timeout * 1000),
                         **self.credentials})
         fetch_markets = exchange.options.get("fetchMarkets")
         if isinstance(fetch_markets, dict) and isinstance(fetch_markets.get("types"), list):
@@ -113,14 +112,14 @@ class CryptoPlugin(MarketPlugin):
                 except ccxt.BaseError as exc:
                     raise translate(exc, self.provider_id) from exc
             exchange = self._exchange
-            if time.monotonic() - self._markets_at > self.markets_ttl or not exchange.markets:
+            if time.monotonic() - self._markets_at > self.settings.symbols_ttl or not exchange.markets:
                 await self._load_markets(exchange)
             return exchange
 
     async def _load_markets(self, exchange: Any) -> None:
         key, now = self._markets_key(), time.monotonic()
         shared = _MARKETS.get(key)
-        if shared is not None and now - shared[0] <= self.markets_ttl:
+        if shared is not None and now - shared[0] <= self.settings.symbols_ttl:
             exchange.set_markets(shared[1], shared[2])
             self._markets_at = shared[0]
             return

@@ -8,16 +8,13 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from prometheus_client import REGISTRY
 
 from core.errors import (
     AppError,
     AuthenticationPluginError,
-    MalformedResponseError,
     NetworkPluginError,
     PluginError,
     PluginFeatureNotSupportedError,
-    RateLimitedPluginError,
     UnknownSymbol,
 )
 from core.timeframes import DAY_MS, HOUR_MS, MINUTE_MS, WEEK_MS, resample
@@ -25,14 +22,13 @@ from plugins.alpaca import AlpacaPlugin, parse_ts, rfc3339
 from tests.support.exchange_emulator import ExchangeEmulator, fixtures
 from tests.support.exchange_emulator.candles import in_session
 from tests.support.exchange_emulator.checks import NO_LEAKS, assert_same_bars
-from tests.support.plugin_settings import EMULATOR, plugin_settings
+from tests.support.plugin_kit import EMULATOR, TEMPORARY_FAULTS, plugin_settings, retries, slow_down
 
 pytestmark = NO_LEAKS
 emulator = fixtures.emulator
 T0 = 1_704_067_200_000  # Monday 2024-01-01 00:00 UTC
 BARS = "/v2/stocks/AAPL/bars"
 ALPACA_TF = {"1m": "1Min", "5m": "5Min", "1h": "1Hour", "1d": "1Day", "1w": "1Week"}
-
 
 
 @pytest_asyncio.fixture
@@ -119,30 +115,18 @@ async def test_until_is_exclusive(plugin: AlpacaPlugin) -> None:
     assert [b[0] for b in bars] == [start + i * MINUTE_MS for i in range(10)]
 
 
-@pytest.mark.parametrize("fault,error", [
-    ({"status": 429, "retry_after": 1}, RateLimitedPluginError),
-    ({"status": 500}, NetworkPluginError),
-    ({"status": 502}, NetworkPluginError),
-    ({"status": 503}, NetworkPluginError),
-    ({"status": 504}, NetworkPluginError),
-    ({"delay": 2.0}, NetworkPluginError),
-    ({"drop": True}, NetworkPluginError),
-    ({"malformed": "json"}, MalformedResponseError),
-    ({"malformed": "invalid"}, MalformedResponseError),
-    ({"malformed": "html"}, MalformedResponseError),
-])
+@pytest.mark.parametrize("fault,error", [*TEMPORARY_FAULTS, ({"drop": True}, NetworkPluginError)])
 async def test_temporary_faults_are_retried_then_raised(
     plugin: AlpacaPlugin, emulator: ExchangeEmulator, fault: dict[str, Any], error: type[AppError]
 ) -> None:
-    if "delay" in fault:
-        plugin.timeout = 0.3  # read when the client is made (first call below); delay is 2 s
+    slow_down(plugin, fault)
     await plugin.fetch_symbols()
     emulator.inject("/v2/stocks/*/bars", times=None, **fault)
-    before = REGISTRY.get_sample_value("provider_retries_total", {"provider": "alpaca"}) or 0.0
+    before = retries("alpaca")
     with pytest.raises(error) as info:
         await plugin.fetch_ohlcv("AAPL", "1h", T0, 10, T0 + DAY_MS)
     assert info.value.temporary and info.value.status == 503
-    after = REGISTRY.get_sample_value("provider_retries_total", {"provider": "alpaca"})
+    after = retries("alpaca")
     assert after == before + 2
     # aiohttp itself re-sends an idempotent request once after a dropped connection.
     assert emulator.calls(BARS) == (6 if fault.get("drop") else 3)

@@ -15,7 +15,7 @@ from plugins.ccxt_stream import KlineStreams, KlineUpdate, rebase_ws_urls, strea
 from tests.support.exchange_emulator import ExchangeEmulator, fixtures
 from tests.support.exchange_emulator.candles import minute_candle
 from tests.support.exchange_emulator.checks import NO_LEAKS
-from tests.support.plugin_settings import stream_settings
+from tests.support.plugin_kit import stream_settings
 
 pytestmark = NO_LEAKS
 emulator = fixtures.emulator

@@ -8,12 +8,10 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from prometheus_client import REGISTRY
 
 from core.errors import (
     AppError,
     AuthenticationPluginError,
-    MalformedResponseError,
     NetworkPluginError,
     PluginError,
     PluginFeatureNotSupportedError,
@@ -26,17 +24,12 @@ from plugins.crypto import CryptoPlugin
 from tests.support.exchange_emulator import ExchangeEmulator, fixtures
 from tests.support.exchange_emulator.checks import NO_LEAKS, assert_same_bars, fetch_klines
 from tests.support.helpers import clear_shared_markets
-from tests.support.plugin_settings import EMULATOR, plugin_settings
+from tests.support.plugin_kit import EMULATOR, TEMPORARY_FAULTS, plugin_settings, retries, slow_down
 
 pytestmark = NO_LEAKS
 emulator = fixtures.emulator
 T0 = 1_704_067_200_000  # Monday 2024-01-01 00:00 UTC
 KLINES = "/api/v3/klines"
-
-
-
-def retries(provider: str) -> float:
-    return REGISTRY.get_sample_value("provider_retries_total", {"provider": provider}) or 0.0
 
 
 @pytest_asyncio.fixture
@@ -113,22 +106,11 @@ async def test_maintenance_gap_is_skipped_and_empty_window_is_not_an_error(
 
 
 @pytest.mark.parametrize("fault,error", [
-    ({"status": 429, "retry_after": 1}, RateLimitedPluginError),
-    ({"status": 418, "retry_after": 1}, RateLimitedPluginError),
-    ({"status": 500}, NetworkPluginError),
-    ({"status": 502}, NetworkPluginError),
-    ({"status": 503}, NetworkPluginError),
-    ({"status": 504}, NetworkPluginError),
-    ({"delay": 2.0}, NetworkPluginError),
-    ({"malformed": "json"}, MalformedResponseError),
-    ({"malformed": "invalid"}, MalformedResponseError),
-    ({"malformed": "html"}, MalformedResponseError),
-])
+    *TEMPORARY_FAULTS, ({"status": 418, "retry_after": 1}, RateLimitedPluginError)])  # Binance's ban
 async def test_temporary_faults_are_retried_then_raised(
     plugin: CryptoPlugin, emulator: ExchangeEmulator, fault: dict[str, Any], error: type[AppError]
 ) -> None:
-    if "delay" in fault:
-        plugin.timeout = 0.3  # read when the client is made (first call below); delay is 2 s
+    slow_down(plugin, fault)
     await plugin.fetch_symbols()
     emulator.inject(KLINES, times=None, **fault)
     before = retries("binance")

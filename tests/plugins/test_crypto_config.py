@@ -18,12 +18,11 @@ from services.upstream.market_service import MarketService
 from tests.support.exchange_emulator import ExchangeEmulator, fixtures
 from tests.support.exchange_emulator.checks import NO_LEAKS
 from tests.support.helpers import clear_shared_markets
-from tests.support.plugin_settings import EMULATOR, plugin_config, plugin_settings
+from tests.support.plugin_kit import EMULATOR, plugin_config, plugin_settings
 
 pytestmark = NO_LEAKS
 emulator = fixtures.emulator
 T0 = 1_704_067_200_000  # Monday 2024-01-01 00:00 UTC
-
 
 
 def test_rebase_urls_keeps_paths_and_nested_families() -> None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from core.errors import UnknownSymbol
 from core.timeframes import DAY_MS, HOUR_MS, MINUTE_MS, resample
 from plugins.sim import DECIMALS, HISTORY_START_MS, SYMBOLS, SimPlugin, _price, closed_bars, round6, sim_bar
-from tests.support.plugin_settings import plugin_settings
+from tests.support.plugin_kit import plugin_settings
 
 T0 = 1_700_006_400_000  # a day boundary
 SETTINGS = plugin_settings()

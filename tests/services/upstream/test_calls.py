@@ -13,7 +13,7 @@ from plugins.base import Capabilities
 from plugins.sim import HISTORY_START_MS, SimPlugin
 from services.upstream.budget import ProviderBudget
 from services.upstream.calls import LISTING_GAP_MS, ProviderCalls
-from tests.support.plugin_settings import plugin_settings
+from tests.support.plugin_kit import plugin_settings
 
 SERIES = Series("sim", "sim", "SIM/USD")
 SETTINGS = plugin_settings()

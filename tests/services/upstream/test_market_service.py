@@ -16,7 +16,7 @@ from services.upstream.budget import ProviderBudget
 from services.upstream.calls import ProviderCalls
 from services.upstream.credentials import UserCredentials
 from services.upstream.market_service import MarketService, credentials_marker
-from tests.support.plugin_settings import plugin_settings
+from tests.support.plugin_kit import plugin_settings
 from tests.support.ws import wait_for
 
 SETTINGS = plugin_settings()
