@@ -36,7 +36,7 @@ from services.udf import UdfService
 from services.upstream.breaker import BreakerSettings, CircuitBreaker
 from services.upstream.budget import ProviderBudget
 from services.upstream.calls import ProviderCalls
-from services.upstream.market_service import MarketService
+from services.upstream.market_service import MarketService, plugin_settings
 from services.upstream.tickers import TickerService
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class Services:
         self.step_timeout = float(config["SHUTDOWN_TIMEOUT"])
         try:
             warming = warmup_settings(config)
+            plugins = plugin_settings(config)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
         db, redis = self.database, self.redis
@@ -85,7 +86,7 @@ class Services:
         self.budget = ProviderBudget(config, redis)
         self.breaker = CircuitBreaker(BreakerSettings.from_config(config), redis)
         self.calls = ProviderCalls(self.budget, self.breaker)
-        self.markets = MarketService(loader, dict(config), self.calls)
+        self.markets = MarketService(loader, dict(config), self.calls, plugins)
         redis_cache = RedisCache(redis, int(config["CACHE_TTL_CLOSED"]),
                                  int(float(config["CACHE_RECENT_SECONDS"]) * 1000))
         cache = BestEffortCache(redis_cache)

@@ -26,6 +26,7 @@ from bench.common import drop_bench_data
 from config import TestingConfig
 from core.timeframes import MINUTE_MS
 from plugins.crypto import CryptoPlugin
+from services.upstream.market_service import plugin_settings
 from tests.support.exchange_emulator import ExchangeEmulator
 
 START = 1_704_067_200_000  # 2024-01-01 00:00 UTC
@@ -69,7 +70,7 @@ async def cleanup(database_url: str, schema: str, redis_url: str, prefix: str) -
 
 
 async def through_plugin(emu: ExchangeEmulator, bars: int, minimum: int) -> None:
-    plugin = CryptoPlugin("binance", base_url=emu.url, options=TestingConfig().as_dict())
+    plugin = CryptoPlugin("binance", base_url=emu.url, settings=plugin_settings(TestingConfig().as_dict()))
     end, per_call = START + bars * MINUTE_MS, plugin.capabilities.max_bars_per_call
     try:
         await plugin.fetch_symbols()  # markets are loaded once per process, not per request

@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import re
 import time
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -30,12 +32,9 @@ from core.errors import (
     RateLimitedPluginError,
     UnknownSymbol,
 )
-from core.timeframes import Bar
-from plugins.alpaca_wire import num as _num
-from plugins.alpaca_wire import parse_bar, parse_ts, rfc3339
-from plugins.alpaca_wire import positive as _positive
-from plugins.base import Capabilities, MarketPlugin, ProviderInfo, SymbolMeta, Ticker
-from plugins.retry import RetryPolicy, parse_retry_after
+from core.timeframes import Bar, bucket_start
+from plugins.base import Capabilities, MarketPlugin, PluginSettings, ProviderInfo, SymbolMeta, Ticker
+from plugins.retry import parse_retry_after
 
 DATA_URL = "https://data.alpaca.markets"
 TRADING_URL = "https://api.alpaca.markets"
@@ -46,6 +45,47 @@ TIMEFRAMES = {"1m": "1Min", "3m": "3Min", "5m": "5Min", "15m": "15Min", "30m": "
 MAX_PAGE = 10_000
 CAPABILITIES = Capabilities(max_bars_per_call=MAX_PAGE, timeframes=tuple(TIMEFRAMES),
                             min_poll_interval=2.0, continuous=False)
+
+# --- Wire formats: RFC-3339 timestamps and bar/number fields, parsed strictly (a value of the
+# wrong type raises ``ValueError``, which the plugin reports as a malformed response).
+_FRACTION = re.compile(r"(\.\d{1,6})\d*")
+
+
+def rfc3339(ms: int) -> str:
+    """Whole-second RFC-3339 UTC timestamp of ``ms`` (rounded down)."""
+    return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_ts(raw: Any) -> int:
+    """Milliseconds of an Alpaca RFC-3339 timestamp (nanosecond fractions allowed)."""
+    if not isinstance(raw, str):
+        raise ValueError(f"timestamp is {type(raw).__name__}")
+    dt = datetime.fromisoformat(_FRACTION.sub(r"\1", raw.replace("Z", "+00:00")))
+    if dt.tzinfo is None:
+        raise ValueError("timestamp without a zone")
+    return int(dt.timestamp() * 1000)
+
+
+def _num(x: Any) -> float:
+    """``x`` as a float; a bool or a non-number raises ``ValueError``."""
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        raise ValueError(f"not a number: {x!r}")
+    return float(x)
+
+
+def parse_bar(raw: Any, timeframe: str) -> Bar:
+    """``{"t", "o", "h", "l", "c", "v"}`` to ``[ts, o, h, l, c, v]`` in our UTC bucket."""
+    if not isinstance(raw, dict):
+        raise ValueError("bar is not an object")
+    ts = bucket_start(parse_ts(raw.get("t")), timeframe)
+    return [ts, *(_num(raw.get(k)) for k in ("o", "h", "l", "c", "v"))]
+
+
+def _positive(x: Any) -> float | None:
+    """Alpaca reports an empty book side as 0."""
+    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) and x > 0 else None
+
+
 class AlpacaPlugin(MarketPlugin):
     """US stock bars, symbols and tickers from Alpaca."""
 
@@ -54,14 +94,9 @@ class AlpacaPlugin(MarketPlugin):
 
     def __init__(self, provider_id: str, **kwargs: Any) -> None:
         super().__init__(provider_id, **kwargs)
-        self.timeout = float(self.options.get("PROVIDER_TIMEOUT", 10.0))
         # A user's own key: no feed is sent, so Alpaca answers from the best feed that account's
         # subscription allows (sip with a paid plan, else iex), as its API documents.
-        self.feed = None if self.options.get("USER_INSTANCE") else str(
-            self.options.get("ALPACA_FEED") or "iex")
-        self.adjustment = str(self.options.get("ALPACA_ADJUSTMENT") or "raw")
-        self.symbols_ttl = float(self.options.get("CACHE_TTL_SYMBOLS", 3600))
-        self.retry = RetryPolicy.from_config(provider_id, self.options)
+        self.feed = None if self.user_instance else self.settings.alpaca_feed
         base = self.base_url.rstrip("/") if self.base_url else None
         self.data_url = base or DATA_URL
         self.trading_url = base or (PAPER_TRADING_URL if self.testnet else TRADING_URL)
@@ -71,25 +106,27 @@ class AlpacaPlugin(MarketPlugin):
 
     # --- Configuration -------------------------------------------------------------------------
     @classmethod
-    def list_configurable_providers(cls, config: dict[str, Any]) -> list[ProviderInfo]:
+    def list_configurable_providers(cls, settings: PluginSettings) -> list[ProviderInfo]:
         """``alpaca``: needs ``ALPACA_API_KEY_ID`` and ``ALPACA_API_SECRET_KEY``."""
-        creds, _ = cls.settings_from_config("alpaca", config)
+        creds, _ = cls.settings_from_config("alpaca", settings)
         return [ProviderInfo(provider="alpaca", requires_credentials=True,
                              configured=bool(creds), timeframes=list(TIMEFRAMES))]
 
     @classmethod
-    def missing_settings(cls, provider_id: str, config: dict[str, Any]) -> list[str]:
+    def missing_settings(cls, provider_id: str, settings: PluginSettings) -> list[str]:
         """Alpaca's data API needs a key: ``ALPACA_API_KEY_ID`` and ``ALPACA_API_SECRET_KEY``."""
-        return [k for k in ("ALPACA_API_KEY_ID", "ALPACA_API_SECRET_KEY") if not config.get(k)]
+        given = {"ALPACA_API_KEY_ID": settings.alpaca_key_id,
+                 "ALPACA_API_SECRET_KEY": settings.alpaca_secret_key}
+        return [name for name, value in given.items() if not value]
 
     @classmethod
     def settings_from_config(
-        cls, provider_id: str, config: dict[str, Any]
+        cls, provider_id: str, settings: PluginSettings
     ) -> tuple[dict[str, str], bool]:
-        """API key id and secret from the config; Alpaca's data API has no testnet."""
-        key, secret = config.get("ALPACA_API_KEY_ID"), config.get("ALPACA_API_SECRET_KEY")
+        """API key id and secret from the settings; Alpaca's data API has no testnet."""
+        key, secret = settings.alpaca_key_id, settings.alpaca_secret_key
         if key and secret:
-            return {"key_id": str(key), "secret_key": str(secret)}, False
+            return {"key_id": key, "secret_key": secret}, False
         return {}, False
 
     @classmethod
@@ -106,6 +143,10 @@ class AlpacaPlugin(MarketPlugin):
     def _feed(self) -> dict[str, str]:
         return {"feed": self.feed} if self.feed else {}
 
+    def _adjustment(self) -> dict[str, str]:
+        adjustment = self.settings.alpaca_adjustment
+        return {"adjustment": adjustment} if adjustment else {}
+
     # --- HTTP ----------------------------------------------------------------------------------
     async def _session_ready(self) -> aiohttp.ClientSession:
         async with self._lock:
@@ -115,7 +156,7 @@ class AlpacaPlugin(MarketPlugin):
                     headers["APCA-API-KEY-ID"] = self.credentials.get("key_id", "")
                     headers["APCA-API-SECRET-KEY"] = self.credentials.get("secret_key", "")
                 self._session = aiohttp.ClientSession(
-                    headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout))
+                    headers=headers, timeout=aiohttp.ClientTimeout(total=self.settings.timeout))
             return self._session
 
     async def close(self) -> None:
@@ -136,7 +177,7 @@ class AlpacaPlugin(MarketPlugin):
                 status, headers = resp.status, dict(resp.headers)
                 text = await resp.text(errors="replace")
         except TimeoutError as exc:
-            raise NetworkPluginError(f"alpaca: timed out after {self.timeout}s") from exc
+            raise NetworkPluginError(f"alpaca: timed out after {self.settings.timeout}s") from exc
         except aiohttp.ClientError as exc:
             raise NetworkPluginError(f"alpaca: unreachable ({type(exc).__name__})") from exc
         if status >= 400:
@@ -174,7 +215,7 @@ class AlpacaPlugin(MarketPlugin):
     # --- Data ----------------------------------------------------------------------------------
     async def _known_symbols(self) -> frozenset[str]:
         cached = self._symbols
-        if cached is not None and time.monotonic() - cached[0] <= self.symbols_ttl:
+        if cached is not None and time.monotonic() - cached[0] <= self.settings.symbols_ttl:
             return cached[1]
         symbols = await self.retry.call(self._fetch_assets)
         self._symbols = (time.monotonic(), symbols)
@@ -211,7 +252,7 @@ class AlpacaPlugin(MarketPlugin):
         if until is not None and until <= since:
             return []
         params = {"timeframe": TIMEFRAMES[timeframe], "start": rfc3339(since),
-                  "limit": str(limit), **self._feed(), "adjustment": self.adjustment,
+                  "limit": str(limit), **self._feed(), **self._adjustment(),
                   "sort": "asc"}
         if until is not None:
             params["end"] = rfc3339(until - 1)  # Alpaca's end is inclusive

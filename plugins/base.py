@@ -5,6 +5,10 @@ one ``provider_id`` (a CCXT exchange id, ``alpaca``, ``sim``) with its credentia
 MarketService caches instances and closes idle ones. Provider differences are data
 (``capabilities``), never ``if provider == ...`` branches in callers.
 
+Settings: plugins never read the app config. The service layer builds one frozen
+``PluginSettings`` from it at start-up and hands it to every instance; the defaults live with the
+settings' declaration, none here.
+
 Errors: plugins raise only ``core.errors`` classes (``PluginError`` and subclasses,
 ``UnknownSymbol``), translated from their client library with ``raise ... from exc``.
 """
@@ -12,10 +16,41 @@ Errors: plugins raise only ``core.errors`` classes (``PluginError`` and subclass
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from core.timeframes import Bar, bucket_ceil, tf_ms
+from plugins.retry import RetryPolicy
+
+
+@dataclass(frozen=True)
+class PluginSettings:
+    """The settings plugins read, typed and checked, built once from the app config by the service
+    layer (``services.upstream.market_service.plugin_settings``). Each field names its key."""
+
+    #: ``PROVIDER_TIMEOUT``: seconds one upstream HTTP request may take.
+    timeout: float
+    #: ``PROVIDER_RETRIES``: retries of a temporary upstream error after the first attempt.
+    retries: int
+    #: ``PROVIDER_RETRY_MAX_WAIT``: the longest wait (s) before one retry.
+    retry_max_wait: float
+    #: ``CACHE_TTL_SYMBOLS``: seconds a provider's markets (symbol list) are kept.
+    symbols_ttl: float
+    #: ``CCXT_EXCHANGES``: the CCXT exchange ids served, in order.
+    exchanges: tuple[str, ...]
+    #: ``CCXT_MARKET_TYPES``: CCXT market types loaded (at least one; the first is the default).
+    market_types: tuple[str, ...]
+    #: ``CCXT_CREDENTIALS``: exchange id -> ``{"apiKey", "secret", "password"?, "testnet"?}``.
+    ccxt_credentials: Mapping[str, Mapping[str, Any]]
+    #: ``ALPACA_API_KEY_ID`` and ``ALPACA_API_SECRET_KEY`` (empty: not configured).
+    alpaca_key_id: str
+    alpaca_secret_key: str
+    #: ``ALPACA_FEED`` and ``ALPACA_ADJUSTMENT``, sent with the server's bars requests.
+    alpaca_feed: str
+    alpaca_adjustment: str
+    #: ``SIM_SEED``: seed of the simulated market.
+    sim_seed: int
 
 
 @dataclass(frozen=True)
@@ -89,16 +124,22 @@ class MarketPlugin(ABC):
         self,
         provider_id: str,
         *,
+        settings: PluginSettings,
         credentials: dict[str, str] | None = None,
         testnet: bool = False,
         base_url: str | None = None,
-        options: dict[str, Any] | None = None,
+        user_instance: bool = False,
     ) -> None:
         self.provider_id = provider_id
+        self.settings = settings
         self.credentials = credentials or {}
         self.testnet = testnet
         self.base_url = base_url
-        self.options = options or {}
+        #: Built with a user's own credentials (``credentials_from_user``), not the server's.
+        self.user_instance = user_instance
+        #: The retry policy of every upstream request this instance makes.
+        self.retry = RetryPolicy(provider_id, retries=settings.retries,
+                                 max_wait=settings.retry_max_wait)
 
     @classmethod
     def get_plugin_key(cls) -> str:
@@ -110,19 +151,20 @@ class MarketPlugin(ABC):
 
     @classmethod
     @abstractmethod
-    def list_configurable_providers(cls, config: dict[str, Any]) -> list[ProviderInfo]:
-        """Providers this class can serve under ``config`` (the app config as a mapping)."""
+    def list_configurable_providers(cls, settings: PluginSettings) -> list[ProviderInfo]:
+        """Providers this class can serve under ``settings``."""
 
     @classmethod
     def settings_from_config(
-        cls, provider_id: str, config: dict[str, Any]
+        cls, provider_id: str, settings: PluginSettings
     ) -> tuple[dict[str, str], bool]:
-        """(credentials, testnet) configured for ``provider_id``; public access by default."""
+        """(credentials, testnet) the server's settings give ``provider_id``; public access by
+        default."""
         return {}, False
 
     @classmethod
-    def missing_settings(cls, provider_id: str, config: dict[str, Any]) -> list[str]:
-        """Names of the settings ``provider_id`` needs that ``config`` lacks (none by default).
+    def missing_settings(cls, provider_id: str, settings: PluginSettings) -> list[str]:
+        """Names of the settings ``provider_id`` needs that ``settings`` lack (none by default).
         A provider with some is answered at once with an error naming them, never called."""
         return []
 
@@ -131,7 +173,7 @@ class MarketPlugin(ABC):
         cls, api_key: str, secret: str, password: str | None = None
     ) -> dict[str, str]:
         """A user's stored credentials in this plugin's ``credentials`` form (CCXT's by default).
-        Instances built with them get ``options["USER_INSTANCE"] = True``."""
+        Instances built with them get ``user_instance=True``."""
         creds = {"apiKey": api_key, "secret": secret}
         if password:
             creds["password"] = password

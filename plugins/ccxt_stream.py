@@ -78,8 +78,8 @@ class KlineStreams:
     """The kline streams of one provider on this instance (one ``ccxt.pro`` exchange)."""
 
     def __init__(self, exchange_id: str, *, ws_base_url: str | None = None,
-                 rest_base_url: str | None = None, market_types: tuple[str, ...] = ("spot",),
-                 timeout: float = 10.0) -> None:
+                 rest_base_url: str | None = None, market_types: tuple[str, ...],
+                 timeout: float) -> None:
         self.exchange_id = exchange_id
         self.ws_base_url, self.rest_base_url = ws_base_url, rest_base_url
         self.market_types, self.timeout = market_types, timeout

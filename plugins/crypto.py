@@ -25,20 +25,14 @@ from core.errors import (
     UnknownSymbol,
 )
 from core.timeframes import Bar, tf_ms
-from plugins.base import Capabilities, MarketPlugin, ProviderInfo, SymbolMeta, Ticker
+from plugins.base import Capabilities, MarketPlugin, PluginSettings, ProviderInfo, SymbolMeta, Ticker
 from plugins.ccxt_errors import translate
 from plugins.ccxt_support import capabilities_for, clean_bars, exchange_class, rebase_urls
-from plugins.retry import RetryPolicy
 
 T = TypeVar("T")
 _CREDENTIAL_KEYS = ("apiKey", "secret", "password", "uid")
 #: Shared markets: (exchange id, testnet, base URL, types) -> (loaded at, markets, currencies).
 _MARKETS: dict[tuple[str, bool, str, tuple[str, ...]], tuple[float, Any, Any]] = {}
-
-
-def _csv(raw: Any) -> list[str]:
-    items = raw.split(",") if isinstance(raw, str) else list(raw or [])
-    return [str(s).strip() for s in items if str(s).strip()]
 
 
 def _truthy(raw: Any) -> bool:
@@ -53,31 +47,29 @@ class CryptoPlugin(MarketPlugin):
 
     def __init__(self, provider_id: str, **kwargs: Any) -> None:
         super().__init__(provider_id, **kwargs)
-        self.timeout = float(self.options.get("PROVIDER_TIMEOUT", 10.0))
-        self.market_types = tuple(_csv(self.options.get("CCXT_MARKET_TYPES", "spot"))) or ("spot",)
-        self.markets_ttl = float(self.options.get("CACHE_TTL_SYMBOLS", 3600))
-        self.retry = RetryPolicy.from_config(provider_id, self.options)
+        #: CCXT market types loaded (``CCXT_MARKET_TYPES``); the first is CCXT's default type.
+        self.market_types = self.settings.market_types
         self._exchange: Any = None
         self._markets_at = 0.0
         self._lock = asyncio.Lock()
 
     # --- Configuration -------------------------------------------------------------------------
     @classmethod
-    def list_configurable_providers(cls, config: dict[str, Any]) -> list[ProviderInfo]:
+    def list_configurable_providers(cls, settings: PluginSettings) -> list[ProviderInfo]:
         """The exchanges of ``CCXT_EXCHANGES``; public market data needs no credentials, so each
         is usable (``configured``) without them."""
         return [
             ProviderInfo(provider=ex, requires_credentials=False, configured=True,
                          timeframes=list(capabilities_for(ex).timeframes))
-            for ex in _csv(config.get("CCXT_EXCHANGES", ""))
+            for ex in settings.exchanges
         ]
 
     @classmethod
     def settings_from_config(
-        cls, provider_id: str, config: dict[str, Any]
+        cls, provider_id: str, settings: PluginSettings
     ) -> tuple[dict[str, str], bool]:
         """Credentials and testnet flag from ``CCXT_CREDENTIALS[provider_id]``."""
-        entry = (config.get("CCXT_CREDENTIALS") or {}).get(provider_id) or {}
+        entry = settings.ccxt_credentials.get(provider_id) or {}
         creds = {k: str(entry[k]) for k in _CREDENTIAL_KEYS if entry.get(k)}
         return creds, _truthy(entry.get("testnet", False))
 
@@ -91,7 +83,7 @@ class CryptoPlugin(MarketPlugin):
         if cls is None:
             raise UnknownProvider(f"{self.provider_id!r} is not a CCXT exchange id")
         throttle = not self.capabilities.extra.get("weights")
-        exchange = cls({"enableRateLimit": throttle, "timeout": int(self.timeout * 1000),
+        exchange = cls({"enableRateLimit": throttle, "timeout": int(self.settings.timeout * 1000),
                         **self.credentials})
         fetch_markets = exchange.options.get("fetchMarkets")
         if isinstance(fetch_markets, dict) and isinstance(fetch_markets.get("types"), list):
@@ -120,14 +112,14 @@ class CryptoPlugin(MarketPlugin):
                 except ccxt.BaseError as exc:
                     raise translate(exc, self.provider_id) from exc
             exchange = self._exchange
-            if time.monotonic() - self._markets_at > self.markets_ttl or not exchange.markets:
+            if time.monotonic() - self._markets_at > self.settings.symbols_ttl or not exchange.markets:
                 await self._load_markets(exchange)
             return exchange
 
     async def _load_markets(self, exchange: Any) -> None:
         key, now = self._markets_key(), time.monotonic()
         shared = _MARKETS.get(key)
-        if shared is not None and now - shared[0] <= self.markets_ttl:
+        if shared is not None and now - shared[0] <= self.settings.symbols_ttl:
             exchange.set_markets(shared[1], shared[2])
             self._markets_at = shared[0]
             return

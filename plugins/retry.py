@@ -1,10 +1,11 @@
 """Retries of temporary upstream errors, shared by the plugins' fetch methods.
 
-Public names (stable): ``RetryPolicy`` (``from_config``, ``wait_seconds``, ``call``),
+Public names (stable): ``RetryPolicy`` (``wait_seconds``, ``call``),
 ``parse_retry_after``, ``is_temporary``.
 
 Only errors with ``temporary == True`` (``NetworkPluginError`` and subclasses) are retried, at most
-``PROVIDER_RETRIES`` times after the first attempt (or, with ``patience``, for that many seconds),
+``retries`` times (``PROVIDER_RETRIES``; each plugin instance builds its policy from its settings)
+after the first attempt (or, with ``patience``, for that many seconds),
 with exponential backoff and full jitter, and never sooner than the exchange said (``retry_after``,
 from ``Retry-After``); every wait is capped by ``max_wait`` (``PROVIDER_RETRY_MAX_WAIT``) so one
 request never stalls for a ban's full length. The error is re-raised when attempts run out.
@@ -66,25 +67,22 @@ def is_temporary(exc: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How one provider's calls are retried; built from the app config."""
+    """How one provider's calls are retried: ``retries`` times or, with ``patience``, for that
+    many seconds (exactly one of the two is given)."""
 
     provider: str
-    retries: int = 3
-    max_wait: float = 10.0
+    #: The longest wait (s) before one retry, whatever the exchange asked.
+    max_wait: float
+    #: Retries after the first attempt.
+    retries: int | None = None
+    #: Scale (s) of the exponential backoff.
     base_wait: float = 0.25
-    #: When set, retry for this many seconds instead of ``retries`` times.
+    #: Retry for this many seconds instead of ``retries`` times.
     patience: float | None = None
 
-    @classmethod
-    def from_config(cls, provider: str, config: dict[str, Any]) -> RetryPolicy:
-        """Read ``PROVIDER_RETRIES`` and ``PROVIDER_RETRY_MAX_WAIT`` (the field defaults when
-        the config lacks them), once, when a plugin instance is built."""
-        kwargs: dict[str, Any] = {}
-        if config.get("PROVIDER_RETRIES") is not None:
-            kwargs["retries"] = max(0, int(config["PROVIDER_RETRIES"]))
-        if config.get("PROVIDER_RETRY_MAX_WAIT") is not None:
-            kwargs["max_wait"] = max(0.0, float(config["PROVIDER_RETRY_MAX_WAIT"]))
-        return cls(provider=provider, **kwargs)
+    def __post_init__(self) -> None:
+        if (self.retries is None) == (self.patience is None):
+            raise ValueError("RetryPolicy takes either retries or patience")
 
     def wait_seconds(self, state: RetryCallState) -> float:
         """Exponential backoff with jitter, at least the exchange's ``retry_after``, at most
@@ -95,6 +93,12 @@ class RetryPolicy:
         if isinstance(retry_after, int | float) and retry_after >= 0:
             backoff = max(backoff, float(retry_after))
         return min(backoff, self.max_wait)
+
+    def _stop(self) -> stop_after_attempt | stop_after_delay:
+        if self.patience is not None:
+            return stop_after_delay(self.patience)
+        assert self.retries is not None  # __post_init__: one of the two is given
+        return stop_after_attempt(self.retries + 1)
 
     def _before_sleep(self, state: RetryCallState) -> None:
         PROVIDER_RETRIES.labels(self.provider).inc()
@@ -108,11 +112,9 @@ class RetryPolicy:
     ) -> T:
         """Await ``fn()``, retrying temporary errors; the last error is re-raised as is.
         ``before_sleep`` replaces the default hook (which counts ``provider_retries_total``)."""
-        stop = (stop_after_attempt(self.retries + 1) if self.patience is None
-                else stop_after_delay(self.patience))
         retrying = AsyncRetrying(
             retry=retry_if_exception(is_temporary),
-            stop=stop,
+            stop=self._stop(),
             wait=self.wait_seconds,
             before_sleep=before_sleep or self._before_sleep,
             reraise=True,

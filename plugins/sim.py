@@ -37,7 +37,7 @@ from core.timeframes import (
     now_ms,
     resample,
 )
-from plugins.base import Capabilities, MarketPlugin, ProviderInfo, SymbolMeta, Ticker
+from plugins.base import Capabilities, MarketPlugin, PluginSettings, ProviderInfo, SymbolMeta, Ticker
 
 #: symbol -> (base price, base volume)
 SYMBOLS: dict[str, tuple[float, float]] = {
@@ -243,12 +243,12 @@ class SimPlugin(MarketPlugin):
 
     def __init__(self, provider_id: str, **kwargs: Any) -> None:
         super().__init__(provider_id, **kwargs)
-        self.seed = int(self.options.get("SIM_SEED", 42))
+        self.seed = self.settings.sim_seed
         #: Upstream calls made, by method (tests count them).
         self.calls: dict[str, int] = {}
 
     @classmethod
-    def list_configurable_providers(cls, config: dict[str, Any]) -> list[ProviderInfo]:
+    def list_configurable_providers(cls, settings: PluginSettings) -> list[ProviderInfo]:
         return [ProviderInfo("sim", False, True, list(TIMEFRAMES))]
 
     @property

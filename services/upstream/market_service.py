@@ -9,6 +9,9 @@ replace the old instance, which is closed) and ``PLUGIN_MAX_INSTANCES_PER_USER``
 service holds ``PLUGIN_MAX_INSTANCES`` in all. Past a bound the least recently used instance is
 closed (after ``REQUEST_DEADLINE``, so calls already running on it end first). The symbol lists
 cached per user's instance go with it, and at most ``SYMBOLS_CACHE_MAX`` lists are kept.
+
+Plugins never see the app config: ``plugin_settings(config)`` reads the keys they use, once, into
+the frozen ``PluginSettings`` every instance receives.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 from core.errors import AppError, UnknownMarket, UnknownProvider
 from core.metrics import PLUGIN_INSTANCES
 from core.timeframes import TIMEFRAMES
-from plugins.base import MarketPlugin, ProviderInfo, Ticker
+from plugins.base import MarketPlugin, PluginSettings, ProviderInfo, Ticker
 from plugins.loader import PluginLoader
 from services.settings import build, setting
 from services.upstream.calls import ProviderCalls
@@ -73,6 +76,34 @@ def user_marker(user: UserCredentials) -> str:
     return f"user:{user.owner}:{user.marker()}"
 
 
+def _names(raw: Any) -> tuple[str, ...]:
+    """A comma-separated setting (or a list) as its stripped, non-empty items."""
+    items = raw.split(",") if isinstance(raw, str) else list(raw)
+    return tuple(str(s).strip() for s in items if str(s).strip())
+
+
+def plugin_settings(config: Mapping[str, Any]) -> PluginSettings:
+    """The plugins' settings from the app config (every key must be there); raises
+    ``ValueError`` naming a key whose value is unusable."""
+    market_types = _names(config["CCXT_MARKET_TYPES"])
+    if not market_types:
+        raise ValueError("CCXT_MARKET_TYPES must name at least one CCXT market type (e.g. spot)")
+    return PluginSettings(
+        timeout=float(config["PROVIDER_TIMEOUT"]),
+        retries=max(0, int(config["PROVIDER_RETRIES"])),
+        retry_max_wait=max(0.0, float(config["PROVIDER_RETRY_MAX_WAIT"])),
+        symbols_ttl=float(config["CACHE_TTL_SYMBOLS"]),
+        exchanges=_names(config["CCXT_EXCHANGES"]),
+        market_types=market_types,
+        ccxt_credentials=dict(config["CCXT_CREDENTIALS"] or {}),
+        alpaca_key_id=str(config["ALPACA_API_KEY_ID"] or ""),
+        alpaca_secret_key=str(config["ALPACA_API_SECRET_KEY"] or ""),
+        alpaca_feed=str(config["ALPACA_FEED"] or ""),
+        alpaca_adjustment=str(config["ALPACA_ADJUSTMENT"] or ""),
+        sim_seed=int(config["SIM_SEED"]),
+    )
+
+
 @dataclass(frozen=True)
 class MarketSettings:
     """MarketService's settings (``build(MarketSettings, config)``)."""
@@ -88,12 +119,14 @@ class MarketSettings:
 
 class MarketService:
     """The plugin instances of every (market, provider), and their symbols and tickers, called
-    through ``calls`` (the one guarded provider-call path, with its budget and breaker)."""
+    through ``calls`` (the one guarded provider-call path, with its budget and breaker); every
+    instance gets ``plugins`` (``plugin_settings(config)``)."""
 
-    def __init__(self, loader: PluginLoader, config: dict[str, Any], calls: ProviderCalls) -> None:
+    def __init__(self, loader: PluginLoader, config: Mapping[str, Any], calls: ProviderCalls,
+                 plugins: PluginSettings) -> None:
         self.loader = loader
-        #: The app config, handed to plugin classes (they read their own settings from it).
-        self.config = config
+        #: The settings handed to plugin classes and instances.
+        self.plugin_settings = plugins
         self.settings = build(MarketSettings, config)
         self.idle_timeout = self.settings.idle_timeout
         #: Open instances, least recently used first.
@@ -112,7 +145,7 @@ class MarketService:
     def markets(self) -> list[dict[str, Any]]:
         out = []
         for market, cls in sorted(self.loader.by_market.items()):
-            providers = cls.list_configurable_providers(self.config)
+            providers = cls.list_configurable_providers(self.plugin_settings)
             out.append({
                 "market": market,
                 "providers": [p.provider for p in providers],
@@ -127,7 +160,7 @@ class MarketService:
             known = ", ".join(sorted(self.loader.by_market))
             raise UnknownMarket(f"unknown market {market!r}; one of: {known}",
                                 details={"market": [f"one of: {known}"]})
-        return cls.list_configurable_providers(self.config)
+        return cls.list_configurable_providers(self.plugin_settings)
 
     def check_provider(self, market: str, provider: str) -> type[MarketPlugin]:
         """The plugin class for (market, provider); raises UnknownMarket / UnknownProvider."""
@@ -142,7 +175,7 @@ class MarketService:
 
     def _check_configured(self, cls: type[MarketPlugin], provider: str) -> None:
         """Raise ``ProviderNotConfigured`` naming the settings ``provider`` lacks."""
-        missing = cls.missing_settings(provider, self.config)
+        missing = cls.missing_settings(provider, self.plugin_settings)
         if missing:
             names = " and ".join(missing)
             raise ProviderNotConfigured(
@@ -158,15 +191,13 @@ class MarketService:
         """The cached plugin instance for (market, provider) with its configured credentials, or
         with ``user``'s own: an instance per hash of the user's credentials and testnet flag."""
         cls = self.check_provider(market, provider)
-        options = self.config
         if user is None:
             self._check_configured(cls, provider)
-            credentials, testnet = cls.settings_from_config(provider, self.config)
+            credentials, testnet = cls.settings_from_config(provider, self.plugin_settings)
             marker = credentials_marker(credentials)
         else:
             credentials = cls.credentials_from_user(user.api_key, user.secret, user.password)
             testnet, marker = user.testnet, user_marker(user)
-            options = {**self.config, "USER_INSTANCE": True}
         key = (cls.get_plugin_key(), provider, marker, testnet)
         async with self._lock:
             entry = self._instances.get(key)
@@ -175,8 +206,8 @@ class MarketService:
                     self._make_room_for(user.owner, provider)
                 base_url = (self.settings.provider_urls or {}).get(provider)
                 plugin = cls(
-                    provider, credentials=credentials, testnet=testnet,
-                    base_url=base_url, options=options,
+                    provider, settings=self.plugin_settings, credentials=credentials,
+                    testnet=testnet, base_url=base_url, user_instance=user is not None,
                 )
                 entry = self._instances[key] = _Entry(plugin, time.monotonic())
                 if user is not None:

@@ -8,25 +8,21 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from prometheus_client import REGISTRY
 
-from config import TestingConfig
 from core.errors import (
     AppError,
     AuthenticationPluginError,
-    MalformedResponseError,
     NetworkPluginError,
     PluginError,
     PluginFeatureNotSupportedError,
-    RateLimitedPluginError,
     UnknownSymbol,
 )
 from core.timeframes import DAY_MS, HOUR_MS, MINUTE_MS, WEEK_MS, resample
-from plugins.alpaca import AlpacaPlugin
-from plugins.alpaca_wire import parse_ts, rfc3339
+from plugins.alpaca import AlpacaPlugin, parse_ts, rfc3339
 from tests.support.exchange_emulator import ExchangeEmulator, fixtures
 from tests.support.exchange_emulator.candles import in_session
 from tests.support.exchange_emulator.checks import NO_LEAKS, assert_same_bars
+from tests.support.plugin_kit import EMULATOR, TEMPORARY_FAULTS, plugin_settings, retries, slow_down
 
 pytestmark = NO_LEAKS
 emulator = fixtures.emulator
@@ -35,19 +31,11 @@ BARS = "/v2/stocks/AAPL/bars"
 ALPACA_TF = {"1m": "1Min", "5m": "5Min", "1h": "1Hour", "1d": "1Day", "1w": "1Week"}
 
 
-def options(**overrides: Any) -> dict[str, Any]:
-    cfg = TestingConfig().as_dict()
-    cfg.update(PROVIDER_TIMEOUT=2.0, PROVIDER_RETRIES=2, PROVIDER_RETRY_MAX_WAIT=0.05,
-               ALPACA_API_KEY_ID="key", ALPACA_API_SECRET_KEY="secret")
-    cfg.update(overrides)
-    return cfg
-
-
 @pytest_asyncio.fixture
 async def plugin(emulator: ExchangeEmulator) -> AsyncIterator[AlpacaPlugin]:
-    creds, testnet = AlpacaPlugin.settings_from_config("alpaca", options())
+    creds, testnet = AlpacaPlugin.settings_from_config("alpaca", plugin_settings(EMULATOR))
     p = AlpacaPlugin("alpaca", credentials=creds, testnet=testnet, base_url=emulator.url,
-                     options=options())
+                     settings=plugin_settings(EMULATOR))
     try:
         yield p
     finally:
@@ -127,30 +115,18 @@ async def test_until_is_exclusive(plugin: AlpacaPlugin) -> None:
     assert [b[0] for b in bars] == [start + i * MINUTE_MS for i in range(10)]
 
 
-@pytest.mark.parametrize("fault,error", [
-    ({"status": 429, "retry_after": 1}, RateLimitedPluginError),
-    ({"status": 500}, NetworkPluginError),
-    ({"status": 502}, NetworkPluginError),
-    ({"status": 503}, NetworkPluginError),
-    ({"status": 504}, NetworkPluginError),
-    ({"delay": 2.0}, NetworkPluginError),
-    ({"drop": True}, NetworkPluginError),
-    ({"malformed": "json"}, MalformedResponseError),
-    ({"malformed": "invalid"}, MalformedResponseError),
-    ({"malformed": "html"}, MalformedResponseError),
-])
+@pytest.mark.parametrize("fault,error", [*TEMPORARY_FAULTS, ({"drop": True}, NetworkPluginError)])
 async def test_temporary_faults_are_retried_then_raised(
     plugin: AlpacaPlugin, emulator: ExchangeEmulator, fault: dict[str, Any], error: type[AppError]
 ) -> None:
-    if "delay" in fault:
-        plugin.timeout = 0.3  # read when the client is made (first call below); delay is 2 s
+    slow_down(plugin, fault)
     await plugin.fetch_symbols()
     emulator.inject("/v2/stocks/*/bars", times=None, **fault)
-    before = REGISTRY.get_sample_value("provider_retries_total", {"provider": "alpaca"}) or 0.0
+    before = retries("alpaca")
     with pytest.raises(error) as info:
         await plugin.fetch_ohlcv("AAPL", "1h", T0, 10, T0 + DAY_MS)
     assert info.value.temporary and info.value.status == 503
-    after = REGISTRY.get_sample_value("provider_retries_total", {"provider": "alpaca"})
+    after = retries("alpaca")
     assert after == before + 2
     # aiohttp itself re-sends an idempotent request once after a dropped connection.
     assert emulator.calls(BARS) == (6 if fault.get("drop") else 3)
@@ -195,11 +171,11 @@ async def test_close_is_idempotent_and_reopens(plugin: AlpacaPlugin) -> None:
 
 
 def test_configuration_and_time_helpers() -> None:
-    (info,) = AlpacaPlugin.list_configurable_providers(options())
+    (info,) = AlpacaPlugin.list_configurable_providers(plugin_settings(EMULATOR))
     assert (info.provider, info.requires_credentials, info.configured) == ("alpaca", True, True)
-    (bare,) = AlpacaPlugin.list_configurable_providers(options(ALPACA_API_KEY_ID=""))
+    (bare,) = AlpacaPlugin.list_configurable_providers(plugin_settings(EMULATOR, ALPACA_API_KEY_ID=""))
     assert not bare.configured
-    assert AlpacaPlugin.settings_from_config("alpaca", options()) == (
+    assert AlpacaPlugin.settings_from_config("alpaca", plugin_settings(EMULATOR)) == (
         {"key_id": "key", "secret_key": "secret"}, False)
     assert parse_ts("2024-01-01T14:30:00.123456789Z") == T0 + 14 * HOUR_MS + 30 * MINUTE_MS + 123
     assert parse_ts("2024-01-01T09:30:00-05:00") == T0 + 14 * HOUR_MS + 30 * MINUTE_MS

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ccxt.async_support as ccxt
 import pytest
-from prometheus_client import REGISTRY
 
 from core.errors import (
     AppError,
@@ -18,7 +17,10 @@ from core.errors import (
 )
 from plugins.ccxt_errors import TRANSLATIONS, retry_after_of, translate
 from plugins.retry import RetryPolicy, parse_retry_after
+from plugins.sim import SimPlugin
 from tests.support.exchange_emulator.checks import NO_LEAKS
+from tests.support.plugin_kit import plugin_settings
+from tests.support.plugin_kit import retries as retries_of
 
 pytestmark = NO_LEAKS
 RETRIES = 3
@@ -44,10 +46,6 @@ TABLE: list[tuple[type[Exception], type[AppError], bool]] = [
     (ccxt.InsufficientFunds, PluginError, False),
     (ccxt.BaseError, PluginError, False),
 ]
-
-
-def retries_of(provider: str) -> float:
-    return REGISTRY.get_sample_value("provider_retries_total", {"provider": provider}) or 0.0
 
 
 @pytest.mark.parametrize("ccxt_cls,ours,temporary", TABLE, ids=[t[0].__name__ for t in TABLE])
@@ -121,10 +119,10 @@ async def test_retry_after_is_honoured_and_capped() -> None:
 
 
 def test_retry_policy_from_config() -> None:
-    policy = RetryPolicy.from_config("binance", {"PROVIDER_RETRIES": 5,
-                                                 "PROVIDER_RETRY_MAX_WAIT": 2.5})
+    policy = SimPlugin("sim", settings=plugin_settings(PROVIDER_RETRIES=5,
+                                                       PROVIDER_RETRY_MAX_WAIT=2.5)).retry
     assert (policy.retries, policy.max_wait) == (5, 2.5)
-    assert RetryPolicy.from_config("binance", {}).retries == 3
+    assert SimPlugin("sim", settings=plugin_settings()).retry.retries == 3
 
 
 @pytest.mark.parametrize("raw", ["inf", "-inf", "nan", "Infinity"])

@@ -15,6 +15,7 @@ from plugins.ccxt_stream import KlineStreams, KlineUpdate, rebase_ws_urls, strea
 from tests.support.exchange_emulator import ExchangeEmulator, fixtures
 from tests.support.exchange_emulator.candles import minute_candle
 from tests.support.exchange_emulator.checks import NO_LEAKS
+from tests.support.plugin_kit import stream_settings
 
 pytestmark = NO_LEAKS
 emulator = fixtures.emulator
@@ -26,7 +27,8 @@ NOW = T0 + 5 * MINUTE_MS + 30_000
 async def streams(emulator: ExchangeEmulator) -> AsyncIterator[KlineStreams]:
     emulator.now_ms = NOW
     emulator.streams.interval = 0.05
-    ks = KlineStreams("binance", ws_base_url=emulator.ws_url, rest_base_url=emulator.url)
+    ks = KlineStreams("binance", ws_base_url=emulator.ws_url, rest_base_url=emulator.url,
+                      **stream_settings())
     try:
         yield ks
     finally:
@@ -83,7 +85,7 @@ async def test_malformed_frames_deafen_the_connection_until_it_is_reset(
 
 
 def test_candles_that_do_not_parse_are_counted_and_skipped() -> None:
-    ks = KlineStreams("binance")
+    ks = KlineStreams("binance", **stream_settings())
     key = ("BTC/USDT", "1m")
     good = [T0, 1.0, 2.0, 0.5, 1.5, 3.0]
     got = ks._inferred(key, [[None, None, None, None, None, None], good, [T0 + MINUTE_MS, "x"]])
@@ -115,7 +117,7 @@ async def test_drop_refusal_and_silence(emulator: ExchangeEmulator, streams: Kli
 
 
 async def test_rest_override_without_stream_url_is_refused(emulator: ExchangeEmulator) -> None:
-    ks = KlineStreams("binance", rest_base_url=emulator.url)
+    ks = KlineStreams("binance", rest_base_url=emulator.url, **stream_settings())
     try:
         with pytest.raises(PluginFeatureNotSupportedError):
             await ks.watch("BTC/USDT", "1m")

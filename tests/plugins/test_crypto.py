@@ -8,13 +8,10 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from prometheus_client import REGISTRY
 
-from config import TestingConfig
 from core.errors import (
     AppError,
     AuthenticationPluginError,
-    MalformedResponseError,
     NetworkPluginError,
     PluginError,
     PluginFeatureNotSupportedError,
@@ -27,6 +24,7 @@ from plugins.crypto import CryptoPlugin
 from tests.support.exchange_emulator import ExchangeEmulator, fixtures
 from tests.support.exchange_emulator.checks import NO_LEAKS, assert_same_bars, fetch_klines
 from tests.support.helpers import clear_shared_markets
+from tests.support.plugin_kit import EMULATOR, TEMPORARY_FAULTS, plugin_settings, retries, slow_down
 
 pytestmark = NO_LEAKS
 emulator = fixtures.emulator
@@ -34,21 +32,10 @@ T0 = 1_704_067_200_000  # Monday 2024-01-01 00:00 UTC
 KLINES = "/api/v3/klines"
 
 
-def options(**overrides: Any) -> dict[str, Any]:
-    cfg = TestingConfig().as_dict()
-    cfg.update(PROVIDER_TIMEOUT=2.0, PROVIDER_RETRIES=2, PROVIDER_RETRY_MAX_WAIT=0.05)
-    cfg.update(overrides)
-    return cfg
-
-
-def retries(provider: str) -> float:
-    return REGISTRY.get_sample_value("provider_retries_total", {"provider": provider}) or 0.0
-
-
 @pytest_asyncio.fixture
 async def plugin(emulator: ExchangeEmulator) -> AsyncIterator[CryptoPlugin]:
     clear_shared_markets()  # a later emulator may reuse a port
-    p = CryptoPlugin("binance", base_url=emulator.url, options=options())
+    p = CryptoPlugin("binance", base_url=emulator.url, settings=plugin_settings(EMULATOR))
     try:
         yield p
     finally:
@@ -119,22 +106,11 @@ async def test_maintenance_gap_is_skipped_and_empty_window_is_not_an_error(
 
 
 @pytest.mark.parametrize("fault,error", [
-    ({"status": 429, "retry_after": 1}, RateLimitedPluginError),
-    ({"status": 418, "retry_after": 1}, RateLimitedPluginError),
-    ({"status": 500}, NetworkPluginError),
-    ({"status": 502}, NetworkPluginError),
-    ({"status": 503}, NetworkPluginError),
-    ({"status": 504}, NetworkPluginError),
-    ({"delay": 2.0}, NetworkPluginError),
-    ({"malformed": "json"}, MalformedResponseError),
-    ({"malformed": "invalid"}, MalformedResponseError),
-    ({"malformed": "html"}, MalformedResponseError),
-])
+    *TEMPORARY_FAULTS, ({"status": 418, "retry_after": 1}, RateLimitedPluginError)])  # Binance's ban
 async def test_temporary_faults_are_retried_then_raised(
     plugin: CryptoPlugin, emulator: ExchangeEmulator, fault: dict[str, Any], error: type[AppError]
 ) -> None:
-    if "delay" in fault:
-        plugin.timeout = 0.3  # read when the client is made (first call below); delay is 2 s
+    slow_down(plugin, fault)
     await plugin.fetch_symbols()
     emulator.inject(KLINES, times=None, **fault)
     before = retries("binance")
@@ -186,18 +162,18 @@ async def test_unknown_symbol_and_unsupported_timeframe_make_no_klines_call(
 ) -> None:
     with pytest.raises(UnknownSymbol):
         await plugin.fetch_ohlcv("DOGE/EUR", "1m", T0, 10)
-    kraken = CryptoPlugin("kraken", base_url=emulator.url, options=options())
+    kraken = CryptoPlugin("kraken", base_url=emulator.url, settings=plugin_settings(EMULATOR))
     with pytest.raises(PluginFeatureNotSupportedError):
         await kraken.fetch_ohlcv("BTC/USD", "3m", T0, 10)
     await kraken.close()
     with pytest.raises(UnknownProvider):
-        await CryptoPlugin("not_an_exchange", options=options()).fetch_symbols()
+        await CryptoPlugin("not_an_exchange", settings=plugin_settings(EMULATOR)).fetch_symbols()
     assert emulator.calls(KLINES) == 0
 
 
 async def test_symbols_ticker_and_shared_markets(emulator: ExchangeEmulator) -> None:
     clear_shared_markets()
-    base = {"base_url": emulator.url, "options": options()}
+    base = {"base_url": emulator.url, "settings": plugin_settings(EMULATOR)}
     a, b = CryptoPlugin("binance", **base), CryptoPlugin("binance", **base)
     try:
         assert await a.fetch_symbols() == ["BNB/USDT", "BTC/USDT", "ETH/BTC", "ETH/USDT", "SOL/USDT"]
@@ -215,7 +191,7 @@ async def test_symbols_ticker_and_shared_markets(emulator: ExchangeEmulator) -> 
 async def test_credentials_do_not_trigger_private_calls(emulator: ExchangeEmulator) -> None:
     clear_shared_markets()
     p = CryptoPlugin("binance", credentials={"apiKey": "k", "secret": "s"}, base_url=emulator.url,
-                     options=options())
+                     settings=plugin_settings(EMULATOR))
     try:
         assert len(await p.fetch_ohlcv("BTC/USDT", "1m", T0, 3)) == 3
         assert {r.path for r in emulator.requests()} == {"/api/v3/exchangeInfo", KLINES}
@@ -231,7 +207,7 @@ async def test_close_is_idempotent_and_reopens(plugin: CryptoPlugin, emulator: E
 
 
 async def test_testnet_and_base_url_rewrite_every_api_family(emulator: ExchangeEmulator) -> None:
-    p = CryptoPlugin("binance", testnet=True, base_url=emulator.url, options=options())
+    p = CryptoPlugin("binance", testnet=True, base_url=emulator.url, settings=plugin_settings(EMULATOR))
     try:
         exchange = p._build()
         urls = exchange.urls["api"]

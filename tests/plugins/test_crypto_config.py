@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import ccxt.async_support as ccxt_async
 import pytest
 
-from config import TestingConfig
 from plugins.base import ProviderInfo
 from plugins.ccxt_support import CAPABILITIES, rebase_urls
 from plugins.crypto import CryptoPlugin
@@ -20,17 +18,11 @@ from services.upstream.market_service import MarketService
 from tests.support.exchange_emulator import ExchangeEmulator, fixtures
 from tests.support.exchange_emulator.checks import NO_LEAKS
 from tests.support.helpers import clear_shared_markets
+from tests.support.plugin_kit import EMULATOR, plugin_config, plugin_settings
 
 pytestmark = NO_LEAKS
 emulator = fixtures.emulator
 T0 = 1_704_067_200_000  # Monday 2024-01-01 00:00 UTC
-
-
-def options(**overrides: Any) -> dict[str, Any]:
-    cfg = TestingConfig().as_dict()
-    cfg.update(PROVIDER_TIMEOUT=2.0, PROVIDER_RETRIES=2, PROVIDER_RETRY_MAX_WAIT=0.05)
-    cfg.update(overrides)
-    return cfg
 
 
 def test_rebase_urls_keeps_paths_and_nested_families() -> None:
@@ -43,13 +35,13 @@ def test_rebase_urls_keeps_paths_and_nested_families() -> None:
 
 
 def test_configuration() -> None:
-    cfg = options(CCXT_EXCHANGES="binance, kraken", CCXT_CREDENTIALS={
+    settings = plugin_settings(EMULATOR, CCXT_EXCHANGES="binance, kraken", CCXT_CREDENTIALS={
         "binance": {"apiKey": "k", "secret": "s", "testnet": "true"}})
-    providers = CryptoPlugin.list_configurable_providers(cfg)
+    providers = CryptoPlugin.list_configurable_providers(settings)
     assert [p.provider for p in providers] == ["binance", "kraken"]
     assert providers[1] == ProviderInfo("kraken", False, True, list(CAPABILITIES["kraken"].timeframes))
-    assert CryptoPlugin.settings_from_config("binance", cfg) == ({"apiKey": "k", "secret": "s"}, True)
-    assert CryptoPlugin.settings_from_config("kraken", cfg) == ({}, False)
+    assert CryptoPlugin.settings_from_config("binance", settings) == ({"apiKey": "k", "secret": "s"}, True)
+    assert CryptoPlugin.settings_from_config("kraken", settings) == ({}, False)
 
 
 @pytest.mark.parametrize("exchange_id", sorted(CAPABILITIES))
@@ -63,13 +55,14 @@ async def test_market_service_instances_with_the_real_plugin(emulator: ExchangeE
     clear_shared_markets()
     loader = PluginLoader(["crypto"])
     loader.load()
-    base = options(CCXT_EXCHANGES="binance", PROVIDER_URLS={"binance": emulator.url},
+    base = plugin_config(EMULATOR, CCXT_EXCHANGES="binance", PROVIDER_URLS={"binance": emulator.url},
                    PLUGIN_IDLE_TIMEOUT=10)
     keyed = {**base, "CCXT_CREDENTIALS": {"binance": {"apiKey": "k", "secret": "s"}}}
     testnet = {**base, "CCXT_CREDENTIALS": {"binance": {"apiKey": "k", "secret": "s",
                                                        "testnet": True}}}
     services = [MarketService(loader, cfg, ProviderCalls(ProviderBudget(cfg),
-                                                         CircuitBreaker(BreakerSettings.from_config(cfg))))
+                                                         CircuitBreaker(BreakerSettings.from_config(cfg))),
+                              plugin_settings(cfg))
                 for cfg in (base, keyed, testnet)]
     try:
         first = await services[0].get_plugin("crypto", "binance")

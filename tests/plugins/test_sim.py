@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 from core.errors import UnknownSymbol
 from core.timeframes import DAY_MS, HOUR_MS, MINUTE_MS, resample
 from plugins.sim import DECIMALS, HISTORY_START_MS, SYMBOLS, SimPlugin, _price, closed_bars, round6, sim_bar
+from tests.support.plugin_kit import plugin_settings
 
 T0 = 1_700_006_400_000  # a day boundary
+SETTINGS = plugin_settings()
 
 
 def test_closed_bars_equal_sim_bar_minute_by_minute() -> None:
@@ -38,14 +40,14 @@ async def test_daily_and_weekly_candles_look_like_a_market() -> None:
     assert max(hourly) / min(hourly) > 1.4  # trends over months
     weekly = [hourly[i + 168] / hourly[i] - 1 for i in range(0, len(hourly) - 168, 168)]
     assert max(weekly) > 0.05 and min(weekly) < -0.05 and statistics.pstdev(weekly) > 0.02
-    plugin = SimPlugin("sim")
+    plugin = SimPlugin("sim", settings=SETTINGS)
     days = await plugin.fetch_ohlcv("SIM/USD", "1d", T0, 120)
     assert len(days) == 120
     ranges = [(b[2] - b[3]) / b[1] for b in days]
     deciles = statistics.quantiles(ranges, n=10)
     assert deciles[-1] / deciles[0] > 2  # calm and busy regimes
     assert statistics.correlation(ranges, [b[5] for b in days]) > 0.3  # volume follows volatility
-    assert days == await SimPlugin("sim").fetch_ohlcv("SIM/USD", "1d", T0, 120)  # deterministic
+    assert days == await SimPlugin("sim", settings=SETTINGS).fetch_ohlcv("SIM/USD", "1d", T0, 120)  # deterministic
 
 
 def test_closed_bars_keep_the_values_of_sim_bar_over_a_long_page() -> None:
@@ -83,7 +85,7 @@ def test_seed_and_symbol_change_the_series() -> None:
 
 @pytest.mark.parametrize("timeframe", ["1h", "4h", "1d", "1w"])
 async def test_coarse_pages_equal_the_aggregation_of_their_minutes(timeframe: str) -> None:
-    plugin = SimPlugin("sim")
+    plugin = SimPlugin("sim", settings=SETTINGS)
     got = await plugin.fetch_ohlcv("SIM/USD", timeframe, T0, 3)
     assert len(got) == 3
     end = got[-1][0] + {"1h": HOUR_MS, "4h": 4 * HOUR_MS, "1d": DAY_MS, "1w": 7 * DAY_MS}[timeframe]
@@ -94,7 +96,7 @@ async def test_coarse_pages_equal_the_aggregation_of_their_minutes(timeframe: st
 
 
 async def test_history_starts_at_the_listing_date_and_unknown_symbols_fail() -> None:
-    plugin = SimPlugin("sim")
+    plugin = SimPlugin("sim", settings=SETTINGS)
     first = await plugin.fetch_ohlcv("SIM/USD", "1m", 0, 5)
     assert [b[0] for b in first] == [HISTORY_START_MS + i * MINUTE_MS for i in range(5)]
     with pytest.raises(UnknownSymbol):

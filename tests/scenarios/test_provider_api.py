@@ -13,7 +13,7 @@ import pytest
 from quart.typing import TestClientProtocol
 
 from core.timeframes import DAY_MS, MINUTE_MS, WEEK_MS, resample, tf_ms
-from plugins.alpaca_wire import parse_ts, rfc3339
+from plugins.alpaca import parse_ts, rfc3339
 from tests.support.exchange_emulator import ExchangeEmulator, fixtures
 from tests.support.exchange_emulator.checks import NO_LEAKS, assert_same_bars, fetch_klines
 from tests.support.helpers import clear_shared_markets

@@ -13,8 +13,10 @@ from plugins.base import Capabilities
 from plugins.sim import HISTORY_START_MS, SimPlugin
 from services.upstream.budget import ProviderBudget
 from services.upstream.calls import LISTING_GAP_MS, ProviderCalls
+from tests.support.plugin_kit import plugin_settings
 
 SERIES = Series("sim", "sim", "SIM/USD")
+SETTINGS = plugin_settings()
 T = HISTORY_START_MS + 30 * 24 * 60 * MINUTE_MS
 
 
@@ -35,7 +37,7 @@ def calls() -> ProviderCalls:
 
 
 async def test_a_range_is_paged_within_max_bars_per_call() -> None:
-    plugin = SimPlugin("sim")
+    plugin = SimPlugin("sim", settings=SETTINGS)
     got = await calls().fetch_range(plugin, SERIES, "1m", T, T + 2500 * MINUTE_MS, budget=10)
     assert (got.calls, got.until, len(got.bars)) == (3, T + 2500 * MINUTE_MS, 2500)
     assert plugin.calls["fetch_ohlcv"] == 3
@@ -43,7 +45,7 @@ async def test_a_range_is_paged_within_max_bars_per_call() -> None:
 
 
 async def test_the_call_budget_stops_paging_and_says_how_far_it_got() -> None:
-    got = await calls().fetch_range(SimPlugin("sim"), SERIES, "1m", T, T + 2500 * MINUTE_MS, 2)
+    got = await calls().fetch_range(SimPlugin("sim", settings=SETTINGS), SERIES, "1m", T, T + 2500 * MINUTE_MS, 2)
     assert (got.calls, got.until, len(got.bars)) == (2, T + 2000 * MINUTE_MS, 2000)
 
 
@@ -52,7 +54,7 @@ async def test_live_paging_stops_at_the_bucket_before_the_forming_one() -> None:
     recent = bucket_start(now, "1m") - MINUTE_MS
     since = recent - 1500 * MINUTE_MS
     polls: list[int] = []
-    got = await calls().pages(SimPlugin("sim"), SERIES, "1m", since, None, last_wanted=recent,
+    got = await calls().pages(SimPlugin("sim", settings=SETTINGS), SERIES, "1m", since, None, last_wanted=recent,
                               on_call=lambda: polls.append(1))
     assert len(polls) == got.calls == 2
     assert got.bars[0][0] == since and got.bars[-1][0] >= recent
@@ -60,11 +62,11 @@ async def test_live_paging_stops_at_the_bucket_before_the_forming_one() -> None:
 
 async def test_history_older_than_served_is_refused_not_read_as_empty() -> None:
     with pytest.raises(PluginFeatureNotSupportedError):
-        await calls().fetch_range(ShallowSim("sim"), SERIES, "1m", T, T + MINUTE_MS, 1)
+        await calls().fetch_range(ShallowSim("sim", settings=SETTINGS), SERIES, "1m", T, T + MINUTE_MS, 1)
 
 
 async def test_a_first_page_tells_the_listing() -> None:
-    path, plugin = calls(), SimPlugin("sim")
+    path, plugin = calls(), SimPlugin("sim", settings=SETTINGS)
     since = HISTORY_START_MS - 2 * LISTING_GAP_MS
     assert await path.first_bar(plugin, SERIES, since) == HISTORY_START_MS
     assert path._listings[("sim", "SIM/USD")] == HISTORY_START_MS
@@ -74,7 +76,7 @@ async def test_a_first_page_tells_the_listing() -> None:
 async def test_the_guard_refuses_at_once_while_the_provider_is_paused() -> None:
     path = calls()
     await path.budget.pause("sim", 30.0)
-    plugin = SimPlugin("sim")
+    plugin = SimPlugin("sim", settings=SETTINGS)
     with pytest.raises(RateLimitedPluginError):
         await path.fetch_range(plugin, SERIES, "1m", T, T + MINUTE_MS, 1)
     assert plugin.calls.get("fetch_ohlcv", 0) == 0

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import pytest
 
 from core.errors import UnknownMarket, UnknownProvider
-from plugins.base import MarketPlugin
+from plugins.base import MarketPlugin, PluginSettings
 from plugins.loader import PluginLoader
 from plugins.sim import SimPlugin
 from services.upstream.breaker import BreakerSettings, CircuitBreaker
@@ -16,7 +16,10 @@ from services.upstream.budget import ProviderBudget
 from services.upstream.calls import ProviderCalls
 from services.upstream.credentials import UserCredentials
 from services.upstream.market_service import MarketService, credentials_marker
+from tests.support.plugin_kit import plugin_settings
 from tests.support.ws import wait_for
+
+SETTINGS = plugin_settings()
 
 
 class KeyedSim(SimPlugin):
@@ -27,8 +30,9 @@ class KeyedSim(SimPlugin):
     closed: ClassVar[list[str]] = []
 
     @classmethod
-    def settings_from_config(cls, provider_id: str, config: dict[str, Any]) -> tuple[dict[str, str], bool]:
-        return dict(config.get("KEYS", {})), bool(config.get("TESTNET", False))
+    def settings_from_config(cls, provider_id: str, settings: PluginSettings) -> tuple[dict[str, str], bool]:
+        entry = dict(settings.ccxt_credentials.get(provider_id, {}))
+        return entry, bool(entry.pop("testnet", False))
 
     async def close(self) -> None:
         KeyedSim.closed.append(self.provider_id)
@@ -39,7 +43,9 @@ def service(config: dict[str, Any]) -> MarketService:
     loader.load()
     config = {"PLUGIN_IDLE_TIMEOUT": 10, **config}
     calls = ProviderCalls(ProviderBudget(config), CircuitBreaker(BreakerSettings.from_config(config)))
-    return MarketService(loader, config, calls)
+    # KEYS and TESTNET: what KeyedSim's provider is configured with (as CCXT_CREDENTIALS says it).
+    keys = {**config.get("KEYS", {}), "testnet": config.get("TESTNET", False)}
+    return MarketService(loader, config, calls, plugin_settings(CCXT_CREDENTIALS={"sim": keys}))
 
 
 async def test_same_provider_reuses_one_instance() -> None:
@@ -156,7 +162,7 @@ async def test_sim_history_starts_at_its_opening_and_coarse_pages_leave_the_loop
     from core.timeframes import DAY_MS, bucket_start, resample
     from plugins.sim import HISTORY_START_MS, closed_bars
 
-    plugin = SimPlugin("sim")
+    plugin = SimPlugin("sim", settings=SETTINGS)
     gaps: list[float] = []
 
     async def heartbeat() -> None:
