@@ -100,6 +100,14 @@ def port(v: Any) -> str | None:
     return None if 0 < int(v) < 65536 else "must be between 1 and 65535"
 
 
+def names_something(what: str) -> Check:
+    """A comma-separated list (or a list) with at least one name."""
+    def check(v: Any) -> str | None:
+        items = v.split(",") if isinstance(v, str) else list(v or [])
+        return None if any(str(item).strip() for item in items) else f"must name at least one {what}"
+    return check
+
+
 def one_of(*allowed: str) -> Check:
     return lambda v: None if v in allowed else f"must be {', '.join(allowed[:-1])} or {allowed[-1]}"
 
@@ -319,7 +327,8 @@ class BaseConfig:
     _markets_and_providers = Section("Markets and providers")
     ENABLED_MARKETS = Setting("sim,crypto,stocks", "markets served (comma-separated)")
     CCXT_EXCHANGES = Setting("binance,kraken,coinbase,bybit,okx", "CCXT exchange ids of the `crypto` market")
-    CCXT_MARKET_TYPES = Setting("spot", "CCXT market types loaded")
+    CCXT_MARKET_TYPES = Setting("spot", "CCXT market types loaded (comma-separated; the first is the default type)",
+                                check=names_something("CCXT market type (e.g. spot)"))
     CCXT_CREDENTIALS: Setting[dict[str, dict[str, object]]] = Setting(
         {},
         "JSON: exchange id to `{\"apiKey\", \"secret\", \"password\"?, \"testnet\"?}`")

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from config import declared
 from core.errors import AppError, UnknownMarket, UnknownProvider
 from core.metrics import PLUGIN_INSTANCES
 from core.timeframes import TIMEFRAMES
@@ -85,9 +86,8 @@ def _names(raw: Any) -> tuple[str, ...]:
 def plugin_settings(config: Mapping[str, Any]) -> PluginSettings:
     """The plugins' settings from the app config (every key must be there); raises
     ``ValueError`` naming a key whose value is unusable."""
+    declared("CCXT_MARKET_TYPES").validate(config["CCXT_MARKET_TYPES"])
     market_types = _names(config["CCXT_MARKET_TYPES"])
-    if not market_types:
-        raise ValueError("CCXT_MARKET_TYPES must name at least one CCXT market type (e.g. spot)")
     return PluginSettings(
         timeout=float(config["PROVIDER_TIMEOUT"]),
         retries=max(0, int(config["PROVIDER_RETRIES"])),
