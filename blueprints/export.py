@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 from quart import Blueprint, Response, current_app, jsonify, request
 
-from app_extensions.answer_bytes import accepted_encoding, etag_matches
 from app_extensions.export import get_exporter
+from app_extensions.prepared_answers import accepted_encoding, etag_matches
 from app_extensions.ratelimit import get_ratelimiter
 from app_extensions.services import get_services
 from blueprints.common import load_query
