@@ -153,13 +153,6 @@ def http_metrics(method: str, route: str, status: int, seconds: float | None) ->
         _histogram(method, route).observe(seconds)
 
 
-def http_metric_children(method: str, route: str, status: int) -> tuple[Any, Any]:
-    """The counter and latency children ``http_metrics`` updates for these labels, for a caller
-    that keeps them: ``inc()`` the first and ``observe(seconds)`` the second is ``http_metrics``."""
-    method = method if method in KNOWN_METHODS else "other"
-    return _counter(method, route, status), _histogram(method, route)
-
-
 def _counter(method: str, route: str, status: int) -> Any:
     counter = _COUNTERS.get((method, route, status))
     if counter is None:

@@ -1,6 +1,6 @@
 """Prepared answers in process memory, dropped on revision, and compression of JSON answers.
 
-``ResponseCache`` owns an ``AnswerBytes`` store (``app_extensions/answer_bytes.py``): closed-range
+``ResponseCache`` owns a ``PreparedAnswers`` store (``app_extensions/prepared_answers.py``): closed-range
 ``/ohlcv`` answers prepared once (body, ETag, ``br`` and ``gzip`` variants) under the memory bound
 ``ANSWER_BYTES_MAX``. A task it owns listens on the Redis pub/sub channel
 ``<REDIS_PREFIX>:revisions`` for revision events ``{"series": "market:provider:symbol", "ts": <1m
@@ -27,8 +27,14 @@ from quart.wrappers.response import DataBody
 from redis.exceptions import RedisError
 from werkzeug.datastructures import Headers
 
-from app_extensions.answer_bytes import MIN_COMPRESS_BYTES, AnswerBytes, Prepared, accepted_encoding, compress
 from app_extensions.hooks import get_hooks
+from app_extensions.prepared_answers import (
+    MIN_COMPRESS_BYTES,
+    PreparedAnswer,
+    PreparedAnswers,
+    accepted_encoding,
+    compress,
+)
 from app_extensions.redis_client import RedisClient, get_redis
 from app_extensions.request_context import scope_header
 from core.errors import DataSourceError
@@ -55,7 +61,7 @@ class ResponseCache:
     ``get_response_cache(app)``."""
 
     def __init__(self, app: Quart | None = None) -> None:
-        self.store = AnswerBytes(0)
+        self.store = PreparedAnswers(0)
         self.enabled = False
         #: True while the revision subscription is up (only then is the store used).
         self.live = False
@@ -68,7 +74,7 @@ class ResponseCache:
     def init_app(self, app: Quart) -> None:
         cfg = app.config
         ttl = float(cfg["CACHE_TTL_CLOSED"])
-        self.store = AnswerBytes(int(cfg["ANSWER_BYTES_MAX"]), ttl=ttl)
+        self.store = PreparedAnswers(int(cfg["ANSWER_BYTES_MAX"]), ttl=ttl)
         self.enabled = self.store.max_bytes > 0 and ttl > 0
         self.redis = get_redis(app)
         self.retry_after = float(cfg["DEPENDENCY_RETRY_AFTER"])
@@ -81,12 +87,12 @@ class ResponseCache:
         assert self.redis is not None
         return self.redis.key("revisions")
 
-    def lookup(self, key: bytes) -> Prepared | None:
+    def lookup(self, key: bytes) -> PreparedAnswer | None:
         """The prepared answer for a raw query string, or None."""
         return self.store.get(key) if self.live else None
 
     async def keep(self, key: bytes, series: str, start: int, end: int, body: bytes, source: str,
-                   generation: tuple[int, int], meta: Any = None) -> Prepared | None:
+                   generation: tuple[int, int], meta: Any = None) -> PreparedAnswer | None:
         """Prepare ``body`` (an answer of ``series`` over ``[start, end)``) and keep it; None while
         revisions cannot be heard. ``generation``: ``store.generation(series)`` read before the
         answer was built."""
@@ -112,7 +118,7 @@ class ResponseCache:
 
     async def start(self) -> None:
         if self.enabled and self._task is None:
-            self._task = asyncio.create_task(self._listen(), name="answer-bytes-revisions")
+            self._task = asyncio.create_task(self._listen(), name="prepared-answers-revisions")
 
     async def close(self) -> None:
         """Stop the listener; the store is dropped."""

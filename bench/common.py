@@ -13,11 +13,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
+from quart import Quart
 
 from tests.support.helpers import delete_prefix, drop_schema
 from tests.support.live_server import free_port as free_port  # re-exported for bench modules
@@ -213,3 +216,18 @@ async def drop_bench_data(database_url: str, schema: str, redis_url: str, prefix
     """Drop a bench's PostgreSQL schema and its Redis keys."""
     await drop_schema(database_url, schema)
     await delete_prefix(redis_url, prefix)
+
+
+@asynccontextmanager
+async def bench_app(name: str, config: dict[str, Any]) -> AsyncIterator[Quart]:
+    """``create_app(config)`` in a PostgreSQL schema and Redis prefix of its own (``bench_<name>_*``),
+    served by ``app.test_app()``; the schema and the keys are dropped afterwards."""
+    from app import create_app
+
+    schema, prefix = f"bench_{name}_{uuid.uuid4().hex[:8]}", f"bench:{uuid.uuid4().hex[:8]}"
+    app = create_app({**config, "DATABASE_SCHEMA": schema, "REDIS_PREFIX": prefix})
+    try:
+        async with app.test_app():
+            yield app
+    finally:
+        await drop_bench_data(str(app.config["DATABASE_URL"]), schema, str(app.config["REDIS_URL"]), prefix)

@@ -14,13 +14,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 
-from bench.common import drop_bench_data
+from bench.common import bench_app
 from core.timeframes import MINUTE_MS, now_ms
 from tests.support.exchange_emulator import ExchangeEmulator
 
@@ -45,15 +44,11 @@ def install() -> None:
 
 
 async def main() -> None:
-    from app import create_app
-
     install()
     emu = ExchangeEmulator()
     await emu.start()
-    schema, prefix = f"bench_rt_{uuid.uuid4().hex[:8]}", f"bench:{uuid.uuid4().hex[:8]}"
-    app = create_app({"APP_ENV": "testing", "DATABASE_SCHEMA": schema, "REDIS_PREFIX": prefix,
-                      "LOG_LEVEL": "WARNING", "PROVIDER_URLS": {"binance": emu.url},
-                      "BACKFILL_RUNNER": False})
+    config = {"APP_ENV": "testing", "LOG_LEVEL": "WARNING", "PROVIDER_URLS": {"binance": emu.url},
+              "BACKFILL_RUNNER": False}
     end = (now_ms() // MINUTE_MS - 600) * MINUTE_MS
     base = "/api/v1/ohlcv?market=crypto&provider=binance&symbol=BTC/USDT"
     cases = [
@@ -64,13 +59,13 @@ async def main() -> None:
         ("cold latest 5m x100", f"{base}&timeframe=5m&limit=100", False),
     ]
     try:
-        async with app.test_app():
+        async with bench_app("rt", config) as app:
             client = app.test_client()
             await client.get("/api/v1/symbols?market=crypto&provider=binance")
             redis = app.extensions["redis"]
             for label, url, drop in cases:
                 if drop:
-                    keys = await redis.run(lambda r: r.keys(f"{prefix}:ans2:*"))
+                    keys = await redis.run(lambda r: r.keys(redis.key("ans2", "*")))
                     if keys:
                         await redis.run(lambda r, k=keys: r.delete(*k))
                 counts.clear()
@@ -79,8 +74,6 @@ async def main() -> None:
                 detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
                 print(f"{label:<36} round trips {sum(counts.values()):>3}  ({detail})")
     finally:
-        await drop_bench_data(str(app.config["DATABASE_URL"]), schema,
-                              str(app.config["REDIS_URL"]), prefix)
         await emu.stop()
 
 

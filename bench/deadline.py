@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 
-from bench.common import drop_bench_data
+from bench.common import bench_app
 from core.timeframes import MINUTE_MS
 from tests.support.backfill import KLINES, T0
 from tests.support.exchange_emulator import ExchangeEmulator
@@ -25,15 +24,10 @@ BASE = "/api/v1/ohlcv?market=crypto&provider=binance&symbol=BTC/USDT&timeframe=1
 
 
 async def main() -> None:
-    from app import create_app
-
     emu = ExchangeEmulator()
     await emu.start()
-    schema, prefix = f"bench_dl_{uuid.uuid4().hex[:8]}", f"bench:{uuid.uuid4().hex[:8]}"
-    app = create_app({"APP_ENV": "production", "DATABASE_SCHEMA": schema, "REDIS_PREFIX": prefix,
-                      "LOG_LEVEL": "ERROR", "PROVIDER_URLS": {"binance": emu.url},
-                      "CCXT_EXCHANGES": "binance", "BACKFILL_RUNNER": False, "RATE_LIMITS": {}})
-    deadline = float(app.config["REQUEST_DEADLINE"])
+    config = {"APP_ENV": "production", "LOG_LEVEL": "ERROR", "PROVIDER_URLS": {"binance": emu.url},
+              "CCXT_EXCHANGES": "binance", "BACKFILL_RUNNER": False, "RATE_LIMITS": {}}
     cases = [
         ("stored range, one more hour asked", f"{BASE}&start={T0}&end={T0 + 120 * MINUTE_MS}&limit=120"),
         ("nothing stored", f"{BASE}&start={T0 + 1440 * MINUTE_MS}&end={T0 + 1500 * MINUTE_MS}&limit=60"),
@@ -42,7 +36,8 @@ async def main() -> None:
     ]
     worst = 0.0
     try:
-        async with app.test_app():
+        async with bench_app("dl", config) as app:
+            deadline = float(app.config["REQUEST_DEADLINE"])
             client = app.test_client()
             await client.get("/api/v1/symbols?market=crypto&provider=binance")
             stored = await client.get(f"{BASE}&start={T0}&end={T0 + 60 * MINUTE_MS}&limit=60")
@@ -62,8 +57,6 @@ async def main() -> None:
             print(f"slowest answer {worst:.2f} s = {worst / deadline:.2f} x REQUEST_DEADLINE")
             emu.clear_faults()
     finally:
-        await drop_bench_data(str(app.config["DATABASE_URL"]), schema,
-                              str(app.config["REDIS_URL"]), prefix)
         await emu.stop()
 
 

@@ -16,13 +16,12 @@ import argparse
 import asyncio
 import math
 import time
-import uuid
 from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
 
-from bench.common import drop_bench_data
+from bench.common import bench_app
 from config import TestingConfig
 from core.timeframes import MINUTE_MS
 from plugins.crypto import CryptoPlugin
@@ -39,34 +38,21 @@ def report(label: str, wall: float, bars: int, calls: int, minimum: int) -> None
 
 
 async def through_app(emu: ExchangeEmulator, bars: int, minimum: int) -> None:
-    from app import create_app
-
-    schema, prefix = f"bench_provider_{uuid.uuid4().hex[:8]}", f"bench:{uuid.uuid4().hex[:8]}"
-    config = {"APP_ENV": "testing", "DATABASE_SCHEMA": schema, "REDIS_PREFIX": prefix,
-              "LOG_LEVEL": "WARNING", "PROVIDER_URLS": {"binance": emu.url}}
-    app = create_app(config)
+    config = {"APP_ENV": "testing", "LOG_LEVEL": "WARNING", "PROVIDER_URLS": {"binance": emu.url}}
     end = START + bars * MINUTE_MS
     url = (f"/api/v1/ohlcv?market=crypto&provider=binance&symbol=BTC/USDT&timeframe=1m"
            f"&start={START}&end={end}&limit={bars}")
-    try:
-        async with app.test_app():
-            client = app.test_client()
-            for label in ("cold (app)", "warm (app)"):
-                before = emu.calls(KLINES)
-                started = time.perf_counter()
-                resp = await client.get(url)
-                wall = time.perf_counter() - started
-                body: dict[str, Any] = await resp.get_json()
-                assert resp.status_code == 200, body
-                report(label, wall, len(body["bars"]), emu.calls(KLINES) - before,
-                       minimum if label.startswith("cold") else 0)
-    finally:
-        await cleanup(str(app.config["DATABASE_URL"]), schema, str(app.config["REDIS_URL"]), prefix)
-
-
-async def cleanup(database_url: str, schema: str, redis_url: str, prefix: str) -> None:
-    """Drop the bench's schema and Redis keys."""
-    await drop_bench_data(database_url, schema, redis_url, prefix)
+    async with bench_app("provider", config) as app:
+        client = app.test_client()
+        for label in ("cold (app)", "warm (app)"):
+            before = emu.calls(KLINES)
+            started = time.perf_counter()
+            resp = await client.get(url)
+            wall = time.perf_counter() - started
+            body: dict[str, Any] = await resp.get_json()
+            assert resp.status_code == 200, body
+            report(label, wall, len(body["bars"]), emu.calls(KLINES) - before,
+                   minimum if label.startswith("cold") else 0)
 
 
 async def through_plugin(emu: ExchangeEmulator, bars: int, minimum: int) -> None:

@@ -27,7 +27,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -197,9 +196,9 @@ async def run_case(n: int, mode: str, window: float, interval: float, server_nam
                    kind: str = "service", env: dict[str, str] | None = None) -> dict[str, Any]:
     import aiohttp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from tests.support.ws import free_port, wait_healthy
+
+    port = free_port()
     fd, samples_path = tempfile.mkstemp(suffix=".json")
     os.close(fd)
     server = await asyncio.create_subprocess_exec(
@@ -211,12 +210,7 @@ async def run_case(n: int, mode: str, window: float, interval: float, server_nam
     try:
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as http:
-            for _ in range(300):
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(base + "/health") as r:
-                        if r.status == 200:
-                            break
-                await asyncio.sleep(0.1)
+            await wait_healthy(http, base)
 
             async def client() -> aiohttp.ClientWebSocketResponse:
                 ws = await http.ws_connect(base + "/api/v1/ws", compress=compress)

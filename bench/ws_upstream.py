@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import socket
 import statistics
 import sys
 import time
@@ -95,13 +94,12 @@ async def run_feed(feed: str, channels: int, minutes: float) -> dict[str, Any]:
     import aiohttp
 
     from tests.support.exchange_emulator import ExchangeEmulator
+    from tests.support.ws import free_port, wait_healthy
 
     emu = ExchangeEmulator()
     await emu.start()
     symbols = emu.binance.add_symbols(channels)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     tag = uuid.uuid4().hex[:8]
     env = app_env(feed, emu, channels, tag)
     server = await asyncio.create_subprocess_exec(
@@ -113,12 +111,7 @@ async def run_feed(feed: str, channels: int, minutes: float) -> dict[str, Any]:
     all_live = asyncio.Event()
     try:
         async with aiohttp.ClientSession() as http:
-            for _ in range(300):
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(base + "/health") as r:
-                        if r.status == 200:
-                            break
-                await asyncio.sleep(0.1)
+            await wait_healthy(http, base)
             ws = await http.ws_connect(base + "/api/v1/ws")
             for i, sym in enumerate(symbols):
                 await ws.send_str(json.dumps({

@@ -7,15 +7,15 @@ from collections.abc import AsyncIterator
 
 from quart import Blueprint, Response, current_app, jsonify, request
 
-from app_extensions.answer_bytes import accepted_encoding, etag_matches
 from app_extensions.export import get_exporter
+from app_extensions.prepared_answers import accepted_encoding, etag_matches
 from app_extensions.ratelimit import get_ratelimiter
 from app_extensions.services import get_services
 from blueprints.common import load_query
 from blueprints.export_schemas import ExportQuery
 from core.errors import InvalidParameter, RangeNotStored
 from core.types import Series
-from services.export import FORMATS
+from services.export import FORMATS, ExportPlan, Format
 
 export_blueprint = Blueprint("export", __name__, url_prefix="/api/v1")
 QUERY = ExportQuery()
@@ -40,17 +40,22 @@ async def export() -> Response | tuple[Response, int]:
         not_modified = Response(b"", status=304, headers={"ETag": etag})
         del not_modified.headers["Content-Type"]  # a 304 has no body
         return not_modified
+    # A GET takes an export slot (503 when EXPORT_MAX_CONCURRENT run already) until its stream ends.
+    body = _no_body() if request.method == "HEAD" else exporter.reserve().hold(exporter.stream(plan, fmt, encoding))
+    response = Response(body, status=200, headers=_headers(plan, fmt, etag, encoding))
+    response.timeout = None  # streamed for as long as it takes (EXPORT_TIMEOUT bounds the COPY)
+    return response
+
+
+def _headers(plan: ExportPlan, fmt: Format, etag: str, encoding: str | None) -> dict[str, str]:
+    """The streamed answer's headers: type, ETag (one per encoding), file name, encoding."""
     headers = {"Content-Type": fmt.media_type, "ETag": f'{etag[:-1]}-{encoding}"' if encoding else etag,
                "Content-Disposition": f'attachment; filename="{plan.file_name(fmt)}"'}
     if fmt.compressible:
         headers["Vary"] = "Accept-Encoding"
     if encoding:
         headers["Content-Encoding"] = encoding
-    # A GET takes an export slot (503 when EXPORT_MAX_CONCURRENT run already) until its stream ends.
-    body = _no_body() if request.method == "HEAD" else exporter.reserve().hold(exporter.stream(plan, fmt, encoding))
-    response = Response(body, status=200, headers=headers)
-    response.timeout = None  # streamed for as long as it takes (EXPORT_TIMEOUT bounds the COPY)
-    return response
+    return headers
 
 
 async def _no_body() -> AsyncIterator[bytes]:

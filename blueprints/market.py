@@ -6,8 +6,8 @@ import json
 
 from quart import Blueprint, Request, Response, current_app, jsonify, request
 
-from app_extensions.answer_bytes import Prepared, etag_matches, etag_of
 from app_extensions.credentials import get_credentials
+from app_extensions.prepared_answers import PreparedAnswer, etag_matches, etag_of
 from app_extensions.response_cache import PreparedResponse, get_response_cache
 from app_extensions.services import get_services
 from blueprints.common import load_query
@@ -137,7 +137,7 @@ def _fresh(payload: bytes, answer: BarAnswer, source: str, private: bool) -> Res
     return Response(payload, status=200, headers=headers)
 
 
-def _answer(req: Request, entry: Prepared, source: str) -> Response:
+def _answer(req: Request, entry: PreparedAnswer, source: str) -> Response:
     """A prepared answer in the encoding the client accepts; 304 when its ETag matches."""
     accept_encoding = if_none_match = b""
     for name, value in req.scope["headers"]:  # one pass for both headers

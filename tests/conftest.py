@@ -17,6 +17,7 @@ from quart.typing import TestClientProtocol
 
 from app import create_app
 from tests.support.helpers import delete_prefix, drop_schema
+from tests.support.pglite.fixtures import timescale_url, ts_app  # noqa: F401  (started only when asked for)
 
 DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

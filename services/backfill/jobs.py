@@ -89,6 +89,24 @@ class TooManyJobs(APIError):
                          "retry when some have run", retry_after=retry_after)
 
 
+#: The active job of a series (``$1``-``$3``) covering [``$4``, ``$5``): the narrowest, then the oldest.
+_COVERING = ("FROM backfill_jobs WHERE market = $1 AND provider = $2 AND symbol = $3"
+             " AND status IN ('queued', 'running') AND start_ms <= $4 AND end_ms >= $5"
+             " ORDER BY (end_ms - start_ms), created_at LIMIT 1")
+
+
+async def _insert_job(conn: asyncpg.Connection, key: tuple[str, str, str], start_ms: int, end_ms: int,
+                      clients: list[str]) -> asyncpg.Record | None:
+    """A new queued job, or None when an active one of the same range exists (a race lost)."""
+    return await conn.fetchrow(
+        "INSERT INTO backfill_jobs (id, market, provider, symbol, start_ms, end_ms, clients)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7::text[])"
+        " ON CONFLICT (market, provider, symbol, start_ms, end_ms)"
+        " WHERE status IN ('queued', 'running') DO NOTHING RETURNING *",
+        uuid.uuid4().hex, *key, start_ms, end_ms, clients,
+    )
+
+
 async def submit_job(
     conn: asyncpg.Connection, series: Series, start_ms: int, end_ms: int, client: str,
     max_queued: int, max_range_ms: int,
@@ -104,9 +122,7 @@ async def submit_job(
         covering = await conn.fetchrow(
             "UPDATE backfill_jobs SET clients = CASE WHEN $6 = ANY(clients) THEN clients"
             " ELSE array_append(clients, $6) END"
-            " WHERE id = (SELECT id FROM backfill_jobs WHERE market = $1 AND provider = $2 AND symbol = $3"
-            "   AND status IN ('queued', 'running') AND start_ms <= $4 AND end_ms >= $5"
-            "   ORDER BY (end_ms - start_ms), created_at LIMIT 1) RETURNING *",
+            f" WHERE id = (SELECT id {_COVERING}) RETURNING *",
             *key, start_ms, end_ms, client,
         )
         if covering is not None:
@@ -133,13 +149,7 @@ async def submit_job(
             client)
         if queued >= max_queued:
             raise TooManyJobs(max_queued)
-        row = await conn.fetchrow(
-            "INSERT INTO backfill_jobs (id, market, provider, symbol, start_ms, end_ms, clients)"
-            " VALUES ($1, $2, $3, $4, $5, $6, ARRAY[$7]::text[])"
-            " ON CONFLICT (market, provider, symbol, start_ms, end_ms)"
-            " WHERE status IN ('queued', 'running') DO NOTHING RETURNING *",
-            uuid.uuid4().hex, *key, start_ms, end_ms, client,
-        )
+        row = await _insert_job(conn, key, start_ms, end_ms, [client])
     if row is not None:
         return _job(row), True
     # Lost a race with another client's identical request: that job covers this one now.
@@ -153,21 +163,10 @@ async def enqueue_job(
     Returns (job, created). Safe under concurrency, also across instances."""
     key = (series.market, series.provider, series.symbol)
     for _ in range(5):
-        existing = await conn.fetchrow(
-            "SELECT * FROM backfill_jobs WHERE market = $1 AND provider = $2 AND symbol = $3"
-            " AND status IN ('queued', 'running') AND start_ms <= $4 AND end_ms >= $5"
-            " ORDER BY (end_ms - start_ms), created_at LIMIT 1",
-            *key, start_ms, end_ms,
-        )
+        existing = await conn.fetchrow(f"SELECT * {_COVERING}", *key, start_ms, end_ms)
         if existing is not None:
             return _job(existing), False
-        row = await conn.fetchrow(
-            "INSERT INTO backfill_jobs (id, market, provider, symbol, start_ms, end_ms)"
-            " VALUES ($1, $2, $3, $4, $5, $6)"
-            " ON CONFLICT (market, provider, symbol, start_ms, end_ms)"
-            " WHERE status IN ('queued', 'running') DO NOTHING RETURNING *",
-            uuid.uuid4().hex, *key, start_ms, end_ms,
-        )
+        row = await _insert_job(conn, key, start_ms, end_ms, [])
         if row is not None:
             return _job(row), True
         # Lost a race with another writer: its row is visible now (or it already finished).

@@ -91,16 +91,8 @@ def describe_mode(mode: str) -> str:
     return f"{mode}: storage mode not determined"
 
 
-def bars_query(
-    mode: str,
-    market: str,
-    provider: str,
-    symbol: str,
-    timeframe: str,
-    start_ms: int,
-    end_ms: int,
-    limit: int,
-) -> tuple[str, list[object]] | None:
+def bars_query(mode: str, market: str, provider: str, symbol: str, timeframe: str, start_ms: int,
+               end_ms: int, limit: int) -> tuple[str, list[object]] | None:
     """The SQL (and its arguments) ``select_bars`` runs: rows ``(ts timestamptz, open, high, low,
     close, volume)`` of the bars of ``timeframe`` with ``start_ms <= ts < end_ms``, ascending, at
     most ``limit``; None when the range holds no bucket. Bulk export runs the very same query
@@ -136,17 +128,8 @@ def bars_query(
     return sql, args
 
 
-async def select_bars(
-    conn: asyncpg.Connection,
-    mode: str,
-    market: str,
-    provider: str,
-    symbol: str,
-    timeframe: str,
-    start_ms: int,
-    end_ms: int,
-    limit: int,
-) -> list[Bar]:
+async def select_bars(conn: asyncpg.Connection, mode: str, market: str, provider: str, symbol: str,
+                      timeframe: str, start_ms: int, end_ms: int, limit: int) -> list[Bar]:
     """Bars ``[ts_ms, o, h, l, c, v]`` of ``timeframe`` with ``start_ms <= ts < end_ms``,
     ascending, at most ``limit`` (the first ones from ``start_ms``)."""
     query = bars_query(mode, market, provider, symbol, timeframe, start_ms, end_ms, limit)

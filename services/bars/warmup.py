@@ -91,7 +91,9 @@ def query_of(key: str) -> BarQuery:
 
 
 class Warmer:
-    """Records what is asked and live; ``run`` prefetches it within the budgets."""
+    """The cache warmer: it records which ``/ohlcv`` ranges are asked and which channels are live,
+    and ``run`` asks them again after a restart, within the budgets, so an instance's first
+    dashboards are answered from a warm cache. The ``Warmup`` extension runs its tasks."""
 
     def __init__(self, orchestrator: DataOrchestrator, redis: RedisRunner | None,
                  settings: WarmupSettings, live_channels: Callable[[], Iterable[str]]) -> None:

@@ -18,9 +18,10 @@ R = TypeVar("R")
 log = logging.getLogger(__name__)
 
 
-class Batched(Generic[A, R]):
-    """``await batched(arg)`` is ``(await send([arg, ...]))[i]``, with the other calls queued at
-    the same time in the same ``send`` (which returns one result per argument, in order)."""
+class CallBatcher(Generic[A, R]):
+    """Batches the calls of one backend operation: ``await batcher(arg)`` is
+    ``(await send([arg, ...]))[i]``, with the other calls queued at the same time in the same
+    ``send`` (which returns one result per argument, in order)."""
 
     def __init__(self, send: Callable[[list[A]], Awaitable[list[R]]], name: str) -> None:
         self.send, self.name = send, name

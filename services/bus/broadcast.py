@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from core.metrics import WS_CLUSTER_MODE
 from services.bus.backends import Backend, BackendError, MemoryBackend
-from services.bus.batch import Batched
+from services.bus.batch import CallBatcher
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,7 +50,7 @@ class Broadcast:
         self._retry_at = 0.0
         #: Lease acquisitions and renewals: those asked at once go in one round trip (the leases
         #: of channels started together come due together).
-        self.hold = Batched(self._hold, "ws-leases")
+        self.hold = CallBatcher(self._hold, "ws-leases")
 
     @property
     def mode(self) -> str:

@@ -16,7 +16,7 @@ from core.types import Channel, Series
 from services.bars.orchestrator import BarQuery, DataOrchestrator
 from services.bus.broadcast import Broadcast
 from services.live.channels import ChannelsReport
-from services.live.commits import Commits
+from services.live.commits import GroupCommit
 from services.live.hub import Hub
 from services.live.poller import Output, Poller, Writer
 from services.live.service import SubscriptionService
@@ -48,6 +48,6 @@ def build(*, markets: MarketService, orchestrator: DataOrchestrator, broadcast: 
         return Poller(channel, markets=markets, out=out, store=store, db=db,
                       settings=settings.poll, bucket=bucket)
 
-    hub = Hub(broadcast, pollers, settings, instance_id=uuid.uuid4().hex, commits=Commits(store))
+    hub = Hub(broadcast, pollers, settings, instance_id=uuid.uuid4().hex, commits=GroupCommit(store))
     return SubscriptionService(markets=markets, orchestrator=orchestrator, hub=hub,
                                report=ChannelsReport(hub, store), settings=settings)

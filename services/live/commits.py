@@ -1,5 +1,6 @@
-"""Commits: a poller's bar frames, numbered, published and saved with its state in one step, and
-the commits of every channel ready at the same moment in one backend round trip.
+"""A poller's bar frames, numbered, published and saved with its state in one step (a ``Commit``),
+and the commits of every channel ready at the same moment in one backend round trip
+(``GroupCommit``).
 
 A stream's bars of one minute all change at the same instant: 100 channels each reserving a
 ``seq``, publishing and saving their state one round trip after another made the last channel
@@ -23,7 +24,7 @@ import logging
 from dataclasses import dataclass
 
 from services.bus.backends import SEQ_KEY, CommitRecord
-from services.bus.batch import Batched
+from services.bus.batch import CallBatcher
 from services.bus.broadcast import Lease, LeaseLost
 from services.live.frames import BarFrame
 from services.live.state import STATE_TTL_SECONDS, PollerState, StateStore
@@ -64,12 +65,13 @@ class Commit:
             floor=floor, payloads=[f.wire() for f in self.frames], lease=lease)
 
 
-class Commits:
-    """Group commit of the pollers of this instance over the store's backend (module)."""
+class GroupCommit:
+    """The commits of this instance's pollers, grouped: ``await commit(item)`` queues ``item`` and
+    returns once it went out with the others queued meanwhile, in one backend round trip."""
 
     def __init__(self, store: StateStore) -> None:
         self.store = store
-        self.batched = Batched(self._send, "ws-commits")
+        self.batched = CallBatcher(self._send, "ws-commits")
 
     async def commit(self, item: Commit) -> None:
         """Number, publish and save ``item``; raises ``LeaseLost`` when another instance holds

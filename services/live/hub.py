@@ -23,7 +23,7 @@ from core.metrics import WS_ACTIVE_CHANNELS, WS_POLLING_CHANNELS, forget_candle_
 from core.types import Channel
 from services.bus.broadcast import Broadcast, Lease, stop_task
 from services.bus.revisions import REVISIONS
-from services.live.commits import BARS, Commit, Commits
+from services.live.commits import BARS, Commit, GroupCommit
 from services.live.frames import BarFrame, Frame, StatusFrame, decode
 from services.live.poller import Output, Poller
 from services.live.settings import HubSettings
@@ -66,10 +66,10 @@ class Hub:
     """See the module docstring. Collaborators come in; nothing is patched on later."""
 
     def __init__(self, broadcast: Broadcast, pollers: PollerFactory, settings: HubSettings,
-                 instance_id: str, commits: Commits | None = None) -> None:
+                 instance_id: str, commits: GroupCommit | None = None) -> None:
         self.broadcast, self.pollers, self.settings = broadcast, pollers, settings
         #: Bar frames of the pollers here, published with their state (one round trip per burst).
-        self.commits = commits or Commits(StateStore(broadcast))
+        self.commits = commits or GroupCommit(StateStore(broadcast))
         self.instance_id = instance_id
         self.channels: dict[str, ChannelEntry] = {}
         #: The running poll loop of each channel this instance polls.
@@ -194,7 +194,7 @@ class Hub:
 
     async def commit(self, item: Commit) -> None:
         """Number ``item``'s bar frames (cluster-wide, never repeated), publish them and save the
-        poller's state, with the commits of other channels ready at once (``Commits``)."""
+        poller's state, with the commits of other channels ready at once (``GroupCommit``)."""
         await self.commits.commit(item)
 
     def dispatch(self, channel: str, frame: Frame) -> None:

@@ -8,7 +8,7 @@ the last bucket it tracks up to now (one upstream call in the steady state) and 
 - a bucket already published closed again, with ``revised: true``, when a refetch within
   ``revision_seconds`` of its end (or a revision announced by another writer) shows other values.
 Bar frames carry the channel's ``seq`` (given by the commit that publishes them with the state,
-``Commits``: cluster-wide, never repeated); ``ts`` never goes backwards except in a revision (the
+``GroupCommit``: cluster-wide, never repeated); ``ts`` never goes backwards except in a revision (the
 state is saved for a hand-over). Closed 1m bars are written first (a failed write is retried with
 the next). Failures back off (honouring ``retry_after``) and publish ``status: stale``; the first
 success after publishes ``live``.

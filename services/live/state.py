@@ -97,7 +97,7 @@ class StateStore:
         return shared
 
     def remember(self, channel: str, state: PollerState) -> None:
-        """Remember ``state`` in this process (``Commits`` saved it on the backend)."""
+        """Remember ``state`` in this process (``GroupCommit`` saved it on the backend)."""
         self._local[channel] = state
 
     async def save(self, channel: str, state: PollerState) -> None:

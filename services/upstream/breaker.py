@@ -48,14 +48,14 @@ STATES = ("closed", "half_open", "open")
 
 @dataclass(frozen=True)
 class Admission:
-    """A call let through: as the half-open ``probe``, or ``quiet``: the breaker was closed with
-    no failure counted when it began, so its success has nothing to reset and is not recorded."""
+    """A call let through: as the half-open ``probe``, or with ``nothing_to_reset``: the breaker
+    was closed with no failure counted when it began, so its success is not recorded."""
 
     probe: bool = False
-    quiet: bool = False
+    nothing_to_reset: bool = False
 
 
-_QUIET, _ALLOWED, _PROBE = Admission(quiet=True), Admission(), Admission(probe=True)
+_NOTHING_TO_RESET, _ALLOWED, _PROBE = Admission(nothing_to_reset=True), Admission(), Admission(probe=True)
 
 
 class ProviderCircuitOpen(NetworkPluginError):
@@ -124,7 +124,7 @@ class CircuitBreaker:
         except BaseException as exc:
             await self.record(provider, admission.probe, outcome_of(exc))
             raise
-        if not admission.quiet:
+        if not admission.nothing_to_reset:
             await self.record(provider, admission.probe, "ok")
 
     async def acquire(self, provider: str) -> bool:
@@ -158,7 +158,7 @@ class CircuitBreaker:
         if code == 1:
             self._changed(provider, "half_open")
             return _PROBE
-        return _QUIET if value == 0 else _ALLOWED
+        return _NOTHING_TO_RESET if value == 0 else _ALLOWED
 
     async def record(self, provider: str, probe: bool, outcome: str) -> None:
         """Record one call's ``outcome`` (``ok``, ``fail``, ``neutral``)."""

@@ -8,8 +8,8 @@ Redis client spends more CPU on a command than Redis does (~0.3 ms here): the st
 (``services.upstream.store.RedisStore.gate``) runs the breaker's admission and, unless it refused,
 the budget's schedule in one script, built from the same Lua functions, with the same keys,
 arguments and answers, so the decisions are the same, taken atomically. With the breaker's quiet
-successes (``Admission.quiet``: nothing to record) a call then costs one script. When Redis is
-unavailable, each gate decides in process memory as it does alone.
+successes (``Admission.nothing_to_reset``: nothing to record) a call then costs one script. When
+Redis is unavailable, each gate decides in process memory as it does alone.
 """
 
 from __future__ import annotations

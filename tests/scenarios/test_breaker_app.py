@@ -12,9 +12,9 @@ import pytest
 from prometheus_client import REGISTRY
 from quart import Quart
 
-from app import create_app
 from tests.support.exchange_emulator import ExchangeEmulator, fixtures
 from tests.support.exchange_emulator.checks import NO_LEAKS
+from tests.support.helpers import readiness, serving
 
 pytestmark = NO_LEAKS
 emulator = fixtures.emulator
@@ -30,15 +30,12 @@ async def app(app_config: dict[str, Any], emulator: ExchangeEmulator) -> AsyncIt
            "CCXT_EXCHANGES": "binance", "RATE_LIMIT_ENABLED": False, "PROVIDER_TIMEOUT": 0.5,
            "PROVIDER_RETRIES": 0, "BREAKER_FAILURE_THRESHOLD": 2, "BREAKER_OPEN_SECONDS": 1.0,
            "READINESS_CACHE_SECONDS": 0.0}  # each look at /health/ready sees the state of now
-    application = create_app(cfg)
-    async with application.test_app():
+    async with serving(cfg) as application:
         yield application
 
 
 async def states(app: Quart) -> dict[str, Any]:
-    r = await app.test_client().get("/health/ready")
-    assert r.status_code == 200
-    body = await r.get_json()
+    body = await readiness(app)
     assert body["status"] == "ok"  # an open breaker is not the instance's failure
     providers: dict[str, Any] = body["checks"]["providers"]
     return providers

@@ -15,7 +15,9 @@ import pytest
 from quart import Quart
 
 from app import create_app
-from tests.support.tcp_proxy import TcpProxy
+from tests.support import tcp_proxy
+from tests.support.helpers import readiness, serving
+from tests.support.tcp_proxy import TcpProxy, proxied_config
 
 #: A day boundary four days ago: closed, and recent enough for Redis to cache (it caches the last
 #: CACHE_RECENT_SECONDS only; older history is answered from the database).
@@ -23,35 +25,13 @@ PAST = (int(time.time()) // 86_400 - 4) * 86_400_000
 Q = "/api/v1/ohlcv?market=sim&provider=sim&symbol=SIM/USD&timeframe=1h"
 
 
-@pytest.fixture
-async def proxies() -> AsyncIterator[dict[str, TcpProxy]]:
-    pg = await TcpProxy("127.0.0.1", 5432).start()
-    rd = await TcpProxy("127.0.0.1", 6379).start()
-    yield {"pg": pg, "redis": rd}
-    await pg.stop()
-    await rd.stop()
+proxies = tcp_proxy.proxies
 
 
 @pytest.fixture
-async def proxied_app(
-    app_config: dict[str, Any], proxies: dict[str, TcpProxy]
-) -> AsyncIterator[Quart]:
-    cfg = dict(app_config)
-    cfg["DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:{proxies['pg'].port}/test"
-    cfg["REDIS_URL"] = f"redis://127.0.0.1:{proxies['redis'].port}/0"
-    cfg["DEPENDENCY_RETRY_AFTER"] = 0.1
-    cfg["REDIS_TIMEOUT"] = 0.5
-    cfg["DB_CONNECT_TIMEOUT"] = 1.0
-    application = create_app(cfg)
-    async with application.test_app():
+async def proxied_app(app_config: dict[str, Any], proxies: dict[str, TcpProxy]) -> AsyncIterator[Quart]:
+    async with serving(proxied_config(app_config, proxies)) as application:
         yield application
-
-
-async def ready(app: Quart) -> dict[str, Any]:
-    r = await app.test_client().get("/health/ready")
-    assert r.status_code == 200
-    body: dict[str, Any] = await r.get_json()
-    return body
 
 
 async def ohlcv(app: Quart, query: str) -> tuple[int, Any, str]:
@@ -81,13 +61,13 @@ async def test_redis_down_answers_from_database_and_provider_then_recovers(
     assert status == 200 and again["bars"] == body["bars"] and source == "database"
     status, fresh, source = await ohlcv(proxied_app, "&limit=3")
     assert status == 200 and len(fresh["bars"]) == 3 and "provider" in source
-    health = await ready(proxied_app)
+    health = await readiness(proxied_app)
     assert health["status"] == "degraded" and health["checks"]["redis"]["ok"] is False
     assert health["checks"]["database"]["ok"] is True
     proxies["redis"].restore()
 
     async def recovered() -> bool:
-        h = await ready(proxied_app)
+        h = await readiness(proxied_app)
         return h["status"] == "ok"
 
     await eventually(recovered)
@@ -112,12 +92,12 @@ async def test_postgres_down_answers_from_cache_and_provider_then_recovers(
     other = f"&start={PAST + 86_400_000}&end={PAST + 86_400_000 + 2 * 3600_000}"
     status, fetched, source = await ohlcv(proxied_app, other)
     assert status == 200 and source == "provider" and len(fetched["bars"]) == 2
-    health = await ready(proxied_app)
+    health = await readiness(proxied_app)
     assert health["status"] == "degraded" and health["checks"]["database"]["ok"] is False
     proxies["pg"].restore()
 
     async def recovered() -> bool:
-        h = await ready(proxied_app)
+        h = await readiness(proxied_app)
         return h["checks"]["database"]["ok"] is True
 
     await eventually(recovered)
@@ -144,7 +124,7 @@ async def test_service_starts_with_both_dependencies_unreachable(app_config: dic
     async with application.test_app():
         status, body, source = await ohlcv(application, "&limit=10")
         assert status == 200 and len(body["bars"]) == 10 and source == "provider"
-        health = await ready(application)
+        health = await readiness(application)
         assert health["status"] == "degraded"
         assert health["checks"]["database"]["error"] and health["checks"]["redis"]["error"]
         r = await application.test_client().get("/health")

@@ -4,35 +4,16 @@ continuous aggregates' query gives the bars /ohlcv gives, for every timeframe.""
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from quart import Quart
 
-from app import create_app
 from core.timeframes import DAY_MS, TIMEFRAMES
-from services.bars import aggregates
 from tests.support.backfill import wait_job
-from tests.support.helpers import drop_schema
-from tests.support.pglite.fixtures import timescale_url  # noqa: F401  (session fixture)
 
 PAST = 1_700_006_400_000  # 2023-11-15 00:00 UTC, a Wednesday
 SERIES = "market=sim&provider=sim&symbol=SIM/USD"
-
-
-@pytest.fixture
-async def ts_app(app_config: dict[str, Any], timescale_url: str) -> AsyncIterator[Quart]:  # noqa: F811
-    config = {**aggregates.TIMESCALE_SETTINGS, **app_config,
-              "DATABASE_URL": timescale_url, "STORAGE_MODE": "timescale", "DB_POOL_MAX": 4}
-    application = create_app(config)
-    try:
-        async with application.test_app():
-            yield application
-    finally:
-        await drop_schema(timescale_url, config["DATABASE_SCHEMA"])
 
 
 async def test_export_equals_ohlcv_from_the_aggregates(ts_app: Quart) -> None:

@@ -11,30 +11,21 @@ from typing import Any
 import pytest
 from quart import Quart
 
-from app import create_app
-from tests.support.tcp_proxy import TcpProxy
+from tests.support import tcp_proxy
+from tests.support.helpers import serving
+from tests.support.tcp_proxy import TcpProxy, proxied_config
 
 PAST = 1_700_006_400_000
 Q = "/api/v1/ohlcv?market=sim&provider=sim&symbol=SIM/USD&timeframe=1h&limit=6&start="
 
 
-@pytest.fixture
-async def proxies() -> AsyncIterator[dict[str, TcpProxy]]:
-    pg = await TcpProxy("127.0.0.1", 5432).start()
-    rd = await TcpProxy("127.0.0.1", 6379).start()
-    yield {"pg": pg, "redis": rd}
-    await pg.stop()
-    await rd.stop()
+proxies = tcp_proxy.proxies
 
 
 @pytest.fixture
 async def proxied_app(app_config: dict[str, Any], proxies: dict[str, TcpProxy]) -> AsyncIterator[Quart]:
-    cfg = {**app_config, "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{proxies['pg'].port}/test",
-           "REDIS_URL": f"redis://127.0.0.1:{proxies['redis'].port}/0", "DEPENDENCY_RETRY_AFTER": 0.1,
-           "REDIS_TIMEOUT": 0.5, "DB_CONNECT_TIMEOUT": 1.0, "RATE_LIMIT_ENABLED": False,
-           "WARMUP_ENABLED": False}
-    application = create_app(cfg)
-    async with application.test_app():
+    config = proxied_config(app_config, proxies, RATE_LIMIT_ENABLED=False, WARMUP_ENABLED=False)
+    async with serving(config) as application:
         yield application
 
 

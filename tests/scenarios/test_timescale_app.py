@@ -3,34 +3,16 @@ PGlite TimescaleDB (tests/support/pglite), answering /ohlcv from the continuous 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
-
 import pytest
 from quart import Quart
 from quart.typing import TestClientProtocol
 
-from app import create_app
 from core.timeframes import DAY_MS, MINUTE_MS, resample, tf_ms
 from plugins.sim import sim_bar
 from services.bars import aggregates
 from tests.blueprints.test_market import BASE, flush_prefix
-from tests.support.helpers import drop_schema
-from tests.support.pglite.fixtures import timescale_url  # noqa: F401  (session fixture)
 
 PAST = 1_700_006_400_000  # 2023-11-15 00:00 UTC, a Wednesday
-
-
-@pytest.fixture
-async def ts_app(app_config: dict[str, Any], timescale_url: str) -> AsyncIterator[Quart]:  # noqa: F811
-    config = {**aggregates.TIMESCALE_SETTINGS, **app_config,
-              "DATABASE_URL": timescale_url, "STORAGE_MODE": "timescale", "DB_POOL_MAX": 4}
-    application = create_app(config)
-    try:
-        async with application.test_app():
-            yield application
-    finally:
-        await drop_schema(timescale_url, config["DATABASE_SCHEMA"])
 
 
 async def test_readiness_reports_timescale_mode(ts_app: Quart) -> None:

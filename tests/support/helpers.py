@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
 from quart import Quart
 
+from app import create_app
 from app_extensions.services import get_services
 from core.timeframes import Bar
 from core.types import Series, to_dt, to_ms
 from plugins import crypto
+
+
+@asynccontextmanager
+async def serving(config: dict[str, Any]) -> AsyncIterator[Quart]:
+    """``create_app(config)`` between its start-up and its shutdown (``app.test_app()``)."""
+    application = create_app(config)
+    async with application.test_app():
+        yield application
+
+
+async def readiness(app: Quart) -> dict[str, Any]:
+    """The body of ``/health/ready``, which must answer 200."""
+    r = await app.test_client().get("/health/ready")
+    assert r.status_code == 200
+    body: dict[str, Any] = await r.get_json()
+    return body
 
 
 def sim_calls(app: Quart) -> int:

@@ -2,12 +2,19 @@
 
 ``cut()`` closes every proxied connection and refuses new ones (the dependency "goes down");
 ``restore()`` accepts again. The real server is untouched, so other tests are unaffected.
+
+The ``proxies`` fixture puts one in front of PostgreSQL and one in front of Redis, and
+``proxied_config`` points an app's config at them: ``proxies = tcp_proxy.proxies`` in a test module.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
 
 
 class TcpProxy:
@@ -68,3 +75,21 @@ class TcpProxy:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+@pytest.fixture
+async def proxies() -> AsyncIterator[dict[str, TcpProxy]]:
+    """Proxies in front of the test PostgreSQL (``pg``) and Redis (``redis``)."""
+    pg = await TcpProxy("127.0.0.1", 5432).start()
+    rd = await TcpProxy("127.0.0.1", 6379).start()
+    yield {"pg": pg, "redis": rd}
+    await pg.stop()
+    await rd.stop()
+
+
+def proxied_config(app_config: dict[str, Any], proxies: dict[str, TcpProxy], **overrides: Any) -> dict[str, Any]:
+    """``app_config`` reaching PostgreSQL and Redis through ``proxies``, with short timeouts and
+    retries so that a cut and a restore are noticed at once; ``overrides`` on top."""
+    return {**app_config, "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{proxies['pg'].port}/test",
+            "REDIS_URL": f"redis://127.0.0.1:{proxies['redis'].port}/0", "DEPENDENCY_RETRY_AFTER": 0.1,
+            "REDIS_TIMEOUT": 0.5, "DB_CONNECT_TIMEOUT": 1.0, **overrides}

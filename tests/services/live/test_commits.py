@@ -1,4 +1,4 @@
-"""Commits against real Redis (and memory): a burst of channels committed in one round trip, each
+"""GroupCommit against real Redis (and memory): a burst of channels committed in one round trip, each
 with consecutive seqs after its own and its state saved; the lease fence; a counter ahead of the
 restored state (a hand-over after kill -9); a poller stopped by its fence; batched leases."""
 
@@ -14,7 +14,7 @@ from app_extensions.redis_client import RedisClient
 from core.timeframes import now_ms
 from core.types import Channel
 from services.bus.broadcast import Broadcast, Lease, LeaseLost
-from services.live.commits import BARS, Commit, Commits
+from services.live.commits import BARS, Commit, GroupCommit
 from services.live.frames import BarFrame, decode
 from services.live.hub import Hub
 from services.live.poller import Poller
@@ -64,7 +64,7 @@ async def test_a_burst_is_one_round_trip_with_consecutive_seqs_and_states_saved(
         for i in range(N):
             await listener.subscribe(BARS + name(i))
         store = StateStore(broadcast)
-        commits = Commits(store)
+        commits = GroupCommit(store)
         states = [PollerState(seq=10 * i) for i in range(N)]  # each channel has its own counter
         await asyncio.gather(*(commits.commit(Commit(name(i), frames(name(i), 1.0, 2.0), states[i]))
                                for i in range(N)))
@@ -93,7 +93,7 @@ async def test_the_lease_fence_and_a_counter_ahead(redis: RedisClient) -> None: 
     try:
         for i in range(3):
             await listener.subscribe(BARS + name(i))
-        commits = Commits(StateStore(broadcast))
+        commits = GroupCommit(StateStore(broadcast))
         mine, taken, free = (Lease(broadcast, name(i), "me", 60.0) for i in range(3))
         assert await mine.acquire()
         assert await Lease(broadcast, name(1), "other", 60.0).acquire()
@@ -128,7 +128,7 @@ async def test_memory_backend_commits_the_same_way() -> None:
     broadcast = Broadcast(None, retry_after=1.0)
     await broadcast.connect()
     await broadcast.subscribe(BARS + name(0))
-    commits = Commits(StateStore(broadcast))
+    commits = GroupCommit(StateStore(broadcast))
     state = PollerState(seq=3)
     await commits.commit(Commit(name(0), frames(name(0), 1.0, 2.0, 3.0), state,
                                 Lease(broadcast, name(0), "me", 60.0)))

@@ -14,10 +14,12 @@ import selectors
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from quart import Quart
 
 PGLITE_DIR = Path(__file__).resolve().parent
 SERVER = PGLITE_DIR / "server.mjs"
@@ -107,3 +109,21 @@ def timescale_url(request: pytest.FixtureRequest) -> str:
         _shared["url"] = stack.enter_context(run_pglite_server())
         request.config.add_cleanup(stack.close)
     return _shared["url"]
+
+
+@pytest.fixture
+async def ts_app(app_config: dict[str, Any], timescale_url: str) -> AsyncIterator[Quart]:
+    """The whole app in TimescaleDB mode over ``timescale_url``, served by ``app.test_app()``; its
+    schema is dropped afterwards (tests/conftest.py offers both fixtures to every test)."""
+    from app import create_app
+    from services.bars import aggregates
+    from tests.support.helpers import drop_schema
+
+    config = {**aggregates.TIMESCALE_SETTINGS, **app_config,
+              "DATABASE_URL": timescale_url, "STORAGE_MODE": "timescale", "DB_POOL_MAX": 4}
+    application = create_app(config)
+    try:
+        async with application.test_app():
+            yield application
+    finally:
+        await drop_schema(timescale_url, config["DATABASE_SCHEMA"])

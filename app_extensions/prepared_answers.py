@@ -1,13 +1,14 @@
-"""Answers prepared once: the bytes of closed-range answers, kept in process memory.
+"""The in-process HTTP answer cache: the bytes of closed-range answers, prepared once and kept in
+process memory.
 
 A closed range never changes except through a revision, so its answer is prepared once, at the
 first request: the body, its ETag and its compressed variants (``br``, ``gzip``). A later identical
 request is served from these bytes with no Redis look-up, no hashing and no compression.
 
-``AnswerBytes`` is the store: entries keyed by the request's raw query string, least recently used
-first out once their bytes pass ``max_bytes``, dropped when a revision touches their series and
-range (``revise``) or when their time is up (``ttl``). A per-series generation counter keeps an
-answer built before a revision from being stored after it.
+``PreparedAnswers`` is the store of ``PreparedAnswer`` entries, keyed by the request's raw query
+string, least recently used first out once their bytes pass ``max_bytes``, dropped when a
+revision touches their series and range (``revise``) or when their time is up (``ttl``). A
+per-series generation counter keeps an answer built before a revision from being stored after it.
 
 Also here: the content-coding helpers every JSON answer uses (``accepted_encoding``, ``compress``).
 """
@@ -80,7 +81,7 @@ def compress(body: bytes, encoding: str, level: int | None = None) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
-class Prepared:
+class PreparedAnswer:
     """One answer's bytes: ``variants`` maps an encoding (``""`` for identity) to its body and
     headers (``Content-Type``, ``ETag``, ``Vary``, ``Content-Encoding``, ``X-Data-Source``);
     ``sent`` maps it to the same headers as sent, in order, ``Content-Length`` last."""
@@ -106,7 +107,7 @@ def etag_of(body: bytes) -> str:
 
 
 def prepare_sync(series: str, start: int, end: int, body: bytes, source: str,
-                 ttl: float, meta: Any = None) -> Prepared:
+                 ttl: float, meta: Any = None) -> PreparedAnswer:
     """Build an entry (CPU-bound: call it in a thread). Each compressed variant has its own ETag
     (``"<hash>-br"``), since a strong ETag names one representation."""
     etag = etag_of(body)
@@ -121,7 +122,7 @@ def prepare_sync(series: str, start: int, end: int, body: bytes, source: str,
     size = ENTRY_OVERHEAD + sum(len(data) for data, _ in variants.values())
     sent = {enc: (*headers.items(), ("Content-Length", str(len(data))))
             for enc, (data, headers) in variants.items()}
-    return Prepared(series, start, end, etag, variants, time.monotonic() + ttl, size, meta, sent)
+    return PreparedAnswer(series, start, end, etag, variants, time.monotonic() + ttl, size, meta, sent)
 
 
 def etag_matches(if_none_match: str, etag: str) -> bool:
@@ -137,13 +138,13 @@ def etag_matches(if_none_match: str, etag: str) -> bool:
 
 
 @dataclass
-class AnswerBytes:
+class PreparedAnswers:
     """The store: LRU by bytes, invalidated by revisions. Not thread-safe: use it on one loop."""
 
     max_bytes: int
     ttl: float = 3600.0
     bytes_used: int = 0
-    _entries: OrderedDict[bytes, Prepared] = field(default_factory=OrderedDict)
+    _entries: OrderedDict[bytes, PreparedAnswer] = field(default_factory=OrderedDict)
     _by_series: dict[str, set[bytes]] = field(default_factory=dict)
     _generation: dict[str, int] = field(default_factory=dict)
     _epoch: int = 0
@@ -151,7 +152,7 @@ class AnswerBytes:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: bytes) -> Prepared | None:
+    def get(self, key: bytes) -> PreparedAnswer | None:
         """The entry for ``key`` (a raw query string), or None; a hit becomes the most recent."""
         entry = self._entries.get(key)
         if entry is None:
@@ -167,14 +168,14 @@ class AnswerBytes:
         return self._epoch, self._generation.get(series, 0)
 
     async def prepare(self, key: bytes, series: str, start: int, end: int, body: bytes,
-                      source: str, generation: tuple[int, int], meta: Any = None) -> Prepared:
+                      source: str, generation: tuple[int, int], meta: Any = None) -> PreparedAnswer:
         """Prepare ``body`` (compressed in a thread) and keep it unless a revision of ``series``
         came in since ``generation`` was read, or it alone is larger than the bound."""
         entry = await asyncio.to_thread(prepare_sync, series, start, end, body, source, self.ttl, meta)
         self.put(key, entry, generation)
         return entry
 
-    def put(self, key: bytes, entry: Prepared, generation: tuple[int, int]) -> bool:
+    def put(self, key: bytes, entry: PreparedAnswer, generation: tuple[int, int]) -> bool:
         if self.generation(entry.series) != generation or entry.size > self.max_bytes:
             return False
         self._drop(key)

@@ -1,4 +1,4 @@
-"""app_extensions/answer_bytes.py: content codings, and the prepared-answer store (LRU by bytes,
+"""app_extensions/prepared_answers.py: content codings, and the prepared-answer store (LRU by bytes,
 revisions, generations)."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import gzip
 import brotli
 import pytest
 
-from app_extensions.answer_bytes import (
+from app_extensions.prepared_answers import (
     ENTRY_OVERHEAD,
-    AnswerBytes,
-    Prepared,
+    PreparedAnswer,
+    PreparedAnswers,
     accepted_encoding,
     etag_matches,
     prepare_sync,
@@ -34,7 +34,7 @@ def test_accepted_encoding(header: str, expected: str | None) -> None:
     assert accepted_encoding(header) == expected
 
 
-def pick(entry: Prepared, accept_encoding: str) -> tuple[bytes, dict[str, str]]:
+def pick(entry: PreparedAnswer, accept_encoding: str) -> tuple[bytes, dict[str, str]]:
     """The body and headers served to a client's ``Accept-Encoding``."""
     return entry.variants[entry.encoding(accept_encoding)]
 
@@ -62,13 +62,13 @@ def test_small_answers_have_no_compressed_variant() -> None:
     assert pick(entry, "br")[0] == b'{"bars": []}' and "Vary" not in pick(entry, "br")[1]
 
 
-def entry(series: str, start: int, end: int, size: int) -> Prepared:
+def entry(series: str, start: int, end: int, size: int) -> PreparedAnswer:
     body = (b"x" * (size - ENTRY_OVERHEAD))
-    return Prepared(series, start, end, '"e"', {"": (body, {})}, expires=float("inf"), size=size)
+    return PreparedAnswer(series, start, end, '"e"', {"": (body, {})}, expires=float("inf"), size=size)
 
 
 def test_lru_by_bytes() -> None:
-    store = AnswerBytes(max_bytes=10_000)
+    store = PreparedAnswers(max_bytes=10_000)
     gen = store.generation("a")
     for i in range(3):
         assert store.put(b"k%d" % i, entry("a", 0, 10, 3_000), gen)
@@ -80,7 +80,7 @@ def test_lru_by_bytes() -> None:
 
 
 def test_a_revision_drops_only_the_ranges_holding_its_bar() -> None:
-    store = AnswerBytes(max_bytes=1_000_000)
+    store = PreparedAnswers(max_bytes=1_000_000)
     for key, series, start, end in [(b"a1", "a", 0, 100), (b"a2", "a", 100, 200), (b"b1", "b", 0, 100)]:
         store.put(key, entry(series, start, end, 2_000), store.generation(series))
     assert store.revise("a", 100) == 1
@@ -90,7 +90,7 @@ def test_a_revision_drops_only_the_ranges_holding_its_bar() -> None:
 
 
 def test_an_answer_built_before_a_revision_or_a_clear_is_not_kept() -> None:
-    store = AnswerBytes(max_bytes=1_000_000)
+    store = PreparedAnswers(max_bytes=1_000_000)
     before = store.generation("a")
     store.revise("a", 5)
     assert not store.put(b"k", entry("a", 0, 10, 2_000), before)
@@ -101,8 +101,8 @@ def test_an_answer_built_before_a_revision_or_a_clear_is_not_kept() -> None:
 
 
 def test_entries_expire() -> None:
-    store = AnswerBytes(max_bytes=1_000_000)
-    old = Prepared("a", 0, 1, '"e"', {"": (b"x", {})}, expires=0.0, size=2_000)
+    store = PreparedAnswers(max_bytes=1_000_000)
+    old = PreparedAnswer("a", 0, 1, '"e"', {"": (b"x", {})}, expires=0.0, size=2_000)
     store.put(b"k", old, store.generation("a"))
     assert store.get(b"k") is None and store.bytes_used == 0
 
