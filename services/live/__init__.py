@@ -1,7 +1,7 @@
 """Live candles: the WebSocket hub, its pollers and stream feeds.
 
 Subscriptions over reference-counted channels (``service``, ``connection``, ``hub``), one poller
-per channel in the cluster (``poller``, or ``stream_poller`` fed by an exchange's kline stream:
+per channel in the cluster (``poller``, or ``streams.StreamPoller`` fed by an exchange's kline stream:
 ``streams``), fan-out through the bus (``services.bus``: Redis, or memory while it is down).
 
 ``build`` wires the pieces; see ``hub.py`` for the shape and docs/websocket.md for the protocol.
@@ -22,8 +22,7 @@ from services.live.poller import Output, Poller, Writer
 from services.live.service import SubscriptionService
 from services.live.settings import HubSettings
 from services.live.state import StateStore
-from services.live.stream_poller import StreamPoller
-from services.live.streams import StreamRegistry
+from services.live.streams import StreamPoller, StreamRegistry
 from services.upstream.market_service import MarketService
 
 __all__ = ["Hub", "HubSettings", "SubscriptionService", "build"]

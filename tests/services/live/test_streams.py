@@ -42,7 +42,7 @@ CHANNEL = "crypto:binance:BTC/USDT:1m"
 SUB = {"op": "subscribe", "market": "crypto", "provider": "binance", "symbol": "BTC/USDT",
        "timeframe": "1m", "history": 3}
 CLOCKED = ("services.bars.orchestrator", "services.live.poller", "services.live.service",
-           "services.live.streams", "services.live.stream_poller")
+           "services.live.streams")
 
 
 @pytest.fixture
