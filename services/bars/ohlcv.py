@@ -48,7 +48,10 @@ class OhlcvService:
         key = range_key(q)
         if user is not None:
             users = users_chain(self.markets, self.orchestrator.settings, user)
-            return OhlcvResult(await users.get_bars(q), None, key)
+            try:
+                return OhlcvResult(await users.get_bars(q), None, key)
+            finally:
+                await users.close()  # a build past the deadline serves no one: nothing is kept
         self.warmer.note_key(key)  # counted for cache warming (memory only)
         answer = await self.orchestrator.get_bars(q)
         # An answer that queued a backfill is not kept: its job header belongs to this answer.

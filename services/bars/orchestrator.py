@@ -4,16 +4,19 @@ Public names (stable): ``DataOrchestrator``, ``OrchestratorSettings``, ``BarQuer
 ``BarAnswer``, ``window``, ``widened``, ``WIDEN_FACTORS``, ``CLOSURE_SLACK_MS``.
 
 The path of one query of timeframe T, top to bottom:
-1. ``window``: the buckets [a, b) it covers and the ``next`` page;
+1. ``window``: the buckets [a, b) it covers and the ``next`` page; ``open_window`` works out the
+   ``Window`` the sources read (plain values: a source never calls back here);
 2. the answer cache (closed ranges cached long, ranges with the forming bar briefly), then one
    build per window at a time (concurrent identical queries share it);
 3. the chain (``services.bars.sources``): each source's ``fill`` adds what it has and returns.
    Storage up: ``StorageSource`` then ``ProviderSource`` (fetches what the ledger lacks). Storage
    down (a ``DataSourceError``): ``Cache1mSource`` then the provider without storage;
 4. the write-through, here only: what the provider fetched goes to storage (the window is read
-   back from it) and to the 1m cache, and the forming minute is folded into the last bar;
-5. the backfill hook for closed minutes left missing, and the answer cached unless incomplete.
-Markets that close (stocks) widen latest-bars windows until they hold ``limit`` bars.
+   back from it), and the forming minute is folded into the last bar;
+5. the backfill hook for closed minutes left missing, then one cache write: the fetched closed
+   minutes to the 1m cache and the answer, unless incomplete.
+Markets that close (stocks) widen latest-bars windows until they hold ``limit`` bars. A user's own
+answer is this class over the user's provider source alone (``services.bars.ohlcv.users_chain``).
 """
 
 from __future__ import annotations
@@ -116,7 +119,8 @@ class DataOrchestrator:
         async with request_deadline(self.settings.deadline):
             answer = await self._get_bars(q)
         a, b, _ = window(q, now_ms())
-        return replace(answer, span=(a, b))
+        answer.span = (a, b)  # the answer is this call's own copy (``_get_window``)
+        return answer
 
     async def _get_bars(self, q: BarQuery) -> BarAnswer:
         if q.start is None:

@@ -103,6 +103,7 @@ async def test_a_cold_ohlcv_miss_enters_each_module_at_most_twice(app: Quart) ->
     # The plugin instance is made once per process: a request of another symbol makes it first.
     r = await client.get(f"/api/v1/ohlcv?market=sim&provider=sim&symbol=SIMA/USD&timeframe=1h"
                          f"&start={PAST}&limit=2")
+    # 12 closed hours: one page of 720 1m bars (each further page passes the gate once more).
     assert r.status_code == 200
     entries = Entries(HANDLER)
     token = TRACED.set(True)
