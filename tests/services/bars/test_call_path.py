@@ -1,11 +1,13 @@
 """The path of a cold ``GET /api/v1/ohlcv`` miss reads top-down (issue 22): followed call by call
-from the handler, it enters each project module at most twice.
+from the handler, it enters each module of the handler and the service layer at most twice.
 
 The miss is real (the sim market, PostgreSQL and Redis): the handler, ``OhlcvService``, the
 orchestrator, its sources, the provider-call path and the plugin all run. ``sys.setprofile``
-records every Python-level call made for the request; a call enters a module when the nearest
-project frame below it (its caller, or for a task or callback the event loop's: none) lies in
-another module. Re-entering a module already left counts again.
+records every Python-level call made for the request (in the tasks that carry the test's
+``TRACED`` context, which the request and the tasks it starts copy; a coroutine resumed after an
+await is no call). A call enters a module when the nearest project frame below it (its caller;
+for a task or a callback the event loop's: none) lies in another module, so a module is entered
+again each time it is called into after it was left; returning into a module is no entry.
 """
 
 from __future__ import annotations
