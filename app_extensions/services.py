@@ -1,8 +1,9 @@
 """Wires the service layer into the app, in one place: ``Services.init_app`` builds every
 collaborator in order (the provider budget, breaker and call path, the markets, the bars chain,
-backfill, the live hub, cache warming, tickers, users' own bars, the ``/ohlcv`` service and the
-UDF service), each receiving what it uses in its constructor. The Redis client is handed in before it connects
-(``before_serving``): until then, and whenever it fails, the budget and breaker decide in memory."""
+backfill, the live hub, cache warming, tickers, the ``/ohlcv`` service (shared and users' own
+bars) and the UDF service), each receiving what it uses in its constructor. The Redis client is
+handed in before it connects (``before_serving``): until then, and whenever it fails, the budget
+and breaker decide in memory."""
 
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ from services.bars.ohlcv import OhlcvService
 from services.bars.orchestrator import DataOrchestrator, OrchestratorSettings
 from services.bars.provider_source import ProviderClient, ProviderSource
 from services.bars.sources import BarWriter, Cache1mSource, StorageSource
-from services.bars.user_bars import UserBars
 from services.bars.warmup import Warmer, warmup_settings
 from services.bus.broadcast import Broadcast
 from services.bus.redis_backend import RedisBackend
@@ -56,8 +56,8 @@ class Services:
         self.subscriptions: SubscriptionService
         self.warmer: Warmer
         self.tickers: TickerService
-        self.user_bars: UserBars
-        #: What GET /ohlcv calls: the shared chain or the user's own answers.
+        #: What GET /ohlcv calls: the shared chain or a user's own (the same chain over the
+        #: user's provider instance alone).
         self.ohlcv: OhlcvService
         #: TradingView's UDF (``blueprints/udf.py`` serves it).
         self.udf: UdfService
@@ -114,8 +114,7 @@ class Services:
         subscriptions = self.subscriptions
         self.warmer = Warmer(self.orchestrator, redis, warming, lambda: list(subscriptions.channels))
         self.tickers = TickerService(self.markets, redis, int(config["TICKER_STALE_TTL"]))
-        self.user_bars = UserBars(self.markets, int(config["OHLCV_MAX_PROVIDER_CALLS"]))
-        self.ohlcv = OhlcvService(self.orchestrator, self.user_bars, self.warmer)
+        self.ohlcv = OhlcvService(self.orchestrator, self.markets, self.warmer)
         self.udf = UdfService(self.markets, self.orchestrator, int(config["OHLCV_MAX_LIMIT"]),
                               float(config["UDF_SEARCH_SECONDS"]))
         app.before_serving(self.start)

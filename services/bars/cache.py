@@ -177,8 +177,13 @@ class BestEffortCache:
             log.debug("cache read skipped: %s", exc.details)  # the outage: RedisClient logs it once
             return None
 
-    async def put_answer(self, key: str, answer: dict[str, Any], ttl: int) -> None:
-        if self.cache is None:
+    async def put_window(self, series: Series, runs: Sequence[Sequence[Sequence[float]]], key: str,
+                         answer: dict[str, Any] | None, ttl: int) -> None:
+        """What one answer build keeps: each run of fetched closed 1m bars (a run replaces its own
+        span), then the answer under ``key`` for ``ttl`` seconds (None: not kept)."""
+        for run in runs:
+            await self.put_1m(series, run)
+        if self.cache is None or answer is None:
             return
         try:
             await self.cache.set_resampled(key, answer, ttl)

@@ -4,22 +4,26 @@ Public names (stable): ``DataOrchestrator``, ``OrchestratorSettings``, ``BarQuer
 ``BarAnswer``, ``window``, ``widened``, ``WIDEN_FACTORS``, ``CLOSURE_SLACK_MS``.
 
 The path of one query of timeframe T, top to bottom:
-1. ``window``: the buckets [a, b) it covers and the ``next`` page;
+1. ``window``: the buckets [a, b) it covers and the ``next`` page; ``open_window`` works out the
+   ``Window`` the sources read (plain values: a source never calls back here);
 2. the answer cache (closed ranges cached long, ranges with the forming bar briefly), then one
    build per window at a time (concurrent identical queries share it);
 3. the chain (``services.bars.sources``): each source's ``fill`` adds what it has and returns.
    Storage up: ``StorageSource`` then ``ProviderSource`` (fetches what the ledger lacks). Storage
    down (a ``DataSourceError``): ``Cache1mSource`` then the provider without storage;
 4. the write-through, here only: what the provider fetched goes to storage (the window is read
-   back from it) and to the 1m cache, and the forming minute is folded into the last bar;
-5. the backfill hook for closed minutes left missing, and the answer cached unless incomplete.
-Markets that close (stocks) widen latest-bars windows until they hold ``limit`` bars.
+   back from it), and the forming minute is folded into the last bar;
+5. the backfill hook for closed minutes left missing, then one cache write: the fetched closed
+   minutes to the 1m cache and the answer, unless incomplete.
+Markets that close (stocks) widen latest-bars windows until they hold ``limit`` bars. A user's own
+answer is this class over the user's provider source alone (``services.bars.ohlcv.users_chain``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -113,7 +117,10 @@ class DataOrchestrator:
         data, marked incomplete, when the provider is slower (its fetch goes on in the
         background), else ``DeadlineExceeded`` (503)."""
         async with request_deadline(self.settings.deadline):
-            return await self._get_bars(q)
+            answer = await self._get_bars(q)
+        a, b, _ = window(q, now_ms())
+        answer.span = (a, b)  # the answer is this call's own copy (``_get_window``)
+        return answer
 
     async def _get_bars(self, q: BarQuery) -> BarAnswer:
         if q.start is None:
@@ -127,9 +134,10 @@ class DataOrchestrator:
 
     async def _page(self, q: BarQuery) -> BarAnswer:
         answer = await self._get_window(q)
-        if not answer.bars and answer.next is not None and answer.next > now_ms():
+        bars = answer.bars
+        if not bars and answer.next is not None and answer.next > now_ms():
             return replace(answer, next=None)  # no bar opens after now: the exchange is not asked
-        if not answer.bars and answer.next is not None:
+        if not bars and answer.next is not None:
             try:
                 first = await asyncio.wait_for(self.provider.first_bar(q.series, answer.next),
                                                remaining())
@@ -139,7 +147,8 @@ class DataOrchestrator:
                 return replace(answer, next=None)  # nothing more up to the range's end
             q = replace(q, start=max(int(q.start or 0), bucket_start(first, q.timeframe)))
             answer = await self._get_window(q)
-        if answer.next is None or len(answer.bars) >= q.limit:
+            bars = answer.bars
+        if answer.next is None or len(bars) >= q.limit:
             return answer
         answer = await self._widen(q, answer)
         if len(answer.bars) > q.limit:
@@ -158,7 +167,7 @@ class DataOrchestrator:
     async def _get_window(self, q: BarQuery) -> BarAnswer:
         now = now_ms()
         a, b, nxt = window(q, now)
-        w = Window(q.series, q.timeframe, a, b, now)
+        w = open_window(q.series, q.timeframe, a, b, now)
         closed = w.closed
         if a >= b:
             return BarAnswer([], False, nxt, ["database"], closed)
@@ -170,9 +179,9 @@ class DataOrchestrator:
         if task is None:
             task = asyncio.ensure_future(self._build(key, w))
             self._inflight[key] = task
-            task.add_done_callback(lambda t: self._forget(key, t))
         # shield: neither a client that disconnects nor the deadline cancels the build (others
-        # may wait for it; it fills storage and the cache for the next request).
+        # may wait for it; it fills storage and the cache for the next request). When no waiter
+        # is left, the shield marks the build's exception retrieved.
         try:
             answer = await asyncio.wait_for(asyncio.shield(task), remaining())
         except TimeoutError:
@@ -190,7 +199,7 @@ class DataOrchestrator:
             bars = resample(await self.cache.get_1m(w.series, w.start, w.closed_end), w.timeframe)
         if not bars:
             raise self._late(w.series)
-        return BarAnswer(bars, w.partial(bars), None, names, incomplete=True)
+        return BarAnswer(bars, partial(w, bars), None, names, incomplete=True)
 
     def _late(self, series: Series) -> DeadlineExceeded:
         return DeadlineExceeded(
@@ -203,31 +212,34 @@ class DataOrchestrator:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-    def _forget(self, key: str, task: asyncio.Task[BarAnswer]) -> None:
-        self._inflight.pop(key, None)
-        if not task.cancelled() and task.exception() is not None:
-            # Every waiter got the exception already; this only marks it retrieved.
-            log.debug("answer build for %s failed: %r", key, task.exception())
+        self._inflight.clear()  # builds cancelled before they began never ran their ``finally``
 
     async def _build(self, key: str, w: Window) -> BarAnswer:
-        fill = await self._fill(w)
-        job = await self.on_missing(w.series, fill.backfill) if fill.backfill and self.on_missing else None
-        # Sums of float volumes carry binary noise (3009.2870660000012); 8 decimals is exact enough.
-        bars = [round_bar(x) for x in fill.bars or []]  # as WebSocket frames are
-        partial = w.partial(bars)
-        answer = BarAnswer(bars, partial, None, fill.names, incomplete=fill.incomplete,
-                           backfill_job=job)
-        if not answer.incomplete:
-            # The last LEDGER_SAFETY_MS of closed minutes may still be corrected by the exchange
-            # (they are refetched every time): an answer holding them is cached briefly too.
-            settled = w.end <= w.current_min - LEDGER_SAFETY_MS
-            ttl = self.settings.ttl_closed if settled else self.settings.ttl_forming
-            await self.cache.put_answer(key, {"bars_json": answer.bars_json(), "partial": partial}, ttl)
-        return answer
+        """One build of a window: the chain, the backfill hook, then the cache writes (the
+        fetched closed minutes and, unless incomplete, the answer) in one call."""
+        try:
+            fill, runs = await self._fill(w)
+            job = await self.on_missing(w.series, fill.backfill) if fill.backfill and self.on_missing else None
+            # Sums of float volumes carry binary noise (3009.2870660000012); 8 decimals is exact enough.
+            bars = [round_bar(x) for x in fill.bars or []]  # as WebSocket frames are
+            answer = BarAnswer(bars, partial(w, bars), None, fill.names, incomplete=fill.incomplete,
+                               backfill_job=job, raw_json=json.dumps(bars, separators=(",", ":")))
+            cached, ttl = None, 0
+            if not answer.incomplete:
+                # The last LEDGER_SAFETY_MS of closed minutes may still be corrected by the
+                # exchange (they are refetched every time): an answer holding them is cached
+                # briefly too.
+                settled = w.end <= w.current_min - LEDGER_SAFETY_MS
+                ttl = self.settings.ttl_closed if settled else self.settings.ttl_forming
+                cached = {"bars_json": answer.raw_json, "partial": answer.partial}
+            await self.cache.put_window(w.series, runs, key, cached, ttl)
+            return answer
+        finally:
+            self._inflight.pop(key, None)
 
-    async def _fill(self, w: Window) -> Fill:
-        """The loop over the chain; the chain without storage when storage fails."""
+    async def _fill(self, w: Window) -> tuple[Fill, list[list[Bar]]]:
+        """The loop over the chain (the chain without storage when storage fails): the window's
+        fill, and the closed 1m runs fetched, for the 1m cache."""
         if self.chain:
             try:
                 return await self._run(self.chain, w, self.store)
@@ -235,21 +247,24 @@ class DataOrchestrator:
                 log.debug("storage unavailable, answering without it: %s", exc.details)  # Database logs the outage once
         return await self._run(self.fallback, w, None)
 
-    async def _run(self, chain: Sequence[DataSource], w: Window, store: StorageSource | None) -> Fill:
+    async def _run(self, chain: Sequence[DataSource], w: Window,
+                   store: StorageSource | None) -> tuple[Fill, list[list[Bar]]]:
         got = Fill(None, [(w.start, w.fetch_end)])
         for source in chain:
             got = await source.fill(w, got)
             if not got.missing and got.bars is not None:
                 break
         if got.fetched is None:  # answered without a provider's 1m fetch: nothing to write
-            return got
+            return got, []
         return await self._write_through(w, got, store)
 
-    async def _write_through(self, w: Window, got: Fill, store: StorageSource | None) -> Fill:
+    async def _write_through(self, w: Window, got: Fill,
+                             store: StorageSource | None) -> tuple[Fill, list[list[Bar]]]:
         """Closed fetched 1m bars to ``store`` (with the ledger ranges now complete, the window
-        then read back from it) and to the 1m cache; the forming minute is never written, only
-        folded into the last bar. Without ``store`` the window is what an earlier source found,
-        else the fetched minutes resampled. A kept outage is raised when no bar can answer."""
+        then read back from it), and returned for the 1m cache (``_build`` writes it); the
+        forming minute is never written, only folded into the last bar. Without ``store`` the
+        window is what an earlier source found, else the fetched minutes resampled. A kept
+        outage is raised when no bar can answer."""
         runs = got.fetched or []
         closed = [bar for run in runs for bar in run if bar[0] + MINUTE_MS <= w.now]
         forming = [bar for run in runs for bar in run if bar[0] + MINUTE_MS > w.now]
@@ -259,11 +274,25 @@ class DataOrchestrator:
         else:
             bars = got.bars if got.bars is not None else resample(closed, w.timeframe)
         bars = add_forming(bars, forming, w.timeframe)
-        for run in runs:
-            await self.cache.put_1m(w.series, [bar for bar in run if bar[0] + MINUTE_MS <= w.now])
         if got.outage is not None and not bars:
             raise got.outage  # no stored bar can answer: 503, not an empty answer
-        return replace(got, bars=bars, names=names, fetched=None, complete=[])
+        cache_runs = [[bar for bar in run if bar[0] + MINUTE_MS <= w.now] for run in runs]
+        return replace(got, bars=bars, names=names, fetched=None, complete=[]), cache_runs
+
+
+def open_window(series: Series, timeframe: str, start: int, end: int, now: int) -> Window:
+    """The window [start, end) of ``timeframe`` seen at ``now``, its bounds worked out once."""
+    current_min = now // MINUTE_MS * MINUTE_MS
+    closed_end = min(end, current_min)
+    return Window(series, timeframe, start, end, now, current_min, closed_end,
+                  fetch_end=min(end, current_min + MINUTE_MS),
+                  safe_end=max(start, min(closed_end, current_min - LEDGER_SAFETY_MS)),
+                  closed=end <= current_min)
+
+
+def partial(w: Window, bars: Sequence[Bar]) -> bool:
+    """Whether the last of ``bars`` (the window's) is still forming."""
+    return bool(bars) and bars[-1][0] + tf_ms(w.timeframe) > w.now
 
 
 def add_forming(bars: list[Bar], forming: list[Bar], timeframe: str) -> list[Bar]:

@@ -12,8 +12,12 @@ Public names (stable): ``ProviderSource``, ``ProviderClient``.
   the answer is marked incomplete (an outage with nothing else to answer from is raised);
 - what it fetched goes back in the ``Fill`` (``fetched``, and the ledger ranges now ``complete``):
   the orchestrator writes it through, in one place, and reads the window back.
+Given a user's own credentials (``user``) it is the chain of a user's answer on its own: the
+user's plugin instance, the window in its own timeframe when the provider serves it natively
+(else 1m bars resampled), from the oldest bar the provider still serves; nothing to write through,
+since nothing of it is cached or stored.
 ``ProviderClient`` is the provider as the orchestrator and backfill jobs ask it directly:
-capabilities, ranges of bars, the first bar.
+capabilities, ranges of bars, the first bar (a user's own instance given ``user``).
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ import math
 from collections.abc import Sequence
 
 from core.errors import NetworkPluginError
-from core.timeframes import MINUTE_MS, Bar
+from core.timeframes import MINUTE_MS, Bar, resample
 from core.types import Series, subtract_ranges
 from plugins.base import Capabilities, MarketPlugin
 from services.bars.sources import DataSource, Fill, Range, Window
+from services.upstream.credentials import UserCredentials
 from services.upstream.market_service import MarketService
 
 log = logging.getLogger(__name__)
@@ -40,12 +45,12 @@ class ProviderClient:
     """A provider reached through ``MarketService``: its capabilities, ranges of bars fetched
     through ``ProviderCalls`` and the first bar of a symbol (no chain, no storage)."""
 
-    def __init__(self, markets: MarketService) -> None:
-        self.markets = markets
+    def __init__(self, markets: MarketService, user: UserCredentials | None = None) -> None:
+        self.markets, self.user = markets, user
 
     async def capabilities(self, series: Series) -> Capabilities:
         """The provider's capabilities (per-call limit, native timeframes, history depth, ...)."""
-        plugin = await self.markets.get_plugin(series.market, series.provider)
+        plugin = await self.markets.get_plugin(series.market, series.provider, self.user)
         return plugin.capabilities
 
     async def fetch(
@@ -54,27 +59,31 @@ class ProviderClient:
     ) -> tuple[list[Bar], int, int]:
         """Bars of [start, end) in pages (``ProviderCalls.fetch_range``); returns (bars, calls
         made, covered_until)."""
-        plugin = await self.markets.get_plugin(series.market, series.provider)
+        plugin = await self.markets.get_plugin(series.market, series.provider, self.user)
         got = await self.markets.calls.fetch_range(plugin, series, timeframe, start, end, budget,
                                                    keep_partial)
         return got.bars, got.calls, got.until
 
     async def first_bar(self, series: Series, since: int) -> int | None:
         """Open time of the first 1m bar at or after ``since`` (one provider call), or None."""
-        plugin = await self.markets.get_plugin(series.market, series.provider)
+        plugin = await self.markets.get_plugin(series.market, series.provider, self.user)
         return await self.markets.calls.first_bar(plugin, series, since)
 
 
 class ProviderSource(DataSource):
     """The last link: see the module docstring. ``stored`` False: the chain without storage (no
-    partial pages kept for a ledger, nothing left to a backfill job)."""
+    partial pages kept for a ledger, nothing left to a backfill job). ``user``: a user's own
+    credentials, the whole chain of a user's answer."""
 
-    def __init__(self, markets: MarketService, budget: int, stored: bool) -> None:
-        self.markets, self.budget, self.stored = markets, budget, stored
+    def __init__(self, markets: MarketService, budget: int, stored: bool,
+                 user: UserCredentials | None = None) -> None:
+        self.markets, self.budget, self.stored, self.user = markets, budget, stored, user
 
     async def fill(self, w: Window, got: Fill) -> Fill:
         """The missing minutes fetched (for the orchestrator to write through)."""
-        plugin = await self.markets.get_plugin(w.series.market, w.series.provider)
+        plugin = await self.markets.get_plugin(w.series.market, w.series.provider, self.user)
+        if self.user is not None:
+            return await self._own(plugin, w)
         caps, ranges = plugin.capabilities, got.missing
         # Before the symbol's listing there is nothing to fetch: those minutes are known empty.
         listed = plugin.listing_ms(w.series.symbol)
@@ -101,6 +110,18 @@ class ProviderSource(DataSource):
         backfill = self._backfill(plugin, w, still) if incomplete else []
         return Fill(got.bars, still, names, incomplete, backfill, runs,
                     complete if self.stored else [], outage)
+
+    async def _own(self, plugin: MarketPlugin, w: Window) -> Fill:
+        """A user's window: in its timeframe when the provider serves it natively, else 1m bars
+        resampled, from the oldest bar the provider still serves (later: incomplete)."""
+        caps = plugin.capabilities
+        timeframe = w.timeframe if w.timeframe in caps.timeframes else "1m"
+        oldest = caps.history_start(timeframe, w.now)
+        start = w.start if oldest is None else max(w.start, oldest)
+        page = await self.markets.calls.pages(plugin, w.series, timeframe, start, w.fetch_end,
+                                              budget=self.budget)
+        bars = page.bars if timeframe == w.timeframe else resample(page.bars, w.timeframe)
+        return Fill(bars, [], ["provider"], page.until < w.fetch_end or start > w.start)
 
     async def _fetch(
         self, plugin: MarketPlugin, w: Window, ranges: list[Range], got: Fill

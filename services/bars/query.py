@@ -41,6 +41,8 @@ class BarAnswer:
     incomplete: bool = False
     backfill_job: str | None = None
     raw_json: str | None = None
+    #: ``[start, end)`` of the query's own window (before any widening), set by ``get_bars``.
+    span: tuple[int, int] | None = None
 
     @property
     def bars(self) -> list[Bar]:

@@ -41,7 +41,9 @@ Range = tuple[int, int]
 
 @dataclass(frozen=True)
 class Window:
-    """The buckets [start, end) of one query of ``timeframe``, seen at ``now`` (ms)."""
+    """The buckets [start, end) of one query of ``timeframe``, seen at ``now`` (ms), with the
+    bounds every source reads, worked out once by the orchestrator (plain values: a source
+    reads them without calling back)."""
 
     series: Series
     timeframe: str
@@ -50,35 +52,16 @@ class Window:
     #: End of the window's last bucket (ms, exclusive): it may lie past ``now``.
     end: int
     now: int
-
-    @property
-    def closed(self) -> bool:
-        """Every bucket of the window has closed (an answer of it can carry an ETag)."""
-        return self.end <= self.current_min
-
-    def partial(self, bars: Sequence[Bar]) -> bool:
-        """Whether the last of ``bars`` (the window's) is still forming."""
-        return bool(bars) and bars[-1][0] + tf_ms(self.timeframe) > self.now
-
-    @property
-    def current_min(self) -> int:
-        """Open time of the forming minute."""
-        return self.now // MINUTE_MS * MINUTE_MS
-
-    @property
-    def closed_end(self) -> int:
-        """End of the window's closed minutes."""
-        return min(self.end, self.current_min)
-
-    @property
-    def fetch_end(self) -> int:
-        """End of what a provider is asked for: the forming minute included."""
-        return min(self.end, self.current_min + MINUTE_MS)
-
-    @property
-    def safe_end(self) -> int:
-        """End of the minutes settled enough to be recorded complete in the ledger."""
-        return max(self.start, min(self.closed_end, self.current_min - LEDGER_SAFETY_MS))
+    #: Open time of the forming minute.
+    current_min: int
+    #: End of the window's closed minutes.
+    closed_end: int
+    #: End of what a provider is asked for: the forming minute included.
+    fetch_end: int
+    #: End of the minutes settled enough to be recorded complete in the ledger.
+    safe_end: int
+    #: Every bucket of the window has closed (an answer of it can carry an ETag).
+    closed: bool
 
 
 @dataclass

@@ -8,19 +8,22 @@ Redis client spends more CPU on a command than Redis does (~0.3 ms here): the st
 (``services.upstream.store.RedisStore.gate``) runs the breaker's admission and, unless it refused,
 the budget's schedule in one script, built from the same Lua functions, with the same keys,
 arguments and answers, so the decisions are the same, taken atomically. With the breaker's quiet
-successes (``Admission.nothing_to_reset``: nothing to record) a call then costs one script. When
-Redis is unavailable, each gate decides in process memory as it does alone.
+successes (``Admission.nothing_to_reset``: nothing to record) a call then costs one script. The
+script's keys and settings are fixed per breaker, provider and call weight: they are worked out
+once, not at every call. When Redis is unavailable, each gate decides in process memory as it does
+alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from core.errors import DataSourceError
 from services.upstream.breaker import CircuitBreaker
 from services.upstream.budget import ProviderBudget
-from services.upstream.store import Gate
+from services.upstream.store import Gate, RedisStore
 
 
 class ProviderGate:
@@ -28,6 +31,11 @@ class ProviderGate:
 
     def __init__(self, budget: ProviderBudget, breaker: CircuitBreaker) -> None:
         self.budget, self.breaker = budget, breaker
+        shared = breaker.store.shared
+        #: Where both gates are asked in one script: their Redis, when they share one.
+        self.shared: RedisStore | None = shared if shared is not None and breaker.redis is budget.redis else None
+        #: The script's arguments by (breaker name, provider, weight).
+        self._args: dict[tuple[str, str, int], tuple[Any, ...]] = {}
 
     @asynccontextmanager
     async def guard(self, provider: str, testnet: bool = False, weight: int = 1) -> AsyncIterator[None]:
@@ -47,11 +55,14 @@ class ProviderGate:
                 yield
 
     async def _ask(self, provider: str, name: str, weight: int) -> Gate | None:
-        shared = self.breaker.store.shared
-        if shared is None or self.breaker.redis is not self.budget.redis:
+        if self.shared is None:
             return None
+        args = self._args.get((name, provider, weight))
+        if args is None:
+            args = self._args[name, provider, weight] = (
+                self.breaker.key(name), *self.budget.keys(provider), *self.breaker.acquire_args(),
+                *self.budget.take_args(provider, weight))
         try:
-            return await shared.gate(self.breaker.key(name), *self.budget.keys(provider),
-                                     *self.breaker.acquire_args(), *self.budget.take_args(provider, weight))
+            return await self.shared.gate(*args)
         except DataSourceError:
             return None
