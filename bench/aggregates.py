@@ -29,6 +29,7 @@ import asyncpg
 from app_extensions.migrations import run_migrations
 from config import TestingConfig, from_environ
 from core.timeframes import DAY_MS, HOUR_MS, MINUTE_MS
+from core.types import Series
 from services.bars import aggregates
 from tests.support.pglite.fixtures import run_pglite_server, unavailable_reason
 
@@ -81,7 +82,7 @@ async def timed(fn: Callable[[], Awaitable[list[list[float]]]], repeat: int, wan
 
 def reader(conn: asyncpg.Connection, mode: str, tf: str, start: int, end: int, limit: int
            ) -> Callable[[], Awaitable[list[list[float]]]]:
-    return lambda: aggregates.select_bars(conn, mode, *SERIES, tf, start, end, limit)
+    return lambda: aggregates.select_bars(conn, mode, Series(*SERIES), tf, start, end, limit)
 
 
 async def main(args: argparse.Namespace) -> None:

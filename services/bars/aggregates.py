@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from core.timeframes import TIMEFRAMES, WEEK_OFFSET_MS, Bar, bucket_ceil, bucket_start, tf_ms
+from core.types import Series
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,8 @@ def describe_mode(mode: str) -> str:
     return f"{mode}: storage mode not determined"
 
 
-def bars_query(mode: str, market: str, provider: str, symbol: str, timeframe: str, start_ms: int,
-               end_ms: int, limit: int) -> tuple[str, list[object]] | None:
+def bars_query(mode: str, series: Series, timeframe: str, start_ms: int, end_ms: int,
+               limit: int) -> tuple[str, list[object]] | None:
     """The SQL (and its arguments) ``select_bars`` runs: rows ``(ts timestamptz, open, high, low,
     close, volume)`` of the bars of ``timeframe`` with ``start_ms <= ts < end_ms``, ascending, at
     most ``limit``; None when the range holds no bucket. Bulk export runs the very same query
@@ -103,7 +104,7 @@ def bars_query(mode: str, market: str, provider: str, symbol: str, timeframe: st
     if limit <= 0 or hi <= lo:
         return None
     tcol = "ts" if relation == "ohlcv_1m" else "bucket"
-    args: list[object] = [market, provider, symbol, _dt(lo), _dt(hi), limit]
+    args: list[object] = [series.market, series.provider, series.symbol, _dt(lo), _dt(hi), limit]
     if not grouped:
         sql = (
             f"SELECT {tcol}, open, high, low, close, volume FROM {relation}"
@@ -128,11 +129,11 @@ def bars_query(mode: str, market: str, provider: str, symbol: str, timeframe: st
     return sql, args
 
 
-async def select_bars(conn: asyncpg.Connection, mode: str, market: str, provider: str, symbol: str,
-                      timeframe: str, start_ms: int, end_ms: int, limit: int) -> list[Bar]:
+async def select_bars(conn: asyncpg.Connection, mode: str, series: Series, timeframe: str, start_ms: int,
+                      end_ms: int, limit: int) -> list[Bar]:
     """Bars ``[ts_ms, o, h, l, c, v]`` of ``timeframe`` with ``start_ms <= ts < end_ms``,
     ascending, at most ``limit`` (the first ones from ``start_ms``)."""
-    query = bars_query(mode, market, provider, symbol, timeframe, start_ms, end_ms, limit)
+    query = bars_query(mode, series, timeframe, start_ms, end_ms, limit)
     if query is None:
         return []
     rows = await conn.fetch(query[0], *query[1])

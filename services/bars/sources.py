@@ -180,8 +180,8 @@ class StorageSource(DataSource):
             return []
         with observe_query("select_bars"):
             return await aggregates.select_bars(
-                conn, self.db.mode, w.series.market, w.series.provider, w.series.symbol,
-                w.timeframe, w.start, w.closed_end, (w.end - w.start) // tf_ms(w.timeframe))
+                conn, self.db.mode, w.series, w.timeframe, w.start, w.closed_end,
+                (w.end - w.start) // tf_ms(w.timeframe))
 
 
 class Cache1mSource(DataSource):

@@ -229,8 +229,7 @@ class Exporter:
     async def _blocks(self, plan: ExportPlan) -> AsyncIterator[bytes]:
         """Blocks of ``batch_rows`` rows of binary COPY data, then the rest."""
         s = plan.series
-        query = aggregates.bars_query(self.db.mode, s.market, s.provider, s.symbol, plan.timeframe,
-                                      plan.start, plan.end, plan.buckets)
+        query = aggregates.bars_query(self.db.mode, s, plan.timeframe, plan.start, plan.end, plan.buckets)
         if query is None:
             return
         chunks: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(QUEUE_CHUNKS)

@@ -50,7 +50,7 @@ class Store:
                    series: Series = SERIES) -> list[Bar]:
         async with self.pool.acquire() as conn:
             return await aggregates.select_bars(
-                conn, self.mode, series.market, series.provider, series.symbol, tf, start, end, limit)
+                conn, self.mode, series, tf, start, end, limit)
 
 
 def make_bars(start: int, n: int, seed: int, skip: float = 0.02) -> list[Bar]:

@@ -104,7 +104,7 @@ async def test_sql_aggregation_equals_python_resample(
     bars = bars_at(T0, 3000) + bars_at(T0 + 10_000 * MINUTE_MS, 500, 50.0)
     await storage.upsert_1m_bars(migrated, SERIES, bars)
     got = await aggregates.select_bars(
-        migrated, "plain", SERIES.market, SERIES.provider, SERIES.symbol, timeframe, 0, 10**13, 10_000
+        migrated, "plain", SERIES, timeframe, 0, 10**13, 10_000
     )
     want = resample(bars, timeframe)
     assert [b[0] for b in got] == [b[0] for b in want]
