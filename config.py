@@ -100,12 +100,15 @@ def port(v: Any) -> str | None:
     return None if 0 < int(v) < 65536 else "must be between 1 and 65535"
 
 
+def names(raw: str | Iterable[Any] | None) -> tuple[str, ...]:
+    """A comma-separated setting (or a list) as its stripped, non-empty items."""
+    items = raw.split(",") if isinstance(raw, str) else list(raw or [])
+    return tuple(str(item).strip() for item in items if str(item).strip())
+
+
 def names_something(what: str) -> Check:
     """A comma-separated list (or a list) with at least one name."""
-    def check(v: Any) -> str | None:
-        items = v.split(",") if isinstance(v, str) else list(v or [])
-        return None if any(str(item).strip() for item in items) else f"must name at least one {what}"
-    return check
+    return lambda v: None if names(v) else f"must name at least one {what}"
 
 
 def one_of(*allowed: str) -> Check:

@@ -20,6 +20,7 @@ from quart import Quart, Request, Response, websocket
 
 from app_extensions.hooks import get_hooks
 from app_extensions.request_context import scope_header
+from config import names
 from core.errors import APIError
 
 #: Headers a browser script may read from our answers.
@@ -30,8 +31,7 @@ ALLOWED_HEADERS = "Content-Type, X-API-Key, X-Request-ID, If-None-Match, Authori
 
 def parse_origins(raw: str | list[str] | None) -> frozenset[str]:
     """Comma-separated (or a list of) origins, without trailing slashes."""
-    items = raw.split(",") if isinstance(raw, str) else list(raw or [])
-    return frozenset(o.strip().rstrip("/") for o in items if o.strip())
+    return frozenset(o.rstrip("/") for o in names(raw))
 
 
 def origin_allowed(origin: str, allowed: frozenset[str]) -> bool:

@@ -16,7 +16,7 @@ from quart import Quart
 
 from app_extensions.db_pool import Database
 from app_extensions.redis_client import RedisClient
-from config import ConfigError
+from config import ConfigError, names
 from plugins.loader import PluginLoader
 from services import live
 from services.backfill.manager import BackfillManager
@@ -78,7 +78,7 @@ class Services:
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
         db, redis = self.database, self.redis
-        markets = [m.strip() for m in config["ENABLED_MARKETS"].split(",") if m.strip()]
+        markets = list(names(config["ENABLED_MARKETS"]))
         loader = PluginLoader(markets)
         loader.load()
         # The one provider-call path: the breaker first, then the budget and ban pause, both

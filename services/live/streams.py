@@ -67,16 +67,12 @@ class StreamSettings:
     retry: float = setting("STREAM_RETRY_SECONDS")
     retry_max: float = setting("STREAM_RETRY_MAX_SECONDS")
 
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> StreamSettings:
-        return build(cls, config)
-
 
 class StreamRegistry:
     """The ``KlineStreams`` of this instance, one per provider, made on first use."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
-        self.settings = StreamSettings.from_config(config)
+        self.settings = build(StreamSettings, config)
         self.ws_urls: dict[str, str] = dict(config["PROVIDER_WS_URLS"] or {})
         self.rest_urls: dict[str, str] = dict(config["PROVIDER_URLS"] or {})
         self.timeout = float(config["PROVIDER_TIMEOUT"])

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from config import declared
+from config import declared, names
 from core.errors import AppError, UnknownMarket, UnknownProvider
 from core.metrics import PLUGIN_INSTANCES
 from core.timeframes import TIMEFRAMES
@@ -77,23 +77,17 @@ def user_marker(user: UserCredentials) -> str:
     return f"user:{user.owner}:{user.marker()}"
 
 
-def _names(raw: Any) -> tuple[str, ...]:
-    """A comma-separated setting (or a list) as its stripped, non-empty items."""
-    items = raw.split(",") if isinstance(raw, str) else list(raw)
-    return tuple(str(s).strip() for s in items if str(s).strip())
-
-
 def plugin_settings(config: Mapping[str, Any]) -> PluginSettings:
     """The plugins' settings from the app config (every key must be there); raises
     ``ValueError`` naming a key whose value is unusable."""
     declared("CCXT_MARKET_TYPES").validate(config["CCXT_MARKET_TYPES"])
-    market_types = _names(config["CCXT_MARKET_TYPES"])
+    market_types = names(config["CCXT_MARKET_TYPES"])
     return PluginSettings(
         timeout=float(config["PROVIDER_TIMEOUT"]),
         retries=max(0, int(config["PROVIDER_RETRIES"])),
         retry_max_wait=max(0.0, float(config["PROVIDER_RETRY_MAX_WAIT"])),
         symbols_ttl=float(config["CACHE_TTL_SYMBOLS"]),
-        exchanges=_names(config["CCXT_EXCHANGES"]),
+        exchanges=names(config["CCXT_EXCHANGES"]),
         market_types=market_types,
         ccxt_credentials=dict(config["CCXT_CREDENTIALS"] or {}),
         alpaca_key_id=str(config["ALPACA_API_KEY_ID"] or ""),
