@@ -32,7 +32,7 @@ def set_retry_after(response: Response, seconds: float | None) -> None:
     exchange unreachable before its breaker opens, a framework 503) gets
     ``DEPENDENCY_RETRY_AFTER``, the pause after which a failed dependency is tried again."""
     if seconds is None:
-        seconds = float(current_app.config.get("DEPENDENCY_RETRY_AFTER") or declared("DEPENDENCY_RETRY_AFTER").default)
+        seconds = float(current_app.config.get("DEPENDENCY_RETRY_AFTER", declared("DEPENDENCY_RETRY_AFTER").default))
     if not math.isfinite(seconds):
         seconds = MAX_RETRY_AFTER
     response.headers["Retry-After"] = str(max(1, math.ceil(min(seconds, MAX_RETRY_AFTER))))

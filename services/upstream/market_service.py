@@ -81,14 +81,13 @@ def plugin_settings(config: Mapping[str, Any]) -> PluginSettings:
     """The plugins' settings from the app config (every key must be there); raises
     ``ValueError`` naming a key whose value is unusable."""
     declared("CCXT_MARKET_TYPES").validate(config["CCXT_MARKET_TYPES"])
-    market_types = names(config["CCXT_MARKET_TYPES"])
     return PluginSettings(
         timeout=float(config["PROVIDER_TIMEOUT"]),
         retries=max(0, int(config["PROVIDER_RETRIES"])),
         retry_max_wait=max(0.0, float(config["PROVIDER_RETRY_MAX_WAIT"])),
         symbols_ttl=float(config["CACHE_TTL_SYMBOLS"]),
         exchanges=names(config["CCXT_EXCHANGES"]),
-        market_types=market_types,
+        market_types=names(config["CCXT_MARKET_TYPES"]),
         ccxt_credentials=dict(config["CCXT_CREDENTIALS"] or {}),
         alpaca_key_id=str(config["ALPACA_API_KEY_ID"] or ""),
         alpaca_secret_key=str(config["ALPACA_API_SECRET_KEY"] or ""),
